@@ -1,0 +1,17 @@
+"""infkernel: analytic infinite-width NNGP and NTK kernels of neural networks.
+
+    import infkernel as ik
+    net = ik.serial(ik.Dense(512, W_std=1.5, b_std=0.05), ik.Relu(), ik.Dense(1))
+    k = net.kernel(x1, x2, get=("nngp", "ntk"))   # k.nngp, k.ntk: (N1, N2)
+"""
+from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gaussian, Gelu,
+                          LeakyRelu, Monomial, Rbf, RectifiedMonomial, Relu, Sigmoid_like,
+                          Sign, Sin)
+from .kernel import Kernel
+from .layers import Dense, Identity, Layer, Network, serial
+
+__version__ = "0.1.0"
+
+__all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activation",
+           "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
+           "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Monomial", "RectifiedMonomial"]

@@ -1,0 +1,264 @@
+"""CPU backend: fused numba Gram builders (cross, symmetric, diagonal).
+
+Data flow for K(X1, X2): the diagonal pass runs the program once per point
+(O(N·L)) and records each activation's input variance per point.  Then, block
+of rows by block of rows, one BLAS GEMM gives X1[block] X2ᵀ and a parallel
+numba kernel runs every layer of the program over column tiles whose
+registers live in cache, writing each output entry once.  The only temporaries
+are the GEMM block (≤ ``BLOCK_ENTRIES`` doubles) and per-thread tiles.
+The symmetric path computes the strict upper triangle, takes the diagonal from
+the diagonal pass, and mirrors.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._config import BLOCK_ENTRIES, JIT, TILE
+from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
+                     dual_monomial, dual_rbf, dual_rectified_monomial, dual_sign,
+                     dual_sin)
+from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
+                       K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
+                       OP_AXPY, OP_COPY, OP_DENSE, OP_SCALE)
+
+
+@njit(**JIT)
+def act_tile(kind, p, aux, lo, hi, q11, s1, Q, TH, V2, S2, c0, n):
+    """Apply activation ``kind`` (params ``p``) to the entries (i, c0 + j),
+    j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
+
+    ``q11, s1`` are the row point's variance and its square root, ``V2, S2``
+    the column points'.  The kind is dispatched once per tile, so each loop
+    below is branch-free and vectorised.
+    """
+    if kind == K_ABRELU:
+        a, b = p[0], p[1]
+        for j in range(n):
+            Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_ERF:
+        a, b, c = p[0], p[1], p[2]
+        for j in range(n):
+            Q[j], d = dual_erf(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_GELU:
+        for j in range(n):
+            Q[j], d = dual_gelu(q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_SIN:
+        a, b, c = p[0], p[1], p[2]
+        for j in range(n):
+            Q[j], d = dual_sin(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_RBF:
+        gamma = p[0]
+        for j in range(n):
+            Q[j], d = dual_rbf(gamma, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_EXP:
+        a, b = p[0], p[1]
+        for j in range(n):
+            Q[j], d = dual_exp(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_GAUSSIAN:
+        a, b = p[0], p[1]
+        for j in range(n):
+            Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_SIGN:
+        for j in range(n):
+            Q[j], d = dual_sign(q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_MONOMIAL:
+        deg = int(p[0])
+        for j in range(n):
+            Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[c0 + j], s1,
+                                    S2[c0 + j])
+            TH[j] *= d
+    elif kind == K_RECTIFIED_MONOMIAL:
+        deg = int(p[0])
+        for j in range(n):
+            Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[c0 + j], s1,
+                                              S2[c0 + j])
+            TH[j] *= d
+    else:
+        for j in range(n):
+            Q[j] = math.nan
+            TH[j] = math.nan
+
+
+@njit(**JIT)
+def _run_ops(ops, params, aux, i, c0, n, V1, S1, V2, S2, Q, TH):
+    """Apply every op of the program to the tile of entries (i, c0 .. c0+n)."""
+    for k in range(ops.shape[0]):
+        op = ops[k, 0]
+        r = ops[k, 1]
+        p = params[k]
+        if op == OP_DENSE:
+            w2, b2, c_old, c_new, c_one = p[0], p[1], p[2], p[3], p[4]
+            for j in range(n):
+                q = Q[r, j]
+                qn = w2 * q + b2
+                TH[r, j] = c_old * q + c_new * qn + w2 * TH[r, j] + c_one
+                Q[r, j] = qn
+        elif op == OP_ACT:
+            act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
+                     Q[r], TH[r], V2[k], S2[k], c0, n)
+        elif op == OP_SCALE:
+            for j in range(n):
+                Q[r, j] *= p[0]
+                TH[r, j] *= p[0]
+        elif op == OP_COPY:
+            r2 = ops[k, 2]
+            for j in range(n):
+                Q[r2, j] = Q[r, j]
+                TH[r2, j] = TH[r, j]
+        elif op == OP_AXPY:
+            r2 = ops[k, 2]
+            for j in range(n):
+                Q[r, j] = p[0] * Q[r, j] + p[1] * Q[r2, j]
+                TH[r, j] = p[0] * TH[r, j] + p[1] * TH[r2, j]
+
+
+@njit(**JIT)
+def _diag_pass(sq, ops, params, aux, n_regs, V, S, K, T):
+    """Run the program on (x, x) for every point; record activation inputs."""
+    q = np.empty(n_regs)
+    th = np.empty(n_regs)
+    for i in range(sq.shape[0]):
+        q[0] = sq[i]
+        th[0] = 0.0
+        for k in range(ops.shape[0]):
+            op = ops[k, 0]
+            r = ops[k, 1]
+            p = params[k]
+            if op == OP_DENSE:
+                qn = p[0] * q[r] + p[1]
+                th[r] = p[2] * q[r] + p[3] * qn + p[0] * th[r] + p[4]
+                q[r] = qn
+            elif op == OP_ACT:
+                v = q[r]
+                s = math.sqrt(v)
+                V[k, i] = v
+                S[k, i] = s
+                act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s,
+                         q[r:r + 1], th[r:r + 1], V[k], S[k], i, 1)
+            elif op == OP_SCALE:
+                q[r] *= p[0]
+                th[r] *= p[0]
+            elif op == OP_COPY:
+                q[ops[k, 2]] = q[r]
+                th[ops[k, 2]] = th[r]
+            elif op == OP_AXPY:
+                r2 = ops[k, 2]
+                q[r] = p[0] * q[r] + p[1] * q[r2]
+                th[r] = p[0] * th[r] + p[1] * th[r2]
+        K[i] = q[0]
+        T[i] = th[0]
+
+
+@njit(parallel=True, **JIT)
+def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
+               V1, S1, V2, S2, K, T, want_k, want_t):
+    """Entries (row0 + ii, col0 + jj) for the GEMM block G[ii, jj] = x_i·x_j.
+
+    ``sym``: only columns right of the diagonal; rows are processed in pairs
+    (ii, B-1-ii) so both threads get the same amount of the triangle.
+    """
+    B, M = G.shape
+    n_tasks = (B + 1) // 2 if sym else B
+    for task in prange(n_tasks):
+        Q = np.empty((n_regs, TILE))
+        TH = np.empty((n_regs, TILE))
+        first = np.int64(task)  # prange indices may be unsigned
+        for half in range(2 if sym else 1):
+            ii = first if half == 0 else B - 1 - first
+            if half == 1 and ii == first:
+                break
+            i = row0 + ii
+            j_lo = i + 1 - col0 if sym else 0
+            for t0 in range(j_lo, M, TILE):
+                n = min(TILE, M - t0)
+                c0 = col0 + t0
+                for j in range(n):
+                    Q[0, j] = G[ii, t0 + j] * inv_d
+                    TH[0, j] = 0.0
+                _run_ops(ops, params, aux, i, c0, n, V1, S1, V2, S2, Q, TH)
+                if want_k:
+                    for j in range(n):
+                        K[i, c0 + j] = Q[0, j]
+                if want_t:
+                    for j in range(n):
+                        T[i, c0 + j] = TH[0, j]
+
+
+@njit(parallel=True, **JIT)
+def _mirror(A, block):
+    """A[j, i] = A[i, j] for j > i (lower triangle from upper), cache-blocked."""
+    n = A.shape[0]
+    nb = (n + block - 1) // block
+    for bi in prange(nb):
+        i0 = bi * block
+        i1 = min(n, i0 + block)
+        for bj in range(bi + 1):
+            j0 = bj * block
+            for i in range(i0, i1):
+                for j in range(j0, min(i, j0 + block)):
+                    A[i, j] = A[j, i]
+
+
+def _as_2d(a):
+    """ndarray view (a memmap becomes a plain view of the same buffer)."""
+    return None if a is None else np.asarray(a)
+
+
+def diagonal(program, x, want_k=True, want_t=True, out_k=None, out_t=None):
+    """Per-point tables (V, S) and the diagonal kernels of ``x`` (float64)."""
+    n = x.shape[0]
+    V = np.zeros((program.n_ops, n))
+    S = np.zeros((program.n_ops, n))
+    K = np.empty(n) if out_k is None else out_k
+    T = np.empty(n) if out_t is None else out_t
+    sq = np.einsum("ij,ij->i", x, x) / program.d_in if n else np.empty(0)
+    _diag_pass(sq, program.ops, program.params, program.aux, program.n_regs,
+               V, S, K, T)
+    return V, S, K, T
+
+
+def gram(program, x1, x2, K, T, progress=None):
+    """Fill K (NNGP) and/or T (NTK), 2-D arrays or None, with the kernels of
+    rows of ``x1`` against rows of ``x2`` (``x2 is None``: symmetric path)."""
+    sym = x2 is None
+    K, T = _as_2d(K), _as_2d(T)
+    dummy = np.empty((1, 1))
+    want_k, want_t = K is not None, T is not None
+    Kw = K if want_k else dummy
+    Tw = T if want_t else dummy
+    V1, S1, k1, t1 = diagonal(program, x1)
+    V2, S2 = (V1, S1) if sym else diagonal(program, x2)[:2]
+    n1 = x1.shape[0]
+    n2 = n1 if sym else x2.shape[0]
+    total = n1 * (n1 - 1) // 2 if sym else n1 * n2
+    inv_d = 1.0 / program.d_in
+    block = max(1, min(n1, BLOCK_ENTRIES // max(n2, 1)))
+    gbuf = np.empty(block * n2)  # reused: fresh pages are costly to fault in
+    done = 0
+    for r0 in range(0, n1, block):
+        r1 = min(n1, r0 + block)
+        col0 = r0 if sym else 0
+        G = gbuf[:(r1 - r0) * (n2 - col0)].reshape(r1 - r0, n2 - col0)
+        np.dot(x1[r0:r1], (x1 if sym else x2)[col0:].T, out=G)
+        _gram_rows(G, inv_d, r0, col0, sym, program.ops, program.params,
+                   program.aux, program.n_regs, V1, S1, V2, S2, Kw, Tw,
+                   want_k, want_t)
+        if progress is not None:
+            done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
+                     else (r1 - r0) * n2)
+            progress(done, total)
+    if sym and n1:
+        idx = np.arange(n1)
+        for A, diag_values in ((K, k1), (T, t1)):
+            if A is not None:
+                A[idx, idx] = diag_values
+                _mirror(A, 64)

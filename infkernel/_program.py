@@ -1,0 +1,76 @@
+"""The layer program: a network compiled to a flat list of per-entry operations.
+
+Every backend runs the same program.  Per kernel entry (x, x') the state is a
+small register file; register r holds the cross covariance q12 = Σ(x, x') and
+the cross NTK θ = Θ(x, x') of one branch of the network.  Register 0 starts as
+the input kernel xᵀx'/d with θ = 0, and holds the output at the end.  The same
+program run on one point with q11 = q12 = q22 gives the diagonal, and records
+the per-point variances each activation needs (the ``V``/``S`` tables).
+
+``ops`` rows are ``(opcode, reg, reg2, kind, aux_lo, aux_hi)``; ``params`` rows
+hold up to six floats per op.
+
+    OP_DENSE   q' = w2 q + b2;  θ' = c_old q + c_new q' + w2 θ + c_one
+               (ntk parameterization: c_new = 1; standard: c_old = fan-in,
+               c_one = 1 if there is a bias; Sohl-Dickstein et al. 2020)
+    OP_ACT     (q, θ) -> (E[φφ], E[φ'φ'] θ) of activation ``kind``
+    OP_SCALE   q' = w2 q,  θ' = w2 θ            (multiplying a signal by √w2)
+    OP_COPY    register reg2 := register reg     (fan-out)
+    OP_AXPY    reg := params[0] reg + params[1] reg2   (fan-in sum / concat)
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY = range(5)
+
+# Activation kinds with a closed-form dual (see _duals.py).
+(K_ABRELU, K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN, K_SIGN,
+ K_MONOMIAL, K_RECTIFIED_MONOMIAL) = range(10)
+
+N_PARAMS = 6
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A compiled network for inputs of dimension ``d_in``."""
+    ops: np.ndarray      # (n_ops, 6) int64
+    params: np.ndarray   # (n_ops, 6) float64
+    aux: np.ndarray      # (n_aux,) float64: coefficient tables of some kinds
+    n_regs: int
+    d_in: int
+
+    @property
+    def n_ops(self):
+        return self.ops.shape[0]
+
+
+class ProgramBuilder:
+    """Collects ops while layers compile themselves (``Layer._emit``)."""
+
+    def __init__(self, d_in):
+        self.d_in = d_in
+        self.ops, self.params, self.aux = [], [], []
+        self.n_regs = 1
+
+    def emit(self, opcode, reg, reg2=0, kind=0, aux_lo=0, aux_hi=0, params=()):
+        if len(params) > N_PARAMS:
+            raise AssertionError("too many op parameters")
+        self.ops.append((opcode, reg, reg2, kind, aux_lo, aux_hi))
+        self.params.append(tuple(params) + (0.0,) * (N_PARAMS - len(params)))
+
+    def add_aux(self, values):
+        """Append a coefficient table; returns its offset in ``aux``."""
+        lo = len(self.aux)
+        self.aux.extend(float(v) for v in values)
+        return lo
+
+    def new_register(self):
+        self.n_regs += 1
+        return self.n_regs - 1
+
+    def build(self):
+        ops = np.array(self.ops, dtype=np.int64).reshape(-1, 6)
+        params = np.array(self.params, dtype=np.float64).reshape(-1, N_PARAMS)
+        aux = np.array(self.aux if self.aux else [0.0], dtype=np.float64)
+        return Program(ops, params, aux, self.n_regs, self.d_in)

@@ -1,0 +1,204 @@
+"""Elementwise activations: one registry entry per activation.
+
+Each factory below (neural-tangents' names and parameter meanings) returns an
+:class:`Activation` layer that knows its closed-form dual (the ``kind`` run by
+every backend, formulas in ``_duals.py`` and ``cuda/infkernel_math.cuh``) and
+its NumPy forward function and derivative (used by finite-width networks and
+by the reference tests).
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Tuple
+
+import numpy as np
+from scipy import special
+
+from . import _program as P
+from ._duals import monomial_coefficients
+from .layers import Layer
+
+__all__ = ["Activation", "ABRelu", "Relu", "LeakyRelu", "Abs", "Erf",
+           "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf", "Gaussian", "Exp",
+           "Sign", "Monomial", "RectifiedMonomial", "ACTIVATIONS"]
+
+
+@dataclass(frozen=True, eq=False)
+class Activation(Layer):
+    """An elementwise nonlinearity φ.  Its input must be Gaussian, so it must
+    follow a ``Dense`` layer (possibly through ``Identity``/``Scale``)."""
+    name: str
+    kind: int
+    params: Tuple[float, ...]
+    fn: Callable = field(repr=False)
+    dfn: Callable = field(repr=False)
+    #: coefficient tables for the dual, appended to the program's ``aux``
+    tables: Tuple[Tuple[float, ...], ...] = field(default=(), repr=False)
+
+    def __repr__(self):
+        args = ", ".join(f"{v:g}" for v in self.params)
+        return f"{self.name}({args})"
+
+    def _emit(self, builder, state):
+        if not state.gaussian:
+            where = ("the network input" if state.at_input
+                     else "the output of another activation")
+            raise ValueError(
+                f"{self!r} is applied to {where}, which is not Gaussian: an "
+                "activation must follow a Dense layer (insert ik.Dense(...) "
+                "before it)")
+        lo = [builder.add_aux(t) for t in self.tables] + [0, 0]
+        builder.emit(P.OP_ACT, state.reg, kind=self.kind, aux_lo=lo[0],
+                     aux_hi=lo[1], params=self.params)
+        state.gaussian = False
+
+    def _apply(self, params, h):
+        return self.fn(h)
+
+
+def _finite(name, **values):
+    for k, v in values.items():
+        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+            raise TypeError(f"{name}: {k} must be a real number, got {type(v).__name__}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name}: {k} must be finite, got {v}")
+    return tuple(float(v) for v in values.values())
+
+
+def _degree(name, degree):
+    if (not isinstance(degree, (int, np.integer)) or isinstance(degree, bool)
+            or degree < 0):
+        raise ValueError(f"{name}: degree must be a non-negative integer, got {degree!r}")
+    return int(degree)
+
+
+def ABRelu(a, b, do_stabilize=False):
+    """φ(x) = a min(x, 0) + b max(x, 0) (arc-cosine kernel, Cho & Saul 2009).
+    ``do_stabilize`` is accepted for porting; scales are always factored out."""
+    a, b = _finite("ABRelu", a=a, b=b)
+    return Activation(
+        "ABRelu", P.K_ABRELU, (a, b),
+        fn=lambda x: a * np.minimum(x, 0) + b * np.maximum(x, 0),
+        dfn=lambda x: np.where(x > 0, b, a) * np.ones_like(x))
+
+
+def Relu(do_stabilize=False):
+    """φ(x) = max(x, 0)."""
+    return ABRelu(0.0, 1.0)
+
+
+def LeakyRelu(alpha, do_stabilize=False):
+    """φ(x) = alpha min(x, 0) + max(x, 0)."""
+    return ABRelu(alpha, 1.0)
+
+
+def Abs(do_stabilize=False):
+    """φ(x) = |x|."""
+    return ABRelu(-1.0, 1.0)
+
+
+def Erf(a=1.0, b=1.0, c=0.0):
+    """φ(x) = a erf(bx) + c (Williams 1997)."""
+    a, b, c = _finite("Erf", a=a, b=b, c=c)
+    return Activation(
+        "Erf", P.K_ERF, (a, b, c),
+        fn=lambda x: a * special.erf(b * x) + c,
+        dfn=lambda x: a * b * 2.0 / math.sqrt(math.pi) * np.exp(-(b * x) ** 2))
+
+
+def Sigmoid_like():
+    """φ(x) = erf(x / 2.4020563531719796) / 2 + 1/2 (neural-tangents' constant)."""
+    return Erf(a=0.5, b=1 / 2.4020563531719796, c=0.5)
+
+
+def Gelu(approximate=False):
+    """φ(x) = x Φ(x) (Tsuchida et al. 2021).  ``approximate`` only changes the
+    finite-width forward pass (tanh approximation), as in neural-tangents."""
+    if approximate:
+        def fn(x):
+            return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    else:
+        def fn(x):
+            return 0.5 * x * (1 + special.erf(x / math.sqrt(2)))
+    return Activation(
+        "Gelu", P.K_GELU, (),
+        fn=fn,
+        dfn=lambda x: 0.5 * (1 + special.erf(x / math.sqrt(2)))
+        + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
+
+
+def Sin(a=1.0, b=1.0, c=0.0):
+    """φ(x) = a sin(bx + c)."""
+    a, b, c = _finite("Sin", a=a, b=b, c=c)
+    return Activation(
+        "Sin", P.K_SIN, (a, b, c),
+        fn=lambda x: a * np.sin(b * x + c),
+        dfn=lambda x: a * b * np.cos(b * x + c))
+
+
+def Cos(a=1.0, b=1.0, c=0.0):
+    """φ(x) = a cos(bx + c) = a sin(bx + c + π/2)."""
+    a, b, c = _finite("Cos", a=a, b=b, c=c)
+    return Sin(a, b, c + math.pi / 2)
+
+
+def Rbf(gamma=1.0):
+    """φ(x) = √2 sin(√(2γ) x + π/4): the NNGP after it is exp(-γ E(u-v)²)."""
+    (gamma,) = _finite("Rbf", gamma=gamma)
+    if gamma < 0:
+        raise ValueError(f"Rbf: gamma must be >= 0, got {gamma}")
+    w = math.sqrt(2 * gamma)
+    return Activation(
+        "Rbf", P.K_RBF, (gamma,),
+        fn=lambda x: math.sqrt(2) * np.sin(w * x + math.pi / 4),
+        dfn=lambda x: math.sqrt(2) * w * np.cos(w * x + math.pi / 4))
+
+
+def Exp(a=1.0, b=1.0):
+    """φ(x) = a exp(bx)."""
+    a, b = _finite("Exp", a=a, b=b)
+    return Activation(
+        "Exp", P.K_EXP, (a, b),
+        fn=lambda x: a * np.exp(b * x),
+        dfn=lambda x: a * b * np.exp(b * x))
+
+
+def Gaussian(a=1.0, b=-1.0):
+    """φ(x) = a exp(b x²); for b > 0 the dual is +inf where it diverges."""
+    a, b = _finite("Gaussian", a=a, b=b)
+    return Activation(
+        "Gaussian", P.K_GAUSSIAN, (a, b),
+        fn=lambda x: a * np.exp(b * x * x),
+        dfn=lambda x: 2 * a * b * x * np.exp(b * x * x))
+
+
+def Sign():
+    """φ(x) = sign(x); its derivative dual is 0 (neural-tangents' convention)."""
+    return Activation("Sign", P.K_SIGN, (), fn=np.sign, dfn=np.zeros_like)
+
+
+def Monomial(degree):
+    """φ(x) = x^degree, any degree >= 0 (Mehler expansion)."""
+    n = _degree("Monomial", degree)
+    kdot_table = n * n * monomial_coefficients(n - 1) if n else np.zeros(1)
+    return Activation(
+        "Monomial", P.K_MONOMIAL, (float(n),),
+        fn=lambda x: x ** n,
+        dfn=lambda x: n * x ** (n - 1) if n else np.zeros_like(x),
+        tables=(tuple(monomial_coefficients(n)), tuple(kdot_table)))
+
+
+def RectifiedMonomial(degree):
+    """φ(x) = max(x, 0)^degree (arc-cosine kernel of order n); degree 0 is the
+    step function, whose derivative dual is 0 as in neural-tangents."""
+    n = _degree("RectifiedMonomial", degree)
+    return Activation(
+        "RectifiedMonomial", P.K_RECTIFIED_MONOMIAL, (float(n),),
+        fn=lambda x: np.where(x > 0, np.maximum(x, 0) ** n, 0.0),
+        dfn=lambda x: n * np.where(x > 0, np.maximum(x, 0) ** max(n - 1, 0), 0.0)
+        if n else np.zeros_like(x))
+
+
+#: Activations by lower-case name, for the command line and error messages.
+ACTIVATIONS = {f.__name__.lower(): f for f in (
+    Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Rbf,
+    Gaussian, Exp, Sign, Monomial, RectifiedMonomial)}

@@ -1,0 +1,157 @@
+"""The kernel entry point: input checks, ``get``/``out``/``dtype`` handling,
+backend choice, and the ``Kernel`` result.
+
+``Kernel`` results are namedtuples whose fields are the requested quantities,
+in ``get`` order, as in neural-tangents: ``nngp`` is the NNGP covariance Σ
+and ``ntk`` the neural tangent kernel Θ of the network output, each of shape
+(N1, N2) (or (N,) from ``Network.diag``).
+"""
+from collections import namedtuple
+from functools import lru_cache
+
+import numpy as np
+
+from . import _cpu
+
+GETS = ("nngp", "ntk")
+BACKENDS = ("auto", "cpu", "gpu")
+
+
+@lru_cache(maxsize=None)
+def _kernel_type(fields):
+    return namedtuple("Kernel", fields)
+
+
+#: The result type for ``get=None``: ``Kernel(nngp, ntk)``.
+Kernel = _kernel_type(GETS)
+
+
+def parse_get(get):
+    """Returns (names, single) for a ``get`` argument."""
+    if get is None:
+        return GETS, False
+    if isinstance(get, str):
+        names, single = (get,), True
+    elif isinstance(get, (tuple, list)) and get and all(isinstance(g, str) for g in get):
+        names, single = tuple(get), False
+    else:
+        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
+    for g in names:
+        if g not in GETS:
+            raise ValueError(f"unknown get={g!r}: valid values are {GETS}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"get has repeated entries: {names}")
+    return names, single
+
+
+def check_inputs(x, name, d=None):
+    """Inputs as a C-contiguous float64 (N, d) array, or a clear error."""
+    if hasattr(x, "__cuda_array_interface__"):
+        x = x.get()
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a 2-D numeric array: {exc}") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if np.iscomplexobj(a):
+        raise TypeError(f"{name} must be real, got dtype {a.dtype}")
+    if a.ndim != 2:
+        hint = " (use x.reshape(-1, 1) for 1-D features)" if a.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (N, d), got shape {a.shape}{hint}")
+    if a.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one feature, got shape {a.shape}")
+    if d is not None and a.shape[1] != d:
+        raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
+                         "(the same as x1)")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    bad = ~np.isfinite(a).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{name} has NaN or Inf in row(s) {rows[:5].tolist()}"
+                         + (" ..." if len(rows) > 5 else ""))
+    return a
+
+
+def check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in (np.float64, np.float32):
+        raise ValueError(f"dtype must be float64 or float32, got {dt}")
+    return dt
+
+
+def _check_out(out, names, single, shape, dtype):
+    if out is None:
+        return [None] * len(names)
+    outs = [out] if single else list(out) if isinstance(out, (tuple, list)) else None
+    if outs is None or len(outs) != len(names):
+        raise ValueError(f"out must be {'one array' if single else f'a tuple of {len(names)} arrays'}"
+                         f" for get={names if not single else names[0]!r}")
+    for g, a in zip(names, outs):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"out for {g!r} must be a numpy array, got {type(a).__name__}")
+        if a.shape != shape or a.dtype != dtype:
+            raise ValueError(f"out for {g!r} must have shape {shape} and dtype {dtype}, "
+                             f"got shape {a.shape} and dtype {a.dtype}")
+        if not a.flags.writeable:
+            raise ValueError(f"out for {g!r} is read-only")
+    return outs
+
+
+def _progress_callback(progress):
+    """(callback(done, total), close) for a ``progress`` argument."""
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(unit="entry", unit_scale=True, leave=False)
+
+        def update(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+        return update, bar.close
+    if callable(progress):
+        return progress, lambda: None
+    if progress not in (False, None):
+        raise TypeError(f"progress must be a bool or a callable(done, total), got {progress!r}")
+    return None, lambda: None
+
+
+def resolve_backend(backend, *arrays):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "cpu":
+        return "cpu"
+    from . import gpu
+    on_gpu = any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
+    if backend == "gpu":
+        gpu.require()
+        return "gpu"
+    return "gpu" if (on_gpu or gpu.available()) else "cpu"
+
+
+def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
+    """Shared implementation of ``Network.kernel`` and ``Network.diag``."""
+    names, single = parse_get(get)
+    dt = check_dtype(dtype)
+    which = resolve_backend(backend, x1, x2)
+    if which == "gpu":
+        from . import gpu
+        return gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
+                           progress=progress, diagonal=diagonal)
+    a1 = check_inputs(x1, "x1")
+    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    prog = net.program(a1.shape[1])
+    if diagonal:
+        _, _, k, t = _cpu.diagonal(prog, a1)
+        res = {"nngp": k, "ntk": t}
+        arrays = [res[g].astype(dt, copy=False) for g in names]
+    else:
+        shape = (a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0])
+        outs = _check_out(out, names, single, shape, dt)
+        arrays = [np.empty(shape, dt) if o is None else o for o in outs]
+        res = dict(zip(names, arrays))
+        callback, close = _progress_callback(progress)
+        try:
+            _cpu.gram(prog, a1, a2, res.get("nngp"), res.get("ntk"), progress=callback)
+        finally:
+            close()
+    return arrays[0] if single else _kernel_type(names)(*arrays)

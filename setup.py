@@ -1,0 +1,24 @@
+from setuptools import setup
+
+setup(
+    name="infkernel",
+    version="0.1.0",
+    description="Analytic infinite-width NNGP and NTK kernels of neural networks, "
+                "fused on CPU (numba) and GPU (CuPy)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["infkernel", "infkernel.cuda"],
+    # The CUDA C sources live in the top-level cuda/ folder and ship inside
+    # the package as infkernel/cuda, read at run time by infkernel.gpu.
+    package_dir={"infkernel.cuda": "cuda"},
+    package_data={"infkernel.cuda": ["*.cu", "*.cuh"]},
+    install_requires=["numpy>=1.22", "scipy>=1.8", "numba>=0.57", "tqdm",
+                      "threadpoolctl>=3", "scikit-learn>=1.2", "matplotlib>=3.5"],
+    extras_require={
+        "gpu": ["cupy-cuda13x>=13"],
+        "torch": ["torch"],
+        "test": ["pytest>=7", "hypothesis>=6", "mpmath"],
+    },
+    entry_points={"console_scripts": ["infkernel=infkernel.cli:main"]},
+)
