@@ -24,63 +24,63 @@ from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
 
 
 @njit(**JIT)
-def act_tile(kind, p, aux, lo, hi, q11, s1, Q, TH, V2, S2, c0, n):
+def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n):
     """Apply activation ``kind`` (params ``p``) to the entries (i, c0 + j),
     j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
 
-    ``q11, s1`` are the row point's variance and its square root, ``V2, S2``
-    the column points'.  The kind is dispatched once per tile, so each loop
+    ``q11, s1, r1`` are the row point's variance, its square root and inverse
+    square root; ``V2, S2, R2`` the column points'.  The kind is dispatched once per tile, so each loop
     below is branch-free and vectorised.
     """
     if kind == K_ABRELU:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
-            Q[j], d = dual_erf(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_erf(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_GELU:
         for j in range(n):
-            Q[j], d = dual_gelu(q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_gelu(q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_SIN:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
-            Q[j], d = dual_sin(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_sin(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_RBF:
         gamma = p[0]
         for j in range(n):
-            Q[j], d = dual_rbf(gamma, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_rbf(gamma, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_EXP:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_exp(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_exp(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_GAUSSIAN:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_SIGN:
         for j in range(n):
-            Q[j], d = dual_sign(q11, Q[j], V2[c0 + j], s1, S2[c0 + j])
+            Q[j], d = dual_sign(q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_MONOMIAL:
         deg = int(p[0])
         for j in range(n):
             Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[c0 + j], s1,
-                                    S2[c0 + j])
+                                    S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     elif kind == K_RECTIFIED_MONOMIAL:
         deg = int(p[0])
         for j in range(n):
             Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[c0 + j], s1,
-                                              S2[c0 + j])
+                                              S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
     else:
         for j in range(n):
@@ -89,7 +89,7 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, Q, TH, V2, S2, c0, n):
 
 
 @njit(**JIT)
-def _run_ops(ops, params, aux, i, c0, n, V1, S1, V2, S2, Q, TH):
+def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH):
     """Apply every op of the program to the tile of entries (i, c0 .. c0+n)."""
     for k in range(ops.shape[0]):
         op = ops[k, 0]
@@ -104,7 +104,7 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, V2, S2, Q, TH):
                 Q[r, j] = qn
         elif op == OP_ACT:
             act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
-                     Q[r], TH[r], V2[k], S2[k], c0, n)
+                     R1[k, i], Q[r], TH[r], V2[k], S2[k], R2[k], c0, n)
         elif op == OP_SCALE:
             for j in range(n):
                 Q[r, j] *= p[0]
@@ -122,7 +122,7 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, V2, S2, Q, TH):
 
 
 @njit(**JIT)
-def _diag_pass(sq, ops, params, aux, n_regs, V, S, K, T):
+def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T):
     """Run the program on (x, x) for every point; record activation inputs."""
     q = np.empty(n_regs)
     th = np.empty(n_regs)
@@ -140,10 +140,12 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, K, T):
             elif op == OP_ACT:
                 v = q[r]
                 s = math.sqrt(v)
+                rs = 1.0 / s if s > 0.0 else 0.0
                 V[k, i] = v
                 S[k, i] = s
-                act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s,
-                         q[r:r + 1], th[r:r + 1], V[k], S[k], i, 1)
+                R[k, i] = rs
+                act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s, rs,
+                         q[r:r + 1], th[r:r + 1], V[k], S[k], R[k], i, 1)
             elif op == OP_SCALE:
                 q[r] *= p[0]
                 th[r] *= p[0]
@@ -160,7 +162,7 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, K, T):
 
 @njit(parallel=True, **JIT)
 def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
-               V1, S1, V2, S2, K, T, want_k, want_t):
+               V1, S1, R1, V2, S2, R2, K, T, want_k, want_t):
     """Entries (row0 + ii, col0 + jj) for the GEMM block G[ii, jj] = x_i·x_j.
 
     ``sym``: only columns right of the diagonal; rows are processed in pairs
@@ -184,7 +186,7 @@ def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
                 for j in range(n):
                     Q[0, j] = G[ii, t0 + j] * inv_d
                     TH[0, j] = 0.0
-                _run_ops(ops, params, aux, i, c0, n, V1, S1, V2, S2, Q, TH)
+                _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH)
                 if want_k:
                     for j in range(n):
                         K[i, c0 + j] = Q[0, j]
@@ -208,57 +210,70 @@ def _mirror(A, block):
                     A[i, j] = A[j, i]
 
 
-def _as_2d(a):
-    """ndarray view (a memmap becomes a plain view of the same buffer)."""
-    return None if a is None else np.asarray(a)
+def point_tables(program, x):
+    """Run the program on the diagonal of ``x``.
 
-
-def diagonal(program, x, want_k=True, want_t=True, out_k=None, out_t=None):
-    """Per-point tables (V, S) and the diagonal kernels of ``x`` (float64)."""
+    Returns ``(V, S, R), k, t``: per activation op k and point i the input
+    variance V[k, i], S = sqrt(V) and R = 1/S (0 where V = 0); and the
+    diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64)."""
     n = x.shape[0]
-    V = np.zeros((program.n_ops, n))
-    S = np.zeros((program.n_ops, n))
-    K = np.empty(n) if out_k is None else out_k
-    T = np.empty(n) if out_t is None else out_t
-    sq = np.einsum("ij,ij->i", x, x) / program.d_in if n else np.empty(0)
+    V, S, R = np.zeros((3, program.n_ops, n))
+    k = np.empty(n)
+    t = np.empty(n)
+    sq = np.einsum("ij,ij->i", x, x) / program.d_in
     _diag_pass(sq, program.ops, program.params, program.aux, program.n_regs,
-               V, S, K, T)
-    return V, S, K, T
+               V, S, R, k, t)
+    return (V, S, R), k, t
 
 
 def gram(program, x1, x2, K, T, progress=None):
     """Fill K (NNGP) and/or T (NTK), 2-D arrays or None, with the kernels of
-    rows of ``x1`` against rows of ``x2`` (``x2 is None``: symmetric path)."""
+    rows of ``x1`` against rows of ``x2`` (``x2 is None``: symmetric path).
+
+    ``progress(done, total)`` is called after each block of rows."""
     sym = x2 is None
-    K, T = _as_2d(K), _as_2d(T)
+    K = None if K is None else np.asarray(K)  # a memmap becomes a plain view
+    T = None if T is None else np.asarray(T)
     dummy = np.empty((1, 1))
-    want_k, want_t = K is not None, T is not None
-    Kw = K if want_k else dummy
-    Tw = T if want_t else dummy
-    V1, S1, k1, t1 = diagonal(program, x1)
-    V2, S2 = (V1, S1) if sym else diagonal(program, x2)[:2]
+    tables1, k1, t1 = point_tables(program, x1)
+    tables2 = tables1 if sym else point_tables(program, x2)[0]
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
-    inv_d = 1.0 / program.d_in
     block = max(1, min(n1, BLOCK_ENTRIES // max(n2, 1)))
     gbuf = np.empty(block * n2)  # reused: fresh pages are costly to fault in
     done = 0
-    for r0 in range(0, n1, block):
-        r1 = min(n1, r0 + block)
-        col0 = r0 if sym else 0
-        G = gbuf[:(r1 - r0) * (n2 - col0)].reshape(r1 - r0, n2 - col0)
-        np.dot(x1[r0:r1], (x1 if sym else x2)[col0:].T, out=G)
-        _gram_rows(G, inv_d, r0, col0, sym, program.ops, program.params,
-                   program.aux, program.n_regs, V1, S1, V2, S2, Kw, Tw,
-                   want_k, want_t)
-        if progress is not None:
-            done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
-                     else (r1 - r0) * n2)
-            progress(done, total)
+    # BLAS threads spin for a while after a GEMM and would steal the cores
+    # from the numba kernel that follows: the (small) GEMM runs on one thread.
+    with _single_threaded_blas():
+        for r0 in range(0, n1, block):
+            r1 = min(n1, r0 + block)
+            col0 = r0 if sym else 0
+            G = gbuf[:(r1 - r0) * (n2 - col0)].reshape(r1 - r0, n2 - col0)
+            np.dot(x1[r0:r1], (x1 if sym else x2)[col0:].T, out=G)
+            _gram_rows(G, 1.0 / program.d_in, r0, col0, sym, program.ops,
+                       program.params, program.aux, program.n_regs,
+                       *tables1, *tables2,
+                       dummy if K is None else K, dummy if T is None else T,
+                       K is not None, T is not None)
+            if progress is not None:
+                done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
+                         else (r1 - r0) * n2)
+                progress(done, total)
     if sym and n1:
         idx = np.arange(n1)
         for A, diag_values in ((K, k1), (T, t1)):
             if A is not None:
                 A[idx, idx] = diag_values
                 _mirror(A, 64)
+
+
+_BLAS = None
+
+
+def _single_threaded_blas():
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")

@@ -3,7 +3,7 @@
 For a centred Gaussian pair (u, v) with covariance [[q11, q12], [q12, q22]],
 the dual of φ is ``k = E[φ(u)φ(v)]`` and the derivative dual is
 ``kdot = E[φ'(u)φ'(v)]`` (the factor the NTK is multiplied by).  Every function
-here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2)`` with
+here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2, r1, r2)`` with
 ``s1 = sqrt(q11)``, ``s2 = sqrt(q22)`` precomputed per point, and returns
 ``(k, kdot)``.  The same functions give the diagonal (q11 = q12 = q22).
 
@@ -90,11 +90,10 @@ def asin(x):
 
 
 @njit(**INLINE)
-def correlation(q12, s1, s2):
-    """ρ = q12 / (s1 s2) clamped to [-1, 1]; 0 when a variance is zero."""
-    s = s1 * s2
-    rho = q12 / s if s > 0.0 else 0.0
-    return min(max(rho, -1.0), 1.0)
+def correlation(q12, r1, r2):
+    """ρ = q12 r1 r2 clamped to [-1, 1], with r = 1/sqrt(q) precomputed per
+    point (r = 0 for a zero variance, which gives ρ = 0)."""
+    return min(max(q12 * r1 * r2, -1.0), 1.0)
 
 
 # Taylor coefficients of (sin t - t cos t) / t³ in z = t², highest power first.
@@ -129,14 +128,14 @@ def sin_minus_x_cos(t, sin_t, cos_t):
 # ----------------------------------------------------------------------------
 
 @njit(**INLINE)
-def dual_abrelu(a, b, q11, q12, q22, s1, s2):
+def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a min(x, 0) + b max(x, 0).
 
     With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t:
       k    = s1 s2 / (2π) [(a² + b²) F(ψ) - 2ab F(θ)]
       kdot = [(a² + b²) ψ + 2ab θ] / (2π)
     """
-    rho = correlation(q12, s1, s2)
+    rho = correlation(q12, r1, r2)
     sin_t = math.sqrt((1.0 - rho) * (1.0 + rho))
     psi = acos(-rho)
     s = s1 * s2
@@ -150,7 +149,7 @@ def dual_abrelu(a, b, q11, q12, q22, s1, s2):
 
 
 @njit(**INLINE)
-def dual_erf(a, b, c, q11, q12, q22, s1, s2):
+def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a erf(bx) + c (Williams 1997).
 
       k    = a² (2/π) asin(z) + c²,   z = 2b²q12 / sqrt((1+2b²q11)(1+2b²q22))
@@ -169,7 +168,7 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2):
 
 
 @njit(**INLINE)
-def dual_gelu(q11, q12, q22, s1, s2):
+def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021; neural-tangents' formula).
 
     With p_i = 1 + q_ii, z = q12/sqrt(p1 p2), δ = sqrt(p1 p2 - q12²):
@@ -193,7 +192,7 @@ def dual_gelu(q11, q12, q22, s1, s2):
 
 
 @njit(**INLINE)
-def dual_sin(a, b, c, q11, q12, q22, s1, s2):
+def dual_sin(a, b, c, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a sin(bx + c).
 
       k    = a²/2 [e⁻ - e⁺ cos 2c],  kdot = a²b²/2 [e⁻ + e⁺ cos 2c],
@@ -207,14 +206,14 @@ def dual_sin(a, b, c, q11, q12, q22, s1, s2):
 
 
 @njit(**INLINE)
-def dual_rbf(gamma, q11, q12, q22, s1, s2):
+def dual_rbf(gamma, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = √2 sin(√(2γ) x + π/4):  k = exp(-γ (q11 + q22 - 2 q12)), kdot = 2γ k."""
     k = math.exp(-gamma * max(q11 + q22 - 2.0 * q12, 0.0))
     return k, 2.0 * gamma * k
 
 
 @njit(**INLINE)
-def dual_exp(a, b, q11, q12, q22, s1, s2):
+def dual_exp(a, b, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a exp(bx):  k = a² exp(b² ((q11 + q22)/2 + q12)), kdot = b² k."""
     b2 = b * b
     k = a * a * math.exp(b2 * (0.5 * (q11 + q22) + q12))
@@ -222,7 +221,7 @@ def dual_exp(a, b, q11, q12, q22, s1, s2):
 
 
 @njit(**INLINE)
-def dual_gaussian(a, b, q11, q12, q22, s1, s2):
+def dual_gaussian(a, b, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a exp(b x²).
 
     With t_i = 1 - 2b q_ii and D = t1 t2 - 4b² q12²:
@@ -242,10 +241,10 @@ def dual_gaussian(a, b, q11, q12, q22, s1, s2):
 
 
 @njit(**INLINE)
-def dual_sign(q11, q12, q22, s1, s2):
+def dual_sign(q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = sign(x):  k = (2/π) asin ρ;  kdot = 0 (φ' = 0 almost everywhere,
     neural-tangents' convention, which is what autodiff of a finite net gives)."""
-    return (2.0 / PI) * asin(correlation(q12, s1, s2)), 0.0
+    return (2.0 / PI) * asin(correlation(q12, r1, r2)), 0.0
 
 
 @njit(**INLINE)
@@ -258,13 +257,13 @@ def _poly_rho(coef, lo, n, rho):
 
 
 @njit(**INLINE)
-def dual_monomial(n, coef, lo_k, lo_kdot, q11, q12, q22, s1, s2):
+def dual_monomial(n, coef, lo_k, lo_kdot, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = x^n:  E[u^n v^n] = (s1 s2)^n Σ_k A_{n,k} ρ^k (Mehler),
     A_{n,k} = (n!)² / (k! m!² 4^m), m = (n-k)/2 for n-k even; kdot = n² E[u^{n-1} v^{n-1}].
 
     ``coef`` holds A_{n,·} at ``lo_k`` and n² A_{n-1,·} at ``lo_kdot``.
     """
-    rho = correlation(q12, s1, s2)
+    rho = correlation(q12, r1, r2)
     s = s1 * s2
     k = s ** n * _poly_rho(coef, lo_k, n, rho)
     if n == 0:
@@ -288,11 +287,11 @@ def arccos_j(n, rho):
 
 
 @njit(**INLINE)
-def dual_rectified_monomial(n, q11, q12, q22, s1, s2):
+def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = max(x, 0)^n (arc-cosine kernel of order n, Cho & Saul 2009):
       k = (s1 s2)^n J_n(θ) / (2π),  kdot = n² (s1 s2)^{n-1} J_{n-1}(θ) / (2π);
     kdot = 0 for n = 0 (neural-tangents' convention for the step function)."""
-    rho = correlation(q12, s1, s2)
+    rho = correlation(q12, r1, r2)
     s = s1 * s2
     k = s ** n * arccos_j(n, rho) * INV_2PI
     if n == 0:
