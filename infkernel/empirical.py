@@ -1,0 +1,413 @@
+"""Finite-width networks and their empirical kernels.
+
+For a network f(x; θ) with k outputs, the empirical kernels, traced over the
+outputs as in neural-tangents (``trace_axes=(-1,)``), are
+
+    NNGP:  K(x, x') = (1/k) Σ_j f_j(x) f_j(x')
+    NTK:   Θ(x, x') = (1/k) Σ_j Σ_p ∂f_j(x)/∂θ_p ∂f_j(x')/∂θ_p
+
+For fully-connected networks Θ is computed exactly without forming the
+Jacobian: a ``Dense`` layer z = c·hW + s·b (ntk parameterization c = W_std/√n,
+s = b_std; standard c = s = 1) contributes
+
+    Θ_layer(x, x') = (c² h(x)·h(x') + s²) · (1/k) Σ_j δ_j(x)·δ_j(x'),
+
+the Hadamard product of the Gram matrix of the layer's inputs and the Gram
+matrix of the back-propagated signals δ_j = ∂f_j/∂z (Jacot et al. 2018;
+Novak et al. 2022, "Fast finite width neural tangent kernel", structured
+derivatives).  Both Gram matrices are GEMMs of size N × width.
+
+Their averages over random initialisations converge to the analytic kernels
+as the widths grow, with fluctuations O(1/√width) (Hanin & Nica 2020); for one
+hidden layer (``Dense, φ, Dense``) with ntk parameterization they are unbiased
+at every width.  :func:`monte_carlo_kernel_fn` estimates these averages with
+standard errors.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from .kernel import Kernel, _kernel_type, check_inputs, parse_get
+from .layers import Dense, Identity, Layer, Network, serial
+from .activations import Activation
+
+__all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
+           "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params"]
+
+#: Doubles held by one batch of back-propagated signals (batch × N × outputs ×
+#: width); larger problems are processed in chunks of output channels.
+_MAX_ENTRIES = 1 << 24
+
+#: ``mean`` and ``stderr`` have the layout of the analytic result (an array for
+#: a string ``get``, else a ``Kernel`` namedtuple); ``n_samples`` is an int.
+MonteCarloKernel = namedtuple("MonteCarloKernel", ["mean", "stderr", "n_samples"])
+
+
+# --------------------------------------------------------------------------
+# checks
+def _as_network(net):
+    if isinstance(net, Network):
+        return net
+    if isinstance(net, Layer):
+        return serial(net)
+    raise TypeError(f"net must be an infkernel network (ik.serial(...)), got {type(net).__name__}")
+
+
+def _check_layers(net):
+    """Layers the structured formulas understand, or a TypeError naming the culprit."""
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, (Dense, Activation, Identity)):
+            raise TypeError(
+                f"empirical kernels support Dense, elementwise activations and Identity; "
+                f"layer {i} is {layer!r}")
+    if not any(isinstance(layer, Dense) for layer in net.layers):
+        raise ValueError("the network has no Dense layer, so no parameters: its NTK is 0 "
+                         "and its NNGP is not random")
+
+
+def check_params(net, params, d_in):
+    """Raises a ValueError/TypeError unless ``params`` fit ``net`` for inputs of
+    dimension ``d_in`` (the structure ``net.init_fn`` returns)."""
+    net = _as_network(net)
+    if not isinstance(params, (tuple, list)):
+        raise TypeError(f"params must be the tuple returned by init_fn, got {type(params).__name__}")
+    if len(params) != len(net.layers):
+        raise ValueError(f"params has {len(params)} entries, the network has "
+                         f"{len(net.layers)} layers")
+    width = d_in
+    for i, (layer, p) in enumerate(zip(net.layers, params)):
+        where = f"params[{i}] ({layer!r})"
+        if isinstance(layer, Dense):
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise ValueError(f"{where} must be a pair (W, b), got {type(p).__name__}")
+            W, b = p
+            W = np.asarray(W)
+            if W.shape != (width, layer.out_dim):
+                raise ValueError(f"{where}: W must have shape {(width, layer.out_dim)}, "
+                                 f"got {W.shape}")
+            if layer.b_std is None:
+                if b is not None:
+                    raise ValueError(f"{where}: the layer has no bias (b_std=None) but b is given")
+            else:
+                if b is None or np.shape(b) != (layer.out_dim,):
+                    raise ValueError(f"{where}: b must have shape {(layer.out_dim,)}, got "
+                                     f"{None if b is None else np.shape(b)}")
+            for name, a in (("W", W), ("b", b)):
+                if a is not None and not np.all(np.isfinite(a)):
+                    raise ValueError(f"{where}: {name} has NaN or Inf entries")
+            width = layer.out_dim
+        elif p not in ((), [], None):
+            raise ValueError(f"{where}: a layer without parameters takes (), got {type(p).__name__}")
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------
+# forward / backward on (optionally) stacked parameters
+#
+# Parameters may carry a leading batch axis B (W: (B, n, m), b: (B, 1, m));
+# activations then have shape (B, N, width).  Without it shapes are (N, width).
+def _coefs(layer, fan_in):
+    """(c, s): z = c·hW + s·b."""
+    if layer.parameterization == "ntk":
+        return layer.W_std / np.sqrt(fan_in), (0.0 if layer.b_std is None else layer.b_std)
+    return 1.0, 1.0
+
+
+def _forward(layers, params, x):
+    """Output and the input of every layer."""
+    h, inputs = x, []
+    for layer, p in zip(layers, params):
+        inputs.append(h)
+        if isinstance(layer, Dense):
+            W, b = p
+            c, s = _coefs(layer, W.shape[-2])
+            h = c * (h @ W) if c != 1.0 else h @ W
+            if b is not None:
+                h = h + (s * b if s != 1.0 else b)
+        elif isinstance(layer, Activation):
+            h = layer.fn(h)
+    return h, inputs
+
+
+def _first_dense(layers):
+    return next(i for i, layer in enumerate(layers) if isinstance(layer, Dense))
+
+
+def _backward(layers, params, inputs, delta, visit):
+    """Back-propagates ``delta`` = ∂(·)/∂(output), shape (..., N, [m,] width);
+    calls ``visit(i, layer, c, s, delta_at_z)`` at every Dense layer."""
+    stop = _first_dense(layers)
+    extra = delta.ndim - inputs[-1].ndim   # 1 with an output-channel axis
+    for i in range(len(layers) - 1, stop - 1, -1):
+        layer = layers[i]
+        if isinstance(layer, Dense):
+            W, _ = params[i]
+            c, s = _coefs(layer, W.shape[-2])
+            visit(i, layer, c, s, delta)
+            if i > stop:
+                Wt = np.swapaxes(W, -1, -2)
+                if extra:
+                    Wt = Wt[..., None, :, :]
+                delta = (delta @ Wt) * c if c != 1.0 else delta @ Wt
+        elif isinstance(layer, Activation):
+            d = layer.dfn(inputs[i])
+            delta = delta * (d[..., None, :] if extra else d)
+    return delta
+
+
+def _gram(a, b):
+    return a @ np.swapaxes(b, -1, -2)
+
+
+def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None):
+    """Traced empirical NTK, (..., N1, N2); x2 None for the symmetric case."""
+    if inputs1 is None:
+        _, inputs1 = _forward(layers, params, x1)
+    same = x2 is None
+    if not same and inputs2 is None:
+        _, inputs2 = _forward(layers, params, x2)
+    lead1 = inputs1[-1].shape[:-1]
+    lead2 = lead1 if same else inputs2[-1].shape[:-1]
+    widths = [h.shape[-1] for h in inputs1] + [k]
+    per_channel = max(np.prod(lead1), np.prod(lead2)) * max(widths)
+    chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1))))
+    eye = np.eye(k)
+    acc = {}
+
+    for j0 in range(0, k, chunk):
+        e = eye[j0:j0 + chunk]                 # (m, k): output channels j0..j0+m
+        grams = {}
+
+        def visit1(i, layer, c, s, delta):
+            grams[i] = delta
+
+        d1 = np.broadcast_to(e, lead1 + e.shape)
+        if same:
+            def visit(i, layer, c, s, delta):
+                g = _flat_gram(delta, delta)
+                _add(acc, i, g)
+            _backward(layers, params, inputs1, d1, visit)
+        else:
+            # Signals of x1 are kept per Dense layer, then paired with those of x2.
+            _backward(layers, params, inputs1, d1, visit1)
+            d2 = np.broadcast_to(e, lead2 + e.shape)
+
+            def visit2(i, layer, c, s, delta):
+                _add(acc, i, _flat_gram(grams.pop(i), delta))
+            _backward(layers, params, inputs2, d2, visit2)
+
+    out = 0.0
+    for i, g_delta in acc.items():
+        layer = layers[i]
+        W = params[i][0]
+        c, s = _coefs(layer, W.shape[-2])
+        h1 = inputs1[i]
+        h2 = h1 if same else inputs2[i]
+        g_in = c * c * _gram(h1, h2)
+        if layer.b_std is not None:
+            g_in = g_in + s * s
+        out = out + g_in * g_delta
+    return out / k
+
+
+def _flat_gram(d1, d2):
+    """Σ_j Σ_u d1[..., x, j, u] d2[..., y, j, u]."""
+    a = d1.reshape(d1.shape[:-2] + (-1,))
+    b = d2.reshape(d2.shape[:-2] + (-1,))
+    return _gram(a, b)
+
+
+def _add(acc, i, g):
+    acc[i] = g if i not in acc else acc[i] + g
+
+
+def _kernels(net, params, x1, x2, names):
+    """{name: array} of traced empirical kernels for (possibly stacked) params."""
+    layers = net.layers
+    f1, in1 = _forward(layers, params, x1)
+    if x2 is None:
+        f2, in2 = f1, None
+    else:
+        f2, in2 = _forward(layers, params, x2)
+    k = f1.shape[-1]
+    res = {}
+    if "nngp" in names:
+        res["nngp"] = _gram(f1, f2) / k
+    if "ntk" in names:
+        res["ntk"] = _ntk(layers, params, x1, x2, k, in1, in2)
+    return res
+
+
+def _prepare(net, x1, x2, params):
+    a1 = check_inputs(x1, "x1")
+    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    check_params(net, params, a1.shape[1])
+    params = tuple((np.asarray(p[0], dtype=np.float64),
+                    None if p[1] is None else np.asarray(p[1], dtype=np.float64))
+                   if isinstance(layer, Dense) else ()
+                   for layer, p in zip(net.layers, params))
+    return a1, a2, params
+
+
+def value_and_grad(net, params, x, cotangent_fn):
+    """Output F = f(x; params) and the gradient of a loss L(F) with respect to
+    the parameters, given ``cotangent_fn(F) = ∂L/∂F`` (reverse mode, exact).
+    The gradient has the structure of ``params``."""
+    net = _as_network(net)
+    _check_layers(net)
+    a, _, params = _prepare(net, x, None, params)
+    f, inputs = _forward(net.layers, params, a)
+    grads = [()] * len(params)
+
+    def visit(i, layer, c, s, delta):
+        h = inputs[i]
+        gW = h.T @ delta
+        grads[i] = (gW * c if c != 1.0 else gW,
+                    None if layer.b_std is None else s * delta.sum(axis=0))
+
+    _backward(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64), visit)
+    for i, layer in enumerate(net.layers):   # Dense layers before the first get no signal
+        if isinstance(layer, Dense) and grads[i] == ():
+            grads[i] = (np.zeros_like(params[i][0]),
+                        None if params[i][1] is None else np.zeros_like(params[i][1]))
+    return f, tuple(grads)
+
+
+# --------------------------------------------------------------------------
+# public empirical kernel functions (neural-tangents signatures)
+def empirical_kernel_fn(net):
+    """``kernel_fn(x1, x2=None, get=None, params=...)``: empirical NNGP/NTK of the
+    finite network ``net`` with parameters ``params`` (from ``net.init_fn``),
+    traced over outputs.  Returns an array for a string ``get``, else a
+    ``Kernel`` namedtuple of (N1, N2) float64 arrays, like ``net.kernel``."""
+    net = _as_network(net)
+    _check_layers(net)
+
+    def kernel_fn(x1, x2=None, get=None, params=None):
+        names, single = parse_get(get)
+        if params is None:
+            raise ValueError("params is required: pass the params returned by net.init_fn")
+        a1, a2, p = _prepare(net, x1, x2, params)
+        res = _kernels(net, p, a1, a2, names)
+        return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))
+
+    return kernel_fn
+
+
+def empirical_ntk_fn(net):
+    """``ntk_fn(x1, x2, params)``: Θ(x, x') = (1/k) Σ_j ∇_θ f_j(x)·∇_θ f_j(x'),
+    exact, via per-layer Gram matrices (see the module docstring)."""
+    fn = empirical_kernel_fn(net)
+    return lambda x1, x2, params: fn(x1, x2, "ntk", params)
+
+
+def empirical_nngp_fn(net):
+    """``nngp_fn(x1, x2, params)``: K(x, x') = (1/k) f(x)·f(x')."""
+    fn = empirical_kernel_fn(net)
+    return lambda x1, x2, params: fn(x1, x2, "nngp", params)
+
+
+# --------------------------------------------------------------------------
+# Monte Carlo
+def _stack(param_list, layers):
+    out = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Dense):
+            W = np.stack([p[i][0] for p in param_list])
+            b = None if layer.b_std is None else np.stack([p[i][1] for p in param_list])[:, None, :]
+            out.append((W, b))
+        else:
+            out.append(())
+    return tuple(out)
+
+
+def _auto_batch(net, n1, n2, d):
+    widths = [d] + [layer.out_dim for layer in net.layers if isinstance(layer, Dense)]
+    k = widths[-1]
+    per_sample = (n1 + n2) * (sum(widths) * 3 + min(k, 64) * max(widths)) + 4 * n1 * n2
+    return int(max(1, min(256, _MAX_ENTRIES // max(per_sample, 1))))
+
+
+def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None):
+    """Yields {name: (B, N1, N2)} empirical kernels of independent random
+    networks, in batches.  Sample s is drawn from the s-th child of
+    ``np.random.SeedSequence(seed)``, so results do not depend on ``batch_size``."""
+    net = _as_network(net)
+    _check_layers(net)
+    n_samples = _check_count("n_samples", n_samples, 1)
+    a1 = check_inputs(x1, "x1")
+    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    if batch_size is None:
+        batch_size = _auto_batch(net, a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0],
+                                 a1.shape[1])
+    batch_size = _check_count("batch_size", batch_size, 1)
+    children = np.random.SeedSequence(seed).spawn(n_samples)
+    d = a1.shape[1]
+    for s0 in range(0, n_samples, batch_size):
+        plist = [net.init_fn(np.random.default_rng(c), (-1, d))[1]
+                 for c in children[s0:s0 + batch_size]]
+        yield _kernels(net, _stack(plist, net.layers), a1[None], None if a2 is None else a2[None],
+                       names)
+
+
+class _Moments:
+    """Running mean and sum of squared deviations (Chan et al. 1979 merge)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, batch):
+        nb = batch.shape[0]
+        mb = batch.mean(axis=0)
+        m2b = ((batch - mb) ** 2).sum(axis=0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta * delta * (self.n * nb / n)
+        self.n = n
+
+    def stderr(self):
+        return np.sqrt(self.m2 / (self.n - 1) / self.n)
+
+
+def monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
+    """Monte Carlo estimate of the expected empirical kernels over random
+    initialisations: ``kernel_fn(x1, x2=None, get=None)`` returns
+    ``MonteCarloKernel(mean, stderr, n_samples)``.
+
+    ``stderr`` is the standard error of the mean, √(s²/n) with the unbiased
+    sample variance s².  ``batch_size`` networks are evaluated together (None:
+    chosen to keep temporaries near 128 MiB); memory is O(batch_size · N ·
+    width + N1 · N2) whatever ``n_samples`` is.  Results do not depend on
+    ``batch_size``.
+    """
+    net = _as_network(net)
+    _check_layers(net)
+    n_samples = _check_count("n_samples", n_samples, 2)
+    if batch_size is not None:
+        _check_count("batch_size", batch_size, 1)
+
+    def kernel_fn(x1, x2=None, get=None):
+        names, single = parse_get(get)
+        moments = {g: _Moments() for g in names}
+        for batch in sample_kernels(net, x1, x2, names, n_samples, seed, batch_size):
+            for g in names:
+                moments[g].add(batch[g])
+        mean = [moments[g].mean for g in names]
+        se = [moments[g].stderr() for g in names]
+        if single:
+            return MonteCarloKernel(mean[0], se[0], n_samples)
+        kt = _kernel_type(names)
+        return MonteCarloKernel(kt(*mean), kt(*se), n_samples)
+
+    return kernel_fn
