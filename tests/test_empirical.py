@@ -1,0 +1,308 @@
+"""Empirical kernels of finite networks against an explicit Jacobian, and Monte
+Carlo kernels against the analytic infinite-width kernels."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import infkernel as ik
+from infkernel import empirical as E
+from infkernel.layers import Dense
+from infkernel.activations import Activation
+
+
+# ---------------------------------------------------------------------------
+# reference: the full Jacobian by forward-mode differentiation, one tangent per
+# parameter (independent of the reverse-mode structured formula under test)
+def _param_blocks(net, params):
+    """[(layer index, 'W'|'b', array)] in a fixed order."""
+    out = []
+    for i, (layer, p) in enumerate(zip(net.layers, params)):
+        if isinstance(layer, Dense):
+            out.append((i, "W", p[0]))
+            if p[1] is not None:
+                out.append((i, "b", p[1]))
+    return out
+
+
+def jacobian(net, params, x):
+    """J[p, n, j] = ∂f_j(x_n)/∂θ_p by forward mode, for all P parameters at once."""
+    blocks = _param_blocks(net, params)
+    P = sum(a.size for _, _, a in blocks)
+    offset, start = {}, 0
+    for i, name, a in blocks:
+        offset[(i, name)] = start
+        start += a.size
+    h = x
+    t = np.zeros((P,) + x.shape)            # tangents dh/dθ_p
+    for i, (layer, p) in enumerate(zip(net.layers, params)):
+        if isinstance(layer, Dense):
+            W, b = p
+            n_in, n_out = W.shape
+            if layer.parameterization == "ntk":
+                c, s = layer.W_std / np.sqrt(n_in), (layer.b_std or 0.0)
+            else:
+                c, s = 1.0, 1.0
+            tz = c * (t @ W)
+            o = offset[(i, "W")]
+            for a in range(n_in):
+                for u in range(n_out):
+                    tz[o + a * n_out + u, :, u] += c * h[:, a]
+            if b is not None:
+                o = offset[(i, "b")]
+                for u in range(n_out):
+                    tz[o + u, :, u] += s
+            z = c * (h @ W) + (0.0 if b is None else s * b)
+            h, t = z, tz
+        elif isinstance(layer, Activation):
+            t = t * layer.dfn(h)
+            h = layer.fn(h)
+    return t
+
+
+def ntk_reference(net, params, x1, x2):
+    J1, J2 = jacobian(net, params, x1), jacobian(net, params, x2)
+    return np.einsum("pak,pbk->ab", J1, J2) / J1.shape[-1]
+
+
+ACTS = {
+    "relu": ik.Relu, "leaky": lambda: ik.LeakyRelu(0.2), "abs": ik.Abs,
+    "erf": ik.Erf, "gelu": ik.Gelu, "sin": lambda: ik.Sin(1.2, 0.8, 0.3),
+    "rbf": lambda: ik.Rbf(0.7), "exp": lambda: ik.Exp(0.5, 0.4),
+    "gaussian": ik.Gaussian, "monomial3": lambda: ik.Monomial(3),
+    "rmono2": lambda: ik.RectifiedMonomial(2), "sigmoid_like": ik.Sigmoid_like,
+}
+
+
+@st.composite
+def networks(draw):
+    depth = draw(st.integers(0, 3))
+    layers = []
+    for _ in range(depth):
+        layers.append(ik.Dense(draw(st.integers(1, 5)),
+                               W_std=draw(st.floats(0.3, 2.0)),
+                               b_std=draw(st.one_of(st.none(), st.floats(0.0, 1.0))),
+                               parameterization=draw(st.sampled_from(["ntk", "standard"]))))
+        layers.append(ACTS[draw(st.sampled_from(sorted(ACTS)))]())
+        if draw(st.booleans()):
+            layers.append(ik.Identity())
+    layers.append(ik.Dense(draw(st.integers(1, 3)), W_std=draw(st.floats(0.3, 2.0)),
+                           b_std=draw(st.one_of(st.none(), st.floats(0.0, 1.0))),
+                           parameterization=draw(st.sampled_from(["ntk", "standard"]))))
+    return ik.serial(*layers)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=networks(), seed=st.integers(0, 2**31), n1=st.integers(1, 4), n2=st.integers(1, 4),
+       d=st.integers(1, 3), symmetric=st.booleans())
+def test_structured_ntk_equals_jacobian_product(net, seed, n1, n2, d, symmetric):
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=(n1, d))
+    x2 = x1 if symmetric else rng.normal(size=(n2, d))
+    _, params = net.init_fn(rng, (-1, d))
+    got = E.empirical_kernel_fn(net)(x1, None if symmetric else x2, None, params)
+    ref = ntk_reference(net, params, x1, x2)
+    # Both are sums of the same O(P) products in float64: agreement to 1e-12
+    # relative to the kernel's scale leaves a margin of ~1e3 over rounding.
+    scale = max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(got.ntk, ref, rtol=0, atol=1e-12 * scale)
+    f1, f2 = net.apply_fn(params, x1), net.apply_fn(params, x2)
+    np.testing.assert_allclose(got.nngp, f1 @ f2.T / f1.shape[1], rtol=0,
+                               atol=1e-12 * max(1.0, np.abs(got.nngp).max()))
+
+
+def test_reference_jacobian_is_the_derivative_of_apply_fn():
+    """Guards the reference itself: central differences of ``apply_fn``
+    (step 1e-6, truncation error O(h²·f''') ≈ 1e-11, rounding ≈ 1e-10)."""
+    net = ik.serial(ik.Dense(4, W_std=1.3, b_std=0.2), ik.Erf(),
+                    ik.Dense(3, W_std=0.9, b_std=0.1, parameterization="standard"),
+                    ik.Gelu(), ik.Dense(2, W_std=1.1))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 2))
+    _, params = net.init_fn(rng, (-1, 2))
+    J = jacobian(net, params, x)
+    p = 0
+    h = 1e-6
+    for i, name, a in _param_blocks(net, params):
+        for idx in np.ndindex(a.shape):
+            orig = a[idx]
+            a[idx] = orig + h
+            fp = net.apply_fn(params, x)
+            a[idx] = orig - h
+            fm = net.apply_fn(params, x)
+            a[idx] = orig
+            np.testing.assert_allclose(J[p], (fp - fm) / (2 * h), atol=1e-8)
+            p += 1
+    assert p == J.shape[0]
+
+
+def test_output_chunking_gives_the_same_kernel(monkeypatch):
+    net = ik.serial(ik.Dense(6, b_std=0.1), ik.Relu(), ik.Dense(7, b_std=0.3))
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    _, params = net.init_fn(rng, (-1, 3))
+    full = E.empirical_ntk_fn(net)(x1, x2, params)
+    monkeypatch.setattr(E, "_MAX_ENTRIES", 1)     # one output channel at a time
+    np.testing.assert_allclose(E.empirical_ntk_fn(net)(x1, x2, params), full,
+                               rtol=1e-14, atol=1e-14)
+
+
+def test_value_and_grad_matches_finite_differences():
+    net = ik.serial(ik.Dense(5, W_std=1.4, b_std=0.2, parameterization="standard"), ik.Erf(),
+                    ik.Dense(2, W_std=1.1, b_std=0.3))
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    _, params = net.init_fn(rng, (-1, 3))
+
+    def loss(p):
+        return 0.5 * np.sum((net.apply_fn(p, x) - y) ** 2)
+    f, grads = E.value_and_grad(net, params, x, lambda F: F - y)
+    np.testing.assert_allclose(f, net.apply_fn(params, x), rtol=0, atol=1e-15)
+    h = 1e-6
+    for (i, name, a) in _param_blocks(net, params):
+        g = grads[i][0 if name == "W" else 1]
+        for idx in np.ndindex(a.shape):
+            orig = a[idx]
+            a[idx] = orig + h
+            lp = loss(params)
+            a[idx] = orig - h
+            lm = loss(params)
+            a[idx] = orig
+            assert abs(g[idx] - (lp - lm) / (2 * h)) < 1e-7
+
+
+# ---------------------------------------------------------------------------
+# Monte Carlo against the analytic kernels
+CLOSED_FORM = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 1.2), ik.Abs(), ik.Erf(),
+               ik.Sigmoid_like(), ik.Gelu(), ik.Sin(), ik.Cos(), ik.Rbf(0.5),
+               ik.Exp(0.5, 0.5), ik.Gaussian(1.0, -0.5), ik.Sign(), ik.Monomial(2),
+               ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2)]
+
+#: z-score bound for Monte Carlo comparisons.  The suite makes about
+#: 17 activations × 2 parameterizations × 2 kernels × 10 entries ≈ 700 such
+#: comparisons, plus ~100 in the width tests.  P(|Z| > 5) = 5.7e-7 for a
+#: normal Z, so by the union bound (Bonferroni) a correct implementation fails
+#: with probability below 5e-4 even though the standard errors are themselves
+#: estimated (with ≥ 2000 samples the t-correction is negligible).  A wrong
+#: kernel, e.g. a 2 % scale error, gives z ≈ 2 % / (relative s.e. ~0.3 %) ≫ 5.
+K_SE = 5.0
+
+
+def _assert_within(mc, analytic, what):
+    for name, m, s, a in zip(("nngp", "ntk"), mc.mean, mc.stderr, analytic):
+        zero = s <= 1e-14 * np.abs(a).max()
+        # Entries with zero variance are deterministic (e.g. sign(z)² = 1): they
+        # must agree to the analytic side's accuracy.  Kinked duals at
+        # correlation ±1 turn a few ulps of rounding in ρ into √(ulps) ≈ 1e-8.
+        np.testing.assert_allclose(m[zero], a[zero], rtol=1e-7, atol=1e-12,
+                                   err_msg=f"{what} {name}")
+        z = np.abs(m - a)[~zero] / s[~zero]
+        assert z.size == 0 or z.max() < K_SE, f"{what} {name}: max z-score {z.max():.2f}"
+
+
+@pytest.fixture(scope="module")
+def points():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3)) * 0.7
+    x[3] = x[0]          # a repeated point: correlation exactly 1
+    return x
+
+
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+@pytest.mark.parametrize("act", CLOSED_FORM, ids=repr)
+def test_monte_carlo_agrees_with_analytic(act, par, points):
+    """One hidden layer: both empirical kernels are unbiased at every width, so
+    the Monte Carlo mean must match the analytic kernel within K_SE s.e."""
+    net = ik.serial(ik.Dense(16, W_std=1.2, b_std=0.3, parameterization=par), act,
+                    ik.Dense(1, W_std=1.1, b_std=0.2, parameterization=par))
+    mc = E.monte_carlo_kernel_fn(net, 2000, seed=11)(points)
+    _assert_within(mc, net.kernel(points, points), f"{act!r} {par}")
+
+
+@pytest.mark.parametrize("width", [1, 2, 5])
+@pytest.mark.parametrize("act", [ik.Relu(), ik.Erf(), ik.Sin(1.0, 1.5, 0.2)], ids=repr)
+def test_depth1_estimate_unbiased_at_any_width(act, width, points):
+    """E[f(x)f(x')] = W_std² E[φ(z)φ(z')] + b_std² holds exactly for one hidden
+    layer of any width, since z is exactly Gaussian; so even width 1 matches."""
+    net = ik.serial(ik.Dense(width, W_std=1.5, b_std=0.4), act,
+                    ik.Dense(1, W_std=0.8, b_std=0.3))
+    mc = E.monte_carlo_kernel_fn(net, 20000, seed=width)(points, points[:2])
+    _assert_within(mc, net.kernel(points, points[:2]), f"{act!r} width {width}")
+
+
+@pytest.mark.parametrize("act", [ik.Relu(), ik.Erf()], ids=repr)
+def test_error_falls_with_width_at_the_expected_rate(act, points):
+    """Two hidden layers: E‖K_emp − K‖_F/‖K‖_F ∝ width^(−1/2) (fluctuations
+    dominate the O(1/width) bias).  The fitted slope over widths 16..512 with
+    64 networks each has a standard error of about 0.03; accept ±0.15."""
+    widths = [16, 64, 256, 512]
+    errs = []
+    for n in widths:
+        net = ik.serial(ik.Dense(n, W_std=1.4, b_std=0.1), act, ik.Dense(n, W_std=1.4, b_std=0.1),
+                        act, ik.Dense(1, W_std=1.4, b_std=0.1))
+        ana = net.kernel(points, points, get="ntk")
+        e = []
+        for batch in E.sample_kernels(net, points, None, ("ntk",), 64, seed=n):
+            d = batch["ntk"] - ana
+            e.extend(np.sqrt((d ** 2).sum(axis=(1, 2))) / np.linalg.norm(ana))
+        errs.append(np.mean(e))
+    slope = np.polyfit(np.log(widths), np.log(errs), 1)[0]
+    assert -0.65 < slope < -0.35, (slope, errs)
+
+
+def test_monte_carlo_independent_of_batch_size_and_reproducible(points):
+    net = ik.serial(ik.Dense(8, b_std=0.1), ik.Gelu(), ik.Dense(2))
+    a = E.monte_carlo_kernel_fn(net, 10, seed=3, batch_size=3)(points)
+    b = E.monte_carlo_kernel_fn(net, 10, seed=3, batch_size=10)(points)
+    c = E.monte_carlo_kernel_fn(net, 10, seed=4, batch_size=10)(points)
+    for u, v in zip(a.mean + a.stderr, b.mean + b.stderr):
+        np.testing.assert_allclose(u, v, rtol=1e-13, atol=1e-14)
+    assert not np.allclose(a.mean.ntk, c.mean.ntk)
+    # the mean equals the average of the individual empirical kernels
+    kfn = E.empirical_kernel_fn(net)
+    seqs = np.random.SeedSequence(3).spawn(10)
+    ks = [kfn(points, None, "ntk", net.init_fn(np.random.default_rng(s), (-1, 3))[1]) for s in seqs]
+    np.testing.assert_allclose(a.mean.ntk, np.mean(ks, axis=0), rtol=1e-13)
+    np.testing.assert_allclose(a.stderr.ntk, np.std(ks, axis=0, ddof=1) / np.sqrt(10), rtol=1e-10)
+    single = E.monte_carlo_kernel_fn(net, 10, seed=3)(points, get="nngp")
+    assert isinstance(single.mean, np.ndarray) and single.n_samples == 10
+
+
+# ---------------------------------------------------------------------------
+# bad input
+def test_bad_input_is_rejected_before_work():
+    net = ik.serial(ik.Dense(4, b_std=0.1), ik.Relu(), ik.Dense(1))
+    x = np.ones((2, 3))
+    _, params = net.init_fn(0, (-1, 3))
+    with pytest.raises(ValueError, match="n_samples"):
+        E.monte_carlo_kernel_fn(net, 1)
+    with pytest.raises(TypeError, match="n_samples"):
+        E.monte_carlo_kernel_fn(net, 2.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        E.monte_carlo_kernel_fn(net, 4, batch_size=0)
+    fn = E.empirical_ntk_fn(net)
+    with pytest.raises(ValueError, match="3 layers"):
+        fn(x, None, params[:2])
+    with pytest.raises(ValueError, match=r"W must have shape \(5, 4\), got \(3, 4\)"):
+        fn(np.ones((2, 5)), None, params)
+    with pytest.raises(ValueError, match="b must have shape"):
+        fn(x, None, ((params[0][0], None),) + params[1:])
+    with pytest.raises(ValueError, match="no bias"):
+        fn(x, None, params[:2] + ((params[2][0], np.zeros(1)),))
+    with pytest.raises(ValueError, match="takes"):
+        fn(x, None, (params[0], (np.ones(1),), params[2]))
+    bad = (params[0][0].copy(), params[0][1])
+    bad[0][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fn(x, None, (bad,) + params[1:])
+    with pytest.raises(ValueError, match="params is required"):
+        E.empirical_kernel_fn(net)(x)
+    with pytest.raises(ValueError, match="unknown get"):
+        E.empirical_kernel_fn(net)(x, None, "foo", params)
+
+    class Weird(ik.Layer):
+        def _apply(self, params, h):
+            return h
+    with pytest.raises(TypeError, match="layer 1"):
+        E.empirical_kernel_fn(ik.serial(ik.Dense(2), Weird(), ik.Dense(1)))
+    with pytest.raises(TypeError, match="infkernel network"):
+        E.empirical_kernel_fn(lambda p, x: x)
