@@ -1,0 +1,792 @@
+"""Prediction with infinite-width kernels: GP inference and gradient descent.
+
+Semantics follow ``neural_tangents.predict`` (0.6.5) so that code ports by
+changing an import:
+
+* ``gp_inference``: the exact posterior of the NNGP (Bayesian inference in an
+  infinitely wide network, Lee et al. 2018) and the distribution of an infinite
+  ensemble of infinitely wide networks trained to convergence by gradient flow
+  on MSE (NTK, Jacot et al. 2018; Lee et al. 2019).
+* ``gradient_descent_mse_ensemble``: the same at any training time t.  With
+  K = V diag(λ) Vᵀ (training kernel plus regulariser) and n = y_train.size,
+
+      mean(t) = K_td V diag((1 - e^{-λ t/n}) / λ) Vᵀ y,
+
+  NNGP covariance  Σ_tt - Σ_td V diag((1 - e^{-2λt/n})/λ) Vᵀ Σ_dt, and NTK
+  covariance  Σ_tt + Bᵀ Σ_dd B - (Θ_td A Σ_dt + transpose), A = V f(λ) Vᵀ,
+  B = A Θ_dt  (Lee et al. 2019, "Wide neural networks of any depth evolve as
+  linear models under gradient descent", eqs. 15-16).
+* ``gradient_descent_mse``: the function-space trajectory of one network
+  from given initial outputs.
+
+Times are continuous and in units of ``learning_rate`` (absolute time
+``learning_rate * t``); ``t=None`` means t = ∞ and uses a Cholesky solve
+instead of an eigendecomposition.  ``diag_reg`` is relative to the mean
+diagonal of the training kernel unless ``diag_reg_absolute_scale=True``.
+
+Linear algebra is always float64.  Cholesky factorisations escalate a
+diagonal jitter (with a warning stating it) when the matrix is singular to
+working precision, and refuse matrices that are not positive semidefinite
+beyond rounding.  For very large training sets, ``solver="cg"`` solves with
+conjugate gradients preconditioned by a pivoted partial Cholesky factor
+(Gardner et al. 2018; Wang et al. 2019, "Exact Gaussian processes on a million
+data points") without a second N×N matrix.
+"""
+import math
+import warnings
+from collections import namedtuple
+from functools import lru_cache
+
+import numpy as np
+import scipy.linalg as sla
+
+__all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
+           "Gaussian", "JitterWarning", "max_learning_rate"]
+
+#: A Gaussian: ``mean`` and ``covariance`` (an (M, M) matrix, or (M,)
+#: variances for ``compute_cov="diag"``).
+Gaussian = namedtuple("Gaussian", ["mean", "covariance"])
+
+#: Test rows processed together when streaming a test set.
+CHUNK = 4096
+
+_GETS = ("nngp", "ntk")
+
+
+class JitterWarning(UserWarning):
+    """A Cholesky factorisation needed a diagonal jitter to succeed."""
+
+
+# ---------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------
+
+def _check_y(y, n=None, name="y_train"):
+    try:
+        a = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{name} must have shape (N,) or (N, C), got {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name} has {a.shape[0]} rows, expected {n} (one per "
+                         "training point, as in the training kernel / x_train)")
+    if not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))
+        raise ValueError(f"{name} has NaN or Inf in row(s) {bad[:5].tolist()}")
+    return a
+
+
+def _check_reg(diag_reg):
+    if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float, np.integer,
+                                                                np.floating)):
+        raise TypeError(f"diag_reg must be a real number, got {type(diag_reg).__name__}")
+    if not math.isfinite(diag_reg) or diag_reg < 0:
+        raise ValueError(f"diag_reg must be finite and >= 0, got {diag_reg}")
+    return float(diag_reg)
+
+
+def _check_lr(learning_rate):
+    if isinstance(learning_rate, bool) or not isinstance(
+            learning_rate, (int, float, np.integer, np.floating)):
+        raise TypeError("learning_rate must be a real number, got "
+                        f"{type(learning_rate).__name__}")
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate}")
+    return float(learning_rate)
+
+
+def _check_t(t):
+    """None (t = ∞) or a float64 array of times >= 0 (inf allowed)."""
+    if t is None:
+        return None
+    try:
+        a = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"t must be None or a number / array of numbers, got {t!r}") from None
+    if np.isnan(a).any():
+        raise ValueError("t must not contain NaN")
+    if (a < 0).any():
+        raise ValueError(f"t must be >= 0 (training time), got min {a.min()}")
+    return a
+
+
+def _check_square(k, name, n=None):
+    try:
+        a = np.asarray(k, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be a square (N, N) matrix, got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name} has shape {a.shape}, expected ({n}, {n})")
+    _check_finite_blocks(a, name)
+    return a
+
+
+def _check_finite_blocks(a, name, rows=2048):
+    for r in range(0, a.shape[0], rows):
+        if not np.isfinite(a[r:r + rows]).all():
+            raise ValueError(f"{name} contains NaN or Inf (rows {r}..{r + rows})")
+
+
+def _check_symmetric(a, name, rows=1024):
+    """Relative asymmetry beyond rounding is an error (blocked: no N×N temp)."""
+    scale = max(float(np.abs(np.diagonal(a)).max(initial=0.0)), 1e-300)
+    n = a.shape[0]
+    for r in range(0, n, rows):
+        d = np.abs(a[r:r + rows] - a[:, r:r + rows].T).max(initial=0.0)
+        if d > 1e-8 * scale:
+            raise ValueError(f"{name} is not symmetric: max |K - Kᵀ| = {d:.3g} "
+                             f"(relative {d / scale:.3g} of max diagonal, allowed 1e-8)")
+
+
+def _field(k, g, name):
+    """The ``g`` kernel from an array or a namedtuple with nngp/ntk fields."""
+    if k is None:
+        return None
+    if hasattr(k, "_fields") or (hasattr(k, "nngp") or hasattr(k, "ntk")):
+        v = getattr(k, g, None)
+        if v is None:
+            raise ValueError(f"{name} has no {g!r} field; pass a Kernel with "
+                             f"{g!r} (e.g. kernel_fn(x1, x2, get=('nngp', 'ntk')))")
+        return v
+    return k
+
+
+def _parse_get(get):
+    if get is None:
+        return _GETS, False
+    if isinstance(get, str):
+        names, single = (get,), True
+    elif isinstance(get, (tuple, list)) and get:
+        names, single = tuple(get), False
+    else:
+        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
+    return names, single
+
+
+def _pack(out, names, single):
+    if single:
+        return out[names[0]]
+    return namedtuple("Gaussians", names)(*(out[g] for g in names))
+
+
+# ---------------------------------------------------------------------------
+# linear algebra
+# ---------------------------------------------------------------------------
+
+def _regularizer(k, diag_reg, absolute):
+    if absolute:
+        return diag_reg
+    return diag_reg * float(np.trace(k)) / k.shape[0]
+
+
+def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=1e-6):
+    """Lower Cholesky factor of a symmetric PSD matrix, in scipy's
+    ``(c, lower=True)`` convention (the strict upper triangle of ``c`` is not
+    referenced).  ``overwrite=True`` factors a float64 F-ordered ``a`` in place.
+
+    On failure a jitter ε·mean(diag) is added, ε = 1e-12, 1e-11, ...,
+    ``max_jitter``, with a ``JitterWarning`` that states the jitter used.  If
+    that is not enough, the smallest eigenvalue is computed and a ValueError
+    says by how much the matrix fails to be PSD.
+    """
+    n = a.shape[0]
+    if n == 0:
+        return np.zeros((0, 0))
+    d0 = np.diagonal(a).astype(np.float64)
+    scale = float(d0.mean())
+    if overwrite and a.dtype == np.float64 and a.flags.f_contiguous:
+        work = a
+    else:
+        work = np.array(a, dtype=np.float64, order="F")
+    eps = 0.0
+    while True:
+        try:
+            # dpotrf with lower=True reads and writes only the lower triangle
+            c = sla.cholesky(work, lower=True, overwrite_a=True, check_finite=False)
+            break
+        except (np.linalg.LinAlgError, sla.LinAlgError):
+            eps = 1e-12 if eps == 0.0 else eps * 10.0
+            _restore_lower(work, d0)
+            if eps > max_jitter * (1 + 1e-9):
+                lam = sla.eigvalsh(work, lower=False, subset_by_index=[0, 0])[0]
+                raise ValueError(
+                    f"{name} is not positive semidefinite beyond rounding: smallest "
+                    f"eigenvalue {lam:.3g} (relative {lam / scale:.3g} of the mean diagonal); "
+                    f"a jitter up to {max_jitter:g} x mean(diag) did not help. Check the "
+                    "kernel or increase diag_reg.") from None
+            work[np.diag_indices(n)] = d0 + eps * scale
+    if eps > 0.0:
+        warnings.warn(f"{name} is singular to working precision: added jitter "
+                      f"{eps * scale:.3g} (= {eps:g} x mean diagonal {scale:.3g}) to its "
+                      "diagonal for the Cholesky factorisation; consider diag_reg > 0",
+                      JitterWarning, stacklevel=3)
+    return c
+
+
+def _restore_lower(work, d0, rows=1024):
+    """Lower triangle := transpose of the (untouched) strict upper triangle."""
+    n = work.shape[0]
+    for r in range(0, n, rows):
+        s = slice(r, min(n, r + rows))
+        work[s, :r] = work[:r, s].T
+        blk = work[s, s]
+        il = np.tril_indices(blk.shape[0], -1)
+        blk[il] = blk.T[il]
+    work[np.diag_indices(n)] = d0
+
+
+def _cho_solve(c, b):
+    return sla.cho_solve((c, True), b, check_finite=False)
+
+
+def _pivoted_cholesky(diag, column, rank, tol=1e-12):
+    """Rank-``rank`` pivoted partial Cholesky K ≈ L Lᵀ (Harbrecht et al. 2012).
+
+    ``column(i)`` returns K[:, i].  Returns L (N, r) and the residual diagonal.
+    """
+    n = diag.shape[0]
+    rank = min(rank, n)
+    L = np.zeros((n, rank))
+    d = diag.copy()
+    total = d.sum()
+    r = 0
+    for r in range(rank):
+        i = int(np.argmax(d))
+        if d[i] <= tol * max(total, 1e-300):
+            break
+        col = column(i) - L[:, :r] @ L[i, :r]
+        L[:, r] = col / math.sqrt(d[i])
+        d -= L[:, r] ** 2
+        d[i] = 0.0
+        np.maximum(d, 0.0, out=d)
+    else:
+        r = rank
+    return L[:, :r], d
+
+
+def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_train"):
+    """Solve (K + reg·I) X = B by conjugate gradients, one CG recursion per
+    column of B, preconditioned by P = L Lᵀ + diag(K - L Lᵀ) + reg·I with L a
+    pivoted partial Cholesky factor (applied by Woodbury).  Memory: K plus
+    O(N·(rank + C)).  Stops when every column has ‖r‖ ≤ tol·‖b‖; warns
+    (stating the residual reached) if ``maxiter`` is hit.
+    """
+    n = k.shape[0]
+    b2 = b.reshape(n, -1)
+    rank = min(n, rank if rank is not None else max(64, min(1024, int(4 * math.sqrt(n)))))
+    diag = np.ascontiguousarray(np.diagonal(k), dtype=np.float64)
+    L, dres = _pivoted_cholesky(diag, lambda i: np.asarray(k[:, i], dtype=np.float64), rank)
+    D = dres + reg + 1e-14 * max(diag.mean(), 1e-300)
+    DiL = L / D[:, None]
+    inner = np.eye(L.shape[1]) + L.T @ DiL
+    ci = sla.cho_factor(inner, lower=True, check_finite=False)
+
+    def prec(r):
+        return r / D[:, None] - DiL @ sla.cho_solve(ci, DiL.T @ r, check_finite=False)
+
+    def matvec(v):
+        out = k @ v
+        if reg:
+            out += reg * v
+        return out
+
+    x = np.zeros_like(b2)
+    r = b2.copy()
+    bnorm = np.linalg.norm(b2, axis=0)
+    bnorm[bnorm == 0] = 1.0
+    z = prec(r)
+    p = z.copy()
+    rz = np.einsum("ij,ij->j", r, z)
+    res = np.linalg.norm(r, axis=0) / bnorm
+    it = 0
+    while it < maxiter and (res > tol).any():
+        q = matvec(p)
+        pq = np.einsum("ij,ij->j", p, q)
+        alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)
+        x += p * alpha
+        r -= q * alpha
+        res = np.linalg.norm(r, axis=0) / bnorm
+        z = prec(r)
+        rz_new = np.einsum("ij,ij->j", r, z)
+        beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
+        p = z + p * beta
+        rz = rz_new
+        it += 1
+    if (res > tol).any():
+        warnings.warn(f"{name}: conjugate gradients stopped after {it} iterations at "
+                      f"relative residual {res.max():.3g} (asked for {tol:g}); "
+                      "increase diag_reg or maxiter", RuntimeWarning, stacklevel=3)
+    pcg_solve.last_iterations = it
+    return x.reshape(b.shape)
+
+
+pcg_solve.last_iterations = 0
+
+
+class _Solver:
+    """(K + reg I)⁻¹ for one training kernel: Cholesky (cached), conjugate
+    gradients, or an eigendecomposition (cached) for functions of K."""
+
+    def __init__(self, k, diag_reg, absolute, name, solver="cholesky", tol=1e-10):
+        if solver not in ("cholesky", "cg"):
+            raise ValueError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
+        self.k = k
+        self.reg = _regularizer(k, diag_reg, absolute)
+        self.name = name
+        self.solver = solver
+        self.tol = tol
+        self._chol = None
+        self._eig = None
+
+    def solve(self, b):
+        if self.solver == "cg":
+            return pcg_solve(self.k, b, self.reg, tol=self.tol, name=self.name)
+        if self._chol is None:
+            a = np.array(self.k, dtype=np.float64, order="F")
+            a[np.diag_indices_from(a)] += self.reg
+            self._chol = cho_factor(a, self.name, overwrite=True)
+            del a
+        return _cho_solve(self._chol, b)
+
+    def eig(self):
+        if self._eig is None:
+            a = np.array(self.k, dtype=np.float64)
+            a[np.diag_indices_from(a)] += self.reg
+            self._eig = sla.eigh(a, overwrite_a=True, check_finite=False,
+                                 driver="evd")
+        return self._eig
+
+    def fn_apply(self, fn, b, t):
+        """V diag(fn(λ, t)) Vᵀ b for each time in t (leading axis)."""
+        lam, vecs = self.eig()
+        proj = vecs.T @ b.reshape(b.shape[0], -1)                  # (N, K)
+        f = fn(lam[None, :], t.reshape(-1, 1))                     # (T, N)
+        out = np.einsum("ij,tj,jk->tik", vecs, f, proj, optimize=True)
+        return out.reshape((t.size,) + b.shape)
+
+
+def _decay(lam, tn):
+    """(1 - exp(-λ⁺ t/n)) / λ⁺ with the limit t/n at λ⁺ = 0 (λ⁺ = max(λ, 0))."""
+    lp = np.maximum(lam, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = lp * tn
+        out = np.where(lp > 0, -np.expm1(-x) / np.where(lp > 0, lp, 1.0), tn)
+    return np.where(np.isinf(tn), np.where(lp > 0, 1.0 / np.where(lp > 0, lp, 1.0),
+                                           np.inf), out)
+
+
+def _prep_y(y):
+    """(y as (N, C), restore function to the original trailing shape)."""
+    if y.ndim == 1:
+        return y[:, None], (lambda a: a[..., 0])
+    return y, (lambda a: a)
+
+
+# ---------------------------------------------------------------------------
+# gp_inference
+# ---------------------------------------------------------------------------
+
+def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=False,
+                 *, solver="cholesky", tol=1e-10):
+    """Posterior of the NNGP, of the NTK ensemble at t = ∞, or of the NTKGP.
+
+    Args:
+      k_train_train: (N, N) array, or a ``Kernel`` with ``nngp``/``ntk``.
+      y_train: (N,) or (N, C) targets.
+      diag_reg: regulariser; K + diag_reg·mean(diag K)·I (or diag_reg·I when
+        ``diag_reg_absolute_scale``).
+      solver: "cholesky" (default) or "cg" (preconditioned conjugate gradients
+        to relative residual ``tol``; no copy of K).
+
+    Returns ``predict_fn(get=None, k_test_train=None, k_test_test=None)``:
+    the mean (no ``k_test_test``) or a ``Gaussian(mean, covariance)``, per
+    ``get`` ("nngp", "ntk", "ntkgp" or a tuple).  ``k_test_test`` may be the
+    (M, M) test kernel or its (M,) diagonal (variances returned).  With
+    ``k_test_train=None`` the training-set outputs N(y_train, 0) are returned.
+
+    NNGP: mean Σ_td K⁻¹y, cov Σ_tt - Σ_td K⁻¹ Σ_dt (Rasmussen & Williams 2006,
+    eq. 2.19).  NTK: mean Θ_td Θ⁻¹y, cov Σ_tt + Θ_td Θ⁻¹ Σ Θ⁻¹ Θ_dt -
+    (Θ_td Θ⁻¹ Σ_dt + h.c.) (Lee et al. 2019, eq. 16).  NTKGP (He et al. 2020):
+    the GP with covariance Θ.
+    """
+    diag_reg = _check_reg(diag_reg)
+    first = k_train_train
+    for g in _GETS:
+        if hasattr(k_train_train, g) and getattr(k_train_train, g) is not None:
+            first = getattr(k_train_train, g)
+            break
+    first = np.asarray(first)
+    if first.ndim != 2 or first.shape[0] != first.shape[1]:
+        raise ValueError(f"k_train_train must be a square (N, N) matrix, got shape {first.shape}")
+    n = first.shape[0]
+    y = _check_y(y_train, n)
+    y2, restore = _prep_y(y)
+    if solver not in ("cholesky", "cg"):
+        raise ValueError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
+
+    @lru_cache(2)
+    def solver_for(g):
+        k = _check_square(_field(k_train_train, g, "k_train_train"), f"k_train_train.{g}"
+                          if g != "_" else "k_train_train", n)
+        _check_symmetric(k, "k_train_train")
+        return _Solver(k, diag_reg, diag_reg_absolute_scale, f"k_train_train ({g})",
+                       solver, tol)
+
+    @lru_cache(2)
+    def k_inv_y(g):
+        return solver_for(g).solve(y2)
+
+    def predict_fn(get=None, k_test_train=None, k_test_test=None):
+        names, single = _parse_get(get)
+        out = {}
+        for g in names:
+            if g not in ("nngp", "ntk", "ntkgp"):
+                raise ValueError(f"unknown get={g!r}: valid values are 'nngp', 'ntk', 'ntkgp'")
+            kg = "ntk" if g == "ntkgp" else g
+            if k_test_train is None:
+                mean = y.copy()
+                if k_test_test is not None:
+                    out[g] = Gaussian(mean, np.zeros((n, n)))
+                else:
+                    out[g] = mean
+                continue
+            k_td = _as_cross(_field(k_test_train, kg, "k_test_train"), n, "k_test_train")
+            mean = restore(k_td @ k_inv_y(kg))
+            if k_test_test is None:
+                out[g] = mean
+                continue
+            g_init = "ntk" if g == "ntkgp" else "nngp"
+            k_tt = np.asarray(_field(k_test_test, g_init, "k_test_test"), dtype=np.float64)
+            _check_tt(k_tt, k_td.shape[0])
+            if g in ("nngp", "ntkgp"):
+                cov = _nngp_cov(k_tt, k_td, solver_for(kg).solve)
+            else:
+                if not (hasattr(k_test_train, "nngp") and hasattr(k_train_train, "nngp")):
+                    raise ValueError("the NTK posterior covariance needs both 'nngp' and 'ntk' "
+                                     "in k_train_train and k_test_train (pass Kernel namedtuples)")
+                cov = _ntk_cov(k_tt, k_td, np.asarray(k_test_train.nngp, dtype=np.float64),
+                               np.asarray(k_train_train.nngp, dtype=np.float64),
+                               solver_for("ntk").solve)
+            out[g] = Gaussian(mean, cov)
+        return _pack(out, names, single)
+
+    return predict_fn
+
+
+def _as_cross(k, n, name):
+    a = np.asarray(k, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != n:
+        raise ValueError(f"{name} must have shape (M, {n}), got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return a
+
+
+def _check_tt(k_tt, m):
+    if k_tt.shape not in ((m, m), (m,)):
+        raise ValueError(f"k_test_test must have shape ({m}, {m}) or ({m},), got {k_tt.shape}")
+
+
+def _nngp_cov(k_tt, s_td, apply_inv):
+    """Σ_tt - Σ_td A Σ_dt (full or diagonal)."""
+    w = apply_inv(s_td.T)                         # (N, M)
+    if k_tt.ndim == 1:
+        return k_tt - np.einsum("ij,ji->i", s_td, w)
+    c = k_tt - s_td @ w
+    return 0.5 * (c + c.T)
+
+
+def _ntk_cov(k_tt, t_td, s_td, s_dd, apply_inv):
+    """Σ_tt + Bᵀ Σ_dd B - (Θ_td A Σ_dt + h.c.),  B = A Θ_dt."""
+    b = apply_inv(t_td.T)                         # (N, M)
+    sb = s_dd @ b
+    a_s = apply_inv(s_td.T)                       # (N, M)
+    if k_tt.ndim == 1:
+        return (k_tt + np.einsum("ji,ji->i", b, sb)
+                - 2.0 * np.einsum("ij,ji->i", t_td, a_s))
+    term2 = t_td @ a_s
+    c = k_tt + b.T @ sb - term2 - term2.T
+    return 0.5 * (c + c.T)
+
+
+# ---------------------------------------------------------------------------
+# gradient_descent_mse_ensemble
+# ---------------------------------------------------------------------------
+
+def _kernel_callable(kernel_fn):
+    from .layers import Network
+    if isinstance(kernel_fn, Network):
+        return kernel_fn.kernel
+    if callable(kernel_fn):
+        return kernel_fn
+    raise TypeError("kernel_fn must be an infkernel Network or a callable "
+                    f"kernel_fn(x1, x2, get), got {type(kernel_fn).__name__}")
+
+
+def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
+                                  diag_reg=0., diag_reg_absolute_scale=False, *,
+                                  solver="cholesky", chunk_size=CHUNK, progress=False,
+                                  **kernel_kwargs):
+    """Mean and covariance of an infinite ensemble of infinitely wide networks
+    trained by gradient flow on MSE, at any time t (Lee et al. 2019).
+
+    Args:
+      kernel_fn: a Network or ``kernel_fn(x1, x2, get, **kernel_kwargs)``.
+      x_train: (N, d); y_train: (N,) or (N, C).
+      learning_rate: time is ``learning_rate * t``; the loss is the mean over
+        ``y_train.size`` entries, as in neural-tangents.
+      diag_reg, diag_reg_absolute_scale: as in :func:`gp_inference`.
+      solver: "cholesky" or "cg" for t = ∞ (finite t uses one cached
+        symmetric eigendecomposition per kernel, reused for every t).
+      chunk_size: test rows per kernel block when only means / variances are
+        asked for, so that x_test may be large.
+
+    Returns ``predict_fn(t=None, x_test=None, get=None, compute_cov=False)``;
+    ``t`` may be an array (results get its leading shape), ``x_test=None``
+    gives (unregularised) training-set predictions, ``compute_cov`` is False,
+    True (full (M, M) covariance) or "diag" (variances, streamed).
+    """
+    kfn = _kernel_callable(kernel_fn)
+    diag_reg = _check_reg(diag_reg)
+    lr = _check_lr(learning_rate)
+    from .kernel import check_inputs
+    xd = check_inputs(x_train, "x_train")
+    y = _check_y(y_train, None)
+    if y.shape[0] != xd.shape[0]:
+        raise ValueError(f"y_train has {y.shape[0]} rows but x_train has {xd.shape[0]}: "
+                         "expected one target row per training input")
+    n = xd.shape[0]
+    y2, restore = _prep_y(y)
+    norm = float(y.size)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    cache = {}
+    solvers = {}
+
+    def k_dd(g):
+        if g not in cache:
+            k = np.asarray(kfn(xd, None, g, **kernel_kwargs), dtype=np.float64)
+            if k.shape != (n, n):
+                raise ValueError(f"kernel_fn returned shape {k.shape} for the training "
+                                 f"kernel, expected ({n}, {n})")
+            _check_finite_blocks(k, f"training {g} kernel")
+            cache[g] = k
+        return cache[g]
+
+    def solver_for(g):
+        if g not in solvers:
+            solvers[g] = _Solver(k_dd(g), diag_reg, diag_reg_absolute_scale,
+                                 f"training {g} kernel", solver)
+        return solvers[g]
+
+    def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **test_kwargs):
+        names, single = _parse_get(get)
+        for g in names:
+            if g not in _GETS:
+                raise ValueError(f"unknown get={g!r}: valid values are {_GETS}")
+        if compute_cov not in (False, True, "diag"):
+            raise ValueError(f"compute_cov must be False, True or 'diag', got {compute_cov!r}")
+        ts = _check_t(t)
+        tn = None if ts is None else ts * lr / norm
+        xt = None if x_test is None else check_inputs(x_test, "x_test", xd.shape[1])
+        kw = dict(kernel_kwargs, **test_kwargs)
+        need = set(names) | ({"nngp"} if compute_cov else set())
+        out = {}
+        if xt is None:
+            for g in names:
+                out[g] = _train_prediction(g, tn, y, y2, restore, solver_for,
+                                           k_dd, compute_cov)
+            return _pack(out, names, single)
+
+        m = xt.shape[0]
+        full = compute_cov is True
+        step = m if full else chunk_size
+        pieces = {g: ([], []) for g in names}
+        for r0 in range(0, max(m, 1), step):
+            xc = xt[r0:r0 + step]
+            kg = tuple(g for g in _GETS if g in need)
+            ktd = kfn(xc, xd, kg, **kw)
+            ktd = {g: np.asarray(getattr(ktd, g), dtype=np.float64) for g in kg}
+            ktt = None
+            if compute_cov:
+                ktt = (np.asarray(kfn(xc, None, "nngp", **kw), dtype=np.float64) if full
+                       else _diag_nngp(kernel_fn, kfn, xc, kw))
+            for g in names:
+                mean, cov = _test_prediction(g, tn, y2, restore, solver_for, k_dd,
+                                             ktd, ktt)
+                pieces[g][0].append(mean)
+                if cov is not None:
+                    pieces[g][1].append(cov)
+            if progress:
+                progress(min(m, r0 + step), m) if callable(progress) else None
+        lead = 0 if ts is None else ts.ndim
+        for g in names:
+            mean = np.concatenate(pieces[g][0], axis=lead) if m else _empty_mean(ts, y)
+            if compute_cov:
+                cov = (pieces[g][1][0] if full else
+                       np.concatenate(pieces[g][1], axis=lead))
+                out[g] = Gaussian(mean, cov)
+            else:
+                out[g] = mean
+        return _pack(out, names, single)
+
+    predict_fn.k_train_train = k_dd
+    return predict_fn
+
+
+def _empty_mean(ts, y):
+    shape = (() if ts is None else ts.shape) + (0,) + y.shape[1:]
+    return np.zeros(shape)
+
+
+def _diag_nngp(kernel_fn, kfn, xc, kw):
+    from .layers import Network
+    if isinstance(kernel_fn, Network) and not kw:
+        return np.asarray(kernel_fn.diag(xc, "nngp"), dtype=np.float64)
+    return np.diagonal(np.asarray(kfn(xc, None, "nngp", **kw))).copy()
+
+
+def _train_prediction(g, tn, y, y2, restore, solver_for, k_dd, compute_cov):
+    n = y.shape[0]
+    if tn is None:
+        mean = y.copy()
+        if compute_cov:
+            return Gaussian(mean, np.zeros((n, n)) if compute_cov is True else np.zeros(n))
+        return mean
+    sv = solver_for(g)
+    lam, vecs = sv.eig()
+    lp = np.maximum(lam, 0.0)
+    tt = tn.reshape(-1, 1)
+    decay = -np.expm1(-lp[None] * np.where(np.isinf(tt), np.inf, tt))   # (T, N)
+    proj = vecs.T @ y2
+    mean = np.einsum("ij,tj,jk->tik", vecs, decay, proj, optimize=True)
+    mean = restore(mean.reshape(tn.shape + y2.shape))
+    if not compute_cov:
+        return mean
+    if g == "nngp":
+        f = lp[None] * np.exp(-2.0 * lp[None] * tt)
+        if compute_cov == "diag":
+            cov = np.einsum("ij,tj,ij->ti", vecs, f, vecs, optimize=True)
+        else:
+            cov = np.einsum("ij,tj,kj->tik", vecs, f, vecs, optimize=True)
+    else:
+        s = k_dd("nngp")
+        covs = []
+        for row in np.exp(-lp[None] * tt):
+            e = (vecs * row) @ vecs.T
+            c = e @ s @ e
+            covs.append(np.diagonal(c).copy() if compute_cov == "diag" else 0.5 * (c + c.T))
+        cov = np.stack(covs)
+    return Gaussian(mean, cov.reshape(tn.shape + cov.shape[1:]))
+
+
+def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
+    """(mean, cov) for one chunk of test points; leading time axes if tn."""
+    sv = solver_for(g)
+    k_td = ktd[g]
+    if tn is None:
+        mean = restore(k_td @ sv.solve(y2))
+        if ktt is None:
+            return mean, None
+        if g == "nngp":
+            return mean, _nngp_cov(ktt, k_td, sv.solve)
+        return mean, _ntk_cov(ktt, k_td, ktd["nngp"], k_dd("nngp"), sv.solve)
+    tshape = tn.shape
+    lam, vecs = sv.eig()
+    tt = tn.reshape(-1, 1)
+    f = _decay(lam[None], tt)                                     # (T, N)
+    kv = k_td @ vecs                                              # (M, N)
+    proj = vecs.T @ y2                                            # (N, C)
+    mean = np.einsum("mj,tj,jc->tmc", kv, f, proj, optimize=True)
+    mean = restore(mean.reshape(tshape + mean.shape[1:]))
+    if ktt is None:
+        return mean, None
+    covs = []
+    if g == "nngp":
+        for f2 in _decay(lam[None], 2.0 * tt):
+            covs.append(_nngp_cov(ktt, k_td, lambda b: (vecs * f2) @ (vecs.T @ b)))
+    else:
+        for fi in f:
+            covs.append(_ntk_cov(ktt, k_td, ktd["nngp"], k_dd("nngp"),
+                                 lambda b, fi=fi: (vecs * fi) @ (vecs.T @ b)))
+    cov = np.stack(covs)
+    return mean, cov.reshape(tshape + cov.shape[1:])
+
+
+# ---------------------------------------------------------------------------
+# gradient_descent_mse (one network)
+# ---------------------------------------------------------------------------
+
+def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
+                         diag_reg_absolute_scale=False):
+    """Function-space gradient flow on MSE of one (linearised) network:
+
+        f_train(t) = y + e^{-η K t / n} (f_train(0) - y)
+        f_test(t)  = f_test(0) - K_td K⁻¹ (I - e^{-η K t/n}) (f_train(0) - y)
+
+    (Jacot et al. 2018; Lee et al. 2019, eqs. 10-11), n = y_train.size.
+
+    Returns ``predict_fn(t=None, fx_train_0=0., fx_test_0=None,
+    k_test_train=None)`` → ``fx_train_t`` or ``(fx_train_t, fx_test_t)``; ``t``
+    may be an array (leading axes), ``t=None`` means ∞ (Cholesky solve).
+    """
+    diag_reg = _check_reg(diag_reg)
+    lr = _check_lr(learning_rate)
+    k = _check_square(k_train_train, "k_train_train")
+    _check_symmetric(k, "k_train_train")
+    n = k.shape[0]
+    y = _check_y(y_train, n)
+    y2, restore = _prep_y(y)
+    norm = float(y.size)
+    sv = _Solver(k, diag_reg, diag_reg_absolute_scale, "k_train_train")
+
+    def predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None):
+        ts = _check_t(t)
+        f0 = np.broadcast_to(np.asarray(fx_train_0, dtype=np.float64), y.shape)
+        if not np.isfinite(f0).all():
+            raise ValueError("fx_train_0 contains NaN or Inf")
+        f02 = f0.reshape(y2.shape)
+        if fx_test_0 is not None and k_test_train is None:
+            raise ValueError("fx_test_0 is given but k_test_train is None: pass the "
+                             "(M, N) test-train kernel to predict test outputs")
+        k_td = None if k_test_train is None else _as_cross(k_test_train, n, "k_test_train")
+        if ts is None:
+            fx_train = y.copy()
+            if fx_test_0 is None:
+                return fx_train
+            ft0 = np.asarray(fx_test_0, dtype=np.float64)
+            return fx_train, ft0 + restore(k_td @ sv.solve(y2 - f02))
+        lam, vecs = sv.eig()
+        lp = np.maximum(lam, 0.0)
+        tt = (ts * lr / norm).reshape(-1, 1)
+        proj = vecs.T @ (f02 - y2)
+        e = np.expm1(-lp[None] * np.where(np.isinf(tt), np.inf, tt))        # (T, N)
+        d_train = np.einsum("ij,tj,jc->tic", vecs, e, proj, optimize=True)
+        fx_train = f02[None] + d_train
+        fx_train = restore(fx_train.reshape(ts.shape + y2.shape))
+        if fx_test_0 is None:
+            return fx_train
+        inv = -_decay(lam[None], tt)                                           # (T, N)
+        kv = k_td @ vecs
+        d_test = np.einsum("mj,tj,jc->tmc", kv, inv, proj, optimize=True)
+        ft0 = np.broadcast_to(np.asarray(fx_test_0, dtype=np.float64),
+                              (k_td.shape[0],) + y.shape[1:])
+        fx_test = ft0.reshape(k_td.shape[0], -1)[None] + d_test
+        return fx_train, restore(fx_test.reshape(ts.shape + (k_td.shape[0],)
+                                                 + y2.shape[1:]))
+
+    return predict_fn
+
+
+def max_learning_rate(k_train_train, y_train_size=None, momentum=0.):
+    """Largest stable learning rate of discrete gradient descent on MSE,
+    2n / λ_max(K) (neural-tangents' ``max_learning_rate``), n = ``y_train_size``
+    (default: the number of training points)."""
+    k = _check_square(k_train_train, "k_train_train")
+    n = k.shape[0] if y_train_size is None else int(y_train_size)
+    lam = sla.eigvalsh(k, subset_by_index=[k.shape[0] - 1, k.shape[0] - 1])[0]
+    return 2.0 * (1.0 + momentum) * n / lam
