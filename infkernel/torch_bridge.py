@@ -1,0 +1,177 @@
+"""PyTorch bridge: map an ``nn.Sequential`` MLP to its infkernel network, and
+compute a torch model's empirical NTK with ``torch.func``.
+
+torch is optional (``pip install infkernel[torch]``) and imported lazily.
+
+A ``torch.nn.Linear(n, m)`` computes y = x Wᵀ + b with W, b trained directly:
+neural-tangents' *standard* parameterization (Sohl-Dickstein et al. 2020).
+Its default initialisation is kaiming_uniform with a = √5, i.e.
+W ~ U(±1/√n), b ~ U(±1/√n): Var W = 1/(3n), Var b = 1/(3n), so
+``Dense(m, W_std=1/√3, b_std=1/√(3n), parameterization="standard")``.  The
+analytic kernels depend on the weights only through these variances; the
+finite network's preactivations become Gaussian as the widths (and, for the
+first layer, the input dimension) grow, whatever the weight distribution.
+"""
+import math
+
+import numpy as np
+
+from .activations import Gelu, LeakyRelu, Relu
+from .layers import Dense, Identity, serial
+
+__all__ = ["from_torch", "torch_params", "empirical_ntk_torch"]
+
+#: Variance factor of torch's default ``nn.Linear`` initialisation:
+#: U(±1/√n) has variance 1/(3n).
+_DEFAULT_W_STD = 1.0 / math.sqrt(3.0)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:   # pragma: no cover - depends on the environment
+        raise ImportError("the PyTorch bridge needs torch: pip install infkernel[torch] "
+                          "(or pip install torch)") from None
+    return torch
+
+
+def _flatten(module, nn):
+    if isinstance(module, nn.Sequential):
+        out = []
+        for child in module:
+            out.extend(_flatten(child, nn))
+        return out
+    return [module]
+
+
+def _modules(module):
+    torch = _torch()
+    nn = torch.nn
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"from_torch: expected a torch.nn.Module, got {type(module).__name__}")
+    mods = _flatten(module, nn)
+    supported = "Linear, ReLU, LeakyReLU, GELU, Identity (inside nn.Sequential)"
+    for i, m in enumerate(mods):
+        if not isinstance(m, (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Identity)):
+            hint = ""
+            if isinstance(m, (nn.Tanh, nn.Sigmoid)):
+                hint = (" (infkernel has no exact dual for it; ik.Erf / ik.Sigmoid_like are "
+                        "the erf-based look-alikes: use nn modules that compute those)")
+            raise TypeError(f"from_torch: layer {i} ({m.__class__.__name__}: {m!r}) is not "
+                            f"supported{hint}; supported: {supported}")
+    if not any(isinstance(m, nn.Linear) for m in mods):
+        raise ValueError("from_torch: the module has no nn.Linear layer")
+    return mods, nn
+
+
+def from_torch(module, scale="default"):
+    """The infkernel network equivalent to a torch MLP.
+
+    Args:
+      module: an ``nn.Sequential`` (possibly nested) of ``nn.Linear``,
+        ``nn.ReLU``, ``nn.LeakyReLU``, ``nn.GELU`` and ``nn.Identity``.
+      scale: ``"default"``: torch's default ``nn.Linear`` initialisation,
+        W_std = 1/√3, b_std = 1/√(3·fan_in) (exact variances of U(±1/√fan_in));
+        the current weights are checked to lie within ±1/√fan_in, which a
+        custom initialisation usually breaks.  ``"measured"``: variances
+        estimated from the module's current parameters, W_std² = fan_in·mean(W²),
+        b_std² = mean(b²), for custom zero-mean initialisations (noisy for
+        small layers: one output unit gives b_std = |b|).
+
+    Returns:
+      an ``ik.serial`` network with standard-parameterization ``Dense`` layers.
+    """
+    if scale not in ("default", "measured"):
+        raise ValueError(f"from_torch: scale must be 'default' or 'measured', got {scale!r}")
+    mods, nn = _modules(module)
+    layers = []
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Linear):
+            W = m.weight.detach().cpu().double().numpy()
+            b = None if m.bias is None else m.bias.detach().cpu().double().numpy()
+            fan_in = m.in_features
+            if scale == "default":
+                bound = 1.0 / math.sqrt(fan_in) * (1 + 1e-6)
+                big = max(np.abs(W).max(), 0.0 if b is None else np.abs(b).max())
+                if big > bound:
+                    raise ValueError(
+                        f"from_torch: layer {i} ({m!r}) has |weight| up to {big:.3g} > "
+                        f"1/sqrt(fan_in) = {1 / math.sqrt(fan_in):.3g}, so it does not have "
+                        "torch's default initialisation: pass scale='measured'")
+                w_std, b_std = _DEFAULT_W_STD, (None if b is None else 1 / math.sqrt(3 * fan_in))
+            else:
+                w_std = math.sqrt(fan_in * float(np.mean(W * W)))
+                b_std = None if b is None else math.sqrt(float(np.mean(b * b)))
+            layers.append(Dense(m.out_features, W_std=w_std, b_std=b_std,
+                                parameterization="standard"))
+        elif isinstance(m, nn.ReLU):
+            layers.append(Relu())
+        elif isinstance(m, nn.LeakyReLU):
+            layers.append(LeakyRelu(float(m.negative_slope)))
+        elif isinstance(m, nn.GELU):
+            layers.append(Gelu(approximate=(m.approximate == "tanh")))
+        else:
+            layers.append(Identity())
+    return serial(*layers)
+
+
+def torch_params(module):
+    """The module's current parameters in infkernel's layout (``W`` as
+    (in, out) float64 arrays), for ``from_torch(module)``'s ``apply_fn`` and
+    empirical kernels: ``net.apply_fn(torch_params(m), x) == m(x)``."""
+    mods, nn = _modules(module)
+    out = []
+    for m in mods:
+        if isinstance(m, nn.Linear):
+            out.append((m.weight.detach().cpu().double().numpy().T.copy(),
+                        None if m.bias is None else m.bias.detach().cpu().double().numpy().copy()))
+        else:
+            out.append(())
+    return tuple(out)
+
+
+def empirical_ntk_torch(module, x1, x2=None, chunk_size=64):
+    """Empirical NTK of a torch model, traced over outputs as neural-tangents
+    does: Θ(x, x') = (1/k) Σ_j Σ_p ∂f_j(x)/∂θ_p ∂f_j(x')/∂θ_p.
+
+    Per-example Jacobians come from ``torch.func.vmap(jacrev(...))`` on
+    ``chunk_size`` inputs at a time (memory chunk_size·k·P numbers).  Works for
+    any module mapping (N, d) to (N, k), not only the ones ``from_torch``
+    maps.  Computed in the module's dtype; returns a float64 NumPy (N1, N2)
+    array.
+    """
+    torch = _torch()
+    from torch.func import functional_call, jacrev, vmap
+    from .kernel import check_inputs
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    a1 = check_inputs(x1, "x1")
+    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    if not params:
+        raise ValueError("module has no parameters, so its NTK is 0")
+    ref = next(iter(params.values()))
+
+    def f(p, x):
+        return functional_call(module, p, (x[None],))[0]
+
+    jac_fn = vmap(jacrev(f), in_dims=(None, 0))
+
+    def jacobian(a):
+        t = torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
+        blocks = []
+        for s in range(0, t.shape[0], chunk_size):
+            with torch.no_grad():
+                j = jac_fn(params, t[s:s + chunk_size])
+            blocks.append(torch.cat([v.reshape(v.shape[0], v.shape[1], -1)
+                                     for v in j.values()], dim=-1))
+        return torch.cat(blocks)          # (N, k, P)
+
+    J1 = jacobian(a1)
+    J2 = J1 if a2 is None else jacobian(a2)
+    k = J1.shape[1]
+    ntk = torch.einsum("akp,bkp->ab", J1, J2) / k
+    return ntk.detach().cpu().double().numpy()
