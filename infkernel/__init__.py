@@ -7,6 +7,8 @@
 from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gaussian, Gelu,
                           LeakyRelu, Monomial, Rbf, RectifiedMonomial, Relu, Sigmoid_like,
                           Sign, Sin)
+from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu, Mish,
+                                  Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
 from .kernel import Kernel
 from .layers import Dense, Identity, Layer, Network, serial
 
@@ -14,4 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activation",
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
-           "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Monomial", "RectifiedMonomial"]
+           "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Monomial", "RectifiedMonomial",
+           "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
+           "S2ReLU", "Elementwise", "ElementwiseNumerical"]

@@ -18,19 +18,23 @@ from ._config import BLOCK_ENTRIES, JIT, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
                      dual_monomial, dual_rbf, dual_rectified_monomial, dual_sign,
                      dual_sin)
+from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
-                       K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
+                       K_NUMERIC, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
                        OP_AXPY, OP_COPY, OP_DENSE, OP_SCALE)
 
 
 @njit(**JIT)
-def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n):
+def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
+             i, F1, G1, F2, G2, TM, W):
     """Apply activation ``kind`` (params ``p``) to the entries (i, c0 + j),
     j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
 
     ``q11, s1, r1`` are the row point's variance, its square root and inverse
     square root; ``V2, S2, R2`` the column points'.  The kind is dispatched once per tile, so each loop
-    below is branch-free and vectorised.
+    below is branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``)
+    also reads the per-point Mehler features ``F1/G1`` (row i), ``F2/G2``
+    (columns) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
     """
     if kind == K_ABRELU:
         a, b = p[0], p[1]
@@ -82,6 +86,9 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n):
             Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[c0 + j], s1,
                                               S2[c0 + j], r1, R2[c0 + j])
             TH[j] *= d
+    elif kind == K_NUMERIC:
+        numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, hi,
+                     F1, G1, F2, G2, TM, W)
     else:
         for j in range(n):
             Q[j] = math.nan
@@ -89,7 +96,8 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n):
 
 
 @njit(**JIT)
-def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH):
+def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
+             F1, G1, F2, G2, TM, W):
     """Apply every op of the program to the tile of entries (i, c0 .. c0+n)."""
     for k in range(ops.shape[0]):
         op = ops[k, 0]
@@ -104,7 +112,8 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH):
                 Q[r, j] = qn
         elif op == OP_ACT:
             act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
-                     R1[k, i], Q[r], TH[r], V2[k], S2[k], R2[k], c0, n)
+                     R1[k, i], Q[r], TH[r], V2[k], S2[k], R2[k], c0, n,
+                     i, F1, G1, F2, G2, TM, W)
         elif op == OP_SCALE:
             for j in range(n):
                 Q[r, j] *= p[0]
@@ -121,12 +130,16 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH):
                 TH[r, j] = p[0] * TH[r, j] + p[1] * TH[r2, j]
 
 
-@njit(**JIT)
-def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T):
-    """Run the program on (x, x) for every point; record activation inputs."""
-    q = np.empty(n_regs)
-    th = np.empty(n_regs)
-    for i in range(sq.shape[0]):
+@njit(parallel=True, **JIT)
+def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
+    """Run the program on (x, x) for every point (in parallel); record
+    activation inputs, and the Mehler features F, G of numeric activations."""
+    TM = np.ones((F.shape[0], 2, F.shape[2]))
+    for ii in prange(sq.shape[0]):
+        i = np.int64(ii)
+        q = np.empty(n_regs)
+        th = np.empty(n_regs)
+        W = np.empty((3, 1))
         q[0] = sq[i]
         th[0] = 0.0
         for k in range(ops.shape[0]):
@@ -144,8 +157,12 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T):
                 V[k, i] = v
                 S[k, i] = s
                 R[k, i] = rs
+                if ops[k, 3] == K_NUMERIC:
+                    mehler_point(aux, ops[k, 4], min(s, 2.0 * math.sqrt(Q_MAX)),
+                                 F, G, ops[k, 5], i)
                 act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s, rs,
-                         q[r:r + 1], th[r:r + 1], V[k], S[k], R[k], i, 1)
+                         q[r:r + 1], th[r:r + 1], V[k], S[k], R[k], i, 1,
+                         i, F, G, F, G, TM, W)
             elif op == OP_SCALE:
                 q[r] *= p[0]
                 th[r] *= p[0]
@@ -162,7 +179,8 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T):
 
 @njit(parallel=True, **JIT)
 def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
-               V1, S1, R1, V2, S2, R2, K, T, want_k, want_t):
+               V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
+               F1, G1, F2, G2, TM):
     """Entries (row0 + ii, col0 + jj) for the GEMM block G[ii, jj] = x_i·x_j.
 
     ``sym``: only columns right of the diagonal; rows are processed in pairs
@@ -173,6 +191,7 @@ def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
     for task in prange(n_tasks):
         Q = np.empty((n_regs, TILE))
         TH = np.empty((n_regs, TILE))
+        W = np.empty((3, TILE))
         first = np.int64(task)  # prange indices may be unsigned
         for half in range(2 if sym else 1):
             ii = first if half == 0 else B - 1 - first
@@ -186,7 +205,8 @@ def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
                 for j in range(n):
                     Q[0, j] = G[ii, t0 + j] * inv_d
                     TH[0, j] = 0.0
-                _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH)
+                _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
+                         F1, G1, F2, G2, TM, W)
                 if want_k:
                     for j in range(n):
                         K[i, c0 + j] = Q[0, j]
@@ -213,17 +233,38 @@ def _mirror(A, block):
 def point_tables(program, x):
     """Run the program on the diagonal of ``x``.
 
-    Returns ``(V, S, R), k, t``: per activation op k and point i the input
-    variance V[k, i], S = sqrt(V) and R = 1/S (0 where V = 0); and the
-    diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64)."""
+    Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
+    input variance V[k, i], S = sqrt(V) and R = 1/S (0 where V = 0); the
+    per-point Mehler features F, G of numeric activations (``_numeric.py``);
+    and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
+    """
     n = x.shape[0]
     V, S, R = np.zeros((3, program.n_ops, n))
+    numeric = [k for k in range(program.n_ops)
+               if program.ops[k, 0] == OP_ACT and program.ops[k, 3] == K_NUMERIC]
+    F = np.zeros((len(numeric), 4, NM if numeric else 1, n))
+    G = np.zeros((len(numeric), 2, n))
     k = np.empty(n)
     t = np.empty(n)
     sq = np.einsum("ij,ij->i", x, x) / program.d_in
     _diag_pass(sq, program.ops, program.params, program.aux, program.n_regs,
-               V, S, R, k, t)
-    return (V, S, R), k, t
+               V, S, R, k, t, F, G)
+    for op in numeric:
+        if n and V[op].max() > Q_MAX:
+            i = int(V[op].argmax())
+            name = (program.names or {}).get(op, "a numeric activation")
+            raise ValueError(
+                f"{name}: its input variance reaches {V[op, i]:.4g} (point {i}), outside "
+                f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
+                "or reduce W_std / b_std of the Dense layer before it")
+    return (V, S, R, F, G), k, t
+
+
+def _tail_max(F):
+    """TM[slot, 0/1, n]: largest normalised Mehler tails over the points."""
+    if F.shape[0] == 0 or F.shape[3] == 0:
+        return np.ones((F.shape[0], 2, F.shape[2]))
+    return np.ascontiguousarray(F[:, 2:4].max(axis=3))
 
 
 def gram(program, x1, x2, K, T, progress=None):
@@ -237,6 +278,7 @@ def gram(program, x1, x2, K, T, progress=None):
     dummy = np.empty((1, 1))
     tables1, k1, t1 = point_tables(program, x1)
     tables2 = tables1 if sym else point_tables(program, x2)[0]
+    TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
@@ -253,9 +295,10 @@ def gram(program, x1, x2, K, T, progress=None):
             np.dot(x1[r0:r1], (x1 if sym else x2)[col0:].T, out=G)
             _gram_rows(G, 1.0 / program.d_in, r0, col0, sym, program.ops,
                        program.params, program.aux, program.n_regs,
-                       *tables1, *tables2,
+                       *tables1[:3], *tables2[:3],
                        dummy if K is None else K, dummy if T is None else T,
-                       K is not None, T is not None)
+                       K is not None, T is not None,
+                       tables1[3], tables1[4], tables2[3], tables2[4], TM)
             if progress is not None:
                 done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
                          else (r1 - r0) * n2)

@@ -89,11 +89,21 @@ def asin(x):
     return a if small else big
 
 
+_RHO_ONE = 1.0 - 4 * np.finfo(np.float64).eps
+
+
 @njit(**INLINE)
 def correlation(q12, r1, r2):
-    """ρ = q12 r1 r2 clamped to [-1, 1], with r = 1/sqrt(q) precomputed per
-    point (r = 0 for a zero variance, which gives ρ = 0)."""
-    return min(max(q12 * r1 * r2, -1.0), 1.0)
+    """ρ = q12 r1 r2 with r = 1/sqrt(q) precomputed per point (r = 0 for a
+    zero variance, which gives ρ = 0).
+
+    Values within 4 ulps of ±1 (the rounding of q r r itself) are set to ±1,
+    so that identical and antipodal points get exactly ±1: the kinked duals'
+    derivatives have a √(1-ρ) singularity there, which would otherwise turn
+    one ulp in ρ into ~1e-8 in the kernel.
+    """
+    rho = q12 * r1 * r2
+    return rho if abs(rho) < _RHO_ONE else math.copysign(1.0, rho)
 
 
 # Taylor coefficients of (sin t - t cos t) / t³ in z = t², highest power first.

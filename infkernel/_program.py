@@ -28,6 +28,11 @@ OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY = range(5)
 (K_ABRELU, K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN, K_SIGN,
  K_MONOMIAL, K_RECTIFIED_MONOMIAL) = range(10)
 
+# Activations without a closed form: Gaussian expectations by Mehler series
+# and quadrature over a tabulated φ (see _numeric.py); ops[k, 4] is the
+# table's offset in ``aux`` and ops[k, 5] the op's feature slot.
+K_NUMERIC = 10
+
 N_PARAMS = 6
 
 
@@ -39,6 +44,8 @@ class Program:
     aux: np.ndarray      # (n_aux,) float64: coefficient tables of some kinds
     n_regs: int
     d_in: int
+    #: op index -> name of the layer that emitted it (for error messages)
+    names: dict = None
 
     @property
     def n_ops(self):
@@ -52,6 +59,8 @@ class ProgramBuilder:
         self.d_in = d_in
         self.ops, self.params, self.aux = [], [], []
         self.n_regs = 1
+        self.names = {}
+        self.n_numeric = 0
 
     def emit(self, opcode, reg, reg2=0, kind=0, aux_lo=0, aux_hi=0, params=()):
         if len(params) > N_PARAMS:
@@ -73,4 +82,4 @@ class ProgramBuilder:
         ops = np.array(self.ops, dtype=np.int64).reshape(-1, 6)
         params = np.array(self.params, dtype=np.float64).reshape(-1, N_PARAMS)
         aux = np.array(self.aux if self.aux else [0.0], dtype=np.float64)
-        return Program(ops, params, aux, self.n_regs, self.d_in)
+        return Program(ops, params, aux, self.n_regs, self.d_in, dict(self.names))

@@ -331,7 +331,9 @@ def _stack(param_list, layers):
 def _auto_batch(net, n1, n2, d):
     widths = [d] + [layer.out_dim for layer in net.layers if isinstance(layer, Dense)]
     k = widths[-1]
-    per_sample = (n1 + n2) * (sum(widths) * 3 + min(k, 64) * max(widths)) + 4 * n1 * n2
+    n_params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    per_sample = (2 * n_params + (n1 + n2) * (sum(widths) * 3 + min(k, 64) * max(widths))
+                  + 4 * n1 * n2)
     return int(max(1, min(256, _MAX_ENTRIES // max(per_sample, 1))))
 
 
@@ -348,13 +350,19 @@ def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None):
         batch_size = _auto_batch(net, a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0],
                                  a1.shape[1])
     batch_size = _check_count("batch_size", batch_size, 1)
+    for params in param_batches(net, a1.shape[1], n_samples, seed, batch_size):
+        yield _kernels(net, params, a1[None], None if a2 is None else a2[None], names)
+
+
+def param_batches(net, d_in, n_samples, seed, batch_size):
+    """Yields parameters of independent random networks stacked along a leading
+    axis (W: (B, n, m), b: (B, 1, m)); network s uses the s-th child of
+    ``np.random.SeedSequence(seed)``."""
     children = np.random.SeedSequence(seed).spawn(n_samples)
-    d = a1.shape[1]
     for s0 in range(0, n_samples, batch_size):
-        plist = [net.init_fn(np.random.default_rng(c), (-1, d))[1]
+        plist = [net.init_fn(np.random.default_rng(c), (-1, d_in))[1]
                  for c in children[s0:s0 + batch_size]]
-        yield _kernels(net, _stack(plist, net.layers), a1[None], None if a2 is None else a2[None],
-                       names)
+        yield _stack(plist, net.layers)
 
 
 class _Moments:

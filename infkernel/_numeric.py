@@ -1,0 +1,497 @@
+"""Gaussian expectations of activations without a closed form (kind K_NUMERIC).
+
+For (u, v) centred Gaussian with variances q1 = s1², q2 = s2² and correlation
+ρ, we need  k = E[φ(u)φ(v)]  and  kdot = E[φ'(u)φ'(v)].
+
+Representation of φ (``aux`` table, built once per activation at construction)
+-------------------------------------------------------------------------------
+φ and φ' are stored as piecewise Chebyshev series on uniform panels of width
+``H`` over [-U, U] (``NC`` coefficients per panel), fitted from 20-point
+Chebyshev interpolants whose dropped coefficients certify the fit (< 1e-13 of
+the function's scale).  Non-smooth points (kinks, jumps) must lie on panel
+edges (multiples of H); they are detected at build time and become quadrature
+breakpoints.  Layout at offset ``lo`` of ``aux``::
+
+    lo + 0..7           header: U, 1/H, P (panels), NC, nk, ns, λ, 0
+    lo + 8 ..           nk kink positions, then ns "soft centres" (u-space)
+    base = lo+8+nk+ns   φ  coefficients, panel-major: base + p*NC + c
+    base + P*NC         φ' coefficients, same layout
+
+λ is the distance from the real axis to φ's nearest complex singularity (or a
+feature scale); the quadrature grades its panels from width λ at each centre.
+
+Fast path: Mehler series with per-point coefficients
+----------------------------------------------------
+With normalised Hermite polynomials h_n = He_n/√n! (Mehler 1866),
+
+    k = Σ_n a_n(s1) a_n(s2) ρⁿ,   a_n(s) = E[φ(s z) h_n(z)],
+    kdot = Σ_n d_n(s1) d_n(s2) ρⁿ, d_n(s) = E[φ'(s z) h_n(z)].
+
+a_n, d_n (n < NM) are computed once per point in the diagonal pass by
+composite Gauss–Legendre on z ∈ [-ZC, ZC] (Cramér's bound
+|h_n(z)| e^{-z²/4} ≤ 1.09 makes the truncation < 1e-17 for every n), graded at
+φ's breakpoints.  Per entry the series is a Horner loop over n, vectorised
+across the columns of a tile.  By Cauchy–Schwarz the truncation error is at
+most |ρ|^{N+1} √(T1(N) T2(N)) with tails T(N) = Σ_{n>N} a_n² = E[φ²] - Σ_{n≤N} a_n²
+(Parseval), so each tile uses the fewest terms that certify
+|error| ≤ TOL √(E[φ(u)²] E[φ(v)²]) (``TOL`` = 1e-12).
+
+Fallback: nested graded Gauss–Legendre
+--------------------------------------
+Entries the series cannot certify (kinks, large variances, |ρ| → 1) use
+    k = ∫ φ(s1 x) H(x) γ(x) dx,   H(x) = ∫ φ(s2 ρ x + s2 c w) γ(w) dw,  c = √(1-ρ²),
+with both integrals split exactly at the kinks and graded geometrically from
+the feature width (c/|ρ| for a smoothed kink, λ/s for a soft centre) at every
+breakpoint, 12-point Gauss–Legendre per panel, truncated at |x|, |w| ≤ 9
+(tail mass 2e-19).
+
+Per-point feature arrays (filled by the diagonal pass, read by ``numeric_tile``)
+------------------------------------------------------------------------------
+    F[slot, 0, n, i]  a_n(s_i)              F[slot, 1, n, i]  d_n(s_i)
+    F[slot, 2, n, i]  √(T_a(n) / E[φ²])     F[slot, 3, n, i]  √(T_d(n) / E[φ'²])
+    G[slot, 0, i]     E[φ(s_i z)²]          G[slot, 1, i]     E[φ'(s_i z)²]
+
+``slot`` numbers the numeric activation ops of a program in order.
+Guaranteed range: input variances 0 ≤ q ≤ Q_MAX = 128 (checked; an error
+names the activation otherwise).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from ._config import INLINE, JIT, TILE
+
+# --- table geometry ---------------------------------------------------------
+H = 0.125                      # panel width (kinks must lie on multiples of H)
+NC = 12                        # Chebyshev coefficients kept per panel
+NFIT = 20                      # interpolation points used to fit a panel
+Q_MAX = 128.0                  # guaranteed input-variance range [0, Q_MAX]
+ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
+U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
+P = int(round(2 * U / H))      # number of panels
+HDR = 8
+NM = 96                        # Mehler terms available per point
+TOL = 1e-12                    # certified normalised truncation error
+ZF = 9.0                       # fallback truncation |x|, |w| <= ZF
+DMAX = 1.5                     # fallback: widest panel
+NG = 12                        # fallback: Gauss-Legendre nodes per panel
+MAX_BREAKS = 16                # kinks + soft centres per activation
+
+_GLX12, _GLW12 = np.polynomial.legendre.leggauss(NG)
+_GLX16, _GLW16 = np.polynomial.legendre.leggauss(16)
+
+
+# ---------------------------------------------------------------------------
+# Table construction (Python, once per activation)
+# ---------------------------------------------------------------------------
+def _cheb_fit(values):
+    """Chebyshev coefficients of the interpolant at first-kind nodes
+    cos(π(k+½)/n) of each row of ``values`` (DCT-II by a small matrix)."""
+    n = values.shape[-1]
+    k = np.arange(n)
+    T = np.cos(np.pi * np.outer(k, k + 0.5) / n)
+    c = values @ T.T * (2.0 / n)
+    c[..., 0] *= 0.5
+    return c
+
+
+def _cheb_der(c, half_width):
+    """Coefficients of d/dx of a Chebyshev series on a panel of half-width h."""
+    n = c.shape[-1]
+    d = np.zeros_like(c)
+    for k in range(n - 1, 0, -1):
+        d[..., k - 1] = (d[..., k + 1] if k + 1 < n else 0.0) + 2 * k * c[..., k]
+    d[..., 0] *= 0.5
+    return d / half_width
+
+
+def _call(name, f, x):
+    """f on an array, vectorised if f accepts arrays, with clear errors."""
+    try:
+        y = f(x)
+        y = np.asarray(y, dtype=float) if not np.iscomplexobj(y) else None
+        if y is None:
+            raise TypeError("returns complex values for real input")
+        if y.shape != x.shape:
+            y = None
+    except Exception:
+        y = None
+    if y is None:  # scalar-only function (e.g. math.tanh or a numba scalar)
+        out = np.empty(x.size)
+        for idx, xv in enumerate(x.ravel()):
+            try:
+                r = f(float(xv))
+            except Exception as exc:
+                raise ValueError(f"{name}: the function raised {type(exc).__name__}: "
+                                 f"{exc} at x = {xv!r}") from None
+            r = np.asarray(r)
+            if r.shape != () or np.iscomplexobj(r) or not np.issubdtype(r.dtype, np.number):
+                raise TypeError(f"{name}: the function must return a real scalar for a "
+                                f"scalar input, got {r!r} at x = {xv!r}")
+            out[idx] = float(r)
+        y = out.reshape(x.shape)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise ValueError(f"{name}: the function returned {y[bad].flat[0]} at x = "
+                         f"{x[bad].flat[0]!r}; it must be finite on [-{U:g}, {U:g}]")
+    return y
+
+
+def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
+    """The ``aux`` table of φ = ``fn`` (see module docstring).
+
+    ``dfn``: φ' (NumPy); None differentiates the 20-point Chebyshev
+    interpolant of φ on each panel (error ~ 1e-13 of φ's scale).
+    ``kinks``: None detects non-smooth points at panel edges; a kink inside a
+    panel is an error.
+    """
+    edges = -U + H * np.arange(P + 1)
+    t = np.cos(np.pi * (np.arange(NFIT) + 0.5) / NFIT)[::-1]
+    x = edges[:-1, None] + 0.5 * H * (1.0 + t[None, :])
+    y = _call(name, fn, x)
+    cf = _cheb_fit(y[:, ::-1])           # nodes ordered as cos(...) for the DCT
+    if dfn is None:
+        cd = _cheb_der(cf, 0.5 * H)
+    else:
+        cd = _cheb_fit(_call(name + " derivative", dfn, x)[:, ::-1])
+    # certify: dropped coefficients must be negligible on every panel
+    core = np.abs(edges[:-1]) <= 8.0
+    scale = max(np.abs(y[core]).max(), 1e-300)
+    dscale = max(np.abs(cd[core, :]).sum(axis=1).max(), scale)
+    for c, sc, what in ((cf, scale, "function"), (cd, dscale, "derivative")):
+        local = np.abs(c).sum(axis=1) + sc
+        err = np.abs(c[:, NC:]).sum(axis=1)
+        badp = np.flatnonzero(err > 1e-13 * local)
+        if badp.size:
+            a = edges[badp[0]]
+            raise ValueError(
+                f"{name}: the {what} is not smooth on [{a:g}, {a + H:g}]: activations "
+                f"computed by quadrature must be smooth between non-smooth points that lie "
+                f"on multiples of {H:g} (e.g. 0, 1, -0.5)")
+    cf, cd = cf[:, :NC].copy(), cd[:, :NC].copy()
+    if kinks is None:
+        # values/derivatives at the two sides of each interior edge
+        right = cf.sum(axis=1)                     # T_k(1) = 1
+        left = (cf * (-1.0) ** np.arange(NC)).sum(axis=1)
+        dright = cd.sum(axis=1)
+        dleft = (cd * (-1.0) ** np.arange(NC)).sum(axis=1)
+        jump = np.abs(right[:-1] - left[1:]) > 1e-9 * (scale + np.abs(right[:-1]))
+        djump = np.abs(dright[:-1] - dleft[1:]) > 1e-7 * (dscale + np.abs(dright[:-1]))
+        kinks = edges[1:-1][jump | djump]
+    kinks = np.asarray(sorted(set(float(k) for k in kinks)), dtype=float)
+    soft = np.asarray([s for s in soft if s not in kinks], dtype=float)
+    if kinks.size + soft.size > MAX_BREAKS:
+        raise ValueError(f"{name}: {kinks.size} non-smooth points (at most "
+                         f"{MAX_BREAKS - soft.size} are supported)")
+    hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam, 0.0])
+    return np.concatenate([hdr, kinks, soft, cf.ravel(), cd.ravel()])
+
+
+# ---------------------------------------------------------------------------
+# Numba kernels
+# ---------------------------------------------------------------------------
+@njit(**INLINE)
+def tab_eval(aux, lo, x):
+    """(φ(x), φ'(x)) from the table at ``aux[lo]`` (Clenshaw, NC terms)."""
+    u = aux[lo]
+    nk = int(aux[lo + 4])
+    ns = int(aux[lo + 5])
+    base = lo + HDR + nk + ns
+    t = (x + u) * aux[lo + 1]
+    p = int(math.floor(t))
+    p = min(max(p, 0), P - 1)
+    y = 2.0 * (t - p) - 1.0
+    y = min(max(y, -1.0), 1.0)
+    y2 = 2.0 * y
+    i0 = base + p * NC
+    i1 = base + P * NC + p * NC
+    b1 = 0.0
+    b2 = 0.0
+    e1 = 0.0
+    e2 = 0.0
+    for k in range(NC - 1, 0, -1):
+        b0 = y2 * b1 - b2 + aux[i0 + k]
+        b2 = b1
+        b1 = b0
+        e0 = y2 * e1 - e2 + aux[i1 + k]
+        e2 = e1
+        e1 = e0
+    return y * b1 - b2 + aux[i0], y * e1 - e2 + aux[i1]
+
+
+@njit(**JIT)
+def _add_centre(buf, m, b, lam, lo, hi, dmax):
+    """Append b and the graded edges b ± lam 2^j (j >= 0, while < dmax)."""
+    if b > lo and b < hi:
+        buf[m] = b
+        m += 1
+    w = max(lam, 1e-13)
+    while w < dmax:
+        if b - w > lo and b - w < hi:
+            buf[m] = b - w
+            m += 1
+        if b + w > lo and b + w < hi:
+            buf[m] = b + w
+            m += 1
+        w *= 2.0
+    return m
+
+
+@njit(**JIT)
+def _finish_edges(buf, m, lo, hi, dmax):
+    """Add the ends and a uniform grid of spacing <= dmax; sort in place."""
+    nu = int(math.ceil((hi - lo) / dmax))
+    for k in range(nu + 1):
+        buf[m] = lo + (hi - lo) * k / nu
+        m += 1
+    buf[:m].sort()
+    return m
+
+
+@njit(**JIT)
+def _inner(aux, lo, m, sig, buf):
+    """H(m, σ) = E_w[φ(m + σ w)] and E_w[φ'(m + σ w)], w ~ N(0, 1)."""
+    if sig <= 0.0:
+        return tab_eval(aux, lo, m)
+    nk = int(aux[lo + 4])
+    ns = int(aux[lo + 5])
+    lam = aux[lo + 6]
+    nb = 0
+    for k in range(nk + ns):
+        t = aux[lo + HDR + k]
+        nb = _add_centre(buf, nb, (t - m) / sig, lam / sig, -ZF, ZF, DMAX)
+    nb = _finish_edges(buf, nb, -ZF, ZF, DMAX)
+    acc = 0.0
+    accd = 0.0
+    for e in range(nb - 1):
+        a = buf[e]
+        b = buf[e + 1]
+        if b - a <= 1e-15:
+            continue
+        hw = 0.5 * (b - a)
+        mid = 0.5 * (a + b)
+        for g in range(NG):
+            w = mid + hw * _GLX12[g]
+            wt = hw * _GLW12[g] * math.exp(-0.5 * w * w)
+            f, df = tab_eval(aux, lo, m + sig * w)
+            acc += wt * f
+            accd += wt * df
+    c = 1.0 / math.sqrt(2.0 * math.pi)
+    return acc * c, accd * c
+
+
+@njit(**JIT)
+def pair_quadrature(aux, lo, s1, s2, rho):
+    """(E[φ(u)φ(v)], E[φ'(u)φ'(v)]) by nested graded Gauss-Legendre
+    (u = s1 x, v = s2 (ρ x + c w), c = √(1-ρ²)); see the module docstring."""
+    rho = min(max(rho, -1.0), 1.0)
+    c = math.sqrt((1.0 - rho) * (1.0 + rho))
+    nk = int(aux[lo + 4])
+    ns = int(aux[lo + 5])
+    lam = aux[lo + 6]
+    buf = np.empty(8 * MAX_BREAKS * 64)
+    ibuf = np.empty(4 * MAX_BREAKS * 64)
+    nb = 0
+    arho = abs(rho)
+    sig = s2 * c
+    for k in range(nk + ns):
+        t = aux[lo + HDR + k]
+        if s1 > 0.0:
+            nb = _add_centre(buf, nb, t / s1, lam / s1, -ZF, ZF, DMAX)
+        if s2 * arho > 0.0:
+            if k < nk:  # smoothed kink of width σ, smooth sides of width λ
+                w = min(sig, lam) if sig > 1e-9 * lam else lam
+            else:
+                w = max(sig, lam)
+            nb = _add_centre(buf, nb, t / (s2 * rho), w / (s2 * arho), -ZF, ZF, DMAX)
+    nb = _finish_edges(buf, nb, -ZF, ZF, DMAX)
+    acc = 0.0
+    accd = 0.0
+    for e in range(nb - 1):
+        a = buf[e]
+        b = buf[e + 1]
+        if b - a <= 1e-15:
+            continue
+        hw = 0.5 * (b - a)
+        mid = 0.5 * (a + b)
+        for g in range(NG):
+            x = mid + hw * _GLX12[g]
+            wt = hw * _GLW12[g] * math.exp(-0.5 * x * x)
+            f, df = tab_eval(aux, lo, s1 * x)
+            h, hd = _inner(aux, lo, s2 * rho * x, sig, ibuf)
+            acc += wt * f * h
+            accd += wt * df * hd
+    c0 = 1.0 / math.sqrt(2.0 * math.pi)
+    return acc * c0, accd * c0
+
+
+@njit(**JIT)
+def mehler_point(aux, lo, s, F, G, slot, i):
+    """Fill F[slot, :, :, i] and G[slot, :, i] for the point of scale s."""
+    nm = F.shape[2]
+    nk = int(aux[lo + 4])
+    ns = int(aux[lo + 5])
+    lam = aux[lo + 6]
+    buf = np.empty(4 * MAX_BREAKS * 64 + 64)
+    nb = 0
+    if s > 0.0:
+        for k in range(nk + ns):
+            nb = _add_centre(buf, nb, aux[lo + HDR + k] / s, lam / s, -ZC, ZC, 0.5)
+    nb = _finish_edges(buf, nb, -ZC, ZC, 0.5)
+    nn = 16 * (nb - 1)
+    z = np.empty(nn)
+    wf = np.empty(nn)
+    wd = np.empty(nn)
+    m = 0
+    ef = 0.0
+    ed = 0.0
+    c0 = 1.0 / math.sqrt(2.0 * math.pi)
+    for e in range(nb - 1):
+        a = buf[e]
+        b = buf[e + 1]
+        if b - a <= 1e-15:
+            continue
+        hw = 0.5 * (b - a)
+        mid = 0.5 * (a + b)
+        for g in range(16):
+            x = mid + hw * _GLX16[g]
+            wt = hw * _GLW16[g] * math.exp(-0.5 * x * x) * c0
+            f, df = tab_eval(aux, lo, s * x)
+            z[m] = x
+            wf[m] = wt * f
+            wd[m] = wt * df
+            ef += wt * f * f
+            ed += wt * df * df
+            m += 1
+    h0 = np.ones(m)
+    h1 = z[:m].copy()
+    G[slot, 0, i] = ef
+    G[slot, 1, i] = ed
+    pa = 0.0
+    pd = 0.0
+    for n in range(nm):
+        if n == 0:
+            hn = h0
+        elif n == 1:
+            hn = h1
+        else:
+            a1 = 1.0 / math.sqrt(n)
+            a0 = math.sqrt((n - 1.0) / n)
+            for k in range(m):
+                t = z[k] * h1[k] * a1 - a0 * h0[k]
+                h0[k] = h1[k]
+                h1[k] = t
+            hn = h1
+        sa = 0.0
+        sd = 0.0
+        for k in range(m):
+            sa += wf[k] * hn[k]
+            sd += wd[k] * hn[k]
+        F[slot, 0, n, i] = sa
+        F[slot, 1, n, i] = sd
+        pa += sa * sa
+        pd += sd * sd
+        # normalised tails; 1e-15 floor covers the rounding of E - partial
+        F[slot, 2, n, i] = math.sqrt(max(ef - pa, 0.0) / ef + 1e-15) if ef > 0.0 else 0.0
+        F[slot, 3, n, i] = math.sqrt(max(ed - pd, 0.0) / ed + 1e-15) if ed > 0.0 else 0.0
+
+
+@njit(**JIT)
+def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
+                 F1, G1, F2, G2, TM, W):
+    """Kind K_NUMERIC on the tile (i, c0 .. c0+n): Q[j] = q12 -> k,
+    TH[j] *= kdot.  ``TM[slot, 0/1, n]`` is the largest normalised tail of the
+    column points (certifies a whole tile), ``W`` a (3, TILE) scratch."""
+    nm = F1.shape[2]
+    rho = W[0]
+    acc = W[1]
+    accd = W[2]
+    rmax = 0.0
+    for j in range(n):
+        r = min(max(Q[j] * r1 * R2[c0 + j], -1.0), 1.0)
+        rho[j] = r
+        rmax = max(rmax, abs(r))
+    # fewest terms that certify the whole tile
+    nt = nm
+    p = rmax
+    for m in range(nm):
+        if (p * F1[slot, 2, m, i] * TM[slot, 0, m] <= TOL
+                and p * F1[slot, 3, m, i] * TM[slot, 1, m] <= TOL):
+            nt = m + 1
+            break
+        p *= rmax
+    a_row = F1[slot, 0]
+    d_row = F1[slot, 1]
+    A = F2[slot, 0]
+    D = F2[slot, 1]
+    for j in range(n):
+        acc[j] = 0.0
+        accd[j] = 0.0
+    for m in range(nt - 1, -1, -1):
+        ar = a_row[m, i]
+        dr = d_row[m, i]
+        for j in range(n):
+            acc[j] = acc[j] * rho[j] + ar * A[m, c0 + j]
+            accd[j] = accd[j] * rho[j] + dr * D[m, c0 + j]
+    if nt == nm:  # check entry by entry; the rest by quadrature
+        ta = F1[slot, 2, nm - 1, i]
+        td = F1[slot, 3, nm - 1, i]
+        for j in range(n):
+            r = abs(rho[j])
+            pn = r ** nm
+            if (pn * ta * F2[slot, 2, nm - 1, c0 + j] > TOL
+                    or pn * td * F2[slot, 3, nm - 1, c0 + j] > TOL):
+                if rho[j] == 1.0 and s1 == S2[c0 + j]:
+                    acc[j] = G1[slot, 0, i]
+                    accd[j] = G1[slot, 1, i]
+                else:
+                    acc[j], accd[j] = pair_quadrature(aux, lo, s1, S2[c0 + j], rho[j])
+    for j in range(n):
+        Q[j] = acc[j]
+        TH[j] *= accd[j]
+
+
+@njit(**JIT)
+def _duals_at(aux, q11, q12, q22, TM1):
+    m = q11.shape[0]
+    out = np.empty((2, m))
+    F = np.zeros((1, 4, NM, 2))
+    G = np.zeros((1, 2, 2))
+    W = np.empty((3, 1))
+    Q = np.empty(1)
+    TH = np.empty(1)
+    V2 = np.empty(2)
+    S2 = np.empty(2)
+    R2 = np.empty(2)
+    for e in range(m):
+        for k, q in enumerate((q11[e], q22[e])):
+            s = math.sqrt(q)
+            V2[k] = q
+            S2[k] = s
+            R2[k] = 1.0 / s if s > 0.0 else 0.0
+            mehler_point(aux, 0, s, F, G, 0, k)
+        TM = np.empty((1, 2, NM))
+        for m_ in range(NM):
+            TM[0, 0, m_] = F[0, 2, m_, 1] if TM1 else 1.0
+            TM[0, 1, m_] = F[0, 3, m_, 1] if TM1 else 1.0
+        Q[0] = q12[e]
+        TH[0] = 1.0
+        numeric_tile(aux, 0, V2[0], S2[0], R2[0], Q, TH, V2, S2, R2, 1, 1, 0, 0,
+                     F, G, F, G, TM, W)
+        out[0, e] = Q[0]
+        out[1, e] = TH[0]
+    return out
+
+
+def duals(table, q11, q12, q22):
+    """(E[φ(u)φ(v)], E[φ'(u)φ'(v)]) for arrays of covariances, φ given by its
+    ``aux`` table: the per-entry path of the Gram kernels, for tests/tools."""
+    q11, q12, q22 = (np.ascontiguousarray(np.broadcast_to(a, np.broadcast(q11, q12, q22).shape),
+                                          dtype=float).ravel() for a in (q11, q12, q22))
+    return _duals_at(np.ascontiguousarray(table, dtype=float), q11, q12, q22, True)
+
+
+def duals_quadrature(table, s1, s2, rho):
+    """The fallback quadrature alone (for tests and benchmarks)."""
+    return pair_quadrature(np.ascontiguousarray(table, dtype=float), 0, s1, s2, rho)

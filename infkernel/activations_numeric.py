@@ -1,0 +1,231 @@
+"""Activations without a closed-form dual: Tanh, Sigmoid, Softplus, Silu/Swish,
+Elu, Selu, Mish, SReLU, S2ReLU and a user's own ``Elementwise(fn, df)``.
+
+Their Gaussian expectations E[φ(u)φ(v)] and E[φ'(u)φ'(v)] are computed by a
+Mehler series with per-point coefficients, certified per tile, and nested
+graded Gauss–Legendre quadrature split at the kinks where the series cannot
+certify the result (``_numeric.py``).  Accuracy (tests/test_numeric_activations.py):
+error ≤ 1e-10 √(E[φ(u)²] E[φ(v)²]) for smooth φ and ≤ 1e-7 with kinks, for
+input variances in [0, 128] (an error is raised beyond) and all correlations.
+"""
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from . import _program as P
+from ._numeric import Q_MAX, build_table
+from .activations import Activation
+
+__all__ = ["Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish",
+           "SReLU", "S2ReLU", "Elementwise", "ElementwiseNumerical", "NUMERIC_ACTIVATIONS"]
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+@dataclass(frozen=True, eq=False)
+class NumericActivation(Activation):
+    """An activation whose dual is computed numerically (kind K_NUMERIC).
+    ``tables[0]`` is φ's table (``_numeric.build_table``)."""
+
+    def __repr__(self):
+        if "(" in self.name:
+            return self.name
+        args = ", ".join(f"{v:g}" for v in self.params)
+        return f"{self.name}({args})"
+
+    def _emit(self, builder, state):
+        if not state.gaussian:
+            where = ("the network input" if state.at_input
+                     else "the output of another activation")
+            raise ValueError(
+                f"{self!r} is applied to {where}, which is not Gaussian: an "
+                "activation must follow a Dense layer (insert ik.Dense(...) "
+                "before it)")
+        lo = builder.add_aux(self.tables[0])
+        slot = getattr(builder, "n_numeric", 0)
+        builder.n_numeric = slot + 1
+        builder.names[len(builder.ops)] = repr(self)
+        builder.emit(P.OP_ACT, state.reg, kind=P.K_NUMERIC, aux_lo=lo, aux_hi=slot,
+                     params=self.params)
+        state.gaussian = False
+
+
+@functools.lru_cache(maxsize=64)
+def _builtin_table(key):
+    name, params = key
+    fn, dfn, lam, soft, kinks = _BUILTINS[name](*params)
+    return build_table(f"{name}()", fn, dfn, lam=lam, soft=soft, kinks=kinks)
+
+
+def _make(name, params, fn, dfn):
+    table = _builtin_table((name, params))
+    return NumericActivation(name, P.K_NUMERIC, params, fn=fn, dfn=dfn, tables=(table,))
+
+
+def _expit(x):
+    return special.expit(x)
+
+
+def _tanh_parts():
+    return (np.tanh, lambda x: 1.0 / np.cosh(x) ** 2, math.pi / 2, (0.0,), ())
+
+
+def _sigmoid_parts():
+    return (_expit, lambda x: _expit(x) * _expit(-x), math.pi, (0.0,), ())
+
+
+def _softplus_parts():
+    return (lambda x: np.logaddexp(0.0, x), _expit, math.pi, (0.0,), ())
+
+
+def _silu_parts():
+    return (lambda x: x * _expit(x),
+            lambda x: _expit(x) * (1.0 + x * _expit(-x)), math.pi, (0.0,), ())
+
+
+def _elu_parts(alpha, scale=1.0):
+    return (lambda x: scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0))),
+            lambda x: scale * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0))),
+            1.0, (), (0.0,))
+
+
+def _mish_parts():
+    def fn(x):
+        return x * np.tanh(np.logaddexp(0.0, x))
+
+    def dfn(x):
+        t = np.tanh(np.logaddexp(0.0, x))
+        return t + x * (1.0 - t * t) * _expit(x)
+    return fn, dfn, 1.0, (0.0,), ()
+
+
+def _srelu_parts():
+    return (lambda x: np.maximum(x, 0.0) * np.maximum(1.0 - x, 0.0),
+            lambda x: np.where((x > 0) & (x < 1), 1.0 - 2.0 * x, 0.0),
+            1.0, (), (0.0, 1.0))
+
+
+def _s2relu_parts():
+    def fn(x):
+        return np.sin(2 * np.pi * x) * np.maximum(x, 0.0) * np.maximum(1.0 - x, 0.0)
+
+    def dfn(x):
+        inside = (x > 0) & (x < 1)
+        v = (2 * np.pi * np.cos(2 * np.pi * x) * x * (1.0 - x)
+             + np.sin(2 * np.pi * x) * (1.0 - 2.0 * x))
+        return np.where(inside, v, 0.0)
+    return fn, dfn, 0.25, (), (0.0, 1.0)
+
+
+_BUILTINS = {"Tanh": _tanh_parts, "Sigmoid": _sigmoid_parts, "Softplus": _softplus_parts,
+             "Silu": _silu_parts, "Elu": _elu_parts, "Selu": lambda: _elu_parts(
+                 _SELU_ALPHA, _SELU_SCALE), "Mish": _mish_parts, "SReLU": _srelu_parts,
+             "S2ReLU": _s2relu_parts}
+
+
+def _builtin(name, *params):
+    fn, dfn = _BUILTINS[name](*params)[:2]
+    return _make(name, tuple(params), fn, dfn)
+
+
+def Tanh():
+    """φ(x) = tanh(x)."""
+    return _builtin("Tanh")
+
+
+def Sigmoid():
+    """φ(x) = 1 / (1 + e⁻ˣ) (logistic)."""
+    return _builtin("Sigmoid")
+
+
+def Softplus():
+    """φ(x) = log(1 + eˣ)."""
+    return _builtin("Softplus")
+
+
+def Silu():
+    """φ(x) = x / (1 + e⁻ˣ) (SiLU, Swish with β = 1)."""
+    return _builtin("Silu")
+
+
+Swish = Silu
+
+
+def Elu(alpha=1.0):
+    """φ(x) = x for x > 0, alpha (eˣ - 1) otherwise (kink at 0)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Elu: alpha must be a real number, got {type(alpha).__name__}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"Elu: alpha must be finite, got {alpha}")
+    return _builtin("Elu", float(alpha))
+
+
+def Selu():
+    """φ(x) = λ Elu_α(x), α ≈ 1.6733, λ ≈ 1.0507 (Klambauer et al. 2017)."""
+    return _builtin("Selu")
+
+
+def Mish():
+    """φ(x) = x tanh(log(1 + eˣ)) (Misra 2019)."""
+    return _builtin("Mish")
+
+
+def SReLU():
+    """φ(x) = ReLU(x) ReLU(1 - x) (compact support, kinks at 0 and 1)."""
+    return _builtin("SReLU")
+
+
+def S2ReLU():
+    """φ(x) = sin(2πx) ReLU(x) ReLU(1 - x) (multi-scale networks)."""
+    return _builtin("S2ReLU")
+
+
+def Elementwise(fn, df=None, *, name=None):
+    """A user's own scalar activation φ = ``fn`` (a NumPy-vectorised callable
+    such as ``scipy.special.erf``, or a scalar function such as ``math.tanh``
+    or a numba-compiled one), with derivative ``df`` (same kinds), or None to
+    differentiate φ's 20-point Chebyshev interpolants (error ~1e-13).
+
+    φ is tabulated once on [-144, 144] in panels of width 1/8: it must be
+    finite there and smooth between non-smooth points lying on multiples of
+    1/8 (these are detected); otherwise a ``ValueError`` names the place.
+    """
+    if not callable(fn):
+        raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
+    if df is not None and not callable(df):
+        raise TypeError(f"Elementwise: df must be callable or None, got {type(df).__name__}")
+    label = name or f"Elementwise({getattr(fn, '__name__', type(fn).__name__)})"
+    table = build_table(label, fn, df, lam=0.5, soft=(0.0,))
+    if df is None:
+        from ._numeric import H, NC, P as NP, U
+        nk, ns = int(table[4]), int(table[5])
+        cd = table[8 + nk + ns + NP * NC:].reshape(NP, NC)
+
+        def df(x):  # the tabulated derivative, for finite-width networks
+            x = np.asarray(x, dtype=float)
+            t = (x + U) / H
+            p = np.clip(np.floor(t).astype(int), 0, NP - 1)
+            y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
+            return np.polynomial.chebyshev.chebval(y, cd[p].T, tensor=False)
+    act = NumericActivation(label, P.K_NUMERIC, (), fn=fn, dfn=df, tables=(table,))
+    object.__setattr__(act, "name", label)
+    return act
+
+
+def ElementwiseNumerical(fn, deg=25, df=None):
+    """neural-tangents' name, for porting: same as ``Elementwise(fn, df)``.
+    ``deg`` (neural-tangents' Gauss–Hermite degree) is accepted and ignored:
+    the accuracy is set by the certified quadrature, not by a grid."""
+    if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 1:
+        raise ValueError(f"ElementwiseNumerical: deg must be a positive integer, got {deg!r}")
+    return Elementwise(fn, df, name=f"ElementwiseNumerical({getattr(fn, '__name__', 'fn')})")
+
+
+#: Numeric activations by lower-case name (merged into ``ACTIVATIONS``).
+NUMERIC_ACTIVATIONS = {f.__name__.lower(): f for f in (
+    Tanh, Sigmoid, Softplus, Silu, Elu, Selu, Mish, SReLU, S2ReLU)}
+NUMERIC_ACTIVATIONS["swish"] = Swish

@@ -1,0 +1,477 @@
+"""Hyperparameter gradients of the NNGP/NTK and the GP log marginal likelihood.
+
+Forward-mode differentiation through the kernel recursion (layer by layer,
+vectorised over the N×N Gram matrix).  For a Dense layer (DESIGN.md)
+
+    Σ' = w² Σ + b²,   Θ' = Σ' + w² Θ            (ntk parameterization)
+
+the tangents are dΣ' = w² dΣ + Σ dw² + db²,  dΘ' = dΣ' + w² dΘ + Θ dw².
+For an activation, with k(q11, q12, q22) = E[φ(u)φ(v)] and
+k̇ = E[φ'(u)φ'(v)]:
+
+    dΣ' = ∂₁₁k dq11 + ∂₁₂k dq12 + ∂₂₂k dq22,   dΘ' = k̇ dΘ + Θ (∂k̇ · dq)
+
+∂₁₂k = k̇ by Price's theorem (Price 1958) wherever φ is Lipschitz; for the
+step-like Sign and RectifiedMonomial(0) the true derivative is used.  The
+variance derivatives ∂₁₁, ∂₂₂ are closed forms per activation: for positively
+homogeneous φ of degree n (ReLU family, Monomial, RectifiedMonomial, Sign)
+Euler's relation k(a²q11, a q12, q22) = aⁿ k gives
+∂₁₁k = (n k − q12 ∂₁₂k) / (2 q11); the others (Erf, Sin, Rbf, Exp,
+Gaussian) are differentiated directly.  Gelu's variance derivatives use a
+Richardson-extrapolated central difference of its closed form (4th order,
+relative step 1e-3: truncation ~1e-12, rounding ~1e-13).  Diagonal entries
+follow the one-variable map q ↦ k(q, q, q), whose derivative is finite even
+where ∂₁₂k̇ is not (ReLU at correlation 1).
+
+The log marginal likelihood of y (N, C) under GP(0, K), K = Σ + σ²I, and its
+gradient (Rasmussen & Williams 2006, eqs. 2.30, 5.9):
+
+    log p = -½ tr(Yᵀ K⁻¹ Y) - C/2 log|K| - NC/2 log 2π,
+    ∂log p/∂θ = ½ tr((α αᵀ - C K⁻¹) ∂K/∂θ),  α = K⁻¹ Y.
+"""
+import dataclasses
+import math
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.optimize import minimize
+
+from . import _program as P
+from .activations import Activation
+from .layers import Dense, Identity, Network
+
+__all__ = ["kernel_and_grad", "log_marginal_likelihood", "fit_hyperparameters",
+           "dense_layers", "with_hyperparameters"]
+
+INV_2PI = 0.5 / math.pi
+
+
+# ---------------------------------------------------------------------------
+# activation duals and their partial derivatives (NumPy, vectorised)
+# ---------------------------------------------------------------------------
+
+def _homog_degree(kind, p):
+    if kind == P.K_ABRELU:
+        return 1
+    if kind in (P.K_MONOMIAL, P.K_RECTIFIED_MONOMIAL):
+        return int(p[0])
+    if kind == P.K_SIGN:
+        return 0
+    return None
+
+
+def _angle(q1, q12, q2):
+    s = np.sqrt(q1) * np.sqrt(q2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(s > 0, q12 / np.where(s > 0, s, 1.0), 0.0)
+    rho = np.clip(rho, -1.0, 1.0)
+    det = np.maximum(q1 * q2 - q12 * q12, 1e-300 + 1e-15 * q1 * q2)
+    return s, rho, np.arccos(rho), np.sqrt((1 - rho) * (1 + rho)), det
+
+
+def _rect_j(n, rho, theta, sin_t):
+    """Cho & Saul's J_n(θ) (upward recurrence)."""
+    psi = np.pi - theta
+    j0 = psi
+    if n == 0:
+        return j0
+    j1 = sin_t + psi * rho
+    for m in range(2, n + 1):
+        j0, j1 = j1, (2 * m - 1) * rho * j1 + (m - 1) ** 2 * sin_t ** 2 * j0
+    return j1
+
+
+def _mono_terms(n, q1, q12, q2):
+    """E[uⁿvⁿ] = Σ_k A_{n,k} q12ᵏ (q11 q22)^{(n-k)/2} and its partials."""
+    from ._duals import monomial_coefficients
+    coef = monomial_coefficients(n)
+    k = np.zeros(np.broadcast(q1, q12, q2).shape)
+    k12 = np.zeros_like(k)
+    k1 = np.zeros_like(k)
+    for j in range(n % 2, n + 1, 2):
+        m = (n - j) // 2
+        base = coef[j] * (q1 * q2) ** m
+        k = k + base * q12 ** j
+        if j:
+            k12 = k12 + j * coef[j] * (q1 * q2) ** m * q12 ** (j - 1)
+        if m:
+            k1 = k1 + coef[j] * m * q1 ** (m - 1) * q2 ** m * q12 ** j
+    return k, k12, k1
+
+
+def _gelu_k(q1, q12, q2):
+    p1, p2 = 1 + q1, 1 + q2
+    r = np.sqrt(p1 * p2)
+    z = np.clip(q12 / r, -1, 1)
+    delta = np.sqrt(np.maximum(p1 * p2 - q12 * q12, 1e-300))
+    angle = np.arcsin(z)
+    h = (q1 / p1) * (q2 / p2)
+    k = 0.25 * q12 + (z * z / delta + h * delta + q12 * angle) * INV_2PI
+    bracket = 1.0 / (delta * delta) + 1.0 / p1 / p2 - h + 1.0
+    kd = 0.25 + angle * INV_2PI + q12 / delta * bracket * INV_2PI
+    return k, kd
+
+
+def _richardson(f, x, h):
+    def d(hh):
+        return (f(x + hh) - f(x - hh)) / (2 * hh)
+    return (4 * d(h / 2) - d(h)) / 3
+
+
+def dual_values(kind, p, q1, q12, q2):
+    """(k, k̇) of activation ``kind`` (params ``p``); arrays broadcast."""
+    return _dual(kind, p, q1, q12, q2, partials=False)[:2]
+
+
+def _dual(kind, p, q1, q12, q2, partials=True):
+    """k, k̇, ∂₁₁k, ∂₁₂k, ∂₁₁k̇, ∂₁₂k̇ (∂₂₂ by swapping q11 and q22)."""
+    q1, q12, q2 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
+                                        for a in (q1, q12, q2)))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if kind == P.K_ABRELU:
+            a, b = p[0], p[1]
+            s, rho, theta, sin_t, det = _angle(q1, q12, q2)
+            psi = np.pi - theta
+            k = s * INV_2PI * ((a * a + b * b) * (sin_t + psi * rho)
+                               - 2 * a * b * (sin_t - theta * rho))
+            kd = ((a * a + b * b) * psi + 2 * a * b * theta) * INV_2PI
+            if not partials:
+                return k, kd
+            k12 = kd
+            kd12 = (a - b) ** 2 * INV_2PI / np.sqrt(det)
+        elif kind == P.K_SIGN:
+            s, rho, theta, sin_t, det = _angle(q1, q12, q2)
+            k = (2 / np.pi) * np.arcsin(rho)
+            kd = np.zeros_like(k)
+            if not partials:
+                return k, kd
+            k12 = (2 / np.pi) / np.sqrt(det)
+            kd12 = np.zeros_like(k)
+        elif kind == P.K_RECTIFIED_MONOMIAL:
+            n = int(p[0])
+            s, rho, theta, sin_t, det = _angle(q1, q12, q2)
+            k = s ** n * _rect_j(n, rho, theta, sin_t) * INV_2PI
+            kd = (n * n * s ** (n - 1) * _rect_j(n - 1, rho, theta, sin_t) * INV_2PI
+                  if n else np.zeros_like(k))
+            if not partials:
+                return k, kd
+            step12 = INV_2PI / np.sqrt(det)     # ∂/∂q12 of the step-function dual
+            k12 = kd if n else step12
+            if n == 0:
+                kd12 = np.zeros_like(k)
+            elif n == 1:
+                kd12 = step12
+            else:
+                kd12 = n * n * (n - 1) ** 2 * s ** (n - 2) * _rect_j(n - 2, rho, theta,
+                                                                     sin_t) * INV_2PI
+        elif kind == P.K_MONOMIAL:
+            n = int(p[0])
+            k, k12, k1 = _mono_terms(n, q1, q12, q2)
+            if n:
+                kd0, kd12, kd1 = _mono_terms(n - 1, q1, q12, q2)
+                kd, kd12, kd1 = n * n * kd0, n * n * kd12, n * n * kd1
+            else:
+                kd = kd12 = kd1 = np.zeros_like(k)
+            if not partials:
+                return k, kd
+            return k, kd, k1, k12, kd1, kd12
+        elif kind == P.K_ERF:
+            a, b, c = p[0], p[1], p[2]
+            b2 = b * b
+            r1s, r2s = 1 + 2 * b2 * q1, 1 + 2 * b2 * q2
+            D = np.maximum(r1s * r2s - 4 * b2 * b2 * q12 * q12, 1e-300)
+            z = np.clip(2 * b2 * q12 / np.sqrt(r1s * r2s), -1, 1)
+            k = a * a * (2 / np.pi) * np.arcsin(z) + c * c
+            C = a * a * (4 / np.pi) * b2
+            kd = C / np.sqrt(D)
+            if not partials:
+                return k, kd
+            k12 = kd
+            k1 = -(4 / np.pi) * a * a * b2 * b2 * q12 / (r1s * np.sqrt(D))
+            kd1 = -C * b2 * r2s * D ** -1.5
+            kd12 = 4 * C * b2 * b2 * q12 * D ** -1.5
+            return k, kd, k1, k12, kd1, kd12
+        elif kind == P.K_SIN:
+            a, b, c = p[0], p[1], p[2]
+            b2 = b * b
+            em = np.exp(-0.5 * b2 * (q1 + q2 - 2 * q12))
+            ep = np.exp(-0.5 * b2 * (q1 + q2 + 2 * q12)) * math.cos(2 * c)
+            h = 0.5 * a * a
+            k, kd = h * (em - ep), h * b2 * (em + ep)
+            if not partials:
+                return k, kd
+            return k, kd, -0.5 * b2 * k, kd, -0.5 * b2 * kd, b2 * b2 * k
+        elif kind == P.K_RBF:
+            g = p[0]
+            k = np.exp(-g * (q1 + q2 - 2 * q12))
+            kd = 2 * g * k
+            if not partials:
+                return k, kd
+            return k, kd, -g * k, kd, -g * kd, 2 * g * kd
+        elif kind == P.K_EXP:
+            a, b = p[0], p[1]
+            b2 = b * b
+            k = a * a * np.exp(b2 * (0.5 * (q1 + q2) + q12))
+            kd = b2 * k
+            if not partials:
+                return k, kd
+            return k, kd, 0.5 * b2 * k, kd, 0.5 * b2 * kd, b2 * kd
+        elif kind == P.K_GAUSSIAN:
+            a, b = p[0], p[1]
+            t1, t2 = 1 - 2 * b * q1, 1 - 2 * b * q2
+            D = t1 * t2 - 4 * b * b * q12 * q12
+            bad = (t1 <= 0) | (t2 <= 0) | (D <= 0)
+            D = np.where(bad, np.nan, D)
+            k = np.where(bad, np.inf, a * a * D ** -0.5)
+            kd = np.where(bad, np.inf, 4 * a * a * b * b * q12 * D ** -1.5)
+            if not partials:
+                return k, kd
+            k1 = a * a * b * t2 * D ** -1.5
+            kd1 = 12 * a * a * b ** 3 * q12 * t2 * D ** -2.5
+            kd12 = 4 * a * a * b * b * D ** -2.5 * (D + 12 * b * b * q12 * q12)
+            return k, kd, k1, kd, kd1, kd12
+        elif kind == P.K_GELU:
+            k, kd = _gelu_k(q1, q12, q2)
+            if not partials:
+                return k, kd
+            h1 = 1e-3 * (1 + np.abs(q1))
+            k1 = _richardson(lambda x: _gelu_k(x, q12, q2)[0], q1, h1)
+            kd1 = _richardson(lambda x: _gelu_k(x, q12, q2)[1], q1, h1)
+            kd12 = _richardson(lambda x: _gelu_k(q1, x, q2)[1], q12,
+                               1e-3 * (1 + np.sqrt(np.abs(q1 * q2))))
+            return k, kd, k1, kd, kd1, kd12
+        else:
+            raise NotImplementedError(f"no derivative rule for activation kind {kind}")
+        # homogeneous kinds: Euler's relation for the variance derivatives
+        n = _homog_degree(kind, p)
+        k1 = (n * k - q12 * k12) / (2 * q1)
+        kd1 = ((n - 1) * kd - q12 * kd12) / (2 * q1)
+        return k, kd, k1, k12, kd1, kd12
+
+
+def _dual_diag(kind, p, q):
+    """k(q,q,q), k̇(q,q,q) and their derivatives in q."""
+    q = np.asarray(q, dtype=np.float64)
+    n = _homog_degree(kind, p)
+    if n is not None and kind != P.K_MONOMIAL:
+        k1, kd1 = (np.asarray(v, dtype=np.float64)
+                   for v in dual_values(kind, p, 1.0, 1.0, 1.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = k1 * q ** n
+            dk = n * k1 * q ** (n - 1) if n else np.zeros_like(q)
+            kd = kd1 * q ** (n - 1) if n else np.zeros_like(q)
+            dkd = (n - 1) * kd1 * q ** (n - 2) if n >= 2 else np.zeros_like(q)
+        return k, kd, dk, dkd
+    if kind == P.K_GELU:
+        def f(x):
+            return np.stack(_gelu_k(x, x, x))
+        k, kd = _gelu_k(q, q, q)
+        dk, dkd = _richardson(f, q, 1e-3 * (1 + np.abs(q)))
+        return k, kd, dk, dkd
+    k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
+    return k, kd, 2 * k1 + k12, 2 * kd1 + kd12
+
+
+# ---------------------------------------------------------------------------
+# forward-mode recursion
+# ---------------------------------------------------------------------------
+
+def dense_layers(net):
+    """Indices of the Dense layers of a serial network."""
+    return [i for i, l in enumerate(net.layers) if isinstance(l, Dense)]
+
+
+def with_hyperparameters(net, W_std, b_std):
+    """A copy of ``net`` whose Dense layers get W_std / b_std (scalars shared
+    by all Dense layers, or one value per Dense layer)."""
+    idx = dense_layers(net)
+    W = np.broadcast_to(np.asarray(W_std, dtype=np.float64), (len(idx),))
+    B = np.broadcast_to(np.asarray(b_std, dtype=np.float64), (len(idx),))
+    layers = list(net.layers)
+    for j, i in enumerate(idx):
+        layers[i] = dataclasses.replace(layers[i], W_std=float(W[j]), b_std=float(B[j]))
+    return Network(layers)
+
+
+def kernel_and_grad(net, x, get="nngp", shared=True):
+    """K(x, x) and its derivatives with respect to each Dense layer's W_std
+    and b_std.
+
+    Returns ``(K, dK)``, K (N, N) and dK (P, N, N): with ``shared=True``
+    P = 2 (d/dW_std, d/db_std of a value shared by all Dense layers, i.e. the
+    sum over layers); otherwise P = 2L ordered [W_std_1..L, b_std_1..L].  A
+    layer with ``b_std=None`` is differentiated as if b_std = 0.
+    """
+    from .kernel import check_inputs
+    if get not in ("nngp", "ntk"):
+        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    if not isinstance(net, Network):
+        raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
+    x = check_inputs(x, "x")
+    n, d = x.shape
+    L = len(dense_layers(net))
+    if L == 0:
+        raise ValueError("net has no Dense layer: nothing to differentiate")
+    Q = x @ x.T / d
+    v = np.einsum("ij,ij->i", x, x) / d
+    TH = np.zeros_like(Q)
+    dQ = np.zeros((2 * L, n, n))
+    dTH = np.zeros_like(dQ)
+    dv = np.zeros((2 * L, n))
+    ii = np.diag_indices(n)
+    width, j, gaussian = d, 0, False
+    for layer in net.layers:
+        if isinstance(layer, Dense):
+            w2 = layer.W_std ** 2
+            b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
+            if layer.parameterization == "ntk":
+                c_old, c_new, c_one = 0.0, 1.0, 0.0
+            else:
+                c_old, c_new, c_one = float(width), 0.0, 0.0 if layer.b_std is None else 1.0
+            Qn = w2 * Q + b2
+            dQn = w2 * dQ
+            dQn[j] += Q                     # ∂/∂w2
+            dQn[L + j] += 1.0               # ∂/∂b2
+            dTH = c_old * dQ + c_new * dQn + w2 * dTH
+            dTH[j] += TH
+            TH = c_old * Q + c_new * Qn + w2 * TH + c_one
+            dv = w2 * dv
+            dv[j] += v
+            dv[L + j] += 1.0
+            v = w2 * v + b2
+            Q, dQ = Qn, dQn
+            width, gaussian = layer.out_dim, True
+            j += 1
+        elif isinstance(layer, Activation):
+            if not gaussian:
+                raise ValueError(f"{layer!r} must follow a Dense layer")
+            kind, p = layer.kind, layer.params
+            q1, q2 = v[:, None], v[None, :]
+            k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q1, Q, q2)
+            _, _, k2, _, kd2, _ = _dual(kind, p, q2, Q, q1)
+            dTH0 = dTH
+            with np.errstate(invalid="ignore", over="ignore"):
+                dQn = k1 * dv[:, :, None] + k12 * dQ + k2 * dv[:, None, :]
+                dTH = kd * dTH + TH * (kd1 * dv[:, :, None] + kd12 * dQ
+                                       + kd2 * dv[:, None, :])
+            kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
+            th_diag = TH[ii].copy()
+            dth_diag = dTH0[:, ii[0], ii[1]].copy()
+            TH = kd * TH
+            TH[ii] = kddg * th_diag
+            dTH[:, ii[0], ii[1]] = dkdg * dv * th_diag + kddg * dth_diag
+            Q = k
+            Q[ii] = kdg
+            dQn[:, ii[0], ii[1]] = dkg * dv
+            dQ = dQn
+            dv = dkg * dv
+            v = kdg
+            gaussian = False
+        elif isinstance(layer, Identity):
+            continue
+        else:
+            raise NotImplementedError(f"kernel_and_grad: layer {layer!r} is not supported "
+                                      "(serial Dense / activation / Identity networks only)")
+    K, dK = (Q, dQ) if get == "nngp" else (TH, dTH)
+    # chain rule: d/dW_std = 2 W_std d/dw2, d/db_std = 2 b_std d/db2
+    idx = dense_layers(net)
+    ws = np.array([net.layers[i].W_std for i in idx])
+    bs = np.array([0.0 if net.layers[i].b_std is None else net.layers[i].b_std
+                   for i in idx])
+    scale = 2.0 * np.concatenate([ws, bs])
+    dK = dK * scale[:, None, None]
+    if shared:
+        dK = np.stack([dK[:L].sum(0), dK[L:].sum(0)])
+    return K, dK
+
+
+# ---------------------------------------------------------------------------
+# log marginal likelihood
+# ---------------------------------------------------------------------------
+
+def _lml_from(K, dK, y, noise):
+    """(log p, ∂log p/∂θ for each dK, ∂log p/∂noise)."""
+    n = K.shape[0]
+    Y = y.reshape(n, -1)
+    C = Y.shape[1]
+    A = K + noise * np.eye(n)
+    try:
+        c = sla.cho_factor(A, lower=True, check_finite=False)
+    except (np.linalg.LinAlgError, sla.LinAlgError):
+        raise np.linalg.LinAlgError("K + noise·I is not positive definite; increase noise")
+    alpha = sla.cho_solve(c, Y, check_finite=False)
+    logdet = 2.0 * np.log(np.diagonal(c[0])).sum()
+    lml = -0.5 * np.einsum("ij,ij->", Y, alpha) - 0.5 * C * logdet \
+        - 0.5 * n * C * math.log(2 * math.pi)
+    W = alpha @ alpha.T - C * sla.cho_solve(c, np.eye(n), check_finite=False)
+    grad = 0.5 * np.einsum("ij,pji->p", W, dK) if dK is not None else None
+    gnoise = 0.5 * np.trace(W)
+    return lml, grad, gnoise
+
+
+def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
+                            eval_gradient=False):
+    """log p(y | x) under GP(0, K + noise·I), K the NNGP (or NTK) of ``net``.
+
+    ``y`` is (N,) or (N, C) (independent outputs sharing K).  With
+    ``eval_gradient`` returns ``(lml, grad)``, grad = ∂/∂[W_std, b_std] (shared)
+    or ∂/∂[W_std_1..L, b_std_1..L], followed by ∂/∂noise.
+    """
+    from .predict import _check_y
+    y = _check_y(y, None, "y")
+    if y.shape[0] != np.asarray(x).shape[0]:
+        raise ValueError(f"y has {y.shape[0]} rows but x has {np.asarray(x).shape[0]}")
+    if not (isinstance(noise, (int, float, np.floating)) and noise >= 0):
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    if eval_gradient:
+        K, dK = kernel_and_grad(net, x, get, shared)
+    else:
+        K, dK = np.asarray(net.kernel(x, None, get)), None
+    lml, grad, gnoise = _lml_from(K, dK, y, noise)
+    if not eval_gradient:
+        return lml
+    return lml, np.append(grad, gnoise)
+
+
+def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_noise=True,
+                        W_bounds=(1e-2, 1e2), b_bounds=(1e-4, 1e1),
+                        noise_bounds=(1e-8, 1e2), maxiter=100):
+    """Maximise the log marginal likelihood over W_std, b_std (shared or per
+    layer) and the noise variance, with L-BFGS-B in log space using the
+    analytic gradient.
+
+    Returns ``(fitted_net, noise, lml)``.
+    """
+    idx = dense_layers(net)
+    L = len(idx)
+    if L == 0:
+        raise ValueError("net has no Dense layer: nothing to fit")
+    W0 = np.array([net.layers[i].W_std for i in idx])
+    B0 = np.array([max(net.layers[i].b_std or 0.0, b_bounds[0]) for i in idx])
+    if shared:
+        W0, B0 = W0[:1], B0[:1]
+    nW = W0.size
+    theta0 = np.log(np.concatenate([W0, B0] + ([[noise]] if fit_noise else [])))
+    bounds = ([tuple(np.log(W_bounds))] * nW + [tuple(np.log(b_bounds))] * nW
+              + ([tuple(np.log(noise_bounds))] if fit_noise else []))
+
+    def unpack(th):
+        e = np.exp(th)
+        return e[:nW], e[nW:2 * nW], (e[2 * nW] if fit_noise else noise)
+
+    def objective(th):
+        W, B, nz = unpack(th)
+        m = with_hyperparameters(net, W if not shared else W[0], B if not shared else B[0])
+        try:
+            lml, g = log_marginal_likelihood(m, x, y, nz, get, shared, eval_gradient=True)
+        except np.linalg.LinAlgError:
+            return 1e300, np.zeros_like(th)
+        e = np.exp(th)
+        g = g if fit_noise else g[:-1]
+        return -lml, -g * e
+
+    res = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": maxiter})
+    W, B, nz = unpack(res.x)
+    fitted = with_hyperparameters(net, W if not shared else W[0], B if not shared else B[0])
+    return fitted, float(nz), float(-res.fun)

@@ -1,0 +1,106 @@
+"""Interface semantics: get/out/dtype/memmap/progress, and bad input."""
+import numpy as np
+import pytest
+
+import infkernel as ik
+
+RNG = np.random.default_rng(5)
+X1 = RNG.standard_normal((9, 4))
+X2 = RNG.standard_normal((6, 4))
+NET = ik.serial(ik.Dense(64, 1.5, 0.05), ik.Relu(), ik.Dense(64, 1.5, 0.05), ik.Erf(),
+                ik.Dense(1, 1.5, 0.05))
+
+
+def test_get_forms():
+    both = NET.kernel(X1, X2)
+    assert both.nngp.shape == (9, 6) and both.ntk.shape == (9, 6)
+    assert np.array_equal(NET.kernel(X1, X2, "ntk"), both.ntk)
+    only = NET.kernel(X1, X2, ("ntk",))
+    assert only._fields == ("ntk",) and np.array_equal(only.ntk, both.ntk)
+    nngp, ntk = NET.kernel(X1, X2, ("nngp", "ntk"))
+    assert np.array_equal(nngp, both.nngp)
+
+
+def test_stax_triple():
+    init_fn, apply_fn, kernel_fn = NET
+    assert np.array_equal(kernel_fn(X1, X2, "nngp"), NET.kernel(X1, X2, "nngp"))
+    shape, params = init_fn(0, (-1, 4))
+    assert shape == (-1, 1) and apply_fn(params, X1).shape == (9, 1)
+
+
+def test_symmetric_path_equals_cross_and_diag():
+    ks, kc, kd = NET.kernel(X1), NET.kernel(X1, X1.copy()), NET.diag(X1)
+    for f in ("nngp", "ntk"):
+        a, b = getattr(ks, f), getattr(kc, f)
+        assert np.array_equal(a, a.T)
+        # identical points: ρ from x·x (GEMM) vs |x|² differs by ulps, which the
+        # ReLU derivative dual's √(1-ρ) kink turns into ~1e-8
+        assert np.allclose(a, b, rtol=1e-7, atol=0)
+        assert np.array_equal(np.diag(a), getattr(kd, f))
+
+
+def test_float32_and_out_and_memmap(tmp_path):
+    ref = NET.kernel(X1, X2)
+    k32 = NET.kernel(X1, X2, dtype=np.float32)
+    assert k32.nngp.dtype == np.float32
+    assert np.allclose(k32.ntk, ref.ntk, rtol=2 ** -23, atol=0)  # one rounding
+    mm = np.lib.format.open_memmap(tmp_path / "k.npy", mode="w+", dtype=np.float64, shape=(9, 9))
+    res = NET.kernel(X1, None, "ntk", out=mm)
+    assert res is mm
+    mm.flush()
+    assert np.array_equal(np.load(tmp_path / "k.npy"), NET.kernel(X1, None, "ntk"))
+    o1, o2 = np.empty((9, 6)), np.empty((9, 6))
+    NET.kernel(X1, X2, ("ntk", "nngp"), out=(o1, o2))
+    assert np.array_equal(o1, ref.ntk) and np.array_equal(o2, ref.nngp)
+
+
+def test_progress_callback_reaches_total():
+    calls = []
+    NET.kernel(X1, X2, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (54, 54)
+    calls.clear()
+    NET.kernel(X1, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (36, 36)
+
+
+def test_empty_and_integer_inputs():
+    k = NET.kernel(np.empty((0, 4)), X2)
+    assert k.nngp.shape == (0, 6)
+    assert NET.kernel(np.empty((0, 4))).ntk.shape == (0, 0)
+    xi = np.arange(12).reshape(3, 4)
+    assert np.array_equal(NET.kernel(xi, None, "ntk"), NET.kernel(xi.astype(float), None, "ntk"))
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: NET.kernel(np.array([[1.0, np.nan, 0, 0], [0, 0, 0, 0]])), ValueError, "row(s) [0]"),
+    (lambda: NET.kernel(X1, X2[:, :3]), ValueError, "3 features, expected 4"),
+    (lambda: NET.kernel(X1[0]), ValueError, "2-D"),
+    (lambda: NET.kernel(X1, get="nngpp"), ValueError, "unknown get"),
+    (lambda: NET.kernel(X1, get=5), TypeError, "get"),
+    (lambda: NET.kernel(X1, dtype=np.int32), ValueError, "dtype"),
+    (lambda: NET.kernel(X1, out=np.empty((9, 8)), get="ntk"), ValueError, "shape (9, 9)"),
+    (lambda: NET.kernel(X1, out=np.empty((9, 9), np.float32), get="ntk"), ValueError, "float64"),
+    (lambda: NET.kernel(X1, backend="tpu"), ValueError, "backend"),
+    (lambda: NET.kernel(np.array([["a"]])), TypeError, "numeric"),
+    (lambda: ik.Dense(3, W_std=-1.0), ValueError, "W_std"),
+    (lambda: ik.Dense(3, b_std=float("inf")), ValueError, "b_std"),
+    (lambda: ik.Dense(0), ValueError, "out_dim"),
+    (lambda: ik.Dense(3, parameterization="mup"), ValueError, "parameterization"),
+    (lambda: ik.serial(ik.Relu(), ik.Dense(1)).kernel(X1), ValueError, "must follow a Dense"),
+    (lambda: ik.serial(ik.Dense(2), ik.Relu(), ik.Erf()).kernel(X1), ValueError, "another activation"),
+    (lambda: ik.Monomial(-1), ValueError, "degree"),
+    (lambda: ik.Erf(a=float("nan")), ValueError, "finite"),
+    (lambda: ik.serial(ik.Dense(2), "relu"), TypeError, "serial"),
+])
+def test_bad_input(call, exc, words):
+    with pytest.raises(exc, match=None) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_gpu_backend_without_device_says_why():
+    from infkernel import gpu
+    if gpu.available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="backend='gpu'"):
+        NET.kernel(X1, backend="gpu")

@@ -1,0 +1,55 @@
+"""Hypothesis invariants over random architectures and inputs."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+import infkernel as ik
+from activation_list import CLOSED_FORMS
+
+# Activations whose kernels stay moderate for the parameter ranges drawn below.
+ACTS = [a for a in CLOSED_FORMS if a.name not in ("Exp", "Monomial", "RectifiedMonomial")] \
+    + [ik.Monomial(2), ik.RectifiedMonomial(2)]
+
+
+@st.composite
+def networks(draw):
+    par = draw(st.sampled_from(["ntk", "standard"]))
+    layers = []
+    for _ in range(draw(st.integers(0, 3))):
+        w = draw(st.floats(0.3, 1.6))
+        b = draw(st.one_of(st.none(), st.floats(0.0, 0.5)))
+        layers += [ik.Dense(draw(st.integers(1, 64)), w, b, par), draw(st.sampled_from(ACTS))]
+    layers.append(ik.Dense(1, draw(st.floats(0.3, 1.6)), None, par))
+    return ik.serial(*layers)
+
+
+@st.composite
+def inputs(draw):
+    n = draw(st.integers(1, 12))
+    d = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    if n > 2 and draw(st.booleans()):
+        x[1] = x[0]          # an identical pair
+        x[2] = -x[0]         # and an antipodal one
+    return x
+
+
+@settings(max_examples=60, deadline=None)
+@given(networks(), inputs())
+def test_invariants(net, x):
+    k = net.kernel(x)
+    kc = net.kernel(x, x.copy())
+    kd = net.diag(x)
+    perm = np.random.default_rng(0).permutation(len(x))
+    kp = net.kernel(x[perm])
+    for f in ("nngp", "ntk"):
+        a = getattr(k, f)
+        scale = np.abs(a).max() + 1e-300
+        assert np.array_equal(a, a.T)                               # symmetry
+        assert np.array_equal(np.diag(a), getattr(kd, f))           # diag(K) = diag
+        # K(X) = K(X, X): equal up to the √ε sensitivity of kinked duals at ρ≈1
+        assert np.abs(a - getattr(kc, f)).max() <= 1e-6 * scale
+        # permutation equivariance (same pairs, same arithmetic up to ρ≈±1 kinks)
+        assert np.abs(getattr(kp, f) - a[np.ix_(perm, perm)]).max() <= 1e-6 * scale
+        # positive semi-definite up to rounding (relative to the largest entry)
+        assert np.linalg.eigvalsh(a).min() >= -1e-9 * scale * len(x)

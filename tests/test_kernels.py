@@ -1,0 +1,177 @@
+"""Analytic NNGP/NTK of fully-connected networks against independent references."""
+import math
+
+import numpy as np
+import pytest
+
+import infkernel as ik
+import reference
+from activation_list import CLOSED_FORMS
+
+RNG = np.random.default_rng(1234)
+# Moderate scales keep every variance in the recursion below ~2, where the
+# reference's Gauss–Hermite rule is exact to ~1e-15 for every activation.
+X1 = 0.6 * RNG.standard_normal((7, 3))
+X2 = 0.6 * RNG.standard_normal((5, 3))
+
+
+def _net(act, par, depth=2):
+    layers = []
+    for _ in range(depth):
+        layers += [ik.Dense(4, 1.3, 0.2, par), act]
+    return ik.serial(*layers, ik.Dense(1, 1.1, None, par))
+
+
+def _rel(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+# The reference quadratures are exact to ~1e-14 relative on these inputs
+# (Gauss–Legendre on kink-free arcs, Gauss–Hermite of degree 160 on entire
+# functions); the two-layer recursion amplifies rounding by the layers'
+# Lipschitz constants and NTK entries of mixed sign cancel: errors relative to
+# the largest entry stay below 5e-12 (seen: at most 1.1e-12).
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+@pytest.mark.parametrize("act", CLOSED_FORMS, ids=repr)
+def test_matches_reference(act, par):
+    net = _net(act, par)
+    k = net.kernel(X1, X2)
+    nngp, ntk = reference.kernels(net, X1, X2)
+    assert _rel(k.nngp, nngp) < 5e-12
+    assert _rel(k.ntk, ntk) < 5e-12
+
+
+@pytest.mark.parametrize("act", CLOSED_FORMS, ids=repr)
+def test_dual_matches_monte_carlo(act):
+    """E[φ(u)φ(v)] and E[φ'(u)φ'(v)] against 400k samples, within 5 standard
+    errors (a false alarm has probability < 1e-6 per check)."""
+    q11, q12, q22 = 0.8, 0.35, 1.3
+    net = ik.serial(ik.Dense(1, 1.0, None), act)
+    x1 = np.array([[math.sqrt(q11), 0.0]]) * math.sqrt(2)
+    c = q12 / math.sqrt(q11)
+    x2 = np.array([[c, math.sqrt(q22 - c * c)]]) * math.sqrt(2)
+    k = net.kernel(x1, x2)
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((2, 400_000))
+    u = math.sqrt(q11) * z[0]
+    v = c * z[0] + math.sqrt(q22 - c * c) * z[1]
+    for value, samples in ((k.nngp[0, 0], act.fn(u) * act.fn(v)),
+                           (k.ntk[0, 0] / q12, act.dfn(u) * act.dfn(v))):
+        if act.name == "Sign" or (act.name in ("RectifiedMonomial", "Monomial")
+                                  and act.params[0] == 0):
+            continue  # derivative dual is 0 by convention (φ' = 0 a.e.)
+        se = samples.std() / math.sqrt(samples.size)
+        assert abs(value - samples.mean()) < 5 * se + 1e-12
+
+
+def test_known_value_relu_orthogonal():
+    """One hidden ReLU layer, orthogonal inputs of unit variance, W_std = 1,
+    b_std = 0: NNGP = NTK = 1/(2π) (Cho & Saul; Jacot et al.)."""
+    d = 4
+    x = np.sqrt(d) * np.eye(d)[:2]
+    net = ik.serial(ik.Dense(10), ik.Relu(), ik.Dense(1))
+    k = net.kernel(x)
+    assert k.nngp[0, 1] == pytest.approx(1 / (2 * math.pi), rel=1e-15)
+    assert k.ntk[0, 1] == pytest.approx(1 / (2 * math.pi), rel=1e-15)
+    assert k.nngp[0, 0] == pytest.approx(0.5, rel=1e-15)
+    assert k.ntk[0, 0] == pytest.approx(1.0, rel=1e-15)  # Σ² + Σ̇²Θ¹ = 1/2 + 1/2
+
+
+def test_known_value_erf():
+    """Williams (1997): E[erf(u) erf(v)] = 2/π asin(2q12/√((1+2q11)(1+2q22)))."""
+    x = np.array([[1.0, 0.0], [0.6, 0.8]]) * math.sqrt(2)  # q11 = q22 = 1, q12 = .6
+    k = ik.serial(ik.Dense(3), ik.Erf()).kernel(x)
+    assert k.nngp[0, 1] == pytest.approx(2 / math.pi * math.asin(1.2 / 3), rel=1e-15)
+    assert k.ntk[0, 1] == pytest.approx(0.6 * 4 / math.pi / math.sqrt(9 - 1.44), rel=1e-15)
+
+
+@pytest.mark.parametrize("act", CLOSED_FORMS, ids=repr)
+def test_exact_at_correlation_plus_minus_one(act):
+    """Identical and antipodal inputs (ρ = ±1 exactly on the symmetric path)
+    against the reference evaluated at ρ = ±1 exactly."""
+    x = np.array([[0.3, -1.2, 0.5], [-0.3, 1.2, -0.5], [0.3, -1.2, 0.5]])
+    net = ik.serial(ik.Dense(4, 1.0, None), act, ik.Dense(1, 1.0, None))
+    k = net.kernel(x)
+    q = (x[0] ** 2).sum() / 3
+    for j, rho in ((1, -1.0), (2, 1.0)):
+        nngp, kdot = reference.duals(act, q, rho * q, q)
+        assert np.isfinite(k.nngp[0, j]) and np.isfinite(k.ntk[0, j])
+        assert k.nngp[0, j] == pytest.approx(float(nngp), rel=1e-13, abs=1e-15)
+        assert k.ntk[0, j] == pytest.approx(float(nngp + kdot * rho * q), rel=1e-13, abs=1e-15)
+
+
+def test_rectified_monomial_finite_at_plus_minus_one_deep():
+    """neural-tangents 0.6.5 returns NaN here (ρ = ±1)."""
+    x = np.array([[1.0, 2.0], [-1.0, -2.0], [1.0, 2.0]])
+    for n in range(4):
+        layers = [ik.Dense(1, 1.0, 0.1), ik.RectifiedMonomial(n)] * 5
+        k = ik.serial(*layers, ik.Dense(1)).kernel(x)
+        assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
+
+
+def test_zero_norm_inputs_with_bias():
+    x = np.array([[0.0, 0.0], [1.0, -0.5], [0.0, 0.0]])
+    for act in CLOSED_FORMS:
+        net = ik.serial(ik.Dense(3, 1.2, 0.3), act, ik.Dense(3, 1.2, 0.3), act, ik.Dense(1))
+        k = net.kernel(x, x[:2].copy())
+        nngp, ntk = reference.kernels(net, x, x[:2])
+        assert _rel(k.nngp, nngp) < 1e-12 and _rel(k.ntk, ntk) < 1e-12, act
+
+
+def test_zero_variance_without_bias_is_finite():
+    """x = 0 and no bias: zero variance; ρ is taken as 0 (the symmetric
+    sub-gradient convention), results are finite."""
+    x = np.array([[0.0, 0.0], [1.0, -0.5]])
+    for act in CLOSED_FORMS:
+        k = ik.serial(ik.Dense(3), act, ik.Dense(1)).kernel(x)
+        assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all(), act
+
+
+def test_depth_1000_relu_critical():
+    """ReLU at W_std = √2, b = 0 keeps q fixed; the NTK grows linearly with
+    depth: Θ(x,x) = L' q (Jacot et al.), here checked exactly on the diagonal
+    and against the reference off the diagonal."""
+    L = 1000
+    x = RNG.standard_normal((4, 3))
+    net = ik.serial(*([ik.Dense(1, math.sqrt(2)), ik.Relu()] * L), ik.Dense(1))
+    k = net.kernel(x)
+    q = (x ** 2).sum(1) / 3
+    assert np.allclose(np.diag(k.nngp), q, rtol=1e-12)
+    assert np.allclose(np.diag(k.ntk), (L + 1) * q, rtol=1e-12)
+    # Correlations approach 1 with depth (1 - ρ ~ 1/L²), where the ReLU
+    # derivative dual has a √(1-ρ) singularity: each layer's rounding is
+    # amplified ~1/√(1-ρ) ~ L, so 1000 layers agree to ~1e-9, not to ulps.
+    nngp, ntk = reference.kernels(net, x)
+    off = ~np.eye(4, dtype=bool)
+    assert _rel(k.nngp[off], nngp[off]) < 1e-8
+    assert _rel(k.ntk[off], ntk[off]) < 1e-8
+
+
+def test_depth_1000_no_overflow_where_representable():
+    """W_std = 1.9: q grows like 1.805^L ≈ 1e256 at L = 1000, representable;
+    products of variances (1e512) are never formed."""
+    x = RNG.standard_normal((3, 2))
+    net = ik.serial(*([ik.Dense(1, 1.9), ik.Relu()] * 1000), ik.Dense(1))
+    k = net.kernel(x)
+    assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
+    assert k.nngp.max() > 1e250
+    # growth per layer at most 1.5² (1 + 0.1²)/2: q stays below 1e60
+    for act in (ik.Erf(), ik.Gelu(), ik.Sin(), ik.LeakyRelu(0.1), ik.Sign()):
+        k = ik.serial(*([ik.Dense(1, 1.5, 0.1), act] * 1000), ik.Dense(1)).kernel(x)
+        assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all(), act
+
+
+def test_lone_dense_is_linear_kernel():
+    x = RNG.standard_normal((4, 3))
+    k = ik.serial(ik.Dense(2, 2.0, 0.5)).kernel(x, x[:2])
+    expected = 4.0 * x @ x[:2].T / 3 + 0.25
+    assert np.allclose(k.nngp, expected, rtol=1e-15) and np.allclose(k.ntk, expected, rtol=1e-15)
+    k = ik.serial(ik.Dense(2, 2.0, 0.5, "standard")).kernel(x, x[:2])
+    assert np.allclose(k.ntk, x @ x[:2].T + 1, rtol=1e-15)
+
+
+def test_identity_is_a_no_op():
+    a = ik.serial(ik.Dense(3, 1.1, 0.1), ik.Identity(), ik.Erf(), ik.Identity(), ik.Dense(1))
+    b = ik.serial(ik.Dense(3, 1.1, 0.1), ik.Erf(), ik.Dense(1))
+    ka, kb = a.kernel(X1, X2), b.kernel(X1, X2)
+    assert np.array_equal(ka.nngp, kb.nngp) and np.array_equal(ka.ntk, kb.ntk)
