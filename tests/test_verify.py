@@ -1,0 +1,97 @@
+"""infkernel.verify: convergence table/figure, linearised dynamics, CLI."""
+import argparse
+
+import numpy as np
+import pytest
+from scipy.linalg import expm
+
+import infkernel as ik
+from infkernel import verify as V
+
+
+def _net(act=None, par="ntk"):
+    act = act or ik.Relu()
+    return ik.serial(ik.Dense(4, W_std=1.5, b_std=0.1, parameterization=par), act,
+                     ik.Dense(1, W_std=1.5, b_std=0.1, parameterization=par))
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).normal(size=(6, 3))
+
+
+def test_verify_table_figure_and_rates(x, tmp_path):
+    png = tmp_path / "v.png"
+    res = V.verify(_net(), x, [32, 128, 512], n_samples=24, steps=30, train_seeds=2,
+                   x_test=x[:2] + 0.1, plot=str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = res.table()
+    assert "NTK rel. err" in table and "slopes" in table and len(table.splitlines()) == 5
+    # errors fall with width; with 24 networks per width the slope's s.e. is
+    # ≈ 0.05, so ±0.25 around -1/2 is > 4 s.e.
+    for g in ("nngp", "ntk"):
+        assert np.all(np.diff(res.errors[g]) < 0)
+        assert -0.75 < res.slopes[g] < -0.25, res.slopes
+    assert res.train_gap[-1] < res.train_gap[0]
+    assert res.loss_network.shape == res.loss_theory.shape == (3, res.steps.size)
+    # the network starts where the theory starts
+    np.testing.assert_allclose(res.loss_network[:, 0], res.loss_theory[:, 0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_linearised_prediction_is_exact(continuous):
+    """The closed form equals stepping the linearised dynamics (discrete) or
+    the matrix exponential (continuous) to rounding."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(5, 5))
+    th = A @ A.T + 0.1 * np.eye(5)
+    B = rng.normal(size=(3, 5))
+    th_test = B @ A.T
+    f0, f0t, y = rng.normal(size=(5, 2)), rng.normal(size=(3, 2)), rng.normal(size=(5, 2))
+    eta, steps = 0.3 * y.size / np.linalg.eigvalsh(th)[-1], [0, 1, 7, 40]
+    ftr, fte = V._linearised(th, th_test, f0, f0t, y, eta, steps, continuous)
+    a = eta / y.size
+    for i, t in enumerate(steps):
+        if continuous:
+            E = expm(-a * th * t)
+            ref = y + E @ (f0 - y)
+            ref_t = f0t - th_test @ np.linalg.solve(th, (np.eye(5) - E) @ (f0 - y))
+        else:
+            F, Ft = f0.copy(), f0t.copy()
+            for _ in range(t):
+                F, Ft = F - a * th @ (F - y), Ft - a * th_test @ (F - y)
+            ref, ref_t = F, Ft
+        np.testing.assert_allclose(ftr[i], ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(fte[i], ref_t, rtol=0, atol=1e-12)
+
+
+def test_bad_input(x, tmp_path):
+    net = _net()
+    for widths in ([0, 8], [-3], [4.5]):
+        with pytest.raises((ValueError, TypeError), match="widths"):
+            V.verify(net, x, widths, 4)
+    with pytest.raises(ValueError, match="n_samples"):
+        V.verify(net, x, [8], 1)
+    with pytest.raises(ValueError, match="hidden Dense"):
+        V.verify(ik.serial(ik.Dense(1)), x, [8], 4)
+    with pytest.raises(ValueError, match="y must be"):
+        V.verify(net, x, [8], 4, y=np.ones((5, 1)))
+    with pytest.raises(ValueError, match="folder"):
+        V.verify(net, x, [8], 4, plot=str(tmp_path / "nope" / "v.png"))
+    with pytest.raises(ValueError, match="x has NaN"):
+        V.verify(net, np.full((3, 3), np.nan), [8], 4)
+
+
+def test_command_line(tmp_path, capsys):
+    parser = V.add_verify_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--activation", "leakyrelu:0.1", "--depth", "1", "--widths",
+                              "16,64", "--n-samples", "4", "--n-points", "5", "--dim", "3",
+                              "--steps", "5", "--out", str(tmp_path / "v.png")])
+    assert V.run_verify(args) == 0
+    out = capsys.readouterr().out
+    assert "NNGP rel. err" in out and "figure written" in out
+    assert (tmp_path / "v.png").exists()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--widths", "0,16"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--activation", "tanh"])
