@@ -52,7 +52,7 @@ def _std(name, value, allow_none=False):
     return float(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Dense(Layer):
     """Fully-connected layer, neural-tangents semantics.
 
@@ -67,6 +67,10 @@ class Dense(Layer):
     W_std: float = 1.0
     b_std: Optional[float] = None
     parameterization: str = "ntk"
+
+    def __repr__(self):
+        par = "" if self.parameterization == "ntk" else ", parameterization='standard'"
+        return f"Dense({self.out_dim}, W_std={self.W_std:g}, b_std={self.b_std}{par})"
 
     def __post_init__(self):
         if (isinstance(self.out_dim, bool) or not isinstance(self.out_dim, (int, np.integer))

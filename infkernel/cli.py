@@ -1,0 +1,139 @@
+"""The ``infkernel`` command.
+
+    infkernel gram [FEATURES.npy|.csv] [--x2 FILE] --arch "dense:512,relu,dense:512,erf,dense:1"
+    infkernel fit  ...     (GP / NTK regression; see ``infkernel fit -h``)
+    infkernel verify ...   (finite-width networks against theory)
+
+With no features file, ``gram`` runs on scikit-learn's bundled digits dataset.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import activations, layers
+
+
+def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
+    """Network from "dense:512,relu,dense:512,erf(a=1,b=2),dense:1".
+
+    ``dense:N`` is a Dense layer of width N with the given stds; an activation
+    is its lower-case name with optional keyword arguments in parentheses."""
+    out = []
+    for token in (t.strip() for t in spec.split(",") if t.strip()):
+        name, _, rest = token.partition("(")
+        name = name.strip().lower()
+        if name.startswith("dense"):
+            _, _, width = name.partition(":")
+            if not width.isdigit():
+                raise ValueError(f"--arch: expected dense:WIDTH, got {token!r}")
+            out.append(layers.Dense(int(width), W_std, b_std, parameterization))
+            continue
+        if name == "identity":
+            out.append(layers.Identity())
+            continue
+        factory = activations.ACTIVATIONS.get(name)
+        if factory is None:
+            valid = ", ".join(sorted(activations.ACTIVATIONS) + ["dense:N", "identity"])
+            raise ValueError(f"--arch: unknown layer {name!r}; valid: {valid}")
+        kwargs = {}
+        if rest:
+            for item in rest.rstrip(")").split(";" if ";" in rest else " "):
+                if item.strip():
+                    key, _, value = item.partition("=")
+                    kwargs[key.strip()] = float(value) if "." in value or "e" in value \
+                        else int(value)
+        out.append(factory(**kwargs))
+    if not out:
+        raise ValueError("--arch is empty")
+    return layers.serial(*out)
+
+
+def load_features(path):
+    """Features from .npy or .csv (numeric, comma-separated, optional header)."""
+    if path.endswith(".npy"):
+        return np.load(path)
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError:
+        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    return data.data / 16.0, data.target
+
+
+def _add_arch_arguments(p):
+    p.add_argument("--arch", default="dense:512,relu,dense:512,relu,dense:512,relu,dense:1",
+                   help="layers, e.g. 'dense:512,relu,dense:512,erf,dense:1'")
+    p.add_argument("--W-std", type=float, default=1.5)
+    p.add_argument("--b-std", type=float, default=0.05)
+    p.add_argument("--parameterization", choices=["ntk", "standard"], default="ntk")
+
+
+def gram_main(args):
+    if args.features is None:
+        x1, _ = _digits()
+        source = "scikit-learn digits (1797 x 64)"
+    else:
+        x1 = load_features(args.features)
+        source = args.features
+    x2 = None if args.x2 is None else load_features(args.x2)
+    net = parse_arch(args.arch, args.W_std, args.b_std, args.parameterization)
+    dtype = np.float32 if args.float32 else np.float64
+    n2 = len(x1) if x2 is None else len(x2)
+    outs = tuple(np.lib.format.open_memmap(f"{args.output}_{g}.npy", mode="w+", dtype=dtype,
+                                           shape=(len(x1), n2))
+                 for g in ("nngp", "ntk"))
+    net.kernel(x1[:2], None, dtype=dtype, backend=args.backend)  # compile / load cache
+    t0 = time.perf_counter()
+    net.kernel(x1, x2, ("nngp", "ntk"), out=outs, dtype=dtype, backend=args.backend,
+               progress=not args.quiet)
+    dt = time.perf_counter() - t0
+    print(f"network : {net!r}")
+    print(f"data    : {source}")
+    print(f"shape   : {len(x1)} x {n2} ({'symmetric' if x2 is None else 'cross'}), {np.dtype(dtype).name}")
+    print(f"time    : {dt:.3f} s, {len(x1) * n2 / max(dt, 1e-12) / 1e6:.1f} M entries/s")
+    for g, a in zip(("nngp", "ntk"), outs):
+        a.flush()
+        line = f"{g:8s}: written to {args.output}_{g}.npy"
+        if x2 is None and len(x1) <= 20000:
+            line += f", min eigenvalue {np.linalg.eigvalsh(np.asarray(a, np.float64)).min():.3e}"
+        print(line)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="infkernel", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("gram", help="NNGP/NTK Gram matrices of features (.npy/.csv)")
+    g.add_argument("features", nargs="?", help=".npy or .csv; default: sklearn digits")
+    g.add_argument("--x2", help="second feature file (cross kernel)")
+    _add_arch_arguments(g)
+    g.add_argument("--output", default="gram", help="output prefix (PREFIX_nngp.npy, PREFIX_ntk.npy)")
+    g.add_argument("--float32", action="store_true")
+    g.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=gram_main)
+    for name, module, adder, runner in (("fit", "fit", "add_fit_arguments", "run_fit"),
+                                        ("verify", "verify", "add_verify_arguments", "run_verify")):
+        try:
+            mod = __import__(f"infkernel.{module}", fromlist=[adder])
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().split("\n")[0])
+        getattr(mod, adder)(p)
+        p.set_defaults(func=getattr(mod, runner))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        print(f"infkernel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
