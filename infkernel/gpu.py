@@ -1,19 +1,71 @@
-"""GPU backend (CuPy raw CUDA kernels built from the sources in ``cuda/``)."""
-import functools
+"""GPU backend: CuPy raw CUDA kernels built from the sources in ``cuda/``.
 
+Data flow for K(X1, X2) (N1 x N2), everything on one device:
+
+1. diagonal pass ``ik_diag`` (one thread per point): q = |x|²/d, the program
+   on (x, x), per-point tables V, S = √V, R = 1/S for every activation op, and
+   the diagonals K(x, x), Θ(x, x);
+2. row blocks of R rows: one cuBLAS GEMM G = X1[rows] X2ᵀ (``cupy.matmul``),
+   then one launch of ``ik_cross`` / ``ik_sym`` that runs every layer per entry
+   in registers and writes NNGP and NTK once.  Blocks alternate between two
+   streams, so the GEMM of one block overlaps the kernel of the previous one.
+
+The symmetric path (x2 None) computes the upper triangle only (block b takes
+columns ≥ its first row; GEMM work is halved too), takes the diagonal from the
+diagonal pass, and writes each lower entry by a transposition in shared memory.
+
+Where the result lives: CuPy inputs → CuPy results (on the device, written in
+place); NumPy inputs → NumPy results, streamed to host memory block by block
+(``out=`` may be an ``np.memmap``, so the Gram may exceed device memory).
+Device memory in use is bounded by ``TILE_BYTES`` per block plus O(N) tables.
+
+Precision: float64 agrees with the CPU backend to a few ulps (the same
+formulas, same operation order, in ``cuda/infkernel_math.cuh``).  float32
+(``FLOAT32_MATH = "float32"``, the default) computes in float32 arithmetic
+(GEMM included): errors ≲ 1e-6 relative to √(K(x,x) K(x',x')) per layer for
+smooth activations; for kinked duals (the ReLU NTK near ρ = ±1) an error δρ
+≈ 1e-7 in the correlation moves the result by δρ/√(1-ρ²).  Set
+``FLOAT32_MATH = "float64"`` to compute in float64 and round once on store,
+like the CPU backend (about as fast as float64, half the bytes written).
+"""
+import functools
+import importlib.resources
+import re
+
+import numpy as np
+
+from . import _program as P
+
+#: Device-memory bound for one row block (its GEMM block and, when streaming
+#: to the host, its output buffers); two blocks are in flight.
+TILE_BYTES = 1 << 29
+
+#: Arithmetic of float32 results: "float32" (fast) or "float64" (as the CPU).
+FLOAT32_MATH = "float32"
+
+_TILE = 32           # output rows/columns per thread block (cuda/gram.cu)
+_BLOCK = (32, 8, 1)  # threads per block
+_MAX_DIAG_REGS = 64  # IK_MAX_DIAG_REGS in the header
+_INSTALL = 'pip install "infkernel[gpu]"'
+
+
+# ----------------------------------------------------------------------------
+# Availability
+# ----------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def _probe():
     """None when a CUDA device is usable through CuPy, else the reason."""
     try:
         import cupy
-    except ImportError:
-        return 'CuPy is not installed: pip install "infkernel[gpu]"'
+    except ImportError as exc:
+        return f"CuPy is not installed or cannot be imported ({exc}): {_INSTALL}"
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, no device
-        return f"no CUDA device is available ({exc})"
-    return None if n > 0 else "no CUDA device is available"
+        return (f"CuPy found no CUDA device ({exc}); run on a machine with an "
+                "NVIDIA GPU and driver")
+    return None if n > 0 else "CuPy found no CUDA device"
 
 
 def available():
@@ -29,5 +81,350 @@ def require():
                            "use backend='cpu' or 'auto' to run on the CPU")
 
 
+# ----------------------------------------------------------------------------
+# Sources and compilation
+# ----------------------------------------------------------------------------
+
+def read_source(name):
+    """Text of ``cuda/<name>`` as installed in the package."""
+    return importlib.resources.files("infkernel.cuda").joinpath(name).read_text()
+
+
+def defines():
+    """``#define IK_OP_* / IK_K_*`` lines from ``_program`` (one source of truth)."""
+    names = sorted(n for n in dir(P) if n.startswith(("OP_", "K_")))
+    return "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
+
+
+def source(variant=None):
+    """The complete code string: defines, the header inlined (so editing it
+    changes CuPy's cache key), then ``gram.cu``.  ``variant``: (name, T,
+    OutT, NR) to instantiate one kernel pair; None instantiates all."""
+    head = defines()
+    if variant is not None:
+        name, t, out, nr = variant
+        head += (f"#define IK_VARIANT_NAME {name}\n#define IK_VARIANT_T {t}\n"
+                 f"#define IK_VARIANT_OUT {out}\n#define IK_VARIANT_NR {nr}\n")
+    gram = read_source("gram.cu")
+    include = '#include "infkernel_math.cuh"'
+    if include not in gram:
+        raise RuntimeError("cuda/gram.cu must include infkernel_math.cuh")
+    return head + gram.replace(include, read_source("infkernel_math.cuh"))
+
+
+@functools.lru_cache(maxsize=None)
+def supported_kinds():
+    """Activation kinds with a case in the header's dispatcher."""
+    cases = set(re.findall(r"case IK_K_(\w+):", read_source("infkernel_math.cuh")))
+    return {getattr(P, "K_" + c) for c in cases if hasattr(P, "K_" + c)}
+
+
+def _kind_name(kind):
+    for n in dir(P):
+        if n.startswith("K_") and getattr(P, n) == kind:
+            return n[2:].lower()
+    return str(kind)
+
+
+@functools.lru_cache(maxsize=None)
+def _module(device_id, variant):
+    """The compiled RawModule for one (device, variant), memoised (CuPy also
+    caches the binary on disk, keyed by the code string)."""
+    import cupy
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(code=source(variant), options=("-std=c++14",))
+
+
+_TYPE_NAMES = {np.dtype(np.float64): ("f64", "double"),
+               np.dtype(np.float32): ("f32", "float")}
+
+
+def _variant(compute_dt, out_dt, n_regs):
+    nr = 1 if n_regs <= 1 else 4 if n_regs <= 4 else 32
+    (tn, t), (on, o) = _TYPE_NAMES[compute_dt], _TYPE_NAMES[out_dt]
+    return (f"{tn}_{on}", t, o, nr)
+
+
+def _kernels(device_id, variant):
+    mod = _module(device_id, variant)
+    suffix = f"{variant[0]}_{variant[3]}"
+    return (mod.get_function("ik_diag"), mod.get_function("ik_cross_" + suffix),
+            mod.get_function("ik_sym_" + suffix))
+
+
+# ----------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------
+
+def _ptr(a, offset_elems=0):
+    """Device address of a CuPy array plus an element offset, as a kernel argument."""
+    return np.uint64(a.data.ptr + offset_elems * a.itemsize)
+
+
+_NULL = np.uint64(0)
+
+
+def _device_input(cp, x, name, d=None):
+    """A C-contiguous float64 CuPy copy of ``x`` (validated as the CPU path does)."""
+    from .kernel import check_inputs
+    if not hasattr(x, "__cuda_array_interface__"):
+        return cp.asarray(check_inputs(x, name, d))
+    a = cp.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        hint = " (use x.reshape(-1, 1) for 1-D features)" if a.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (N, d), got shape {a.shape}{hint}")
+    if a.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one feature, got shape {a.shape}")
+    if d is not None and a.shape[1] != d:
+        raise ValueError(f"{name} has {a.shape[1]} features, expected {d} (the same as x1)")
+    a = cp.ascontiguousarray(a, dtype=cp.float64)
+    bad = ~cp.isfinite(a).all(axis=1)
+    if bool(bad.any()):
+        rows = cp.flatnonzero(bad)[:6].get().tolist()
+        raise ValueError(f"{name} has NaN or Inf in row(s) {rows[:5]}"
+                         + (" ..." if len(rows) > 5 else ""))
+    return a
+
+
+def _check_program(prog):
+    if prog.n_regs > _MAX_DIAG_REGS:
+        raise ValueError(f"the network needs {prog.n_regs} kernel registers (parallel "
+                         f"branches); the GPU backend supports up to {_MAX_DIAG_REGS}: "
+                         "use backend='cpu'")
+    acts = prog.ops[prog.ops[:, 0] == P.OP_ACT, 3]
+    missing = sorted({int(k) for k in acts} - supported_kinds())
+    if missing:
+        names = ", ".join(_kind_name(k) for k in missing)
+        raise NotImplementedError(f"activation kind(s) {names} have no GPU implementation "
+                                  "yet: use backend='cpu'")
+    return int(len(acts))
+
+
+def _free_bytes(cp):
+    free, _total = cp.cuda.runtime.memGetInfo()
+    return free + cp.get_default_memory_pool().free_bytes()
+
+
+def _mib(b):
+    return f"{b / 2**20:.0f} MiB"
+
+
+class _Program:
+    """A program uploaded to the device, with its diagonal pass."""
+
+    def __init__(self, cp, prog):
+        self.cp = cp
+        self.prog = prog
+        self.n_act = _check_program(prog)
+        self.ops = cp.asarray(prog.ops.astype(np.int32))
+        self.params = cp.asarray(prog.params)
+        self.aux = cp.asarray(prog.aux)
+
+    def diag(self, diag_kernel, x):
+        """(tables (3·n_act, N) float64, K(x,x), Θ(x,x)) of device points x."""
+        cp = self.cp
+        n = x.shape[0]
+        tab = cp.zeros((3 * max(self.n_act, 1), max(n, 1)))
+        kd = cp.empty(n)
+        td = cp.empty(n)
+        if n:
+            threads = 128
+            diag_kernel(((n + threads - 1) // threads,), (threads,),
+                        (x, np.int64(n), np.int32(x.shape[1]), np.float64(1.0 / self.prog.d_in),
+                         self.ops, self.params, self.aux, np.int32(self.prog.n_ops),
+                         tab, kd, td))
+        return tab, kd, td
+
+
 def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
-    raise NotImplementedError("the GPU backend is not built yet; use backend='cpu'")
+    """The GPU path of ``Network.kernel`` / ``Network.diag`` (see kernel.compute)."""
+    require()
+    import cupy as cp
+    from .kernel import _check_out, _kernel_type, _progress_callback
+
+    on_device = any(hasattr(a, "__cuda_array_interface__") for a in (x1, x2) if a is not None)
+    a1 = _device_input(cp, x1, "x1")
+    a2 = None if x2 is None else _device_input(cp, x2, "x2", a1.shape[1])
+    prog = net.program(a1.shape[1])
+    dev = _Program(cp, prog)
+    dt = np.dtype(dtype)
+    compute_dt = np.dtype(np.float64) if (dt == np.float64 or FLOAT32_MATH == "float64") \
+        else np.dtype(np.float32)
+    variant = _variant(compute_dt, dt, prog.n_regs)
+    k_diag, k_cross, k_sym = _kernels(cp.cuda.Device().id, variant)
+
+    tab1, kd1, td1 = dev.diag(k_diag, a1)
+    if diagonal:
+        res = {"nngp": kd1, "ntk": td1}
+        arrays = [res[g].astype(dt, copy=False) for g in names]
+        if not on_device:
+            arrays = [a.get() for a in arrays]
+        return arrays[0] if single else _kernel_type(names)(*arrays)
+
+    sym = a2 is None
+    n1 = a1.shape[0]
+    n2 = n1 if sym else a2.shape[0]
+    shape = (n1, n2)
+    outs, to_host = _outputs(cp, out, names, single, shape, dt, on_device, _check_out)
+    res = dict(zip(names, outs))
+    callback, close = _progress_callback(progress)
+    try:
+        if n1 and n2:
+            tab2 = tab1 if sym else dev.diag(k_diag, a2)[0]
+            _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, kd1, td1,
+                  res.get("nngp"), res.get("ntk"), compute_dt, dt, to_host, callback)
+    finally:
+        close()
+    return outs[0] if single else _kernel_type(names)(*outs)
+
+
+def _outputs(cp, out, names, single, shape, dt, on_device, check_out):
+    """(output arrays in ``names`` order, whether they are host arrays)."""
+    n_out = len(names)
+    if out is None:
+        if not on_device:
+            return [np.empty(shape, dt) for _ in names], True
+        need = shape[0] * shape[1] * dt.itemsize * n_out
+        free = _free_bytes(cp)
+        if need > 0.9 * free:
+            raise RuntimeError(
+                f"too little free GPU memory for the {shape} result(s): {_mib(need)} needed, "
+                f"{_mib(free)} free; pass NumPy inputs or out= NumPy arrays (np.memmap "
+                "works) to stream the result to host memory, free device memory, or use "
+                "backend='cpu'")
+        return [cp.empty(shape, dt) for _ in names], False
+    outs = [out] if single else list(out) if isinstance(out, (tuple, list)) else None
+    if outs is None or len(outs) != n_out:
+        raise ValueError(f"out must be {'one array' if single else f'a tuple of {n_out} arrays'}"
+                         f" for get={names if not single else names[0]!r}")
+    on_gpu = [hasattr(a, "__cuda_array_interface__") for a in outs]
+    if all(on_gpu):
+        for g, a in zip(names, outs):
+            if not isinstance(a, cp.ndarray):
+                raise TypeError(f"out for {g!r} must be a CuPy or NumPy array, "
+                                f"got {type(a).__name__}")
+            if a.shape != shape or a.dtype != dt:
+                raise ValueError(f"out for {g!r} must have shape {shape} and dtype {dt}, "
+                                 f"got shape {a.shape} and dtype {a.dtype}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"out for {g!r} must be a C-contiguous CuPy array")
+        return outs, False
+    if any(on_gpu):
+        raise TypeError("out arrays must be all NumPy or all CuPy arrays")
+    return check_out(out, names, single, shape, dt), True
+
+
+def _copy_to_host(cp, buf, rows, cols, host, r0, c0, stream):
+    """host[r0:r0+rows, c0:c0+cols] = buf (rows x cols, C-contiguous device)."""
+    dst = host[r0:r0 + rows, c0:c0 + cols]
+    if rows == 0 or cols == 0:
+        return
+    isz = host.itemsize
+    if host.strides[1] == isz and host.strides[0] >= cols * isz:
+        cp.cuda.runtime.memcpy2DAsync(dst.ctypes.data, host.strides[0], buf.data.ptr,
+                                      cols * isz, cols * isz, rows,
+                                      cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+        stream.synchronize()
+    else:  # an arbitrary strided view: go through a contiguous host copy
+        with stream:
+            dst[...] = buf[:rows * cols].reshape(rows, cols).get(stream=stream)
+        stream.synchronize()
+
+
+def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, kd1, td1, K, T,
+          compute_dt, out_dt, to_host, callback):
+    """Fill K and/or T (None if not requested) block of rows by block of rows."""
+    sym = a2 is None
+    n1 = a1.shape[0]
+    n2 = n1 if sym else a2.shape[0]
+    ct = compute_dt
+    outs = [A for A in (K, T) if A is not None]
+    host = [np.asarray(A) for A in outs] if to_host else None  # memmap -> plain view
+    # Operands in the compute type.
+    xa = a1.astype(ct, copy=False)
+    xb = xa if sym else a2.astype(ct, copy=False)
+    t1 = tab1.astype(ct, copy=False)
+    t2 = t1 if sym else tab2.astype(ct, copy=False)
+    kdc = kd1.astype(ct, copy=False)
+    tdc = td1.astype(ct, copy=False)
+    inv_d = ct.type(1.0 / dev.prog.d_in)
+
+    # Rows per block: the GEMM block (and output buffers when streaming), two in flight.
+    per_row = n2 * (ct.itemsize + (len(outs) * out_dt.itemsize if to_host else 0))
+    budget = min(TILE_BYTES, int(0.4 * _free_bytes(cp)))
+    rows_fit = budget // (2 * per_row)
+    if rows_fit < min(n1, _TILE):
+        raise RuntimeError(
+            f"too little free GPU memory: a block of {_TILE} rows needs "
+            f"{_mib(2 * _TILE * per_row)}, {_mib(_free_bytes(cp))} free; free device "
+            "memory (e.g. cupy.get_default_memory_pool().free_all_blocks()) or use "
+            "backend='cpu'")
+    R = n1 if rows_fit >= n1 else max(_TILE, rows_fit // _TILE * _TILE)
+    R = min(R, 65535 * _TILE)
+    streams = [cp.cuda.Stream(non_blocking=True) for _ in range(2)]
+    gbuf = [None, None]
+    obuf = [None, None]
+    total = n1 * (n1 - 1) // 2 if sym else n1 * n2
+    done = 0
+    pending = None  # (block index, r0, r1, c0) whose output awaits copying to host
+    start = cp.cuda.get_current_stream()
+    ev = start.record()  # inputs/tables were made on the current stream
+    for s in streams:
+        s.wait_event(ev)
+
+    def finish(blk):
+        nonlocal done
+        b, r0, r1, c0 = blk
+        s = streams[b % 2]
+        if to_host:
+            for A, buf in zip(host, obuf[b % 2]):
+                _copy_to_host(cp, buf, r1 - r0, n2 - c0, A, r0, c0, s)
+        if callback is not None:
+            s.synchronize()
+            done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym else (r1 - r0) * n2)
+            callback(done, total)
+
+    for b, r0 in enumerate(range(0, n1, R)):
+        r1 = min(n1, r0 + R)
+        rows = r1 - r0
+        c0 = r0 if sym else 0
+        cols = n2 - c0
+        s = streams[b % 2]
+        with s:
+            if gbuf[b % 2] is None:
+                gbuf[b % 2] = cp.empty(R * n2, ct)
+                if to_host:
+                    obuf[b % 2] = [cp.empty(R * n2, out_dt) for _ in outs]
+            G = gbuf[b % 2][:rows * cols].reshape(rows, cols)
+            cp.matmul(xa[r0:r1], xb[c0:].T, out=G)
+            if to_host:
+                ok = [_ptr(buf) for buf in obuf[b % 2]]
+                ldo = cols
+            else:
+                ok = [_ptr(A, r0 * n2 + c0) for A in outs]
+                ldo = n2
+            it = iter(ok)
+            kp = next(it) if K is not None else _NULL
+            tp = next(it) if T is not None else _NULL
+            grid = ((cols + _TILE - 1) // _TILE, (rows + _TILE - 1) // _TILE)
+            common = (G, np.int64(cols), np.int32(rows), np.int32(cols), inv_d,
+                      _ptr(t1, r0), np.int64(t1.shape[1]), _ptr(t2, c0), np.int64(t2.shape[1]),
+                      dev.ops, dev.params, dev.aux, np.int32(dev.prog.n_ops))
+            if sym:
+                k_sym(grid, _BLOCK, common + (_ptr(kdc, r0), _ptr(tdc, r0), kp, tp,
+                                              np.int64(ldo), np.int32(0 if to_host else 1)))
+            else:
+                k_cross(grid, _BLOCK, common + (kp, tp, np.int64(ldo)))
+        if pending is not None:
+            finish(pending)
+        pending = (b, r0, r1, c0)
+    if pending is not None:
+        finish(pending)
+    for s in streams:
+        s.synchronize()
+    if sym and to_host:
+        from ._cpu import _mirror
+        for A in host:
+            _mirror(A, 64)
