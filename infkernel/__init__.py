@@ -9,8 +9,11 @@ from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gaussian, Gelu
                           Sign, Sin)
 from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu, Mish,
                                   Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
+from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
+                        empirical_ntk_fn, monte_carlo_kernel_fn)
 from .kernel import Kernel
 from .layers import Dense, Identity, Layer, Network, serial
+from .verify import verify
 
 __version__ = "0.1.0"
 
@@ -18,4 +21,6 @@ __all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activat
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
            "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Monomial", "RectifiedMonomial",
            "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
-           "S2ReLU", "Elementwise", "ElementwiseNumerical"]
+           "S2ReLU", "Elementwise", "ElementwiseNumerical",
+           "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",
+           "monte_carlo_kernel_fn", "MonteCarloKernel", "verify"]

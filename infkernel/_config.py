@@ -6,6 +6,30 @@ vectorise them.  ``fastmath`` is limited to contraction (FMA), which changes
 results by at most an ulp per operation and never touches inf/nan handling.
 """
 
+import hashlib
+from pathlib import Path
+
+
+def _drop_stale_numba_cache():
+    """numba keys a cached function on its own file only, not on the functions
+    it inlines from other modules: when any source of the package changes,
+    drop the package's cached machine code so nothing stale is loaded."""
+    pkg = Path(__file__).parent
+    try:
+        digest = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(pkg.glob("*.py"))))
+        stamp = pkg / "__pycache__" / "numba-sources.sha1"
+        if stamp.exists() and stamp.read_text() == digest.hexdigest():
+            return
+        for f in list(stamp.parent.glob("*.nbi")) + list(stamp.parent.glob("*.nbc")):
+            f.unlink()
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:  # read-only installation: numba falls back to its own cache dir
+        pass
+
+
+_drop_stale_numba_cache()
+
 JIT = dict(nogil=True, cache=not __import__("os").environ.get("IK_NOCACHE"), error_model="numpy",
            fastmath={"contract"})
 

@@ -113,17 +113,22 @@ def Sigmoid_like():
 def Gelu(approximate=False):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021).  ``approximate`` only changes the
     finite-width forward pass (tanh approximation), as in neural-tangents."""
+    c = math.sqrt(2 / math.pi)
     if approximate:
         def fn(x):
-            return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+            return 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x ** 3)))
+
+        def dfn(x):
+            t = np.tanh(c * (x + 0.044715 * x ** 3))
+            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
     else:
         def fn(x):
             return 0.5 * x * (1 + special.erf(x / math.sqrt(2)))
-    return Activation(
-        "Gelu", P.K_GELU, (),
-        fn=fn,
-        dfn=lambda x: 0.5 * (1 + special.erf(x / math.sqrt(2)))
-        + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
+
+        def dfn(x):
+            return (0.5 * (1 + special.erf(x / math.sqrt(2)))
+                    + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
+    return Activation("Gelu", P.K_GELU, (), fn=fn, dfn=dfn)
 
 
 def Sin(a=1.0, b=1.0, c=0.0):
