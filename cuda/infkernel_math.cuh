@@ -164,10 +164,16 @@ IK_FN T ik_asin(T x) {
   return small ? a : big;
 }
 
-/// rho = q12 r1 r2 clamped to [-1, 1] (r = 0 for a zero variance gives rho = 0).
+/// rho = q12 r1 r2 (r = 1/sqrt(q), 0 for a zero variance, which gives rho = 0);
+/// values within 4 ulps of +-1 (or beyond) become exactly +-1, as in _duals.correlation.
+IK_FN double ik_rho_one(double) { return 1.0 - 4.0 * 2.220446049250313e-16; }
+IK_FN float ik_rho_one(float) { return 1.0f - 4.0f * 1.1920929e-07f; }
+IK_FN double ik_copysign(double a, double b) { return copysign(a, b); }
+IK_FN float ik_copysign(float a, float b) { return copysignf(a, b); }
 template <typename T>
 IK_FN T ik_correlation(T q12, T r1, T r2) {
-  return ik_min(ik_max(q12 * r1 * r2, T(-1)), T(1));
+  T rho = q12 * r1 * r2;
+  return ik_abs(rho) < ik_rho_one(T(0)) ? rho : ik_copysign(T(1), rho);
 }
 
 /// F(t) = sin t - t cos t on [0, pi] from sin t, cos t; a series where F ~ t^3/3.

@@ -1,0 +1,440 @@
+"""The CUDA math header compiled for the CPU (g++) against the numba path.
+
+``cuda/infkernel_math.cuh`` holds every dual activation and the per-entry
+layer-program interpreter the GPU kernels run.  Here it is built into a small
+shared library with the host C++ compiler and compared with ``_cpu.act_tile`` /
+``_cpu.gram`` on random and edge-case points (ρ = ±1, zero variance, depth
+1000).  When ``nvcc`` is on the PATH, the full ``gram.cu`` code string (every
+kernel variant) is also compiled to PTX for sm_80 and sm_90.
+"""
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import infkernel as ik
+from infkernel import _cpu, gpu
+from infkernel import _program as P
+
+EPS64 = np.finfo(np.float64).eps
+
+DRIVER = r"""
+#include "infkernel_math.cuh"
+
+template <typename T>
+static void act_entries(int kind, const double* p, const double* aux, int lo, int hi, long n,
+                        const double* q11, const double* q12, const double* q22, T* k, T* kd) {
+  for (long i = 0; i < n; ++i) {
+    T v1 = T(q11[i]), v2 = T(q22[i]);
+    T s1 = ik_sqrt(v1), s2 = ik_sqrt(v2);
+    T r1 = s1 > T(0) ? T(1) / s1 : T(0);
+    T r2 = s2 > T(0) ? T(1) / s2 : T(0);
+    T Q = T(q12[i]), TH = T(1);
+    ik_act<T, 1>(kind, p, aux, lo, hi, &v1, &s1, &r1, v2, s2, r2, &Q, &TH);
+    k[i] = Q;
+    kd[i] = TH;
+  }
+}
+
+// Tables and diagonal outputs of n points (float64, as the GPU's ik_diag).
+static void diag(const int* ops, const double* params, const double* aux, int n_ops,
+                 const double* sq, long n, double* tab, double* kd, double* td) {
+  for (long i = 0; i < n; ++i)
+    ik_diag_point<double>(ops, params, aux, n_ops, sq[i], tab, n, i, kd[i], td[i]);
+}
+
+// Every entry (i, j) from G[i, j] = x_i . x_j, rows grouped by 4 as in the kernels.
+template <typename T, int NR>
+static void gram(const int* ops, const double* params, const double* aux, int n_ops,
+                 const T* tab1, long n1, const T* tab2, long n2, const T* G, T inv_d,
+                 T* K, T* TT) {
+  const int E = 4;
+  for (long j = 0; j < n2; ++j)
+    for (long i0 = 0; i0 < n1; i0 += E) {
+      long long rw[E];
+      T q[NR][E], th[NR][E];
+      for (int e = 0; e < E; ++e) {
+        rw[e] = i0 + e < n1 ? i0 + e : n1 - 1;
+        q[0][e] = G[rw[e] * n2 + j] * inv_d;
+        th[0][e] = T(0);
+        for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
+      }
+      ik_run_entries<T, NR, E>(ops, params, aux, n_ops, tab1, n1, rw, tab2, n2, j, q, th);
+      for (int e = 0; e < E && i0 + e < n1; ++e) {
+        K[(i0 + e) * n2 + j] = q[0][e];
+        TT[(i0 + e) * n2 + j] = th[0][e];
+      }
+    }
+}
+
+extern "C" {
+void act_f64(int kind, const double* p, const double* aux, int lo, int hi, long n,
+             const double* q11, const double* q12, const double* q22, double* k, double* kd) {
+  act_entries<double>(kind, p, aux, lo, hi, n, q11, q12, q22, k, kd);
+}
+void act_f32(int kind, const double* p, const double* aux, int lo, int hi, long n,
+             const double* q11, const double* q12, const double* q22, float* k, float* kd) {
+  act_entries<float>(kind, p, aux, lo, hi, n, q11, q12, q22, k, kd);
+}
+void diag_f64(const int* ops, const double* params, const double* aux, int n_ops,
+              const double* sq, long n, double* tab, double* kd, double* td) {
+  diag(ops, params, aux, n_ops, sq, n, tab, kd, td);
+}
+#define GRAM(NAME, T, NR)                                                                 \
+  void NAME(const int* ops, const double* params, const double* aux, int n_ops,          \
+            const T* tab1, long n1, const T* tab2, long n2, const T* G, T inv_d, T* K,   \
+            T* TT) {                                                                      \
+    gram<T, NR>(ops, params, aux, n_ops, tab1, n1, tab2, n2, G, inv_d, K, TT);            \
+  }
+GRAM(gram_f64_1, double, 1)
+GRAM(gram_f64_4, double, 4)
+GRAM(gram_f64_32, double, 32)
+GRAM(gram_f32_1, float, 1)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lib():
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++) on PATH: cannot compile the CUDA header")
+    tmp = tempfile.mkdtemp(prefix="ik_host_")
+    header = os.path.join(tmp, "infkernel_math.cuh")
+    with open(header, "w") as f:
+        f.write(gpu.read_source("infkernel_math.cuh"))
+    src = os.path.join(tmp, "driver.cpp")
+    with open(src, "w") as f:
+        f.write(gpu.defines() + DRIVER)
+    so = os.path.join(tmp, "driver.so")
+    # FMA contraction, as numba (fastmath={"contract"}) and nvcc do.
+    flags = ["-O2", "-std=c++14", "-shared", "-fPIC", "-ffp-contract=fast", f"-I{tmp}"]
+    if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
+        flags.append("-march=native")
+    proc = subprocess.run([cxx, *flags, src, "-o", so], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return ctypes.CDLL(so)
+
+
+def _p(a):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _act_host(lib, act, q11, q12, q22, dtype=np.float64):
+    prog = ik.serial(ik.Dense(1), act).program(1)
+    k = prog.ops[1]
+    n = q11.size
+    ok = np.empty(n, dtype)
+    od = np.empty(n, dtype)
+    fn = lib.act_f64 if dtype == np.float64 else lib.act_f32
+    fn(ctypes.c_int(int(k[3])), _p(np.ascontiguousarray(prog.params[1])), _p(prog.aux),
+       ctypes.c_int(int(k[4])), ctypes.c_int(int(k[5])), ctypes.c_long(n),
+       _p(q11), _p(q12), _p(q22), _p(ok), _p(od))
+    return ok, od
+
+
+# i, F1, G1, F2, G2, TM, W of act_tile: only read by the numeric kind.
+_NO_FEATURES = (0, np.zeros((1, 4, 1, 1)), np.zeros((1, 2, 1)), np.zeros((1, 4, 1, 1)),
+                np.zeros((1, 2, 1)), np.ones((1, 2, 1)), np.empty((3, 1)))
+
+
+def _act_numba(act, q11, q12, q22):
+    prog = ik.serial(ik.Dense(1), act).program(1)
+    o = prog.ops[1]
+    k = np.empty(q11.size)
+    kd = np.empty(q11.size)
+    for i in range(q11.size):
+        v = np.array([q22[i]])
+        s = np.sqrt(v)
+        r = np.where(s > 0, 1 / np.where(s > 0, s, 1), 0.0)
+        s1 = np.sqrt(q11[i])
+        r1 = 1 / s1 if s1 > 0 else 0.0
+        Q = np.array([q12[i]])
+        TH = np.array([1.0])
+        _cpu.act_tile(o[3], prog.params[1], prog.aux, o[4], o[5], q11[i], s1, r1,
+                      Q, TH, v, s, r, 0, 1, *_NO_FEATURES)
+        k[i], kd[i] = Q[0], TH[0]
+    return k, kd
+
+
+def _pairs(rng, n=400):
+    """(q11, q12, q22): random correlations plus ρ = ±1 exactly, near ±1, zero
+    variance on one or both sides, and tiny and large variances."""
+    q11 = rng.uniform(0.05, 3.0, n)
+    q22 = rng.uniform(0.05, 3.0, n)
+    rho = rng.uniform(-1, 1, n)
+    rho[:20] = 1.0
+    rho[20:40] = -1.0
+    rho[40:60] = 1 - 10.0 ** -rng.uniform(3, 15, 20)
+    rho[60:80] = -1 + 10.0 ** -rng.uniform(3, 15, 20)
+    q22[:10] = q11[:10]
+    q22[20:30] = q11[20:30]
+    q11[80:90] = 0.0
+    q22[85:95] = 0.0
+    q11[95:100] = 1e-12
+    q22[100:105] = 1e3
+    q12 = rho * np.sqrt(q11) * np.sqrt(q22)
+    return q11, q12, q22
+
+
+def _activations():
+    acts = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 0.7), ik.Abs(),
+            ik.Erf(1.2, 0.8, 0.3), ik.Erf(), ik.Sigmoid_like(), ik.Gelu(),
+            ik.Sin(0.9, 1.1, 0.4), ik.Cos(), ik.Rbf(0.7), ik.Gaussian(1.1, -0.6),
+            ik.Gaussian(0.7, 0.1), ik.Exp(0.8, 0.5), ik.Sign(), ik.Monomial(0),
+            ik.Monomial(1), ik.Monomial(2), ik.Monomial(3), ik.Monomial(5),
+            ik.RectifiedMonomial(0), ik.RectifiedMonomial(1), ik.RectifiedMonomial(2),
+            ik.RectifiedMonomial(3)]
+    return acts
+
+
+def _ulps(got, ref, scale, eps=EPS64):
+    """max |got - ref| / (eps (|ref| + scale)); equal infinities/NaNs count as 0."""
+    got = np.asarray(got, np.float64)
+    same = (got == ref) | (np.isnan(got) & np.isnan(ref))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.where(same, 0.0, np.abs(got - ref) / (eps * (np.abs(ref) + scale)))
+    return float(np.max(err, initial=0.0))
+
+
+ACTS = _activations()
+
+
+def test_every_kind_has_a_cuda_case_or_a_clear_error():
+    """Closed-form kinds all run on the GPU; a kind without a CUDA case is
+    refused by gpu.py before any launch (never a silent NaN)."""
+    closed = {getattr(P, n) for n in dir(P) if n.startswith("K_") and n != "K_NUMERIC"}
+    assert closed <= gpu.supported_kinds()
+    for kind in {getattr(P, n) for n in dir(P) if n.startswith("K_")} - gpu.supported_kinds():
+        b = P.ProgramBuilder(3)
+        b.emit(P.OP_DENSE, 0, params=(1.0, 0.0, 0.0, 1.0, 0.0))
+        b.emit(P.OP_ACT, 0, kind=kind)
+        with pytest.raises(NotImplementedError, match="no GPU implementation"):
+            gpu._check_program(b.build())
+
+
+@pytest.mark.parametrize("act", ACTS, ids=repr)
+def test_dual_matches_numba(lib, act):
+    """Each dual, float64: agreement to a few ulps of max(|k|, scale).
+
+    ``scale`` is √(q11 q22)-sized (the size of the inputs, the condition of the
+    formulas); kinked duals (√(1-ρ²) at ρ = ±1) amplify the last bit of ρ and
+    are compared away from |ρ| ≥ 1 - 1e-9 at a looser bound."""
+    rng = np.random.default_rng(0)
+    q11, q12, q22 = _pairs(rng)
+    kh, dh = _act_host(lib, act, q11, q12, q22)
+    kn, dn = _act_numba(act, q11, q12, q22)
+    assert np.array_equal(np.isnan(kh), np.isnan(kn))
+    scale = np.sqrt(np.maximum(q11, 1e-300) * np.maximum(q22, 1e-300)) + 1e-300
+    ek = _ulps(kh, kn, scale)
+    ed = _ulps(dh, dn, 1.0)
+    assert ek <= 16, f"NNGP dual off by {ek:.1f} ulps"
+    assert ed <= 16, f"derivative dual off by {ed:.1f} ulps"
+
+
+@pytest.mark.parametrize("act", ACTS, ids=repr)
+def test_dual_float32(lib, act):
+    """float32 arithmetic: within 64 float32 ulps of the float64 value, relative
+    to |k| + √(q11 q22) (k) and |kd| + 1 (kd), away from |ρ| ≈ 1 for kinked duals."""
+    if act.name == "Gaussian" and act.params[1] > 0:
+        pytest.skip("b > 0: the dual is 1/sqrt(det) with det -> 0 at the divergence; "
+                    "its condition number has no float32-sized bound")
+    rng = np.random.default_rng(1)
+    q11, q12, q22 = _pairs(rng)
+    q11, q12, q22 = (np.float32(a).astype(np.float64) for a in (q11, q12, q22))
+    kh, dh = _act_host(lib, act, q11, q12, q22, np.float32)
+    kn, dn = _act_numba(act, q11, q12, q22)
+    big = np.finfo(np.float32).max
+    keep = (np.abs(kn) < big) & (np.abs(dn) < big)  # representable in float32
+    kinked = act.name in ("Sign", "RectifiedMonomial", "ABRelu")
+    if kinked:
+        rho = q12 / np.sqrt(np.maximum(q11 * q22, 1e-300))
+        keep &= np.abs(rho) < 1 - 1e-5
+    scale = np.sqrt(q11 * q22)
+    e32 = float(np.finfo(np.float32).eps)
+    ek = _ulps(kh[keep], kn[keep], scale[keep], e32)
+    ed = _ulps(dh[keep], dn[keep], 1.0, e32)
+    assert ek <= 64 and ed <= 64, f"float32 duals off by {ek:.1f} / {ed:.1f} float32 ulps"
+
+
+def _points(rng, n=37, d=5):
+    """Random points plus duplicates (ρ = 1), negations (ρ = -1), a zero point
+    and a scaled copy."""
+    x = rng.standard_normal((n, d))
+    x[1] = x[0]
+    x[2] = -x[0]
+    x[3] = 0.0
+    x[4] = 3.0 * x[5]
+    return x
+
+
+def _host_gram(lib, prog, x1, x2, dtype=np.float64, nr=1):
+    ops = np.ascontiguousarray(prog.ops.astype(np.int32))
+    params = np.ascontiguousarray(prog.params)
+    aux = np.ascontiguousarray(prog.aux)
+    n_act = int((prog.ops[:, 0] == P.OP_ACT).sum())
+    tabs = []
+    diags = []
+    for x in (x1, x2):
+        n = x.shape[0]
+        tab = np.zeros((3 * max(n_act, 1), n))
+        kd = np.empty(n)
+        td = np.empty(n)
+        sq = np.einsum("ij,ij->i", x, x) / prog.d_in
+        lib.diag_f64(_p(ops), _p(params), _p(aux), ctypes.c_int(prog.n_ops), _p(sq),
+                     ctypes.c_long(n), _p(tab), _p(kd), _p(td))
+        tabs.append(tab.astype(dtype))
+        diags.append((kd, td))
+    G = (x1.astype(dtype) @ x2.astype(dtype).T).astype(dtype)
+    n1, n2 = G.shape
+    K = np.empty((n1, n2), dtype)
+    T = np.empty((n1, n2), dtype)
+    ct = ctypes.c_double if dtype == np.float64 else ctypes.c_float
+    fn = getattr(lib, f"gram_{'f64' if dtype == np.float64 else 'f32'}_{nr}")
+    fn(_p(ops), _p(params), _p(aux), ctypes.c_int(prog.n_ops), _p(tabs[0]), ctypes.c_long(n1),
+       _p(tabs[1]), ctypes.c_long(n2), _p(G), ct(1.0 / prog.d_in), _p(K), _p(T))
+    return K, T, diags[0]
+
+
+def _cpu_gram(prog, x1, x2):
+    K = np.empty((x1.shape[0], x2.shape[0]))
+    T = np.empty_like(K)
+    _cpu.gram(prog, x1, x2, K, T)
+    return K, T
+
+
+def _compare(K, T, Kc, Tc, diag1, diag2):
+    """ulps of K, T relative to |ref| + √(diag_i diag_j) (the entry's natural scale)."""
+    sk = np.sqrt(np.outer(np.abs(diag1[0]), np.abs(diag2[0]))) + 1e-300
+    st = np.sqrt(np.outer(np.abs(diag1[1]), np.abs(diag2[1]))) + 1e-300
+    return _ulps(K, Kc, sk), _ulps(T, Tc, st)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=repr)
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+def test_fused_recursion_matches_numba(lib, act, par):
+    """Depth-3 networks, every activation: the fused per-entry recursion of the
+    header agrees with ``_cpu.gram`` to a few ulps of the entry's scale."""
+    rng = np.random.default_rng(2)
+    net = ik.serial(ik.Dense(64, W_std=1.1, b_std=0.2, parameterization=par), act,
+                    ik.Dense(64, W_std=0.9, b_std=0.1, parameterization=par), act,
+                    ik.Dense(64, W_std=1.2, parameterization=par), act,
+                    ik.Dense(1, W_std=1.0, b_std=0.3, parameterization=par))
+    x1 = _points(rng)
+    x2 = np.vstack([x1[:6], rng.standard_normal((21, 5))])
+    prog = net.program(5)
+    K, T, d1 = _host_gram(lib, prog, x1, x2)
+    _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
+    Kc, Tc = _cpu_gram(prog, x1, x2)
+    ek, et = _compare(K, T, Kc, Tc, d1, d2)
+    bound = 64 if act.name in ("Sign", "RectifiedMonomial", "ABRelu") else 16
+    assert ek <= bound and et <= bound, f"NNGP {ek:.1f} ulps, NTK {et:.1f} ulps"
+
+
+@pytest.mark.parametrize("net", [
+    ik.serial(*[ik.Dense(8, W_std=2 ** 0.5), ik.Relu()] * 1000, ik.Dense(1, W_std=2 ** 0.5)),
+    ik.serial(*[ik.Dense(8, W_std=1.0, b_std=0.1), ik.Erf()] * 1000, ik.Dense(1)),
+], ids=["relu-1000", "erf-1000"])
+def test_depth_1000(lib, net):
+    """Depth 1000: no overflow or NaN; float64 within 1e-10 relative to the
+    entry scale (rounding accumulates over 1000 layers: ~1000 · few ulps).
+    Both networks are in the ordered/critical phase: in the chaotic phase the
+    correlation map amplifies one ulp exponentially with depth, so no two
+    implementations can agree there."""
+    rng = np.random.default_rng(3)
+    x = _points(rng, n=13)
+    prog = net.program(5)
+    K, T, d1 = _host_gram(lib, prog, x, x)
+    Kc, Tc = _cpu_gram(prog, x, x)
+    assert np.all(np.isfinite(K)) and np.all(np.isfinite(T))
+    ek, et = _compare(K, T, Kc, Tc, d1, d1)
+    assert ek * EPS64 <= 1e-10 and et * EPS64 <= 1e-10, (ek, et)
+
+
+def _branchy_program(d, n_regs):
+    """Dense, fan-out to a second register, different activations per branch,
+    weighted sum and scale: exercises COPY / AXPY / SCALE and the register file."""
+    b = P.ProgramBuilder(d)
+    b.emit(P.OP_DENSE, 0, params=(1.3, 0.2, 0.0, 1.0, 0.0))
+    for _ in range(n_regs - 1):
+        b.new_register()
+    b.emit(P.OP_COPY, 0, n_regs - 1)
+    b.emit(P.OP_ACT, 0, kind=P.K_ABRELU, params=(0.0, 1.0))
+    b.emit(P.OP_ACT, n_regs - 1, kind=P.K_ERF, params=(1.0, 1.0, 0.0))
+    b.emit(P.OP_AXPY, 0, n_regs - 1, params=(0.5, 0.7))
+    b.emit(P.OP_SCALE, 0, params=(1.7,))
+    b.emit(P.OP_DENSE, 0, params=(1.0, 0.1, 0.0, 1.0, 0.0))
+    b.emit(P.OP_ACT, 0, kind=P.K_GELU)
+    b.emit(P.OP_DENSE, 0, params=(0.8, 0.0, 0.0, 1.0, 0.0))
+    return b.build()
+
+
+@pytest.mark.parametrize("n_regs,nr", [(2, 4), (4, 4), (7, 32)])
+def test_register_file(lib, n_regs, nr):
+    rng = np.random.default_rng(4)
+    prog = _branchy_program(5, n_regs)
+    x1 = _points(rng)
+    x2 = rng.standard_normal((9, 5))
+    K, T, d1 = _host_gram(lib, prog, x1, x2, nr=nr)
+    _, _, d2 = _host_gram(lib, prog, x2, x2[:1], nr=nr)
+    Kc, Tc = _cpu_gram(prog, x1, x2)
+    ek, et = _compare(K, T, Kc, Tc, d1, d2)
+    assert ek <= 16 and et <= 16, (ek, et)
+
+
+def test_diagonal_pass_matches_numba(lib):
+    rng = np.random.default_rng(5)
+    net = ik.serial(ik.Dense(8, b_std=0.1), ik.Gelu(), ik.Dense(8), ik.Relu(), ik.Dense(1))
+    x = _points(rng)
+    prog = net.program(5)
+    _, _, (kd, td) = _host_gram(lib, prog, x, x[:1])
+    _, kc, tc = _cpu.point_tables(prog, x)
+    assert _ulps(kd, kc, 0.0 * kc + np.abs(kc).max()) <= 4
+    assert _ulps(td, tc, 0.0 * tc + np.abs(tc).max()) <= 4
+
+
+def test_float32_recursion(lib):
+    """float32 arithmetic through a depth-3 ReLU and Erf network: error relative to
+    √(K(x,x) K(x',x')) below 1e-5 (≈ 100 float32 ulps: GEMM of d terms plus
+    ~10 rounded operations per layer), away from ρ = ±1 duplicates for the
+    NTK of ReLU (kinked)."""
+    rng = np.random.default_rng(6)
+    for act in (ik.Erf(), ik.Relu()):
+        net = ik.serial(*[ik.Dense(64, W_std=1.4, b_std=0.1), act] * 3, ik.Dense(1))
+        x1 = rng.standard_normal((40, 5))
+        x2 = rng.standard_normal((30, 5))
+        prog = net.program(5)
+        K, T, d1 = _host_gram(lib, prog, x1, x2, np.float32)
+        _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
+        Kc, Tc = _cpu_gram(prog, x1, x2)
+        ek, et = _compare(K, T, Kc, Tc, d1, d2)
+        assert ek * EPS64 <= 1e-5 and et * EPS64 <= 1e-5, (act, ek * EPS64, et * EPS64)
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_cuda_sources_compile():
+    """The code string gpu.py hands to NVRTC (all variants) compiles for sm_80 and sm_90."""
+    tmp = tempfile.mkdtemp(prefix="ik_nvcc_")
+    src = os.path.join(tmp, "gram.cu")
+    with open(src, "w") as f:
+        f.write(gpu.source())
+
+    def build(arch):
+        out = os.path.join(tmp, f"gram_{arch}.ptx")
+        return subprocess.run([NVCC, f"-arch={arch}", "--ptx", "-std=c++14",
+                               "-Werror", "all-warnings", src, "-o", out],
+                              capture_output=True, text=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(build, ["sm_80", "sm_90"]))
+    for arch, proc in zip(["sm_80", "sm_90"], results):
+        assert proc.returncode == 0, f"{arch}:\n{proc.stderr}"
