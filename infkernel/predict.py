@@ -278,7 +278,8 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
     b2 = b.reshape(n, -1)
     rank = min(n, rank if rank is not None else max(64, min(1024, int(4 * math.sqrt(n)))))
     diag = np.ascontiguousarray(np.diagonal(k), dtype=np.float64)
-    L, dres = _pivoted_cholesky(diag, lambda i: np.asarray(k[:, i], dtype=np.float64), rank)
+    # K is symmetric: row i (contiguous) is column i
+    L, dres = _pivoted_cholesky(diag, lambda i: np.asarray(k[i], dtype=np.float64), rank)
     D = dres + reg + 1e-14 * max(diag.mean(), 1e-300)
     DiL = L / D[:, None]
     inner = np.eye(L.shape[1]) + L.T @ DiL

@@ -1,0 +1,184 @@
+"""Identities of GP inference and gradient-descent ensembles.
+
+Tolerances: the matrices here have condition numbers below ~1e5 (checked
+ridge 1e-3 of the mean diagonal on top of well-separated random points), so
+two correct float64 solves agree to ~1e-16 · 1e5 ≈ 1e-11 relative; we allow
+1e-8 relative to leave room for the different algorithms (Cholesky vs
+eigendecomposition vs CG at tol 1e-12).
+"""
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+
+import infkernel as ik
+from infkernel import predict as P
+
+RTOL = 1e-8
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    xtr = rng.standard_normal((40, 4))
+    xte = rng.standard_normal((9, 4))
+    ytr = rng.standard_normal((40, 3))
+    net = ik.serial(ik.Dense(64, 1.5, 0.1), ik.Relu(), ik.Dense(64, 1.5, 0.1), ik.Erf(),
+                    ik.Dense(1, 1.2, 0.05))
+    return net, xtr, xte, ytr
+
+
+def close(a, b, rtol=RTOL):
+    a, b = np.asarray(a), np.asarray(b)
+    scale = max(np.abs(b).max(), 1e-300)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= rtol * scale, np.abs(a - b).max() / scale
+
+
+def test_t_infinity_equals_gp_inference(data):
+    net, xtr, xte, ytr = data
+    pf = P.gradient_descent_mse_ensemble(net, xtr, ytr, diag_reg=1e-3)
+    ktt, kte, kee = net.kernel(xtr, None), net.kernel(xte, xtr), net.kernel(xte, None)
+    gp = P.gp_inference(ktt, ytr, diag_reg=1e-3)(get=("nngp", "ntk"), k_test_train=kte,
+                                                  k_test_test=kee)
+    for t in (None, np.inf):
+        ens = pf(t=t, x_test=xte, compute_cov=True)
+        for g in ("nngp", "ntk"):
+            close(getattr(ens, g).mean, getattr(gp, g).mean)
+            close(getattr(ens, g).covariance, getattr(gp, g).covariance)
+
+
+def test_t_zero_is_prior(data):
+    net, xtr, xte, ytr = data
+    pf = P.gradient_descent_mse_ensemble(net, xtr, ytr, diag_reg=1e-3)
+    out = pf(t=0.0, x_test=xte, compute_cov=True)
+    prior = net.kernel(xte, None, "nngp")
+    for g in ("nngp", "ntk"):
+        assert np.abs(getattr(out, g).mean).max() == 0.0   # exact: (1 - e^0) = 0
+        close(getattr(out, g).covariance, prior, 1e-12)
+
+
+def test_nngp_closed_form_in_eigenbasis(data):
+    net, xtr, xte, ytr = data
+    lr, reg, t = 0.7, 1e-3, np.array([0.5, 30.0, 800.0])
+    pf = P.gradient_descent_mse_ensemble(net, xtr, ytr, learning_rate=lr, diag_reg=reg)
+    out = pf(t=t, x_test=xte, get="nngp", compute_cov=True)
+    K = net.kernel(xtr, None, "nngp")
+    Kr = K + reg * np.trace(K) / len(K) * np.eye(len(K))
+    lam, V = np.linalg.eigh(Kr)
+    kte, kee = net.kernel(xte, xtr, "nngp"), net.kernel(xte, None, "nngp")
+    for i, ti in enumerate(t):
+        tau = lr * ti / ytr.size
+        f = (1 - np.exp(-lam * tau)) / lam
+        f2 = (1 - np.exp(-2 * lam * tau)) / lam
+        close(out.mean[i], kte @ V @ np.diag(f) @ V.T @ ytr)
+        close(out.covariance[i], kee - kte @ V @ np.diag(f2) @ V.T @ kte.T)
+
+
+def test_gp_inference_matches_direct_solve(data):
+    net, xtr, xte, ytr = data
+    k, kt, kee = net.kernel(xtr, None), net.kernel(xte, xtr), net.kernel(xte, None)
+    reg = 1e-2
+    pf = P.gp_inference(k, ytr, diag_reg=reg, diag_reg_absolute_scale=True)
+    out = pf(get=("nngp", "ntk", "ntkgp"), k_test_train=kt, k_test_test=kee)
+    S, T = k.nngp + reg * np.eye(40), k.ntk + reg * np.eye(40)
+    close(out.nngp.mean, kt.nngp @ np.linalg.solve(S, ytr))
+    close(out.nngp.covariance, kee.nngp - kt.nngp @ np.linalg.solve(S, kt.nngp.T))
+    close(out.ntkgp.covariance, kee.ntk - kt.ntk @ np.linalg.solve(T, kt.ntk.T))
+    B = np.linalg.solve(T, kt.ntk.T)
+    term = kt.ntk @ np.linalg.solve(T, kt.nngp.T)
+    close(out.ntk.mean, kt.ntk @ np.linalg.solve(T, ytr))
+    close(out.ntk.covariance, kee.nngp + B.T @ k.nngp @ B - term - term.T)
+    # diagonal-only variances agree with the full covariance
+    var = pf(get="nngp", k_test_train=kt, k_test_test=np.diag(kee.nngp)).covariance
+    close(var, np.diag(out.nngp.covariance))
+
+
+def test_cg_matches_cholesky(data):
+    net, xtr, xte, ytr = data
+    k, kt = net.kernel(xtr, None, "ntk"), net.kernel(xte, xtr, "ntk")
+    a = P.gp_inference(k, ytr, 1e-3)(get="ntk", k_test_train=kt)
+    b = P.gp_inference(k, ytr, 1e-3, solver="cg", tol=1e-12)(get="ntk", k_test_train=kt)
+    close(b, a, 1e-8)
+
+
+def test_finite_t_ntk_and_train_set(data):
+    net, xtr, xte, ytr = data
+    pf = P.gradient_descent_mse_ensemble(net, xtr, ytr, diag_reg=1e-3)
+    Th = net.kernel(xtr, None, "ntk")
+    Tr = Th + 1e-3 * np.trace(Th) / 40 * np.eye(40)
+    t = 50.0
+    E = sla.expm(-Tr * t / ytr.size)
+    train = pf(t=t, x_test=None, get="ntk")
+    close(train, (np.eye(40) - E) @ ytr)
+    test = pf(t=t, x_test=xte, get="ntk")
+    kt = net.kernel(xte, xtr, "ntk")
+    close(test, kt @ np.linalg.solve(Tr, (np.eye(40) - E) @ ytr))
+
+
+def test_chunked_test_set_and_shapes(data):
+    net, xtr, xte, ytr = data
+    big = P.gradient_descent_mse_ensemble(net, xtr, ytr, diag_reg=1e-3)
+    small = P.gradient_descent_mse_ensemble(net, xtr, ytr, diag_reg=1e-3, chunk_size=2)
+    for t in (None, [[1.0, 2.0]]):
+        a = big(t=t, x_test=xte, get="ntk", compute_cov="diag")
+        b = small(t=t, x_test=xte, get="ntk", compute_cov="diag")
+        close(b.mean, a.mean, 1e-13)
+        close(b.covariance, a.covariance, 1e-13)
+    assert big(t=[[1.0, 2.0]], x_test=xte, get="nngp").shape == (1, 2, 9, 3)
+    one = P.gradient_descent_mse_ensemble(net, xtr, ytr[:, 0], diag_reg=1e-3)
+    assert one(t=3.0, x_test=xte, get="nngp").shape == (9,)
+
+
+def test_gradient_descent_mse_single_network(data):
+    net, xtr, xte, ytr = data
+    k, kt = net.kernel(xtr, None, "ntk"), net.kernel(xte, xtr, "ntk")
+    rng = np.random.default_rng(3)
+    f0, ft0 = rng.standard_normal(ytr.shape), rng.standard_normal((9, 3))
+    pf = P.gradient_descent_mse(k, ytr, learning_rate=2.0)
+    a, b = pf(0.0, f0, ft0, kt)
+    close(a, f0, 1e-12)
+    close(b, ft0, 1e-12)
+    a, b = pf(None, f0, ft0, kt)
+    close(a, ytr, 0)
+    close(b, ft0 + kt @ np.linalg.solve(k, ytr - f0), 1e-6)   # unregularised: cond(K) ~1e3
+    t = 7.0
+    E = sla.expm(-2.0 * k * t / ytr.size)
+    a, b = pf(t, f0, ft0, kt)
+    close(a, ytr + E @ (f0 - ytr), 1e-7)
+
+
+def test_bad_input(data):
+    net, xtr, xte, ytr = data
+    with pytest.raises(ValueError, match="y_train has 39 rows"):
+        P.gradient_descent_mse_ensemble(net, xtr, ytr[:39])
+    bad = ytr.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        P.gradient_descent_mse_ensemble(net, xtr, bad)
+    with pytest.raises(ValueError, match="diag_reg"):
+        P.gp_inference(np.eye(3), np.ones(3), diag_reg=-1.0)
+    pf = P.gradient_descent_mse_ensemble(net, xtr, ytr)
+    with pytest.raises(ValueError, match="t must be >= 0"):
+        pf(t=-1.0, x_test=xte)
+    with pytest.raises(ValueError, match="learning_rate"):
+        P.gradient_descent_mse(np.eye(3), np.ones(3), learning_rate=0.0)
+    with pytest.raises(ValueError, match="3 rows, expected 4"):
+        P.gp_inference(np.eye(4), np.ones(3))
+    with pytest.raises(ValueError, match="unknown get"):
+        P.gp_inference(np.eye(3), np.ones(3))(get="xyz", k_test_train=np.ones((1, 3)))
+
+
+def test_not_psd_is_an_error():
+    A = np.diag([1.0, 1.0, -0.5])
+    with pytest.raises(ValueError, match="not positive semidefinite"):
+        P.gp_inference(A, np.ones(3))(get="nngp", k_test_train=np.ones((1, 3)))
+
+
+def test_singular_kernel_gets_jitter_warning():
+    B = np.random.default_rng(1).standard_normal((8, 3))
+    k = B @ B.T                                    # PSD of rank 3: singular
+    with pytest.warns(P.JitterWarning, match="added jitter"):
+        out = P.gp_inference(k, np.ones(8))(get="nngp", k_test_train=k[:1])
+    assert np.isfinite(out).all()
