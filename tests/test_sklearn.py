@@ -1,0 +1,95 @@
+"""scikit-learn interop: check_estimator, kernel gradient, GPR/KernelRidge/SVC."""
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import WhiteKernel
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.svm import SVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import infkernel as ik
+from infkernel.sklearn import NetworkKernel, NNGPRegressor, NTKRegressor
+
+
+@parametrize_with_checks([NNGPRegressor(), NTKRegressor(t=10.0)])
+def test_check_estimator(estimator, check):
+    check(estimator)
+
+
+def test_kernel_gradient_matches_finite_differences():
+    # sklearn's own convention: gradient with respect to log(θ).  Central
+    # differences in log θ with h = 1e-6: error ~1e-10 relative (see test_hyper).
+    X = np.random.default_rng(0).standard_normal((12, 3))
+    for W, b in ((1.3, 0.2), (np.array([1.3, 0.8, 1.1]), np.array([0.2, 0.1, 0.3]))):
+        for get in ("nngp", "ntk"):
+            k = NetworkKernel(W_std=W, b_std=b, get=get)
+            K, G = k(X, eval_gradient=True)
+            assert np.allclose(K, k(X), rtol=1e-12, atol=0)
+            theta = k.theta
+            h = 1e-6
+            for i in range(theta.size):
+                tp, tm = theta.copy(), theta.copy()
+                tp[i] += h
+                tm[i] -= h
+                fd = (k.clone_with_theta(tp)(X) - k.clone_with_theta(tm)(X)) / (2 * h)
+                assert np.abs(fd - G[..., i]).max() <= 1e-6 * np.abs(G).max()
+
+
+def test_kernel_diag_and_cross():
+    X = np.random.default_rng(1).standard_normal((7, 2))
+    Y = np.random.default_rng(2).standard_normal((4, 2))
+    k = NetworkKernel(W_std=1.4, b_std=0.1, get="ntk")
+    assert np.allclose(k.diag(X), np.diag(k(X)), rtol=1e-12, atol=0)
+    assert k(X, Y).shape == (7, 4)
+    fixed = NetworkKernel(W_std_bounds="fixed")
+    assert fixed.theta.size == 1 and fixed(X, eval_gradient=True)[1].shape == (7, 7, 1)
+
+
+def test_gpr_optimises_and_other_estimators_accept_kernel():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 2))
+    y = np.sin(2 * X[:, 0]) + 0.05 * rng.standard_normal(60)
+    k0 = NetworkKernel(W_std=0.5, b_std=0.5) + WhiteKernel(0.1)
+    gpr = GaussianProcessRegressor(k0, optimizer="fmin_l_bfgs_b", random_state=0).fit(X, y)
+    assert gpr.log_marginal_likelihood_value_ > gpr.log_marginal_likelihood(k0.theta)
+    KernelRidge(kernel=NetworkKernel(), alpha=1e-2).fit(X, y).predict(X[:3])
+    SVC(kernel=NetworkKernel()).fit(X, (y > 0).astype(int)).predict(X[:3])
+
+
+def test_regressor_std_cov_and_pickle():
+    rng = np.random.default_rng(0)
+    X, Xt = rng.standard_normal((30, 3)), rng.standard_normal((5, 3))
+    y = rng.standard_normal((30, 2))
+    for est in (NNGPRegressor(), NTKRegressor(), NTKRegressor(t=5.0)):
+        est.fit(X, y)
+        m, s = est.predict(Xt, return_std=True)
+        m2, c = est.predict(Xt, return_cov=True)
+        assert m.shape == (5, 2) and s.shape == (5, 2) and c.shape == (5, 5, 2)
+        assert np.allclose(s[:, 0] ** 2, np.diag(c[:, :, 0]), rtol=1e-10, atol=1e-12)
+        est2 = pickle.loads(pickle.dumps(est))
+        assert np.allclose(est2.predict(Xt), m, rtol=1e-12, atol=0)
+
+
+def test_failed_fit_leaves_estimator_unchanged():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    est = NNGPRegressor().fit(X, y)
+    before = est.predict(X[:4])
+    bad = y.copy()
+    bad[0] = np.nan
+    with pytest.raises(ValueError):
+        est.fit(rng.standard_normal((20, 5)), bad)
+    with pytest.raises(ValueError):
+        est.set_params(diag_reg=-1.0).fit(X[:10], y[:10])
+    est.set_params(diag_reg=1e-4)
+    assert est.n_features_in_ == 3
+    assert np.array_equal(est.predict(X[:4]), before)
+
+
+def test_custom_network():
+    net = ik.serial(ik.Dense(1), ik.Erf(), ik.Dense(1))
+    X = np.random.default_rng(0).standard_normal((10, 2))
+    est = NNGPRegressor(network=net, W_std=1.2, b_std=0.3).fit(X, X[:, 0])
+    assert est.score(X, X[:, 0]) > 0.99      # interpolation with ridge 1e-4
