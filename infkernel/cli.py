@@ -118,7 +118,7 @@ def main(argv=None):
     g.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=gram_main)
-    for name, module, adder, runner in (("fit", "fit", "add_fit_arguments", "run_fit"),
+    for name, module, adder, runner in (("fit", "fit", "add_fit_arguments", "fit_command"),
                                         ("verify", "verify", "add_verify_arguments", "run_verify")):
         try:
             mod = __import__(f"infkernel.{module}", fromlist=[adder])
