@@ -13,7 +13,7 @@ from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn
                         empirical_ntk_fn, monte_carlo_kernel_fn)
 from .kernel import Kernel
 from .layers import Dense, Identity, Layer, Network, serial
-from .verify import verify
+from .verification import verify
 
 __version__ = "0.1.0"
 

@@ -119,7 +119,7 @@ def main(argv=None):
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=gram_main)
     for name, module, adder, runner in (("fit", "fit", "add_fit_arguments", "fit_command"),
-                                        ("verify", "verify", "add_verify_arguments", "run_verify")):
+                                        ("verify", "verification", "add_verify_arguments", "run_verify")):
         try:
             mod = __import__(f"infkernel.{module}", fromlist=[adder])
         except ImportError:

@@ -188,6 +188,12 @@ def _device_input(cp, x, name, d=None):
     return a
 
 
+def supports(prog):
+    """True when every op of the program has a GPU implementation."""
+    acts = prog.ops[prog.ops[:, 0] == P.OP_ACT, 3]
+    return prog.n_regs <= _MAX_DIAG_REGS and {int(k) for k in acts} <= supported_kinds()
+
+
 def _check_program(prog):
     if prog.n_regs > _MAX_DIAG_REGS:
         raise ValueError(f"the network needs {prog.n_regs} kernel registers (parallel "

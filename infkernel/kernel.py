@@ -133,6 +133,11 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     names, single = parse_get(get)
     dt = check_dtype(dtype)
     which = resolve_backend(backend, x1, x2)
+    if which == "gpu" and backend == "auto":
+        from . import gpu
+        d = np.shape(x1)[-1] if np.ndim(x1) == 2 else None
+        if d and not gpu.supports(net.program(d)):
+            which = "cpu"  # e.g. quadrature activations: CPU only for now
     if which == "gpu":
         from . import gpu
         return gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,

@@ -1,4 +1,4 @@
-"""infkernel.verify: convergence table/figure, linearised dynamics, CLI."""
+"""infkernel.verify (module infkernel.verification): convergence table/figure, linearised dynamics, CLI."""
 import argparse
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from scipy.linalg import expm
 
 import infkernel as ik
-from infkernel import verify as V
+from infkernel import verification as V
 
 
 def _net(act=None, par="ntk"):
