@@ -17,32 +17,36 @@
 #define IK_TILE 32  // IK_BY * IK_E
 
 /// Diagonal pass, one thread per point: sq = |x_i|^2 / d, then the program on
-/// (x_i, x_i): per-point tables and the diagonal outputs (float64).
+/// (x_i, x_i): per-point tables, the per-point Mehler features of numeric
+/// activations (feat, leading dimension n; unused without them) and the
+/// diagonal outputs (float64).
 extern "C" __global__ void ik_diag(const double* __restrict__ x, long long n, int d,
                                    double inv_d, const int* __restrict__ ops,
                                    const double* __restrict__ params,
                                    const double* __restrict__ aux, int n_ops,
-                                   double* __restrict__ tab, double* __restrict__ kd,
-                                   double* __restrict__ td) {
+                                   double* __restrict__ tab, double* __restrict__ feat,
+                                   double* __restrict__ kd, double* __restrict__ td) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const double* xi = x + i * d;
   double s = 0.0;
   for (int c = 0; c < d; ++c) s += xi[c] * xi[c];
   double k, t;
-  ik_diag_point<double>(ops, params, aux, n_ops, s * inv_d, tab, n, i, k, t);
+  ik_diag_point<double>(ops, params, aux, n_ops, s * inv_d, tab, feat, n, i, k, t);
   kd[i] = k;
   td[i] = t;
 }
 
 /// Cross tile: out[i, j] for i < rows, j < cols from G[i, j] = x1_i . x2_j
 /// (leading dimension ldg); tables of the row points start at tab1 (stride ld1,
-/// already offset to the tile's first row), column points at tab2.
+/// already offset to the tile's first row), column points at tab2; the Mehler
+/// features of numeric activations at feat1 / feat2 (same offsets and strides).
 /// K or TT may be null (not requested).
 template <typename T, typename OutT, int NR>
 __device__ __forceinline__ void ik_cross_impl(
     const T* __restrict__ G, long long ldg, int rows, int cols, T inv_d,
     const T* __restrict__ tab1, long long ld1, const T* __restrict__ tab2, long long ld2,
+    const double* __restrict__ feat1, const double* __restrict__ feat2,
     const int* __restrict__ ops, const double* __restrict__ params,
     const double* __restrict__ aux, int n_ops, OutT* __restrict__ K,
     OutT* __restrict__ TT, long long ldo) {
@@ -61,7 +65,8 @@ __device__ __forceinline__ void ik_cross_impl(
     IK_UNROLL
     for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
   }
-  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, j, q, th);
+  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, j, feat1,
+                              feat2, q, th);
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
@@ -84,6 +89,7 @@ template <typename T, typename OutT, int NR>
 __device__ __forceinline__ void ik_sym_impl(
     const T* __restrict__ G, long long ldg, int rows, int cols, T inv_d,
     const T* __restrict__ tab1, long long ld1, const T* __restrict__ tab2, long long ld2,
+    const double* __restrict__ feat1, const double* __restrict__ feat2,
     const int* __restrict__ ops, const double* __restrict__ params,
     const double* __restrict__ aux, int n_ops, const T* __restrict__ kdiag,
     const T* __restrict__ tdiag, OutT* __restrict__ K, OutT* __restrict__ TT,
@@ -107,7 +113,8 @@ __device__ __forceinline__ void ik_sym_impl(
     IK_UNROLL
     for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
   }
-  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, jc, q, th);
+  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, jc, feat1,
+                              feat2, q, th);
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
@@ -142,19 +149,23 @@ __device__ __forceinline__ void ik_sym_impl(
 #define IK_CROSS(NAME, T, OutT, NR)                                                    \
   extern "C" __global__ void __launch_bounds__(IK_BX* IK_BY) NAME(                     \
       const T* G, long long ldg, int rows, int cols, T inv_d, const T* tab1,           \
-      long long ld1, const T* tab2, long long ld2, const int* ops, const double* params,\
+      long long ld1, const T* tab2, long long ld2, const double* feat1,                \
+      const double* feat2, const int* ops, const double* params,                       \
       const double* aux, int n_ops, OutT* K, OutT* TT, long long ldo) {               \
-    ik_cross_impl<T, OutT, NR>(G, ldg, rows, cols, inv_d, tab1, ld1, tab2, ld2, ops,  \
+    ik_cross_impl<T, OutT, NR>(G, ldg, rows, cols, inv_d, tab1, ld1, tab2, ld2, feat1, \
+                               feat2, ops,                                             \
                                params, aux, n_ops, K, TT, ldo);                        \
   }
 
 #define IK_SYM(NAME, T, OutT, NR)                                                      \
   extern "C" __global__ void __launch_bounds__(IK_BX* IK_BY) NAME(                     \
       const T* G, long long ldg, int rows, int cols, T inv_d, const T* tab1,           \
-      long long ld1, const T* tab2, long long ld2, const int* ops, const double* params,\
+      long long ld1, const T* tab2, long long ld2, const double* feat1,                \
+      const double* feat2, const int* ops, const double* params,                       \
       const double* aux, int n_ops, const T* kdiag, const T* tdiag, OutT* K, OutT* TT, \
       long long ldo, int mirror) {                                                     \
-    ik_sym_impl<T, OutT, NR>(G, ldg, rows, cols, inv_d, tab1, ld1, tab2, ld2, ops,    \
+    ik_sym_impl<T, OutT, NR>(G, ldg, rows, cols, inv_d, tab1, ld1, tab2, ld2, feat1,  \
+                             feat2, ops,                                               \
                              params, aux, n_ops, kdiag, tdiag, K, TT, ldo, mirror);    \
   }
 

@@ -33,6 +33,13 @@
 #define IK_MAX_DIAG_REGS 64
 #endif
 
+// IK_NUMERIC 0 compiles the kind K_NUMERIC out of the dispatcher (its case
+// yields NaN), keeping the register allocation of closed-form kernels as it
+// is; infkernel/gpu.py builds the numeric module only for programs using it.
+#ifndef IK_NUMERIC
+#define IK_NUMERIC 1
+#endif
+
 // ---------------------------------------------------------------------------
 // Scalar helpers, overloaded on float / double
 // ---------------------------------------------------------------------------
@@ -350,6 +357,395 @@ IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T& k
 }
 
 // ---------------------------------------------------------------------------
+// Kind K_NUMERIC: activations without a closed form (port of infkernel/_numeric.py,
+// same panels, nodes and operation order; see that module for the method).
+//
+// The IK_NUM_* constants (table geometry, Mehler terms, tolerance, Gauss-Legendre
+// nodes, Hermite recurrence coefficients) are defined by the includer from
+// infkernel/_numeric.py (infkernel/gpu.py: defines()).
+//
+// Per-point features of numeric slot s (the s-th numeric op) for point i, float64:
+//   feat[(s FR + c NM + n) ld + i], c = 0: a_n, 1: d_n, 2, 3: normalised tails;
+//   feat[(s FR + 4 NM + c) ld + i], c = 0: E[phi^2], 1: E[phi'^2];  FR = 4 NM + 2.
+// (numba's F[s, c, n, i] and G[s, c, i], one array.)  Numeric entries compute in
+// float64 for every compute type T; the result is rounded to T once.
+// ---------------------------------------------------------------------------
+#define IK_NUM_FR (4 * IK_NUM_NM + 2)
+#define IK_NUM_MAXSEQ (2 * IK_NUM_MAX_BREAKS)
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+__constant__ double ik_dev_glx12[IK_NUM_NG] = IK_NUM_GLX12;
+__constant__ double ik_dev_glw12[IK_NUM_NG] = IK_NUM_GLW12;
+__constant__ double ik_dev_glx16[16] = IK_NUM_GLX16;
+__constant__ double ik_dev_glw16[16] = IK_NUM_GLW16;
+__constant__ double ik_dev_herm_a1[IK_NUM_NM] = IK_NUM_HERM_A1;
+__constant__ double ik_dev_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
+#endif
+#if !defined(__CUDACC_RTC__)  // host copies (host compilers; nvcc's host pass)
+#define IK_HOST_TABLE static const double __attribute__((unused))
+IK_HOST_TABLE ik_host_glx12[IK_NUM_NG] = IK_NUM_GLX12;
+IK_HOST_TABLE ik_host_glw12[IK_NUM_NG] = IK_NUM_GLW12;
+IK_HOST_TABLE ik_host_glx16[16] = IK_NUM_GLX16;
+IK_HOST_TABLE ik_host_glw16[16] = IK_NUM_GLW16;
+IK_HOST_TABLE ik_host_herm_a1[IK_NUM_NM] = IK_NUM_HERM_A1;
+IK_HOST_TABLE ik_host_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
+#endif
+#if defined(__CUDA_ARCH__)
+#define IK_NUM_CONST(name) ik_dev_##name
+#else
+#define IK_NUM_CONST(name) ik_host_##name
+#endif
+
+/// (phi(x), phi'(x)) from the table at aux[lo] (Clenshaw, IK_NUM_NC terms).
+IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& df) {
+  const double u = aux[lo];
+  const int nk = int(aux[lo + 4]);
+  const int ns = int(aux[lo + 5]);
+  const long long base = lo + IK_NUM_HDR + nk + ns;
+  const double t = (x + u) * aux[lo + 1];
+  int p = int(floor(t));
+  p = p < 0 ? 0 : p > IK_NUM_P - 1 ? IK_NUM_P - 1 : p;
+  double y = 2.0 * (t - p) - 1.0;
+  y = fmin(fmax(y, -1.0), 1.0);
+  const double y2 = 2.0 * y;
+  const double* c0 = aux + base + (long long)p * IK_NUM_NC;
+  const double* c1 = aux + base + (long long)IK_NUM_P * IK_NUM_NC + (long long)p * IK_NUM_NC;
+  double b1 = 0.0, b2 = 0.0, e1 = 0.0, e2 = 0.0;
+  for (int k = IK_NUM_NC - 1; k > 0; --k) {
+    double b0 = y2 * b1 - b2 + c0[k];
+    b2 = b1;
+    b1 = b0;
+    double e0 = y2 * e1 - e2 + c1[k];
+    e2 = e1;
+    e1 = e0;
+  }
+  f = y * b1 - b2 + c0[0];
+  df = y * e1 - e2 + c1[0];
+}
+
+/// The sorted quadrature edges of numba's _add_centre / _finish_edges, produced
+/// in order by merging sorted sequences instead of sorting a buffer: per centre
+/// b the values b -+ w 2^j (j < J, w 2^j < dmax) and b, kept inside (lo, hi);
+/// then the uniform grid lo + (hi - lo) k / nu, k = 0..nu, nu = ceil((hi - lo) / dmax).
+/// The same multiset of doubles in nondecreasing order, so the same panels.
+struct IkEdges {
+  double lo, hi, dmax;
+  double b[IK_NUM_MAXSEQ], w[IK_NUM_MAXSEQ], head[IK_NUM_MAXSEQ];
+  int J[IK_NUM_MAXSEQ], t[IK_NUM_MAXSEQ];
+  int n, nu, ku;
+};
+
+IK_FN double ik_edge_value(const IkEdges& E, int c, int t) {
+  const int J = E.J[c];
+  if (t < J) return E.b[c] - ldexp(E.w[c], J - 1 - t);
+  if (t == J) return E.b[c];
+  return E.b[c] + ldexp(E.w[c], t - J - 1);
+}
+
+/// Head of sequence c at or after cursor t: the first value > lo, or +inf when
+/// the sequence has no more values inside (lo, hi).
+IK_FN void ik_edge_head(IkEdges& E, int c) {
+  const int len = 2 * E.J[c] + 1;
+  while (E.t[c] < len && !(ik_edge_value(E, c, E.t[c]) > E.lo)) ++E.t[c];
+  double v = E.t[c] < len ? ik_edge_value(E, c, E.t[c]) : ik_inf(0.0);
+  E.head[c] = v < E.hi ? v : ik_inf(0.0);
+}
+
+IK_FN void ik_edges_init(IkEdges& E, double lo, double hi, double dmax) {
+  E.lo = lo;
+  E.hi = hi;
+  E.dmax = dmax;
+  E.n = 0;
+  E.nu = int(ceil((hi - lo) / dmax));
+  E.ku = 0;
+}
+
+/// numba's _add_centre(b, lam): centre b, smallest half-width max(lam, 1e-13).
+IK_FN void ik_edges_add(IkEdges& E, double b, double lam) {
+  const int c = E.n++;
+  double w = fmax(lam, 1e-13);
+  int J = 0;
+  for (double ww = w; ww < E.dmax; ww *= 2.0) ++J;
+  E.b[c] = b;
+  E.w[c] = w;
+  E.J[c] = J;
+  E.t[c] = 0;
+  ik_edge_head(E, c);
+}
+
+/// The next edge in nondecreasing order; false when all are out.
+IK_FN bool ik_edges_next(IkEdges& E, double& v) {
+  double best = E.ku <= E.nu ? E.lo + (E.hi - E.lo) * E.ku / E.nu : ik_inf(0.0);
+  int arg = -1;
+  for (int c = 0; c < E.n; ++c) {
+    if (E.head[c] < best) {
+      best = E.head[c];
+      arg = c;
+    }
+  }
+  if (arg < 0) {
+    if (E.ku > E.nu) return false;
+    ++E.ku;
+  } else {
+    ++E.t[arg];
+    ik_edge_head(E, arg);
+  }
+  v = best;
+  return true;
+}
+
+/// numba's _inner: E_w[phi(m + sig w)] and E_w[phi'(m + sig w)], w ~ N(0, 1).
+IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double& h,
+                        double& hd) {
+  if (sig <= 0.0) {
+    ik_tab_eval(aux, lo, m, h, hd);
+    return;
+  }
+  const int nk = int(aux[lo + 4]);
+  const int ns = int(aux[lo + 5]);
+  const double lam = aux[lo + 6];
+  IkEdges E;
+  ik_edges_init(E, -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
+  for (int k = 0; k < nk + ns; ++k)
+    ik_edges_add(E, (aux[lo + IK_NUM_HDR + k] - m) / sig, lam / sig);
+  double acc = 0.0, accd = 0.0;
+  double a, b;
+  ik_edges_next(E, a);
+  while (ik_edges_next(E, b)) {
+    if (!(b - a <= 1e-15)) {
+      const double hw = 0.5 * (b - a);
+      const double mid = 0.5 * (a + b);
+      for (int g = 0; g < IK_NUM_NG; ++g) {
+        const double w = mid + hw * IK_NUM_CONST(glx12)[g];
+        const double wt = hw * IK_NUM_CONST(glw12)[g] * exp(-0.5 * w * w);
+        double f, df;
+        ik_tab_eval(aux, lo, m + sig * w, f, df);
+        acc += wt * f;
+        accd += wt * df;
+      }
+    }
+    a = b;
+  }
+  h = acc * IK_NUM_INV_SQRT_2PI;
+  hd = accd * IK_NUM_INV_SQRT_2PI;
+}
+
+/// numba's pair_quadrature: (E[phi(u)phi(v)], E[phi'(u)phi'(v)]) by nested graded
+/// Gauss-Legendre, u = s1 x, v = s2 (rho x + c w), c = sqrt(1 - rho^2).
+/// The fallback for entries the Mehler series cannot certify (slow: ~10^5
+/// table evaluations).  Not inlined on the GPU, so that it does not enlarge
+/// the register allocation of the fast paths.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+__host__ __device__ __noinline__
+#else
+static
+#endif
+void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double rho,
+                        double* k_out, double* kd_out) {
+  rho = fmin(fmax(rho, -1.0), 1.0);
+  const double c = sqrt((1.0 - rho) * (1.0 + rho));
+  const int nk = int(aux[lo + 4]);
+  const int ns = int(aux[lo + 5]);
+  const double lam = aux[lo + 6];
+  const double arho = fabs(rho);
+  const double sig = s2 * c;
+  IkEdges E;
+  ik_edges_init(E, -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
+  for (int k = 0; k < nk + ns; ++k) {
+    const double t = aux[lo + IK_NUM_HDR + k];
+    if (s1 > 0.0) ik_edges_add(E, t / s1, lam / s1);
+    if (s2 * arho > 0.0) {
+      double w;
+      if (k < nk)  // smoothed kink of width sigma, smooth sides of width lambda
+        w = sig > 1e-9 * lam ? fmin(sig, lam) : lam;
+      else
+        w = fmax(sig, lam);
+      ik_edges_add(E, t / (s2 * rho), w / (s2 * arho));
+    }
+  }
+  double acc = 0.0, accd = 0.0;
+  double a, b;
+  ik_edges_next(E, a);
+  while (ik_edges_next(E, b)) {
+    if (!(b - a <= 1e-15)) {
+      const double hw = 0.5 * (b - a);
+      const double mid = 0.5 * (a + b);
+      for (int g = 0; g < IK_NUM_NG; ++g) {
+        const double x = mid + hw * IK_NUM_CONST(glx12)[g];
+        const double wt = hw * IK_NUM_CONST(glw12)[g] * exp(-0.5 * x * x);
+        double f, df, h, hd;
+        ik_tab_eval(aux, lo, s1 * x, f, df);
+        ik_num_inner(aux, lo, s2 * rho * x, sig, h, hd);
+        acc += wt * f * h;
+        accd += wt * df * hd;
+      }
+    }
+    a = b;
+  }
+  *k_out = acc * IK_NUM_INV_SQRT_2PI;
+  *kd_out = accd * IK_NUM_INV_SQRT_2PI;
+}
+
+/// numba's mehler_point: the features of the point of scale s (see above) into
+/// f[(c NM + n) ld] (f already offset to the slot and the point).  Loops are
+/// node-outer, term-inner (numba: term-outer); every a_n still sums the nodes
+/// in the same order, so the values are the same.
+IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long long ld) {
+  const int nk = int(aux[lo + 4]);
+  const int ns = int(aux[lo + 5]);
+  const double lam = aux[lo + 6];
+  IkEdges E;
+  ik_edges_init(E, -IK_NUM_ZC, IK_NUM_ZC, 0.5);
+  if (s > 0.0)
+    for (int k = 0; k < nk + ns; ++k) ik_edges_add(E, aux[lo + IK_NUM_HDR + k] / s, lam / s);
+  double sa[IK_NUM_NM], sd[IK_NUM_NM];
+  for (int n = 0; n < IK_NUM_NM; ++n) sa[n] = sd[n] = 0.0;
+  double ef = 0.0, ed = 0.0;
+  double a, b;
+  ik_edges_next(E, a);
+  while (ik_edges_next(E, b)) {
+    if (!(b - a <= 1e-15)) {
+      const double hw = 0.5 * (b - a);
+      const double mid = 0.5 * (a + b);
+      for (int g = 0; g < 16; ++g) {
+        const double x = mid + hw * IK_NUM_CONST(glx16)[g];
+        const double wt =
+            hw * IK_NUM_CONST(glw16)[g] * exp(-0.5 * x * x) * IK_NUM_INV_SQRT_2PI;
+        double fv, dfv;
+        ik_tab_eval(aux, lo, s * x, fv, dfv);
+        const double wf = wt * fv;
+        const double wd = wt * dfv;
+        ef += wt * fv * fv;
+        ed += wt * dfv * dfv;
+        double h0 = 1.0, h1 = x;
+        sa[0] += wf * h0;
+        sd[0] += wd * h0;
+        sa[1] += wf * h1;
+        sd[1] += wd * h1;
+        for (int n = 2; n < IK_NUM_NM; ++n) {
+          const double h = x * h1 * IK_NUM_CONST(herm_a1)[n] - IK_NUM_CONST(herm_a0)[n] * h0;
+          h0 = h1;
+          h1 = h;
+          sa[n] += wf * h;
+          sd[n] += wd * h;
+        }
+      }
+    }
+    a = b;
+  }
+  double pa = 0.0, pd = 0.0;
+  for (int n = 0; n < IK_NUM_NM; ++n) {
+    f[n * ld] = sa[n];
+    f[(IK_NUM_NM + n) * ld] = sd[n];
+    pa += sa[n] * sa[n];
+    pd += sd[n] * sd[n];
+    // normalised tails; the 1e-15 floor covers the rounding of E - partial
+    f[(2 * IK_NUM_NM + n) * ld] = ef > 0.0 ? sqrt(fmax(ef - pa, 0.0) / ef + 1e-15) : 0.0;
+    f[(3 * IK_NUM_NM + n) * ld] = ed > 0.0 ? sqrt(fmax(ed - pd, 0.0) / ed + 1e-15) : 0.0;
+  }
+  f[4 * IK_NUM_NM * ld] = ef;
+  f[(4 * IK_NUM_NM + 1) * ld] = ed;
+}
+
+/// Where the per-point features of an activation's entries are: the row points
+/// rows[e] of f1 (leading dimension ld1) and the column point col of f2, both at
+/// the feature block of the op's slot.  `diag`: the diagonal pass (numba runs it
+/// with column tail maxima TM = 1 for the truncation choice).
+struct IkFeatures {
+  const double* f1;
+  long long ld1;
+  const long long* rows;
+  const double* f2;
+  long long ld2;
+  long long col;
+  bool diag;
+};
+
+/// numba's numeric_tile for E entries sharing the column point: Q[e] = q12 -> k,
+/// TH[e] *= kdot.  Truncation: the fewest terms N such that every entry is
+/// certified, |rho_e|^{N} ta_1(N-1) ta_2(N-1) <= TOL for phi and phi' (numba
+/// certifies a tile of columns with the largest column tails; here each entry
+/// uses its own column's tails, never more terms than numba would choose for a
+/// one-column tile).  Entries not certified by all NM terms: the exact
+/// diagonal E[phi^2] at rho = 1 with equal variances, otherwise the quadrature.
+template <typename T, int E>
+IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11, const T* s1,
+                              const T* r1, T q22, T s2, T r2, T* Q, T* TH,
+                              const IkFeatures& nf) {
+  const long long ld1 = nf.ld1, ld2 = nf.ld2;
+  const double* F1 = nf.f1 + (long long)slot * IK_NUM_FR * ld1;
+  const double* F2 = nf.f2 + (long long)slot * IK_NUM_FR * ld2 + nf.col;
+  long long ri[E];
+  double rho[E], arho[E], p[E];
+  bool open[E];
+  IK_UNROLL
+  for (int e = 0; e < E; ++e) {
+    ri[e] = nf.rows[e];
+    rho[e] = fmin(fmax(double(Q[e]) * double(r1[e]) * double(r2), -1.0), 1.0);
+    arho[e] = fabs(rho[e]);
+    p[e] = arho[e];
+    open[e] = true;
+  }
+  int nt = IK_NUM_NM;
+  for (int m = 0; m < IK_NUM_NM; ++m) {
+    const double ta2 = nf.diag ? 1.0 : F2[(2 * IK_NUM_NM + m) * ld2];
+    const double td2 = nf.diag ? 1.0 : F2[(3 * IK_NUM_NM + m) * ld2];
+    bool any = false;
+    IK_UNROLL
+    for (int e = 0; e < E; ++e) {
+      if (open[e]) {
+        const double ta1 = F1[(2 * IK_NUM_NM + m) * ld1 + ri[e]];
+        const double td1 = F1[(3 * IK_NUM_NM + m) * ld1 + ri[e]];
+        if (p[e] * ta1 * ta2 <= IK_NUM_TOL && p[e] * td1 * td2 <= IK_NUM_TOL) {
+          open[e] = false;
+        } else {
+          any = true;
+          p[e] *= arho[e];
+        }
+      }
+    }
+    if (!any) {
+      nt = m + 1;
+      break;
+    }
+  }
+  double acc[E], accd[E];
+  IK_UNROLL
+  for (int e = 0; e < E; ++e) acc[e] = accd[e] = 0.0;
+  for (int m = nt - 1; m >= 0; --m) {
+    const double A = F2[m * ld2];
+    const double D = F2[(IK_NUM_NM + m) * ld2];
+    IK_UNROLL
+    for (int e = 0; e < E; ++e) {
+      acc[e] = acc[e] * rho[e] + F1[m * ld1 + ri[e]] * A;
+      accd[e] = accd[e] * rho[e] + F1[(IK_NUM_NM + m) * ld1 + ri[e]] * D;
+    }
+  }
+  if (nt == IK_NUM_NM) {  // check entry by entry; the rest by quadrature
+    const double ta2 = F2[(3 * IK_NUM_NM - 1) * ld2];
+    const double td2 = F2[(4 * IK_NUM_NM - 1) * ld2];
+    for (int e = 0; e < E; ++e) {
+      const double pn = ik_ipow(arho[e], IK_NUM_NM);
+      const double ta1 = F1[(3 * IK_NUM_NM - 1) * ld1 + ri[e]];
+      const double td1 = F1[(4 * IK_NUM_NM - 1) * ld1 + ri[e]];
+      if (pn * ta1 * ta2 > IK_NUM_TOL || pn * td1 * td2 > IK_NUM_TOL) {
+        if (Q[e] == q11[e] && q22 == q11[e]) {  // same variance, rho = 1
+          acc[e] = F1[(4 * IK_NUM_NM) * ld1 + ri[e]];
+          accd[e] = F1[(4 * IK_NUM_NM + 1) * ld1 + ri[e]];
+        } else {
+          ik_pair_quadrature(aux, lo, double(s1[e]), double(s2), rho[e], &acc[e], &accd[e]);
+        }
+      }
+    }
+  }
+  IK_UNROLL
+  for (int e = 0; e < E; ++e) {
+    Q[e] = T(acc[e]);
+    TH[e] *= T(accd[e]);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // One activation applied to E entries that share the column point (q22, s2, r2)
 // and have row points (q11[e], s1[e], r1[e]): Q[e] <- k, TH[e] <- TH[e] kd.
 // The kind is dispatched once, outside the entry loop.  New kinds add a case.
@@ -366,7 +762,7 @@ IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T& k
 template <typename T, int E>
 IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
                   const T* q11, const T* s1, const T* r1, T q22, T s2, T r2,
-                  T* Q, T* TH) {
+                  T* Q, T* TH, const IkFeatures& nf) {
   switch (kind) {
     case IK_K_ABRELU: {
       T a = T(p[0]), b = T(p[1]);
@@ -414,6 +810,18 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
     case IK_K_RECTIFIED_MONOMIAL: {
       int n = int(p[0]);
       IK_ACT_LOOP(ik_dual_rectified_monomial(n, Q[e], s1[e], s2, r1[e], r2, k_, d_))
+      break;
+    }
+    case IK_K_NUMERIC: {
+#if IK_NUMERIC
+      ik_numeric_entries<T, E>(aux, lo, hi, q11, s1, r1, q22, s2, r2, Q, TH, nf);
+#else  // compiled without numeric support: gpu.py selects the IK_NUMERIC module
+      IK_UNROLL
+      for (int e = 0; e < E; ++e) {
+        Q[e] = ik_nan(T(0));
+        TH[e] = Q[e];
+      }
+#endif
       break;
     }
     default: {
@@ -471,7 +879,9 @@ template <typename T, int NR, int E>
 IK_FN void ik_run_entries(const int* ops, const double* params, const double* aux, int n_ops,
                           const T* tab1, long long ld1, const long long* rows,
                           const T* tab2, long long ld2, long long col,
+                          const double* feat1, const double* feat2,
                           T (&q)[NR][E], T (&th)[NR][E]) {
+  const IkFeatures nf = {feat1, ld1, rows, feat2, ld2, col, false};
   int slot = 0;
   for (int k = 0; k < n_ops; ++k) {
     const int* o = ops + 6 * k;
@@ -500,7 +910,7 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
         r1[e] = t1[2 * ld1 + rows[e]];
       }
       ik_act<T, E>(o[3], p, aux, o[4], o[5], v1, s1, r1, t2[col], t2[ld2 + col],
-                   t2[2 * ld2 + col], Q, TH);
+                   t2[2 * ld2 + col], Q, TH, nf);
       ++slot;
     } else if (op == IK_OP_SCALE) {
       T w = T(p[0]);
@@ -534,7 +944,9 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
 /// (k, t) = (NNGP, NTK)(x_i, x_i).  n_regs <= IK_MAX_DIAG_REGS.
 template <typename T>
 IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux, int n_ops,
-                         T sq, T* tab, long long ld, long long i, T& k_out, T& t_out) {
+                         T sq, T* tab, double* feat, long long ld, long long i, T& k_out,
+                         T& t_out) {
+  const IkFeatures nf = {feat, ld, &i, feat, ld, i, true};
   T q[IK_MAX_DIAG_REGS], th[IK_MAX_DIAG_REGS];
   q[0] = sq;
   th[0] = T(0);
@@ -556,7 +968,12 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
       t[i] = v;
       t[ld + i] = s;
       t[2 * ld + i] = rs;
-      ik_act<T, 1>(o[3], p, aux, o[4], o[5], &v, &s, &rs, v, s, rs, &q[r], &th[r]);
+#if IK_NUMERIC
+      if (o[3] == IK_K_NUMERIC)  // per-point features (scale capped as in _cpu._diag_pass)
+        ik_mehler_point(aux, o[4], fmin(double(s), 2.0 * sqrt(IK_NUM_Q_MAX)),
+                        feat + (long long)o[5] * IK_NUM_FR * ld + i, ld);
+#endif
+      ik_act<T, 1>(o[3], p, aux, o[4], o[5], &v, &s, &rs, v, s, rs, &q[r], &th[r], nf);
       ++slot;
     } else if (op == IK_OP_SCALE) {
       q[r] *= T(p[0]);

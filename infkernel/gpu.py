@@ -3,8 +3,9 @@
 Data flow for K(X1, X2) (N1 x N2), everything on one device:
 
 1. diagonal pass ``ik_diag`` (one thread per point): q = |x|²/d, the program
-   on (x, x), per-point tables V, S = √V, R = 1/S for every activation op, and
-   the diagonals K(x, x), Θ(x, x);
+   on (x, x), per-point tables V, S = √V, R = 1/S for every activation op, the
+   per-point Mehler features of numeric activations (``_numeric.mehler_point``:
+   4·96 + 2 float64 per point and numeric op), and the diagonals K(x, x), Θ(x, x);
 2. row blocks of R rows: one cuBLAS GEMM G = X1[rows] X2ᵀ (``cupy.matmul``),
    then one launch of ``ik_cross`` / ``ik_sym`` that runs every layer per entry
    in registers and writes NNGP and NTK once.  Blocks alternate between two
@@ -19,6 +20,15 @@ place); NumPy inputs → NumPy results, streamed to host memory block by block
 (``out=`` may be an ``np.memmap``, so the Gram may exceed device memory).
 Device memory in use is bounded by ``TILE_BYTES`` per block plus O(N) tables.
 
+Numeric activations (Tanh, Softplus, ..., ``Elementwise``; kind K_NUMERIC) run
+the CPU's method: a Mehler series with per-point coefficients, truncated per
+entry where the Cauchy–Schwarz bound certifies 1e-12 of √(E[φ(u)²]E[φ(v)²]),
+and the nested graded Gauss–Legendre quadrature for entries it cannot certify
+(slow: ~10⁵ table evaluations per entry, in one thread).  The CPU certifies
+tiles of 512 columns at once, so the two backends may truncate the same entry
+at different terms: they agree to within that certified bound, not to ulps.
+These entries compute in float64 for every ``dtype``.
+
 Precision: float64 agrees with the CPU backend to a few ulps (the same
 formulas, same operation order, in ``cuda/infkernel_math.cuh``).  float32
 (``FLOAT32_MATH = "float32"``, the default) computes in float32 arithmetic
@@ -30,6 +40,7 @@ like the CPU backend (about as fast as float64, half the bytes written).
 """
 import functools
 import importlib.resources
+import math
 import re
 
 import numpy as np
@@ -90,21 +101,46 @@ def read_source(name):
     return importlib.resources.files("infkernel.cuda").joinpath(name).read_text()
 
 
+def _array(values):
+    return "{" + ", ".join(repr(float(v)) for v in values) + "}"
+
+
 def defines():
-    """``#define IK_OP_* / IK_K_*`` lines from ``_program`` (one source of truth)."""
+    """``#define`` lines the header needs, from the Python sources (one source of
+    truth): ``IK_OP_* / IK_K_*`` from ``_program``; ``IK_NUM_*`` (table geometry,
+    Mehler terms, tolerance, quadrature nodes) from ``_numeric``.  Floats are
+    written by ``repr``, which round-trips every double exactly."""
+    from . import _numeric as N
     names = sorted(n for n in dir(P) if n.startswith(("OP_", "K_")))
-    return "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
+    out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
+    ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "NG": N.NG,
+            "MAX_BREAKS": N.MAX_BREAKS}
+    floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX, "Q_MAX": N.Q_MAX,
+              "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
+    out += "".join(f"#define IK_NUM_{k} {int(v)}\n" for k, v in ints.items())
+    out += "".join(f"#define IK_NUM_{k} {float(v)!r}\n" for k, v in floats.items())
+    # the Hermite recurrence h_n = z h_{n-1} / sqrt(n) - sqrt((n-1)/n) h_{n-2}
+    # as _numeric.mehler_point computes its coefficients (n < 2 unused)
+    a1 = [0.0, 0.0] + [1.0 / math.sqrt(n) for n in range(2, N.NM)]
+    a0 = [0.0, 0.0] + [math.sqrt((n - 1.0) / n) for n in range(2, N.NM)]
+    arrays = {"GLX12": N._GLX12, "GLW12": N._GLW12, "GLX16": N._GLX16, "GLW16": N._GLW16,
+              "HERM_A1": a1, "HERM_A0": a0}
+    out += "".join(f"#define IK_NUM_{k} {_array(v)}\n" for k, v in arrays.items())
+    return out
 
 
 def source(variant=None):
     """The complete code string: defines, the header inlined (so editing it
     changes CuPy's cache key), then ``gram.cu``.  ``variant``: (name, T,
-    OutT, NR) to instantiate one kernel pair; None instantiates all."""
+    OutT, NR, numeric) to instantiate one kernel pair, with the numeric
+    activations compiled in or out (``numeric``); None instantiates all, with
+    the numeric activations."""
     head = defines()
     if variant is not None:
-        name, t, out, nr = variant
+        name, t, out, nr, numeric = variant
         head += (f"#define IK_VARIANT_NAME {name}\n#define IK_VARIANT_T {t}\n"
-                 f"#define IK_VARIANT_OUT {out}\n#define IK_VARIANT_NR {nr}\n")
+                 f"#define IK_VARIANT_OUT {out}\n#define IK_VARIANT_NR {nr}\n"
+                 f"#define IK_NUMERIC {int(bool(numeric))}\n")
     gram = read_source("gram.cu")
     include = '#include "infkernel_math.cuh"'
     if include not in gram:
@@ -139,10 +175,13 @@ _TYPE_NAMES = {np.dtype(np.float64): ("f64", "double"),
                np.dtype(np.float32): ("f32", "float")}
 
 
-def _variant(compute_dt, out_dt, n_regs):
+def _variant(compute_dt, out_dt, n_regs, numeric=False):
+    """Kernel variant: the numeric activations (quadrature, large code) are
+    compiled only into the modules of programs that use them, so closed-form
+    programs keep their register allocation."""
     nr = 1 if n_regs <= 1 else 4 if n_regs <= 4 else 32
     (tn, t), (on, o) = _TYPE_NAMES[compute_dt], _TYPE_NAMES[out_dt]
-    return (f"{tn}_{on}", t, o, nr)
+    return (f"{tn}_{on}", t, o, nr, bool(numeric))
 
 
 def _kernels(device_id, variant):
@@ -227,21 +266,62 @@ class _Program:
         self.ops = cp.asarray(prog.ops.astype(np.int32))
         self.params = cp.asarray(prog.params)
         self.aux = cp.asarray(prog.aux)
+        acts = np.flatnonzero(prog.ops[:, 0] == P.OP_ACT)
+        #: (op index, activation index) of the numeric activations, in slot order
+        self.numeric = [(int(k), a) for a, k in enumerate(acts)
+                        if prog.ops[k, 3] == P.K_NUMERIC]
+        slots = [int(prog.ops[k, 5]) for k, _ in self.numeric]
+        if slots != list(range(len(slots))):
+            raise RuntimeError(f"numeric activation slots {slots} are not 0, 1, ... in "
+                               "program order (a layer emitted them inconsistently)")
+
+    def feature_rows(self):
+        """Rows of the per-point feature array (``IK_NUM_FR`` per numeric op)."""
+        from ._numeric import NM
+        return len(self.numeric) * (4 * NM + 2)
 
     def diag(self, diag_kernel, x):
-        """(tables (3·n_act, N) float64, K(x,x), Θ(x,x)) of device points x."""
+        """(tables (3·n_act, N) float64, features (rows, N) float64, K(x,x),
+        Θ(x,x)) of device points x.  Raises the CPU backend's ValueError when a
+        numeric activation's input variance leaves its guaranteed range."""
         cp = self.cp
         n = x.shape[0]
         tab = cp.zeros((3 * max(self.n_act, 1), max(n, 1)))
+        rows = self.feature_rows()
+        need = rows * max(n, 1) * 8
+        if need and need > 0.9 * _free_bytes(cp):
+            raise RuntimeError(
+                f"too little free GPU memory for the per-point tables of the numeric "
+                f"activations: {_mib(need)} needed ({rows} float64 per point), "
+                f"{_mib(_free_bytes(cp))} free; compute the kernel in blocks of points, "
+                "free device memory, or use backend='cpu'")
+        feat = cp.zeros((max(rows, 1), max(n, 1)))
         kd = cp.empty(n)
         td = cp.empty(n)
         if n:
-            threads = 128
+            threads = 64 if rows else 128  # numeric: large per-thread local arrays
             diag_kernel(((n + threads - 1) // threads,), (threads,),
                         (x, np.int64(n), np.int32(x.shape[1]), np.float64(1.0 / self.prog.d_in),
                          self.ops, self.params, self.aux, np.int32(self.prog.n_ops),
-                         tab, kd, td))
-        return tab, kd, td
+                         tab, feat, kd, td))
+            self._check_range(tab)
+        return tab, feat, kd, td
+
+    def _check_range(self, tab):
+        """The Q_MAX check of ``_cpu.point_tables`` on the device tables."""
+        from ._numeric import Q_MAX
+        if not self.numeric:
+            return
+        idx = [3 * a for _, a in self.numeric]
+        vmax = tab[idx].max(axis=1).get()
+        for (op, a), v in zip(self.numeric, vmax):
+            if v > Q_MAX:
+                i = int(tab[3 * a].argmax().get())
+                name = (self.prog.names or {}).get(op, "a numeric activation")
+                raise ValueError(
+                    f"{name}: its input variance reaches {v:.4g} (point {i}), outside "
+                    f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the "
+                    "inputs or reduce W_std / b_std of the Dense layer before it")
 
 
 def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
@@ -258,10 +338,10 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     dt = np.dtype(dtype)
     compute_dt = np.dtype(np.float64) if (dt == np.float64 or FLOAT32_MATH == "float64") \
         else np.dtype(np.float32)
-    variant = _variant(compute_dt, dt, prog.n_regs)
+    variant = _variant(compute_dt, dt, prog.n_regs, bool(dev.numeric))
     k_diag, k_cross, k_sym = _kernels(cp.cuda.Device().id, variant)
 
-    tab1, kd1, td1 = dev.diag(k_diag, a1)
+    tab1, feat1, kd1, td1 = dev.diag(k_diag, a1)
     if diagonal:
         res = {"nngp": kd1, "ntk": td1}
         arrays = [res[g].astype(dt, copy=False) for g in names]
@@ -278,8 +358,8 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     callback, close = _progress_callback(progress)
     try:
         if n1 and n2:
-            tab2 = tab1 if sym else dev.diag(k_diag, a2)[0]
-            _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, kd1, td1,
+            tab2, feat2 = (tab1, feat1) if sym else dev.diag(k_diag, a2)[:2]
+            _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1,
                   res.get("nngp"), res.get("ntk"), compute_dt, dt, to_host, callback)
     finally:
         close()
@@ -339,7 +419,7 @@ def _copy_to_host(cp, buf, rows, cols, host, r0, c0, stream):
         stream.synchronize()
 
 
-def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, kd1, td1, K, T,
+def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1, K, T,
           compute_dt, out_dt, to_host, callback):
     """Fill K and/or T (None if not requested) block of rows by block of rows."""
     sym = a2 is None
@@ -417,7 +497,8 @@ def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, kd1, td1, K, T,
             grid = ((cols + _TILE - 1) // _TILE, (rows + _TILE - 1) // _TILE)
             common = (G, np.int64(cols), np.int32(rows), np.int32(cols), inv_d,
                       _ptr(t1, r0), np.int64(t1.shape[1]), _ptr(t2, c0), np.int64(t2.shape[1]),
-                      dev.ops, dev.params, dev.aux, np.int32(dev.prog.n_ops))
+                      _ptr(feat1, r0), _ptr(feat2, c0), dev.ops, dev.params, dev.aux,
+                      np.int32(dev.prog.n_ops))
             if sym:
                 k_sym(grid, _BLOCK, common + (_ptr(kdc, r0), _ptr(tdc, r0), kp, tp,
                                               np.int64(ldo), np.int32(0 if to_host else 1)))

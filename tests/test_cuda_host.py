@@ -19,41 +19,51 @@ import numpy as np
 import pytest
 
 import infkernel as ik
-from infkernel import _cpu, gpu
+from infkernel import _cpu, _numeric, gpu
 from infkernel import _program as P
 
 EPS64 = np.finfo(np.float64).eps
+FR = 4 * _numeric.NM + 2  # feature rows per numeric op (IK_NUM_FR)
 
 DRIVER = r"""
 #include "infkernel_math.cuh"
 
+// One entry per (q11, q12, q22), row point 0 and column point 1; a numeric
+// kind (slot hi = 0) first computes both points' features, as _numeric.duals.
 template <typename T>
 static void act_entries(int kind, const double* p, const double* aux, int lo, int hi, long n,
                         const double* q11, const double* q12, const double* q22, T* k, T* kd) {
+  double feat[IK_NUM_FR * 2] = {0.0};
+  const long long row = 0;
+  const IkFeatures nf = {feat, 2, &row, feat, 2, 1, false};
   for (long i = 0; i < n; ++i) {
     T v1 = T(q11[i]), v2 = T(q22[i]);
     T s1 = ik_sqrt(v1), s2 = ik_sqrt(v2);
     T r1 = s1 > T(0) ? T(1) / s1 : T(0);
     T r2 = s2 > T(0) ? T(1) / s2 : T(0);
+    if (kind == IK_K_NUMERIC) {
+      ik_mehler_point(aux, lo, sqrt(q11[i]), feat, 2);
+      ik_mehler_point(aux, lo, sqrt(q22[i]), feat + 1, 2);
+    }
     T Q = T(q12[i]), TH = T(1);
-    ik_act<T, 1>(kind, p, aux, lo, hi, &v1, &s1, &r1, v2, s2, r2, &Q, &TH);
+    ik_act<T, 1>(kind, p, aux, lo, hi, &v1, &s1, &r1, v2, s2, r2, &Q, &TH, nf);
     k[i] = Q;
     kd[i] = TH;
   }
 }
 
-// Tables and diagonal outputs of n points (float64, as the GPU's ik_diag).
+// Tables, numeric features and diagonal outputs of n points (float64, as ik_diag).
 static void diag(const int* ops, const double* params, const double* aux, int n_ops,
-                 const double* sq, long n, double* tab, double* kd, double* td) {
+                 const double* sq, long n, double* tab, double* feat, double* kd, double* td) {
   for (long i = 0; i < n; ++i)
-    ik_diag_point<double>(ops, params, aux, n_ops, sq[i], tab, n, i, kd[i], td[i]);
+    ik_diag_point<double>(ops, params, aux, n_ops, sq[i], tab, feat, n, i, kd[i], td[i]);
 }
 
 // Every entry (i, j) from G[i, j] = x_i . x_j, rows grouped by 4 as in the kernels.
 template <typename T, int NR>
 static void gram(const int* ops, const double* params, const double* aux, int n_ops,
-                 const T* tab1, long n1, const T* tab2, long n2, const T* G, T inv_d,
-                 T* K, T* TT) {
+                 const T* tab1, long n1, const T* tab2, long n2, const double* feat1,
+                 const double* feat2, const T* G, T inv_d, T* K, T* TT) {
   const int E = 4;
   for (long j = 0; j < n2; ++j)
     for (long i0 = 0; i0 < n1; i0 += E) {
@@ -65,7 +75,8 @@ static void gram(const int* ops, const double* params, const double* aux, int n_
         th[0][e] = T(0);
         for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
       }
-      ik_run_entries<T, NR, E>(ops, params, aux, n_ops, tab1, n1, rw, tab2, n2, j, q, th);
+      ik_run_entries<T, NR, E>(ops, params, aux, n_ops, tab1, n1, rw, tab2, n2, j, feat1, feat2,
+                               q, th);
       for (int e = 0; e < E && i0 + e < n1; ++e) {
         K[(i0 + e) * n2 + j] = q[0][e];
         TT[(i0 + e) * n2 + j] = th[0][e];
@@ -83,19 +94,29 @@ void act_f32(int kind, const double* p, const double* aux, int lo, int hi, long 
   act_entries<float>(kind, p, aux, lo, hi, n, q11, q12, q22, k, kd);
 }
 void diag_f64(const int* ops, const double* params, const double* aux, int n_ops,
-              const double* sq, long n, double* tab, double* kd, double* td) {
-  diag(ops, params, aux, n_ops, sq, n, tab, kd, td);
+              const double* sq, long n, double* tab, double* feat, double* kd, double* td) {
+  diag(ops, params, aux, n_ops, sq, n, tab, feat, kd, td);
+}
+// Features of points of scale s[i] into feat (IK_NUM_FR rows, leading dimension n).
+void mehler_f64(const double* aux, int lo, long n, const double* s, double* feat) {
+  for (long i = 0; i < n; ++i) ik_mehler_point(aux, lo, s[i], feat + i, n);
+}
+void quad_f64(const double* aux, int lo, long n, const double* s1, const double* s2,
+              const double* rho, double* k, double* kd) {
+  for (long i = 0; i < n; ++i) ik_pair_quadrature(aux, lo, s1[i], s2[i], rho[i], k + i, kd + i);
 }
 #define GRAM(NAME, T, NR)                                                                 \
   void NAME(const int* ops, const double* params, const double* aux, int n_ops,          \
-            const T* tab1, long n1, const T* tab2, long n2, const T* G, T inv_d, T* K,   \
-            T* TT) {                                                                      \
-    gram<T, NR>(ops, params, aux, n_ops, tab1, n1, tab2, n2, G, inv_d, K, TT);            \
+            const T* tab1, long n1, const T* tab2, long n2, const double* feat1,          \
+            const double* feat2, const T* G, T inv_d, T* K, T* TT) {                     \
+    gram<T, NR>(ops, params, aux, n_ops, tab1, n1, tab2, n2, feat1, feat2, G, inv_d, K,   \
+                TT);                                                                      \
   }
 GRAM(gram_f64_1, double, 1)
 GRAM(gram_f64_4, double, 4)
 GRAM(gram_f64_32, double, 32)
 GRAM(gram_f32_1, float, 1)
+GRAM(gram_f32_4, float, 4)
 }
 """
 
@@ -274,22 +295,28 @@ def _points(rng, n=37, d=5):
     return x
 
 
-def _host_gram(lib, prog, x1, x2, dtype=np.float64, nr=1):
+def _host_gram(lib, prog, x1, x2, dtype=np.float64, nr=1, full=False):
+    """(K, T, (k, t) diagonal of x1) by the header's diagonal pass and interpreter;
+    ``full``: also the features and tables of x1."""
     ops = np.ascontiguousarray(prog.ops.astype(np.int32))
     params = np.ascontiguousarray(prog.params)
     aux = np.ascontiguousarray(prog.aux)
     n_act = int((prog.ops[:, 0] == P.OP_ACT).sum())
+    n_num = int(((prog.ops[:, 0] == P.OP_ACT) & (prog.ops[:, 3] == P.K_NUMERIC)).sum())
     tabs = []
+    feats = []
     diags = []
     for x in (x1, x2):
         n = x.shape[0]
         tab = np.zeros((3 * max(n_act, 1), n))
+        feat = np.zeros((max(n_num * FR, 1), n))
         kd = np.empty(n)
         td = np.empty(n)
         sq = np.einsum("ij,ij->i", x, x) / prog.d_in
         lib.diag_f64(_p(ops), _p(params), _p(aux), ctypes.c_int(prog.n_ops), _p(sq),
-                     ctypes.c_long(n), _p(tab), _p(kd), _p(td))
+                     ctypes.c_long(n), _p(tab), _p(feat), _p(kd), _p(td))
         tabs.append(tab.astype(dtype))
+        feats.append(feat)
         diags.append((kd, td))
     G = (x1.astype(dtype) @ x2.astype(dtype).T).astype(dtype)
     n1, n2 = G.shape
@@ -298,7 +325,10 @@ def _host_gram(lib, prog, x1, x2, dtype=np.float64, nr=1):
     ct = ctypes.c_double if dtype == np.float64 else ctypes.c_float
     fn = getattr(lib, f"gram_{'f64' if dtype == np.float64 else 'f32'}_{nr}")
     fn(_p(ops), _p(params), _p(aux), ctypes.c_int(prog.n_ops), _p(tabs[0]), ctypes.c_long(n1),
-       _p(tabs[1]), ctypes.c_long(n2), _p(G), ct(1.0 / prog.d_in), _p(K), _p(T))
+       _p(tabs[1]), ctypes.c_long(n2), _p(feats[0]), _p(feats[1]), _p(G), ct(1.0 / prog.d_in),
+       _p(K), _p(T))
+    if full:
+        return K, T, diags[0], feats[0], tabs[0]
     return K, T, diags[0]
 
 
