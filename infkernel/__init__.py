@@ -14,6 +14,10 @@ from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn
 from .kernel import Kernel
 from .layers import Dense, Identity, Layer, Network, serial
 from .verification import verify
+from .combinators import FanInConcat, FanInSum, FanOut, Residual, Scale, parallel
+from .features import (FourierFeatures, GaussianFeatureLimit, GaussianFourierFeatures,
+                       MscaleDNN1, MscaleDNN2, PositionalEncoding)
+from . import spectral
 
 __version__ = "0.1.0"
 
@@ -23,4 +27,7 @@ __all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activat
            "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
            "S2ReLU", "Elementwise", "ElementwiseNumerical",
            "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",
-           "monte_carlo_kernel_fn", "MonteCarloKernel", "verify"]
+           "monte_carlo_kernel_fn", "MonteCarloKernel", "verify",
+           "FanOut", "parallel", "FanInSum", "FanInConcat", "Residual", "Scale",
+           "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",
+           "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral"]

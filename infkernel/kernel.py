@@ -132,6 +132,15 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     """Shared implementation of ``Network.kernel`` and ``Network.diag``."""
     names, single = parse_get(get)
     dt = check_dtype(dtype)
+    if net.input_maps:
+        # deterministic input maps (Fourier features): the kernel of the rest
+        # of the network at the mapped points, exactly
+        same = x2 is None or x2 is x1
+        x1 = check_inputs(x1, "x1")
+        x2 = None if x2 is None else x1 if same else check_inputs(x2, "x2", x1.shape[1])
+        x1 = net.map_inputs(x1, "x1")
+        x2 = None if x2 is None else x1 if same else net.map_inputs(x2, "x2")
+        net = net.body
     which = resolve_backend(backend, x1, x2)
     if which == "gpu" and backend == "auto":
         from . import gpu

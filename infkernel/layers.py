@@ -15,13 +15,55 @@ from . import _program as P
 
 
 class _State:
-    """What the compiler knows about the signal between two layers."""
+    """What the compiler knows about the signal between two layers.
+
+    ``born`` is the index of the op of the ``Dense`` layer that produced the
+    signal (possibly followed by ``Identity``/``Scale``), or -1 when the signal
+    is not a fresh zero-mean Dense output (the input, an activation's output).
+    ``FanInSum`` uses it to check that the branches it adds are independent.
+    ``width`` is None after an infinite-feature map (no finite fan-in).
+    """
 
     def __init__(self, d_in):
         self.reg = 0            # register holding this branch
         self.gaussian = False   # is the signal a Gaussian process (after Dense)?
         self.at_input = True    # no layer with parameters applied yet
         self.width = d_in       # channels (fan-in of the next Dense)
+        self.born = -1          # op index of the Dense that made the signal
+
+    def copy(self):
+        new = _State.__new__(_State)
+        new.__dict__.update(self.__dict__)
+        return new
+
+
+class _Branches(list):
+    """Parallel branches between ``FanOut`` and ``FanInSum``/``FanInConcat``:
+    a list of :class:`_State`, one per branch, plus ``split``, the op index at
+    which they were fanned out."""
+
+    def __init__(self, states, split):
+        super().__init__(states)
+        self.split = split
+
+
+def _compile(layers, builder, state):
+    """Emit the ops of ``layers`` in sequence; returns the final state.
+
+    A layer's ``_emit`` updates ``state`` in place or returns a new one (a
+    ``_Branches`` after ``FanOut``).  Only layers with ``_takes_branches`` may
+    receive several branches.
+    """
+    for layer in layers:
+        if isinstance(state, _Branches) and not getattr(layer, "_takes_branches", False):
+            raise ValueError(
+                f"{layer!r} receives {len(state)} parallel branches (after FanOut): "
+                "apply layers to the branches with parallel(...), or merge them first "
+                "with FanInSum() or FanInConcat()")
+        out = layer._emit(builder, state)
+        if out is not None:
+            state = out
+    return state
 
 
 class Layer:
@@ -89,8 +131,14 @@ class Dense(Layer):
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
         if self.parameterization == "ntk":
             coef = (0.0, 1.0, 0.0)
+        elif state.width is None:
+            raise ValueError(
+                f"{self!r} follows an infinite-feature input map, whose fan-in is infinite: "
+                "the standard parameterization's NTK diverges there; use "
+                "parameterization='ntk' for this layer or a finite number of features")
         else:
             coef = (float(state.width), 0.0, 0.0 if self.b_std is None else 1.0)
+        state.born = len(builder.ops)
         builder.emit(P.OP_DENSE, state.reg, params=(w2, b2) + coef)
         state.gaussian, state.at_input, state.width = True, False, self.out_dim
 
@@ -109,6 +157,45 @@ class Dense(Layer):
             return out if b is None else out + self.b_std * b
         out = h @ W
         return out if b is None else out + b
+
+
+class InputMap(Layer):
+    """A deterministic map γ of the inputs applied before the kernel is
+    computed (Fourier features): the network's kernel at (x, x') is the kernel
+    of the layers after the map at (γ(x), γ(x')), which is exact.  Input maps
+    must come first in a network; the kernel entry point maps ``x1``/``x2``
+    and compiles the remaining layers for the mapped dimension.
+    """
+
+    #: input dimension the map expects, or None for any
+    in_dim = None
+
+    def out_dim(self, d):
+        """Dimension of γ(x) for inputs of dimension ``d``."""
+        raise NotImplementedError
+
+    def map(self, x):
+        """γ(x) for a (N, d) float64 array (d already checked)."""
+        raise NotImplementedError
+
+    def check_dim(self, d, name):
+        if self.in_dim is not None and d != self.in_dim:
+            raise ValueError(f"{name} has {d} features, but {self!r} maps inputs of "
+                             f"dimension {self.in_dim} (its frequencies have "
+                             f"{self.in_dim} column(s))")
+
+    def _emit(self, builder, state):
+        raise ValueError(f"{self!r} is an input map: it must come first in the network "
+                         "(before any other layer and outside parallel branches)")
+
+    def _init(self, rng, in_dim):
+        self.check_dim(in_dim, "the input")
+        return self.out_dim(in_dim), ()
+
+    def _apply(self, params, h):
+        h = np.asarray(h, dtype=np.float64)
+        self.check_dim(h.shape[-1], "the input")
+        return self.map(h)
 
 
 @dataclass(frozen=True)
@@ -132,6 +219,26 @@ class Network:
     def __init__(self, layers):
         self.layers = tuple(layers)
         self._programs = {}
+        n_maps = 0
+        while n_maps < len(self.layers) and isinstance(self.layers[n_maps], InputMap):
+            n_maps += 1
+        #: the leading input maps (applied to the data before the kernel)
+        self.input_maps = self.layers[:n_maps]
+        self._body = Network(self.layers[n_maps:]) if n_maps else self
+
+    @property
+    def body(self):
+        """The network after its leading input maps (itself if it has none)."""
+        return self._body
+
+    def map_inputs(self, x, name="x"):
+        """γ(x): the inputs after the network's leading input maps.  ``x`` is a
+        checked (N, d) float64 array; a mismatched dimension is a ValueError
+        naming ``name``."""
+        for m in self.input_maps:
+            m.check_dim(x.shape[1], name)
+            x = np.ascontiguousarray(m.map(x), dtype=np.float64)
+        return x
 
     def __repr__(self):
         return "serial(" + ", ".join(map(repr, self.layers)) + ")"
@@ -142,11 +249,19 @@ class Network:
     # -- analytic kernels ---------------------------------------------------
     def program(self, d_in):
         """The layer program for inputs of dimension ``d_in`` (memoised)."""
+        if self.input_maps:
+            raise ValueError("this network starts with input maps, which act on the data: "
+                             "compile net.body for the mapped dimension and feed it "
+                             "net.map_inputs(x) (net.kernel does this)")
         prog = self._programs.get(d_in)
         if prog is None:
             builder, state = P.ProgramBuilder(d_in), _State(d_in)
-            for layer in self.layers:
-                layer._emit(builder, state)
+            state = _compile(self.layers, builder, state)
+            if isinstance(state, _Branches):
+                raise ValueError(f"the network ends with {len(state)} parallel branches: "
+                                 "merge them with FanInSum() or FanInConcat()")
+            if state.reg != 0:
+                builder.emit(P.OP_COPY, state.reg, 0)
             prog = self._programs[d_in] = builder.build()
         return prog
 

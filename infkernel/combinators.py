@@ -1,0 +1,258 @@
+"""Branching combinators with neural-tangents semantics: ``FanOut``,
+``parallel``, ``FanInSum``, ``FanInConcat``, and residual blocks.
+
+Between ``FanOut(n)`` and a fan-in the signal is a list of branches; each
+branch lives in its own kernel register (``OP_COPY``), ``parallel`` runs one
+layer per branch, and the fan-ins combine registers with ``OP_AXPY``:
+
+* ``FanInSum``:  Σ = Σ_i Σ_i,  Θ = Σ_i Θ_i.  Exact in the infinite-width
+  limit when the cross terms h_iᵀh_j'/n vanish, i.e. when every branch but
+  at most one ends in a Dense layer of its own (zero-mean weights independent
+  of the other branches); anything else (two identical ``Identity`` branches,
+  a sum of two activations) is refused, as neural-tangents refuses sums of
+  non-Gaussian branches.
+* ``FanInConcat`` (channel axis): Σ = Σ_i n_i Σ_i / Σ_i n_i and the same for Θ
+  (channel-averaged inner products; n_i the branch widths); exact for any
+  branches.  The result is not Gaussian channel-wise (branches differ), so an
+  activation may not follow it directly; a Dense layer may, with fan-in Σ n_i.
+
+A residual block is ``serial(FanOut(2), parallel(Identity(), block),
+FanInSum())`` (``Residual(block)``).
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from . import _program as P
+from .layers import Layer, Network, _Branches, _compile, _State, serial
+
+
+def _as_layers(layer, where):
+    if isinstance(layer, Network):
+        if layer.input_maps:
+            raise ValueError(f"{where}: input maps (Fourier features) must come first in the "
+                             "whole network, not inside a branch")
+        return layer.layers
+    if isinstance(layer, Layer):
+        return (layer,)
+    raise TypeError(f"{where}: expected a layer or a network, got {type(layer).__name__}")
+
+
+def _alloc(builder):
+    """A free kernel register (released by fan-ins), else a new one."""
+    free = builder.__dict__.setdefault("_free_regs", [])
+    return free.pop() if free else builder.new_register()
+
+
+def _release(builder, reg):
+    if reg != 0:
+        builder.__dict__.setdefault("_free_regs", []).append(reg)
+
+
+def _need_branches(layer, state):
+    if not isinstance(state, _Branches):
+        raise ValueError(f"{layer!r} expects parallel branches, got a single signal: "
+                         "put FanOut(n) (and parallel(...)) before it")
+
+
+@dataclass(frozen=True)
+class FanOut(Layer):
+    """n copies of the signal, to be fed to ``parallel`` branches."""
+    num: int
+    _takes_branches = False
+
+    def __post_init__(self):
+        if (isinstance(self.num, bool) or not isinstance(self.num, (int, np.integer))
+                or self.num < 1):
+            raise ValueError(f"FanOut: num must be a positive integer, got {self.num!r}")
+
+    def _emit(self, builder, state):
+        split = len(builder.ops)
+        states = [state]
+        for _ in range(self.num - 1):
+            s = state.copy()
+            s.reg = _alloc(builder)
+            builder.emit(P.OP_COPY, state.reg, s.reg)
+            states.append(s)
+        return _Branches(states, split)
+
+    def _init(self, rng, in_dim):
+        return [in_dim] * self.num, ()
+
+    def _apply(self, params, h):
+        return [h] * self.num
+
+
+class parallel(Layer):
+    """Apply ``layers[i]`` (a layer or ``serial(...)`` network) to branch i."""
+    _takes_branches = True
+
+    def __init__(self, *layers):
+        if not layers:
+            raise ValueError("parallel: expected at least one layer")
+        self.branches = tuple(_as_layers(l, f"parallel: argument {i}")
+                              for i, l in enumerate(layers))
+        self._reprs = tuple(repr(l) for l in layers)
+
+    def __repr__(self):
+        return "parallel(" + ", ".join(self._reprs) + ")"
+
+    def __eq__(self, other):
+        return isinstance(other, parallel) and self.branches == other.branches
+
+    def __hash__(self):
+        return hash(self.branches)
+
+    def _emit(self, builder, state):
+        _need_branches(self, state)
+        if len(state) != len(self.branches):
+            raise ValueError(f"{self!r} has {len(self.branches)} branches but receives "
+                             f"{len(state)} (FanOut({len(state)}))")
+        out = []
+        for i, (layers, s) in enumerate(zip(self.branches, state)):
+            s = _compile(layers, builder, s)
+            if isinstance(s, _Branches):
+                raise ValueError(f"parallel: branch {i} ends with {len(s)} parallel "
+                                 "branches of its own: merge them inside the branch")
+            out.append(s)
+        return _Branches(out, state.split)
+
+    def _init(self, rng, in_dim):
+        if not isinstance(in_dim, list) or len(in_dim) != len(self.branches):
+            raise ValueError(f"{self!r} needs {len(self.branches)} inputs (use FanOut)")
+        dims, params = [], []
+        for layers, d in zip(self.branches, in_dim):
+            ps = []
+            for layer in layers:
+                d, p = layer._init(rng, d)
+                ps.append(p)
+            dims.append(d)
+            params.append(tuple(ps))
+        return dims, tuple(params)
+
+    def _apply(self, params, h):
+        out = []
+        for layers, ps, x in zip(self.branches, params, h):
+            for layer, p in zip(layers, ps):
+                x = layer._apply(p, x)
+            out.append(x)
+        return out
+
+
+def _check_widths(layer, state):
+    widths = [s.width for s in state]
+    if any(w is None for w in widths):
+        raise ValueError(f"{layer!r}: a branch has infinitely many features (an "
+                         "infinite-feature map); merge finite branches only")
+    return widths
+
+
+@dataclass(frozen=True)
+class FanInSum(Layer):
+    """Sum of the branches: Σ = Σ_i Σ_i, Θ = Σ_i Θ_i (independent branches)."""
+    _takes_branches = True
+
+    def _emit(self, builder, state):
+        _need_branches(self, state)
+        widths = _check_widths(self, state)
+        if len(set(widths)) > 1:
+            raise ValueError(f"FanInSum: the branches have different widths {widths}; "
+                             "summed signals must have equal widths (end each branch "
+                             "with a Dense layer of the same out_dim)")
+        stale = [i for i, s in enumerate(state) if s.born < state.split]
+        if len(state) > 1 and len(stale) > 1:
+            raise ValueError(
+                f"FanInSum: branches {stale} do not end in a Dense layer of their own, so "
+                "they are correlated (or not mean-zero) and their kernels do not add; at "
+                "most one branch (e.g. the Identity shortcut of a residual block) may do so")
+        out = state[0]
+        for s in state[1:]:
+            builder.emit(P.OP_AXPY, out.reg, s.reg, params=(1.0, 1.0))
+            _release(builder, s.reg)
+        out.gaussian = all(s.gaussian for s in state)
+        out.at_input = all(s.at_input for s in state)
+        out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
+        return out
+
+    def _init(self, rng, in_dim):
+        if not isinstance(in_dim, list):
+            raise ValueError("FanInSum needs several inputs (use FanOut)")
+        if len(set(in_dim)) > 1:
+            raise ValueError(f"FanInSum: the branches have different widths {in_dim}")
+        return in_dim[0], ()
+
+    def _apply(self, params, h):
+        return sum(h[1:], h[0])
+
+
+@dataclass(frozen=True)
+class FanInConcat(Layer):
+    """Concatenation along the channel axis: Σ = Σ_i n_i Σ_i / Σ_i n_i (and Θ
+    likewise), with n_i the branch widths, as neural-tangents' ``FanInConcat``.
+    Only ``axis=-1`` (channels) applies to vector inputs."""
+    axis: int = -1
+    _takes_branches = True
+
+    def __post_init__(self):
+        if self.axis != -1:
+            raise ValueError(f"FanInConcat: only axis=-1 (channels) is supported for "
+                             f"vector inputs, got axis={self.axis!r}")
+
+    def _emit(self, builder, state):
+        _need_branches(self, state)
+        widths = _check_widths(self, state)
+        total = float(sum(widths))
+        out = state[0]
+        for i, s in enumerate(state[1:], 1):
+            first = widths[0] / total if i == 1 else 1.0
+            builder.emit(P.OP_AXPY, out.reg, s.reg, params=(first, widths[i] / total))
+            _release(builder, s.reg)
+        out.width = int(total)
+        out.gaussian = len(state) == 1 and out.gaussian
+        out.at_input = all(s.at_input for s in state)
+        out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
+        return out
+
+    def _init(self, rng, in_dim):
+        if not isinstance(in_dim, list):
+            raise ValueError("FanInConcat needs several inputs (use FanOut)")
+        return int(sum(in_dim)), ()
+
+    def _apply(self, params, h):
+        return np.concatenate(h, axis=-1)
+
+
+def Residual(*block):
+    """``serial(FanOut(2), parallel(Identity(), serial(*block)), FanInSum())``:
+    x + block(x).  The block must end in a Dense layer (so that it is
+    independent of the shortcut) with out_dim equal to the input width."""
+    from .layers import Identity
+    return serial(FanOut(2), parallel(Identity(), serial(*block)), FanInSum())
+
+
+@dataclass(frozen=True)
+class Scale(Layer):
+    """Multiply the signal by a constant a: Σ' = a² Σ, Θ' = a² Θ.
+
+    Used for the input scalings of multi-scale networks (Liu, Cai & Xu 2020):
+    ``serial(Scale(a), Dense(...), ...)`` sees the inputs a·x.  Keeps a
+    Gaussian signal Gaussian."""
+    a: float
+
+    def __post_init__(self):
+        a = self.a
+        if isinstance(a, bool) or not isinstance(a, (int, float, np.integer, np.floating)):
+            raise TypeError(f"Scale: a must be a real number, got {type(a).__name__}")
+        if not np.isfinite(a):
+            raise ValueError(f"Scale: a must be finite, got {a}")
+        object.__setattr__(self, "a", float(a))
+
+    def _emit(self, builder, state):
+        builder.emit(P.OP_SCALE, state.reg, params=(self.a * self.a,))
+
+    def _apply(self, params, h):
+        return self.a * h
+
+
+__all__ = ["FanOut", "parallel", "FanInSum", "FanInConcat", "Residual", "Scale"]

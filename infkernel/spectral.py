@@ -1,0 +1,216 @@
+"""Spectral analysis of kernels: what a network learns quickly.
+
+Under gradient flow on the squared loss, an infinitely wide network's training
+residual evolves as r(t) = exp(−η Θ t) r(0) (Jacot et al. 2018), so the
+component of the target along an eigenvector v_k of the NTK Gram matrix Θ
+(eigenvalue λ_k) is learned as 1 − exp(−η λ_k t); with gradient descent steps
+the factor is (1 − η λ_k)^t.  For a stationary kernel on a uniform periodic
+1-D grid, Θ is circulant: its eigenvectors are the Fourier modes and its
+eigenvalues the discrete Fourier transform of one row (Tancik et al. 2020, §4).
+
+    spec = spectral.stationary_spectrum(net, x)            # x: uniform grid on [0, 1)
+    err = spectral.predicted_error_by_frequency(spec.eigvals, y, lr, steps)
+"""
+from collections import namedtuple
+
+import numpy as np
+
+#: ``freqs`` (cycles per unit length, ``np.fft.fftfreq`` order) and the
+#: matching eigenvalues ``eigvals`` of a circulant Gram matrix.
+Spectrum = namedtuple("Spectrum", ["freqs", "eigvals"])
+
+
+def _square(K, name="K"):
+    K = np.asarray(K, dtype=np.float64)
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{name} must be a square (N, N) matrix, got shape {K.shape}")
+    if not np.isfinite(K).all():
+        raise ValueError(f"{name} has NaN or Inf entries")
+    return K
+
+
+def gram_eigh(K, symmetry_tol=1e-10):
+    """Eigendecomposition of a symmetric Gram matrix, eigenvalues descending.
+
+    Returns (eigvals (N,), eigvecs (N, N)) with K = V diag(λ) Vᵀ.  A matrix
+    whose asymmetry max|K − Kᵀ| exceeds ``symmetry_tol``·max|K| is refused
+    (a cross Gram matrix K(x1, x2) has no such decomposition)."""
+    K = _square(K)
+    scale = max(float(np.abs(K).max(initial=0.0)), np.finfo(float).tiny)
+    asym = float(np.abs(K - K.T).max(initial=0.0))
+    if asym > symmetry_tol * scale:
+        raise ValueError(f"K is not symmetric (max |K - K^T| = {asym:.3g}); pass K(x, x)")
+    w, v = np.linalg.eigh(0.5 * (K + K.T))
+    return w[::-1].copy(), v[:, ::-1].copy()
+
+
+def kernel_eigh(net, x, get="ntk", **kwargs):
+    """Eigendecomposition (descending) of ``net``'s Gram matrix on points ``x``."""
+    if get not in ("nngp", "ntk"):
+        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    return gram_eigh(net.kernel(x, None, get, **kwargs))
+
+
+def check_uniform_grid(x, name="x", rtol=1e-9):
+    """(x0, h, n) of a uniform 1-D grid x_k = x0 + k h, k < n; x may be (n,)
+    or (n, 1).  The grid is read as one period [x0, x0 + n h) of a periodic
+    domain (the end point x0 + n h is not part of it).  Spacings that differ
+    from their mean by more than ``rtol``·h (rounding of the grid points) give
+    a ValueError naming ``name``."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D grid of shape (n,) or (n, 1), got shape "
+                         f"{np.shape(x)}")
+    if a.size < 2:
+        raise ValueError(f"{name} must have at least 2 points, got {a.size}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has NaN or Inf entries")
+    d = np.diff(a)
+    h = float(d.mean())
+    # grid points are rounded: allow rtol·h plus a few ulps of the coordinates
+    slack = rtol * h + 4.0 * np.finfo(float).eps * float(np.abs(a).max())
+    if not h > 0 or np.abs(d - h).max() > slack:
+        k = int(np.abs(d - h).argmax())
+        raise ValueError(f"{name} must be a uniform increasing grid (x_k = x_0 + k h) for the "
+                         f"FFT spectrum; spacing {k} is {d[k]:.6g}, the mean spacing is "
+                         f"{h:.6g}; use gram_eigh(K) for non-uniform points")
+    return float(a[0]), h, a.size
+
+
+def fft_spectrum(row, x=None, stationarity_tol=1e-8):
+    """Eigenvalues of the circulant matrix with first row ``row``:
+    λ_k = Σ_j row_j e^{−2πi jk/n} (real: the row is symmetric, row_j = row_{n−j}).
+
+    ``x``: the uniform periodic grid the row was computed on (checked; sets
+    the frequency unit), or None for frequencies in cycles per period.  A row
+    that is not symmetric to within ``stationarity_tol``·max|row| cannot come
+    from a stationary kernel on a periodic grid: ValueError."""
+    r = np.asarray(row, dtype=np.float64)
+    if r.ndim != 1 or r.size < 2:
+        raise ValueError(f"row must be a 1-D array of at least 2 values, got shape {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("row has NaN or Inf entries")
+    n = r.size
+    h = 1.0 / n
+    if x is not None:
+        _, h, nx = check_uniform_grid(x, "x")
+        if nx != n:
+            raise ValueError(f"x has {nx} points but row has {n} values")
+    mirror = np.roll(r[::-1], 1)  # row_{n-j}
+    scale = max(float(np.abs(r).max()), np.finfo(float).tiny)
+    if np.abs(r - mirror).max() > stationarity_tol * scale:
+        raise ValueError("row is not symmetric (row_j != row_{n-j}): the kernel is not "
+                         "stationary on this periodic grid, so its Gram matrix is not "
+                         "circulant; use gram_eigh(K)")
+    return Spectrum(np.fft.fftfreq(n, d=h), np.fft.fft(r).real)
+
+
+def stationary_spectrum(net, x, get="ntk", **kwargs):
+    """FFT spectrum of ``net``'s kernel on the uniform periodic grid ``x``
+    (one row K(x_0, ·), O(N) kernel entries instead of O(N²) and an O(N³)
+    eigendecomposition).  Exact when the kernel is stationary and periodic
+    with the grid's period (e.g. integer-frequency Fourier features on [0, 1))."""
+    if get not in ("nngp", "ntk"):
+        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    check_uniform_grid(x, "x")
+    pts = np.asarray(x, dtype=np.float64).reshape(-1, 1)
+    row = net.kernel(pts[:1], pts, get, **kwargs)[0]
+    return fft_spectrum(row, pts)
+
+
+def _times(t):
+    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    if t.ndim != 1 or not np.isfinite(t).all() or (t < 0).any():
+        raise ValueError("t must be a non-negative time or 1-D array of times")
+    return t
+
+
+def _lr(lr):
+    lr = float(lr)
+    if not (np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be finite and > 0, got {lr}")
+    return lr
+
+
+def decay(eigvals, lr, t, discrete=False):
+    """Per-mode residual factor: exp(−η λ_k t) (gradient flow) or
+    (1 − η λ_k)^t (``discrete``: t gradient-descent steps).  Shape (len(t), n)."""
+    lam = np.asarray(eigvals, dtype=np.float64)
+    lr, t = _lr(lr), _times(t)
+    if discrete:
+        return (1.0 - lr * lam)[None, :] ** t[:, None]
+    return np.exp(-lr * np.outer(t, lam))
+
+
+def learning_speed(eigvals, lr, t):
+    """Fraction of each mode learned by time t: 1 − exp(−η λ_k t); (len(t), n)."""
+    return 1.0 - decay(eigvals, lr, t)
+
+
+def predicted_residual(eigvals, eigvecs, y, lr, t, discrete=False):
+    """Training residual per eigenmode, |v_kᵀ y| · factor_k(t): (len(t), n).
+    The squared entries of a row sum to ‖f_t − y‖² (f_0 = 0: the mean of the
+    infinite ensemble)."""
+    coef = np.asarray(eigvecs, dtype=np.float64).T @ np.asarray(y, dtype=np.float64)
+    return np.abs(coef)[None, :] * np.abs(decay(eigvals, lr, t, discrete))
+
+
+def predicted_error_by_frequency(eigvals, y, lr, t, discrete=False):
+    """Training error per frequency on a periodic grid: |ŷ_k| · factor_k(t),
+    with ŷ the unitary DFT of the target (Σ_k |ŷ_k|² = ‖y‖²) and ``eigvals``
+    from :func:`fft_spectrum` (same FFT order); (len(t), n)."""
+    y = np.asarray(y, dtype=np.float64)
+    lam = np.asarray(eigvals, dtype=np.float64)
+    if y.shape != lam.shape:
+        raise ValueError(f"y must have shape {lam.shape} (one value per grid point), got {y.shape}")
+    yhat = np.fft.fft(y, norm="ortho")
+    return np.abs(yhat)[None, :] * np.abs(decay(lam, lr, t, discrete))
+
+
+def frequency_response(K, x, freqs):
+    """Rayleigh quotients uᴴ K u / uᴴ u of the modes u = exp(2πi f x) (f in
+    ``freqs``): how strongly a (not necessarily stationary) kernel on points
+    x ⊂ ℝ weighs frequency f; for a circulant K on its grid these are its
+    eigenvalues."""
+    K = _square(K)
+    pts = np.asarray(x, dtype=np.float64).reshape(-1)
+    if pts.size != K.shape[0]:
+        raise ValueError(f"x has {pts.size} points but K is {K.shape}")
+    f = np.atleast_1d(np.asarray(freqs, dtype=np.float64))
+    U = np.exp(2j * np.pi * np.outer(pts, f))
+    return np.real(np.einsum("ik,ij,jk->k", U.conj(), K, U)) / pts.size
+
+
+def plot_spectra(path, curves, xlabel="frequency", ylabel="eigenvalue", title=None,
+                 logy=True):
+    """Write a PNG of spectra: ``curves`` maps a label to (freqs, values);
+    negative frequencies are dropped."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (f, v) in curves.items():
+        f, v = np.asarray(f), np.asarray(v)
+        keep = f >= 0
+        order = np.argsort(f[keep])
+        vals = np.abs(v[keep][order]) if logy else v[keep][order]
+        ax.plot(f[keep][order], vals, label=label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["Spectrum", "gram_eigh", "kernel_eigh", "check_uniform_grid", "fft_spectrum",
+           "stationary_spectrum", "decay", "learning_speed", "predicted_residual",
+           "predicted_error_by_frequency", "frequency_response", "plot_spectra"]
