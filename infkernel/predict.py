@@ -32,7 +32,9 @@ conjugate gradients preconditioned by a pivoted partial Cholesky factor
 (Gardner et al. 2018; Wang et al. 2019, "Exact Gaussian processes on a million
 data points") without a second N×N matrix.
 """
+import ctypes
 import math
+import types
 import warnings
 from collections import namedtuple
 from functools import lru_cache
@@ -204,8 +206,8 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=1e-6):
     eps = 0.0
     while True:
         try:
-            # dpotrf with lower=True reads and writes only the lower triangle
-            c = sla.cholesky(work, lower=True, overwrite_a=True, check_finite=False)
+            # reads and writes only the lower triangle
+            c = _potrf_lower(work)
             break
         except (np.linalg.LinAlgError, sla.LinAlgError):
             eps = 1e-12 if eps == 0.0 else eps * 10.0
@@ -224,6 +226,77 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=1e-6):
                       "diagonal for the Cholesky factorisation; consider diag_reg > 0",
                       JitterWarning, stacklevel=3)
     return c
+
+
+#: Panel width and row-chunk height of the blocked Cholesky; matrices up to
+#: ``_PANEL`` go to LAPACK directly.  OpenBLAS's threaded dpotrf and dsyrk crash
+#: on large matrices on some machines (seen for n >= 16,500), so no BLAS call
+#: below sees a dimension above ``_CHUNK`` except NumPy's matmul, which is safe.
+_PANEL = 1024
+_CHUNK = 4096
+
+
+def _potrf_lower(a):
+    """In-place lower Cholesky of an F-ordered float64 matrix.
+
+    Right-looking and blocked: dpotrf on each diagonal panel, dtrsm for the
+    rows below it, and the trailing update A22 -= A21 A21ᵀ by row chunks
+    (matmul strictly left of the chunk's diagonal block, dsyrk on the block),
+    all on views of ``a`` (leading dimension n): only the lower triangle is
+    read or written, and the one temporary is a chunk of the update."""
+    n = a.shape[0]
+    if n <= _PANEL:
+        return sla.cholesky(a, lower=True, overwrite_a=True, check_finite=False)
+    f = _fortran()
+    base = a.ctypes.data
+    lda = ctypes.byref(ctypes.c_int(n))
+    one, minus_one = ctypes.byref(ctypes.c_double(1.0)), ctypes.byref(ctypes.c_double(-1.0))
+
+    def at(i, j):
+        return ctypes.c_void_p(base + 8 * (i + j * n))
+
+    def dim(v):
+        return ctypes.byref(ctypes.c_int(v))
+
+    for k0 in range(0, n, _PANEL):
+        k1 = min(n, k0 + _PANEL)
+        info = ctypes.c_int(0)
+        f.dpotrf(b"L", dim(k1 - k0), at(k0, k0), lda, ctypes.byref(info))
+        if info.value != 0:
+            raise np.linalg.LinAlgError(
+                f"leading minor of order {k0 + info.value} is not positive definite")
+        for r0 in range(k1, n, _CHUNK):
+            r1 = min(n, r0 + _CHUNK)
+            f.dtrsm(b"R", b"L", b"T", b"N", dim(r1 - r0), dim(k1 - k0), one, at(k0, k0),
+                    lda, at(r0, k0), lda)
+        for r0 in range(k1, n, _CHUNK):
+            r1 = min(n, r0 + _CHUNK)
+            if r0 > k1:
+                a[r0:r1, k1:r0] -= a[r0:r1, k0:k1] @ a[k1:r0, k0:k1].T
+            f.dsyrk(b"L", b"N", dim(r1 - r0), dim(k1 - k0), minus_one, at(r0, k0), lda,
+                    one, at(r0, r0), lda)
+    return a
+
+
+@lru_cache(maxsize=None)
+def _fortran():
+    """dpotrf, dtrsm, dsyrk from SciPy's Cython LAPACK/BLAS (Fortran calling
+    convention: every argument by reference)."""
+    from scipy.linalg import cython_blas, cython_lapack
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+
+    def fn(module, name, nargs):
+        capsule = module.__pyx_capi__[name]
+        return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * nargs)(
+            get_ptr(capsule, get_name(capsule)))
+
+    return types.SimpleNamespace(dpotrf=fn(cython_lapack, "dpotrf", 5),
+                                 dtrsm=fn(cython_blas, "dtrsm", 11),
+                                 dsyrk=fn(cython_blas, "dsyrk", 10),
+                                 dgemm=fn(cython_blas, "dgemm", 13))
 
 
 def _restore_lower(work, d0, rows=1024):
