@@ -1,9 +1,8 @@
 """Exact NTK regression end to end: kernel, solve, prediction.
 
 Default: N = 20,000 training points, d = 100, 2,000 test points, 10 outputs,
-a 3-hidden-layer ReLU network; ``--solver cholesky`` (default: blocked, in
-place) or ``cg`` (preconditioned conjugate
-gradients to relative residual 1e-10, no second N×N matrix) or ``cholesky``.
+a 3-hidden-layer ReLU network; ``--solver cholesky`` (default: blocked and in
+place) or ``cg`` (preconditioned conjugate gradients, no second N×N matrix).
 Prints a table of stage times and the peak resident memory in units of one
 N×N float64 matrix.
 
