@@ -8,6 +8,7 @@ shared library with the host C++ compiler and compared with ``_cpu.act_tile`` /
 kernel variant) is also compiled to PTX for sm_80 and sm_90.
 """
 import ctypes
+import math
 import os
 import shutil
 import subprocess
@@ -228,16 +229,16 @@ ACTS = _activations()
 
 
 def test_every_kind_has_a_cuda_case_or_a_clear_error():
-    """Closed-form kinds all run on the GPU; a kind without a CUDA case is
-    refused by gpu.py before any launch (never a silent NaN)."""
-    closed = {getattr(P, n) for n in dir(P) if n.startswith("K_") and n != "K_NUMERIC"}
-    assert closed <= gpu.supported_kinds()
-    for kind in {getattr(P, n) for n in dir(P) if n.startswith("K_")} - gpu.supported_kinds():
-        b = P.ProgramBuilder(3)
-        b.emit(P.OP_DENSE, 0, params=(1.0, 0.0, 0.0, 1.0, 0.0))
-        b.emit(P.OP_ACT, 0, kind=kind)
-        with pytest.raises(NotImplementedError, match="no GPU implementation"):
-            gpu._check_program(b.build())
+    """Every kind (closed forms and K_NUMERIC) runs on the GPU; a kind without
+    a CUDA case is refused by gpu.py before any launch (never a silent NaN)."""
+    kinds = {getattr(P, n) for n in dir(P) if n.startswith("K_")}
+    assert kinds <= gpu.supported_kinds()
+    assert gpu.supports(ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(1)).program(3))
+    b = P.ProgramBuilder(3)
+    b.emit(P.OP_DENSE, 0, params=(1.0, 0.0, 0.0, 1.0, 0.0))
+    b.emit(P.OP_ACT, 0, kind=max(kinds) + 1)
+    with pytest.raises(NotImplementedError, match="no GPU implementation"):
+        gpu._check_program(b.build())
 
 
 @pytest.mark.parametrize("act", ACTS, ids=repr)
@@ -430,12 +431,13 @@ def test_diagonal_pass_matches_numba(lib):
 
 
 def test_float32_recursion(lib):
-    """float32 arithmetic through a depth-3 ReLU and Erf network: error relative to
+    """float32 arithmetic through a depth-3 ReLU, Erf and Tanh network (Tanh's
+    expectations compute in float64 from float32 inputs): error relative to
     √(K(x,x) K(x',x')) below 1e-5 (≈ 100 float32 ulps: GEMM of d terms plus
     ~10 rounded operations per layer), away from ρ = ±1 duplicates for the
     NTK of ReLU (kinked)."""
     rng = np.random.default_rng(6)
-    for act in (ik.Erf(), ik.Relu()):
+    for act in (ik.Erf(), ik.Relu(), ik.Tanh()):
         net = ik.serial(*[ik.Dense(64, W_std=1.4, b_std=0.1), act] * 3, ik.Dense(1))
         x1 = rng.standard_normal((40, 5))
         x2 = rng.standard_normal((30, 5))
@@ -468,3 +470,204 @@ def test_cuda_sources_compile():
         results = list(pool.map(build, ["sm_80", "sm_90"]))
     for arch, proc in zip(["sm_80", "sm_90"], results):
         assert proc.returncode == 0, f"{arch}:\n{proc.stderr}"
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("numeric", [False, True])
+def test_cuda_variant_compiles(numeric):
+    """One variant as gpu.py compiles it at run time, with the numeric kind
+    compiled out (closed-form programs) and in (IK_NUMERIC), for sm_90."""
+    tmp = tempfile.mkdtemp(prefix="ik_nvcc_")
+    src = os.path.join(tmp, "gram.cu")
+    variant = gpu._variant(np.dtype(np.float64), np.dtype(np.float32), 4, numeric)
+    with open(src, "w") as f:
+        f.write(gpu.source(variant))
+    proc = subprocess.run([NVCC, "-arch=sm_90", "--ptx", "-std=c++14", "-Werror",
+                           "all-warnings", src, "-o", os.path.join(tmp, "v.ptx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ptx = open(os.path.join(tmp, "v.ptx")).read()
+    assert ("ik_pair_quadrature" in ptx) == numeric
+
+
+# ---------------------------------------------------------------------------
+# Kind K_NUMERIC: per-point Mehler features, certified series, quadrature
+# ---------------------------------------------------------------------------
+
+def _kinked(x):
+    return np.maximum(x, 0.5 * x) + 0.1 * np.sin(x)
+
+
+#: every numeric activation; the Elementwise one has a kink (detected at 0)
+#: and a derivative differentiated from its table (df=None)
+NUMERIC = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(),
+           ik.Mish(), ik.SReLU(), ik.S2ReLU(), ik.Elementwise(_kinked, name="Elementwise(kinked)")]
+
+#: scales s = √q of the guaranteed range [0, Q_MAX], its ends, tiny values, and
+#: the diagonal pass's cap 2√Q_MAX
+_SCALES = np.concatenate([[0.0, 1e-8, 1e-3, 0.05, 0.5, 1.0, 3.0, math.sqrt(_numeric.Q_MAX),
+                           2 * math.sqrt(_numeric.Q_MAX)],
+                          np.sqrt(np.random.default_rng(7).uniform(0, _numeric.Q_MAX, 7))])
+
+
+def _numba_features(table, s):
+    F = np.zeros((1, 4, _numeric.NM, s.size))
+    G = np.zeros((1, 2, s.size))
+    for i in range(s.size):
+        _numeric.mehler_point(table, 0, s[i], F, G, 0, i)
+    return F[0], G[0]
+
+
+def _host_features(lib, table, s):
+    feat = np.zeros((FR, s.size))
+    lib.mehler_f64(_p(table), ctypes.c_int(0), ctypes.c_long(s.size), _p(s), _p(feat))
+    nm = _numeric.NM
+    return feat[:4 * nm].reshape(4, nm, s.size), feat[4 * nm:]
+
+
+@pytest.mark.parametrize("act", NUMERIC, ids=repr)
+def test_numeric_features_match_numba(lib, act):
+    """ik_mehler_point = _numeric.mehler_point: the same panels (the header
+    merges sorted edge sequences instead of sorting a buffer), nodes and sums in
+    the same order; only the compilers' FMA contraction may differ (≤ 1 ulp per
+    operation, passed on by the Hermite recurrence and ~10³-term sums).
+    Coefficients: 64 ulps of the point's scale √E[φ²] (√E[φ'²]); tails: their
+    squares (E - Σ a²)/E + 1e-15 to 64 ulps absolute (rounding of E - Σ a²,
+    relative to E); E[φ²], E[φ'²]: 16 ulps relative."""
+    table = act.tables[0]
+    Fh, Gh = _host_features(lib, table, _SCALES)
+    Fn, Gn = _numba_features(table, _SCALES)
+    for c in (0, 1):
+        err = _ulps(Fh[c], Fn[c], np.sqrt(Gn[c])[None, :] + 1e-300)
+        assert err <= 64, f"{'ad'[c]}_n off by {err:.1f} ulps of the point scale"
+    for c in (2, 3):
+        err = float(np.abs(Fh[c] ** 2 - Fn[c] ** 2).max()) / EPS64
+        assert err <= 64, f"tails off by {err:.1f} ulps"
+    assert _ulps(Gh, Gn, 0.0) <= 16
+
+
+def _numeric_pairs(rng, n=240):
+    """(q11, q12, q22) over the guaranteed range [0, Q_MAX]: log-uniform
+    variances, ρ = ±1 exactly and near ±1, equal variances at ρ = 1 (the exact
+    diagonal shortcut), zero variance on one or both sides, variance Q_MAX."""
+    qm = _numeric.Q_MAX
+    q11 = np.exp(rng.uniform(math.log(1e-4), math.log(qm), n))
+    q22 = np.exp(rng.uniform(math.log(1e-4), math.log(qm), n))
+    rho = rng.uniform(-1, 1, n)
+    rho[:20] = 1.0
+    rho[20:40] = -1.0
+    rho[40:60] = 1 - 10.0 ** -rng.uniform(3, 15, 20)
+    rho[60:80] = -1 + 10.0 ** -rng.uniform(3, 15, 20)
+    q22[:10] = q11[:10]
+    q22[20:30] = q11[20:30]
+    q11[80:90] = 0.0
+    q22[85:95] = 0.0
+    q11[95:105] = qm
+    q22[100:110] = qm
+    q11[110:115] = q22[110:115] = qm
+    q12 = rho * np.sqrt(q11) * np.sqrt(q22)
+    return q11, q12, q22
+
+
+def _second_moments(table, q):
+    """(E[φ(√q z)²], E[φ'(√q z)²]) per q (numba's per-point features)."""
+    return _numba_features(table, np.sqrt(q))[1]
+
+
+@pytest.mark.parametrize("act", NUMERIC, ids=repr)
+def test_numeric_entries_match_numba(lib, act):
+    """ik_act on K_NUMERIC entries (features of both points, certified Mehler
+    sum, per-entry fallback to E[φ²] or the quadrature) against
+    _numeric.duals, which runs numba's path for one-entry tiles: the same
+    truncation rule, so agreement to 16 ulps of √(E[φ(u)²] E[φ(v)²])
+    (√(E[φ'(u)²] E[φ'(v)²]) for the derivative)."""
+    rng = np.random.default_rng(8)
+    q11, q12, q22 = _numeric_pairs(rng)
+    table = act.tables[0]
+    kh, dh = _act_host(lib, act, q11, q12, q22)
+    kn, dn = _numeric.duals(table, q11, q12, q22)
+    g1, g2 = _second_moments(table, q11), _second_moments(table, q22)
+    ek = _ulps(kh, kn, np.sqrt(g1[0] * g2[0]) + 1e-300)
+    ed = _ulps(dh, dn, np.sqrt(g1[1] * g2[1]) + 1e-300)
+    assert ek <= 16 and ed <= 16, f"k off by {ek:.1f}, kdot by {ed:.1f} ulps"
+
+
+@pytest.mark.parametrize("act", NUMERIC, ids=repr)
+def test_numeric_quadrature_matches_numba(lib, act):
+    """ik_pair_quadrature = _numeric.pair_quadrature (same panels and nodes)
+    at ρ = ±1, 0, near ±1, zero and large scales: 16 ulps of the
+    Cauchy–Schwarz scale."""
+    table = act.tables[0]
+    smax = math.sqrt(_numeric.Q_MAX)
+    cases = [(s1, s2, r) for s1 in (0.0, 1e-6, 1.0, 4.0, smax) for s2 in (0.3, smax)
+             for r in (1.0, -1.0, 0.0, 0.37, 1 - 1e-9, -1 + 1e-12)]
+    s1, s2, rho = (np.array(c) for c in zip(*cases))
+    k = np.empty(s1.size)
+    kd = np.empty(s1.size)
+    lib.quad_f64(_p(table), ctypes.c_int(0), ctypes.c_long(s1.size), _p(s1), _p(s2), _p(rho),
+                 _p(k), _p(kd))
+    ref = np.array([_numeric.duals_quadrature(table, a, b, c) for a, b, c in cases])
+    g1, g2 = _second_moments(table, s1 ** 2), _second_moments(table, s2 ** 2)
+    assert _ulps(k, ref[:, 0], np.sqrt(g1[0] * g2[0]) + 1e-300) <= 16
+    assert _ulps(kd, ref[:, 1], np.sqrt(g1[1] * g2[1]) + 1e-300) <= 16
+
+
+def _numeric_net(act, par="ntk", w0=1.1):
+    return ik.serial(ik.Dense(64, W_std=w0, b_std=0.2, parameterization=par), act,
+                     ik.Dense(64, W_std=0.9, b_std=0.1, parameterization=par), act,
+                     ik.Dense(64, W_std=1.2, parameterization=par), act,
+                     ik.Dense(1, W_std=1.0, b_std=0.3, parameterization=par))
+
+
+#: Gram entries: each backend certifies every numeric layer's truncation to
+#: TOL = 1e-12 of √(E[φ(u)²] E[φ(v)²]), but the CPU certifies a tile of 512
+#: columns at once and the header E = 4 entries of one column, so they may stop
+#: at different terms: ≤ 2 TOL per layer, three layers, each later layer
+#: passing it on with gain ≲ σ_w² E[φ'²] ≤ 1.5: ≤ 2e-12 · 3 · 1.5 ≈ 1e-11.
+NUMERIC_GRAM_TOL = 1e-11
+
+
+@pytest.mark.parametrize("act", NUMERIC, ids=repr)
+def test_numeric_fused_recursion_matches_numba(lib, act):
+    """Depth-3 networks of every numeric activation, points with duplicates
+    (ρ = 1), negations (ρ = -1), a zero point and a scaled copy: the diagonal
+    pass (features, K(x,x), Θ(x,x)) to a few ulps of numba's, the Gram within
+    NUMERIC_GRAM_TOL of the entry scale √(K(x,x) K(x',x'))."""
+    rng = np.random.default_rng(9)
+    net = _numeric_net(act)
+    x1 = _points(rng)
+    x2 = np.vstack([x1[:6], rng.standard_normal((21, 5))])
+    prog = net.program(5)
+    K, T, d1, feat, _ = _host_gram(lib, prog, x1, x2, full=True)
+    _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
+    (_, _, _, F, G), kc, tc = _cpu.point_tables(prog, x1)
+    assert _ulps(d1[0], kc, np.abs(kc).max()) <= 4
+    assert _ulps(d1[1], tc, np.abs(tc).max()) <= 4
+    nm = _numeric.NM
+    for slot in range(F.shape[0]):
+        blk = feat[slot * FR:(slot + 1) * FR]
+        for c in (0, 1):
+            err = _ulps(blk[c * nm:(c + 1) * nm], F[slot, c], np.sqrt(G[slot, c]) + 1e-300)
+            assert err <= 64, (slot, c, err)
+        assert _ulps(blk[4 * nm:], G[slot], 0.0) <= 16
+    Kc, Tc = _cpu_gram(prog, x1, x2)
+    ek, et = _compare(K, T, Kc, Tc, d1, d2)
+    assert max(ek, et) * EPS64 <= NUMERIC_GRAM_TOL, f"NNGP {ek * EPS64:.2e}, NTK {et * EPS64:.2e}"
+
+
+@pytest.mark.parametrize("act", [ik.Tanh(), ik.Elu(0.7), ik.SReLU()], ids=repr)
+def test_numeric_large_variance(lib, act):
+    """First-layer variances up to ~Q_MAX (W_std = 8 on points with |x|²/d up to
+    1.9), standard parameterization, 4-register file: the Mehler series cannot
+    certify many of these entries, so the quadrature fallback runs inside the
+    fused recursion.  Same bound as above."""
+    rng = np.random.default_rng(10)
+    x = _points(rng, n=21)
+    norms = np.einsum("ij,ij->i", x, x) / 5
+    x *= np.sqrt(np.minimum(1.9 / np.maximum(norms, 1e-300), 1.0))[:, None]
+    net = _numeric_net(act, "standard", w0=8.0)
+    prog = net.program(5)
+    K, T, d1 = _host_gram(lib, prog, x, x, nr=4)
+    Kc, Tc = _cpu_gram(prog, x, x)
+    ek, et = _compare(K, T, Kc, Tc, d1, d1)
+    assert max(ek, et) * EPS64 <= NUMERIC_GRAM_TOL, (ek * EPS64, et * EPS64)
