@@ -282,7 +282,9 @@ def gram(program, x1, x2, K, T, progress=None):
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
-    block = max(1, min(n1, BLOCK_ENTRIES // max(n2, 1)))
+    # rows per GEMM block; also capped because threaded OpenBLAS GEMMs with two
+    # dimensions above ~16k crash on some machines
+    block = max(1, min(n1, 8192, BLOCK_ENTRIES // max(n2, 1)))
     gbuf = np.empty(block * n2)  # reused: fresh pages are costly to fault in
     done = 0
     # BLAS threads spin for a while after a GEMM and would steal the cores
