@@ -108,7 +108,12 @@ __device__ __forceinline__ void ik_sym_impl(
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
     rw[e] = i < rows ? i : rows - 1;
-    q[0][e] = G[rw[e] * ldg + jc] * inv_d;
+    // Entries on or below the diagonal are discarded (the diagonal comes from
+    // kdiag, the lower entries by transposition): they start from q12 = 0, so
+    // a numeric activation never runs its slow quadrature fallback on them
+    // (at i == j the GEMM's x.x may differ from the diagonal pass's |x|^2 in
+    // the last bit, which defeats the exact rho = 1 shortcut).
+    q[0][e] = i < j ? G[rw[e] * ldg + jc] * inv_d : T(0);
     th[0][e] = T(0);
     IK_UNROLL
     for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);

@@ -1,6 +1,7 @@
 """GPU backend on a real device: parity with the CPU backend, result placement,
-out= streaming (np.memmap), float32 modes, diagonal.  Skipped without CuPy or a
-CUDA device (the math itself is checked on the CPU by test_cuda_host.py)."""
+out= streaming (np.memmap), float32 modes, diagonal, numeric activations.
+Skipped without CuPy or a CUDA device (the math itself is checked on the CPU by
+test_cuda_host.py)."""
 import numpy as np
 import pytest
 
@@ -136,3 +137,87 @@ def test_bad_input():
         net.kernel(x, backend="gpu")
     with pytest.raises(ValueError, match="shape"):
         net.kernel(cp.ones((4, 2)), get="nngp", out=cp.empty((3, 3)), backend="gpu")
+
+
+NUMERIC = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(), ik.Mish(),
+           ik.SReLU(), ik.S2ReLU(),
+           ik.Elementwise(lambda x: np.maximum(x, 0.5 * x) + 0.1 * np.sin(x), name="kinked")]
+
+#: numeric activations: each backend certifies each layer's series truncation
+#: to 1e-12 of √(E[φ(u)²]E[φ(v)²]) but may stop at different terms (the CPU
+#: certifies 512-column tiles, the GPU 4 entries of one column): ≤ 2e-12 per
+#: layer over three layers with gain ≲ 1.5 (see test_cuda_host.NUMERIC_GRAM_TOL)
+NUMERIC_TOL = 1e-11
+
+
+@pytest.mark.parametrize("act", NUMERIC, ids=repr)
+@pytest.mark.parametrize("sym", [False, True])
+def test_parity_numeric(act, sym):
+    rng = np.random.default_rng(6)
+    net = _net(act)
+    x1 = _x(rng, 101)
+    x2 = None if sym else rng.standard_normal((77, 7))
+    ref = net.kernel(x1, x2, backend="cpu")
+    got = net.kernel(cp.asarray(x1), None if sym else cp.asarray(x2), backend="gpu")
+    d1 = net.diag(x1, backend="cpu")
+    d2 = d1 if sym else net.diag(x2, backend="cpu")
+    _close(got.nngp.get(), ref.nngp, d1.nngp, d2.nngp, NUMERIC_TOL)
+    _close(got.ntk.get(), ref.ntk, d1.ntk, d2.ntk, NUMERIC_TOL)
+    # the diagonal pass makes the CPU's truncation choices: a few ulps
+    gd = net.diag(cp.asarray(x1), backend="gpu")
+    np.testing.assert_allclose(gd.nngp.get(), d1.nngp, rtol=1e-13)
+    np.testing.assert_allclose(gd.ntk.get(), d1.ntk, rtol=1e-13)
+
+
+@pytest.mark.parametrize("act", [ik.Tanh(), ik.SReLU()], ids=repr)
+def test_numeric_large_variance_and_fallback(act):
+    """Variances up to ~Q_MAX: many entries need the quadrature fallback."""
+    rng = np.random.default_rng(7)
+    x = _x(rng, 70)
+    x *= np.sqrt(np.minimum(1.9 / np.maximum((x * x).mean(axis=1), 1e-300), 1.0))[:, None]
+    layers = [ik.Dense(64, W_std=8.0, b_std=0.2), act, ik.Dense(64, W_std=1.2), act]
+    net = ik.serial(*layers, ik.Dense(1))
+    ref = net.kernel(x, backend="cpu")
+    got = net.kernel(x, backend="gpu")
+    d = net.diag(x, backend="cpu")
+    _close(got.nngp, ref.nngp, d.nngp, d.nngp, NUMERIC_TOL)
+    _close(got.ntk, ref.ntk, d.ntk, d.ntk, NUMERIC_TOL)
+
+
+def test_numeric_float32_and_streaming(tmp_path, monkeypatch):
+    """float32 output (numeric entries compute in float64, then one rounding of
+    Q/TH per layer in float32 math: the float32 bound 1e-5), and row blocks
+    streamed to host memory: the features are offset with the tables."""
+    monkeypatch.setattr(gpu, "TILE_BYTES", 64 * 1024)
+    rng = np.random.default_rng(8)
+    net = _net(ik.Tanh())
+    x1 = _x(rng, 200)
+    x2 = rng.standard_normal((90, 7))
+    ref = net.kernel(x1, x2, backend="cpu")
+    d1, d2 = net.diag(x1, backend="cpu"), net.diag(x2, backend="cpu")
+    got = net.kernel(x1, x2, dtype=np.float32, backend="gpu")
+    _close(got.nngp, ref.nngp, d1.nngp, d2.nngp, 1e-5)
+    _close(got.ntk, ref.ntk, d1.ntk, d2.ntk, 1e-5)
+    got = net.kernel(x1, x2, backend="gpu")
+    _close(got.nngp, ref.nngp, d1.nngp, d2.nngp, NUMERIC_TOL)
+    got = net.kernel(x1, backend="gpu")
+    ref = net.kernel(x1, backend="cpu")
+    _close(got.ntk, ref.ntk, d1.ntk, d1.ntk, NUMERIC_TOL)
+    assert np.array_equal(got.ntk, got.ntk.T)
+
+
+def test_numeric_variance_out_of_range():
+    """The CPU backend's error, raised from the device tables."""
+    net = ik.serial(ik.Dense(8, W_std=20.0), ik.Tanh(), ik.Dense(1))
+    x = np.ones((5, 3))
+    with pytest.raises(ValueError, match="outside the guaranteed range"):
+        net.kernel(x, backend="cpu")
+    with pytest.raises(ValueError, match="outside the guaranteed range"):
+        net.kernel(cp.asarray(x), backend="gpu")
+
+
+def test_auto_uses_gpu_for_numeric():
+    net = _net(ik.Tanh())
+    assert gpu.supports(net.program(7))
+    x = cp.asarray(np.random.default_rng(9).standard_normal((20, 7)))
+    assert isinstance(net.kernel(x, get="nngp", backend="auto"), cp.ndarray)
