@@ -71,7 +71,6 @@ __all__ = ["Operator", "identity", "partial", "laplacian", "kernel", "ntk_blocks
            "weighted_spectrum", "empirical_kernel", "operator_apply"]
 
 MAX_ORDER = 2          # per argument
-N_GH = 64              # Gauss–Hermite nodes per dimension (numeric activations)
 _ROW_ENTRIES = 1 << 20  # entries (rows × cols × direction pairs) per chunk
 
 
@@ -463,6 +462,65 @@ def _deriv_table(act):
     return tab
 
 
+def _tanh_polys(n):
+    """Coefficients (low to high) of P_k with tanh⁽ᵏ⁾ = P_k(tanh), k ≤ n, from
+    P_{k+1}(t) = P_k'(t) (1 − t²)."""
+    out = np.zeros((n + 1, n + 2))
+    p = np.polynomial.Polynomial([0.0, 1.0])
+    for k in range(n + 1):
+        out[k, :len(p.coef)] = p.coef
+        p = p.deriv() * np.polynomial.Polynomial([1.0, 0.0, -1.0])
+    return out
+
+
+_TP = _tanh_polys(N_DERIV)
+#: derivative evaluators: 0 = Chebyshev table, 1 = tanh, 2 = logistic,
+#: 3 = softplus, 4 = silu (exact formulas through P_k)
+_FAST = {"Tanh": 1, "Sigmoid": 2, "Softplus": 3, "Silu": 4}
+
+
+@njit(cache=True, nogil=True)
+def _tanh_all(x, scale, tp, out, n):
+    """out[k] = scale^k tanh⁽ᵏ⁾(x) for k < n (Horner on P_k)."""
+    t = math.tanh(x)
+    f = 1.0
+    for k in range(n):
+        deg = k + 1
+        r = tp[k, deg]
+        for c in range(deg - 1, -1, -1):
+            r = r * t + tp[k, c]
+        out[k] = f * r
+        f *= scale
+
+
+@njit(cache=True, nogil=True)
+def _phi_all(kind, tab, tp, u, out, tmp):
+    """φ⁽ᵏ⁾(u), k < len(out), by the evaluator ``kind``."""
+    n = out.shape[0]
+    if kind == 0:
+        _tab_all(tab, u, out)
+    elif kind == 1:
+        _tanh_all(u, 1.0, tp, out, n)
+    else:
+        # logistic σ(u) = (1 + tanh(u/2))/2: σ⁽ᵏ⁾ = 2^-(k+1) tanh⁽ᵏ⁾(u/2), k ≥ 1
+        _tanh_all(0.5 * u, 0.5, tp, tmp, n)
+        sig0 = 0.5 * (1.0 + tmp[0])
+        tmp[0] = sig0
+        for k in range(1, n):
+            tmp[k] *= 0.5
+        if kind == 2:
+            for k in range(n):
+                out[k] = tmp[k]
+        elif kind == 3:
+            out[0] = max(u, 0.0) + math.log1p(math.exp(-abs(u)))
+            for k in range(1, n):
+                out[k] = tmp[k - 1]
+        else:
+            out[0] = u * sig0
+            for k in range(1, n):
+                out[k] = u * tmp[k] + k * tmp[k - 1]
+
+
 @njit(cache=True, nogil=True)
 def _tab_all(tab, u, out):
     nd, npan, nc = tab.shape
@@ -482,36 +540,81 @@ def _tab_all(tab, u, out):
         out[n] = y * b1 - b2 + tab[n, p, 0]
 
 
+_GLX, _GLW = np.polynomial.legendre.leggauss(20)
+ZF = 9.0      # Gaussian truncation |x|, |w| ≤ 9: tail mass 2e-19
+HMAX = 2.0    # widest quadrature panel (in standard-normal units)
+
+
+@njit(cache=True, nogil=True)
+def _panels(scale, lam):
+    """Panels covering [−ZF, ZF] no wider than the distance λ/scale from the
+    real axis to φ's nearest singularity (in the integration variable)."""
+    h = HMAX if scale * HMAX <= lam else lam / scale
+    return int(math.ceil(2.0 * ZF / h))
+
+
 @njit(cache=True, parallel=True)
-def _expect(tab, s1, s2, rho, z, w, amax):
-    """M[e, a, b] = E[φ⁽ᵃ⁾(u) φ⁽ᵇ⁾(v)], u = s1 x, v = s2(ρ x + √(1−ρ²) y),
-    x, y independent N(0, 1), nested Gauss–Hermite (nodes z, weights w)."""
+def _expect(kind, tab, tp, lam, s1, s2, rho, amax, glx, glw):
+    """M[e, a, b] = E[φ⁽ᵃ⁾(u) φ⁽ᵇ⁾(v)], u = s1 x, v = s2(ρ x + √(1−ρ²) w),
+    x, w independent N(0, 1): nested composite Gauss–Legendre (20 nodes per
+    panel, panels no wider than the distance to φ's singularities: error
+    ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12 relative measured for φ⁽⁷⁾)."""
     ne = s1.shape[0]
-    nz = z.shape[0]
     na = amax + 1
+    ng = glx.shape[0]
+    inv_sqrt_2pi = 1.0 / math.sqrt(2.0 * math.pi)
     M = np.zeros((ne, na, na))
     for e in prange(ne):
-        fu = np.empty(tab.shape[0])
-        fv = np.empty(tab.shape[0])
+        fu = np.empty(na)
+        fv = np.empty(na)
+        tmp = np.empty(na)
         G = np.empty(na)
-        c = math.sqrt(max((1.0 - rho[e]) * (1.0 + rho[e]), 0.0))
-        for i in range(nz):
-            _tab_all(tab, s1[e] * z[i], fu)
-            G[:] = 0.0
-            base = s2[e] * rho[e] * z[i]
-            for j in range(nz):
-                _tab_all(tab, base + s2[e] * c * z[j], fv)
-                for b in range(na):
-                    G[b] += w[j] * fv[b]
-            for a in range(na):
-                for b in range(na):
-                    M[e, a, b] += w[i] * fu[a] * G[b]
+        r = rho[e]
+        c = math.sqrt(max((1.0 - r) * (1.0 + r), 0.0))
+        npx = _panels(max(s1[e], s2[e] * abs(r)), lam)
+        npw = _panels(s2[e] * c, lam) if c > 0.0 else 0
+        hx = 2.0 * ZF / npx
+        hw = 2.0 * ZF / max(npw, 1)
+        wn = np.empty(npw * ng)
+        ww = np.empty(npw * ng)
+        for pw in range(npw):
+            for iw in range(ng):
+                w = -ZF + hw * (pw + 0.5 * (glx[iw] + 1.0))
+                wn[pw * ng + iw] = s2[e] * c * w
+                ww[pw * ng + iw] = 0.5 * hw * glw[iw] * math.exp(-0.5 * w * w) * inv_sqrt_2pi
+        for px in range(npx):
+            for ix in range(ng):
+                x = -ZF + hx * (px + 0.5 * (glx[ix] + 1.0))
+                wx = 0.5 * hx * glw[ix] * math.exp(-0.5 * x * x) * inv_sqrt_2pi
+                _phi_all(kind, tab, tp, s1[e] * x, fu, tmp)
+                G[:] = 0.0
+                base = s2[e] * r * x
+                if npw == 0:
+                    _phi_all(kind, tab, tp, base, fv, tmp)
+                    for b in range(na):
+                        G[b] = fv[b]
+                else:
+                    for k in range(npw * ng):
+                        _phi_all(kind, tab, tp, base + wn[k], fv, tmp)
+                        for b in range(na):
+                            G[b] += ww[k] * fv[b]
+                for a in range(na):
+                    for b in range(na):
+                        M[e, a, b] += wx * fu[a] * G[b]
     return M
 
 
-def _gh():
-    z, w = np.polynomial.hermite_e.hermegauss(N_GH)
-    return z, w / math.sqrt(2 * math.pi)
+#: distance from the real axis to the nearest singularity of φ (poles of tanh
+#: at ±iπ/2, of the logistic function at ±iπ, branch points of softplus at ±iπ;
+#: Mish: tanh(softplus(z)) has poles at log√2 ± 3πi/4, |Im| = 2.36)
+_LAMBDA = {"Tanh": math.pi / 2, "Sigmoid": math.pi, "Softplus": math.pi, "Silu": math.pi,
+           "Mish": 2.3}
+
+
+def _singularity_distance(act):
+    """λ for the panel widths: known for built-ins; 0.5 for a user's function,
+    whose derivatives were checked to be analytic on discs of radius 1/2."""
+    return _LAMBDA.get(act.name, 0.5)
 
 
 def _expectations(act, q1, q12, q2, amax):
@@ -527,8 +630,17 @@ def _expectations(act, q1, q12, q2, amax):
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(ss > 0, q12.ravel() / np.where(ss > 0, ss, 1.0), 0.0)
     rho = np.clip(rho, -1.0, 1.0)
-    z, w = _gh()
-    M = _expect(_deriv_table(act), s1, s2, rho, z, w, amax)
+    # E[φ⁽ᵃ⁾(u)φ⁽ᵇ⁾(v)] is symmetric under (s1, a) ↔ (s2, b): integrate each
+    # distinct (min s, max s, ρ) once (halves the work for symmetric blocks)
+    swap = s1 > s2
+    lo_s, hi_s = np.where(swap, s2, s1), np.where(swap, s1, s2)
+    uniq, inv = np.unique(np.stack([lo_s, hi_s, rho], axis=1), axis=0, return_inverse=True)
+    kind = _FAST.get(act.name, 0)
+    tab = _deriv_table(act) if kind == 0 else np.zeros((1, 1, 1))
+    Mu = _expect(kind, tab, _TP, _singularity_distance(act), uniq[:, 0].copy(),
+                 uniq[:, 1].copy(), uniq[:, 2].copy(), amax, _GLX, _GLW)
+    M = Mu[inv.ravel()]
+    M[swap] = np.swapaxes(M[swap], 1, 2)
     return M.reshape(shape + (amax + 1, amax + 1))
 
 
@@ -551,12 +663,17 @@ def _dual_numeric(act, q1, q12, q2, cache, key):
         for _ in range(n):
             out.append(jmul(out[-1], d))
         return out
-    # δq11 has only s-terms and δq22 only t-terms: powers above I (J) vanish
-    p1, p12, p2 = powers(d1, I), powers(d12, total), powers(d2, J)
+    # nilpotency: δ^(a+1) = 0 for a jet of s-degree ≤ I and t-degree ≤ J with
+    # a = (I if it has s-terms) + (J if it has t-terms)
+    def nil(d):
+        return (I if np.any(d[1:]) else 0) + (J if np.any(d[:, 1:]) else 0)
+    n1, n12, n2 = nil(d1), nil(d12), nil(d2)
+    top = max(n1, n12, n2)
+    p1, p12, p2 = powers(d1, n1), powers(d12, n12), powers(d2, n2)
     k, kd = np.zeros(shape), np.zeros(shape)
-    for p in range(I + 1):
-        for r in range(J + 1):
-            for m in range(total + 1 - p - r):
+    for p in range(n1 + 1):
+        for r in range(n2 + 1):
+            for m in range(min(n12, top - p - r) + 1):
                 mono = jmul(jmul(p1[p], p12[m]), p2[r])
                 f = 2.0 ** (-p - r) / (math.factorial(p) * math.factorial(m)
                                        * math.factorial(r))
