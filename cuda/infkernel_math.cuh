@@ -16,7 +16,10 @@
 //
 // Per-point tables: for the a-th activation op of the program and point i,
 // tab[(3a + 0) ld + i] = V (input variance), (3a + 1): S = sqrt(V),
-// (3a + 2): R = 1/S (0 when V = 0).
+// (3a + 2): R = 1/S (0 when V = 0).  Activations without a closed form (kind
+// K_NUMERIC, a port of infkernel/_numeric.py) also read per-point Mehler
+// features, float64, filled by the diagonal pass (layout above
+// ik_tab_eval); their constants IK_NUM_* come from the includer too.
 #ifndef INFKERNEL_MATH_CUH
 #define INFKERNEL_MATH_CUH
 
