@@ -38,7 +38,8 @@ class Activation(Layer):
         args = ", ".join(f"{v:g}" for v in self.params)
         return f"{self.name}({args})"
 
-    def _emit(self, builder, state):
+    def _check_input(self, state):
+        """The dual needs a Gaussian input: a Dense layer must come first."""
         if not state.gaussian:
             where = ("the network input" if state.at_input
                      else "the output of another activation")
@@ -46,6 +47,9 @@ class Activation(Layer):
                 f"{self!r} is applied to {where}, which is not Gaussian: an "
                 "activation must follow a Dense layer (insert ik.Dense(...) "
                 "before it)")
+
+    def _emit(self, builder, state):
+        self._check_input(state)
         lo = [builder.add_aux(t) for t in self.tables] + [0, 0]
         builder.emit(P.OP_ACT, state.reg, kind=self.kind, aux_lo=lo[0],
                      aux_hi=lo[1], params=self.params)

@@ -38,13 +38,7 @@ class NumericActivation(Activation):
         return f"{self.name}({args})"
 
     def _emit(self, builder, state):
-        if not state.gaussian:
-            where = ("the network input" if state.at_input
-                     else "the output of another activation")
-            raise ValueError(
-                f"{self!r} is applied to {where}, which is not Gaussian: an "
-                "activation must follow a Dense layer (insert ik.Dense(...) "
-                "before it)")
+        self._check_input(state)
         lo = builder.add_aux(self.tables[0])
         slot = getattr(builder, "n_numeric", 0)
         builder.n_numeric = slot + 1
