@@ -758,6 +758,10 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     out = {n: np.zeros((x1.shape[0], x2.shape[0])) for n in names}
     if not (op1.terms and op2.terms):
         return _pack(out, names, single)
+    if op1.order + op2.order == 0:  # c1 c2 K: the ordinary kernel
+        c = op1.terms[()] * op2.terms[()]
+        k = net.kernel(x1, None if same else x2, names)
+        return _pack({n: c * getattr(k, n) for n in names}, names, single)
     I = max(max((n for n in range(3) if c[n]), default=0) for _, c in g1)
     J = max(max((n for n in range(3) if c[n]), default=0) for _, c in g2)
     npair = len(g1) * len(g2)
