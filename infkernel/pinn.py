@@ -542,7 +542,7 @@ def _tab_all(tab, u, out):
 
 _GLX, _GLW = np.polynomial.legendre.leggauss(20)
 ZF = 9.0      # Gaussian truncation |x|, |w| ≤ 9: tail mass 2e-19
-HMAX = 2.0    # widest quadrature panel (in standard-normal units)
+HMAX = 4.5    # widest panel (standard-normal units): resolves the Gaussian weight
 
 
 @njit(cache=True, nogil=True)
