@@ -357,12 +357,16 @@ def test_blocks_symmetry_and_psd():
     assert np.array_equal(B.matrix, B.matrix.T)
     ev = np.linalg.eigvalsh(B.matrix)
     assert ev[0] >= -1e-12 * ev[-1]
-    # a block equals the direct operator kernel
+    assert B.names == ("u", "u_t", "r")
+    # a block equals the direct operator kernel of its terms
     net = ik.serial(ik.Dense(8, 1.0, 0.2), ik.Erf(), ik.Dense(8, 1.0, 0.2), ik.Erf(),
                     ik.Dense(1))
-    xr = np.random.default_rng(0).uniform(0, 1, (12, 2))
-    del net, xr  # the same points are drawn inside _wave_blocks
-    assert B.names == ("u", "u_t", "r")
+    rng = np.random.default_rng(0)
+    rng.uniform(0, 1, 6)
+    xr = rng.uniform(0, 1, (12, 2))
+    x0 = np.column_stack([np.zeros(5), np.linspace(0, 1, 5)])
+    wave = pinn.partial(0, 2) - 4.0 * pinn.partial(1, 2)
+    assert np.array_equal(B[("u_t", "r")], pinn.kernel(net, x0, xr, pinn.partial(0), wave))
 
 
 def test_weights_and_spectra():
