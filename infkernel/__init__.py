@@ -31,3 +31,4 @@ __all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activat
            "FanOut", "parallel", "FanInSum", "FanInConcat", "Residual", "Scale",
            "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",
            "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral"]
+from . import pinn  # noqa: E402,F401  (ik.pinn.kernel, ik.pinn.ntk_blocks, ...)
