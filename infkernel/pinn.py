@@ -697,11 +697,44 @@ def _check_net(net):
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel network (ik.serial(...)), got "
                         f"{type(net).__name__}")
+    from .combinators import Scale
+    from .features import FourierFeatures
     for i, layer in enumerate(net.layers):
-        if not isinstance(layer, (Dense, Identity, Activation)):
-            raise TypeError(f"pinn kernels support Dense, Identity and elementwise "
-                            f"activations; layer {i} is {layer!r}")
+        if i == 0 and isinstance(layer, FourierFeatures):
+            continue
+        if not isinstance(layer, (Dense, Identity, Activation, Scale)):
+            raise TypeError(f"pinn kernels support a leading FourierFeatures map, Dense, "
+                            f"Scale, Identity and elementwise activations; layer {i} is "
+                            f"{layer!r}")
     return net
+
+
+def _input_jets(net, x, dirs, order):
+    """Taylor coefficients Γ[n] (G, N, D), n ≤ order, of the network's input
+    features along x + s v for each direction v (rows of ``dirs``): the
+    identity (Γ0 = x, Γ1 = v) or Fourier features γ(x) = [a cos 2πBx,
+    a sin 2πBx] (Tancik et al. 2020), whose s-derivatives are exact."""
+    G, N = dirs.shape[0], x.shape[0]
+    if net.input_maps:
+        fmap = net.input_maps[0]
+        fmap.check_dim(x.shape[1], "the points")
+        z = 2 * math.pi * (x @ fmap.frequencies.T)              # (N, m)
+        dz = 2 * math.pi * (dirs @ fmap.frequencies.T)          # (G, m)
+        a = fmap.amplitudes
+        out = []
+        for n in range(order + 1):
+            # d^n/ds^n cos(z + s dz) = dzⁿ cos(z + nπ/2), likewise sin
+            c = a * np.cos(z + n * math.pi / 2)
+            sn = a * np.sin(z + n * math.pi / 2)
+            f = dz[:, None, :] ** n / math.factorial(n)
+            out.append(np.concatenate([c[None] * f, sn[None] * f], axis=-1))
+        return out
+    out = [np.broadcast_to(x, (G,) + x.shape)]
+    if order >= 1:
+        out.append(np.broadcast_to(dirs[:, None, :], (G, N, x.shape[1])))
+    for _ in range(2, order + 1):
+        out.append(np.zeros((G, N, x.shape[1])))
+    return out
 
 
 def _prepare_x(x, name, d, shift, scale):
@@ -746,7 +779,11 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     x2 = x1 if same else check_inputs(x2, "x2", d)
     op1.check_dim(d, "op1")
     op2.check_dim(d, "op2")
-    net.program(d)  # raises for activations not preceded by Dense
+    if net.input_maps:
+        net.input_maps[0].check_dim(d, "x1")
+        net.body.program(net.input_maps[0].out_dim(d))
+    else:
+        net.program(d)  # raises for activations not preceded by Dense
     mu, inv = _norm(shift, scale, d)
     if mu is not None:
         x1, x2 = (x1 - mu) * inv, (x2 - mu) * inv
@@ -793,29 +830,28 @@ def _jet_kernel(net, x1, x2, g1, g2, I, J, names):
     W = np.array([w for w, _ in g2])          # (G2, d)
     G1, G2 = len(g1), len(g2)
     # pair axis: p = a*G2 + b; shapes (I+1, J+1, G1, G2, N1, N2)
+    g1j, g2j = _input_jets(net, x1, V, I), _input_jets(net, x2, W, J)
+    D = g1j[0].shape[-1]
     q12 = np.zeros((I + 1, J + 1, G1, G2, x1.shape[0], x2.shape[0]))
     q1 = np.zeros((I + 1, J + 1, G1, 1, x1.shape[0], 1))
     q2 = np.zeros((I + 1, J + 1, 1, G2, 1, x2.shape[0]))
-    q12[0, 0] = (x1 @ x2.T) / d
-    q1[0, 0] = (np.sum(x1 * x1, axis=1) / d)[None, None, :, None]
-    q2[0, 0] = (np.sum(x2 * x2, axis=1) / d)[None, None, None, :]
-    if I >= 1:
-        q12[1, 0] = (V @ x2.T)[:, None, None, :] / d
-        q1[1, 0] = 2 * (V @ x1.T)[:, None, :, None] / d
-    if I >= 2:
-        q1[2, 0] = np.sum(V * V, axis=1)[:, None, None, None] / d
-    if J >= 1:
-        q12[0, 1] = (x1 @ W.T).T[None, :, :, None] / d
-        q2[0, 1] = 2 * (W @ x2.T)[None, :, None, :] / d
-    if J >= 2:
-        q2[0, 2] = np.sum(W * W, axis=1)[None, :, None, None] / d
-    if I >= 1 and J >= 1:
-        q12[1, 1] = (V @ W.T)[:, :, None, None] / d
+    for i in range(I + 1):
+        for j in range(J + 1):
+            q12[i, j] = np.einsum("and,bmd->abnm", g1j[i], g2j[j]) / D
+        q1[i, 0] = sum(np.sum(g1j[k] * g1j[i - k], axis=-1)
+                       for k in range(i + 1))[:, None, :, None] / D
+    for j in range(J + 1):
+        q2[0, j] = sum(np.sum(g2j[k] * g2j[j - k], axis=-1)
+                       for k in range(j + 1))[None, :, None, :] / D
     th = np.zeros_like(q12)
-    width = d
+    width = D
     cache = {}
-    for li, layer in enumerate(net.layers):
-        if isinstance(layer, Dense):
+    from .combinators import Scale
+    for li, layer in enumerate(net.body.layers):
+        if isinstance(layer, Scale):
+            a2 = layer.a * layer.a
+            q12, q1, q2, th = a2 * q12, a2 * q1, a2 * q2, a2 * th
+        elif isinstance(layer, Dense):
             w2 = layer.W_std ** 2
             b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
             new12, new1, new2 = w2 * q12, w2 * q1, w2 * q2
@@ -977,13 +1013,16 @@ def _act_derivs(act, z, nmax=3):
 
 def _forward_jets(net, params, x, groups):
     """Per group: jets (3, N, width) of every Dense input and activation input."""
+    from .combinators import Scale
     tape = []
-    G = len(groups)
-    h = np.zeros((G, 3) + x.shape)
-    h[:, 0] = x
-    h[:, 1] = np.array([v for v, _ in groups])[:, None, :]
-    for layer, p in zip(net.layers, params):
-        if isinstance(layer, Dense):
+    gam = _input_jets(net, x, np.array([v for v, _ in groups]), 2)
+    h = np.ascontiguousarray(np.stack(gam, axis=1))            # (G, 3, N, D)
+    n_maps = len(net.input_maps)
+    for layer, p in zip(net.layers[n_maps:], params[n_maps:]):
+        if isinstance(layer, Scale):
+            tape.append(("scale", layer.a))
+            h = layer.a * h
+        elif isinstance(layer, Dense):
             Wm, b = p
             c = layer.W_std / math.sqrt(h.shape[-1]) if layer.parameterization == "ntk" else 1.0
             s = (layer.b_std if layer.parameterization == "ntk" else 1.0) if b is not None else 0.0
@@ -1014,17 +1053,17 @@ def operator_apply(net, params, x, op=None):
     return np.einsum("gnxk,gn->xk", h, cf)
 
 
-def _grads(net, tape, groups, j):
+def _grads(net, tape, groups, j, n_points, n_out):
     """Per Dense layer: (c, s, H, Gbar) with H (G, 3, N, n_in) and cotangents
     Gbar (G, 3, N, n_out) of output unit j."""
     cf = np.array([[c[n] * math.factorial(n) for n in range(3)] for _, c in groups])
-    last = tape[-1]
-    n_out = (last[5].shape[1] if last[0] == "dense" else last[2].shape[-1])
-    gbar = np.zeros((len(groups), 3, last[2].shape[2], n_out))
+    gbar = np.zeros((len(groups), 3, n_points, n_out))
     gbar[:, :, :, j] = cf[:, :, None]
     out = []
     for entry in reversed(tape):
-        if entry[0] == "dense":
+        if entry[0] == "scale":
+            gbar = entry[1] * gbar
+        elif entry[0] == "dense":
             _, layer, h, c, s, Wm = entry
             out.append((c, s, h, gbar))
             gbar = c * (gbar @ Wm.T)
@@ -1055,8 +1094,13 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     x2 = x1 if x2 is None else check_inputs(x2, "x2", d)
     op1.check_dim(d, "op1")
     op2.check_dim(d, "op2")
-    from .empirical import check_params
-    check_params(net, params, d)
+    if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
+        raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
+                         f"per layer ({len(net.layers)})")
+    for i, (layer, p) in enumerate(zip(net.layers, params)):
+        if isinstance(layer, Dense) and not (isinstance(p, (tuple, list)) and len(p) == 2
+                                             and getattr(p[0], "ndim", 0) == 2):
+            raise ValueError(f"params[{i}] must be (W, b) for {layer!r}")
     g1, g2 = op1.directional(d), op2.directional(d)
     h1, t1 = _forward_jets(net, params, x1, g1)
     h2, t2 = _forward_jets(net, params, x2, g2)
@@ -1071,8 +1115,9 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     if "ntk" in names:
         th = np.zeros((x1.shape[0], x2.shape[0]))
         for j in range(k_out):
-            for (c, s, H1, B1), (_, _, H2, B2) in zip(_grads(net, t1, g1, j),
-                                                      _grads(net, t2, g2, j)):
+            for (c, s, H1, B1), (_, _, H2, B2) in zip(
+                    _grads(net, t1, g1, j, x1.shape[0], k_out),
+                    _grads(net, t2, g2, j, x2.shape[0], k_out)):
                 A1 = H1.reshape(-1, H1.shape[2], H1.shape[3])
                 A2 = H2.reshape(-1, H2.shape[2], H2.shape[3])
                 C1 = B1.reshape(-1, B1.shape[2], B1.shape[3])
