@@ -76,7 +76,7 @@ __all__ = ["Operator", "identity", "partial", "laplacian", "kernel", "ntk_blocks
            "weighted_spectrum", "empirical_kernel", "operator_apply"]
 
 MAX_ORDER = 2          # per argument
-_ROW_ENTRIES = 1 << 20  # entries (rows × cols × direction pairs) per chunk
+_ROW_ENTRIES = 1 << 18  # jet entries per row chunk (bounds the temporaries: ~2 MB each)
 
 
 # ---------------------------------------------------------------------------
