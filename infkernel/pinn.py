@@ -159,11 +159,13 @@ class Operator:
     def __repr__(self):
         if not self.terms:
             return "0"
-        parts = []
+        out = ""
         for a, c in sorted(self.terms.items(), key=lambda kv: (len(kv[0]), kv[0])):
             d = "I" if not a else "".join(f"∂{i}" for i in a)
-            parts.append(f"{c:g}·{d}")
-        return " + ".join(parts)
+            mag = "" if abs(c) == 1 else f"{abs(c):g}·"
+            sign = ("-" if c < 0 else "") if not out else (" - " if c < 0 else " + ")
+            out += sign + mag + d
+        return out
 
     def check_dim(self, d, name="operator"):
         if self.dim is not None and self.dim != d:
