@@ -1,0 +1,185 @@
+"""infkernel.spectral: FFT spectra vs eigendecomposition, training dynamics per
+mode, and small versions of the example scripts."""
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy.linalg import expm
+
+import infkernel as ik
+from infkernel import spectral
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+
+
+def mlp(depth=3):
+    layers = []
+    for _ in range(depth):
+        layers += [ik.Dense(64, W_std=1.4, b_std=0.1), ik.Relu()]
+    return ik.serial(*layers, ik.Dense(1, W_std=1.4))
+
+
+def grid(n):
+    return (np.arange(n) / n)[:, None]
+
+
+@pytest.fixture(scope="module")
+def ff_net():
+    return ik.serial(ik.FourierFeatures.power_law(24, 1.0), mlp())
+
+
+def test_fft_spectrum_matches_eigendecomposition(ff_net):
+    """Both are backward stable: errors ≲ n·eps·‖K‖ ≈ 1e-14·λ_max for n = 48;
+    1e-12·λ_max leaves a factor 100."""
+    x = grid(48)
+    spec = spectral.stationary_spectrum(ff_net, x)
+    lam, V = spectral.gram_eigh(ff_net.kernel(x, None, "ntk"))
+    np.testing.assert_allclose(np.sort(spec.eigvals)[::-1], lam, rtol=0, atol=1e-12 * lam[0])
+    np.testing.assert_allclose(spec.freqs, np.fft.fftfreq(48, 1 / 48), rtol=0, atol=1e-12)
+    # Fourier modes are eigenvectors: their Rayleigh quotients are the FFT eigenvalues
+    K = ff_net.kernel(x, None, "ntk")
+    resp = spectral.frequency_response(K, x, spec.freqs)
+    np.testing.assert_allclose(resp, spec.eigvals, rtol=0, atol=1e-12 * lam[0])
+    # nngp too, and eigh reconstructs K
+    lam2, V2 = spectral.kernel_eigh(ff_net, x, "nngp")
+    K2 = ff_net.kernel(x, None, "nngp")
+    np.testing.assert_allclose(V2 @ np.diag(lam2) @ V2.T, K2, rtol=0, atol=1e-12 * lam2[0])
+
+
+def bandwidth(spec):
+    lam = np.clip(spec.eigvals, 0, None)
+    return (np.abs(spec.freqs) * lam).sum() / lam.sum()
+
+
+def test_spectrum_widens_as_p_decreases():
+    """Tancik et al. 2020, Fig. 2: a_j = 1/j^p, smaller p -> wider NTK spectrum.
+    Both the mean frequency Σ|f|λ/Σλ and the share of eigenvalue mass above
+    |f| = 4 increase strictly as p decreases."""
+    x = grid(64)
+    band, tail = [], []
+    for p in (math.inf, 2.0, 1.5, 1.0, 0.5, 0.0):
+        spec = spectral.stationary_spectrum(ik.serial(ik.FourierFeatures.power_law(32, p),
+                                                      mlp()), x)
+        lam = np.clip(spec.eigvals, 0, None)
+        band.append(bandwidth(spec))
+        tail.append(lam[np.abs(spec.freqs) > 4].sum() / lam.sum())
+    assert np.all(np.diff(band) > 0), band
+    assert np.all(np.diff(tail) > 0), tail
+
+
+def test_gradient_flow_and_descent_per_mode(ff_net):
+    """Residual norms from the per-mode factors equal the matrix exponential /
+    matrix power of the Gram matrix (relative 1e-10: expm's error ~1e-14·‖ηKt‖)."""
+    x = grid(16)
+    K = ff_net.kernel(x, None, "ntk")
+    y = np.random.default_rng(0).standard_normal(16)
+    lam, V = spectral.gram_eigh(K)
+    lr = 1.0 / lam[0]
+    t = np.array([0.0, 1.0, 5.0, 40.0])
+    flow = spectral.predicted_residual(lam, V, y, lr, t)
+    gd = spectral.predicted_residual(lam, V, y, lr, t, discrete=True)
+    for i, ti in enumerate(t):
+        r = expm(-lr * ti * K) @ y
+        assert abs(np.linalg.norm(flow[i]) - np.linalg.norm(r)) < 1e-10 * np.linalg.norm(y)
+        r = np.linalg.matrix_power(np.eye(16) - lr * K, int(ti)) @ y
+        assert abs(np.linalg.norm(gd[i]) - np.linalg.norm(r)) < 1e-10 * np.linalg.norm(y)
+        # on the periodic grid the FFT gives the same thing per frequency
+        spec = spectral.fft_spectrum(K[0], x)
+        per_f = spectral.predicted_error_by_frequency(spec.eigvals, y, lr, [ti])[0]
+        np.testing.assert_allclose(per_f, np.abs(np.fft.fft(expm(-lr * ti * K) @ y,
+                                                            norm="ortho")),
+                                   rtol=0, atol=1e-10 * np.linalg.norm(y))
+    speed = spectral.learning_speed(lam, lr, t)
+    np.testing.assert_allclose(speed, 1 - np.exp(-lr * np.outer(t, lam)), rtol=1e-15)
+    assert np.all(np.diff(speed[-1]) <= 0)   # large eigenvalues are learned first
+
+
+def test_plot_spectra_writes_png(tmp_path, ff_net):
+    spec = spectral.stationary_spectrum(ff_net, grid(16))
+    path = spectral.plot_spectra(tmp_path / "s.png", {"p = 1": spec})
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --- bad input ---------------------------------------------------------------------------
+def test_non_uniform_grid_is_refused(ff_net):
+    x = grid(16)
+    x[5] += 1e-3
+    with pytest.raises(ValueError, match="x must be a uniform increasing grid"):
+        spectral.stationary_spectrum(ff_net, x)
+    with pytest.raises(ValueError, match="x must be a uniform increasing grid"):
+        spectral.fft_spectrum(np.ones(16), x[:, 0])
+    with pytest.raises(ValueError, match="x must be a uniform increasing grid"):
+        spectral.check_uniform_grid(grid(8)[::-1])
+    with pytest.raises(ValueError, match=r"x must be a 1-D grid of shape \(n,\)"):
+        spectral.check_uniform_grid(np.ones((4, 2)))
+    with pytest.raises(ValueError, match="at least 2 points"):
+        spectral.check_uniform_grid([0.0])
+    with pytest.raises(ValueError, match="x has 8 points but row has 16"):
+        spectral.fft_spectrum(np.ones(16), grid(8))
+    # linspace-rounded grids are accepted
+    spectral.check_uniform_grid(np.linspace(0.3, 7.1, 1001, endpoint=False))
+
+
+def test_non_stationary_row_is_refused():
+    x = grid(16)
+    with pytest.raises(ValueError, match="not stationary"):
+        spectral.stationary_spectrum(mlp(), x)
+
+
+def test_matrix_and_argument_checks():
+    with pytest.raises(ValueError, match="not symmetric"):
+        spectral.gram_eigh(np.array([[1.0, 0.5], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="square"):
+        spectral.gram_eigh(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="lr must be finite and > 0"):
+        spectral.decay([1.0], 0.0, 1.0)
+    with pytest.raises(ValueError, match="t must be a non-negative"):
+        spectral.decay([1.0], 1.0, -1.0)
+    with pytest.raises(ValueError, match=r"y must have shape \(4,\)"):
+        spectral.predicted_error_by_frequency(np.ones(4), np.ones(3), 1.0, 1.0)
+    with pytest.raises(ValueError, match="get must be"):
+        spectral.stationary_spectrum(mlp(), grid(4), get="both")
+
+
+# --- the example scripts, small --------------------------------------------------------------
+def _example(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_example_tancik_fig2(tmp_path):
+    mod = _example("tancik_fig2")
+    s = mod.main(str(tmp_path), small=True)
+    assert _is_png(s["png"])
+    assert s["shift_violation_basic"] < 1e-12     # rounding of the mapped features
+    assert s["shift_violation_plain"] > 1e-3
+    bands = [s["bandwidth"][p] for p in sorted(mod.P_VALUES, reverse=True)]
+    assert np.all(np.diff(bands) > 0), bands
+    widths = [s["half_width"][p] for p in sorted(mod.P_VALUES, reverse=True)]
+    assert np.all(np.diff(widths) <= 0), widths
+
+
+def test_example_learning_speed(tmp_path):
+    s = _example("learning_speed").main(str(tmp_path), small=True)
+    assert _is_png(s["png"])
+    plain, ff = s["steps_to_10pct_plain"], s["steps_to_10pct_fourier"]
+    assert plain == sorted(plain) and ff == sorted(ff)   # low frequencies first
+    assert ff[-1] < plain[-1]                              # features speed up the highest
+
+
+def test_example_multiscale_spectrum(tmp_path):
+    s = _example("multiscale_spectrum").main(str(tmp_path), small=True)
+    assert _is_png(s["png"])
+    lam = s["eigval_at_n_over_4"]
+    assert lam["MscaleDNN-2"] > lam["single scale"]
+    assert lam["MscaleDNN-1"] > lam["single scale"]
