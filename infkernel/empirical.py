@@ -65,6 +65,13 @@ def _check_layers(net):
                          "and its NNGP is not random")
 
 
+def _map_inputs(net, x1, x2):
+    """Inputs after the network's leading input maps (checked)."""
+    a1 = check_inputs(x1, "x1")
+    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    return net.map_inputs(a1, "x1"), None if a2 is None else net.map_inputs(a2, "x2")
+
+
 def check_params(net, params, d_in):
     """Raises a ValueError/TypeError unless ``params`` fit ``net`` for inputs of
     dimension ``d_in`` (the structure ``net.init_fn`` returns)."""
@@ -287,13 +294,20 @@ def empirical_kernel_fn(net):
     finite network ``net`` with parameters ``params`` (from ``net.init_fn``),
     traced over outputs.  Returns an array for a string ``get``, else a
     ``Kernel`` namedtuple of (N1, N2) float64 arrays, like ``net.kernel``."""
-    net = _as_network(net)
+    full = _as_network(net)
+    net = full.body        # leading input maps (Fourier features) act on the data
     _check_layers(net)
 
     def kernel_fn(x1, x2=None, get=None, params=None):
         names, single = parse_get(get)
         if params is None:
             raise ValueError("params is required: pass the params returned by net.init_fn")
+        if full.input_maps:
+            x1, x2 = _map_inputs(full, x1, x2)
+            if not isinstance(params, (tuple, list)) or len(params) != len(full.layers):
+                raise ValueError(f"params must be the tuple of {len(full.layers)} entries "
+                                 "returned by net.init_fn")
+            params = tuple(params)[len(full.input_maps):]
         a1, a2, p = _prepare(net, x1, x2, params)
         res = _kernels(net, p, a1, a2, names)
         return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))
@@ -399,7 +413,8 @@ def monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
     width + N1 · N2) whatever ``n_samples`` is.  Results do not depend on
     ``batch_size``.
     """
-    net = _as_network(net)
+    full = _as_network(net)
+    net = full.body        # leading input maps (Fourier features) act on the data
     _check_layers(net)
     n_samples = _check_count("n_samples", n_samples, 2)
     if batch_size is not None:
@@ -407,6 +422,8 @@ def monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
 
     def kernel_fn(x1, x2=None, get=None):
         names, single = parse_get(get)
+        if full.input_maps:
+            x1, x2 = _map_inputs(full, x1, x2)
         moments = {g: _Moments() for g in names}
         for batch in sample_kernels(net, x1, x2, names, n_samples, seed, batch_size):
             for g in names:
