@@ -172,6 +172,8 @@ class FanInSum(Layer):
             _release(builder, s.reg)
         out.gaussian = all(s.gaussian for s in state)
         out.at_input = all(s.at_input for s in state)
+        if len(state) > 1 and not out.gaussian:
+            out.not_gaussian_because = "the output of FanInSum with a non-Gaussian branch"
         out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
         return out
 
@@ -211,6 +213,9 @@ class FanInConcat(Layer):
         out.width = int(total)
         out.gaussian = len(state) == 1 and out.gaussian
         out.at_input = all(s.at_input for s in state)
+        if len(state) > 1:
+            out.not_gaussian_because = ("the output of FanInConcat (channels of branches with "
+                                        "different kernels)")
         out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
         return out
 

@@ -30,6 +30,9 @@ class _State:
         self.at_input = True    # no layer with parameters applied yet
         self.width = d_in       # channels (fan-in of the next Dense)
         self.born = -1          # op index of the Dense that made the signal
+        #: why a non-Gaussian signal is not Gaussian, when neither "the network
+        #: input" nor "another activation's output" says it (e.g. after FanInConcat)
+        self.not_gaussian_because = None
 
     def copy(self):
         new = _State.__new__(_State)
@@ -60,6 +63,14 @@ def _compile(layers, builder, state):
                 f"{layer!r} receives {len(state)} parallel branches (after FanOut): "
                 "apply layers to the branches with parallel(...), or merge them first "
                 "with FanInSum() or FanInConcat()")
+        if (not isinstance(state, _Branches) and not state.gaussian
+                and state.not_gaussian_because):
+            from .activations import Activation
+            if isinstance(layer, Activation):
+                raise ValueError(
+                    f"{layer!r} is applied to {state.not_gaussian_because}, which is not "
+                    "Gaussian channel by channel: an activation must follow a Dense layer "
+                    "(insert ik.Dense(...) before it)")
         out = layer._emit(builder, state)
         if out is not None:
             state = out
@@ -138,7 +149,7 @@ class Dense(Layer):
                 "parameterization='ntk' for this layer or a finite number of features")
         else:
             coef = (float(state.width), 0.0, 0.0 if self.b_std is None else 1.0)
-        state.born = len(builder.ops)
+        state.born, state.not_gaussian_because = len(builder.ops), None
         builder.emit(P.OP_DENSE, state.reg, params=(w2, b2) + coef)
         state.gaussian, state.at_input, state.width = True, False, self.out_dim
 

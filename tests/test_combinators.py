@@ -204,9 +204,15 @@ def test_structural_errors():
         ik.serial(ik.Dense(3), ik.FanInSum()).program(2)
     with pytest.raises(ValueError, match="different widths"):
         ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(3), ik.Dense(4)), ik.FanInSum()).program(2)
-    with pytest.raises(ValueError, match="not Gaussian"):
+    with pytest.raises(ValueError, match="Relu.*applied to the output of FanInConcat"):
         ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(3), ik.Dense(4)), ik.FanInConcat(),
                   ik.Relu()).program(2)
+    with pytest.raises(ValueError, match="applied to the output of FanInSum with a non-Gaus"):
+        ik.serial(ik.Dense(2), ik.FanOut(2), ik.parallel(ik.Relu(), ik.Dense(2)), ik.FanInSum(),
+                  ik.Erf()).program(2)
+    # a Dense after the concatenation makes it Gaussian again
+    ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(3), ik.Dense(4)), ik.FanInConcat(),
+              ik.Dense(3), ik.Relu()).program(2)
     with pytest.raises(ValueError, match="num must be a positive integer"):
         ik.FanOut(0)
     with pytest.raises(ValueError, match="axis=-1"):
