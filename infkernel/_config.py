@@ -37,8 +37,11 @@ JIT = dict(nogil=True, cache=not __import__("os").environ.get("IK_NOCACHE"), err
 #: (2 x registers x TILE doubles) stay in L1/L2 cache.
 TILE = 512
 
-#: Upper bound on the entries of the input-GEMM block held in memory at once
-#: (doubles).  The only temporary whose size grows with N; 2**22 doubles = 32 MiB.
+#: Rows processed together by one thread: their inner products with a column
+#: tile come from one small GEMM (ROWS x TILE doubles, cache-resident).
+ROWS = 32
+
+#: Entries per call of the tile kernel (progress is reported between calls).
 BLOCK_ENTRIES = 1 << 22
 
 #: Scalar functions called inside per-entry loops: inlined at numba-IR level so

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._config import BLOCK_ENTRIES, JIT, TILE
+from ._config import BLOCK_ENTRIES, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
                      dual_monomial, dual_rbf, dual_rectified_monomial, dual_sign,
                      dual_sin)
@@ -178,41 +178,49 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
 
 
 @njit(parallel=True, **JIT)
-def _gram_rows(G, inv_d, row0, col0, sym, ops, params, aux, n_regs,
-               V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
-               F1, G1, F2, G2, TM):
-    """Entries (row0 + ii, col0 + jj) for the GEMM block G[ii, jj] = x_i·x_j.
+def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
+                V1, S1, R1, V2, S2, R2, K, T, want_k, want_t, F1, G1, F2, G2, TM):
+    """Rows r_lo .. r_hi of the kernel (``sym``: strict upper triangle, x2 is x1).
 
-    ``sym``: only columns right of the diagonal; rows are processed in pairs
-    (ii, B-1-ii) so both threads get the same amount of the triangle.
+    Each task takes a group of ``ROWS`` rows; per column tile it forms the
+    inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
+    in cache) and runs the whole program on each row of the tile.  In the
+    symmetric case groups are processed in pairs (g, last - g) so that both
+    threads get the same share of the triangle.
     """
-    B, M = G.shape
-    n_tasks = (B + 1) // 2 if sym else B
+    n2 = x2.shape[0]
+    n_groups = (r_hi - r_lo + ROWS - 1) // ROWS
+    n_tasks = (n_groups + 1) // 2 if sym else n_groups
     for task in prange(n_tasks):
         Q = np.empty((n_regs, TILE))
         TH = np.empty((n_regs, TILE))
         W = np.empty((3, TILE))
         first = np.int64(task)  # prange indices may be unsigned
         for half in range(2 if sym else 1):
-            ii = first if half == 0 else B - 1 - first
-            if half == 1 and ii == first:
+            g = first if half == 0 else n_groups - 1 - first
+            if half == 1 and g == first:
                 break
-            i = row0 + ii
-            j_lo = i + 1 - col0 if sym else 0
-            for t0 in range(j_lo, M, TILE):
-                n = min(TILE, M - t0)
-                c0 = col0 + t0
-                for j in range(n):
-                    Q[0, j] = G[ii, t0 + j] * inv_d
-                    TH[0, j] = 0.0
-                _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
-                         F1, G1, F2, G2, TM, W)
-                if want_k:
+            i0 = r_lo + g * ROWS
+            i1 = min(r_hi, i0 + ROWS)
+            for c0 in range(i0 if sym else 0, n2, TILE):
+                c1 = min(n2, c0 + TILE)
+                G = np.dot(x1[i0:i1], x2[c0:c1].T)
+                for i in range(i0, i1):
+                    j_lo = max(c0, i + 1) if sym else c0
+                    n = c1 - j_lo
+                    if n <= 0:
+                        continue
                     for j in range(n):
-                        K[i, c0 + j] = Q[0, j]
-                if want_t:
-                    for j in range(n):
-                        T[i, c0 + j] = TH[0, j]
+                        Q[0, j] = G[i - i0, j_lo - c0 + j] * inv_d
+                        TH[0, j] = 0.0
+                    _run_ops(ops, params, aux, i, j_lo, n, V1, S1, R1, V2, S2, R2, Q, TH,
+                             F1, G1, F2, G2, TM, W)
+                    if want_k:
+                        for j in range(n):
+                            K[i, j_lo + j] = Q[0, j]
+                    if want_t:
+                        for j in range(n):
+                            T[i, j_lo + j] = TH[0, j]
 
 
 @njit(parallel=True, **JIT)
@@ -282,25 +290,20 @@ def gram(program, x1, x2, K, T, progress=None):
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
-    # rows per GEMM block; also capped because threaded OpenBLAS GEMMs with two
-    # dimensions above ~16k crash on some machines
-    block = max(1, min(n1, 8192, BLOCK_ENTRIES // max(n2, 1)))
-    gbuf = np.empty(block * n2)  # reused: fresh pages are costly to fault in
+    # rows per call: progress granularity; the kernel itself needs no buffer
+    block = max(8 * ROWS, BLOCK_ENTRIES // max(n2, 1)) // ROWS * ROWS
     done = 0
-    # BLAS threads spin for a while after a GEMM and would steal the cores
-    # from the numba kernel that follows: the (small) GEMM runs on one thread.
+    # BLAS runs single-threaded inside the parallel kernel (one small GEMM per
+    # tile and thread): no oversubscription, no idle spinning BLAS threads.
     with _single_threaded_blas():
         for r0 in range(0, n1, block):
             r1 = min(n1, r0 + block)
-            col0 = r0 if sym else 0
-            G = gbuf[:(r1 - r0) * (n2 - col0)].reshape(r1 - r0, n2 - col0)
-            np.dot(x1[r0:r1], (x1 if sym else x2)[col0:].T, out=G)
-            _gram_rows(G, 1.0 / program.d_in, r0, col0, sym, program.ops,
-                       program.params, program.aux, program.n_regs,
-                       *tables1[:3], *tables2[:3],
-                       dummy if K is None else K, dummy if T is None else T,
-                       K is not None, T is not None,
-                       tables1[3], tables1[4], tables2[3], tables2[4], TM)
+            _gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1,
+                        program.ops, program.params, program.aux, program.n_regs,
+                        *tables1[:3], *tables2[:3],
+                        dummy if K is None else K, dummy if T is None else T,
+                        K is not None, T is not None,
+                        tables1[3], tables1[4], tables2[3], tables2[4], TM)
             if progress is not None:
                 done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
                          else (r1 - r0) * n2)
