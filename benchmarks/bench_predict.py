@@ -49,7 +49,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     ktt = net.kernel(xtr, None, "ntk")
     t1 = time.perf_counter()
-    pf = predict.gp_inference(ktt, ytr, diag_reg=a.diag_reg, solver=a.solver, tol=a.tol)
+    pf = predict.gp_inference(ktt, ytr, diag_reg=a.diag_reg, solver=a.solver, tol=a.tol,
+                              overwrite_k_train_train=True)
     kte = net.kernel(xte, xtr, "ntk")
     t2 = time.perf_counter()
     pred = pf(get="ntk", k_test_train=kte)

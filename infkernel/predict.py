@@ -233,7 +233,7 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=1e-6):
 #: on large matrices on some machines (seen for n >= 16,500), so no BLAS call
 #: below sees a dimension above ``_CHUNK`` except NumPy's matmul, which is safe.
 _PANEL = 1024
-_CHUNK = 4096
+_CHUNK = 2048
 
 
 def _potrf_lower(a):
@@ -404,10 +404,12 @@ class _Solver:
     """(K + reg I)⁻¹ for one training kernel: Cholesky (cached), conjugate
     gradients, or an eigendecomposition (cached) for functions of K."""
 
-    def __init__(self, k, diag_reg, absolute, name, solver="cholesky", tol=1e-10):
+    def __init__(self, k, diag_reg, absolute, name, solver="cholesky", tol=1e-10,
+                 overwrite=False):
         if solver not in ("cholesky", "cg"):
             raise ValueError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
         self.k = k
+        self.overwrite = overwrite
         self.reg = _regularizer(k, diag_reg, absolute)
         self.name = name
         self.solver = solver
@@ -419,13 +421,21 @@ class _Solver:
         if self.solver == "cg":
             return pcg_solve(self.k, b, self.reg, tol=self.tol, name=self.name)
         if self._chol is None:
-            a = np.array(self.k, dtype=np.float64, order="F")
+            a = self.k.T if self.k.flags.c_contiguous else self.k  # symmetric
+            if not (self.overwrite and a.dtype == np.float64 and a.flags.f_contiguous
+                    and a.flags.writeable):
+                a = np.array(self.k, dtype=np.float64, order="F")
             a[np.diag_indices_from(a)] += self.reg
             self._chol = cho_factor(a, self.name, overwrite=True)
+            if self.overwrite:
+                self.k = None  # its memory now holds the factor
             del a
         return _cho_solve(self._chol, b)
 
     def eig(self):
+        if self.k is None:
+            raise RuntimeError(f"{self.name} was factored in place "
+                               "(overwrite_k_train_train=True); pass a copy to use it again")
         if self._eig is None:
             a = np.array(self.k, dtype=np.float64)
             a[np.diag_indices_from(a)] += self.reg
@@ -464,7 +474,7 @@ def _prep_y(y):
 # ---------------------------------------------------------------------------
 
 def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=False,
-                 *, solver="cholesky", tol=1e-10):
+                 *, solver="cholesky", tol=1e-10, overwrite_k_train_train=False):
     """Posterior of the NNGP, of the NTK ensemble at t = ∞, or of the NTKGP.
 
     Args:
@@ -474,6 +484,9 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
         ``diag_reg_absolute_scale``).
       solver: "cholesky" (default) or "cg" (preconditioned conjugate gradients
         to relative residual ``tol``; no copy of K).
+      overwrite_k_train_train: let the Cholesky factorisation overwrite the
+        (float64, contiguous) training kernel instead of copying it: one N×N
+        matrix less; its contents are destroyed.
 
     Returns ``predict_fn(get=None, k_test_train=None, k_test_test=None)``:
     the mean (no ``k_test_test``) or a ``Gaussian(mean, covariance)``, per
@@ -507,7 +520,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
                           if g != "_" else "k_train_train", n)
         _check_symmetric(k, "k_train_train")
         return _Solver(k, diag_reg, diag_reg_absolute_scale, f"k_train_train ({g})",
-                       solver, tol)
+                       solver, tol, overwrite_k_train_train)
 
     @lru_cache(2)
     def k_inv_y(g):

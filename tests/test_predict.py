@@ -201,3 +201,20 @@ def test_blocked_cholesky_matches_lapack_and_keeps_upper(monkeypatch):
     assert c is A
     assert np.abs(np.tril(c) - ref).max() <= 1e-12 * np.abs(ref).max()
     assert np.array_equal(np.triu(A, 1), upper)
+
+
+def test_gp_inference_in_place_factorisation_matches_copying():
+    """overwrite_k_train_train=True gives the same posterior mean (same
+    arithmetic on the same matrix) and reuses the kernel's memory."""
+    from infkernel import predict
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((60, 3))
+    net = ik.serial(ik.Dense(8, 1.3, 0.1), ik.Erf(), ik.Dense(1))
+    k = net.kernel(x, None, "ntk")
+    kt = net.kernel(x[:7] + 0.1, x, "ntk")
+    y = rng.standard_normal((60, 2))
+    ref = predict.gp_inference(k.copy(), y, diag_reg=1e-3)(get="ntk", k_test_train=kt)
+    pf = predict.gp_inference(k, y, diag_reg=1e-3, overwrite_k_train_train=True)
+    np.testing.assert_array_equal(pf(get="ntk", k_test_train=kt), ref)
+    assert not np.array_equal(k, k.T)  # the lower triangle now holds the factor
+    np.testing.assert_array_equal(pf(get="ntk", k_test_train=kt), ref)  # factor cached
