@@ -16,8 +16,8 @@ from numba import njit, prange
 
 from ._config import BLOCK_ENTRIES, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
-                     dual_monomial, dual_rbf, dual_rectified_monomial, dual_sign,
-                     dual_sin)
+                     dual_monomial, dual_rbf, dual_rectified_monomial, dual_relu,
+                     dual_sign, dual_sin)
 from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
                        K_NUMERIC, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
@@ -38,9 +38,16 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
     """
     if kind == K_ABRELU:
         a, b = p[0], p[1]
-        for j in range(n):
-            Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
-            TH[j] *= d
+        if a * b == 0.0:  # ReLU: one angle per entry
+            c2 = a * a + b * b
+            for j in range(n):
+                Q[j], d = dual_relu(c2, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+                TH[j] *= d
+        else:
+            for j in range(n):
+                Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1,
+                                      R2[c0 + j])
+                TH[j] *= d
     elif kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):

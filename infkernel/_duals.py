@@ -159,6 +159,17 @@ def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
+def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2):
+    """``dual_abrelu`` when ab = 0 (ReLU, or any one-sided ABRelu), c2 = a² + b²:
+    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π).  The same arithmetic without
+    the second angle, for the loops whose ab = 0 is known outside."""
+    rho = correlation(q12, r1, r2)
+    psi = acos(-rho)
+    k = c2 * sin_minus_x_cos(psi, math.sqrt((1.0 - rho) * (1.0 + rho)), -rho)
+    return s1 * s2 * k * INV_2PI, c2 * psi * INV_2PI
+
+
+@njit(**INLINE)
 def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a erf(bx) + c (Williams 1997).
 
@@ -241,13 +252,12 @@ def dual_gaussian(a, b, q11, q12, q22, s1, s2, r1, r2):
     t1 = 1.0 - 2.0 * b * q11
     t2 = 1.0 - 2.0 * b * q22
     det = t1 * t2 - 4.0 * b * b * q12 * q12
-    if b < 0.0:  # D >= 1 - 2b(q11 + q22) when b < 0; keeps rounding from below
-        det = max(det, 1.0 - 2.0 * b * (q11 + q22))
-    if t1 <= 0.0 or t2 <= 0.0 or det <= 0.0:
-        return math.inf, math.inf
-    root = math.sqrt(det)
-    k = a * a / root
-    return k, 4.0 * b * b * q12 * k / det
+    # D >= 1 - 2b(q11 + q22) when b < 0; keeps rounding from below
+    det = max(det, 1.0 - 2.0 * b * (q11 + q22)) if b < 0.0 else det
+    diverges = (t1 <= 0.0) | (t2 <= 0.0) | (det <= 0.0)  # branch-free: vectorises
+    k = a * a / math.sqrt(det)
+    kdot = 4.0 * b * b * q12 * k / det
+    return (math.inf, math.inf) if diverges else (k, kdot)
 
 
 @njit(**INLINE)
