@@ -146,7 +146,7 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         from . import gpu
         d = np.shape(x1)[-1] if np.ndim(x1) == 2 else None
         if d and not gpu.supports(net.program(d)):
-            which = "cpu"  # e.g. quadrature activations: CPU only for now
+            which = "cpu"  # a program the GPU kernels cannot run (too many registers)
     if which == "gpu":
         from . import gpu
         return gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
