@@ -23,6 +23,22 @@ relative step 1e-3: truncation ~1e-12, rounding ~1e-13).  Diagonal entries
 follow the one-variable map q ↦ k(q, q, q), whose derivative is finite even
 where ∂₁₂k̇ is not (ReLU at correlation 1).
 
+Activation parameters (``activation_params=True``): each continuous
+parameter p of an activation layer gets its own tangent slot.  It enters the
+recursion only at that layer, so its tangent there is the local partial at
+fixed covariances, dΣ' = ∂k/∂p, dΘ' = Θ ∂k̇/∂p (diagonal: ∂/∂p of
+q ↦ k(q, q, q)), carried on by the layers above like any other tangent.  The
+partials are closed forms: scales are trivial (k, k̇ ∝ a²; Erf's c adds c² to
+k only); ABRelu's b differentiates (a² + b²) and 2ab; Erf's b via β = b²,
+∂k/∂β = a²(4/π) q12 (1 − βq11/r1 − βq22/r2)/√D; Sin's b, c, Rbf's γ, Exp's b
+and Gaussian's b differentiate the exponentials / D^-½ directly.  Parameters
+are those of the stored activation: Relu, LeakyRelu(α) and Abs are
+ABRelu(a, b), Cos(a, b, c) is Sin(a, b, c + π/2), Sigmoid_like is
+Erf(0.5, 1/2.402…, 0.5); ``parameter_names`` lists them as
+"layer i ABRelu.a" (i the index in ``net.layers``).  Integer degrees
+(Monomial, RectifiedMonomial) and parameter-free Gelu / Sign get no slot;
+numeric (quadrature) activations have no derivative rule here.
+
 The log marginal likelihood of y (N, C) under GP(0, K), K = Σ + σ²I, and its
 gradient (Rasmussen & Williams 2006, eqs. 2.30, 5.9):
 
@@ -41,7 +57,8 @@ from .activations import Activation
 from .layers import Dense, Identity, Network
 
 __all__ = ["kernel_and_grad", "log_marginal_likelihood", "fit_hyperparameters",
-           "dense_layers", "with_hyperparameters"]
+           "dense_layers", "with_hyperparameters", "parameter_names", "activation_layers",
+           "activation_parameters", "with_activation_parameters"]
 
 INV_2PI = 0.5 / math.pi
 
@@ -272,6 +289,178 @@ def _dual_diag(kind, p, q):
     return k, kd, 2 * k1 + k12, 2 * kd1 + kd12
 
 
+
+# ---------------------------------------------------------------------------
+# derivatives of the duals with respect to the activation's own parameters
+# ---------------------------------------------------------------------------
+
+#: differentiable continuous parameters of each closed-form kind, in the
+#: order of ``Activation.params`` (integer degrees and parameter-free kinds
+#: have none)
+ACT_PARAM_NAMES = {
+    P.K_ABRELU: ("a", "b"),
+    P.K_ERF: ("a", "b", "c"),
+    P.K_SIN: ("a", "b", "c"),
+    P.K_RBF: ("gamma",),
+    P.K_EXP: ("a", "b"),
+    P.K_GAUSSIAN: ("a", "b"),
+}
+
+
+def _act_param_names(layer):
+    return ACT_PARAM_NAMES.get(layer.kind, ())
+
+
+def _dual_param_partials(kind, p, q1, q12, q2):
+    """(∂k/∂p_m, ∂k̇/∂p_m) for each differentiable parameter p_m of ``kind``
+    at fixed covariances (q11, q12, q22): two lists of arrays, closed forms."""
+    q1, q12, q2 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
+                                        for a in (q1, q12, q2)))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if kind == P.K_ABRELU:
+            a, b = p[0], p[1]
+            s, rho, theta, sin_t, _ = _angle(q1, q12, q2)
+            psi = np.pi - theta
+            u, w = sin_t + psi * rho, sin_t - theta * rho
+            ka = s * INV_2PI * (2 * a * u - 2 * b * w)
+            kb = s * INV_2PI * (2 * b * u - 2 * a * w)
+            kda = (2 * a * psi + 2 * b * theta) * INV_2PI
+            kdb = (2 * b * psi + 2 * a * theta) * INV_2PI
+            return [ka, kb], [kda, kdb]
+        if kind == P.K_ERF:
+            a, b, c = p[0], p[1], p[2]
+            b2 = b * b
+            r1s, r2s = 1 + 2 * b2 * q1, 1 + 2 * b2 * q2
+            D = np.maximum(r1s * r2s - 4 * b2 * b2 * q12 * q12, 1e-300)
+            z = np.clip(2 * b2 * q12 / np.sqrt(r1s * r2s), -1, 1)
+            ka = 2 * a * (2 / np.pi) * np.arcsin(z)
+            kda = 2 * a * (4 / np.pi) * b2 / np.sqrt(D)
+            # with β = b²: ∂k/∂β = a²(4/π) q12 (1 − βq11/r1 − βq22/r2)/√D,
+            # ∂k̇/∂β = a²(4/π)(D^-½ − ½β D^-3/2 ∂D/∂β)
+            kb = 2 * b * a * a * (4 / np.pi) * q12 * (1 - b2 * q1 / r1s - b2 * q2 / r2s) \
+                / np.sqrt(D)
+            dD = 2 * q1 * r2s + 2 * q2 * r1s - 8 * b2 * q12 * q12
+            kdb = 2 * b * a * a * (4 / np.pi) * (D ** -0.5 - 0.5 * b2 * D ** -1.5 * dD)
+            kc = np.full_like(q12, 2 * c)
+            return [ka, kb, kc], [kda, kdb, np.zeros_like(q12)]
+        if kind == P.K_SIN:
+            a, b, c = p[0], p[1], p[2]
+            b2 = b * b
+            S, T = q1 + q2 - 2 * q12, q1 + q2 + 2 * q12
+            em = np.exp(-0.5 * b2 * S)
+            er = np.exp(-0.5 * b2 * T)
+            ep = er * math.cos(2 * c)
+            h = 0.5 * a * a
+            ka, kda = a * (em - ep), a * b2 * (em + ep)
+            dem, dep = -b * S * em, -b * T * ep
+            kb = h * (dem - dep)
+            kdb = h * (2 * b * (em + ep) + b2 * (dem + dep))
+            dep_c = -2 * math.sin(2 * c) * er
+            return [ka, kb, -h * dep_c], [kda, kdb, h * b2 * dep_c]
+        if kind == P.K_RBF:
+            g = p[0]
+            S = q1 + q2 - 2 * q12
+            k = np.exp(-g * S)
+            kg = -S * k
+            return [kg], [2 * k + 2 * g * kg]
+        if kind == P.K_EXP:
+            a, b = p[0], p[1]
+            b2 = b * b
+            E = 0.5 * (q1 + q2) + q12
+            e = np.exp(b2 * E)
+            k = a * a * e
+            ka, kb = 2 * a * e, 2 * b * E * k
+            return [ka, kb], [b2 * ka, 2 * b * k + b2 * kb]
+        if kind == P.K_GAUSSIAN:
+            a, b = p[0], p[1]
+            t1, t2 = 1 - 2 * b * q1, 1 - 2 * b * q2
+            D = t1 * t2 - 4 * b * b * q12 * q12
+            bad = (t1 <= 0) | (t2 <= 0) | (D <= 0)
+            D = np.where(bad, np.nan, D)
+            dD = -2 * q1 * t2 - 2 * q2 * t1 - 8 * b * q12 * q12
+            ka = 2 * a * D ** -0.5
+            kda = 8 * a * b * b * q12 * D ** -1.5
+            kb = -0.5 * a * a * D ** -1.5 * dD
+            kdb = 8 * a * a * b * q12 * D ** -1.5 - 6 * a * a * b * b * q12 * D ** -2.5 * dD
+            return [ka, kb], [kda, kdb]
+    return [], []
+
+
+def _dual_diag_param_partials(kind, p, q):
+    """Parameter partials of the diagonal map q ↦ k(q, q, q), k̇(q, q, q)."""
+    q = np.asarray(q, dtype=np.float64)
+    if kind == P.K_ABRELU:
+        # correlation exactly 1 (θ = 0): k = q(a² + b²)/2, k̇ = (a² + b²)/2;
+        # evaluating the general form at q12 = q would amplify rounding in θ
+        a, b = p[0], p[1]
+        one = np.ones_like(q)
+        return [a * q, b * q], [a * one, b * one]
+    return _dual_param_partials(kind, p, q, q, q)
+
+
+def _rebuild_activation(layer, params):
+    """The same activation with new parameters (through its factory, so that
+    its finite-width forward function matches)."""
+    from . import activations as A
+    factory = {P.K_ABRELU: A.ABRelu, P.K_ERF: A.Erf, P.K_SIN: A.Sin, P.K_RBF: A.Rbf,
+               P.K_EXP: A.Exp, P.K_GAUSSIAN: A.Gaussian}[layer.kind]
+    return factory(*(float(v) for v in params))
+
+
+def activation_layers(net):
+    """Indices of the activation layers with differentiable parameters."""
+    return [i for i, l in enumerate(net.layers)
+            if isinstance(l, Activation) and _act_param_names(l)]
+
+
+def activation_parameters(net):
+    """Current values of the differentiable activation parameters, in the
+    order of :func:`parameter_names` (after the Dense ones)."""
+    return np.array([v for i in activation_layers(net)
+                     for v in net.layers[i].params[:len(_act_param_names(net.layers[i]))]],
+                    dtype=np.float64)
+
+
+def with_activation_parameters(net, values):
+    """A copy of ``net`` whose differentiable activation parameters are
+    ``values`` (flat, in the order of :func:`activation_parameters`)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    layers, o = list(net.layers), 0
+    for i in activation_layers(net):
+        m = len(_act_param_names(layers[i]))
+        new = list(layers[i].params)
+        new[:m] = values[o:o + m]
+        layers[i] = _rebuild_activation(layers[i], new)
+        o += m
+    if o != values.size:
+        raise ValueError(f"expected {o} activation parameters, got {values.size}")
+    return Network(layers)
+
+
+def parameter_names(net, shared=True, activation_params=False):
+    """Names of the entries of ``kernel_and_grad``'s dK (and of the
+    log-marginal-likelihood gradient, which appends "noise").
+
+    Dense parameters come first: ["W_std", "b_std"] when shared, else
+    "layer i Dense.W_std" for every Dense layer then "layer i Dense.b_std"
+    (i the 0-based index in ``net.layers``).  With ``activation_params`` they
+    are followed by "layer i <Name>.<param>" for each differentiable
+    parameter of each activation layer, named as stored: Relu, LeakyRelu and
+    Abs are ABRelu(a, b); Cos(a, b, c) is Sin(a, b, c + π/2); Sigmoid_like
+    is Erf(a, b, c).
+    """
+    idx = dense_layers(net)
+    if shared:
+        names = ["W_std", "b_std"]
+    else:
+        names = ([f"layer {i} Dense.W_std" for i in idx]
+                 + [f"layer {i} Dense.b_std" for i in idx])
+    if activation_params:
+        names += [f"layer {i} {net.layers[i].name}.{pn}" for i in activation_layers(net)
+                  for pn in _act_param_names(net.layers[i])]
+    return names
+
+
 # ---------------------------------------------------------------------------
 # forward-mode recursion
 # ---------------------------------------------------------------------------
@@ -293,14 +482,22 @@ def with_hyperparameters(net, W_std, b_std):
     return Network(layers)
 
 
-def kernel_and_grad(net, x, get="nngp", shared=True):
+def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     """K(x, x) and its derivatives with respect to each Dense layer's W_std
-    and b_std.
+    and b_std (and, on request, the activations' parameters).
 
     Returns ``(K, dK)``, K (N, N) and dK (P, N, N): with ``shared=True``
     P = 2 (d/dW_std, d/db_std of a value shared by all Dense layers, i.e. the
     sum over layers); otherwise P = 2L ordered [W_std_1..L, b_std_1..L].  A
     layer with ``b_std=None`` is differentiated as if b_std = 0.
+
+    With ``activation_params=True``, dK gets one more slot per differentiable
+    continuous parameter of each activation layer (one per layer, never
+    shared), after the Dense slots: see :func:`parameter_names` for the order
+    and names.  Integer degrees (Monomial, RectifiedMonomial) and
+    parameter-free activations (Gelu, Sign) contribute no slot; numerically
+    integrated activations (kind K_NUMERIC) are not supported by this
+    function at all.
     """
     from .kernel import check_inputs
     if get not in ("nngp", "ntk"):
@@ -312,15 +509,20 @@ def kernel_and_grad(net, x, get="nngp", shared=True):
     L = len(dense_layers(net))
     if L == 0:
         raise ValueError("net has no Dense layer: nothing to differentiate")
+    act_slot, M = {}, 0
+    if activation_params:
+        for i in activation_layers(net):
+            act_slot[i] = 2 * L + M
+            M += len(_act_param_names(net.layers[i]))
     Q = x @ x.T / d
     v = np.einsum("ij,ij->i", x, x) / d
     TH = np.zeros_like(Q)
-    dQ = np.zeros((2 * L, n, n))
+    dQ = np.zeros((2 * L + M, n, n))
     dTH = np.zeros_like(dQ)
-    dv = np.zeros((2 * L, n))
+    dv = np.zeros((2 * L + M, n))
     ii = np.diag_indices(n)
     width, j, gaussian = d, 0, False
-    for layer in net.layers:
+    for li, layer in enumerate(net.layers):
         if isinstance(layer, Dense):
             w2 = layer.W_std ** 2
             b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
@@ -355,6 +557,7 @@ def kernel_and_grad(net, x, get="nngp", shared=True):
                 dTH = kd * dTH + TH * (kd1 * dv[:, :, None] + kd12 * dQ
                                        + kd2 * dv[:, None, :])
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
+            th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()
             TH = kd * TH
@@ -365,6 +568,19 @@ def kernel_and_grad(net, x, get="nngp", shared=True):
             dQn[:, ii[0], ii[1]] = dkg * dv
             dQ = dQn
             dv = dkg * dv
+            if li in act_slot:
+                # the parameter enters here only: its incoming tangents are 0,
+                # so the local partial at fixed covariances is the whole tangent
+                s0 = act_slot[li]
+                pk, pkd = _dual_param_partials(kind, p, q1, th_q12, q2)
+                gk, gkd = _dual_diag_param_partials(kind, p, v)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    for m in range(len(pk)):
+                        dQ[s0 + m] = pk[m]
+                        dQ[s0 + m][ii] = gk[m]
+                        dTH[s0 + m] = th_full * pkd[m]
+                        dTH[s0 + m][ii] = th_diag * gkd[m]
+                        dv[s0 + m] = gk[m]
             v = kdg
             gaussian = False
         elif isinstance(layer, Identity):
@@ -378,10 +594,10 @@ def kernel_and_grad(net, x, get="nngp", shared=True):
     ws = np.array([net.layers[i].W_std for i in idx])
     bs = np.array([0.0 if net.layers[i].b_std is None else net.layers[i].b_std
                    for i in idx])
-    scale = 2.0 * np.concatenate([ws, bs])
+    scale = np.concatenate([2.0 * ws, 2.0 * bs, np.ones(M)])
     dK = dK * scale[:, None, None]
     if shared:
-        dK = np.stack([dK[:L].sum(0), dK[L:].sum(0)])
+        dK = np.concatenate([dK[:L].sum(0)[None], dK[L:2 * L].sum(0)[None], dK[2 * L:]])
     return K, dK
 
 
@@ -410,12 +626,14 @@ def _lml_from(K, dK, y, noise):
 
 
 def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
-                            eval_gradient=False):
+                            eval_gradient=False, activation_params=False):
     """log p(y | x) under GP(0, K + noise·I), K the NNGP (or NTK) of ``net``.
 
     ``y`` is (N,) or (N, C) (independent outputs sharing K).  With
     ``eval_gradient`` returns ``(lml, grad)``, grad = ∂/∂[W_std, b_std] (shared)
-    or ∂/∂[W_std_1..L, b_std_1..L], followed by ∂/∂noise.
+    or ∂/∂[W_std_1..L, b_std_1..L], then (with ``activation_params``) ∂/∂ each
+    differentiable activation parameter, followed by ∂/∂noise; the names are
+    ``parameter_names(net, shared, activation_params) + ["noise"]``.
     """
     from .predict import _check_y
     y = _check_y(y, None, "y")
@@ -424,7 +642,7 @@ def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
     if not (isinstance(noise, (int, float, np.floating)) and noise >= 0):
         raise ValueError(f"noise must be a number >= 0, got {noise!r}")
     if eval_gradient:
-        K, dK = kernel_and_grad(net, x, get, shared)
+        K, dK = kernel_and_grad(net, x, get, shared, activation_params)
     else:
         K, dK = np.asarray(net.kernel(x, None, get)), None
     lml, grad, gnoise = _lml_from(K, dK, y, noise)
@@ -435,10 +653,16 @@ def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
 
 def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_noise=True,
                         W_bounds=(1e-2, 1e2), b_bounds=(1e-4, 1e1),
-                        noise_bounds=(1e-8, 1e2), maxiter=100):
+                        noise_bounds=(1e-8, 1e2), maxiter=100, activation_params=False):
     """Maximise the log marginal likelihood over W_std, b_std (shared or per
     layer) and the noise variance, with L-BFGS-B in log space using the
     analytic gradient.
+
+    With ``activation_params=True`` the differentiable activation parameters
+    (one set per activation layer, see :func:`parameter_names`) are optimised
+    too, in linear space and unbounded except Rbf's gamma (>= 0, as the
+    activation requires).  A step to parameters where the kernel is not
+    finite (e.g. Gaussian with b > 0) is rejected like a non-PD kernel.
 
     Returns ``(fitted_net, noise, lml)``.
     """
@@ -451,27 +675,46 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
     if shared:
         W0, B0 = W0[:1], B0[:1]
     nW = W0.size
-    theta0 = np.log(np.concatenate([W0, B0] + ([[noise]] if fit_noise else [])))
-    bounds = ([tuple(np.log(W_bounds))] * nW + [tuple(np.log(b_bounds))] * nW
+    A0 = activation_parameters(net) if activation_params else np.zeros(0)
+    nA = A0.size
+    a_bounds = [((0.0, None) if net.layers[i].kind == P.K_RBF else (None, None))
+                for i in (activation_layers(net) if activation_params else [])
+                for _ in _act_param_names(net.layers[i])]
+    # layout of theta: [log W, log b, activation params (linear), log noise]
+    theta0 = np.concatenate([np.log(W0), np.log(B0), A0]
+                            + ([np.log([noise])] if fit_noise else []))
+    bounds = ([tuple(np.log(W_bounds))] * nW + [tuple(np.log(b_bounds))] * nW + a_bounds
               + ([tuple(np.log(noise_bounds))] if fit_noise else []))
+    logged = np.ones(theta0.size, bool)
+    logged[2 * nW:2 * nW + nA] = False
 
     def unpack(th):
-        e = np.exp(th)
-        return e[:nW], e[nW:2 * nW], (e[2 * nW] if fit_noise else noise)
+        e = np.where(logged, np.exp(np.where(logged, th, 0.0)), th)
+        return (e[:nW], e[nW:2 * nW], e[2 * nW:2 * nW + nA],
+                (e[2 * nW + nA] if fit_noise else noise))
+
+    def build(th):
+        W, B, Aa, nz = unpack(th)
+        m = with_hyperparameters(net, W if not shared else W[0], B if not shared else B[0])
+        if nA:
+            m = with_activation_parameters(m, Aa)
+        return m, nz
 
     def objective(th):
-        W, B, nz = unpack(th)
-        m = with_hyperparameters(net, W if not shared else W[0], B if not shared else B[0])
+        m, nz = build(th)
         try:
-            lml, g = log_marginal_likelihood(m, x, y, nz, get, shared, eval_gradient=True)
+            with np.errstate(all="ignore"):
+                lml, g = log_marginal_likelihood(m, x, y, nz, get, shared, eval_gradient=True,
+                                                 activation_params=bool(nA))
         except np.linalg.LinAlgError:
             return 1e300, np.zeros_like(th)
-        e = np.exp(th)
+        if not (np.isfinite(lml) and np.all(np.isfinite(g))):
+            return 1e300, np.zeros_like(th)
         g = g if fit_noise else g[:-1]
-        return -lml, -g * e
+        chain = np.where(logged, np.exp(np.where(logged, th, 0.0)), 1.0)
+        return -lml, -g * chain
 
     res = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": maxiter})
-    W, B, nz = unpack(res.x)
-    fitted = with_hyperparameters(net, W if not shared else W[0], B if not shared else B[0])
+    fitted, nz = build(res.x)
     return fitted, float(nz), float(-res.fun)

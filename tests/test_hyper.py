@@ -97,3 +97,114 @@ def test_fit_hyperparameters_increases_lml():
     fitted, noise, lml = H.fit_hyperparameters(net, xs, y, noise=1e-2)
     assert lml > before
     assert lml == pytest.approx(H.log_marginal_likelihood(fitted, xs, y, noise), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# activation parameters
+# ---------------------------------------------------------------------------
+
+PARAM_ACTS = [ik.Relu(), ik.LeakyRelu(0.2), ik.ABRelu(-0.4, 1.3), ik.Erf(1.1, 0.7, 0.2),
+              ik.Sin(1.2, 0.8, 0.3), ik.Cos(0.9, 1.1, 0.2), ik.Rbf(0.7), ik.Exp(0.5, 0.4),
+              ik.Gaussian(1.0, -0.6)]
+
+
+def _fd_act(net, x, get, m, h=1e-5):
+    a = H.activation_parameters(net)
+
+    def k(s):
+        a2 = a.copy()
+        a2[m] += s
+        return H.with_activation_parameters(net, a2).kernel(x, None, get)
+    return (k(h) - k(-h)) / (2 * h)
+
+
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+@pytest.mark.parametrize("act", PARAM_ACTS, ids=repr)
+def test_activation_parameter_gradient_matches_finite_differences(act, par, x):
+    # Same budget as the W/b test: central differences with h = 1e-5 are
+    # accurate to ~1e-10 relative here (the worst, Exp's b, whose k grows like
+    # exp(b²q), to ~1e-8); 1e-6 relative to each slot's largest entry leaves a
+    # wide margin while still catching any wrong closed form (errors O(1)).
+    # Pairs of duplicated points are excluded as above (ABRelu's ∂k/∂a
+    # contains sin θ, whose derivative is infinite at correlation 1).
+    net = ik.serial(ik.Dense(8, 1.3, 0.2, par), act, ik.Dense(8, 0.9, 0.3, par), act,
+                    ik.Dense(1, 1.1, 0.1, par))
+    mask = np.ones((10, 10), bool)
+    mask[4, 5] = mask[5, 4] = False
+    names = H.parameter_names(net, shared=False, activation_params=True)
+    n_act = H.activation_parameters(net).size
+    assert n_act == 2 * len(act.params) and len(names) == 6 + n_act
+    for get in ("nngp", "ntk"):
+        K, dK = H.kernel_and_grad(net, x, get, shared=False, activation_params=True)
+        assert dK.shape == (6 + n_act, 10, 10)
+        for m in range(n_act):
+            fd = _fd_act(net, x, get, m)
+            scale = np.abs(dK[6 + m][mask]).max()
+            assert scale > 0, names[6 + m]
+            assert np.abs(fd - dK[6 + m])[mask].max() <= 1e-6 * scale, (get, names[6 + m])
+
+
+def test_activation_params_default_unchanged(x):
+    net = ik.serial(ik.Dense(8, 1.3, 0.2), ik.Erf(1.1, 0.7, 0.2), ik.Dense(8, 0.9, 0.3),
+                    ik.Gelu(), ik.Dense(1, 1.1, 0.1))
+    for shared, p in ((True, 2), (False, 6)):
+        K0, d0 = H.kernel_and_grad(net, x, "ntk", shared)
+        K1, d1 = H.kernel_and_grad(net, x, "ntk", shared, activation_params=True)
+        assert d0.shape == (p, 10, 10) and d1.shape == (p + 3, 10, 10)
+        assert np.array_equal(K0, K1) and np.array_equal(d0, d1[:p])
+        assert len(H.parameter_names(net, shared)) == p
+    assert H.parameter_names(net, True, True) == [
+        "W_std", "b_std", "layer 1 Erf.a", "layer 1 Erf.b", "layer 1 Erf.c"]
+
+
+def test_parameter_names_use_stored_activation():
+    net = ik.serial(ik.Dense(4), ik.LeakyRelu(0.1), ik.Dense(4), ik.Cos(1.0, 2.0, 0.5),
+                    ik.Dense(4), ik.Monomial(3), ik.Dense(1))
+    assert H.parameter_names(net, False, True) == [
+        "layer 0 Dense.W_std", "layer 2 Dense.W_std", "layer 4 Dense.W_std",
+        "layer 6 Dense.W_std", "layer 0 Dense.b_std", "layer 2 Dense.b_std",
+        "layer 4 Dense.b_std", "layer 6 Dense.b_std",
+        "layer 1 ABRelu.a", "layer 1 ABRelu.b",
+        "layer 3 Sin.a", "layer 3 Sin.b", "layer 3 Sin.c"]
+    assert np.allclose(H.activation_parameters(net), [0.1, 1.0, 1.0, 2.0, 0.5 + np.pi / 2])
+
+
+@pytest.mark.parametrize("get", ["nngp", "ntk"])
+def test_log_marginal_likelihood_gradient_with_activation_params(get):
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((15, 3))
+    y = rng.standard_normal((15, 2))
+    net = ik.serial(ik.Dense(8, 1.3, 0.2), ik.Sin(1.2, 0.8, 0.3), ik.Dense(8, 0.9, 0.3),
+                    ik.LeakyRelu(0.2), ik.Dense(1, 1.1, 0.1))
+    noise = 0.1
+    lml, g = H.log_marginal_likelihood(net, xs, y, noise, get, shared=True,
+                                       eval_gradient=True, activation_params=True)
+    names = H.parameter_names(net, True, True) + ["noise"]
+    assert g.shape == (len(names),) == (8,)
+    # the default gradient is the same, without the activation slots
+    _, g0 = H.log_marginal_likelihood(net, xs, y, noise, get, eval_gradient=True)
+    assert np.allclose(g0, np.r_[g[:2], g[-1]], rtol=1e-12, atol=0)
+    h = 1e-6
+    a = H.activation_parameters(net)
+    for m in range(a.size):
+        ap, am = a.copy(), a.copy()
+        ap[m] += h
+        am[m] -= h
+        fd = (H.log_marginal_likelihood(H.with_activation_parameters(net, ap), xs, y, noise, get)
+              - H.log_marginal_likelihood(H.with_activation_parameters(net, am), xs, y, noise,
+                                          get)) / (2 * h)
+        # step 1e-6 on an O(10-100) objective: rounding ~1e-16·100/1e-6 ~ 1e-8 absolute
+        assert fd == pytest.approx(g[2 + m], rel=1e-5, abs=1e-6), names[2 + m]
+
+
+def test_fit_hyperparameters_with_activation_params():
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((40, 2))
+    y = np.sin(2 * xs[:, :1]) + 0.05 * rng.standard_normal((40, 1))
+    net = ik.serial(ik.Dense(8, 1.0, 0.5), ik.Rbf(0.05), ik.Dense(1, 1.0, 0.1))
+    _, _, lml_dense = H.fit_hyperparameters(net, xs, y, noise=1e-2)
+    fitted, noise, lml = H.fit_hyperparameters(net, xs, y, noise=1e-2, activation_params=True)
+    assert lml >= lml_dense - 1e-6
+    assert lml == pytest.approx(H.log_marginal_likelihood(fitted, xs, y, noise), rel=1e-10)
+    gamma = fitted.layers[1].params[0]
+    assert gamma >= 0 and gamma != 0.05
