@@ -1,11 +1,11 @@
 """CPU backend: fused numba Gram builders (cross, symmetric, diagonal).
 
 Data flow for K(X1, X2): the diagonal pass runs the program once per point
-(O(N·L)) and records each activation's input variance per point.  Then, block
-of rows by block of rows, one BLAS GEMM gives X1[block] X2ᵀ and a parallel
-numba kernel runs every layer of the program over column tiles whose
-registers live in cache, writing each output entry once.  The only temporaries
-are the GEMM block (≤ ``BLOCK_ENTRIES`` doubles) and per-thread tiles.
+(O(N·L)) and records each activation's input variance per point.  Then a
+parallel numba kernel takes groups of ``ROWS`` rows; per column tile of
+``TILE`` entries one small single-threaded GEMM gives the inner products and
+every layer of the program runs over the tile with its registers in cache,
+writing each output entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, takes the diagonal from
 the diagonal pass, and mirrors.
 """
