@@ -12,10 +12,8 @@ subprocess of the given interpreter and is never imported here.
 """
 import argparse
 import json
-import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 

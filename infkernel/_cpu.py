@@ -9,6 +9,7 @@ writing each output entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, takes the diagonal from
 the diagonal pass, and mirrors.
 """
+import functools
 import math
 
 import numpy as np
@@ -323,12 +324,12 @@ def gram(program, x1, x2, K, T, progress=None):
                 _mirror(A, 64)
 
 
-_BLAS = None
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
 
 
 def _single_threaded_blas():
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+    """Context in which BLAS runs on the calling thread only."""
+    return _blas_controller().limit(limits=1, user_api="blas")

@@ -60,7 +60,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._config import INLINE, JIT, TILE
+from ._config import INLINE, JIT
 
 # --- table geometry ---------------------------------------------------------
 H = 0.125                      # panel width (kinks must lie on multiples of H)

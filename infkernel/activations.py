@@ -14,6 +14,7 @@ import numpy as np
 from scipy import special
 
 from . import _program as P
+from ._checks import real
 from ._duals import monomial_coefficients
 from .layers import Layer
 
@@ -60,12 +61,7 @@ class Activation(Layer):
 
 
 def _finite(name, **values):
-    for k, v in values.items():
-        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
-            raise TypeError(f"{name}: {k} must be a real number, got {type(v).__name__}")
-        if not math.isfinite(v):
-            raise ValueError(f"{name}: {k} must be finite, got {v}")
-    return tuple(float(v) for v in values.values())
+    return tuple(real(f"{name}: {k}", v) for k, v in values.items())
 
 
 def _degree(name, degree):

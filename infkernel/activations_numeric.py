@@ -16,7 +16,8 @@ import numpy as np
 from scipy import special
 
 from . import _program as P
-from ._numeric import Q_MAX, build_table
+from ._checks import real
+from ._numeric import build_table
 from .activations import Activation
 
 __all__ = ["Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish",
@@ -151,11 +152,7 @@ Swish = Silu
 
 def Elu(alpha=1.0):
     """φ(x) = x for x > 0, alpha (eˣ - 1) otherwise (kink at 0)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Elu: alpha must be a real number, got {type(alpha).__name__}")
-    if not math.isfinite(alpha):
-        raise ValueError(f"Elu: alpha must be finite, got {alpha}")
-    return _builtin("Elu", float(alpha))
+    return _builtin("Elu", real("Elu: alpha", alpha))
 
 
 def Selu():

@@ -20,12 +20,12 @@ A residual block is ``serial(FanOut(2), parallel(Identity(), block),
 FanInSum())`` (``Residual(block)``).
 """
 from dataclasses import dataclass
-from typing import Tuple
 
 import numpy as np
 
 from . import _program as P
-from .layers import Layer, Network, _Branches, _compile, _State, serial
+from ._checks import real
+from .layers import Layer, Network, _Branches, _compile, serial
 
 
 def _as_layers(layer, where):
@@ -246,12 +246,7 @@ class Scale(Layer):
     a: float
 
     def __post_init__(self):
-        a = self.a
-        if isinstance(a, bool) or not isinstance(a, (int, float, np.integer, np.floating)):
-            raise TypeError(f"Scale: a must be a real number, got {type(a).__name__}")
-        if not np.isfinite(a):
-            raise ValueError(f"Scale: a must be finite, got {a}")
-        object.__setattr__(self, "a", float(a))
+        object.__setattr__(self, "a", real("Scale: a", self.a))
 
     def _emit(self, builder, state):
         builder.emit(P.OP_SCALE, state.reg, params=(self.a * self.a,))

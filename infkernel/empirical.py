@@ -27,7 +27,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .kernel import Kernel, _kernel_type, check_inputs, parse_get
+from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Identity, Layer, Network, serial
 from .activations import Activation
 

@@ -121,7 +121,6 @@ def run_fit(args):
     xtr, xte = sc.transform(xtr), sc.transform(xte)
     ymean = ytr.mean(axis=0)
 
-    jobs = [(g, d) for d in depths for g in ("nngp", "ntk")]
     n_jobs = len(depths) + (0 if args.no_baseline else 1)
     bar = None
     if not args.no_progress:

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from . import _program as P
+from ._checks import real
 
 
 class _State:
@@ -96,13 +97,7 @@ class Layer:
 
 
 def _std(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return float(value)
+    return None if (value is None and allow_none) else real(name, value, lower=0)
 
 
 @dataclass(frozen=True, repr=False)

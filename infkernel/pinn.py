@@ -827,7 +827,6 @@ def _pack(out, names, single):
 
 
 def _jet_kernel(net, x1, x2, g1, g2, I, J, names):
-    d = x1.shape[1]
     V = np.array([v for v, _ in g1])          # (G1, d)
     W = np.array([w for w, _ in g2])          # (G2, d)
     G1, G2 = len(g1), len(g2)

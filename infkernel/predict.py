@@ -42,6 +42,8 @@ from functools import lru_cache
 import numpy as np
 import scipy.linalg as sla
 
+from ._checks import real
+
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
            "Gaussian", "JitterWarning", "max_learning_rate"]
 
@@ -80,22 +82,11 @@ def _check_y(y, n=None, name="y_train"):
 
 
 def _check_reg(diag_reg):
-    if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float, np.integer,
-                                                                np.floating)):
-        raise TypeError(f"diag_reg must be a real number, got {type(diag_reg).__name__}")
-    if not math.isfinite(diag_reg) or diag_reg < 0:
-        raise ValueError(f"diag_reg must be finite and >= 0, got {diag_reg}")
-    return float(diag_reg)
+    return real("diag_reg", diag_reg, lower=0)
 
 
 def _check_lr(learning_rate):
-    if isinstance(learning_rate, bool) or not isinstance(
-            learning_rate, (int, float, np.integer, np.floating)):
-        raise TypeError("learning_rate must be a real number, got "
-                        f"{type(learning_rate).__name__}")
-    if not math.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate}")
-    return float(learning_rate)
+    return real("learning_rate", learning_rate, lower=0, strict=True)
 
 
 def _check_t(t):

@@ -25,7 +25,6 @@ For hidden width n (every ``Dense`` but the last gets ``out_dim = n``):
 """
 import argparse
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional

@@ -6,7 +6,6 @@ two correct float64 solves agree to ~1e-16 · 1e5 ≈ 1e-11 relative; we allow
 1e-8 relative to leave room for the different algorithms (Cholesky vs
 eigendecomposition vs CG at tol 1e-12).
 """
-import warnings
 
 import numpy as np
 import pytest
