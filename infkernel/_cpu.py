@@ -6,8 +6,8 @@ parallel numba kernel takes groups of ``ROWS`` rows; per column tile of
 ``TILE`` entries one small single-threaded GEMM gives the inner products and
 every layer of the program runs over the tile with its registers in cache,
 writing each output entry once.  The only temporaries are per-thread tiles.
-The symmetric path computes the strict upper triangle, takes the diagonal from
-the diagonal pass, and mirrors.
+The symmetric path computes the strict upper triangle, writes each entry at
+(i, j) and (j, i), and takes the diagonal from the diagonal pass.
 """
 import functools
 import math
@@ -32,8 +32,10 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
     j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
 
     ``q11, s1, r1`` are the row point's variance, its square root and inverse
-    square root; ``V2, S2, R2`` the column points'.  The kind is dispatched once per tile, so each loop
-    below is branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``)
+    square root; ``V2, S2, R2`` the column points', sliced to the tile (indexed
+    by j alone: an offset index c0 + j could be negative as far as LLVM knows,
+    which turns the loads into gathers).  The kind is dispatched once per tile,
+    so each loop below is branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``)
     also reads the per-point Mehler features ``F1/G1`` (row i), ``F2/G2``
     (columns) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
     """
@@ -42,57 +44,56 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
         if a * b == 0.0:  # ReLU: one angle per entry
             c2 = a * a + b * b
             for j in range(n):
-                Q[j], d = dual_relu(c2, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+                Q[j], d = dual_relu(c2, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
                 TH[j] *= d
         else:
             for j in range(n):
-                Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1,
-                                      R2[c0 + j])
+                Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
                 TH[j] *= d
     elif kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
-            Q[j], d = dual_erf(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_erf(a, b, c, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_GELU:
         for j in range(n):
-            Q[j], d = dual_gelu(q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_gelu(q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_SIN:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
-            Q[j], d = dual_sin(a, b, c, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_sin(a, b, c, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_RBF:
         gamma = p[0]
         for j in range(n):
-            Q[j], d = dual_rbf(gamma, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_rbf(gamma, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_EXP:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_exp(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_exp(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_GAUSSIAN:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_SIGN:
         for j in range(n):
-            Q[j], d = dual_sign(q11, Q[j], V2[c0 + j], s1, S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_sign(q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_MONOMIAL:
         deg = int(p[0])
         for j in range(n):
-            Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[c0 + j], s1,
-                                    S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[j], s1, S2[j], r1,
+                                    R2[j])
             TH[j] *= d
     elif kind == K_RECTIFIED_MONOMIAL:
         deg = int(p[0])
         for j in range(n):
-            Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[c0 + j], s1,
-                                              S2[c0 + j], r1, R2[c0 + j])
+            Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[j], s1, S2[j],
+                                              r1, R2[j])
             TH[j] *= d
     elif kind == K_NUMERIC:
         numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, hi,
@@ -120,7 +121,8 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
                 Q[r, j] = qn
         elif op == OP_ACT:
             act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
-                     R1[k, i], Q[r], TH[r], V2[k], S2[k], R2[k], c0, n,
+                     R1[k, i], Q[r], TH[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
+                     R2[k, c0:c0 + n], c0, n,
                      i, F1, G1, F2, G2, TM, W)
         elif op == OP_SCALE:
             for j in range(n):
@@ -169,7 +171,8 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                     mehler_point(aux, ops[k, 4], min(s, 2.0 * math.sqrt(Q_MAX)),
                                  F, G, ops[k, 5], i)
                 act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s, rs,
-                         q[r:r + 1], th[r:r + 1], V[k], S[k], R[k], i, 1,
+                         q[r:r + 1], th[r:r + 1], V[k, i:i + 1], S[k, i:i + 1],
+                         R[k, i:i + 1], i, 1,
                          i, F, G, F, G, TM, W)
             elif op == OP_SCALE:
                 q[r] *= p[0]
@@ -193,8 +196,9 @@ def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
     Each task takes a group of ``ROWS`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
     in cache) and runs the whole program on each row of the tile.  In the
-    symmetric case groups are processed in pairs (g, last - g) so that both
-    threads get the same share of the triangle.
+    symmetric case each entry is also written to its mirror image, and groups
+    are processed in pairs (g, last - g) so that both threads get the same
+    share of the triangle.
     """
     n2 = x2.shape[0]
     n_groups = (r_hi - r_lo + ROWS - 1) // ROWS
@@ -218,17 +222,23 @@ def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
                     n = c1 - j_lo
                     if n <= 0:
                         continue
+                    # slices, not offset indices, keep the loops' loads and
+                    # stores contiguous (see act_tile)
+                    g_row = G[i - i0, j_lo - c0:]
                     for j in range(n):
-                        Q[0, j] = G[i - i0, j_lo - c0 + j] * inv_d
+                        Q[0, j] = g_row[j] * inv_d
                         TH[0, j] = 0.0
                     _run_ops(ops, params, aux, i, j_lo, n, V1, S1, R1, V2, S2, R2, Q, TH,
                              F1, G1, F2, G2, TM, W)
-                    if want_k:
-                        for j in range(n):
-                            K[i, j_lo + j] = Q[0, j]
-                    if want_t:
-                        for j in range(n):
-                            T[i, j_lo + j] = TH[0, j]
+                    for A, R, want in ((K, Q, want_k), (T, TH, want_t)):
+                        if want:
+                            a_row = A[i, j_lo:c1]
+                            for j in range(n):
+                                a_row[j] = R[0, j]
+                            if sym:  # the mirror image, while the tile is in cache
+                                a_col = A[j_lo:c1, i]
+                                for j in range(n):
+                                    a_col[j] = R[0, j]
 
 
 @njit(parallel=True, **JIT)
@@ -321,7 +331,6 @@ def gram(program, x1, x2, K, T, progress=None):
         for A, diag_values in ((K, k1), (T, t1)):
             if A is not None:
                 A[idx, idx] = diag_values
-                _mirror(A, 64)
 
 
 @functools.lru_cache(maxsize=None)

@@ -404,7 +404,8 @@ def mehler_point(aux, lo, s, F, G, slot, i):
 def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
                  F1, G1, F2, G2, TM, W):
     """Kind K_NUMERIC on the tile (i, c0 .. c0+n): Q[j] = q12 -> k,
-    TH[j] *= kdot.  ``TM[slot, 0/1, n]`` is the largest normalised tail of the
+    TH[j] *= kdot.  ``V2, S2, R2`` are the column tables sliced to the tile;
+    the features ``F2`` are indexed from ``c0``.  ``TM[slot, 0/1, n]`` is the largest normalised tail of the
     column points (certifies a whole tile), ``W`` a (3, TILE) scratch."""
     nm = F1.shape[2]
     rho = W[0]
@@ -412,7 +413,7 @@ def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
     accd = W[2]
     rmax = 0.0
     for j in range(n):
-        r = min(max(Q[j] * r1 * R2[c0 + j], -1.0), 1.0)
+        r = min(max(Q[j] * r1 * R2[j], -1.0), 1.0)
         rho[j] = r
         rmax = max(rmax, abs(r))
     # fewest terms that certify the whole tile
@@ -426,17 +427,17 @@ def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
         p *= rmax
     a_row = F1[slot, 0]
     d_row = F1[slot, 1]
-    A = F2[slot, 0]
-    D = F2[slot, 1]
     for j in range(n):
         acc[j] = 0.0
         accd[j] = 0.0
     for m in range(nt - 1, -1, -1):
         ar = a_row[m, i]
         dr = d_row[m, i]
+        a_col = F2[slot, 0, m, c0:c0 + n]
+        d_col = F2[slot, 1, m, c0:c0 + n]
         for j in range(n):
-            acc[j] = acc[j] * rho[j] + ar * A[m, c0 + j]
-            accd[j] = accd[j] * rho[j] + dr * D[m, c0 + j]
+            acc[j] = acc[j] * rho[j] + ar * a_col[j]
+            accd[j] = accd[j] * rho[j] + dr * d_col[j]
     if nt == nm:  # check entry by entry; the rest by quadrature
         ta = F1[slot, 2, nm - 1, i]
         td = F1[slot, 3, nm - 1, i]
@@ -445,11 +446,11 @@ def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
             pn = r ** nm
             if (pn * ta * F2[slot, 2, nm - 1, c0 + j] > TOL
                     or pn * td * F2[slot, 3, nm - 1, c0 + j] > TOL):
-                if Q[j] == q11 and V2[c0 + j] == q11:  # same variance, ρ = 1
+                if Q[j] == q11 and V2[j] == q11:  # same variance, ρ = 1
                     acc[j] = G1[slot, 0, i]
                     accd[j] = G1[slot, 1, i]
                 else:
-                    acc[j], accd[j] = pair_quadrature(aux, lo, s1, S2[c0 + j], rho[j])
+                    acc[j], accd[j] = pair_quadrature(aux, lo, s1, S2[j], rho[j])
     for j in range(n):
         Q[j] = acc[j]
         TH[j] *= accd[j]
@@ -480,7 +481,7 @@ def _duals_at(aux, q11, q12, q22, TM1):
             TM[0, 1, m_] = F[0, 3, m_, 1] if TM1 else 1.0
         Q[0] = q12[e]
         TH[0] = 1.0
-        numeric_tile(aux, 0, V2[0], S2[0], R2[0], Q, TH, V2, S2, R2, 1, 1, 0, 0,
+        numeric_tile(aux, 0, V2[0], S2[0], R2[0], Q, TH, V2[1:], S2[1:], R2[1:], 1, 1, 0, 0,
                      F, G, F, G, TM, W)
         out[0, e] = Q[0]
         out[1, e] = TH[0]
