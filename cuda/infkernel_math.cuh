@@ -684,7 +684,7 @@ IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11,
   IK_UNROLL
   for (int e = 0; e < E; ++e) {
     ri[e] = nf.rows[e];
-    rho[e] = fmin(fmax(double(Q[e]) * double(r1[e]) * double(r2), -1.0), 1.0);
+    rho[e] = ik_correlation(double(Q[e]), double(r1[e]), double(r2));
     arho[e] = fabs(rho[e]);
     p[e] = arho[e];
     open[e] = true;
@@ -732,7 +732,7 @@ IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11,
       const double ta1 = F1[(3 * IK_NUM_NM - 1) * ld1 + ri[e]];
       const double td1 = F1[(4 * IK_NUM_NM - 1) * ld1 + ri[e]];
       if (pn * ta1 * ta2 > IK_NUM_TOL || pn * td1 * td2 > IK_NUM_TOL) {
-        if (Q[e] == q11[e] && q22 == q11[e]) {  // same variance, rho = 1
+        if (rho[e] == 1.0 && q22 == q11[e]) {  // same variance, rho = 1
           acc[e] = F1[(4 * IK_NUM_NM) * ld1 + ri[e]];
           accd[e] = F1[(4 * IK_NUM_NM + 1) * ld1 + ri[e]];
         } else {

@@ -61,6 +61,7 @@ import numpy as np
 from numba import njit
 
 from ._config import INLINE, JIT
+from ._duals import correlation
 
 # --- table geometry ---------------------------------------------------------
 H = 0.125                      # panel width (kinks must lie on multiples of H)
@@ -413,7 +414,7 @@ def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
     accd = W[2]
     rmax = 0.0
     for j in range(n):
-        r = min(max(Q[j] * r1 * R2[j], -1.0), 1.0)
+        r = correlation(Q[j], r1, R2[j])
         rho[j] = r
         rmax = max(rmax, abs(r))
     # fewest terms that certify the whole tile
@@ -446,7 +447,7 @@ def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
             pn = r ** nm
             if (pn * ta * F2[slot, 2, nm - 1, c0 + j] > TOL
                     or pn * td * F2[slot, 3, nm - 1, c0 + j] > TOL):
-                if Q[j] == q11 and V2[j] == q11:  # same variance, ρ = 1
+                if rho[j] == 1.0 and V2[j] == q11:  # same variance, ρ = 1
                     acc[j] = G1[slot, 0, i]
                     accd[j] = G1[slot, 1, i]
                 else:

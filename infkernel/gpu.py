@@ -437,16 +437,17 @@ def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1, K
     tdc = td1.astype(ct, copy=False)
     inv_d = ct.type(1.0 / dev.prog.d_in)
 
-    # Rows per block: the GEMM block (and output buffers when streaming), two in flight.
+    # Rows per block: the GEMM block (and output buffers when streaming), two in
+    # flight, within TILE_BYTES and 40 % of free memory; at least one tile of rows.
     per_row = n2 * (ct.itemsize + (len(outs) * out_dt.itemsize if to_host else 0))
-    budget = min(TILE_BYTES, int(0.4 * _free_bytes(cp)))
-    rows_fit = budget // (2 * per_row)
-    if rows_fit < min(n1, _TILE):
+    free = _free_bytes(cp)
+    if 2 * min(n1, _TILE) * per_row > 0.9 * free:
         raise RuntimeError(
             f"too little free GPU memory: a block of {_TILE} rows needs "
-            f"{_mib(2 * _TILE * per_row)}, {_mib(_free_bytes(cp))} free; free device "
+            f"{_mib(2 * _TILE * per_row)}, {_mib(free)} free; free device "
             "memory (e.g. cupy.get_default_memory_pool().free_all_blocks()) or use "
             "backend='cpu'")
+    rows_fit = min(TILE_BYTES, int(0.4 * free)) // (2 * per_row)
     R = n1 if rows_fit >= n1 else max(_TILE, rows_fit // _TILE * _TILE)
     R = min(R, 65535 * _TILE)
     streams = [cp.cuda.Stream(non_blocking=True) for _ in range(2)]
