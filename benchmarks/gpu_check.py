@@ -29,7 +29,7 @@ from infkernel import _program as P
 from infkernel import gpu
 
 
-def parity():
+def parity(n1=257, n2=190):
     import cupy as cp
     acts = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 0.7), ik.Abs(), ik.Erf(1.2, 0.8, 0.3),
             ik.Sigmoid_like(), ik.Gelu(), ik.Sin(0.9, 1.1, 0.4), ik.Cos(), ik.Rbf(0.7),
@@ -41,9 +41,9 @@ def parity():
                               name="Elementwise(kinked)")]
     acts += numeric
     rng = np.random.default_rng(0)
-    x1 = rng.standard_normal((257, 9))
+    x1 = rng.standard_normal((n1, 9))
     x1[1], x1[2], x1[3] = x1[0], -x1[0], 0.0
-    x2 = rng.standard_normal((190, 9))
+    x2 = rng.standard_normal((n2, 9))
     ok = True
     print(f"{'activation':24s} {'path':5s} {'f64 err':>10s} {'f32 err':>10s}")
     for act in acts:

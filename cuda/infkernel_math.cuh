@@ -684,7 +684,7 @@ IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11,
   IK_UNROLL
   for (int e = 0; e < E; ++e) {
     ri[e] = nf.rows[e];
-    rho[e] = ik_correlation(double(Q[e]), double(r1[e]), double(r2));
+    rho[e] = double(ik_correlation(Q[e], r1[e], r2));  // snapped at T's precision
     arho[e] = fabs(rho[e]);
     p[e] = arho[e];
     open[e] = true;

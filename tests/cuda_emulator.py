@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -205,6 +206,22 @@ class Stream:
         pass
 
 
+class Event:
+    def __init__(self):
+        self.time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def get_elapsed_time(start, end):
+    """Milliseconds between two recorded events."""
+    return (end.time - start.time) * 1e3
+
+
 class Device:
     def __init__(self, device_id=0):
         self.id = device_id
@@ -223,12 +240,19 @@ def _memcpy2d(dst, dpitch, src, spitch, width, height, kind, stream):
 
 runtime = types.SimpleNamespace(
     getDeviceCount=lambda: 1,
+    getDeviceProperties=lambda device_id: {"name": b"CUDA emulator (g++, CPU threads)"},
     memGetInfo=lambda: (64 << 30, 80 << 30),
     memcpyDeviceToHost=2,
     memcpy2DAsync=_memcpy2d,
 )
-cuda = types.SimpleNamespace(Device=Device, Stream=Stream, runtime=runtime,
-                             get_current_stream=lambda: Stream())
+cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, runtime=runtime,
+                             get_current_stream=lambda: Stream(),
+                             get_elapsed_time=get_elapsed_time)
+__version__ = "emulator"
+
+
+def asnumpy(a):
+    return a.get() if isinstance(a, ndarray) else np.asarray(a)
 
 
 # ----------------------------------------------------------------------------

@@ -93,3 +93,16 @@ def test_kernels_cover_every_entry():
             dev = net.kernel(cuda_emulator.asarray(x1),
                              None if b is None else cuda_emulator.asarray(b), backend="gpu")
             np.testing.assert_allclose(dev.ntk.get(), ref.ntk, rtol=1e-13, atol=1e-15)
+
+
+def test_device_check_script(capsys):
+    """benchmarks/gpu_check.py runs end to end (small sizes): device time is
+    scarce, so the script must not fail on the device for a Python error."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).parents[1] / "benchmarks" / "gpu_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.parity(n1=12, n2=9)
+    check.throughput([64], roofline=4800.0, budget_s=60.0)
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and out.count(" cross ") >= 4 and "diagonal pass" in out
