@@ -95,8 +95,7 @@ IK_FN float ik_nan(float) {
 // asin(y) = y + y^3 R(y^2) on |y| <= 1/2.
 // double: the degree-12 polynomial of _duals._ASIN_R (< 1 ulp);
 // float: Cephes asinf (relative error < 2.5e-7).
-IK_FN double ik_asin_core(double y) {
-  double z = y * y;
+IK_FN double ik_asin_r(double z) {  // R(z)
   double r = 0.028757851367421566;
   r = r * z + -0.014851887071247204;
   r = r * z + 0.01740087944269402;
@@ -109,57 +108,46 @@ IK_FN double ik_asin_core(double y) {
   r = r * z + 0.030381944138531247;
   r = r * z + 0.04464285714635543;
   r = r * z + 0.07499999999998433;
-  r = r * z + 0.16666666666666669;
-  return y + y * z * r;
+  return r * z + 0.16666666666666669;
 }
-IK_FN float ik_asin_core(float y) {
-  float z = y * y;
+IK_FN float ik_asin_r(float z) {
   float r = 4.2163199048e-2f;
   r = r * z + 2.4181311049e-2f;
   r = r * z + 4.5470025998e-2f;
   r = r * z + 7.4953002686e-2f;
-  r = r * z + 1.6666752422e-1f;
-  return y + y * z * r;
+  return r * z + 1.6666752422e-1f;
 }
-
-// Taylor series of (sin t - t cos t)/t^3 in z = t^2 (highest power first), times z t.
-// double: 11 terms (truncation < 1e-21 relative for t < 1); float: 5 terms (< 6e-9).
-IK_FN double ik_f_series(double t) {
-  double z = t * t;
-  double r = 8.509974375387503e-22;
-  r = r * z + -3.9145882126782523e-19;
-  r = r * z + 1.4797143443923793e-16;
-  r = r * z + -4.498331606952833e-14;
-  r = r * z + 1.0706029224547743e-11;
-  r = r * z + -1.9270852604185937e-09;
-  r = r * z + 2.505210838544172e-07;
-  r = r * z + -2.2045855379188714e-05;
-  r = r * z + 0.0011904761904761906;
-  r = r * z + -0.03333333333333333;
-  r = r * z + 0.3333333333333333;
-  return r * z * t;
-}
-IK_FN float ik_f_series(float t) {
-  float z = t * t;
-  float r = 2.505210838544172e-07f;
-  r = r * z + -2.2045855379188714e-05f;
-  r = r * z + 0.0011904761904761906f;
-  r = r * z + -0.03333333333333333f;
-  r = r * z + 0.3333333333333333f;
-  return r * z * t;
-}
-
-/// arccos(x), x in [-1, 1]: |x| <= 1/2: pi/2 - asin(x); else 2 asin(sqrt((1-|x|)/2)),
-/// reflected for x < 0.
 template <typename T>
-IK_FN T ik_acos(T x) {
-  T ax = ik_abs(x);
-  bool small = ax <= T(0.5);
-  T y = small ? x : ik_sqrt(T(0.5) * (T(1) - ax));
-  T a = ik_asin_core(y);
-  T big = T(2) * a;
-  big = x > T(0) ? big : T(IK_PI) - big;
-  return small ? T(IK_HALF_PI) - a : big;
+IK_FN T ik_asin_core(T y) {
+  T z = y * y;
+  return y + y * z * ik_asin_r(z);
+}
+
+// sqrt(1 - w) = 1 + w P(w) on 0 <= w <= 1/4 (_duals._SQRT_P).
+// double: degree 13 (< 0.75 ulp); float: degree 5 (< 0.83 ulp).
+IK_FN double ik_sqrt_p(double w) {
+  double p = -0.03154768650454239;
+  p = p * w + 0.020347018016311433;
+  p = p * w + -0.02093027360248084;
+  p = p * w + -0.0034770511245371793;
+  p = p * w + -0.010260124848657546;
+  p = p * w + -0.010761656527228766;
+  p = p * w + -0.013107601450727433;
+  p = p * w + -0.01611215215450132;
+  p = p * w + -0.020507867816550614;
+  p = p * w + -0.027343748251537233;
+  p = p * w + -0.03906250003299409;
+  p = p * w + -0.06249999999967604;
+  p = p * w + -0.12500000000000125;
+  return p * w + -0.5;
+}
+IK_FN float ik_sqrt_p(float w) {
+  float p = -0.03920287638902664f;
+  p = p * w + -0.021379616111516953f;
+  p = p * w + -0.03988244757056236f;
+  p = p * w + -0.06245044991374016f;
+  p = p * w + -0.12500107288360596f;
+  return p * w + -0.5f;
 }
 
 /// arcsin(x), x in [-1, 1].
@@ -186,12 +174,30 @@ IK_FN T ik_correlation(T q12, T r1, T r2) {
   return ik_abs(rho) < ik_rho_one(T(0)) ? rho : ik_copysign(T(1), rho);
 }
 
-/// F(t) = sin t - t cos t on [0, pi] from sin t, cos t; a series where F ~ t^3/3.
-/// A branch (not a select): on a GPU whole warps usually take one side.
+/// The arc-cosine kernels' angles theta = acos rho, psi = pi - theta and
+/// F(t) = sin t - t cos t at both, with one square root (_duals.arc_cosine):
+/// u = rho if |rho| <= 1/2 else y = sqrt((1 - |rho|)/2), w = u^2;
+/// |rho| <= 1/2: F(psi), F(theta) = E +- pi rho / 2, E = 1 + w (1 + P + w R);
+/// otherwise the small angle 2 asin y has F = 2yw (2 + P - R (1 - 2w)), the
+/// large one that plus pi |rho|.
 template <typename T>
-IK_FN T ik_sin_minus_x_cos(T t, T sin_t, T cos_t) {
-  if (t < T(1)) return ik_f_series(t);
-  return sin_t - t * cos_t;
+IK_FN void ik_arc_cosine(T rho, T& psi, T& theta, T& f_psi, T& f_theta) {
+  T t = ik_abs(rho);
+  bool small = t <= T(0.5);
+  T y = ik_sqrt(T(0.5) * (T(1) - t));
+  T u = small ? rho : y;
+  T w = u * u;
+  T r = ik_asin_r(w);
+  T p = ik_sqrt_p(w);
+  T asin_u = u + u * w * r;
+  T e = T(1) + w * (T(1) + p + w * r);
+  T f_small = T(2) * y * w * (T(2) + p - r * (T(1) - T(2) * w));
+  T f_large = f_small + T(IK_PI) * t;
+  bool pos = rho > T(0);
+  psi = small ? T(IK_HALF_PI) + asin_u : (pos ? T(IK_PI) - T(2) * asin_u : T(2) * asin_u);
+  theta = small ? T(IK_HALF_PI) - asin_u : (pos ? T(2) * asin_u : T(IK_PI) - T(2) * asin_u);
+  f_psi = small ? e + T(IK_HALF_PI) * rho : (pos ? f_large : f_small);
+  f_theta = small ? e - T(IK_HALF_PI) * rho : (pos ? f_small : f_large);
 }
 
 /// x^n by binary exponentiation (numba's algorithm for float ** int).
@@ -215,18 +221,12 @@ IK_FN T ik_ipow(T x, int n) {
 template <typename T>
 IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2,
                           T& k, T& kd) {
-  T rho = ik_correlation(q12, r1, r2);
-  T sin_t = ik_sqrt((T(1) - rho) * (T(1) + rho));
-  T psi = ik_acos(-rho);
-  T s = s1 * s2;
-  T kk = (a * a + b * b) * ik_sin_minus_x_cos(psi, sin_t, -rho);
-  T d = (a * a + b * b) * psi;
-  if (a * b != T(0)) {
-    T theta = ik_acos(rho);
-    kk -= T(2) * a * b * ik_sin_minus_x_cos(theta, sin_t, rho);
-    d += T(2) * a * b * theta;
-  }
-  k = s * kk * T(IK_INV_2PI);
+  T psi, theta, f_psi, f_theta;
+  ik_arc_cosine(ik_correlation(q12, r1, r2), psi, theta, f_psi, f_theta);
+  T c2 = a * a + b * b;
+  T kk = c2 * f_psi - T(2) * a * b * f_theta;
+  T d = c2 * psi + T(2) * a * b * theta;
+  k = s1 * s2 * kk * T(IK_INV_2PI);
   kd = d * T(IK_INV_2PI);
 }
 
@@ -336,11 +336,12 @@ IK_FN void ik_dual_monomial(int n, const double* coef, int lo_k, int lo_kd, T q1
 /// J_m = (2m-1) cos(theta) J_{m-1} + (m-1)^2 sin^2(theta) J_{m-2}.
 template <typename T>
 IK_FN T ik_arccos_j(int n, T rho) {
-  T psi = ik_acos(-rho);
+  T psi, theta, f_psi, f_theta;
+  ik_arc_cosine(rho, psi, theta, f_psi, f_theta);
   T j0 = psi;
   if (n == 0) return j0;
   T sin2 = (T(1) - rho) * (T(1) + rho);
-  T j1 = ik_sin_minus_x_cos(psi, ik_sqrt(sin2), -rho);
+  T j1 = f_psi;
   for (int m = 2; m <= n; ++m) {
     T j2 = T(2 * m - 1) * rho * j1 + T((m - 1) * (m - 1)) * sin2 * j0;
     j0 = j1;

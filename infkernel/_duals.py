@@ -12,8 +12,9 @@ Numerical conventions (see DESIGN.md):
 * the correlation ρ = q12 / (s1 s2) is clamped to [-1, 1]; when a variance is
   zero, ρ = 0 (the angle π/2, neural-tangents' ``fill_zero``), which is the
   symmetric sub-gradient convention for the derivative duals;
-* angles come from ``acos`` of the clamped ρ, evaluated by a branch-free
-  polynomial of full double precision that LLVM can vectorise;
+* angles and the arc-cosine kernels' F(t) = sin t - t cos t come from
+  branch-free polynomials of full double precision (``arc_cosine``, one
+  square root per entry) that LLVM can vectorise;
 * products of scales are formed as s1*s2, never sqrt(q11*q22), so deep
   homogeneous networks do not overflow before their true value does.
 
@@ -42,9 +43,8 @@ _ASIN_R = (0.16666666666666669, 0.07499999999998433, 0.04464285714635543,
 
 
 @njit(**INLINE)
-def _asin_core(y):
-    """asin(y) for |y| <= 1/2 (polynomial, vectorisable)."""
-    z = y * y
+def _asin_r(z):
+    """R(z) with asin(y) = y + y³ R(y²), |y| <= 1/2 (unrolled: vectorises)."""
     r = _R12
     r = r * z + _R11
     r = r * z + _R10
@@ -57,24 +57,14 @@ def _asin_core(y):
     r = r * z + _R3
     r = r * z + _R2
     r = r * z + _R1
-    r = r * z + _R0
-    return y + y * z * r
+    return r * z + _R0
 
 
 @njit(**INLINE)
-def acos(x):
-    """arccos(x) for x in [-1, 1], branch-free, within ~1 ulp.
-
-    |x| <= 1/2: π/2 - asin(x); otherwise acos(|x|) = 2 asin(sqrt((1-|x|)/2)),
-    reflected for x < 0.  Both candidates are computed and one is selected.
-    """
-    ax = abs(x)
-    small = ax <= 0.5
-    y = x if small else math.sqrt(0.5 * (1.0 - ax))
-    a = _asin_core(y)
-    big = 2.0 * a
-    big = big if x > 0.0 else PI - big
-    return HALF_PI - a if small else big
+def _asin_core(y):
+    """asin(y) for |y| <= 1/2 (polynomial, vectorisable)."""
+    z = y * y
+    return y + y * z * _asin_r(z)
 
 
 @njit(**INLINE)
@@ -106,27 +96,69 @@ def correlation(q12, r1, r2):
     return rho if abs(rho) < _RHO_ONE else math.copysign(1.0, rho)
 
 
-# Taylor coefficients of (sin t - t cos t) / t³ in z = t², highest power first.
-_F_SERIES = tuple((-1.0) ** (k + 1) * 2 * k / math.factorial(2 * k + 1)
-                  for k in range(11, 0, -1))
+# sqrt(1 - w) = 1 + w P(w) on 0 <= w <= 1/4; P is a degree-13 polynomial fitted at
+# Chebyshev nodes in 60-digit arithmetic: 1 + w P(w) is within 0.75 ulp.
+_SQRT_P = (-0.5, -0.12500000000000125, -0.06249999999967604, -0.03906250003299409,
+           -0.027343748251537233, -0.020507867816550614, -0.01611215215450132,
+           -0.013107601450727433, -0.010761656527228766, -0.010260124848657546,
+           -0.0034770511245371793, -0.02093027360248084, 0.020347018016311433,
+           -0.03154768650454239)
+
+
+(_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9, _P10, _P11, _P12, _P13) = _SQRT_P
 
 
 @njit(**INLINE)
-def sin_minus_x_cos(t, sin_t, cos_t):
-    """F(t) = sin t - t cos t on [0, π] given sin t and cos t, accurate where
-    it is ~t³/3 (no libm call, so loops over it vectorise).
+def _sqrt_p(w):
+    """P(w) with sqrt(1 - w) = 1 + w P(w), 0 <= w <= 1/4 (unrolled: vectorises)."""
+    p = _P13
+    p = p * w + _P12
+    p = p * w + _P11
+    p = p * w + _P10
+    p = p * w + _P9
+    p = p * w + _P8
+    p = p * w + _P7
+    p = p * w + _P6
+    p = p * w + _P5
+    p = p * w + _P4
+    p = p * w + _P3
+    p = p * w + _P2
+    p = p * w + _P1
+    return p * w + _P0
 
-    For t < 1 a Taylor series Σ_{k>=1} (-1)^{k+1} 2k t^{2k+1} / (2k+1)!
-    (11 terms: truncation < 1e-21 relative); otherwise the direct formula, whose
-    cancellation is at most a factor 3 there.
+
+@njit(**INLINE)
+def arc_cosine(rho):
+    """The angles and the function F(t) = sin t - t cos t of the arc-cosine
+    kernels at correlation ρ in [-1, 1]: returns ``(ψ, θ, F(ψ), F(θ))`` with
+    θ = acos ρ and ψ = π - θ, with one square root and no libm call.
+
+    With t = |ρ|, u = ρ if t <= 1/2 else y = sqrt((1 - t)/2), w = u², both
+    polynomials share w: asin u = u (1 + w R(w)) and sqrt(1 - w) = 1 + w P(w).
+
+    * t <= 1/2: ψ = π/2 + asin ρ, θ = π/2 - asin ρ and F(ψ), F(θ) = E ± πρ/2
+      with E = sqrt(1 - ρ²) + ρ asin ρ = 1 + w (1 + P + w R).
+    * t > 1/2: the small angle is 2 asin y, where F = 2yw (2 + P - R (1 - 2w))
+      (the cancellation of sin t - t cos t ≈ t³/3 worked out algebraically);
+      the large angle is π minus it, where F is that plus π t.
     """
-    z = t * t
-    r = 0.0
-    for c in _F_SERIES:
-        r = r * z + c
-    series = r * z * t
-    direct = sin_t - t * cos_t
-    return series if t < 1.0 else direct
+    t = abs(rho)
+    small = t <= 0.5
+    y = math.sqrt(0.5 * (1.0 - t))
+    u = rho if small else y
+    w = u * u
+    r = _asin_r(w)
+    p = _sqrt_p(w)
+    asin_u = u + u * w * r
+    e = 1.0 + w * (1.0 + p + w * r)
+    f_small = 2.0 * y * w * (2.0 + p - r * (1.0 - 2.0 * w))
+    f_large = f_small + PI * t
+    pos = rho > 0.0
+    psi = HALF_PI + asin_u if small else (PI - 2.0 * asin_u if pos else 2.0 * asin_u)
+    theta = HALF_PI - asin_u if small else (2.0 * asin_u if pos else PI - 2.0 * asin_u)
+    f_psi = e + HALF_PI * rho if small else (f_large if pos else f_small)
+    f_theta = e - HALF_PI * rho if small else (f_small if pos else f_large)
+    return psi, theta, f_psi, f_theta
 
 
 # ----------------------------------------------------------------------------
@@ -141,32 +173,23 @@ def sin_minus_x_cos(t, sin_t, cos_t):
 def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a min(x, 0) + b max(x, 0).
 
-    With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t:
+    With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t (``arc_cosine``):
       k    = s1 s2 / (2π) [(a² + b²) F(ψ) - 2ab F(θ)]
       kdot = [(a² + b²) ψ + 2ab θ] / (2π)
     """
-    rho = correlation(q12, r1, r2)
-    sin_t = math.sqrt((1.0 - rho) * (1.0 + rho))
-    psi = acos(-rho)
-    s = s1 * s2
-    k = (a * a + b * b) * sin_minus_x_cos(psi, sin_t, -rho)
-    kdot = (a * a + b * b) * psi
-    if a * b != 0.0:
-        theta = acos(rho)
-        k -= 2.0 * a * b * sin_minus_x_cos(theta, sin_t, rho)
-        kdot += 2.0 * a * b * theta
-    return s * k * INV_2PI, kdot * INV_2PI
+    psi, theta, f_psi, f_theta = arc_cosine(correlation(q12, r1, r2))
+    c2 = a * a + b * b
+    k = c2 * f_psi - 2.0 * a * b * f_theta
+    kdot = c2 * psi + 2.0 * a * b * theta
+    return s1 * s2 * k * INV_2PI, kdot * INV_2PI
 
 
 @njit(**INLINE)
 def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2):
     """``dual_abrelu`` when ab = 0 (ReLU, or any one-sided ABRelu), c2 = a² + b²:
-    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π).  The same arithmetic without
-    the second angle, for the loops whose ab = 0 is known outside."""
-    rho = correlation(q12, r1, r2)
-    psi = acos(-rho)
-    k = c2 * sin_minus_x_cos(psi, math.sqrt((1.0 - rho) * (1.0 + rho)), -rho)
-    return s1 * s2 * k * INV_2PI, c2 * psi * INV_2PI
+    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π)."""
+    psi, _, f_psi, _ = arc_cosine(correlation(q12, r1, r2))
+    return s1 * s2 * c2 * f_psi * INV_2PI, c2 * psi * INV_2PI
 
 
 @njit(**INLINE)
@@ -295,12 +318,12 @@ def dual_monomial(n, coef, lo_k, lo_kdot, q11, q12, q22, s1, s2, r1, r2):
 def arccos_j(n, rho):
     """Cho & Saul's J_n(θ), θ = acos ρ, by the upward recurrence
     J_n = (2n-1) cos θ J_{n-1} + (n-1)² sin²θ J_{n-2},  J_0 = π - θ,  J_1 = F(π - θ)."""
-    psi = acos(-rho)
+    psi, _, f_psi, _ = arc_cosine(rho)
     j0 = psi
     if n == 0:
         return j0
     sin2 = (1.0 - rho) * (1.0 + rho)
-    j1 = sin_minus_x_cos(psi, math.sqrt(sin2), -rho)
+    j1 = f_psi
     for m in range(2, n + 1):
         j0, j1 = j1, (2 * m - 1) * rho * j1 + (m - 1) * (m - 1) * sin2 * j0
     return j1
