@@ -230,36 +230,42 @@ IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2,
   kd = d * T(IK_INV_2PI);
 }
 
-/// phi = a erf(bx) + c: k = a^2 (2/pi) asin z + c^2, z = 2b^2 q12 / sqrt((1+2b^2q11)(1+2b^2q22));
-/// kd = a^2 (4b^2/pi) / sqrt(det).
+/// phi = a erf(bx) + c, s_i = sqrt(1 + 2b^2 q_ii) (ik_point_scale):
+/// k = a^2 (2/pi) asin z + c^2, z = 2b^2 q12 / (s1 s2); kd = a^2 (4b^2/pi) / sqrt(det),
+/// det = s1^2 s2^2 - 4b^4 q12^2 >= 1 + 2b^2 (q11 + q22).
 template <typename T>
-IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T& k, T& kd) {
+IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
   T b2 = b * b;
-  T e1 = ik_sqrt(T(1) + T(2) * b2 * q11);
-  T e2 = ik_sqrt(T(1) + T(2) * b2 * q22);
-  T z = T(2) * b2 * q12 / e1 / e2;
-  z = ik_min(ik_max(z, T(-1)), T(1));
+  T z = ik_min(ik_max(T(2) * b2 * q12 * r1 * r2, T(-1)), T(1));
   k = a * a * T(2.0 / IK_PI) * ik_asin(z) + c * c;
-  T root = ik_max(e1 * e2 * ik_sqrt((T(1) - z) * (T(1) + z)),
-                  ik_sqrt(T(1) + T(2) * b2 * (q11 + q22)));
-  kd = a * a * T(4.0 / IK_PI) * b2 / root;
+  T det = ik_max((T(1) + T(2) * b2 * q11) * (T(1) + T(2) * b2 * q22) * (T(1) - z) * (T(1) + z),
+                 T(1) + T(2) * b2 * (q11 + q22));
+  kd = a * a * T(4.0 / IK_PI) * b2 / ik_sqrt(det);
 }
 
-/// phi = x Phi(x) (Tsuchida et al. 2021), p_i = 1 + q_ii, z = q12/sqrt(p1 p2).
+/// phi = x Phi(x) (Tsuchida et al. 2021), p_i = 1 + q_ii = s_i^2 (ik_point_scale),
+/// z = q12/(s1 s2), delta = sqrt(p1 p2 - q12^2), h = (q11/p1)(q22/p2).
 template <typename T>
-IK_FN void ik_dual_gelu(T q11, T q12, T q22, T& k, T& kd) {
-  T p1 = T(1) + q11;
-  T p2 = T(1) + q22;
-  T e1 = ik_sqrt(p1);
-  T e2 = ik_sqrt(p2);
-  T z = q12 / e1 / e2;
-  z = ik_min(ik_max(z, T(-1)), T(1));
-  T delta = ik_max(e1 * e2 * ik_sqrt((T(1) - z) * (T(1) + z)), ik_sqrt(T(1) + q11 + q22));
+IK_FN void ik_dual_gelu(T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
+  T rr = r1 * r2;
+  T z = ik_min(ik_max(q12 * rr, T(-1)), T(1));
+  T delta = ik_sqrt(ik_max((T(1) + q11) * (T(1) + q22) * (T(1) - z) * (T(1) + z),
+                           T(1) + q11 + q22));
+  T inv_delta = T(1) / delta;
   T angle = ik_asin(z);
-  T h = (q11 / p1) * (q22 / p2);
-  k = T(0.25) * q12 + (z * z / delta + h * delta + q12 * angle) * T(IK_INV_2PI);
-  T bracket = T(1) / (delta * delta) + T(1) / p1 / p2 - h + T(1);
-  kd = T(0.25) + angle * T(IK_INV_2PI) + q12 / delta * bracket * T(IK_INV_2PI);
+  T h = q11 * q22 * rr * rr;
+  k = T(0.25) * q12 + (z * z * inv_delta + h * delta + q12 * angle) * T(IK_INV_2PI);
+  T bracket = inv_delta * inv_delta + (T(2) + q11 + q22) * rr * rr;  // 1 - h = (1+q11+q22) rr^2
+  kd = T(0.25) + angle * T(IK_INV_2PI) + q12 * inv_delta * bracket * T(IK_INV_2PI);
+}
+
+/// The per-point scale the kind's dual takes (r = 1/s), as _duals.point_scale:
+/// sqrt(1 + 2b^2 q) for Erf, sqrt(1 + q) for Gelu, sqrt(q) otherwise.
+template <typename T>
+IK_FN T ik_point_scale(int kind, const double* p, T q) {
+  if (kind == IK_K_ERF) return ik_sqrt(T(1) + T(2) * T(p[1]) * T(p[1]) * q);
+  if (kind == IK_K_GELU) return ik_sqrt(T(1) + q);
+  return ik_sqrt(q);
 }
 
 /// phi = a sin(bx + c): k = a^2/2 [e- - e+ cos 2c], kd = a^2 b^2/2 [e- + e+ cos 2c],
@@ -775,11 +781,11 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
     }
     case IK_K_ERF: {
       T a = T(p[0]), b = T(p[1]), c = T(p[2]);
-      IK_ACT_LOOP(ik_dual_erf(a, b, c, q11[e], Q[e], q22, k_, d_))
+      IK_ACT_LOOP(ik_dual_erf(a, b, c, q11[e], Q[e], q22, r1[e], r2, k_, d_))
       break;
     }
     case IK_K_GELU: {
-      IK_ACT_LOOP(ik_dual_gelu(q11[e], Q[e], q22, k_, d_))
+      IK_ACT_LOOP(ik_dual_gelu(q11[e], Q[e], q22, r1[e], r2, k_, d_))
       break;
     }
     case IK_K_SIN: {
@@ -966,7 +972,7 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
       q[r] = qn;
     } else if (op == IK_OP_ACT) {
       T v = q[r];
-      T s = ik_sqrt(v);
+      T s = ik_point_scale(o[3], p, v);
       T rs = s > T(0) ? T(1) / s : T(0);
       T* t = tab + 3 * slot * ld;
       t[i] = v;

@@ -18,7 +18,7 @@ from numba import njit, prange
 from ._config import BLOCK_ENTRIES, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
                      dual_monomial, dual_rbf, dual_rectified_monomial, dual_relu,
-                     dual_sign, dual_sin)
+                     dual_sign, dual_sin, point_scale)
 from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
                        K_NUMERIC, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
@@ -31,8 +31,9 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
     """Apply activation ``kind`` (params ``p``) to the entries (i, c0 + j),
     j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
 
-    ``q11, s1, r1`` are the row point's variance, its square root and inverse
-    square root; ``V2, S2, R2`` the column points', sliced to the tile (indexed
+    ``q11, s1, r1`` are the row point's variance, its scale
+    (``_duals.point_scale``) and inverse scale; ``V2, S2, R2`` the column
+    points', sliced to the tile (indexed
     by j alone: an offset index c0 + j could be negative as far as LLVM knows,
     which turns the loads into gathers).  The kind is dispatched once per tile,
     so each loop below is branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``)
@@ -162,7 +163,7 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 q[r] = qn
             elif op == OP_ACT:
                 v = q[r]
-                s = math.sqrt(v)
+                s = point_scale(ops[k, 3], p, v)
                 rs = 1.0 / s if s > 0.0 else 0.0
                 V[k, i] = v
                 S[k, i] = s
@@ -260,7 +261,8 @@ def point_tables(program, x):
     """Run the program on the diagonal of ``x``.
 
     Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
-    input variance V[k, i], S = sqrt(V) and R = 1/S (0 where V = 0); the
+    input variance V[k, i], its scale S = ``_duals.point_scale`` (sqrt(V) for
+    most kinds) and R = 1/S (0 where S = 0); the
     per-point Mehler features F, G of numeric activations (``_numeric.py``);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
     """

@@ -3,9 +3,11 @@
 For a centred Gaussian pair (u, v) with covariance [[q11, q12], [q12, q22]],
 the dual of φ is ``k = E[φ(u)φ(v)]`` and the derivative dual is
 ``kdot = E[φ'(u)φ'(v)]`` (the factor the NTK is multiplied by).  Every function
-here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2, r1, r2)`` with
-``s1 = sqrt(q11)``, ``s2 = sqrt(q22)`` precomputed per point, and returns
-``(k, kdot)``.  The same functions give the diagonal (q11 = q12 = q22).
+here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2, r1, r2)``
+and returns ``(k, kdot)``; ``s = point_scale(kind, params, q)`` and r = 1/s are
+precomputed per point (s = sqrt(q) for most kinds), so that per entry only what
+depends on both points is computed.  The same functions give the diagonal
+(q11 = q12 = q22).
 
 Numerical conventions (see DESIGN.md):
 
@@ -27,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from ._config import INLINE
+from ._program import K_ERF, K_GELU
 
 PI = math.pi
 HALF_PI = 0.5 * math.pi
@@ -193,45 +196,51 @@ def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
-def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
-    """φ(x) = a erf(bx) + c (Williams 1997).
+def point_scale(kind, p, q):
+    """The per-point scale s of kind ``kind`` (params ``p``) at variance q:
+    sqrt(1 + 2b²q) for Erf, sqrt(1 + q) for Gelu, sqrt(q) otherwise."""
+    if kind == K_ERF:
+        return math.sqrt(1.0 + 2.0 * p[1] * p[1] * q)
+    if kind == K_GELU:
+        return math.sqrt(1.0 + q)
+    return math.sqrt(q)
 
-      k    = a² (2/π) asin(z) + c²,   z = 2b²q12 / sqrt((1+2b²q11)(1+2b²q22))
-      kdot = a² (4b²/π) / sqrt((1+2b²q11)(1+2b²q22) - 4b⁴q12²)
+
+@njit(**INLINE)
+def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
+    """φ(x) = a erf(bx) + c (Williams 1997); s_i = sqrt(1 + 2b²q_ii):
+
+      k    = a² (2/π) asin(z) + c²,   z = 2b²q12 / (s1 s2)
+      kdot = a² (4b²/π) / sqrt(det),  det = s1² s2² - 4b⁴q12² >= 1 + 2b²(q11 + q22)
     """
     b2 = b * b
-    r1 = math.sqrt(1.0 + 2.0 * b2 * q11)
-    r2 = math.sqrt(1.0 + 2.0 * b2 * q22)
-    z = 2.0 * b2 * q12 / r1 / r2
-    z = min(max(z, -1.0), 1.0)
+    z = min(max(2.0 * b2 * q12 * r1 * r2, -1.0), 1.0)
     k = a * a * (2.0 / PI) * asin(z) + c * c
-    # sqrt(det) = r1 r2 sqrt(1 - z²), bounded below by sqrt(1 + 2b²(q11 + q22))
-    root = max(r1 * r2 * math.sqrt((1.0 - z) * (1.0 + z)),
-               math.sqrt(1.0 + 2.0 * b2 * (q11 + q22)))
-    return k, a * a * (4.0 / PI) * b2 / root
+    det = max((1.0 + 2.0 * b2 * q11) * (1.0 + 2.0 * b2 * q22) * (1.0 - z) * (1.0 + z),
+              1.0 + 2.0 * b2 * (q11 + q22))  # the bound keeps rounding from below
+    return k, a * a * (4.0 / PI) * b2 / math.sqrt(det)
 
 
 @njit(**INLINE)
 def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021; neural-tangents' formula).
 
-    With p_i = 1 + q_ii, z = q12/sqrt(p1 p2), δ = sqrt(p1 p2 - q12²):
-      k    = q12/4 + [z²/δ + (q11/p1)(q22/p2) δ + q12 asin z] / (2π)
-      kdot = 1/4 + asin(z)/(2π) + q12/(2πδ) [1/δ² + 1/(p1p2) - (q11/p1)(q22/p2) + 1]
+    With p_i = 1 + q_ii = s_i², z = q12/(s1 s2), δ = sqrt(p1 p2 - q12²)
+    (bounded below by sqrt(1 + q11 + q22)) and h = (q11/p1)(q22/p2):
+      k    = q12/4 + [z²/δ + h δ + q12 asin z] / (2π)
+      kdot = 1/4 + asin(z)/(2π) + q12/(2πδ) [1/δ² + 1/(p1p2) - h + 1]
+    where 1 - h = (1 + q11 + q22)/(p1 p2) exactly (no cancellation at large q).
     """
-    p1 = 1.0 + q11
-    p2 = 1.0 + q22
-    r1 = math.sqrt(p1)
-    r2 = math.sqrt(p2)
-    z = q12 / r1 / r2
-    z = min(max(z, -1.0), 1.0)
-    delta = max(r1 * r2 * math.sqrt((1.0 - z) * (1.0 + z)),
-                math.sqrt(1.0 + q11 + q22))
+    rr = r1 * r2
+    z = min(max(q12 * rr, -1.0), 1.0)
+    delta = math.sqrt(max((1.0 + q11) * (1.0 + q22) * (1.0 - z) * (1.0 + z),
+                          1.0 + q11 + q22))
+    inv_delta = 1.0 / delta
     angle = asin(z)
-    h = (q11 / p1) * (q22 / p2)
-    k = 0.25 * q12 + (z * z / delta + h * delta + q12 * angle) * INV_2PI
-    bracket = 1.0 / (delta * delta) + 1.0 / p1 / p2 - h + 1.0
-    kdot = 0.25 + angle * INV_2PI + q12 / delta * bracket * INV_2PI
+    h = q11 * q22 * rr * rr
+    k = 0.25 * q12 + (z * z * inv_delta + h * delta + q12 * angle) * INV_2PI
+    bracket = inv_delta * inv_delta + (2.0 + q11 + q22) * rr * rr
+    kdot = 0.25 + angle * INV_2PI + q12 * inv_delta * bracket * INV_2PI
     return k, kdot
 
 

@@ -3,7 +3,8 @@
 Data flow for K(X1, X2) (N1 x N2), everything on one device:
 
 1. diagonal pass ``ik_diag`` (one thread per point): q = |x|²/d, the program
-   on (x, x), per-point tables V, S = √V, R = 1/S for every activation op, the
+   on (x, x), per-point tables V, S (the kind's scale, √V for most kinds), R = 1/S
+   for every activation op, the
    per-point Mehler features of numeric activations (``_numeric.mehler_point``:
    4·96 + 2 float64 per point and numeric op), and the diagonals K(x, x), Θ(x, x);
 2. row blocks of R rows: one cuBLAS GEMM G = X1[rows] X2ᵀ (``cupy.matmul``),

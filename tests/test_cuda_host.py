@@ -22,6 +22,7 @@ import pytest
 import infkernel as ik
 from infkernel import _cpu, _numeric, gpu
 from infkernel import _program as P
+from infkernel._duals import point_scale
 
 EPS64 = np.finfo(np.float64).eps
 FR = 4 * _numeric.NM + 2  # feature rows per numeric op (IK_NUM_FR)
@@ -39,7 +40,7 @@ static void act_entries(int kind, const double* p, const double* aux, int lo, in
   const IkFeatures nf = {feat, 2, &row, feat, 2, 1, false};
   for (long i = 0; i < n; ++i) {
     T v1 = T(q11[i]), v2 = T(q22[i]);
-    T s1 = ik_sqrt(v1), s2 = ik_sqrt(v2);
+    T s1 = ik_point_scale(kind, p, v1), s2 = ik_point_scale(kind, p, v2);
     T r1 = s1 > T(0) ? T(1) / s1 : T(0);
     T r2 = s2 > T(0) ? T(1) / s2 : T(0);
     if (kind == IK_K_NUMERIC) {
@@ -173,9 +174,9 @@ def _act_numba(act, q11, q12, q22):
     kd = np.empty(q11.size)
     for i in range(q11.size):
         v = np.array([q22[i]])
-        s = np.sqrt(v)
+        s = np.array([point_scale(o[3], prog.params[1], q22[i])])
         r = np.where(s > 0, 1 / np.where(s > 0, s, 1), 0.0)
-        s1 = np.sqrt(q11[i])
+        s1 = point_scale(o[3], prog.params[1], q11[i])
         r1 = 1 / s1 if s1 > 0 else 0.0
         Q = np.array([q12[i]])
         TH = np.array([1.0])
