@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._config import BLOCK_ENTRIES, JIT, ROWS, TILE
+from ._config import BLOCK_ENTRIES, INLINE, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
                      dual_monomial, dual_rbf, dual_rectified_monomial, dual_relu,
                      dual_sign, dual_sin, point_scale)
@@ -189,6 +189,20 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
         T[i] = th[0]
 
 
+@njit(**INLINE)
+def _store(A, values, i, j_lo, n, sym):
+    """A[i, j_lo + j] = values[j], j < n; with ``sym`` also the mirror image
+    A[j_lo + j, i], written while the tile is in cache.  Slices, not offset
+    indices, keep the stores contiguous (see act_tile)."""
+    a_row = A[i, j_lo:j_lo + n]
+    for j in range(n):
+        a_row[j] = values[j]
+    if sym:
+        a_col = A[j_lo:j_lo + n, i]
+        for j in range(n):
+            a_col[j] = values[j]
+
+
 @njit(parallel=True, **JIT)
 def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
                 V1, S1, R1, V2, S2, R2, K, T, want_k, want_t, F1, G1, F2, G2, TM):
@@ -231,15 +245,10 @@ def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
                         TH[0, j] = 0.0
                     _run_ops(ops, params, aux, i, j_lo, n, V1, S1, R1, V2, S2, R2, Q, TH,
                              F1, G1, F2, G2, TM, W)
-                    for A, R, want in ((K, Q, want_k), (T, TH, want_t)):
-                        if want:
-                            a_row = A[i, j_lo:c1]
-                            for j in range(n):
-                                a_row[j] = R[0, j]
-                            if sym:  # the mirror image, while the tile is in cache
-                                a_col = A[j_lo:c1, i]
-                                for j in range(n):
-                                    a_col[j] = R[0, j]
+                    if want_k:
+                        _store(K, Q[0], i, j_lo, n, sym)
+                    if want_t:
+                        _store(T, TH[0], i, j_lo, n, sym)
 
 
 @njit(parallel=True, **JIT)

@@ -88,6 +88,7 @@ def Relu(do_stabilize=False):
 
 def LeakyRelu(alpha, do_stabilize=False):
     """φ(x) = alpha min(x, 0) + max(x, 0)."""
+    (alpha,) = _finite("LeakyRelu", alpha=alpha)
     return ABRelu(alpha, 1.0)
 
 

@@ -54,6 +54,18 @@ def test_float32_and_out_and_memmap(tmp_path):
     assert np.array_equal(o1, ref.ntk) and np.array_equal(o2, ref.nngp)
 
 
+def test_out_strided_and_fortran_views():
+    """out= may be any writable view: strided, Fortran-ordered, mixed with C arrays."""
+    ref = NET.kernel(X1, X2)
+    strided = np.full((9, 12), np.nan)[:, ::2]
+    fortran = np.asfortranarray(np.full((9, 6), np.nan))
+    NET.kernel(X1, X2, out=(strided, fortran))
+    assert np.array_equal(strided, ref.nngp) and np.array_equal(fortran, ref.ntk)
+    sym = np.full((9, 18), np.nan)[:, 1::2]
+    NET.kernel(X1, None, "ntk", out=sym)
+    assert np.array_equal(sym, NET.kernel(X1, None, "ntk"))
+
+
 def test_progress_callback_reaches_total():
     calls = []
     NET.kernel(X1, X2, progress=lambda done, total: calls.append((done, total)))
