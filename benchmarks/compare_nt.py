@@ -1,5 +1,6 @@
 """Agreement with neural-tangents: the same architectures built from the same
-spec by both libraries, every closed-form activation, both parameterizations.
+spec by both libraries: every closed-form activation, both parameterizations,
+branches (FanOut / parallel / FanInSum / FanInConcat, residual).
 
     python benchmarks/compare_nt.py --nt-python /path/to/neural-tangents/venv/bin/python
 
@@ -57,7 +58,35 @@ def cases():
     out["relu depth 20"] = [l for _ in range(20) for l in (
         ("Dense", [64], {"W_std": 1.41, "b_std": 0.0}), ("Relu", [], {}))] + [("Dense", [1], {})]
     out["lone Dense"] = [("Dense", [5], {"W_std": 0.7, "b_std": 0.4})]
+    for param, fan_in, widths in (("ntk", "FanInSum", (64, 64)),
+                                  ("standard", "FanInSum", (64, 64)),
+                                  ("ntk", "FanInConcat", (64, 64)),
+                                  ("standard", "FanInConcat", (30, 90))):
+        branches = ("parallel", [
+            [("Relu", [], {}), ("Dense", [widths[0]], {"W_std": 1.2, "b_std": 0.2,
+                                                      "parameterization": param})],
+            [("Erf", [], {}), ("Dense", [widths[1]], {"W_std": 0.8, "parameterization": param})]],
+            {})
+        out[f"{fan_in} of relu/erf branches {widths}, {param}"] = [
+            ("Dense", [64], {"W_std": 1.3, "b_std": 0.1, "parameterization": param}),
+            ("FanOut", [2], {}), branches, (fan_in, [], {}),
+            ("Dense", [32], {"W_std": 1.1, "b_std": 0.3, "parameterization": param}),
+            ("Relu", [], {}), ("Dense", [1], {"parameterization": param})]
+    out["residual relu block"] = [
+        ("Dense", [64], {"W_std": 1.3, "b_std": 0.1}), ("FanOut", [2], {}),
+        ("parallel", [[("Relu", [], {}), ("Dense", [64], {"W_std": 1.2, "b_std": 0.2})],
+                      [("Identity", [], {})]], {}),
+        ("FanInSum", [], {}), ("Relu", [], {}), ("Dense", [1], {})]
     return out
+
+
+def build(lib, layers):
+    """``lib.serial`` of a spec; ``parallel`` takes a list of sub-specs."""
+    def one(name, args, kwargs):
+        if name == "parallel":
+            return lib.parallel(*[build(lib, branch) for branch in args])
+        return getattr(lib, name)(*args, **kwargs)
+    return lib.serial(*[one(*layer) for layer in layers])
 
 
 def inputs():
@@ -75,8 +104,14 @@ NT_SCRIPT = textwrap.dedent("""
     from neural_tangents import stax
     spec = json.load(open(sys.argv[1])); x1 = np.array(spec["x1"]); x2 = np.array(spec["x2"])
     res = {}
+    def build(layers):
+        def one(name, args, kwargs):
+            if name == "parallel":
+                return stax.parallel(*[build(branch) for branch in args])
+            return getattr(stax, name)(*args, **kwargs)
+        return stax.serial(*[one(*layer) for layer in layers])
     for key, layers in spec["cases"].items():
-        _, _, kf = stax.serial(*[getattr(stax, n)(*a, **k) for n, a, k in layers])
+        _, _, kf = build(layers)
         for tag, a, b in (("cross", x1, x2), ("sym", x1, None), ("plain", x1[6:], x2[2:])):
             k = kf(a, b, ("nngp", "ntk"))
             res[f"{key}|{tag}|nngp"], res[f"{key}|{tag}|ntk"] = np.asarray(k[0]), np.asarray(k[1])
@@ -94,7 +129,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "nt.npz"
         spec_file.write_text(json.dumps({"cases": specs, "x1": x1.tolist(), "x2": x2.tolist()}))
-        run = subprocess.run([args.nt_python, "-c", NT_SCRIPT, spec_file, result_file],
+        run = subprocess.run([args.nt_python, "-W", "ignore", "-c", NT_SCRIPT, spec_file,
+                              result_file],
                              capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"neural-tangents run failed:\n{run.stderr[-2000:]}")
@@ -103,7 +139,7 @@ def main():
           "| infkernel non-finite |")
     print("|---|---|---|---|---|---|")
     for key, layers in specs.items():
-        net = ik.serial(*[getattr(ik, n)(*a, **k) for n, a, k in layers])
+        net = build(ik, layers)
         worst, where, plain, bad_nt, bad_ik = 0.0, "", 0.0, 0, 0
         for tag, a, b in (("cross", x1, x2), ("sym", x1, None), ("plain", x1[6:], x2[2:])):
             k = net.kernel(a, b)
