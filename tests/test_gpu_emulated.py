@@ -106,3 +106,29 @@ def test_device_check_script(capsys):
     check.throughput([64], roofline=4800.0, budget_s=60.0)
     out = capsys.readouterr().out
     assert "FAIL" not in out and out.count(" cross ") >= 4 and "diagonal pass" in out
+
+
+def test_device_memory_and_availability_errors(monkeypatch):
+    """backend='gpu' explains what is missing: too little device memory for the
+    results, for a streamed block of rows, or for the numeric activations'
+    per-point tables; no device at all.  Nothing falls back to the CPU."""
+    cp = cuda_emulator
+    rng = np.random.default_rng(0)
+    relu = ik.serial(ik.Dense(8, b_std=0.3), ik.Relu(), ik.Dense(1))
+    monkeypatch.setattr(cp.runtime, "memGetInfo", lambda: (1 << 20, 80 << 30))  # 1 MiB free
+    with pytest.raises(RuntimeError, match=r"too little free GPU memory for the \(600, 600\)"):
+        relu.kernel(cp.asarray(rng.standard_normal((600, 5))), backend="gpu")
+    with pytest.raises(RuntimeError, match="a block of 32 rows needs"):
+        relu.kernel(rng.standard_normal((64, 5)), rng.standard_normal((4000, 5)), backend="gpu")
+    tanh = ik.serial(ik.Dense(8), ik.Tanh(), ik.Dense(1))
+    with pytest.raises(RuntimeError, match="per-point tables of the numeric activations"):
+        tanh.kernel(rng.standard_normal((600, 5)), backend="gpu")
+    assert relu.kernel(rng.standard_normal((20, 5)), backend="gpu").ntk.shape == (20, 20)
+
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+    monkeypatch.setattr(cp.runtime, "getDeviceCount", no_device)
+    gpu._probe.cache_clear()
+    with pytest.raises(RuntimeError, match="backend='gpu' was requested but CuPy found no CUDA"):
+        relu.kernel(rng.standard_normal((4, 5)), backend="gpu")
+    assert isinstance(relu.kernel(rng.standard_normal((4, 5)), backend="auto").ntk, np.ndarray)
