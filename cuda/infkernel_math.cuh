@@ -608,9 +608,13 @@ IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long 
   ik_edges_init(E, -IK_NUM_ZC, IK_NUM_ZC, 0.5);
   if (s > 0.0)
     for (int k = 0; k < nk + ns; ++k) ik_edges_add(E, aux[lo + IK_NUM_HDR + k] / s, lam / s);
-  double sa[IK_NUM_NM], sd[IK_NUM_NM];
-  for (int n = 0; n < IK_NUM_NM; ++n) sa[n] = sd[n] = 0.0;
+  // sums over the nodes in 8 lanes (node m in lane m mod 8), combined in
+  // _numeric._lane_sum's order: the numba path's result, bit for bit up to FMA
+  double sa[IK_NUM_NM][8], sd[IK_NUM_NM][8];
+  for (int n = 0; n < IK_NUM_NM; ++n)
+    for (int l = 0; l < 8; ++l) sa[n][l] = sd[n][l] = 0.0;
   double ef = 0.0, ed = 0.0;
+  int lane = 0;
   double a, b;
   ik_edges_next(E, a);
   while (ik_edges_next(E, b)) {
@@ -628,27 +632,32 @@ IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long 
         ef += wt * fv * fv;
         ed += wt * dfv * dfv;
         double h0 = 1.0, h1 = x;
-        sa[0] += wf * h0;
-        sd[0] += wd * h0;
-        sa[1] += wf * h1;
-        sd[1] += wd * h1;
+        sa[0][lane] += wf * h0;
+        sd[0][lane] += wd * h0;
+        sa[1][lane] += wf * h1;
+        sd[1][lane] += wd * h1;
         for (int n = 2; n < IK_NUM_NM; ++n) {
           const double h = x * h1 * IK_NUM_CONST(herm_a1)[n] - IK_NUM_CONST(herm_a0)[n] * h0;
           h0 = h1;
           h1 = h;
-          sa[n] += wf * h;
-          sd[n] += wd * h;
+          sa[n][lane] += wf * h;
+          sd[n][lane] += wd * h;
         }
+        lane = (lane + 1) & 7;
       }
     }
     a = b;
   }
   double pa = 0.0, pd = 0.0;
   for (int n = 0; n < IK_NUM_NM; ++n) {
-    f[n * ld] = sa[n];
-    f[(IK_NUM_NM + n) * ld] = sd[n];
-    pa += sa[n] * sa[n];
-    pd += sd[n] * sd[n];
+    const double* a = sa[n];
+    const double* d = sd[n];
+    const double an = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    const double dn = ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+    f[n * ld] = an;
+    f[(IK_NUM_NM + n) * ld] = dn;
+    pa += an * an;
+    pd += dn * dn;
     // normalised tails; the 1e-15 floor covers the rounding of E - partial
     f[(2 * IK_NUM_NM + n) * ld] = ef > 0.0 ? sqrt(fmax(ef - pa, 0.0) / ef + 1e-15) : 0.0;
     f[(3 * IK_NUM_NM + n) * ld] = ed > 0.0 ? sqrt(fmax(ed - pd, 0.0) / ed + 1e-15) : 0.0;

@@ -33,12 +33,12 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
 
     ``q11, s1, r1`` are the row point's variance, its scale
     (``_duals.point_scale``) and inverse scale; ``V2, S2, R2`` the column
-    points', sliced to the tile (indexed
-    by j alone: an offset index c0 + j could be negative as far as LLVM knows,
-    which turns the loads into gathers).  The kind is dispatched once per tile,
-    so each loop below is branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``)
-    also reads the per-point Mehler features ``F1/G1`` (row i), ``F2/G2``
-    (columns) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
+    points', sliced to the tile and indexed by j alone (an offset index c0 + j
+    could be negative as far as LLVM knows, which turns the loads into
+    gathers).  The kind is dispatched once per tile, so each loop below is
+    branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``) also reads
+    the per-point Mehler features ``F1/G1`` (row i), ``F2/G2`` (columns from
+    c0) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
     """
     if kind == K_ABRELU:
         a, b = p[0], p[1]
