@@ -2,7 +2,7 @@
 
 Data flow for K(X1, X2): the diagonal pass runs the program once per point
 (O(N·L)) and records each activation's input variance per point.  Then a
-parallel numba kernel takes groups of ``ROWS`` rows; per column tile of
+parallel numba kernel takes groups of up to ``ROWS`` rows; per column tile of
 ``TILE`` entries one small single-threaded GEMM gives the inner products and
 every layer of the program runs over the tile with its registers in cache,
 writing each output entry once.  The only temporaries are per-thread tiles.
@@ -12,6 +12,7 @@ The symmetric path computes the strict upper triangle, writes each entry at
 import functools
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -204,11 +205,11 @@ def _store(A, values, i, j_lo, n, sym):
 
 
 @njit(parallel=True, **JIT)
-def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
+def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, params, aux, n_regs,
                 V1, S1, R1, V2, S2, R2, K, T, want_k, want_t, F1, G1, F2, G2, TM):
     """Rows r_lo .. r_hi of the kernel (``sym``: strict upper triangle, x2 is x1).
 
-    Each task takes a group of ``ROWS`` rows; per column tile it forms the
+    Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
     in cache) and runs the whole program on each row of the tile.  In the
     symmetric case each entry is also written to its mirror image, and groups
@@ -216,7 +217,7 @@ def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
     share of the triangle.
     """
     n2 = x2.shape[0]
-    n_groups = (r_hi - r_lo + ROWS - 1) // ROWS
+    n_groups = (r_hi - r_lo + rows - 1) // rows
     n_tasks = (n_groups + 1) // 2 if sym else n_groups
     for task in prange(n_tasks):
         Q = np.empty((n_regs, TILE))
@@ -227,8 +228,8 @@ def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, ops, params, aux, n_regs,
             g = first if half == 0 else n_groups - 1 - first
             if half == 1 and g == first:
                 break
-            i0 = r_lo + g * ROWS
-            i1 = min(r_hi, i0 + ROWS)
+            i0 = r_lo + g * rows
+            i1 = min(r_hi, i0 + rows)
             for c0 in range(i0 if sym else 0, n2, TILE):
                 c1 = min(n2, c0 + TILE)
                 G = np.dot(x1[i0:i1], x2[c0:c1].T)
@@ -320,14 +321,16 @@ def gram(program, x1, x2, K, T, progress=None):
     n2 = n1 if sym else x2.shape[0]
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
     # rows per call: progress granularity; the kernel itself needs no buffer
-    block = max(8 * ROWS, BLOCK_ENTRIES // max(n2, 1)) // ROWS * ROWS
+    # rows per group: up to ROWS, but at least four groups per thread
+    rows = max(32, min(ROWS, n1 // (4 * numba.get_num_threads()) // 32 * 32))
+    block = max(8 * rows, BLOCK_ENTRIES // max(n2, 1)) // rows * rows
     done = 0
     # BLAS runs single-threaded inside the parallel kernel (one small GEMM per
     # tile and thread): no oversubscription, no idle spinning BLAS threads.
     with _single_threaded_blas():
         for r0 in range(0, n1, block):
             r1 = min(n1, r0 + block)
-            _gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1,
+            _gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
                         *tables1[:3], *tables2[:3],
                         dummy if K is None else K, dummy if T is None else T,
