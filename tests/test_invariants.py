@@ -55,3 +55,25 @@ def test_invariants(net, x):
         # (~n ε ‖K‖), and the entries themselves carry up to ~1e-8 relative
         # error at ρ ≈ ±1 for kinked duals (√(1-ρ) sensitivity), hence 1e-9·n
         assert np.linalg.eigvalsh(a).min() >= -1e-9 * scale * len(x)
+
+
+def test_many_row_groups_and_blocks():
+    """N = 2100 on any thread count: several groups of rows per thread (up to
+    256 rows, a partial last group), more than one block of rows per call, the
+    mirrored writes of the symmetric path, a strided out= view.  K(X) must
+    equal K(X, X) and the row-by-row kernel of single points, entry by entry."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2100, 3))
+    x[7] = x[2000]  # identical points in different groups and blocks
+    net = ik.serial(ik.Dense(8, 1.3, 0.2), ik.Relu(), ik.Dense(8, 1.1, 0.1), ik.Erf(),
+                    ik.Dense(1))
+    k = net.kernel(x)
+    out = np.full((2100, 4200), np.nan)[:, ::2]
+    kc = net.kernel(x, x.copy(), get="ntk", out=out)
+    assert np.array_equal(k.ntk, k.ntk.T)
+    assert np.abs(k.ntk - kc).max() <= 1e-6 * np.abs(k.ntk).max()  # √ε at ρ ≈ 1 (ReLU)
+    rows = [0, 7, 255, 256, 1999, 2047, 2048, 2099]
+    for i in rows:  # each row against the kernel of that single point
+        ref = net.kernel(x[i:i + 1], x)
+        np.testing.assert_allclose(k.nngp[i], ref.nngp[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(kc[i], ref.ntk[0], rtol=1e-12, atol=1e-14)
