@@ -275,18 +275,27 @@ def point_tables(program, x):
     most kinds) and R = 1/S (0 where S = 0); the
     per-point Mehler features F, G of numeric activations (``_numeric.py``);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
+
+    All of it depends on the point only through |x|²/d: points of equal norm
+    (inputs on a sphere, duplicates) share one run of the program.
     """
     n = x.shape[0]
-    V, S, R = np.zeros((3, program.n_ops, n))
+    sq = np.einsum("ij,ij->i", x, x) / program.d_in
+    uniq, where = np.unique(sq, return_inverse=True)
+    shared = len(uniq) < n
+    m = len(uniq) if shared else n
+    V, S, R = np.zeros((3, program.n_ops, m))
     numeric = [k for k in range(program.n_ops)
                if program.ops[k, 0] == OP_ACT and program.ops[k, 3] == K_NUMERIC]
-    F = np.zeros((len(numeric), 4, NM if numeric else 1, n))
-    G = np.zeros((len(numeric), 2, n))
-    k = np.empty(n)
-    t = np.empty(n)
-    sq = np.einsum("ij,ij->i", x, x) / program.d_in
-    _diag_pass(sq, program.ops, program.params, program.aux, program.n_regs,
-               V, S, R, k, t, F, G)
+    F = np.zeros((len(numeric), 4, NM if numeric else 1, m))
+    G = np.zeros((len(numeric), 2, m))
+    k = np.empty(m)
+    t = np.empty(m)
+    _diag_pass(uniq if shared else sq, program.ops, program.params, program.aux,
+               program.n_regs, V, S, R, k, t, F, G)
+    if shared:
+        V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])
+                               for a in (V, S, R, F, G, k, t))
     for op in numeric:
         if n and V[op].max() > Q_MAX:
             i = int(V[op].argmax())

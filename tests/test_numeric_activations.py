@@ -235,3 +235,27 @@ def test_variance_outside_range_fails_loudly():
 def test_activation_without_dense_is_rejected():
     with pytest.raises(ValueError, match="not Gaussian"):
         ik.serial(ik.Tanh(), ik.Dense(1)).kernel(np.ones((2, 2)))
+
+
+def test_points_of_equal_norm_share_the_diagonal_pass():
+    """Inputs with equal |x| (sign patterns of one vector: exactly equal norms)
+    run the program once per distinct norm; the result must equal that of
+    each point on its own (one-row kernels, no sharing): the diagonal exactly,
+    the rows to the certified series truncation (1e-12 of √(K(x,x) K(x',x'))
+    per layer; the two paths certify different tiles, so they may stop at
+    different terms)."""
+    rng = np.random.default_rng(11)
+    x = rng.choice([-1.0, 1.0], size=(60, 5)) * np.array([0.3, 1.2, 0.7, 2.0, 0.9])
+    x[-1] *= 1.5  # and one other norm
+    net = ik.serial(ik.Dense(16, 1.4, 0.1), ik.Tanh(), ik.Dense(16, 1.2), ik.Selu(),
+                    ik.Dense(1))
+    k = net.kernel(x)
+    d = net.diag(x)
+    for i in (0, 17, 59):
+        row = net.kernel(x[i:i + 1], x)
+        for f in ("nngp", "ntk"):
+            scale = np.sqrt(getattr(d, f)[i] * getattr(d, f))
+            err = np.abs(getattr(k, f)[i] - getattr(row, f)[0]) / scale
+            assert err.max() <= 4e-12, (f, err.max())
+        single = net.diag(x[i:i + 1])
+        assert d.nngp[i] == single.nngp[0] and d.ntk[i] == single.ntk[0]
