@@ -338,32 +338,39 @@ IK_FN void ik_dual_monomial(int n, const double* coef, int lo_k, int lo_kd, T q1
   kd = n == 0 ? T(0) : ik_ipow(s, n - 1) * ik_poly_rho(coef, lo_kd, n - 1, rho);
 }
 
-/// Cho & Saul's J_n: J_0 = pi - theta, J_1 = F(pi - theta),
-/// J_m = (2m-1) cos(theta) J_{m-1} + (m-1)^2 sin^2(theta) J_{m-2}.
+/// Cho & Saul's J_n and J_{n-1} (_duals.arccos_j): J_0 = pi - theta, J_1 = F(pi - theta),
+/// J_m = (2m-1) cos(theta) J_{m-1} + (m-1)^2 sin^2(theta) J_{m-2}; J_{-1} = 0.
 template <typename T>
-IK_FN T ik_arccos_j(int n, T rho) {
+IK_FN void ik_arccos_j(int n, T rho, T& jn, T& jn1) {
   T psi, theta, f_psi, f_theta;
   ik_arc_cosine(rho, psi, theta, f_psi, f_theta);
-  T j0 = psi;
-  if (n == 0) return j0;
+  if (n == 0) {
+    jn = psi;
+    jn1 = T(0);
+    return;
+  }
   T sin2 = (T(1) - rho) * (T(1) + rho);
-  T j1 = f_psi;
+  T j0 = psi, j1 = f_psi;
   for (int m = 2; m <= n; ++m) {
     T j2 = T(2 * m - 1) * rho * j1 + T((m - 1) * (m - 1)) * sin2 * j0;
     j0 = j1;
     j1 = j2;
   }
-  return j1;
+  jn = j1;
+  jn1 = j0;
 }
 
-/// phi = max(x,0)^n: k = (s1 s2)^n J_n / 2pi, kd = n^2 (s1 s2)^{n-1} J_{n-1} / 2pi (0 for n = 0).
+/// phi = max(x,0)^n: k = (s1 s2)^n J_n / 2pi, kd = n^2 (s1 s2)^{n-1} J_{n-1} / 2pi (0 for n = 0);
+/// the powers by multiplication, as _duals.dual_rectified_monomial.
 template <typename T>
 IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T& k, T& kd) {
-  T rho = ik_correlation(q12, r1, r2);
+  T jn, jn1;
+  ik_arccos_j(n, ik_correlation(q12, r1, r2), jn, jn1);
   T s = s1 * s2;
-  k = ik_ipow(s, n) * ik_arccos_j(n, rho) * T(IK_INV_2PI);
-  kd = n == 0 ? T(0)
-              : T(n * n) * ik_ipow(s, n - 1) * ik_arccos_j(n - 1, rho) * T(IK_INV_2PI);
+  T sn1 = T(1);
+  for (int m = 1; m < n; ++m) sn1 *= s;
+  k = n == 0 ? jn * T(IK_INV_2PI) : sn1 * s * jn * T(IK_INV_2PI);
+  kd = n == 0 ? T(0) : T(n * n) * sn1 * jn1 * T(IK_INV_2PI);
 }
 
 // ---------------------------------------------------------------------------

@@ -26,6 +26,20 @@ from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
                        OP_AXPY, OP_COPY, OP_DENSE, OP_SCALE)
 
 
+@njit(**INLINE)
+def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
+    """Monomial or RectifiedMonomial of degree ``deg`` on a tile (act_tile)."""
+    if kind == K_MONOMIAL:
+        for j in range(n):
+            Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[j], s1, S2[j], r1,
+                                    R2[j])
+            TH[j] *= d
+    else:
+        for j in range(n):
+            Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            TH[j] *= d
+
+
 @njit(**JIT)
 def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
              i, F1, G1, F2, G2, TM, W):
@@ -85,18 +99,20 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
         for j in range(n):
             Q[j], d = dual_sign(q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
-    elif kind == K_MONOMIAL:
+    elif kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL:
+        # the common degrees as literals: LLVM unrolls the inner loops over the
+        # degree and vectorises the loop over the entries
         deg = int(p[0])
-        for j in range(n):
-            Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[j], s1, S2[j], r1,
-                                    R2[j])
-            TH[j] *= d
-    elif kind == K_RECTIFIED_MONOMIAL:
-        deg = int(p[0])
-        for j in range(n):
-            Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[j], s1, S2[j],
-                                              r1, R2[j])
-            TH[j] *= d
+        if deg == 0:
+            _monomial_tile(kind, 0, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        elif deg == 1:
+            _monomial_tile(kind, 1, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        elif deg == 2:
+            _monomial_tile(kind, 2, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        elif deg == 3:
+            _monomial_tile(kind, 3, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        else:
+            _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
     elif kind == K_NUMERIC:
         numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, hi,
                      F1, G1, F2, G2, TM, W)

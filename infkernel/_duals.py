@@ -317,25 +317,27 @@ def dual_monomial(n, coef, lo_k, lo_kdot, q11, q12, q22, s1, s2, r1, r2):
     """
     rho = correlation(q12, r1, r2)
     s = s1 * s2
-    k = s ** n * _poly_rho(coef, lo_k, n, rho)
+    sn1 = 1.0  # (s1 s2)^(n-1) by multiplication (no libm pow)
+    for _ in range(n - 1):
+        sn1 *= s
     if n == 0:
-        return k, 0.0
-    return k, s ** (n - 1) * _poly_rho(coef, lo_kdot, n - 1, rho)
+        return _poly_rho(coef, lo_k, 0, rho), 0.0
+    return sn1 * s * _poly_rho(coef, lo_k, n, rho), sn1 * _poly_rho(coef, lo_kdot, n - 1, rho)
 
 
 @njit(**INLINE)
 def arccos_j(n, rho):
-    """Cho & Saul's J_n(θ), θ = acos ρ, by the upward recurrence
-    J_n = (2n-1) cos θ J_{n-1} + (n-1)² sin²θ J_{n-2},  J_0 = π - θ,  J_1 = F(π - θ)."""
+    """Cho & Saul's (J_n(θ), J_{n-1}(θ)), θ = acos ρ, by the upward recurrence
+    J_n = (2n-1) cos θ J_{n-1} + (n-1)² sin²θ J_{n-2},  J_0 = π - θ,  J_1 = F(π - θ)
+    (J_{-1} is returned as 0)."""
     psi, _, f_psi, _ = arc_cosine(rho)
-    j0 = psi
     if n == 0:
-        return j0
+        return psi, 0.0
     sin2 = (1.0 - rho) * (1.0 + rho)
-    j1 = f_psi
+    j0, j1 = psi, f_psi
     for m in range(2, n + 1):
         j0, j1 = j1, (2 * m - 1) * rho * j1 + (m - 1) * (m - 1) * sin2 * j0
-    return j1
+    return j1, j0
 
 
 @njit(**INLINE)
@@ -343,12 +345,14 @@ def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = max(x, 0)^n (arc-cosine kernel of order n, Cho & Saul 2009):
       k = (s1 s2)^n J_n(θ) / (2π),  kdot = n² (s1 s2)^{n-1} J_{n-1}(θ) / (2π);
     kdot = 0 for n = 0 (neural-tangents' convention for the step function)."""
-    rho = correlation(q12, r1, r2)
+    jn, jn1 = arccos_j(n, correlation(q12, r1, r2))
     s = s1 * s2
-    k = s ** n * arccos_j(n, rho) * INV_2PI
+    sn1 = 1.0  # (s1 s2)^(n-1) by multiplication (no libm pow)
+    for _ in range(n - 1):
+        sn1 *= s
     if n == 0:
-        return k, 0.0
-    return k, n * n * s ** (n - 1) * arccos_j(n - 1, rho) * INV_2PI
+        return jn * INV_2PI, 0.0
+    return sn1 * s * jn * INV_2PI, n * n * sn1 * jn1 * INV_2PI
 
 
 def monomial_coefficients(n):
