@@ -234,26 +234,29 @@ IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2,
 /// k = a^2 (2/pi) asin z + c^2, z = 2b^2 q12 / (s1 s2); kd = a^2 (4b^2/pi) / sqrt(det),
 /// det = s1^2 s2^2 - 4b^4 q12^2 >= 1 + 2b^2 (q11 + q22).
 template <typename T>
-IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
+IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k,
+                       T& kd) {
   T b2 = b * b;
-  T z = ik_min(ik_max(T(2) * b2 * q12 * r1 * r2, T(-1)), T(1));
+  T rr = r1 * r2;
+  T z = ik_min(ik_max(T(2) * b2 * q12 * rr, T(-1)), T(1));
   k = a * a * T(2.0 / IK_PI) * ik_asin(z) + c * c;
-  T det = ik_max((T(1) + T(2) * b2 * q11) * (T(1) + T(2) * b2 * q22) * (T(1) - z) * (T(1) + z),
-                 T(1) + T(2) * b2 * (q11 + q22));
-  kd = a * a * T(4.0 / IK_PI) * b2 / ik_sqrt(det);
+  // sqrt(det) = s1 s2 sqrt(1 - z^2), no product of two variances (overflow)
+  T root = s1 * s2 * ik_sqrt(ik_max((T(1) - z) * (T(1) + z),
+                                    (T(1) + T(2) * b2 * (q11 + q22)) * rr * rr));
+  kd = a * a * T(4.0 / IK_PI) * b2 / root;
 }
 
 /// phi = x Phi(x) (Tsuchida et al. 2021), p_i = 1 + q_ii = s_i^2 (ik_point_scale),
 /// z = q12/(s1 s2), delta = sqrt(p1 p2 - q12^2), h = (q11/p1)(q22/p2).
 template <typename T>
-IK_FN void ik_dual_gelu(T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
+IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd) {
   T rr = r1 * r2;
   T z = ik_min(ik_max(q12 * rr, T(-1)), T(1));
-  T delta = ik_sqrt(ik_max((T(1) + q11) * (T(1) + q22) * (T(1) - z) * (T(1) + z),
-                           T(1) + q11 + q22));
+  // delta = s1 s2 sqrt(1 - z^2), no product of two variances (overflow)
+  T delta = s1 * s2 * ik_sqrt(ik_max((T(1) - z) * (T(1) + z), (T(1) + q11 + q22) * rr * rr));
   T inv_delta = T(1) / delta;
   T angle = ik_asin(z);
-  T h = q11 * q22 * rr * rr;
+  T h = (q11 * rr) * (q22 * rr);
   k = T(0.25) * q12 + (z * z * inv_delta + h * delta + q12 * angle) * T(IK_INV_2PI);
   T bracket = inv_delta * inv_delta + (T(2) + q11 + q22) * rr * rr;  // 1 - h = (1+q11+q22) rr^2
   kd = T(0.25) + angle * T(IK_INV_2PI) + q12 * inv_delta * bracket * T(IK_INV_2PI);
@@ -797,11 +800,11 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
     }
     case IK_K_ERF: {
       T a = T(p[0]), b = T(p[1]), c = T(p[2]);
-      IK_ACT_LOOP(ik_dual_erf(a, b, c, q11[e], Q[e], q22, r1[e], r2, k_, d_))
+      IK_ACT_LOOP(ik_dual_erf(a, b, c, q11[e], Q[e], q22, s1[e], s2, r1[e], r2, k_, d_))
       break;
     }
     case IK_K_GELU: {
-      IK_ACT_LOOP(ik_dual_gelu(q11[e], Q[e], q22, r1[e], r2, k_, d_))
+      IK_ACT_LOOP(ik_dual_gelu(q11[e], Q[e], q22, s1[e], s2, r1[e], r2, k_, d_))
       break;
     }
     case IK_K_SIN: {

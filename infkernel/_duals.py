@@ -214,11 +214,15 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
       kdot = a² (4b²/π) / sqrt(det),  det = s1² s2² - 4b⁴q12² >= 1 + 2b²(q11 + q22)
     """
     b2 = b * b
-    z = min(max(2.0 * b2 * q12 * r1 * r2, -1.0), 1.0)
+    rr = r1 * r2
+    z = min(max(2.0 * b2 * q12 * rr, -1.0), 1.0)
     k = a * a * (2.0 / PI) * asin(z) + c * c
-    det = max((1.0 + 2.0 * b2 * q11) * (1.0 + 2.0 * b2 * q22) * (1.0 - z) * (1.0 + z),
-              1.0 + 2.0 * b2 * (q11 + q22))  # the bound keeps rounding from below
-    return k, a * a * (4.0 / PI) * b2 / math.sqrt(det)
+    # sqrt(det) = s1 s2 sqrt(1 - z²) >= sqrt(1 + 2b²(q11 + q22)) (the bound keeps
+    # rounding from below); no product of two variances, which would overflow
+    # long before the result does
+    root = s1 * s2 * math.sqrt(max((1.0 - z) * (1.0 + z),
+                                   (1.0 + 2.0 * b2 * (q11 + q22)) * rr * rr))
+    return k, a * a * (4.0 / PI) * b2 / root
 
 
 @njit(**INLINE)
@@ -233,11 +237,12 @@ def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
     """
     rr = r1 * r2
     z = min(max(q12 * rr, -1.0), 1.0)
-    delta = math.sqrt(max((1.0 + q11) * (1.0 + q22) * (1.0 - z) * (1.0 + z),
-                          1.0 + q11 + q22))
+    # δ = s1 s2 sqrt(1 - z²), formed without products of two variances (deep
+    # networks reach q ~ 1e256, where q11 q22 overflows and the result does not)
+    delta = s1 * s2 * math.sqrt(max((1.0 - z) * (1.0 + z), (1.0 + q11 + q22) * rr * rr))
     inv_delta = 1.0 / delta
     angle = asin(z)
-    h = q11 * q22 * rr * rr
+    h = (q11 * rr) * (q22 * rr)
     k = 0.25 * q12 + (z * z * inv_delta + h * delta + q12 * angle) * INV_2PI
     bracket = inv_delta * inv_delta + (2.0 + q11 + q22) * rr * rr
     kdot = 0.25 + angle * INV_2PI + q12 * inv_delta * bracket * INV_2PI
