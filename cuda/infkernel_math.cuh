@@ -262,6 +262,15 @@ IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd
   kd = T(0.25) + angle * T(IK_INV_2PI) + q12 * inv_delta * bracket * T(IK_INV_2PI);
 }
 
+/// The NTK after a Dense layer, c_old q + c_new q' + w2 theta + c_one, where a zero
+/// coefficient contributes exactly 0 (inf, not 0 * inf = NaN, after overflow);
+/// _duals.dense_theta.
+template <typename T>
+IK_FN T ik_dense_theta(T w2, T c_old, T c_new, T c_one, T q, T qn, T th) {
+  return (c_old != T(0) ? c_old * q : T(0)) + (c_new != T(0) ? c_new * qn : T(0)) +
+         (w2 != T(0) ? w2 * th : T(0)) + c_one;
+}
+
 /// The per-point scale the kind's dual takes (r = 1/s), as _duals.point_scale:
 /// sqrt(1 + 2b^2 q) for Erf, sqrt(1 + q) for Gelu, sqrt(q) otherwise.
 template <typename T>
@@ -925,7 +934,7 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
       IK_UNROLL
       for (int e = 0; e < E; ++e) {
         T qn = w2 * Q[e] + b2;
-        TH[e] = c_old * Q[e] + c_new * qn + w2 * TH[e] + c_one;
+        TH[e] = ik_dense_theta(w2, c_old, c_new, c_one, Q[e], qn, TH[e]);
         Q[e] = qn;
       }
     } else if (op == IK_OP_ACT) {
@@ -987,7 +996,7 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
     const int r = o[1];
     if (op == IK_OP_DENSE) {
       T qn = T(p[0]) * q[r] + T(p[1]);
-      th[r] = T(p[2]) * q[r] + T(p[3]) * qn + T(p[0]) * th[r] + T(p[4]);
+      th[r] = ik_dense_theta(T(p[0]), T(p[2]), T(p[3]), T(p[4]), q[r], qn, th[r]);
       q[r] = qn;
     } else if (op == IK_OP_ACT) {
       T v = q[r];

@@ -19,7 +19,7 @@ from numba import njit, prange
 from ._config import BLOCK_ENTRIES, INLINE, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
                      dual_monomial, dual_rbf, dual_rectified_monomial, dual_relu,
-                     dual_sign, dual_sin, point_scale)
+                     dual_sign, dual_sin, dense_theta, point_scale)
 from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
                        K_NUMERIC, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
@@ -135,7 +135,7 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
             for j in range(n):
                 q = Q[r, j]
                 qn = w2 * q + b2
-                TH[r, j] = c_old * q + c_new * qn + w2 * TH[r, j] + c_one
+                TH[r, j] = dense_theta(w2, c_old, c_new, c_one, q, qn, TH[r, j])
                 Q[r, j] = qn
         elif op == OP_ACT:
             act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
@@ -176,7 +176,7 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
             p = params[k]
             if op == OP_DENSE:
                 qn = p[0] * q[r] + p[1]
-                th[r] = p[2] * q[r] + p[3] * qn + p[0] * th[r] + p[4]
+                th[r] = dense_theta(p[0], p[2], p[3], p[4], q[r], qn, th[r])
                 q[r] = qn
             elif op == OP_ACT:
                 v = q[r]

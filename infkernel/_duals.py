@@ -196,6 +196,15 @@ def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
+def dense_theta(w2, c_old, c_new, c_one, q, qn, th):
+    """The NTK after a Dense layer, c_old q + c_new q' + w2 θ + c_one
+    (``_program.OP_DENSE``), where a zero coefficient contributes exactly 0:
+    an overflowed q, q' or θ then gives inf, not 0·inf = NaN."""
+    return ((c_old * q if c_old != 0.0 else 0.0) + (c_new * qn if c_new != 0.0 else 0.0)
+            + (w2 * th if w2 != 0.0 else 0.0) + c_one)
+
+
+@njit(**INLINE)
 def point_scale(kind, p, q):
     """The per-point scale s of kind ``kind`` (params ``p``) at variance q:
     sqrt(1 + 2b²q) for Erf, sqrt(1 + q) for Gelu, sqrt(q) otherwise."""

@@ -165,6 +165,11 @@ def test_depth_1000_no_overflow_where_representable():
     k = ik.serial(*([ik.Dense(1, 1.9), ik.Gelu()] * 1000), ik.Dense(1)).kernel(x)
     assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
     assert k.nngp.max() > 1e250
+    # past the largest double the kernels are +inf, never NaN (no 0·inf in a
+    # Dense layer whose parameterization zeroes a coefficient)
+    for par in ("ntk", "standard"):
+        k = ik.serial(*([ik.Dense(1, 2.0, 0.1, par), ik.Identity()] * 1100)).kernel(x)
+        assert np.isposinf(np.diag(k.nngp)).all() and np.isposinf(np.diag(k.ntk)).all()
     # growth per layer at most 1.5² (1 + 0.1²)/2: q stays below 1e60
     for act in (ik.Erf(), ik.Gelu(), ik.Sin(), ik.LeakyRelu(0.1), ik.Sign()):
         k = ik.serial(*([ik.Dense(1, 1.5, 0.1), act] * 1000), ik.Dense(1)).kernel(x)
