@@ -42,25 +42,22 @@ _ASIN_R = (0.16666666666666669, 0.07499999999998433, 0.04464285714635543,
            0.013971212973552933, 0.011479177415184906, 0.01032281435018578,
            0.005457506718640358, 0.01740087944269402, -0.014851887071247204,
            0.028757851367421566)
-(_R0, _R1, _R2, _R3, _R4, _R5, _R6, _R7, _R8, _R9, _R10, _R11, _R12) = _ASIN_R
+
+
+@njit(**INLINE)
+def _horner(coef, z):
+    """Σ_k coef[k] z^k for a module-level tuple ``coef`` (a compile-time
+    constant: LLVM unrolls the loop, so loops over entries still vectorise)."""
+    r = coef[-1]
+    for k in range(len(coef) - 2, -1, -1):
+        r = r * z + coef[k]
+    return r
 
 
 @njit(**INLINE)
 def _asin_r(z):
-    """R(z) with asin(y) = y + y³ R(y²), |y| <= 1/2 (unrolled: vectorises)."""
-    r = _R12
-    r = r * z + _R11
-    r = r * z + _R10
-    r = r * z + _R9
-    r = r * z + _R8
-    r = r * z + _R7
-    r = r * z + _R6
-    r = r * z + _R5
-    r = r * z + _R4
-    r = r * z + _R3
-    r = r * z + _R2
-    r = r * z + _R1
-    return r * z + _R0
+    """R(z) with asin(y) = y + y³ R(y²), |y| <= 1/2."""
+    return _horner(_ASIN_R, z)
 
 
 @njit(**INLINE)
@@ -108,28 +105,6 @@ _SQRT_P = (-0.5, -0.12500000000000125, -0.06249999999967604, -0.0390625000329940
            -0.03154768650454239)
 
 
-(_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9, _P10, _P11, _P12, _P13) = _SQRT_P
-
-
-@njit(**INLINE)
-def _sqrt_p(w):
-    """P(w) with sqrt(1 - w) = 1 + w P(w), 0 <= w <= 1/4 (unrolled: vectorises)."""
-    p = _P13
-    p = p * w + _P12
-    p = p * w + _P11
-    p = p * w + _P10
-    p = p * w + _P9
-    p = p * w + _P8
-    p = p * w + _P7
-    p = p * w + _P6
-    p = p * w + _P5
-    p = p * w + _P4
-    p = p * w + _P3
-    p = p * w + _P2
-    p = p * w + _P1
-    return p * w + _P0
-
-
 @njit(**INLINE)
 def arc_cosine(rho):
     """The angles and the function F(t) = sin t - t cos t of the arc-cosine
@@ -151,7 +126,7 @@ def arc_cosine(rho):
     u = rho if small else y
     w = u * u
     r = _asin_r(w)
-    p = _sqrt_p(w)
+    p = _horner(_SQRT_P, w)
     asin_u = u + u * w * r
     e = 1.0 + w * (1.0 + p + w * r)
     f_small = 2.0 * y * w * (2.0 + p - r * (1.0 - 2.0 * w))
