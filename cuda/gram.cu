@@ -37,6 +37,34 @@ extern "C" __global__ void ik_diag(const double* __restrict__ x, long long n, in
   td[i] = t;
 }
 
+/// One thread's IK_E entries (i0 + IK_BY e, col) of a tile, through the whole
+/// program: q = G / d, theta = 0 (rows past `rows` repeat the last row and are
+/// not stored).  With `upper`, entries with i >= j start from q = 0 instead:
+/// the symmetric kernel discards them (the diagonal comes from the diagonal
+/// pass, lower entries by transposition), so a numeric activation never runs
+/// its slow quadrature fallback on them.
+template <typename T, int NR>
+__device__ __forceinline__ void ik_tile_entries(
+    const T* __restrict__ G, long long ldg, int rows, long long i0, long long col,
+    bool upper, long long j, T inv_d, const T* __restrict__ tab1, long long ld1,
+    const T* __restrict__ tab2, long long ld2, const double* __restrict__ feat1,
+    const double* __restrict__ feat2, const int* __restrict__ ops,
+    const double* __restrict__ params, const double* __restrict__ aux, int n_ops,
+    T (&q)[NR][IK_E], T (&th)[NR][IK_E]) {
+  long long rw[IK_E];
+  IK_UNROLL
+  for (int e = 0; e < IK_E; ++e) {
+    long long i = i0 + IK_BY * e;
+    rw[e] = i < rows ? i : rows - 1;
+    q[0][e] = (!upper || i < j) ? G[rw[e] * ldg + col] * inv_d : T(0);
+    th[0][e] = T(0);
+    IK_UNROLL
+    for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
+  }
+  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, col, feat1,
+                              feat2, q, th);
+}
+
 /// Cross tile: out[i, j] for i < rows, j < cols from G[i, j] = x1_i . x2_j
 /// (leading dimension ldg); tables of the row points start at tab1 (stride ld1,
 /// already offset to the tile's first row), column points at tab2; the Mehler
@@ -54,19 +82,9 @@ __device__ __forceinline__ void ik_cross_impl(
   const long long j = (long long)blockIdx.x * IK_BX + tx;
   if (j >= cols) return;
   const long long i0 = (long long)blockIdx.y * IK_TILE + ty;
-  long long rw[IK_E];
   T q[NR][IK_E], th[NR][IK_E];
-  IK_UNROLL
-  for (int e = 0; e < IK_E; ++e) {
-    long long i = i0 + IK_BY * e;
-    rw[e] = i < rows ? i : rows - 1;
-    q[0][e] = G[rw[e] * ldg + j] * inv_d;
-    th[0][e] = T(0);
-    IK_UNROLL
-    for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
-  }
-  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, j, feat1,
-                              feat2, q, th);
+  ik_tile_entries<T, NR>(G, ldg, rows, i0, j, false, j, inv_d, tab1, ld1, tab2, ld2, feat1,
+                         feat2, ops, params, aux, n_ops, q, th);
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
@@ -102,24 +120,9 @@ __device__ __forceinline__ void ik_sym_impl(
   const long long j = (long long)bj * IK_TILE + tx;
   const long long i0 = (long long)bi * IK_TILE + ty;
   const long long jc = j < cols ? j : cols - 1;
-  long long rw[IK_E];
   T q[NR][IK_E], th[NR][IK_E];
-  IK_UNROLL
-  for (int e = 0; e < IK_E; ++e) {
-    long long i = i0 + IK_BY * e;
-    rw[e] = i < rows ? i : rows - 1;
-    // Entries on or below the diagonal are discarded (the diagonal comes from
-    // kdiag, the lower entries by transposition): they start from q12 = 0, so
-    // a numeric activation never runs its slow quadrature fallback on them
-    // (at i == j the GEMM's x.x may differ from the diagonal pass's |x|^2 in
-    // the last bit, which defeats the exact rho = 1 shortcut).
-    q[0][e] = i < j ? G[rw[e] * ldg + jc] * inv_d : T(0);
-    th[0][e] = T(0);
-    IK_UNROLL
-    for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
-  }
-  ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, jc, feat1,
-                              feat2, q, th);
+  ik_tile_entries<T, NR>(G, ldg, rows, i0, jc, true, j, inv_d, tab1, ld1, tab2, ld2, feat1,
+                         feat2, ops, params, aux, n_ops, q, th);
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
