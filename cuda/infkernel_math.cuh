@@ -704,8 +704,8 @@ struct IkFeatures {
 /// certified, |rho_e|^{N} ta_1(N-1) ta_2(N-1) <= TOL for phi and phi' (numba
 /// certifies a tile of columns with the largest column tails; here each entry
 /// uses its own column's tails, never more terms than numba would choose for a
-/// one-column tile).  Entries not certified by all NM terms: the exact
-/// diagonal E[phi^2] at rho = 1 with equal variances, otherwise the quadrature.
+/// one-column tile).  Entries at rho = 1 with equal variances: the exact
+/// diagonal E[phi^2]; other entries not certified by all NM terms: quadrature.
 template <typename T, int E>
 IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11, const T* s1,
                               const T* r1, T q22, T s2, T r2, T* Q, T* TH,
@@ -766,20 +766,18 @@ IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11,
       const double pn = ik_ipow(arho[e], IK_NUM_NM);
       const double ta1 = F1[(3 * IK_NUM_NM - 1) * ld1 + ri[e]];
       const double td1 = F1[(4 * IK_NUM_NM - 1) * ld1 + ri[e]];
-      if (pn * ta1 * ta2 > IK_NUM_TOL || pn * td1 * td2 > IK_NUM_TOL) {
-        if (rho[e] == 1.0 && q22 == q11[e]) {  // same variance, rho = 1
-          acc[e] = F1[(4 * IK_NUM_NM) * ld1 + ri[e]];
-          accd[e] = F1[(4 * IK_NUM_NM + 1) * ld1 + ri[e]];
-        } else {
-          ik_pair_quadrature(aux, lo, double(s1[e]), double(s2), rho[e], &acc[e], &accd[e]);
-        }
-      }
+      if ((pn * ta1 * ta2 > IK_NUM_TOL || pn * td1 * td2 > IK_NUM_TOL) &&
+          !(rho[e] == 1.0 && q22 == q11[e]))
+        ik_pair_quadrature(aux, lo, double(s1[e]), double(s2), rho[e], &acc[e], &accd[e]);
     }
   }
+  // rho = 1 at equal variances (the diagonal, duplicate points): E[phi^2],
+  // E[phi'^2] of the diagonal pass itself, as numba does
   IK_UNROLL
   for (int e = 0; e < E; ++e) {
-    Q[e] = T(acc[e]);
-    TH[e] *= T(accd[e]);
+    const bool same = rho[e] == 1.0 && q22 == q11[e];
+    Q[e] = T(same ? F1[(4 * IK_NUM_NM) * ld1 + ri[e]] : acc[e]);
+    TH[e] *= T(same ? F1[(4 * IK_NUM_NM + 1) * ld1 + ri[e]] : accd[e]);
   }
 }
 

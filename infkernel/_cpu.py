@@ -185,13 +185,17 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 V[k, i] = v
                 S[k, i] = s
                 R[k, i] = rs
-                if ops[k, 3] == K_NUMERIC:
+                if ops[k, 3] == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
+                    slot = ops[k, 5]
                     mehler_point(aux, ops[k, 4], min(s, 2.0 * math.sqrt(Q_MAX)),
-                                 F, G, ops[k, 5], i)
-                act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s, rs,
-                         q[r:r + 1], th[r:r + 1], V[k, i:i + 1], S[k, i:i + 1],
-                         R[k, i:i + 1], i, 1,
-                         i, F, G, F, G, TM, W)
+                                 F, G, slot, i)
+                    q[r] = G[slot, 0, i]
+                    th[r] *= G[slot, 1, i]
+                else:
+                    act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s, rs,
+                             q[r:r + 1], th[r:r + 1], V[k, i:i + 1], S[k, i:i + 1],
+                             R[k, i:i + 1], i, 1,
+                             i, F, G, F, G, TM, W)
             elif op == OP_SCALE:
                 q[r] *= p[0]
                 th[r] *= p[0]
@@ -283,13 +287,14 @@ def _mirror(A, block):
                     A[i, j] = A[j, i]
 
 
-def point_tables(program, x):
+def point_tables(program, x, features=True):
     """Run the program on the diagonal of ``x``.
 
     Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
     input variance V[k, i], its scale S = ``_duals.point_scale`` (sqrt(V) for
     most kinds) and R = 1/S (0 where S = 0); the
-    per-point Mehler features F, G of numeric activations (``_numeric.py``);
+    per-point Mehler features F, G of numeric activations (``_numeric.py``;
+    ``features=False``: G only, F has no terms, for the diagonal alone);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
 
     All of it depends on the point only through |x|²/d: points of equal norm
@@ -303,7 +308,7 @@ def point_tables(program, x):
     V, S, R = np.zeros((3, program.n_ops, m))
     numeric = [k for k in range(program.n_ops)
                if program.ops[k, 0] == OP_ACT and program.ops[k, 3] == K_NUMERIC]
-    F = np.zeros((len(numeric), 4, NM if numeric else 1, m))
+    F = np.zeros((len(numeric), 4, NM if numeric and features else 0, m))
     G = np.zeros((len(numeric), 2, m))
     k = np.empty(m)
     t = np.empty(m)

@@ -34,7 +34,9 @@ composite Gauss–Legendre on z ∈ [-ZC, ZC] (Cramér's bound
 across the columns of a tile.  By Cauchy–Schwarz the truncation error is at
 most |ρ|^{N+1} √(T1(N) T2(N)) with tails T(N) = Σ_{n>N} a_n² = E[φ²] - Σ_{n≤N} a_n²
 (Parseval), so each tile uses the fewest terms that certify
-|error| ≤ TOL √(E[φ(u)²] E[φ(v)²]) (``TOL`` = 1e-12).
+|error| ≤ TOL √(E[φ(u)²] E[φ(v)²]) (``TOL`` = 1e-12).  At ρ = 1 with equal
+variances (the diagonal, duplicate points) the entry is E[φ²], E[φ'²] itself,
+summed over the same nodes in the diagonal pass.
 
 Fallback: nested graded Gauss–Legendre
 --------------------------------------
@@ -477,16 +479,18 @@ def numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, slot,
         for j in range(n):
             r = abs(rho[j])
             pn = r ** nm
-            if (pn * ta * F2[slot, 2, nm - 1, c0 + j] > TOL
-                    or pn * td * F2[slot, 3, nm - 1, c0 + j] > TOL):
-                if rho[j] == 1.0 and V2[j] == q11:  # same variance, ρ = 1
-                    acc[j] = G1[slot, 0, i]
-                    accd[j] = G1[slot, 1, i]
-                else:
-                    acc[j], accd[j] = pair_quadrature(aux, lo, s1, S2[j], rho[j])
+            if ((pn * ta * F2[slot, 2, nm - 1, c0 + j] > TOL
+                    or pn * td * F2[slot, 3, nm - 1, c0 + j] > TOL)
+                    and not (rho[j] == 1.0 and V2[j] == q11)):
+                acc[j], accd[j] = pair_quadrature(aux, lo, s1, S2[j], rho[j])
+    # ρ = 1 at equal variances (the diagonal, duplicate points): E[φ²], E[φ'²]
+    # of the diagonal pass itself, so K(x, x') = K(x, x) exactly when x' = x
+    g = G1[slot, 0, i]
+    gd = G1[slot, 1, i]
     for j in range(n):
-        Q[j] = acc[j]
-        TH[j] *= accd[j]
+        same = rho[j] == 1.0 and V2[j] == q11
+        Q[j] = g if same else acc[j]
+        TH[j] *= gd if same else accd[j]
 
 
 @njit(**JIT)

@@ -157,7 +157,7 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     a2 = None if (x2 is None or x2 is x1) else check_inputs(x2, "x2", a1.shape[1])
     prog = net.program(a1.shape[1])
     if diagonal:
-        _, k, t = _cpu.point_tables(prog, a1)
+        _, k, t = _cpu.point_tables(prog, a1, features=False)
         res = {"nngp": k, "ntk": t}
         arrays = [res[g].astype(dt, copy=False) for g in names]
     else:
