@@ -47,6 +47,11 @@ ROWS = 256
 #: Entries per call of the tile kernel (progress is reported between calls).
 BLOCK_ENTRIES = 1 << 22
 
+#: Rows per call at most when a cross kernel has numeric activations: their
+#: per-point Mehler features (3 KB per point and activation) are computed per
+#: call, so a tall x1 against a short x2 holds at most this many rows' worth.
+FEATURE_ROWS = 4096
+
 #: Scalar functions called inside per-entry loops: inlined at numba-IR level so
 #: that LLVM sees the whole loop body and vectorises it.
 INLINE = dict(JIT, inline="always")

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._config import BLOCK_ENTRIES, INLINE, JIT, ROWS, TILE
+from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
                      dual_monomial, dual_rbf, dual_rectified_monomial, dual_relu,
                      dual_sign, dual_sin, dense_theta, point_scale)
@@ -226,8 +226,9 @@ def _store(A, values, i, j_lo, n, sym):
 
 @njit(parallel=True, **JIT)
 def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, params, aux, n_regs,
-                V1, S1, R1, V2, S2, R2, K, T, want_k, want_t, F1, G1, F2, G2, TM):
+                t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t, F1, G1, F2, G2, TM):
     """Rows r_lo .. r_hi of the kernel (``sym``: strict upper triangle, x2 is x1).
+    The row tables ``V1 .. G1`` start at row ``t0`` of x1.
 
     Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
@@ -264,8 +265,8 @@ def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, params, aux, n_regs,
                     for j in range(n):
                         Q[0, j] = g_row[j] * inv_d
                         TH[0, j] = 0.0
-                    _run_ops(ops, params, aux, i, j_lo, n, V1, S1, R1, V2, S2, R2, Q, TH,
-                             F1, G1, F2, G2, TM, W)
+                    _run_ops(ops, params, aux, i - t0, j_lo, n, V1, S1, R1, V2, S2, R2,
+                             Q, TH, F1, G1, F2, G2, TM, W)
                     if want_k:
                         _store(K, Q[0], i, j_lo, n, sym)
                     if want_t:
@@ -287,7 +288,7 @@ def _mirror(A, block):
                     A[i, j] = A[j, i]
 
 
-def point_tables(program, x, features=True):
+def point_tables(program, x, features=True, start=0):
     """Run the program on the diagonal of ``x``.
 
     Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
@@ -296,6 +297,7 @@ def point_tables(program, x, features=True):
     per-point Mehler features F, G of numeric activations (``_numeric.py``;
     ``features=False``: G only, F has no terms, for the diagonal alone);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
+    ``start``: the index of x's first point in the user's array (for errors).
 
     All of it depends on the point only through |x|²/d: points of equal norm
     (inputs on a sphere, duplicates) share one run of the program.
@@ -322,7 +324,7 @@ def point_tables(program, x, features=True):
             i = int(V[op].argmax())
             name = (program.names or {}).get(op, "a numeric activation")
             raise ValueError(
-                f"{name}: its input variance reaches {V[op, i]:.4g} (point {i}), outside "
+                f"{name}: its input variance reaches {V[op, i]:.4g} (point {start + i}), outside "
                 f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
                 "or reduce W_std / b_std of the Dense layer before it")
     return (V, S, R, F, G), k, t
@@ -344,8 +346,9 @@ def gram(program, x1, x2, K, T, progress=None):
     K = None if K is None else np.asarray(K)  # a memmap becomes a plain view
     T = None if T is None else np.asarray(T)
     dummy = np.empty((1, 1))
-    tables1, k1, t1 = point_tables(program, x1)
-    tables2 = tables1 if sym else point_tables(program, x2)[0]
+    # column tables for all points; row tables (cross case) block by block
+    # (a numeric activation's input range is checked block by block, too)
+    tables2, k2, t2 = point_tables(program, x1 if sym else x2)
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
@@ -353,26 +356,31 @@ def gram(program, x1, x2, K, T, progress=None):
     # rows per call: progress granularity; the kernel itself needs no buffer
     # rows per group: up to ROWS, but at least four groups per thread
     rows = max(32, min(ROWS, n1 // (4 * numba.get_num_threads()) // 32 * 32))
-    block = max(8 * rows, BLOCK_ENTRIES // max(n2, 1)) // rows * rows
+    block = max(8 * rows, BLOCK_ENTRIES // max(n2, 1))
+    if not sym and tables2[3].shape[2]:  # numeric activations: bounded features
+        block = min(block, max(8 * rows, FEATURE_ROWS))
+    block = block // rows * rows
     done = 0
     # BLAS runs single-threaded inside the parallel kernel (one small GEMM per
     # tile and thread): no oversubscription, no idle spinning BLAS threads.
     with _single_threaded_blas():
         for r0 in range(0, n1, block):
             r1 = min(n1, r0 + block)
+            tables1 = tables2 if sym else point_tables(program, x1[r0:r1], start=r0)[0]
             _gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
-                        *tables1[:3], *tables2[:3],
+                        0 if sym else r0, *tables1[:3], *tables2[:3],
                         dummy if K is None else K, dummy if T is None else T,
                         K is not None, T is not None,
                         tables1[3], tables1[4], tables2[3], tables2[4], TM)
+            del tables1  # before the next block's features are computed
             if progress is not None:
                 done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
                          else (r1 - r0) * n2)
                 progress(done, total)
     if sym and n1:
         idx = np.arange(n1)
-        for A, diag_values in ((K, k1), (T, t1)):
+        for A, diag_values in ((K, k2), (T, t2)):
             if A is not None:
                 A[idx, idx] = diag_values
 
