@@ -234,10 +234,9 @@ def _potrf_lower(a):
     rows below it, and the trailing update A22 -= A21 A21ᵀ by row chunks
     (matmul strictly left of the chunk's diagonal block, dsyrk on the block),
     all on views of ``a`` (leading dimension n): only the lower triangle is
-    read or written, and the one temporary is a chunk of the update."""
+    read or written (also on failure, so the caller can restore it from the
+    upper one), and the one temporary is a chunk of the update."""
     n = a.shape[0]
-    if n <= _PANEL:
-        return sla.cholesky(a, lower=True, overwrite_a=True, check_finite=False)
     f = _fortran()
     base = a.ctypes.data
     lda = ctypes.byref(ctypes.c_int(n))

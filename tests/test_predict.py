@@ -169,18 +169,30 @@ def test_bad_input(data):
         P.gp_inference(np.eye(3), np.ones(3))(get="xyz", k_test_train=np.ones((1, 3)))
 
 
-def test_not_psd_is_an_error():
-    A = np.diag([1.0, 1.0, -0.5])
+@pytest.mark.parametrize("A", [np.diag([1.0, 1.0, -0.5]), np.array([[1.0, 2.0], [2.0, 1.0]]),
+                               np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [2.0, 0.0, 1.0]])])
+def test_not_psd_is_an_error(A):
+    """Also when the failed factorisation has overwritten part of the matrix
+    (the off-diagonal indefinite cases)."""
+    n = len(A)
     with pytest.raises(ValueError, match="not positive semidefinite"):
-        P.gp_inference(A, np.ones(3))(get="nngp", k_test_train=np.ones((1, 3)))
+        P.gp_inference(A, np.ones(n))(get="nngp", k_test_train=np.ones((1, n)))
 
 
-def test_singular_kernel_gets_jitter_warning():
-    B = np.random.default_rng(1).standard_normal((8, 3))
+@pytest.mark.parametrize("n", [8, 40])
+def test_singular_kernel_gets_jitter_warning(n):
+    """The jittered solve equals a direct solve of K + (stated jitter) I: the
+    retry factors the original matrix, not what the failed attempt left."""
+    rng = np.random.default_rng(1)
+    B = rng.standard_normal((n, 3))
     k = B @ B.T                                    # PSD of rank 3: singular
-    with pytest.warns(P.JitterWarning, match="added jitter"):
-        out = P.gp_inference(k, np.ones(8))(get="nngp", k_test_train=k[:1])
-    assert np.isfinite(out).all()
+    y = B @ rng.standard_normal(3) + 0.1 * rng.standard_normal(n)
+    with pytest.warns(P.JitterWarning, match="added jitter") as rec:
+        out = P.gp_inference(k, y)(get="nngp", k_test_train=k[:2] + 0.5)
+    eps = float(str(rec[0].message).split("added jitter ")[1].split(" ")[0])
+    ref = (k[:2] + 0.5) @ np.linalg.solve(k + eps * np.eye(n), y)
+    # cond(K + eps I) ~ |K| / eps ~ 1e12: agreement to ~1e-4 of the scale
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
 
 
 def test_blocked_cholesky_matches_lapack_and_keeps_upper(monkeypatch):
