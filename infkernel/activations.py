@@ -54,7 +54,7 @@ class Activation(Layer):
         lo = [builder.add_aux(t) for t in self.tables] + [0, 0]
         builder.emit(P.OP_ACT, state.reg, kind=self.kind, aux_lo=lo[0],
                      aux_hi=lo[1], params=self.params)
-        state.gaussian = False
+        state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
 
     def _apply(self, params, h):
         return self.fn(h)

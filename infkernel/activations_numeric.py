@@ -46,7 +46,7 @@ class NumericActivation(Activation):
         builder.names[len(builder.ops)] = repr(self)
         builder.emit(P.OP_ACT, state.reg, kind=P.K_NUMERIC, aux_lo=lo, aux_hi=slot,
                      params=self.params)
-        state.gaussian = False
+        state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
 
 
 @functools.lru_cache(maxsize=64)

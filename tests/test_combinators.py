@@ -191,6 +191,13 @@ def test_sum_of_correlated_branches_is_refused():
     act = ik.serial(ik.Dense(8), ik.FanOut(2), ik.parallel(ik.Relu(), ik.Erf()), ik.FanInSum())
     with pytest.raises(ValueError, match="correlated"):
         act.program(2)
+    # independent branches, but each ends in an activation: not mean-zero, so
+    # E[relu(a) relu(b')] = E[relu(a)] E[relu(b')] != 0 is missing from a sum
+    fresh = ik.serial(ik.FanOut(2), ik.parallel(ik.serial(ik.Dense(8), ik.Relu()),
+                                                ik.serial(ik.Dense(8), ik.Tanh())),
+                      ik.FanInSum(), ik.Dense(1))
+    with pytest.raises(ValueError, match="FanInSum: branches \\[0, 1\\]"):
+        fresh.program(2)
 
 
 def test_structural_errors():
