@@ -174,6 +174,13 @@ IK_FN T ik_correlation(T q12, T r1, T r2) {
   return ik_abs(rho) < ik_rho_one(T(0)) ? rho : ik_copysign(T(1), rho);
 }
 
+/// q12 -> +-q11 when q11 == q22 and |q12| >= q11 (1 - 4 ulps): identical and
+/// antipodal points stay exactly so in the smooth duals (_duals.snap_q12).
+template <typename T>
+IK_FN T ik_snap_q12(T q11, T q12, T q22) {
+  return q11 == q22 && ik_abs(q12) >= ik_rho_one(T(0)) * q11 ? ik_copysign(q11, q12) : q12;
+}
+
 /// The arc-cosine kernels' angles theta = acos rho, psi = pi - theta and
 /// F(t) = sin t - t cos t at both, with one square root (_duals.arc_cosine):
 /// u = rho if |rho| <= 1/2 else y = sqrt((1 - |rho|)/2), w = u^2;
@@ -236,6 +243,7 @@ IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2,
 template <typename T>
 IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k,
                        T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
   T b2 = b * b;
   T rr = r1 * r2;
   T z = ik_min(ik_max(T(2) * b2 * q12 * rr, T(-1)), T(1));
@@ -250,6 +258,7 @@ IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r
 /// z = q12/(s1 s2), delta = sqrt(p1 p2 - q12^2), h = (q11/p1)(q22/p2).
 template <typename T>
 IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
   T rr = r1 * r2;
   T z = ik_min(ik_max(q12 * rr, T(-1)), T(1));
   // delta = s1 s2 sqrt(1 - z^2), no product of two variances (overflow)
@@ -284,6 +293,7 @@ IK_FN T ik_point_scale(int kind, const double* p, T q) {
 /// e-+ = exp(-b^2 (q11 + q22 -+ 2 q12) / 2).
 template <typename T>
 IK_FN void ik_dual_sin(T a, T b, T c, T q11, T q12, T q22, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
   T b2 = b * b;
   T em = ik_exp(T(-0.5) * b2 * ik_max(q11 + q22 - T(2) * q12, T(0)));
   T ep = ik_exp(T(-0.5) * b2 * (q11 + q22 + T(2) * q12)) * ik_cos(T(2) * c);
@@ -295,6 +305,7 @@ IK_FN void ik_dual_sin(T a, T b, T c, T q11, T q12, T q22, T& k, T& kd) {
 /// k = exp(-gamma (q11 + q22 - 2 q12)), kd = 2 gamma k.
 template <typename T>
 IK_FN void ik_dual_rbf(T gamma, T q11, T q12, T q22, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
   k = ik_exp(-gamma * ik_max(q11 + q22 - T(2) * q12, T(0)));
   kd = T(2) * gamma * k;
 }
@@ -302,6 +313,7 @@ IK_FN void ik_dual_rbf(T gamma, T q11, T q12, T q22, T& k, T& kd) {
 /// phi = a exp(bx): k = a^2 exp(b^2 ((q11 + q22)/2 + q12)), kd = b^2 k.
 template <typename T>
 IK_FN void ik_dual_exp(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
   T b2 = b * b;
   k = a * a * ik_exp(b2 * (T(0.5) * (q11 + q22) + q12));
   kd = b2 * k;
@@ -311,6 +323,7 @@ IK_FN void ik_dual_exp(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
 /// kd = 4a^2b^2 q12 / D^{3/2}; +inf where the integral diverges.
 template <typename T>
 IK_FN void ik_dual_gaussian(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
   T t1 = T(1) - T(2) * b * q11;
   T t2 = T(1) - T(2) * b * q22;
   T det = t1 * t2 - T(4) * b * b * q12 * q12;

@@ -96,6 +96,16 @@ def correlation(q12, r1, r2):
     return rho if abs(rho) < _RHO_ONE else math.copysign(1.0, rho)
 
 
+@njit(**INLINE)
+def snap_q12(q11, q12, q22):
+    """q12 → ±q11 when q11 == q22 and |q12| ≥ q11 (1 - 4ε): identical and
+    antipodal points (up to the rounding of their inner product) stay exactly
+    so.  The smooth duals need it: in a chaotic deep network one ulp between
+    q12 and q11 grows layer by layer, and a q12 beyond √(q11 q22) grows into
+    values no covariance can take (Cauchy–Schwarz)."""
+    return math.copysign(q11, q12) if q11 == q22 and abs(q12) >= _RHO_ONE * q11 else q12
+
+
 # sqrt(1 - w) = 1 + w P(w) on 0 <= w <= 1/4; P is a degree-13 polynomial fitted at
 # Chebyshev nodes in 60-digit arithmetic: 1 + w P(w) is within 0.75 ulp.
 _SQRT_P = (-0.5, -0.12500000000000125, -0.06249999999967604, -0.03906250003299409,
@@ -197,6 +207,7 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
       k    = a² (2/π) asin(z) + c²,   z = 2b²q12 / (s1 s2)
       kdot = a² (4b²/π) / sqrt(det),  det = s1² s2² - 4b⁴q12² >= 1 + 2b²(q11 + q22)
     """
+    q12 = snap_q12(q11, q12, q22)
     b2 = b * b
     rr = r1 * r2
     z = min(max(2.0 * b2 * q12 * rr, -1.0), 1.0)
@@ -219,6 +230,7 @@ def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
       kdot = 1/4 + asin(z)/(2π) + q12/(2πδ) [1/δ² + 1/(p1p2) - h + 1]
     where 1 - h = (1 + q11 + q22)/(p1 p2) exactly (no cancellation at large q).
     """
+    q12 = snap_q12(q11, q12, q22)
     rr = r1 * r2
     z = min(max(q12 * rr, -1.0), 1.0)
     # δ = s1 s2 sqrt(1 - z²), formed without products of two variances (deep
@@ -240,6 +252,7 @@ def dual_sin(a, b, c, q11, q12, q22, s1, s2, r1, r2):
       k    = a²/2 [e⁻ - e⁺ cos 2c],  kdot = a²b²/2 [e⁻ + e⁺ cos 2c],
       e∓ = exp(-b² (q11 + q22 ∓ 2 q12) / 2)
     """
+    q12 = snap_q12(q11, q12, q22)
     b2 = b * b
     em = math.exp(-0.5 * b2 * max(q11 + q22 - 2.0 * q12, 0.0))
     ep = math.exp(-0.5 * b2 * (q11 + q22 + 2.0 * q12)) * math.cos(2.0 * c)
@@ -250,6 +263,7 @@ def dual_sin(a, b, c, q11, q12, q22, s1, s2, r1, r2):
 @njit(**INLINE)
 def dual_rbf(gamma, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = √2 sin(√(2γ) x + π/4):  k = exp(-γ (q11 + q22 - 2 q12)), kdot = 2γ k."""
+    q12 = snap_q12(q11, q12, q22)
     k = math.exp(-gamma * max(q11 + q22 - 2.0 * q12, 0.0))
     return k, 2.0 * gamma * k
 
@@ -257,6 +271,7 @@ def dual_rbf(gamma, q11, q12, q22, s1, s2, r1, r2):
 @njit(**INLINE)
 def dual_exp(a, b, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a exp(bx):  k = a² exp(b² ((q11 + q22)/2 + q12)), kdot = b² k."""
+    q12 = snap_q12(q11, q12, q22)
     b2 = b * b
     k = a * a * math.exp(b2 * (0.5 * (q11 + q22) + q12))
     return k, b2 * k
@@ -270,6 +285,7 @@ def dual_gaussian(a, b, q11, q12, q22, s1, s2, r1, r2):
       k = a² / sqrt(D),  kdot = 4 a² b² q12 / D^{3/2};  +inf where the integral
     diverges (b > 0 and I - 2bΣ not positive definite).
     """
+    q12 = snap_q12(q11, q12, q22)
     t1 = 1.0 - 2.0 * b * q11
     t2 = 1.0 - 2.0 * b * q22
     det = t1 * t2 - 4.0 * b * b * q12 * q12

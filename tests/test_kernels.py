@@ -105,6 +105,36 @@ def test_exact_at_correlation_plus_minus_one(act):
         assert k.ntk[0, j] == pytest.approx(float(nngp + kdot * rho * q), rel=1e-13, abs=1e-15)
 
 
+@pytest.mark.parametrize("act", [ik.Erf(), ik.Gelu(), ik.Sin(), ik.Rbf(0.8), ik.Tanh()],
+                         ids=repr)
+def test_identical_points_stay_identical_in_chaotic_deep_networks(act):
+    """In the chaotic phase (χ > 1) the correlation map repels ρ = 1: one ulp
+    between the inner product x_i·x_j of identical rows and |x_i|² grows layer
+    by layer.  Identical rows must keep K(x_i, x_j) = K(x_i, x_i) exactly, and
+    the Gram matrix must stay PSD (with a q12 past √(q11 q22) it did not:
+    Erf at depth 300 gave K[2, 3] = 2.26 > K[2, 2] = 1.09)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 5))
+    x[3] = x[2]
+    x[5] = -x[4]
+    net = ik.serial(*[l for _ in range(300) for l in (ik.Dense(8, 1.5, 0.1), act)],
+                    ik.Dense(1, 1.5, 0.1))
+    k = net.kernel(x)
+    kxx = net.kernel(x, x.copy())
+    d = net.diag(x)
+    off = ~np.eye(30, dtype=bool)
+    off[2, 3] = off[3, 2] = False
+    assert k.nngp[2, 3] == d.nngp[2] == d.nngp[3] == kxx.nngp[2, 3]
+    # the NTK's first layer Θ¹ = q12 keeps the inner product's few-ulp rounding
+    # (a linear recursion: it stays a few ulps)
+    np.testing.assert_allclose([k.ntk[2, 3], kxx.ntk[2, 3]], d.ntk[2], rtol=1e-13)
+    for f in ("nngp", "ntk"):
+        A, B = getattr(k, f), getattr(kxx, f)
+        assert np.linalg.eigvalsh(A).min() >= -1e-12 * np.abs(A).max()
+        # distinct points: the fixed point of the correlation map, same on both paths
+        np.testing.assert_allclose(A[off], B[off], rtol=1e-9)
+
+
 def test_rectified_monomial_finite_at_plus_minus_one_deep():
     """neural-tangents 0.6.5 returns NaN here (ρ = ±1)."""
     x = np.array([[1.0, 2.0], [-1.0, -2.0], [1.0, 2.0]])
