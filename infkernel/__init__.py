@@ -30,5 +30,6 @@ __all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activat
            "monte_carlo_kernel_fn", "MonteCarloKernel", "verify",
            "FanOut", "parallel", "FanInSum", "FanInConcat", "Residual", "Scale",
            "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",
-           "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral", "pinn"]
-from . import pinn  # noqa: E402  (ik.pinn.kernel, ik.pinn.ntk_blocks, ...)
+           "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral", "pinn",
+           "predict", "stax"]
+from . import pinn, predict, stax  # noqa: E402  (ik.pinn.kernel, ik.predict..., ik.stax)

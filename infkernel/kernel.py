@@ -31,9 +31,9 @@ def parse_get(get):
     if get is None:
         return GETS, False
     if isinstance(get, str):
-        names, single = (get,), True
+        names, single = (get.lower(),), True
     elif isinstance(get, (tuple, list)) and get and all(isinstance(g, str) for g in get):
-        names, single = tuple(get), False
+        names, single = tuple(g.lower() for g in get), False
     else:
         raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
     for g in names:
@@ -44,18 +44,23 @@ def parse_get(get):
     return names, single
 
 
-def check_inputs(x, name, d=None):
-    """Inputs as a C-contiguous float64 (N, d) array, or a clear error."""
+def check_inputs(x, name, d=None, like="x1"):
+    """Inputs as a C-contiguous float64 (N, d) array, or a clear error
+    (``d``: the required feature count, that of the input named ``like``)."""
     if hasattr(x, "__cuda_array_interface__"):
         x = x.get()
+    if isinstance(x, str):
+        raise TypeError(f"{name} must be an array, got the string {x!r}"
+                        + (f" (get is the third argument: kernel(x1, None, {x!r}))"
+                           if name == "x2" else ""))
     try:
         a = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be a 2-D numeric array: {exc}") from None
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
     if np.iscomplexobj(a):
         raise TypeError(f"{name} must be real, got dtype {a.dtype}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
     if a.ndim != 2:
         hint = " (use x.reshape(-1, 1) for 1-D features)" if a.ndim == 1 else ""
         raise ValueError(f"{name} must be 2-D (N, d), got shape {a.shape}{hint}")
@@ -63,24 +68,38 @@ def check_inputs(x, name, d=None):
         raise ValueError(f"{name} must have at least one feature, got shape {a.shape}")
     if d is not None and a.shape[1] != d:
         raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
-                         "(the same as x1)")
+                         f"(the same as {like})")
     a = np.ascontiguousarray(a, dtype=np.float64)
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise ValueError(f"{name} has NaN or Inf in row(s) {rows[:5].tolist()}"
                          + (" ..." if len(rows) > 5 else ""))
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(np.einsum("ij,ij->i", a, a))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        big = np.abs(a[rows[0]]).max()
+        norm = big * np.sqrt(((a[rows[0]] / big) ** 2).sum())
+        raise ValueError(f"{name}: the squared norm of row(s) {rows[:5].tolist()}"
+                         + (" ..." if len(rows) > 5 else "") + f" exceeds the largest "
+                         f"double (|x| = {norm:.3g} in row {rows[0]}); rescale the inputs")
     return a
 
 
 def check_dtype(dtype):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float64 or float32, got {dtype!r}") from None
     if dt not in (np.float64, np.float32):
         raise ValueError(f"dtype must be float64 or float32, got {dt}")
     return dt
 
 
-def _check_out(out, names, single, shape, dtype):
+def _check_out(out, names, single, shape, dtype, inputs=()):
+    """The ``out`` arrays in ``names`` order, or a clear error; they must not
+    overlap each other or the ``inputs`` (read while the outputs are written)."""
     if out is None:
         return [None] * len(names)
     outs = [out] if single else list(out) if isinstance(out, (tuple, list)) else None
@@ -95,6 +114,11 @@ def _check_out(out, names, single, shape, dtype):
                              f"got shape {a.shape} and dtype {a.dtype}")
         if not a.flags.writeable:
             raise ValueError(f"out for {g!r} is read-only")
+    for i, (g, a) in enumerate(zip(names, outs)):
+        for other, b in [(repr(h), c) for h, c in zip(names[:i], outs)] + list(inputs):
+            if b is not None and np.shares_memory(a, b):
+                raise ValueError(f"out for {g!r} overlaps {other}: each output needs "
+                                 "memory of its own")
     return outs
 
 
@@ -151,7 +175,7 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         from . import gpu
         return gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
                            progress=progress, diagonal=diagonal)
-    a1 = check_inputs(x1, "x1")
+    a1 = check_inputs(x1, "x" if diagonal else "x1")
     # K(x, x) for the very same array takes the symmetric path: half the work,
     # and identical points get a correlation of exactly 1.
     a2 = None if (x2 is None or x2 is x1) else check_inputs(x2, "x2", a1.shape[1])
@@ -162,7 +186,7 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         arrays = [res[g].astype(dt, copy=False) for g in names]
     else:
         shape = (a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0])
-        outs = _check_out(out, names, single, shape, dt)
+        outs = _check_out(out, names, single, shape, dt, [("x1", a1), ("x2", a2)])
         arrays = [np.empty(shape, dt) if o is None else o for o in outs]
         res = dict(zip(names, arrays))
         callback, close = _progress_callback(progress)

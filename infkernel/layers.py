@@ -109,12 +109,16 @@ class Dense(Layer):
     ``"standard"`` (Sohl-Dickstein et al. 2020): W ~ N(0, W_std²/n), b ~ N(0, b_std²);
     same Σ', and Θ' = n Σ + W_std² Θ + [b_std is not None], where n is the
     layer's fan-in (the input dimension, or the previous ``Dense``'s out_dim).
-    ``b_std=None`` means no bias.
+    ``b_std=None`` means no bias.  ``batch_axis``, ``channel_axis`` and ``s``
+    are accepted for porting at their defaults (vector inputs: (N, d)).
     """
     out_dim: int
     W_std: float = 1.0
     b_std: Optional[float] = None
     parameterization: str = "ntk"
+    batch_axis: int = 0
+    channel_axis: int = -1
+    s: tuple = (1, 1)
 
     def __repr__(self):
         par = "" if self.parameterization == "ntk" else ", parameterization='standard'"
@@ -126,6 +130,14 @@ class Dense(Layer):
             raise ValueError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
         object.__setattr__(self, "W_std", _std("Dense: W_std", self.W_std))
         object.__setattr__(self, "b_std", _std("Dense: b_std", self.b_std, allow_none=True))
+        for name, value in (("W_std", self.W_std), ("b_std", self.b_std)):
+            if value is not None and value > 1e150:
+                raise ValueError(f"Dense: {name} must be at most 1e150 (its square is a "
+                                 f"variance), got {value!r}")
+        if (self.batch_axis, self.channel_axis) not in ((0, -1), (0, 1)) or tuple(self.s) != (1, 1):
+            raise ValueError("Dense: only batch_axis=0, channel_axis=-1 and s=(1, 1) apply to "
+                             f"vector inputs (N, d), got batch_axis={self.batch_axis!r}, "
+                             f"channel_axis={self.channel_axis!r}, s={self.s!r}")
         par = str(self.parameterization).lower()
         if par not in ("ntk", "standard"):
             raise ValueError("Dense: parameterization must be 'ntk' or 'standard', "
@@ -158,6 +170,9 @@ class Dense(Layer):
 
     def _apply(self, params, h):
         W, b = params
+        if h.shape[-1] != W.shape[0]:
+            raise ValueError(f"apply_fn: {self!r} receives {h.shape[-1]} features, its W "
+                             f"has {W.shape[0]} rows (input_shape given to init_fn)")
         if self.parameterization == "ntk":
             out = (self.W_std / math.sqrt(h.shape[-1])) * (h @ W)
             return out if b is None else out + self.b_std * b
@@ -252,6 +267,13 @@ class Network:
     def __iter__(self):
         return iter((self.init_fn, self.apply_fn, self.kernel_fn))
 
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        """``net[0], net[1], net[2]``: init_fn, apply_fn, kernel_fn (a stax triple)."""
+        return (self.init_fn, self.apply_fn, self.kernel_fn)[i]
+
     # -- analytic kernels ---------------------------------------------------
     def program(self, d_in):
         """The layer program for inputs of dimension ``d_in`` (memoised)."""
@@ -310,6 +332,8 @@ class Network:
         ``rng`` is a ``numpy.random.Generator`` or an int seed; ``input_shape``
         is ``(..., d)`` (a leading -1 batch size is fine)."""
         rng = np.random.default_rng(rng)
+        if not isinstance(input_shape, (tuple, list)) or not input_shape:
+            raise TypeError(f"init_fn: input_shape must be a tuple (..., d), got {input_shape!r}")
         width = int(input_shape[-1])
         params = []
         for layer in self.layers:
@@ -317,8 +341,10 @@ class Network:
             params.append(p)
         return tuple(input_shape[:-1]) + (width,), tuple(params)
 
-    def apply_fn(self, params, x):
-        """Forward pass of the finite network with ``params`` from ``init_fn``."""
+    def apply_fn(self, params, x, *, rng=None, **kwargs):
+        """Forward pass of the finite network with ``params`` from ``init_fn``.
+        ``rng`` and other keywords of neural-tangents' ``apply_fn`` are accepted
+        and unused (no layer here is random at apply time)."""
         if len(params) != len(self.layers):
             raise ValueError(f"apply_fn: params has {len(params)} entries, the network "
                              f"has {len(self.layers)} layers")

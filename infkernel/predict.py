@@ -669,7 +669,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
             raise ValueError(f"compute_cov must be False, True or 'diag', got {compute_cov!r}")
         ts = _check_t(t)
         tn = None if ts is None else ts * lr / norm
-        xt = None if x_test is None else check_inputs(x_test, "x_test", xd.shape[1])
+        xt = None if x_test is None else check_inputs(x_test, "x_test", xd.shape[1], "x_train")
         kw = dict(kernel_kwargs, **test_kwargs)
         need = set(names) | ({"nngp"} if compute_cov else set())
         out = {}

@@ -28,6 +28,34 @@ def test_stax_triple():
     assert shape == (-1, 1) and apply_fn(params, X1).shape == (9, 1)
 
 
+def test_neural_tangents_spellings():
+    """Code written for neural-tangents' stax runs unchanged against ik.stax."""
+    from infkernel import stax
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(64, W_std=1.5, b_std=0.05,
+                                                          batch_axis=0, channel_axis=-1),
+                                               stax.Relu(), stax.Dense(1, 1.5, 0.05))
+    net = ik.serial(ik.Dense(64, 1.5, 0.05), ik.Relu(), ik.Dense(1, 1.5, 0.05))
+    assert np.array_equal(kernel_fn(X1, X2, "NTK"), net.kernel(X1, X2, "ntk"))
+    assert len(net) == 3 and net[2](X1, None, "nngp").shape == (9, 9)
+    _, params = init_fn(0, (-1, 4))
+    assert np.array_equal(apply_fn(params, X1, rng=None), net.apply_fn(params, X1))
+    pf = ik.predict.gradient_descent_mse_ensemble(kernel_fn, X1, np.ones((9, 1)), diag_reg=1e-4)
+    assert pf(x_test=X2, get="ntk", compute_cov=True).covariance.shape == (6, 6)
+
+
+def test_outputs_must_not_overlap_inputs_or_each_other():
+    """A tile written into an input still being read, or one output aliasing
+    another, would be silently wrong: both are refused."""
+    z = RNG.standard_normal((9, 9))
+    with pytest.raises(ValueError, match="overlaps x1"):
+        NET.kernel(z, None, "nngp", out=z)
+    with pytest.raises(ValueError, match="overlaps x2"):
+        NET.kernel(RNG.standard_normal((9, 9)), z, "nngp", out=z)
+    a = np.empty((9, 9))
+    with pytest.raises(ValueError, match="overlaps 'nngp'"):
+        NET.kernel(X1, None, out=(a, a))
+
+
 def test_symmetric_path_equals_cross_and_diag():
     ks, kc, kd = NET.kernel(X1), NET.kernel(X1, X1.copy()), NET.diag(X1)
     for f in ("nngp", "ntk"):
@@ -103,6 +131,15 @@ def test_empty_and_integer_inputs():
     (lambda: ik.Monomial(-1), ValueError, "degree"),
     (lambda: ik.Erf(a=float("nan")), ValueError, "finite"),
     (lambda: ik.serial(ik.Dense(2), "relu"), TypeError, "serial"),
+    (lambda: NET.kernel(X1, "ntk"), TypeError, "get is the third argument"),
+    (lambda: NET.kernel(X1 * 1e160), ValueError, "squared norm of row(s) [0, 1, 2, 3, 4] ..."),
+    (lambda: NET.kernel(X1, dtype="foo"), ValueError, "dtype must be float64 or float32, got 'foo'"),
+    (lambda: NET.kernel(X1.astype("m8[s]")), TypeError, "numeric"),
+    (lambda: NET.diag(X1[0]), ValueError, "x must be 2-D"),
+    (lambda: ik.Dense(3, W_std=1e200), ValueError, "at most 1e150"),
+    (lambda: ik.Dense(3, channel_axis=0), ValueError, "channel_axis"),
+    (lambda: NET.init_fn(0, 4), TypeError, "input_shape must be a tuple"),
+    (lambda: NET.apply_fn(NET.init_fn(0, (-1, 3))[1], X1), ValueError, "receives 4 features"),
 ])
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=None) as info:
