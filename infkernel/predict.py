@@ -85,6 +85,16 @@ def _check_reg(diag_reg):
     return real("diag_reg", diag_reg, lower=0)
 
 
+def _check_trace_axes(trace_axes):
+    try:
+        ok = tuple(trace_axes) == (-1,)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"trace_axes must be (-1,) (one kernel shared by the output "
+                         f"channels), got {trace_axes!r}")
+
+
 def _check_lr(learning_rate):
     return real("learning_rate", learning_rate, lower=0, strict=True)
 
@@ -170,12 +180,17 @@ def _pack(out, names, single):
 # ---------------------------------------------------------------------------
 
 def _regularizer(k, diag_reg, absolute):
-    if absolute:
+    if absolute or k.shape[0] == 0:
         return diag_reg
     return diag_reg * float(np.trace(k)) / k.shape[0]
 
 
-def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=1e-6):
+#: Largest relative diagonal jitter (of the mean diagonal) tried by
+#: ``cho_factor``; also the PSD tolerance of the eigendecomposition path.
+_MAX_JITTER = 1e-6
+
+
+def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER):
     """Lower Cholesky factor of a symmetric PSD matrix, in scipy's
     ``(c, lower=True)`` convention (the strict upper triangle of ``c`` is not
     referenced).  ``overwrite=True`` factors a float64 F-ordered ``a`` in place.
@@ -337,6 +352,9 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
     O(N·(rank + C)).  Stops when every column has ‖r‖ ≤ tol·‖b‖; warns
     (stating the residual reached) if ``maxiter`` is hit.
     """
+    tol = real("tol", tol, lower=0, strict=True)
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+        raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
     n = k.shape[0]
     b2 = b.reshape(n, -1)
     rank = min(n, rank if rank is not None else max(64, min(1024, int(4 * math.sqrt(n)))))
@@ -423,33 +441,43 @@ class _Solver:
         return _cho_solve(self._chol, b)
 
     def eig(self):
+        """(λ, V) of K + reg·I, cached.  Eigenvalues within n·ε·λ_max of 0
+        (rounding) are set to 0 exactly, so that t = ∞ takes the
+        pseudo-inverse; a PSD violation beyond the Cholesky path's largest
+        jitter is an error, as there."""
         if self.k is None:
             raise RuntimeError(f"{self.name} was factored in place "
                                "(overwrite_k_train_train=True); pass a copy to use it again")
         if self._eig is None:
             a = np.array(self.k, dtype=np.float64)
             a[np.diag_indices_from(a)] += self.reg
-            self._eig = sla.eigh(a, overwrite_a=True, check_finite=False,
-                                 driver="evd")
+            scale = float(np.diagonal(a).mean()) if len(a) else 0.0
+            lam, vecs = sla.eigh(a, overwrite_a=True, check_finite=False, driver="evd")
+            if len(lam) and lam[0] < -_MAX_JITTER * abs(scale):
+                raise ValueError(
+                    f"{self.name} is not positive semidefinite beyond rounding: smallest "
+                    f"eigenvalue {lam[0]:.3g} (relative {lam[0] / scale:.3g} of the mean "
+                    "diagonal). Check the kernel or increase diag_reg.")
+            tol = len(lam) * np.finfo(np.float64).eps * (abs(lam).max() if len(lam) else 0.0)
+            self._eig = (np.where(lam > tol, lam, 0.0), vecs)
         return self._eig
-
-    def fn_apply(self, fn, b, t):
-        """V diag(fn(λ, t)) Vᵀ b for each time in t (leading axis)."""
-        lam, vecs = self.eig()
-        proj = vecs.T @ b.reshape(b.shape[0], -1)                  # (N, K)
-        f = fn(lam[None, :], t.reshape(-1, 1))                     # (T, N)
-        out = np.einsum("ij,tj,jk->tik", vecs, f, proj, optimize=True)
-        return out.reshape((t.size,) + b.shape)
 
 
 def _decay(lam, tn):
-    """(1 - exp(-λ⁺ t/n)) / λ⁺ with the limit t/n at λ⁺ = 0 (λ⁺ = max(λ, 0))."""
-    lp = np.maximum(lam, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        x = lp * tn
-        out = np.where(lp > 0, -np.expm1(-x) / np.where(lp > 0, lp, 1.0), tn)
-    return np.where(np.isinf(tn), np.where(lp > 0, 1.0 / np.where(lp > 0, lp, 1.0),
-                                           np.inf), out)
+    """(1 - exp(-λ t/n)) / λ for λ >= 0 (``_Solver.eig``), with the limits t/n
+    at λ = 0 and, at t = ∞, 1/λ and 0 (the pseudo-inverse)."""
+    pos = lam > 0
+    inv = 1.0 / np.where(pos, lam, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.where(pos, -np.expm1(-lam * tn) * inv, tn)
+    return np.where(np.isinf(tn), np.where(pos, inv, 0.0), finite)
+
+
+def _relaxed(lam, tn):
+    """1 - exp(-λ t/n) for λ >= 0, with the limit 1 or 0 (λ = 0) at t = ∞."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(tn), (lam > 0).astype(np.float64),
+                        -np.expm1(-lam * np.where(np.isinf(tn), 0.0, tn)))
 
 
 def _prep_y(y):
@@ -464,7 +492,8 @@ def _prep_y(y):
 # ---------------------------------------------------------------------------
 
 def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=False,
-                 *, solver="cholesky", tol=1e-10, overwrite_k_train_train=False):
+                 trace_axes=(-1,), *, solver="cholesky", tol=1e-10,
+                 overwrite_k_train_train=False):
     """Posterior of the NNGP, of the NTK ensemble at t = ∞, or of the NTKGP.
 
     Args:
@@ -472,11 +501,15 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
       y_train: (N,) or (N, C) targets.
       diag_reg: regulariser; K + diag_reg·mean(diag K)·I (or diag_reg·I when
         ``diag_reg_absolute_scale``).
+      trace_axes: neural-tangents' argument; only (-1,) (one kernel shared by
+        the output channels) applies.
       solver: "cholesky" (default) or "cg" (preconditioned conjugate gradients
         to relative residual ``tol``; no copy of K).
       overwrite_k_train_train: let the Cholesky factorisation overwrite the
         (float64, contiguous) training kernel instead of copying it: one N×N
-        matrix less; its contents are destroyed.
+        matrix less; its contents are destroyed.  Of a Kernel with both
+        fields only the NTK's is overwritten (the NTK covariance reads the
+        NNGP's).
 
     Returns ``predict_fn(get=None, k_test_train=None, k_test_test=None)``:
     the mean (no ``k_test_test``) or a ``Gaussian(mean, covariance)``, per
@@ -490,6 +523,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     the GP with covariance Θ.
     """
     diag_reg = _check_reg(diag_reg)
+    _check_trace_axes(trace_axes)
     first = k_train_train
     for g in _GETS:
         if hasattr(k_train_train, g) and getattr(k_train_train, g) is not None:
@@ -503,14 +537,17 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     y2, restore = _prep_y(y)
     if solver not in ("cholesky", "cg"):
         raise ValueError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
+    tol = real("tol", tol, lower=0, strict=True)
 
     @lru_cache(2)
     def solver_for(g):
         k = _check_square(_field(k_train_train, g, "k_train_train"), f"k_train_train.{g}"
                           if g != "_" else "k_train_train", n)
         _check_symmetric(k, "k_train_train")
+        # the NTK covariance reads the NNGP training kernel: keep it intact
+        keep = g == "nngp" and getattr(k_train_train, "ntk", None) is not None
         return _Solver(k, diag_reg, diag_reg_absolute_scale, f"k_train_train ({g})",
-                       solver, tol, overwrite_k_train_train)
+                       solver, tol, overwrite_k_train_train and not keep)
 
     @lru_cache(2)
     def k_inv_y(g):
@@ -565,6 +602,10 @@ def _as_cross(k, n, name):
 def _check_tt(k_tt, m):
     if k_tt.shape not in ((m, m), (m,)):
         raise ValueError(f"k_test_test must have shape ({m}, {m}) or ({m},), got {k_tt.shape}")
+    if not np.isfinite(k_tt).all():
+        raise ValueError("k_test_test contains NaN or Inf")
+    if k_tt.ndim == 2:
+        _check_symmetric(k_tt, "k_test_test")
 
 
 def _nngp_cov(k_tt, s_td, apply_inv):
@@ -604,7 +645,8 @@ def _kernel_callable(kernel_fn):
 
 
 def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
-                                  diag_reg=0., diag_reg_absolute_scale=False, *,
+                                  diag_reg=0., diag_reg_absolute_scale=False,
+                                  trace_axes=(-1,), *,
                                   solver="cholesky", chunk_size=CHUNK, progress=False,
                                   **kernel_kwargs):
     """Mean and covariance of an infinite ensemble of infinitely wide networks
@@ -615,7 +657,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
       x_train: (N, d); y_train: (N,) or (N, C).
       learning_rate: time is ``learning_rate * t``; the loss is the mean over
         ``y_train.size`` entries, as in neural-tangents.
-      diag_reg, diag_reg_absolute_scale: as in :func:`gp_inference`.
+      diag_reg, diag_reg_absolute_scale, trace_axes: as in :func:`gp_inference`.
       solver: "cholesky" or "cg" for t = ∞ (finite t uses one cached
         symmetric eigendecomposition per kernel, reused for every t).
       chunk_size: test rows per kernel block when only means / variances are
@@ -628,6 +670,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
     """
     kfn = _kernel_callable(kernel_fn)
     diag_reg = _check_reg(diag_reg)
+    _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     from .kernel import check_inputs
     xd = check_inputs(x_train, "x_train")
@@ -681,7 +724,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
 
         m = xt.shape[0]
         full = compute_cov is True
-        step = m if full else chunk_size
+        step = max(m, 1) if full else chunk_size
         pieces = {g: ([], []) for g in names}
         for r0 in range(0, max(m, 1), step):
             xc = xt[r0:r0 + step]
@@ -734,35 +777,43 @@ def _train_prediction(g, tn, y, y2, restore, solver_for, k_dd, compute_cov):
         if compute_cov:
             return Gaussian(mean, np.zeros((n, n)) if compute_cov is True else np.zeros(n))
         return mean
-    sv = solver_for(g)
-    lam, vecs = sv.eig()
-    lp = np.maximum(lam, 0.0)
+    lam, vecs = solver_for(g).eig()
     tt = tn.reshape(-1, 1)
-    decay = -np.expm1(-lp[None] * np.where(np.isinf(tt), np.inf, tt))   # (T, N)
     proj = vecs.T @ y2
-    mean = np.einsum("ij,tj,jk->tik", vecs, decay, proj, optimize=True)
+    mean = np.einsum("ij,tj,jk->tik", vecs, _relaxed(lam[None], tt), proj, optimize=True)
     mean = restore(mean.reshape(tn.shape + y2.shape))
     if not compute_cov:
         return mean
-    if g == "nngp":
-        f = lp[None] * np.exp(-2.0 * lp[None] * tt)
+    with np.errstate(invalid="ignore"):
+        left = np.exp(-lam[None] * np.where(np.isinf(tt), 0.0, tt))   # e^{-λt}
+    left = np.where(np.isinf(tt), (lam[None] == 0).astype(np.float64), left)
+    if g == "nngp":   # V diag(λ e^{-2λt}) Vᵀ
+        f = lam[None] * left * left
         if compute_cov == "diag":
             cov = np.einsum("ij,tj,ij->ti", vecs, f, vecs, optimize=True)
         else:
             cov = np.einsum("ij,tj,kj->tik", vecs, f, vecs, optimize=True)
-    else:
-        s = k_dd("nngp")
+    else:             # e^{-Θt} Σ e^{-Θt} = V D (Vᵀ Σ V) D Vᵀ, D = diag(e^{-λt})
+        s = vecs.T @ k_dd("nngp") @ vecs
         covs = []
-        for row in np.exp(-lp[None] * tt):
-            e = (vecs * row) @ vecs.T
-            c = e @ s @ e
-            covs.append(np.diagonal(c).copy() if compute_cov == "diag" else 0.5 * (c + c.T))
+        for row in left:
+            vd = vecs * row
+            if compute_cov == "diag":
+                covs.append(np.einsum("ij,ij->i", vd @ s, vd))
+            else:
+                c = (vd @ s) @ vd.T
+                covs.append(0.5 * (c + c.T))
         cov = np.stack(covs)
     return Gaussian(mean, cov.reshape(tn.shape + cov.shape[1:]))
 
 
 def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
-    """(mean, cov) for one chunk of test points; leading time axes if tn."""
+    """(mean, cov) for one chunk of test points; leading time axes if tn.
+
+    Finite t (Lee et al. 2019, eqs. 15-16) with A_t = V diag(f(λ)) Vᵀ: the
+    mean is K_td (A_t y), formed through V (f ⊙ Vᵀy) without an M×N×N
+    product; covariances use P = K_td V once per chunk, then per time only
+    products with the diagonal f."""
     sv = solver_for(g)
     k_td = ktd[g]
     if tn is None:
@@ -776,20 +827,34 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
     lam, vecs = sv.eig()
     tt = tn.reshape(-1, 1)
     f = _decay(lam[None], tt)                                     # (T, N)
-    kv = k_td @ vecs                                              # (M, N)
-    proj = vecs.T @ y2                                            # (N, C)
-    mean = np.einsum("mj,tj,jc->tmc", kv, f, proj, optimize=True)
-    mean = restore(mean.reshape(tshape + mean.shape[1:]))
+    w = np.einsum("ij,tj,jc->tic", vecs, f, vecs.T @ y2, optimize=True)   # A_t y
+    mean = restore((k_td @ w).reshape(tshape + (k_td.shape[0],) + y2.shape[1:]))
     if ktt is None:
         return mean, None
+    p = k_td @ vecs                                               # (M, N)
+    diag = ktt.ndim == 1
     covs = []
-    if g == "nngp":
+    if g == "nngp":   # Σ_tt - Σ_td A_2t Σ_dt
         for f2 in _decay(lam[None], 2.0 * tt):
-            covs.append(_nngp_cov(ktt, k_td, lambda b: (vecs * f2) @ (vecs.T @ b)))
-    else:
+            if diag:
+                covs.append(ktt - np.einsum("ij,j,ij->i", p, f2, p))
+            else:
+                c = ktt - (p * f2) @ p.T
+                covs.append(0.5 * (c + c.T))
+    else:             # Σ_tt + Bᵀ Σ_dd B - (Θ_td A_t Σ_dt + h.c.),  B = A_t Θ_dt
+        q = ktd["nngp"] @ vecs                                    # Σ_td V
+        s_dd = k_dd("nngp")
         for fi in f:
-            covs.append(_ntk_cov(ktt, k_td, ktd["nngp"], k_dd("nngp"),
-                                 lambda b, fi=fi: (vecs * fi) @ (vecs.T @ b)))
+            pf = p * fi                                           # Θ_td V diag(f)
+            b = vecs @ pf.T                                       # (N, M)
+            sb = s_dd @ b
+            if diag:
+                covs.append(ktt + np.einsum("ji,ji->i", b, sb)
+                            - 2.0 * np.einsum("ij,ij->i", pf, q))
+            else:
+                term2 = pf @ q.T
+                c = ktt + b.T @ sb - term2 - term2.T
+                covs.append(0.5 * (c + c.T))
     cov = np.stack(covs)
     return mean, cov.reshape(tshape + cov.shape[1:])
 
@@ -799,19 +864,23 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
 # ---------------------------------------------------------------------------
 
 def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
-                         diag_reg_absolute_scale=False):
+                         diag_reg_absolute_scale=False, trace_axes=(-1,)):
     """Function-space gradient flow on MSE of one (linearised) network:
 
         f_train(t) = y + e^{-η K t / n} (f_train(0) - y)
         f_test(t)  = f_test(0) - K_td K⁻¹ (I - e^{-η K t/n}) (f_train(0) - y)
 
-    (Jacot et al. 2018; Lee et al. 2019, eqs. 10-11), n = y_train.size.
+    (Jacot et al. 2018; Lee et al. 2019, eqs. 10-11), n = y_train.size;
+    ``diag_reg``, ``trace_axes`` as in :func:`gp_inference`.
 
     Returns ``predict_fn(t=None, fx_train_0=0., fx_test_0=None,
-    k_test_train=None)`` → ``fx_train_t`` or ``(fx_train_t, fx_test_t)``; ``t``
-    may be an array (leading axes), ``t=None`` means ∞ (Cholesky solve).
+    k_test_train=None)`` → ``fx_train_t``, ``(fx_train_t, fx_test_t)``, or
+    ``fx_test_t`` alone when ``fx_train_0=None`` (taken as 0), as in
+    neural-tangents; ``t`` may be an array (leading axes), ``t=None`` means ∞
+    (Cholesky solve), ``t=np.inf`` the pseudo-inverse limit of the flow.
     """
     diag_reg = _check_reg(diag_reg)
+    _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     k = _check_square(k_train_train, "k_train_train")
     _check_symmetric(k, "k_train_train")
@@ -823,40 +892,50 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
 
     def predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None):
         ts = _check_t(t)
-        f0 = np.broadcast_to(np.asarray(fx_train_0, dtype=np.float64), y.shape)
-        if not np.isfinite(f0).all():
-            raise ValueError("fx_train_0 contains NaN or Inf")
+        if fx_train_0 is None and fx_test_0 is None:
+            raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
+        f0 = _check_outputs(0.0 if fx_train_0 is None else fx_train_0, y.shape, "fx_train_0")
         f02 = f0.reshape(y2.shape)
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("fx_test_0 is given but k_test_train is None: pass the "
                              "(M, N) test-train kernel to predict test outputs")
         k_td = None if k_test_train is None else _as_cross(k_test_train, n, "k_test_train")
+        ft0 = None if fx_test_0 is None else _check_outputs(
+            fx_test_0, (k_td.shape[0],) + y.shape[1:], "fx_test_0")
         if ts is None:
             fx_train = y.copy()
-            if fx_test_0 is None:
-                return fx_train
-            ft0 = np.asarray(fx_test_0, dtype=np.float64)
-            return fx_train, ft0 + restore(k_td @ sv.solve(y2 - f02))
-        lam, vecs = sv.eig()
-        lp = np.maximum(lam, 0.0)
-        tt = (ts * lr / norm).reshape(-1, 1)
-        proj = vecs.T @ (f02 - y2)
-        e = np.expm1(-lp[None] * np.where(np.isinf(tt), np.inf, tt))        # (T, N)
-        d_train = np.einsum("ij,tj,jc->tic", vecs, e, proj, optimize=True)
-        fx_train = f02[None] + d_train
-        fx_train = restore(fx_train.reshape(ts.shape + y2.shape))
-        if fx_test_0 is None:
+            fx_test = None if ft0 is None else ft0 + restore(k_td @ sv.solve(y2 - f02))
+        else:
+            lam, vecs = sv.eig()
+            tt = (ts * lr / norm).reshape(-1, 1)
+            proj = vecs.T @ (f02 - y2)
+            d_train = np.einsum("ij,tj,jc->tic", vecs, -_relaxed(lam[None], tt), proj,
+                                optimize=True)
+            fx_train = restore((f02[None] + d_train).reshape(ts.shape + y2.shape))
+            fx_test = None
+            if ft0 is not None:   # f_test(0) - K_td A_t (f_train(0) - y)
+                w = np.einsum("ij,tj,jc->tic", vecs, _decay(lam[None], tt), proj,
+                              optimize=True)
+                fx_test = ft0.reshape(k_td.shape[0], -1)[None] - k_td @ w
+                fx_test = restore(fx_test.reshape(ts.shape + (k_td.shape[0],)
+                                                  + y2.shape[1:]))
+        if fx_test is None:
             return fx_train
-        inv = -_decay(lam[None], tt)                                           # (T, N)
-        kv = k_td @ vecs
-        d_test = np.einsum("mj,tj,jc->tmc", kv, inv, proj, optimize=True)
-        ft0 = np.broadcast_to(np.asarray(fx_test_0, dtype=np.float64),
-                              (k_td.shape[0],) + y.shape[1:])
-        fx_test = ft0.reshape(k_td.shape[0], -1)[None] + d_test
-        return fx_train, restore(fx_test.reshape(ts.shape + (k_td.shape[0],)
-                                                 + y2.shape[1:]))
+        return fx_test if fx_train_0 is None else (fx_train, fx_test)
 
     return predict_fn
+
+
+def _check_outputs(f, shape, name):
+    """Initial network outputs broadcast to ``shape``, or a clear error."""
+    try:
+        a = np.broadcast_to(np.asarray(f, dtype=np.float64), shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must broadcast to shape {shape}, got "
+                         f"{np.shape(f)}") from None
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return a
 
 
 def max_learning_rate(k_train_train, y_train_size=None, momentum=0.):
@@ -864,6 +943,11 @@ def max_learning_rate(k_train_train, y_train_size=None, momentum=0.):
     2n / λ_max(K) (neural-tangents' ``max_learning_rate``), n = ``y_train_size``
     (default: the number of training points)."""
     k = _check_square(k_train_train, "k_train_train")
-    n = k.shape[0] if y_train_size is None else int(y_train_size)
+    if k.shape[0] == 0:
+        raise ValueError("k_train_train is empty (0 training points)")
+    n = k.shape[0] if y_train_size is None else y_train_size
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")
+    momentum = real("momentum", momentum, lower=0)
     lam = sla.eigvalsh(k, subset_by_index=[k.shape[0] - 1, k.shape[0] - 1])[0]
     return 2.0 * (1.0 + momentum) * n / lam

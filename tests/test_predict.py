@@ -229,3 +229,93 @@ def test_gp_inference_in_place_factorisation_matches_copying():
     np.testing.assert_array_equal(pf(get="ntk", k_test_train=kt), ref)
     assert not np.array_equal(k, k.T)  # the lower triangle now holds the factor
     np.testing.assert_array_equal(pf(get="ntk", k_test_train=kt), ref)  # factor cached
+
+
+def test_finite_t_ntk_covariance_against_matrix_exponentials(data):
+    """Lee et al. 2019, eq. 16 at finite t with A_t = Θ⁻¹(I - e^{-Θt}) from
+    scipy's expm, test set (full and diagonal) and training set
+    (cov = e^{-Θt} Σ e^{-Θt})."""
+    net, xtr, xte, ytr = data
+    reg = 1e-3
+    pf = P.gradient_descent_mse_ensemble(net, xtr, ytr, learning_rate=0.8, diag_reg=reg)
+    k, kt, kee = net.kernel(xtr, None), net.kernel(xte, xtr), net.kernel(xte, None)
+    Tr = k.ntk + reg * np.trace(k.ntk) / 40 * np.eye(40)
+    ts = np.array([3.0, 60.0])
+    full = pf(t=ts, x_test=xte, get="ntk", compute_cov=True)
+    diag = pf(t=ts, x_test=xte, get="ntk", compute_cov="diag")
+    train = pf(t=ts, x_test=None, get="ntk", compute_cov=True)
+    train_diag = pf(t=ts, x_test=None, get="ntk", compute_cov="diag")
+    for i, t in enumerate(ts):
+        E = sla.expm(-Tr * 0.8 * t / ytr.size)
+        A = np.linalg.solve(Tr, np.eye(40) - E)
+        B = A @ kt.ntk.T
+        term = kt.ntk @ A @ kt.nngp.T
+        cov = kee.nngp + B.T @ k.nngp @ B - term - term.T
+        close(full.mean[i], kt.ntk @ A @ ytr)
+        close(full.covariance[i], cov)
+        close(diag.covariance[i], np.diag(cov))
+        close(train.covariance[i], E @ k.nngp @ E)
+        close(train_diag.covariance[i], np.diag(E @ k.nngp @ E))
+
+
+def test_t_infinity_on_a_singular_kernel_is_the_pseudo_inverse_limit():
+    """Duplicate training points and no regulariser: the flow converges to
+    the minimum-norm interpolant; t = ∞ is finite and equals a very late t."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((12, 3))
+    x[5] = x[4]
+    y = rng.standard_normal(12)
+    y[5] = y[4]
+    net = ik.serial(ik.Dense(16, 1.4, 0.1), ik.Erf(), ik.Dense(1))
+    xt = rng.standard_normal((4, 3))
+    pf = P.gradient_descent_mse_ensemble(net, x, y)
+    inf = pf(t=np.inf, x_test=xt, get="ntk")
+    assert np.isfinite(inf).all() and np.isfinite(pf(t=np.inf, get="ntk")).all()
+    K, kt = net.kernel(x, None, "ntk"), net.kernel(xt, x, "ntk")
+    close(inf, kt @ np.linalg.pinv(K, rcond=1e-13) @ y, 1e-6)   # cond of the range ~1e5
+    one = P.gradient_descent_mse(K, y)
+    assert np.isfinite(one(np.inf, fx_train_0=0.0)).all()
+
+
+def test_gradient_descent_mse_test_outputs_only():
+    """fx_train_0=None (as in neural-tangents) returns fx_test alone, with
+    the training outputs starting from 0."""
+    rng = np.random.default_rng(6)
+    k = rng.standard_normal((8, 10))
+    k = k @ k.T / 10 + 0.1 * np.eye(8)
+    kt = rng.standard_normal((3, 8))
+    y = rng.standard_normal((8, 2))
+    pf = P.gradient_descent_mse(k, y)
+    both = pf(2.0, 0.0, np.zeros((3, 2)), kt)
+    close(pf(2.0, None, np.zeros((3, 2)), kt), both[1], 0)
+    with pytest.raises(ValueError, match="both None"):
+        pf(2.0, None, None)
+    with pytest.raises(ValueError, match="fx_test_0 contains NaN"):
+        pf(2.0, 0.0, np.full((3, 2), np.nan), kt)
+    with pytest.raises(ValueError, match="fx_test_0 must broadcast to shape \\(3, 2\\)"):
+        pf(2.0, 0.0, np.zeros((4, 2)), kt)
+
+
+def test_finite_t_refuses_non_psd_and_validates_arguments():
+    A = np.array([[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="not positive semidefinite"):
+        P.gradient_descent_mse(A, np.ones(2))(t=1.0)
+    with pytest.raises(ValueError, match="tol"):
+        P.gp_inference(np.eye(2), np.ones(2), solver="cg", tol=float("nan"))
+    with pytest.raises(ValueError, match="trace_axes"):
+        P.gp_inference(np.eye(2), np.ones(2), 0.0, False, (0,))
+    P.gp_inference(np.eye(2), np.ones(2), 0.0, False, (-1,))      # NT's default, accepted
+    with pytest.raises(ValueError, match="k_test_test contains NaN"):
+        P.gp_inference(np.eye(2), np.ones(2))("nngp", np.ones((1, 2)), np.full((1, 1), np.nan))
+    with pytest.raises(ValueError, match="y_train_size"):
+        P.max_learning_rate(np.eye(2), y_train_size=-3)
+
+
+def test_overwrite_keeps_the_nngp_kernel_the_ntk_covariance_reads(data):
+    net, xtr, xte, ytr = data
+    k, kt, kee = net.kernel(xtr, None), net.kernel(xte, xtr), net.kernel(xte, None)
+    ref = P.gp_inference(k, ytr, 1e-3)(None, kt, kee)
+    k2 = net.kernel(xtr, None)
+    out = P.gp_inference(k2, ytr, 1e-3, overwrite_k_train_train=True)(None, kt, kee)
+    for g in ("nngp", "ntk"):
+        close(getattr(out, g).covariance, getattr(ref, g).covariance, 1e-12)
