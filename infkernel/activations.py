@@ -6,6 +6,7 @@ every backend, formulas in ``_duals.py`` and ``cuda/infkernel_math.cuh``) and
 its NumPy forward function and derivative (used by finite-width networks and
 by the reference tests).
 """
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Tuple
@@ -39,6 +40,14 @@ class Activation(Layer):
         args = ", ".join(f"{v:g}" for v in self.params)
         return f"{self.name}({args})"
 
+    def __reduce__(self):
+        """Pickled as the factory call that made it (φ, φ' are closures)."""
+        made_by = self.__dict__.get("_made_by")
+        if made_by is None:
+            raise TypeError(f"{self!r} was not made by an activation factory (e.g. "
+                            "ik.Relu()), so it cannot be pickled")
+        return _call, made_by
+
     def _check_input(self, state):
         """The dual needs a Gaussian input: a Dense layer must come first."""
         if not state.gaussian:
@@ -60,6 +69,21 @@ class Activation(Layer):
         return self.fn(h)
 
 
+def _call(factory, args, kwargs):
+    return factory(*args, **kwargs)
+
+
+def factory(make):
+    """Decorator for activation factories: the result remembers the call, so
+    that it pickles (``Activation.__reduce__``)."""
+    @functools.wraps(make)
+    def wrapper(*args, **kwargs):
+        act = make(*args, **kwargs)
+        object.__setattr__(act, "_made_by", (wrapper, args, kwargs))
+        return act
+    return wrapper
+
+
 def _finite(name, **values):
     return tuple(real(f"{name}: {k}", v) for k, v in values.items())
 
@@ -71,6 +95,7 @@ def _degree(name, degree):
     return int(degree)
 
 
+@factory
 def ABRelu(a, b, do_stabilize=False):
     """φ(x) = a min(x, 0) + b max(x, 0) (arc-cosine kernel, Cho & Saul 2009).
     ``do_stabilize`` is accepted for porting; scales are always factored out."""
@@ -81,22 +106,26 @@ def ABRelu(a, b, do_stabilize=False):
         dfn=lambda x: np.where(x > 0, b, a) * np.ones_like(x))
 
 
+@factory
 def Relu(do_stabilize=False):
     """φ(x) = max(x, 0)."""
     return ABRelu(0.0, 1.0)
 
 
+@factory
 def LeakyRelu(alpha, do_stabilize=False):
     """φ(x) = alpha min(x, 0) + max(x, 0)."""
     (alpha,) = _finite("LeakyRelu", alpha=alpha)
     return ABRelu(alpha, 1.0)
 
 
+@factory
 def Abs(do_stabilize=False):
     """φ(x) = |x|."""
     return ABRelu(-1.0, 1.0)
 
 
+@factory
 def Erf(a=1.0, b=1.0, c=0.0):
     """φ(x) = a erf(bx) + c (Williams 1997)."""
     a, b, c = _finite("Erf", a=a, b=b, c=c)
@@ -106,11 +135,13 @@ def Erf(a=1.0, b=1.0, c=0.0):
         dfn=lambda x: a * b * 2.0 / math.sqrt(math.pi) * np.exp(-(b * x) ** 2))
 
 
+@factory
 def Sigmoid_like():
     """φ(x) = erf(x / 2.4020563531719796) / 2 + 1/2 (neural-tangents' constant)."""
     return Erf(a=0.5, b=1 / 2.4020563531719796, c=0.5)
 
 
+@factory
 def Gelu(approximate=False):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021).  ``approximate`` only changes the
     finite-width forward pass (tanh approximation), as in neural-tangents."""
@@ -132,6 +163,7 @@ def Gelu(approximate=False):
     return Activation("Gelu", P.K_GELU, (), fn=fn, dfn=dfn)
 
 
+@factory
 def Sin(a=1.0, b=1.0, c=0.0):
     """φ(x) = a sin(bx + c)."""
     a, b, c = _finite("Sin", a=a, b=b, c=c)
@@ -141,12 +173,14 @@ def Sin(a=1.0, b=1.0, c=0.0):
         dfn=lambda x: a * b * np.cos(b * x + c))
 
 
+@factory
 def Cos(a=1.0, b=1.0, c=0.0):
     """φ(x) = a cos(bx + c) = a sin(bx + c + π/2)."""
     a, b, c = _finite("Cos", a=a, b=b, c=c)
     return Sin(a, b, c + math.pi / 2)
 
 
+@factory
 def Rbf(gamma=1.0):
     """φ(x) = √2 sin(√(2γ) x + π/4): the NNGP after it is exp(-γ E(u-v)²)."""
     (gamma,) = _finite("Rbf", gamma=gamma)
@@ -159,6 +193,7 @@ def Rbf(gamma=1.0):
         dfn=lambda x: math.sqrt(2) * w * np.cos(w * x + math.pi / 4))
 
 
+@factory
 def Exp(a=1.0, b=1.0):
     """φ(x) = a exp(bx)."""
     a, b = _finite("Exp", a=a, b=b)
@@ -168,6 +203,7 @@ def Exp(a=1.0, b=1.0):
         dfn=lambda x: a * b * np.exp(b * x))
 
 
+@factory
 def Gaussian(a=1.0, b=-1.0):
     """φ(x) = a exp(b x²); for b > 0 the dual is +inf where it diverges."""
     a, b = _finite("Gaussian", a=a, b=b)
@@ -177,11 +213,13 @@ def Gaussian(a=1.0, b=-1.0):
         dfn=lambda x: 2 * a * b * x * np.exp(b * x * x))
 
 
+@factory
 def Sign():
     """φ(x) = sign(x); its derivative dual is 0 (neural-tangents' convention)."""
     return Activation("Sign", P.K_SIGN, (), fn=np.sign, dfn=np.zeros_like)
 
 
+@factory
 def Monomial(degree):
     """φ(x) = x^degree, any degree >= 0 (Mehler expansion)."""
     n = _degree("Monomial", degree)
@@ -193,6 +231,7 @@ def Monomial(degree):
         tables=(tuple(monomial_coefficients(n)), tuple(kdot_table)))
 
 
+@factory
 def RectifiedMonomial(degree):
     """φ(x) = max(x, 0)^degree (arc-cosine kernel of order n); degree 0 is the
     step function, whose derivative dual is 0 as in neural-tangents."""

@@ -18,7 +18,7 @@ from scipy import special
 from . import _program as P
 from ._checks import real
 from ._numeric import build_table
-from .activations import Activation
+from .activations import Activation, factory
 
 __all__ = ["Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish",
            "SReLU", "S2ReLU", "Elementwise", "ElementwiseNumerical", "NUMERIC_ACTIVATIONS"]
@@ -127,21 +127,25 @@ def _builtin(name, *params):
     return _make(name, tuple(params), fn, dfn)
 
 
+@factory
 def Tanh():
     """φ(x) = tanh(x)."""
     return _builtin("Tanh")
 
 
+@factory
 def Sigmoid():
     """φ(x) = 1 / (1 + e⁻ˣ) (logistic)."""
     return _builtin("Sigmoid")
 
 
+@factory
 def Softplus():
     """φ(x) = log(1 + eˣ)."""
     return _builtin("Softplus")
 
 
+@factory
 def Silu():
     """φ(x) = x / (1 + e⁻ˣ) (SiLU, Swish with β = 1)."""
     return _builtin("Silu")
@@ -150,31 +154,37 @@ def Silu():
 Swish = Silu
 
 
+@factory
 def Elu(alpha=1.0):
     """φ(x) = x for x > 0, alpha (eˣ - 1) otherwise (kink at 0)."""
     return _builtin("Elu", real("Elu: alpha", alpha))
 
 
+@factory
 def Selu():
     """φ(x) = λ Elu_α(x), α ≈ 1.6733, λ ≈ 1.0507 (Klambauer et al. 2017)."""
     return _builtin("Selu")
 
 
+@factory
 def Mish():
     """φ(x) = x tanh(log(1 + eˣ)) (Misra 2019)."""
     return _builtin("Mish")
 
 
+@factory
 def SReLU():
     """φ(x) = ReLU(x) ReLU(1 - x) (compact support, kinks at 0 and 1)."""
     return _builtin("SReLU")
 
 
+@factory
 def S2ReLU():
     """φ(x) = sin(2πx) ReLU(x) ReLU(1 - x) (multi-scale networks)."""
     return _builtin("S2ReLU")
 
 
+@factory
 def Elementwise(fn, df=None, *, name=None):
     """A user's own scalar activation φ = ``fn`` (a NumPy-vectorised callable
     such as ``scipy.special.erf``, or a scalar function such as ``math.tanh``
@@ -207,6 +217,7 @@ def Elementwise(fn, df=None, *, name=None):
     return act
 
 
+@factory
 def ElementwiseNumerical(fn, deg=25, df=None):
     """neural-tangents' name, for porting: same as ``Elementwise(fn, df)``.
     ``deg`` (neural-tangents' Gauss–Hermite degree) is accepted and ignored:

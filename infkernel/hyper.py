@@ -504,6 +504,13 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
         raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
+    numeric = [l for l in net.layers if isinstance(l, Activation) and l.kind == P.K_NUMERIC]
+    if numeric:
+        raise ValueError(
+            f"{numeric[0]!r} has no closed-form dual, so the kernel's hyperparameter "
+            "gradients are not available for this network; use closed-form activations "
+            "(Relu, Erf, Gelu, ...), or fixed hyperparameters (NetworkKernel(..., "
+            "W_std_bounds='fixed', b_std_bounds='fixed'))")
     x = check_inputs(x, "x")
     n, d = x.shape
     L = len(dense_layers(net))

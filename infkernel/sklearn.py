@@ -32,12 +32,26 @@ def make_network(depth=2, activation="relu", W_std=1.0, b_std=0.1):
         raise ValueError(f"depth must be an integer >= 0, got {depth!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    phi = ACTIVATIONS[activation]
+    try:
+        phi = ACTIVATIONS[activation]()
+    except TypeError:
+        raise ValueError(f"activation {activation!r} needs parameters (e.g. "
+                         "ik.LeakyRelu(0.1)): build the network and pass it as "
+                         "network=ik.serial(...)") from None
     layers = []
     for _ in range(depth):
-        layers += [Dense(1, 1.0, 0.0), phi()]
+        layers += [Dense(1, 1.0, 0.0), phi]
     net = serial(*layers, Dense(1, 1.0, 0.0))
     return with_hyperparameters(net, W_std, b_std)
+
+
+def _normalisation(y2, normalize):
+    """(mean, std) per output column, as GaussianProcessRegressor's
+    ``normalize_y`` (a zero std counts as 1); (0, 1) when not normalising."""
+    if not normalize:
+        return np.zeros(y2.shape[1]), np.ones(y2.shape[1])
+    std = y2.std(axis=0)
+    return y2.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
 def _n_dense(net):
@@ -176,9 +190,10 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
             net = self._net()
             _predict._check_t(self._t())
             y2 = y.reshape(len(y), -1)
-            mean = y2.mean(axis=0) if self.normalize_y else np.zeros(y2.shape[1])
+            mean, scale = _normalisation(y2, self.normalize_y)
             pf = _predict.gradient_descent_mse_ensemble(
-                net, X, y2 - mean, learning_rate=getattr(self, "learning_rate", 1.0),
+                net, X, (y2 - mean) / scale,
+                learning_rate=getattr(self, "learning_rate", 1.0),
                 diag_reg=self.diag_reg,
                 diag_reg_absolute_scale=self.diag_reg_absolute_scale)
             # compute the training kernel and its factorisation now, so that
@@ -191,13 +206,14 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
                 elif hasattr(self, k):
                     delattr(self, k)
             raise
-        self._commit(X, y, mean, pf)
+        self._commit(X, y, mean, scale, pf)
         return self
 
-    def _commit(self, X, y, mean, pf):
+    def _commit(self, X, y, mean, scale, pf):
         self.X_train_ = X
         self.y_train_ = y
         self.y_mean_ = mean
+        self.y_std_ = scale
         self._predict_fn = pf
 
     def __getstate__(self):
@@ -210,7 +226,7 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         if pf is None:
             y2 = self.y_train_.reshape(len(self.y_train_), -1)
             pf = _predict.gradient_descent_mse_ensemble(
-                self._net(), self.X_train_, y2 - self.y_mean_,
+                self._net(), self.X_train_, (y2 - self.y_mean_) / self.y_std_,
                 learning_rate=getattr(self, "learning_rate", 1.0), diag_reg=self.diag_reg,
                 diag_reg_absolute_scale=self.diag_reg_absolute_scale)
             self._predict_fn = pf
@@ -228,7 +244,7 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         pf = self._fn()
         cov = "diag" if return_std else bool(return_cov)
         out = pf(t=self._t(), x_test=X, get=self._get, compute_cov=cov)
-        mean = (out.mean if cov else out) + self.y_mean_
+        mean = (out.mean if cov else out) * self.y_std_ + self.y_mean_
         one_d = self.y_train_.ndim == 1
         if one_d:
             mean = mean[:, 0]
@@ -236,13 +252,10 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
             return mean
         var = out.covariance
         if return_std:
-            std = np.sqrt(np.maximum(var, 0.0))
-            if not one_d:
-                std = np.repeat(std[:, None], mean.shape[1], axis=1)
-            return mean, std
-        if not one_d:
-            var = np.repeat(var[:, :, None], mean.shape[1], axis=2)
-        return mean, var
+            std = np.sqrt(np.maximum(var, 0.0))[:, None] * self.y_std_
+            return mean, std[:, 0] if one_d else std
+        cov = var[:, :, None] * self.y_std_ ** 2
+        return mean, cov[:, :, 0] if one_d else cov
 
 
 class NNGPRegressor(_NetworkRegressor):
@@ -255,7 +268,9 @@ class NNGPRegressor(_NetworkRegressor):
         Dense layers still get W_std / b_std).
       diag_reg: observation noise, relative to the mean kernel diagonal
         (absolute with ``diag_reg_absolute_scale``).
-      normalize_y: subtract the training mean of y before fitting.
+      normalize_y: fit to y centred and scaled by its training mean and
+        standard deviation, and undo both on predictions (the prior's
+        amplitude follows the data), as ``GaussianProcessRegressor``.
     """
     _get = "nngp"
 

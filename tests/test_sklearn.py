@@ -93,3 +93,47 @@ def test_custom_network():
     X = np.random.default_rng(0).standard_normal((10, 2))
     est = NNGPRegressor(network=net, W_std=1.2, b_std=0.3).fit(X, X[:, 0])
     assert est.score(X, X[:, 0]) > 0.99      # interpolation with ridge 1e-4
+
+
+def test_normalize_y_matches_gaussian_process_regressor():
+    """normalize_y centres and scales y as GaussianProcessRegressor does:
+    same mean, std and covariance for the same kernel and noise."""
+    rng = np.random.default_rng(3)
+    X, Xt = rng.standard_normal((25, 3)), rng.standard_normal((6, 3))
+    y = np.stack([5.0 + 3.0 * rng.standard_normal(25), -2.0 + 0.1 * rng.standard_normal(25)], 1)
+    ours = NNGPRegressor(W_std=1.3, b_std=0.2, diag_reg=1e-2, diag_reg_absolute_scale=True)
+    kern = NetworkKernel(ik.sklearn.make_network(2, "relu"), W_std=1.3, b_std=0.2,
+                         W_std_bounds="fixed", b_std_bounds="fixed")
+    gpr = GaussianProcessRegressor(kern, alpha=1e-2, normalize_y=True, optimizer=None)
+    for target in (y, y[:, 0]):
+        ours.fit(X, target)
+        gpr.fit(X, target)
+        m, s = ours.predict(Xt, return_std=True)
+        mg, sg = gpr.predict(Xt, return_std=True)
+        _, c = ours.predict(Xt, return_cov=True)
+        _, cg = gpr.predict(Xt, return_cov=True)
+        for a, b in ((m, mg), (s, sg), (c, cg)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
+
+
+def test_custom_networks_pickle():
+    """Activations pickle as their factory calls; so do networks and fitted
+    estimators built from them (joblib.dump of a model)."""
+    net = ik.serial(ik.Dense(8, 1.3, 0.1), ik.LeakyRelu(0.2), ik.Dense(8), ik.Tanh(),
+                    ik.Dense(8), ik.Erf(1.0, 2.0, 0.1), ik.Dense(1))
+    X = np.random.default_rng(0).standard_normal((10, 3))
+    net2 = pickle.loads(pickle.dumps(net))
+    assert repr(net2) == repr(net)
+    assert np.array_equal(net2.kernel(X).ntk, net.kernel(X).ntk)
+    _, params = net.init_fn(0, (-1, 3))
+    assert np.array_equal(net2.apply_fn(params, X), net.apply_fn(params, X))
+    est = NTKRegressor(network=net).fit(X, np.sin(X[:, 0]))
+    closed = ik.serial(ik.Dense(8), ik.LeakyRelu(0.2), ik.Dense(8), ik.Erf(1, 2, 0.1),
+                       ik.Dense(1))
+    gpr = GaussianProcessRegressor(NetworkKernel(closed)).fit(X, np.sin(X[:, 0]))
+    with pytest.raises(ValueError, match="Tanh\\(\\) has no closed-form dual"):
+        GaussianProcessRegressor(NetworkKernel(net)).fit(X, np.sin(X[:, 0]))
+    for model in (est, gpr):
+        again = pickle.loads(pickle.dumps(model))
+        assert np.allclose(again.predict(X[:3]), model.predict(X[:3]), rtol=1e-12, atol=0)
