@@ -53,6 +53,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from . import _program as P
+from ._checks import real
 from .activations import Activation
 from .layers import Dense, Identity, Network
 
@@ -673,12 +674,26 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
 
     Returns ``(fitted_net, noise, lml)``.
     """
+    from .kernel import check_inputs
+    from .predict import _check_y
+    if not isinstance(net, Network):
+        raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
+    x = check_inputs(x, "x")
+    if len(x) == 0:
+        raise ValueError("x has no rows: nothing to fit")
+    y = _check_y(y, len(x), "y")
+    W_bounds, b_bounds, noise_bounds = (_bounds(n, b) for n, b in (
+        ("W_bounds", W_bounds), ("b_bounds", b_bounds), ("noise_bounds", noise_bounds)))
+    noise = real("noise", noise, lower=0, strict=fit_noise)
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+        raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
     idx = dense_layers(net)
     L = len(idx)
     if L == 0:
         raise ValueError("net has no Dense layer: nothing to fit")
-    W0 = np.array([net.layers[i].W_std for i in idx])
-    B0 = np.array([max(net.layers[i].b_std or 0.0, b_bounds[0]) for i in idx])
+    W0 = np.clip([net.layers[i].W_std for i in idx], *W_bounds)
+    B0 = np.clip([net.layers[i].b_std or 0.0 for i in idx], *b_bounds)
+    noise0 = min(max(noise, noise_bounds[0]), noise_bounds[1]) if fit_noise else noise
     if shared:
         W0, B0 = W0[:1], B0[:1]
     nW = W0.size
@@ -689,7 +704,7 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
                 for _ in _act_param_names(net.layers[i])]
     # layout of theta: [log W, log b, activation params (linear), log noise]
     theta0 = np.concatenate([np.log(W0), np.log(B0), A0]
-                            + ([np.log([noise])] if fit_noise else []))
+                            + ([np.log([noise0])] if fit_noise else []))
     bounds = ([tuple(np.log(W_bounds))] * nW + [tuple(np.log(b_bounds))] * nW + a_bounds
               + ([tuple(np.log(noise_bounds))] if fit_noise else []))
     logged = np.ones(theta0.size, bool)
@@ -723,5 +738,20 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
 
     res = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": maxiter})
+    if res.fun >= 1e300:
+        raise ValueError("the marginal likelihood was not finite at any parameters tried "
+                         "(the kernel plus noise is singular or not finite there); allow "
+                         "noise (fit_noise=True, noise > 0) or change the bounds")
     fitted, nz = build(res.x)
     return fitted, float(nz), float(-res.fun)
+
+
+def _bounds(name, b):
+    """(lo, hi) with 0 < lo <= hi < inf (the search runs in log space)."""
+    try:
+        lo, hi = (float(v) for v in b)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high), got {b!r}") from None
+    if not (0 < lo <= hi < np.inf):
+        raise ValueError(f"{name} must satisfy 0 < low <= high < inf, got {b!r}")
+    return lo, hi

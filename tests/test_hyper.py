@@ -208,3 +208,23 @@ def test_fit_hyperparameters_with_activation_params():
     assert lml == pytest.approx(H.log_marginal_likelihood(fitted, xs, y, noise), rel=1e-10)
     gamma = fitted.layers[1].params[0]
     assert gamma >= 0 and gamma != 0.05
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(noise=-1.0), "noise must be finite and > 0, got -1.0"),
+    (dict(W_bounds=(0, 1)), "W_bounds must satisfy 0 < low <= high"),
+    (dict(b_bounds=(1.0, 0.1)), "b_bounds must satisfy"),
+    (dict(maxiter=-1), "maxiter must be a positive integer"),
+    (dict(y=np.ones(7)), "y has 7 rows, expected 10"),
+    (dict(net=ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(1))), "no closed-form dual"),
+    (dict(net=ik.serial(ik.Dense(1)), noise=0.0, fit_noise=False), "not finite at any"),
+])
+def test_fit_hyperparameters_bad_input(kwargs, words):
+    """Every failure is an error naming its cause, before (or instead of)
+    returning the optimiser's 'infeasible' sentinel as a result."""
+    x = np.random.default_rng(0).standard_normal((10, 3))
+    args = dict(net=ik.serial(ik.Dense(4), ik.Relu(), ik.Dense(1)), x=x, y=x[:, 0] ** 2)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as info:
+        ik.hyper.fit_hyperparameters(**args)
+    assert words in str(info.value)
