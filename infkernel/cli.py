@@ -7,6 +7,7 @@
 With no features file, ``gram`` runs on scikit-learn's bundled digits dataset.
 """
 import argparse
+import re
 import sys
 import time
 
@@ -16,48 +17,69 @@ from . import activations, layers
 
 
 def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
-    """Network from "dense:512,relu,dense:512,erf(a=1,b=2),dense:1".
+    """Network from "dense:512,relu,dense:512,erf(a=1 b=2),dense:1".
 
     ``dense:N`` is a Dense layer of width N with the given stds; an activation
-    is its lower-case name with optional keyword arguments in parentheses."""
+    is its lower-case name with optional arguments in parentheses, positional
+    or ``key=value``, separated by spaces, commas or semicolons:
+    ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``."""
+    tokens = re.findall(r"[^,(]+(?:\([^)]*\))?", spec)
     out = []
-    for token in (t.strip() for t in spec.split(",") if t.strip()):
+    for token in (t.strip() for t in tokens if t.strip()):
         name, _, rest = token.partition("(")
         name = name.strip().lower()
         if name.startswith("dense"):
             _, _, width = name.partition(":")
-            if not width.isdigit():
+            if not width.strip().isdigit() or rest:
                 raise ValueError(f"--arch: expected dense:WIDTH, got {token!r}")
             out.append(layers.Dense(int(width), W_std, b_std, parameterization))
             continue
-        if name == "identity":
-            out.append(layers.Identity())
-            continue
-        factory = activations.ACTIVATIONS.get(name)
+        factory = {"identity": layers.Identity, **activations.ACTIVATIONS}.get(name)
         if factory is None:
             valid = ", ".join(sorted(activations.ACTIVATIONS) + ["dense:N", "identity"])
             raise ValueError(f"--arch: unknown layer {name!r}; valid: {valid}")
-        kwargs = {}
-        if rest:
-            for item in rest.rstrip(")").split(";" if ";" in rest else " "):
-                if item.strip():
-                    key, _, value = item.partition("=")
-                    kwargs[key.strip()] = float(value) if "." in value or "e" in value \
-                        else int(value)
-        out.append(factory(**kwargs))
+        args, kwargs = [], {}
+        for item in re.split(r"[\s,;]+", rest.rstrip(")")):
+            if item:
+                key, eq, value = item.rpartition("=")
+                if eq:
+                    kwargs[key.strip()] = _number(value, token)
+                else:
+                    args.append(_number(value, token))
+        try:
+            out.append(factory(*args, **kwargs))
+        except TypeError as exc:
+            raise ValueError(f"--arch: {token!r}: {exc}") from None
     if not out:
         raise ValueError("--arch is empty")
     return layers.serial(*out)
 
 
+def _number(text, token):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ValueError(f"--arch: {token!r}: {text!r} is not a number")
+
+
 def load_features(path):
-    """Features from .npy or .csv (numeric, comma-separated, optional header)."""
+    """Features from .npy or .csv (numeric, comma-separated, optional header),
+    checked as kernel inputs."""
+    from .kernel import check_inputs
     if path.endswith(".npy"):
-        return np.load(path)
-    try:
-        return np.loadtxt(path, delimiter=",", ndmin=2)
-    except ValueError:
-        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+        x = np.load(path)
+    elif path.endswith(".csv"):
+        try:
+            x = np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError:
+            x = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+    else:
+        raise ValueError(f"{path}: expected a .npy or .csv file")
+    if x.size == 0:
+        raise ValueError(f"{path}: no data")
+    return check_inputs(x, path)
 
 
 def _digits():
@@ -82,7 +104,10 @@ def gram_main(args):
         x1 = load_features(args.features)
         source = args.features
     x2 = None if args.x2 is None else load_features(args.x2)
+    if x2 is not None and x2.shape[1] != x1.shape[1]:
+        raise ValueError(f"{args.x2} has {x2.shape[1]} features, {source} has {x1.shape[1]}")
     net = parse_arch(args.arch, args.W_std, args.b_std, args.parameterization)
+    net.program(x1.shape[1])  # architecture errors before any output file exists
     dtype = np.float32 if args.float32 else np.float64
     n2 = len(x1) if x2 is None else len(x2)
     outs = tuple(np.lib.format.open_memmap(f"{args.output}_{g}.npy", mode="w+", dtype=dtype,

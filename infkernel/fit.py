@@ -98,7 +98,10 @@ def run_fit(args):
     from . import predict
     from .sklearn import make_network
 
-    depths = [int(s) for s in str(args.depths).split(",") if s.strip()]
+    try:
+        depths = [int(s) for s in str(args.depths).split(",") if s.strip()]
+    except ValueError:
+        depths = []
     if not depths or min(depths) < 0:
         raise ValueError(f"--depths must be non-negative integers, got {args.depths!r}")
     if not 0 < args.test_size < 1:
