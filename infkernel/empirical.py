@@ -46,11 +46,17 @@ MonteCarloKernel = namedtuple("MonteCarloKernel", ["mean", "stderr", "n_samples"
 # --------------------------------------------------------------------------
 # checks
 def _as_network(net):
+    """A Network from a network, a layer, or one of its stax functions
+    (neural-tangents passes ``apply_fn``: its network is the method's owner)."""
+    owner = getattr(net, "__self__", None)
+    if isinstance(owner, Network):
+        return owner
     if isinstance(net, Network):
         return net
     if isinstance(net, Layer):
         return serial(net)
-    raise TypeError(f"net must be an infkernel network (ik.serial(...)), got {type(net).__name__}")
+    raise TypeError(f"net must be an infkernel network (ik.serial(...)) or its apply_fn, "
+                    f"got {type(net).__name__}")
 
 
 def _check_layers(net):
@@ -417,19 +423,23 @@ def monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
     net = full.body        # leading input maps (Fourier features) act on the data
     _check_layers(net)
     n_samples = _check_count("n_samples", n_samples, 2)
+    seed = _check_count("seed", seed, 0)
     if batch_size is not None:
         _check_count("batch_size", batch_size, 1)
 
     def kernel_fn(x1, x2=None, get=None):
         names, single = parse_get(get)
-        if full.input_maps:
-            x1, x2 = _map_inputs(full, x1, x2)
-        moments = {g: _Moments() for g in names}
-        for batch in sample_kernels(net, x1, x2, names, n_samples, seed, batch_size):
-            for g in names:
-                moments[g].add(batch[g])
-        mean = [moments[g].mean for g in names]
-        se = [moments[g].stderr() for g in names]
+        x1, x2 = _map_inputs(full, x1, x2)
+        shape = (len(x1), len(x1 if x2 is None else x2))
+        if 0 in shape:
+            mean = se = [np.zeros(shape) for _ in names]
+        else:
+            moments = {g: _Moments() for g in names}
+            for batch in sample_kernels(net, x1, x2, names, n_samples, seed, batch_size):
+                for g in names:
+                    moments[g].add(batch[g])
+            mean = [moments[g].mean for g in names]
+            se = [moments[g].stderr() for g in names]
         if single:
             return MonteCarloKernel(mean[0], se[0], n_samples)
         kt = _kernel_type(names)

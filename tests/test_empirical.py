@@ -306,3 +306,17 @@ def test_bad_input_is_rejected_before_work():
         E.empirical_kernel_fn(ik.serial(ik.Dense(2), Weird(), ik.Dense(1)))
     with pytest.raises(TypeError, match="infkernel network"):
         E.empirical_kernel_fn(lambda p, x: x)
+
+
+def test_neural_tangents_call_forms_and_edge_inputs():
+    """empirical_*_fn accept apply_fn (neural-tangents' argument); Monte Carlo
+    kernels of zero points are empty, a negative seed is an error."""
+    net = ik.serial(ik.Dense(32, 1.3, 0.1), ik.Relu(), ik.Dense(1))
+    _, params = net.init_fn(0, (-1, 3))
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    assert np.array_equal(ik.empirical_ntk_fn(net.apply_fn)(x, None, params),
+                          ik.empirical_ntk_fn(net)(x, None, params))
+    mc = ik.monte_carlo_kernel_fn(net, 4)(np.zeros((0, 3)), x)
+    assert mc.mean.nngp.shape == (0, 4) and mc.stderr.ntk.shape == (0, 4)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        ik.monte_carlo_kernel_fn(net, 4, seed=-1)
