@@ -84,8 +84,17 @@ def factory(make):
     return wrapper
 
 
+#: Largest magnitude of an activation parameter: the duals square them.
+PARAM_MAX = 1e150
+
+
 def _finite(name, **values):
-    return tuple(real(f"{name}: {k}", v) for k, v in values.items())
+    out = tuple(real(f"{name}: {k}", v) for k, v in values.items())
+    for k, v in zip(values, out):
+        if abs(v) > PARAM_MAX:
+            raise ValueError(f"{name}: {k} must be at most {PARAM_MAX:g} in magnitude (the "
+                             f"kernel squares it), got {v!r}")
+    return out
 
 
 def _degree(name, degree):
@@ -145,6 +154,8 @@ def Sigmoid_like():
 def Gelu(approximate=False):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021).  ``approximate`` only changes the
     finite-width forward pass (tanh approximation), as in neural-tangents."""
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise TypeError(f"Gelu: approximate must be True or False, got {approximate!r}")
     c = math.sqrt(2 / math.pi)
     if approximate:
         def fn(x):
@@ -223,12 +234,17 @@ def Sign():
 def Monomial(degree):
     """φ(x) = x^degree, any degree >= 0 (Mehler expansion)."""
     n = _degree("Monomial", degree)
+    try:
+        coef = monomial_coefficients(n)
+    except OverflowError:
+        raise ValueError(f"Monomial: degree {n} is too large: its Gaussian moments "
+                         "exceed the largest double") from None
     kdot_table = n * n * monomial_coefficients(n - 1) if n else np.zeros(1)
     return Activation(
         "Monomial", P.K_MONOMIAL, (float(n),),
         fn=lambda x: x ** n,
         dfn=lambda x: n * x ** (n - 1) if n else np.zeros_like(x),
-        tables=(tuple(monomial_coefficients(n)), tuple(kdot_table)))
+        tables=(tuple(coef), tuple(kdot_table)))
 
 
 @factory
