@@ -115,6 +115,9 @@ def _check_t(t):
 
 
 def _check_square(k, name, n=None):
+    if hasattr(k, "_fields"):
+        raise TypeError(f"{name} must be one (N, N) array, got a {type(k).__name__} with "
+                        f"fields {k._fields}: pass one of them (e.g. .ntk)")
     try:
         a = np.asarray(k, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -205,6 +208,10 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER)
         return np.zeros((0, 0))
     d0 = np.diagonal(a).astype(np.float64)
     scale = float(d0.mean())
+    if not scale > 0.0:
+        raise ValueError(f"{name} has mean diagonal {scale:.3g}: a kernel matrix needs a "
+                         "positive diagonal (a zero kernel can be regularised with "
+                         "diag_reg > 0 and diag_reg_absolute_scale=True)")
     if overwrite and a.dtype == np.float64 and a.flags.f_contiguous:
         work = a
     else:
@@ -684,6 +691,8 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
             or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if progress not in (False, None) and not callable(progress):
+        raise TypeError(f"progress must be a callable(done, total) or False, got {progress!r}")
     cache = {}
     solvers = {}
 
@@ -742,7 +751,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
                 if cov is not None:
                     pieces[g][1].append(cov)
             if progress:
-                progress(min(m, r0 + step), m) if callable(progress) else None
+                progress(min(m, r0 + step), m)
         lead = 0 if ts is None else ts.ndim
         for g in names:
             mean = np.concatenate(pieces[g][0], axis=lead) if m else _empty_mean(ts, y)
