@@ -431,6 +431,7 @@ class _Solver:
         self.tol = tol
         self._chol = None
         self._eig = None
+        self._rotated = None
 
     def solve(self, b):
         if self.solver == "cg":
@@ -468,6 +469,13 @@ class _Solver:
             tol = len(lam) * np.finfo(np.float64).eps * (abs(lam).max() if len(lam) else 0.0)
             self._eig = (np.where(lam > tol, lam, 0.0), vecs)
         return self._eig
+
+    def rotated(self, a):
+        """Vᵀ a V in the eigenbasis of K (cached for the last ``a``)."""
+        if self._rotated is None or self._rotated[0] is not a:
+            vecs = self.eig()[1]
+            self._rotated = (a, vecs.T @ a @ vecs)
+        return self._rotated[1]
 
 
 def _decay(lam, tn):
@@ -625,14 +633,14 @@ def _nngp_cov(k_tt, s_td, apply_inv):
 
 
 def _ntk_cov(k_tt, t_td, s_td, s_dd, apply_inv):
-    """Σ_tt + Bᵀ Σ_dd B - (Θ_td A Σ_dt + h.c.),  B = A Θ_dt."""
+    """Σ_tt + Bᵀ Σ_dd B - (Bᵀ Σ_dt + h.c.),  B = A Θ_dt (A symmetric, so
+    Θ_td A Σ_dt = Bᵀ Σ_dt: one solve)."""
     b = apply_inv(t_td.T)                         # (N, M)
     sb = s_dd @ b
-    a_s = apply_inv(s_td.T)                       # (N, M)
     if k_tt.ndim == 1:
         return (k_tt + np.einsum("ji,ji->i", b, sb)
-                - 2.0 * np.einsum("ij,ji->i", t_td, a_s))
-    term2 = t_td @ a_s
+                - 2.0 * np.einsum("ji,ij->i", b, s_td))
+    term2 = b.T @ s_td.T
     c = k_tt + b.T @ sb - term2 - term2.T
     return 0.5 * (c + c.T)
 
@@ -803,7 +811,7 @@ def _train_prediction(g, tn, y, y2, restore, solver_for, k_dd, compute_cov):
         else:
             cov = np.einsum("ij,tj,kj->tik", vecs, f, vecs, optimize=True)
     else:             # e^{-Θt} Σ e^{-Θt} = V D (Vᵀ Σ V) D Vᵀ, D = diag(e^{-λt})
-        s = vecs.T @ k_dd("nngp") @ vecs
+        s = solver_for(g).rotated(k_dd("nngp"))
         covs = []
         for row in left:
             vd = vecs * row
@@ -821,8 +829,8 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
 
     Finite t (Lee et al. 2019, eqs. 15-16) with A_t = V diag(f(λ)) Vᵀ: the
     mean is K_td (A_t y), formed through V (f ⊙ Vᵀy) without an M×N×N
-    product; covariances use P = K_td V once per chunk, then per time only
-    products with the diagonal f."""
+    product; covariances use P = K_td V once per chunk (and Vᵀ Σ_dd V once
+    per predictor), then per time only products with the diagonal f."""
     sv = solver_for(g)
     k_td = ktd[g]
     if tn is None:
@@ -852,17 +860,16 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
                 covs.append(0.5 * (c + c.T))
     else:             # Σ_tt + Bᵀ Σ_dd B - (Θ_td A_t Σ_dt + h.c.),  B = A_t Θ_dt
         q = ktd["nngp"] @ vecs                                    # Σ_td V
-        s_dd = k_dd("nngp")
+        s_rot = sv.rotated(k_dd("nngp"))                          # Vᵀ Σ_dd V
         for fi in f:
-            pf = p * fi                                           # Θ_td V diag(f)
-            b = vecs @ pf.T                                       # (N, M)
-            sb = s_dd @ b
+            pf = p * fi                                           # Θ_td V diag(f) = Bᵀ V
+            ps = pf @ s_rot
             if diag:
-                covs.append(ktt + np.einsum("ji,ji->i", b, sb)
+                covs.append(ktt + np.einsum("ij,ij->i", ps, pf)
                             - 2.0 * np.einsum("ij,ij->i", pf, q))
             else:
                 term2 = pf @ q.T
-                c = ktt + b.T @ sb - term2 - term2.T
+                c = ktt + ps @ pf.T - term2 - term2.T
                 covs.append(0.5 * (c + c.T))
     cov = np.stack(covs)
     return mean, cov.reshape(tshape + cov.shape[1:])

@@ -92,6 +92,9 @@ def test_gp_inference_matches_direct_solve(data):
     # diagonal-only variances agree with the full covariance
     var = pf(get="nngp", k_test_train=kt, k_test_test=np.diag(kee.nngp)).covariance
     close(var, np.diag(out.nngp.covariance))
+    diag = kee._replace(nngp=np.diag(kee.nngp), ntk=np.diag(kee.ntk))
+    close(pf(get="ntk", k_test_train=kt, k_test_test=diag).covariance,
+          np.diag(out.ntk.covariance))
 
 
 def test_cg_matches_cholesky(data):
