@@ -9,6 +9,7 @@ error ≤ 1e-10 √(E[φ(u)²] E[φ(v)²]) for smooth φ and ≤ 1e-7 with kinks
 input variances in [0, 128] (an error is raised beyond) and all correlations.
 """
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -185,7 +186,7 @@ def S2ReLU():
 
 
 @factory
-def Elementwise(fn, df=None, *, name=None):
+def Elementwise(fn, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
     """A user's own scalar activation φ = ``fn`` (a NumPy-vectorised callable
     such as ``scipy.special.erf``, or a scalar function such as ``math.tanh``
     or a numba-compiled one), with derivative ``df`` (same kinds), or None to
@@ -194,11 +195,17 @@ def Elementwise(fn, df=None, *, name=None):
     φ is tabulated once on [-144, 144] in panels of width 1/8: it must be
     finite there and smooth between non-smooth points lying on multiples of
     1/8 (these are detected); otherwise a ``ValueError`` names the place.
+    neural-tangents' ``nngp_fn`` / ``d_nngp_fn`` keywords are accepted for
+    porting and unused: the dual of ``fn`` is computed here, certified.
     """
     if not callable(fn):
         raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
     if df is not None and not callable(df):
         raise TypeError(f"Elementwise: df must be callable or None, got {type(df).__name__}")
+    if df is not None and _required_args(df) >= 3:
+        raise TypeError("Elementwise: df is the derivative φ'(x), a function of one argument; "
+                        "got a function of three, like neural-tangents' nngp_fn(cov12, var1, "
+                        "var2), which is not needed here (pass it as nngp_fn=... or drop it)")
     label = name or f"Elementwise({getattr(fn, '__name__', type(fn).__name__)})"
     table = build_table(label, fn, df, lam=0.5, soft=(0.0,))
     if df is None:
@@ -215,6 +222,16 @@ def Elementwise(fn, df=None, *, name=None):
     act = NumericActivation(label, P.K_NUMERIC, (), fn=fn, dfn=df, tables=(table,))
     object.__setattr__(act, "name", label)
     return act
+
+
+def _required_args(f):
+    """Positional parameters without defaults (0 when not introspectable)."""
+    try:
+        params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
 
 
 @factory

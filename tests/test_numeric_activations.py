@@ -225,6 +225,12 @@ def test_bad_user_functions():
         ik.ElementwiseNumerical(np.tanh, deg=0)
     with pytest.raises(TypeError, match="alpha"):
         ik.Elu("1")
+    # neural-tangents' Elementwise(fn, nngp_fn): the second argument here is φ'
+    with pytest.raises(TypeError, match="function of three"):
+        ik.Elementwise(np.tanh, lambda cov12, var1, var2: cov12)
+    x = np.linspace(-1, 1, 7)
+    ported = ik.Elementwise(np.tanh, nngp_fn=lambda c, v1, v2: c, d_nngp_fn=lambda c, v1, v2: c)
+    assert np.array_equal(ported.fn(x), np.tanh(x))
 
 
 def test_variance_outside_range_fails_loudly():
