@@ -54,6 +54,7 @@ from scipy.optimize import minimize
 
 from . import _program as P
 from ._checks import real
+from ._duals import _RHO_ONE
 from .activations import Activation
 from .layers import Dense, Identity, Network
 
@@ -141,10 +142,23 @@ def dual_values(kind, p, q1, q12, q2):
     return _dual(kind, p, q1, q12, q2, partials=False)[:2]
 
 
-def _dual(kind, p, q1, q12, q2, partials=True):
-    """k, k̇, ∂₁₁k, ∂₁₂k, ∂₁₁k̇, ∂₁₂k̇ (∂₂₂ by swapping q11 and q22)."""
+#: Kinds whose duals snap q12 to ±q11 at equal variances (``_duals.snap_q12``).
+_SNAPPED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN)
+
+
+def _covariances(kind, q1, q12, q2):
+    """float64 arrays of one shape; q12 snapped to ±q11 as the kernels do
+    (``_duals.snap_q12``), so identical points stay identical here too."""
     q1, q12, q2 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
                                         for a in (q1, q12, q2)))
+    if kind in _SNAPPED:
+        q12 = np.where((q1 == q2) & (np.abs(q12) >= _RHO_ONE * q1), np.copysign(q1, q12), q12)
+    return q1, q12, q2
+
+
+def _dual(kind, p, q1, q12, q2, partials=True):
+    """k, k̇, ∂₁₁k, ∂₁₂k, ∂₁₁k̇, ∂₁₂k̇ (∂₂₂ by swapping q11 and q22)."""
+    q1, q12, q2 = _covariances(kind, q1, q12, q2)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if kind == P.K_ABRELU:
             a, b = p[0], p[1]
@@ -315,8 +329,7 @@ def _act_param_names(layer):
 def _dual_param_partials(kind, p, q1, q12, q2):
     """(∂k/∂p_m, ∂k̇/∂p_m) for each differentiable parameter p_m of ``kind``
     at fixed covariances (q11, q12, q22): two lists of arrays, closed forms."""
-    q1, q12, q2 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
-                                        for a in (q1, q12, q2)))
+    q1, q12, q2 = _covariances(kind, q1, q12, q2)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if kind == P.K_ABRELU:
             a, b = p[0], p[1]

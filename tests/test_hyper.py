@@ -228,3 +228,19 @@ def test_fit_hyperparameters_bad_input(kwargs, words):
     with pytest.raises(ValueError) as info:
         ik.hyper.fit_hyperparameters(**args)
     assert words in str(info.value)
+
+
+def test_identical_points_match_the_kernels_in_a_chaotic_deep_network():
+    """kernel_and_grad snaps q12 like the kernels (``_duals.snap_q12``): with
+    duplicate rows in a chaotic depth-300 Erf network both agree, and the
+    duplicates' entry equals the diagonal exactly."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 5))
+    x[3], x[5] = x[2], -x[4]
+    net = ik.serial(*[l for _ in range(300) for l in (ik.Dense(8, 1.5, 0.1), ik.Erf())],
+                    ik.Dense(1, 1.5, 0.1))
+    K, _ = H.kernel_and_grad(net, x, "nngp")
+    ref = net.kernel(x, None, "nngp")
+    assert K[2, 3] == K[2, 2]
+    # two float64 implementations of the same recursion, 300 layers
+    assert np.abs(K - ref).max() <= 1e-12 * np.abs(ref).max()
