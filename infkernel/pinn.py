@@ -748,10 +748,15 @@ def _norm(shift, scale, d):
     """(μ, 1/σ) arrays of length d, or (None, ones)."""
     if shift is None and scale is None:
         return None, np.ones(d)
-    mu = np.zeros(d) if shift is None else np.broadcast_to(
-        np.asarray(shift, dtype=float), (d,)).copy()
-    sig = np.ones(d) if scale is None else np.broadcast_to(
-        np.asarray(scale, dtype=float), (d,)).copy()
+    def per_axis(name, value, default):
+        if value is None:
+            return np.full(d, default)
+        try:
+            return np.broadcast_to(np.asarray(value, dtype=float), (d,)).copy()
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a scalar or have one value per input axis "
+                             f"({d}), got {value!r}") from None
+    mu, sig = per_axis("shift", shift, 0.0), per_axis("scale", scale, 1.0)
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sig)) and np.all(sig > 0)):
         raise ValueError(f"shift must be finite and scale finite and > 0, got {shift}, {scale}")
     return mu, 1.0 / sig

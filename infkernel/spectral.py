@@ -191,6 +191,9 @@ def plot_spectra(path, curves, xlabel="frequency", ylabel="eigenvalue", title=No
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    if not isinstance(curves, dict) or not all(
+            isinstance(c, (tuple, list)) and len(c) == 2 for c in curves.values()):
+        raise TypeError("curves must map each label to a pair (freqs, values)")
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (f, v) in curves.items():
         f, v = np.asarray(f), np.asarray(v)
