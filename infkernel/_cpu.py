@@ -288,7 +288,7 @@ def _mirror(A, block):
                     A[i, j] = A[j, i]
 
 
-def point_tables(program, x, features=True, start=0):
+def point_tables(program, x, features=True, start=0, name="x"):
     """Run the program on the diagonal of ``x``.
 
     Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
@@ -297,7 +297,8 @@ def point_tables(program, x, features=True, start=0):
     per-point Mehler features F, G of numeric activations (``_numeric.py``;
     ``features=False``: G only, F has no terms, for the diagonal alone);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
-    ``start``: the index of x's first point in the user's array (for errors).
+    ``start``, ``name``: the index of x's first point in the user's array
+    and that array's name (for errors).
 
     All of it depends on the point only through |x|²/d: points of equal norm
     (inputs on a sphere, duplicates) share one run of the program.
@@ -324,7 +325,7 @@ def point_tables(program, x, features=True, start=0):
             i = int(V[op].argmax())
             name = (program.names or {}).get(op, "a numeric activation")
             raise ValueError(
-                f"{name}: its input variance reaches {V[op, i]:.4g} (point {start + i}), outside "
+                f"{name}: its input variance reaches {V[op, i]:.4g} ({name} row {start + i}), outside "
                 f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
                 "or reduce W_std / b_std of the Dense layer before it")
     return (V, S, R, F, G), k, t
@@ -348,7 +349,7 @@ def gram(program, x1, x2, K, T, progress=None):
     dummy = np.empty((1, 1))
     # column tables for all points; row tables (cross case) block by block
     # (a numeric activation's input range is checked block by block, too)
-    tables2, k2, t2 = point_tables(program, x1 if sym else x2)
+    tables2, k2, t2 = point_tables(program, x1 if sym else x2, name="x1" if sym else "x2")
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
@@ -366,7 +367,8 @@ def gram(program, x1, x2, K, T, progress=None):
     with _single_threaded_blas():
         for r0 in range(0, n1, block):
             r1 = min(n1, r0 + block)
-            tables1 = tables2 if sym else point_tables(program, x1[r0:r1], start=r0)[0]
+            tables1 = (tables2 if sym else
+                       point_tables(program, x1[r0:r1], start=r0, name="x1")[0])
             _gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
                         0 if sym else r0, *tables1[:3], *tables2[:3],

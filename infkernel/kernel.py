@@ -116,7 +116,7 @@ def _check_out(out, names, single, shape, dtype, inputs=()):
             raise ValueError(f"out for {g!r} is read-only")
     for i, (g, a) in enumerate(zip(names, outs)):
         for other, b in [(repr(h), c) for h, c in zip(names[:i], outs)] + list(inputs):
-            if b is not None and np.shares_memory(a, b):
+            if b is not None and np.may_share_memory(a, b) and np.shares_memory(a, b):
                 raise ValueError(f"out for {g!r} overlaps {other}: each output needs "
                                  "memory of its own")
     return outs
