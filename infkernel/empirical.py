@@ -102,8 +102,9 @@ def check_params(net, params, d_in):
                 if b is not None:
                     raise ValueError(f"{where}: the layer has no bias (b_std=None) but b is given")
             else:
-                if b is None or np.shape(b) != (layer.out_dim,):
-                    raise ValueError(f"{where}: b must have shape {(layer.out_dim,)}, got "
+                if b is None or np.shape(b) not in ((layer.out_dim,), (1, layer.out_dim)):
+                    raise ValueError(f"{where}: b must have shape {(layer.out_dim,)} (or "
+                                     f"neural-tangents' {(1, layer.out_dim)}), got "
                                      f"{None if b is None else np.shape(b)}")
             for name, a in (("W", W), ("b", b)):
                 if a is not None and not np.all(np.isfinite(a)):
