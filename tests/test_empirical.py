@@ -317,7 +317,8 @@ def test_neural_tangents_call_forms_and_edge_inputs():
     assert np.array_equal(ik.empirical_ntk_fn(net.apply_fn)(x, None, params),
                           ik.empirical_ntk_fn(net)(x, None, params))
     # neural-tangents' Dense biases have shape (1, out)
-    nt_params = tuple((p[0], p[1][None]) if len(p) == 2 else p for p in params)
+    nt_params = tuple((p[0], p[1] if p[1] is None else p[1][None]) if len(p) == 2 else p
+                      for p in params)
     assert np.array_equal(ik.empirical_ntk_fn(net)(x, None, nt_params),
                           ik.empirical_ntk_fn(net)(x, None, params))
     mc = ik.monte_carlo_kernel_fn(net, 4)(np.zeros((0, 3)), x)
