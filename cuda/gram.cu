@@ -18,13 +18,14 @@
 
 /// Diagonal pass, one thread per point: sq = |x_i|^2 / d, then the program on
 /// (x_i, x_i): per-point tables, the per-point Mehler features of numeric
-/// activations (feat, leading dimension n; unused without them) and the
-/// diagonal outputs (float64).
+/// activations (feat, fr rows per numeric op, leading dimension n; fr = 2: the
+/// moments alone, for the diagonal; unused without them) and the diagonal
+/// outputs (float64).
 extern "C" __global__ void ik_diag(const double* __restrict__ x, long long n, int d,
                                    double inv_d, const int* __restrict__ ops,
                                    const double* __restrict__ params,
                                    const double* __restrict__ aux, int n_ops,
-                                   double* __restrict__ tab, double* __restrict__ feat,
+                                   double* __restrict__ tab, double* __restrict__ feat, int fr,
                                    double* __restrict__ kd, double* __restrict__ td) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -32,7 +33,7 @@ extern "C" __global__ void ik_diag(const double* __restrict__ x, long long n, in
   double s = 0.0;
   for (int c = 0; c < d; ++c) s += xi[c] * xi[c];
   double k, t;
-  ik_diag_point<double>(ops, params, aux, n_ops, s * inv_d, tab, feat, n, i, k, t);
+  ik_diag_point<double>(ops, params, aux, n_ops, s * inv_d, tab, feat, fr, n, i, k, t);
   kd[i] = k;
   td[i] = t;
 }

@@ -629,10 +629,12 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
 }
 
 /// numba's mehler_point: the features of the point of scale s (see above) into
-/// f[(c NM + n) ld] (f already offset to the slot and the point).  Loops are
-/// node-outer, term-inner (numba: term-outer); every a_n still sums the nodes
-/// in the same order, so the values are the same.
-IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long long ld) {
+/// f[(c NM + n) ld] and E[phi^2], E[phi'^2] into g[0], g[ld] (f, g already
+/// offset to the slot and the point; f = nullptr: the moments alone, for the
+/// diagonal).  Loops are node-outer, term-inner (numba: term-outer); every a_n
+/// still sums the nodes in the same order, so the values are the same.
+IK_FN void ik_mehler_moments(const double* aux, int lo, double s, double* f, double* g,
+                             long long ld) {
   const int nk = int(aux[lo + 4]);
   const int ns = int(aux[lo + 5]);
   const double lam = aux[lo + 6];
@@ -663,6 +665,7 @@ IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long 
         const double wd = wt * dfv;
         ef += wt * fv * fv;
         ed += wt * dfv * dfv;
+        if (!f) continue;
         double h0 = 1.0, h1 = x;
         sa[0][lane] += wf * h0;
         sd[0][lane] += wd * h0;
@@ -680,6 +683,9 @@ IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long 
     }
     a = b;
   }
+  g[0] = ef;
+  g[ld] = ed;
+  if (!f) return;
   double pa = 0.0, pd = 0.0;
   for (int n = 0; n < IK_NUM_NM; ++n) {
     const double* a = sa[n];
@@ -694,8 +700,11 @@ IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long 
     f[(2 * IK_NUM_NM + n) * ld] = ef > 0.0 ? sqrt(fmax(ef - pa, 0.0) / ef + 1e-15) : 0.0;
     f[(3 * IK_NUM_NM + n) * ld] = ed > 0.0 ? sqrt(fmax(ed - pd, 0.0) / ed + 1e-15) : 0.0;
   }
-  f[4 * IK_NUM_NM * ld] = ef;
-  f[(4 * IK_NUM_NM + 1) * ld] = ed;
+}
+
+/// The full features of a point: IK_NUM_FR rows of f, E[phi^2], E[phi'^2] last.
+IK_FN void ik_mehler_point(const double* aux, int lo, double s, double* f, long long ld) {
+  ik_mehler_moments(aux, lo, s, f, f + 4 * IK_NUM_NM * ld, ld);
 }
 
 /// Where the per-point features of an activation's entries are: the row points
@@ -990,11 +999,14 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
 
 /// Diagonal pass for one point i: runs the program on (x_i, x_i) starting from
 /// sq = |x_i|^2 / d, fills the point's column of the tables and returns
-/// (k, t) = (NNGP, NTK)(x_i, x_i).  n_regs <= IK_MAX_DIAG_REGS.
+/// (k, t) = (NNGP, NTK)(x_i, x_i).  n_regs <= IK_MAX_DIAG_REGS.  A numeric
+/// activation's entry is E[phi^2], E[phi'^2] (as numba's _diag_pass); its
+/// per-point block of feat has fr rows: IK_NUM_FR (the features the Gram
+/// kernels read) or 2 (the moments alone, for the diagonal).
 template <typename T>
 IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux, int n_ops,
-                         T sq, T* tab, double* feat, long long ld, long long i, T& k_out,
-                         T& t_out) {
+                         T sq, T* tab, double* feat, int fr, long long ld, long long i,
+                         T& k_out, T& t_out) {
   const IkFeatures nf = {feat, ld, &i, feat, ld, i, true};
   T q[IK_MAX_DIAG_REGS], th[IK_MAX_DIAG_REGS];
   q[0] = sq;
@@ -1018,9 +1030,16 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
       t[ld + i] = s;
       t[2 * ld + i] = rs;
 #if IK_NUMERIC
-      if (o[3] == IK_K_NUMERIC)  // per-point features (scale capped as in _cpu._diag_pass)
-        ik_mehler_point(aux, o[4], fmin(double(s), 2.0 * sqrt(IK_NUM_Q_MAX)),
-                        feat + (long long)o[5] * IK_NUM_FR * ld + i, ld);
+      if (o[3] == IK_K_NUMERIC) {  // scale capped as in _cpu._diag_pass
+        double* f = feat + (long long)o[5] * fr * ld + i;
+        double* g = f + (fr - 2) * ld;
+        ik_mehler_moments(aux, o[4], fmin(double(s), 2.0 * sqrt(IK_NUM_Q_MAX)),
+                          fr == IK_NUM_FR ? f : nullptr, g, ld);
+        q[r] = T(g[0]);
+        th[r] *= T(g[ld]);
+        ++slot;
+        continue;
+      }
 #endif
       ik_act<T, 1>(o[3], p, aux, o[4], o[5], &v, &s, &rs, v, s, rs, &q[r], &th[r], nf);
       ++slot;

@@ -276,19 +276,17 @@ class _Program:
             raise RuntimeError(f"numeric activation slots {slots} are not 0, 1, ... in "
                                "program order (a layer emitted them inconsistently)")
 
-    def feature_rows(self):
-        """Rows of the per-point feature array (``IK_NUM_FR`` per numeric op)."""
-        from ._numeric import NM
-        return len(self.numeric) * (4 * NM + 2)
-
-    def diag(self, diag_kernel, x):
+    def diag(self, diag_kernel, x, features=True):
         """(tables (3·n_act, N) float64, features (rows, N) float64, K(x,x),
-        Θ(x,x)) of device points x.  Raises the CPU backend's ValueError when a
-        numeric activation's input variance leaves its guaranteed range."""
+        Θ(x,x)) of device points x; ``features=False``: only what the
+        diagonal needs.  Raises the CPU backend's ValueError when a numeric
+        activation's input variance leaves its guaranteed range."""
         cp = self.cp
         n = x.shape[0]
         tab = cp.zeros((3 * max(self.n_act, 1), max(n, 1)))
-        rows = self.feature_rows()
+        from ._numeric import NM
+        fr = 4 * NM + 2 if features else 2   # IK_NUM_FR, or E[φ²], E[φ'²] alone
+        rows = len(self.numeric) * fr
         need = rows * max(n, 1) * 8
         if need and need > 0.9 * _free_bytes(cp):
             raise RuntimeError(
@@ -304,7 +302,7 @@ class _Program:
             diag_kernel(((n + threads - 1) // threads,), (threads,),
                         (x, np.int64(n), np.int32(x.shape[1]), np.float64(1.0 / self.prog.d_in),
                          self.ops, self.params, self.aux, np.int32(self.prog.n_ops),
-                         tab, feat, kd, td))
+                         tab, feat, np.int32(fr), kd, td))
             self._check_range(tab)
         return tab, feat, kd, td
 
@@ -342,7 +340,7 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     variant = _variant(compute_dt, dt, prog.n_regs, bool(dev.numeric))
     k_diag, k_cross, k_sym = _kernels(cp.cuda.Device().id, variant)
 
-    tab1, feat1, kd1, td1 = dev.diag(k_diag, a1)
+    tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, features=not diagonal)
     if diagonal:
         res = {"nngp": kd1, "ntk": td1}
         arrays = [res[g].astype(dt, copy=False) for g in names]

@@ -54,11 +54,13 @@ static void act_entries(int kind, const double* p, const double* aux, int lo, in
   }
 }
 
-// Tables, numeric features and diagonal outputs of n points (float64, as ik_diag).
+// Tables, numeric features (fr rows per numeric op) and diagonal outputs of n
+// points (float64, as ik_diag).
 static void diag(const int* ops, const double* params, const double* aux, int n_ops,
-                 const double* sq, long n, double* tab, double* feat, double* kd, double* td) {
+                 const double* sq, long n, double* tab, double* feat, int fr, double* kd,
+                 double* td) {
   for (long i = 0; i < n; ++i)
-    ik_diag_point<double>(ops, params, aux, n_ops, sq[i], tab, feat, n, i, kd[i], td[i]);
+    ik_diag_point<double>(ops, params, aux, n_ops, sq[i], tab, feat, fr, n, i, kd[i], td[i]);
 }
 
 // Every entry (i, j) from G[i, j] = x_i . x_j, rows grouped by 4 as in the kernels.
@@ -96,8 +98,9 @@ void act_f32(int kind, const double* p, const double* aux, int lo, int hi, long 
   act_entries<float>(kind, p, aux, lo, hi, n, q11, q12, q22, k, kd);
 }
 void diag_f64(const int* ops, const double* params, const double* aux, int n_ops,
-              const double* sq, long n, double* tab, double* feat, double* kd, double* td) {
-  diag(ops, params, aux, n_ops, sq, n, tab, feat, kd, td);
+              const double* sq, long n, double* tab, double* feat, int fr, double* kd,
+              double* td) {
+  diag(ops, params, aux, n_ops, sq, n, tab, feat, fr, kd, td);
 }
 // Features of points of scale s[i] into feat (IK_NUM_FR rows, leading dimension n).
 void mehler_f64(const double* aux, int lo, long n, const double* s, double* feat) {
@@ -297,26 +300,35 @@ def _points(rng, n=37, d=5):
     return x
 
 
+def _host_diag(lib, prog, x, fr):
+    """(tables, features, k, t) of the header's diagonal pass alone, ``fr``
+    feature rows per numeric op (FR, or 2: the moments alone)."""
+    ops = np.ascontiguousarray(prog.ops.astype(np.int32))
+    n_act = int((prog.ops[:, 0] == P.OP_ACT).sum())
+    n_num = int(((prog.ops[:, 0] == P.OP_ACT) & (prog.ops[:, 3] == P.K_NUMERIC)).sum())
+    n = x.shape[0]
+    tab = np.zeros((3 * max(n_act, 1), n))
+    feat = np.zeros((max(n_num * fr, 1), n))
+    kd = np.empty(n)
+    td = np.empty(n)
+    sq = np.einsum("ij,ij->i", x, x) / prog.d_in
+    lib.diag_f64(_p(ops), _p(np.ascontiguousarray(prog.params)),
+                 _p(np.ascontiguousarray(prog.aux)), ctypes.c_int(prog.n_ops), _p(sq),
+                 ctypes.c_long(n), _p(tab), _p(feat), ctypes.c_int(fr), _p(kd), _p(td))
+    return tab, feat, kd, td
+
+
 def _host_gram(lib, prog, x1, x2, dtype=np.float64, nr=1, full=False):
     """(K, T, (k, t) diagonal of x1) by the header's diagonal pass and interpreter;
     ``full``: also the features and tables of x1."""
     ops = np.ascontiguousarray(prog.ops.astype(np.int32))
     params = np.ascontiguousarray(prog.params)
     aux = np.ascontiguousarray(prog.aux)
-    n_act = int((prog.ops[:, 0] == P.OP_ACT).sum())
-    n_num = int(((prog.ops[:, 0] == P.OP_ACT) & (prog.ops[:, 3] == P.K_NUMERIC)).sum())
     tabs = []
     feats = []
     diags = []
     for x in (x1, x2):
-        n = x.shape[0]
-        tab = np.zeros((3 * max(n_act, 1), n))
-        feat = np.zeros((max(n_num * FR, 1), n))
-        kd = np.empty(n)
-        td = np.empty(n)
-        sq = np.einsum("ij,ij->i", x, x) / prog.d_in
-        lib.diag_f64(_p(ops), _p(params), _p(aux), ctypes.c_int(prog.n_ops), _p(sq),
-                     ctypes.c_long(n), _p(tab), _p(feat), _p(kd), _p(td))
+        tab, feat, kd, td = _host_diag(lib, prog, x, FR)
         tabs.append(tab.astype(dtype))
         feats.append(feat)
         diags.append((kd, td))
@@ -429,6 +441,25 @@ def test_diagonal_pass_matches_numba(lib):
     _, kc, tc = _cpu.point_tables(prog, x)
     assert _ulps(kd, kc, 0.0 * kc + np.abs(kc).max()) <= 4
     assert _ulps(td, tc, 0.0 * tc + np.abs(tc).max()) <= 4
+
+
+def test_diagonal_alone_skips_the_features(lib):
+    """With 2 feature rows per numeric op (the moments E[φ²], E[φ'²] alone)
+    the diagonal pass gives the same diagonal, bit for bit, as with the full
+    features, and numba's diagonal within a few ulps."""
+    rng = np.random.default_rng(8)
+    net = ik.serial(ik.Dense(8, 1.3, 0.1), ik.Tanh(), ik.Dense(8, 1.2), ik.Elu(),
+                    ik.Dense(8), ik.Relu(), ik.Dense(1))
+    x = _points(rng)
+    prog = net.program(5)
+    tab, feat, kd, td = _host_diag(lib, prog, x, FR)
+    tab2, feat2, kd2, td2 = _host_diag(lib, prog, x, 2)
+    assert np.array_equal(kd, kd2) and np.array_equal(td, td2) and np.array_equal(tab, tab2)
+    for slot in range(2):   # the moments are the last two rows of each full block
+        assert np.array_equal(feat2[2 * slot:2 * slot + 2], feat[(slot + 1) * FR - 2:(slot + 1) * FR])
+    _, kc, tc = _cpu.point_tables(prog, x, features=False)
+    assert _ulps(kd2, kc, 0.0 * kc + np.abs(kc).max()) <= 4
+    assert _ulps(td2, tc, 0.0 * tc + np.abs(tc).max()) <= 4
 
 
 def test_float32_recursion(lib):

@@ -124,14 +124,19 @@ def test_float32(monkeypatch, math_):
     _close(got.ntk, ref.ntk, d1.ntk, d2.ntk, tol)
 
 
-def test_diag():
+@pytest.mark.parametrize("act", [ik.Gelu(), ik.Tanh()], ids=repr)
+def test_diag(act):
+    """The diagonal alone (numeric activations: their moments only, without
+    the Mehler features) equals the CPU's and the Gram kernel's diagonal."""
     rng = np.random.default_rng(5)
-    net = _net(ik.Gelu())
+    net = _net(act)
     x = rng.standard_normal((40, 7))
     got = net.diag(cp.asarray(x), backend="gpu")
     ref = net.diag(x, backend="cpu")
-    np.testing.assert_allclose(got.nngp.get(), ref.nngp, rtol=1e-13)
-    np.testing.assert_allclose(got.ntk.get(), ref.ntk, rtol=1e-13)
+    full = net.kernel(cp.asarray(x), backend="gpu")
+    for g in ("nngp", "ntk"):
+        np.testing.assert_allclose(getattr(got, g).get(), getattr(ref, g), rtol=1e-13)
+        np.testing.assert_array_equal(getattr(got, g).get(), np.diag(getattr(full, g).get()))
 
 
 def test_bad_input():

@@ -65,13 +65,13 @@ def test_emulator_checks_argument_types():
     x = cp.zeros((4, 3))
     good = (x, np.int64(4), np.int32(3), np.float64(1 / 3), cp.zeros((1, 6), np.int32),
             cp.zeros((1, 6)), cp.zeros(1), np.int32(0), cp.zeros((3, 4)), cp.zeros((1, 4)),
-            cp.empty(4), cp.empty(4))
+            np.int32(2), cp.empty(4), cp.empty(4))
     k_diag((1,), (4,), good)
     with pytest.raises(TypeError, match=r"argument 2 \(int d\).*int64"):
         k_diag((1,), (4,), good[:2] + (np.int64(3),) + good[3:])
     with pytest.raises(TypeError, match="argument 0 .*float32"):
         k_diag((1,), (4,), (x.astype(np.float32),) + good[1:])
-    with pytest.raises(TypeError, match="takes 12 arguments"):
+    with pytest.raises(TypeError, match="takes 13 arguments"):
         k_diag((1,), (4,), good[:-1])
 
 
