@@ -488,12 +488,23 @@ def with_hyperparameters(net, W_std, b_std):
     """A copy of ``net`` whose Dense layers get W_std / b_std (scalars shared
     by all Dense layers, or one value per Dense layer)."""
     idx = dense_layers(net)
-    W = np.broadcast_to(np.asarray(W_std, dtype=np.float64), (len(idx),))
-    B = np.broadcast_to(np.asarray(b_std, dtype=np.float64), (len(idx),))
+    W, B = (_per_layer(name, v, len(idx)) for name, v in (("W_std", W_std), ("b_std", b_std)))
     layers = list(net.layers)
     for j, i in enumerate(idx):
         layers[i] = dataclasses.replace(layers[i], W_std=float(W[j]), b_std=float(B[j]))
     return Network(layers)
+
+
+def _per_layer(name, value, n):
+    """One float per Dense layer from a scalar or a length-n sequence."""
+    try:
+        if value is None:
+            raise TypeError
+        return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0 or one per Dense layer ({n}), got "
+                         f"{value!r}" + (" (use 0 for no bias)" if value is None else "")) \
+            from None
 
 
 def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):

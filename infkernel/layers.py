@@ -125,8 +125,9 @@ class Dense(Layer):
         return f"Dense({self.out_dim}, W_std={self.W_std:g}, b_std={self.b_std}{par})"
 
     def __post_init__(self):
-        if (isinstance(self.out_dim, bool) or not isinstance(self.out_dim, (int, np.integer))
-                or self.out_dim < 1):
+        if isinstance(self.out_dim, bool) or not isinstance(self.out_dim, (int, np.integer)):
+            raise TypeError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
+        if self.out_dim < 1:
             raise ValueError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
         object.__setattr__(self, "W_std", _std("Dense: W_std", self.W_std))
         object.__setattr__(self, "b_std", _std("Dense: b_std", self.b_std, allow_none=True))

@@ -169,6 +169,8 @@ def _parse_get(get):
         names, single = tuple(get), False
     else:
         raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"get has repeated entries: {names}")
     return names, single
 
 

@@ -125,6 +125,7 @@ def test_empty_and_integer_inputs():
     (lambda: ik.Dense(3, W_std=-1.0), ValueError, "W_std"),
     (lambda: ik.Dense(3, b_std=float("inf")), ValueError, "b_std"),
     (lambda: ik.Dense(0), ValueError, "out_dim"),
+    (lambda: ik.Dense(2.0), TypeError, "out_dim must be a positive integer, got 2.0"),
     (lambda: ik.Dense(3, parameterization="mup"), ValueError, "parameterization"),
     (lambda: ik.serial(ik.Relu(), ik.Dense(1)).kernel(X1), ValueError, "must follow a Dense"),
     (lambda: ik.serial(ik.Dense(2), ik.Relu(), ik.Erf()).kernel(X1), ValueError, "another activation"),

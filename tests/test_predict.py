@@ -312,6 +312,8 @@ def test_finite_t_refuses_non_psd_and_validates_arguments():
         P.gp_inference(np.eye(2), np.ones(2))("nngp", np.ones((1, 2)), np.full((1, 1), np.nan))
     with pytest.raises(ValueError, match="y_train_size"):
         P.max_learning_rate(np.eye(2), y_train_size=-3)
+    with pytest.raises(ValueError, match="repeated"):
+        P.gp_inference(np.eye(2), np.ones(2))(("nngp", "nngp"), np.ones((1, 2)))
 
 
 def test_overwrite_keeps_the_nngp_kernel_the_ntk_covariance_reads(data):

@@ -117,6 +117,12 @@ def test_normalize_y_matches_gaussian_process_regressor():
             np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
 
 
+def test_bias_free_hyperparameter_is_zero_not_none():
+    X = np.random.default_rng(0).standard_normal((6, 2))
+    with pytest.raises(ValueError, match="use 0 for no bias"):
+        NNGPRegressor(b_std=None).fit(X, X[:, 0])
+
+
 def test_custom_networks_pickle():
     """Activations pickle as their factory calls; so do networks and fitted
     estimators built from them (joblib.dump of a model)."""
