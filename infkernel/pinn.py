@@ -739,11 +739,6 @@ def _input_jets(net, x, dirs, order):
     return out
 
 
-def _prepare_x(x, name, d, shift, scale):
-    x = check_inputs(x, name, d)
-    return x if shift is None else (x - shift) * scale
-
-
 def _norm(shift, scale, d):
     """(μ, 1/σ) arrays of length d, or (None, ones)."""
     if shift is None and scale is None:
