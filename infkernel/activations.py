@@ -84,17 +84,8 @@ def factory(make):
     return wrapper
 
 
-#: Largest magnitude of an activation parameter: the duals square them.
-PARAM_MAX = 1e150
-
-
 def _finite(name, **values):
-    out = tuple(real(f"{name}: {k}", v) for k, v in values.items())
-    for k, v in zip(values, out):
-        if abs(v) > PARAM_MAX:
-            raise ValueError(f"{name}: {k} must be at most {PARAM_MAX:g} in magnitude (the "
-                             f"kernel squares it), got {v!r}")
-    return out
+    return tuple(real(f"{name}: {k}", v, squared=True) for k, v in values.items())
 
 
 def _degree(name, degree):

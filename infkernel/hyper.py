@@ -497,14 +497,14 @@ def with_hyperparameters(net, W_std, b_std):
 
 def _per_layer(name, value, n):
     """One float per Dense layer from a scalar or a length-n sequence."""
+    message = (f"{name} must be a number >= 0 or one per Dense layer ({n}), got {value!r}"
+               + (" (use 0 for no bias)" if value is None else ""))
+    if value is None:
+        raise ValueError(message)
     try:
-        if value is None:
-            raise TypeError
         return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0 or one per Dense layer ({n}), got "
-                         f"{value!r}" + (" (use 0 for no bias)" if value is None else "")) \
-            from None
+        raise ValueError(message) from None
 
 
 def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):

@@ -97,7 +97,7 @@ class Layer:
 
 
 def _std(name, value, allow_none=False):
-    return None if (value is None and allow_none) else real(name, value, lower=0)
+    return None if (value is None and allow_none) else real(name, value, lower=0, squared=True)
 
 
 @dataclass(frozen=True, repr=False)
@@ -131,10 +131,6 @@ class Dense(Layer):
             raise ValueError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
         object.__setattr__(self, "W_std", _std("Dense: W_std", self.W_std))
         object.__setattr__(self, "b_std", _std("Dense: b_std", self.b_std, allow_none=True))
-        for name, value in (("W_std", self.W_std), ("b_std", self.b_std)):
-            if value is not None and value > 1e150:
-                raise ValueError(f"Dense: {name} must be at most 1e150 (its square is a "
-                                 f"variance), got {value!r}")
         if (self.batch_axis, self.channel_axis) not in ((0, -1), (0, 1)) or tuple(self.s) != (1, 1):
             raise ValueError("Dense: only batch_axis=0, channel_axis=-1 and s=(1, 1) apply to "
                              f"vector inputs (N, d), got batch_axis={self.batch_axis!r}, "

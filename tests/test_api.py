@@ -141,7 +141,7 @@ def test_empty_and_integer_inputs():
     (lambda: NET.kernel(X1, dtype="foo"), ValueError, "dtype must be float64 or float32, got 'foo'"),
     (lambda: NET.kernel(X1.astype("m8[s]")), TypeError, "numeric"),
     (lambda: NET.diag(X1[0]), ValueError, "x must be 2-D"),
-    (lambda: ik.Dense(3, W_std=1e200), ValueError, "at most 1e150"),
+    (lambda: ik.Dense(3, W_std=1e200), ValueError, "Dense: W_std must be at most 1e+150"),
     (lambda: ik.Dense(3, channel_axis=0), ValueError, "channel_axis"),
     (lambda: NET.init_fn(0, 4), TypeError, "input_shape must be a tuple"),
     (lambda: NET.apply_fn(NET.init_fn(0, (-1, 3))[1], X1), ValueError, "receives 4 features"),
