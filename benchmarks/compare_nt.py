@@ -1,6 +1,7 @@
 """Agreement with neural-tangents: the same architectures built from the same
 spec by both libraries: every closed-form activation, both parameterizations,
-branches (FanOut / parallel / FanInSum / FanInConcat, residual).
+LayerNorm, branches (FanOut / parallel / FanInSum / FanInProd / FanInConcat,
+residual).
 
     python benchmarks/compare_nt.py --nt-python /path/to/neural-tangents/venv/bin/python
 
@@ -30,7 +31,8 @@ ACTIVATIONS = [
     ("Sin", [0.9, 1.1, 0.4]), ("Cos", [1.1, 0.7, 0.2]), ("Rbf", [0.7]), ("Gaussian", [1.1, -0.6]),
     ("Exp", [0.8, 0.5]), ("Sign", []), ("Monomial", [0]), ("Monomial", [2]), ("Monomial", [3]),
     ("RectifiedMonomial", [0]), ("RectifiedMonomial", [1]), ("RectifiedMonomial", [2]),
-    ("RectifiedMonomial", [3]), ("Identity", []),
+    ("RectifiedMonomial", [3]), ("Polynomial", [[0.3, -1.0, 0.5, 0.2]]),
+    ("Polynomial", [[0.5, 0.0, -0.2, 0.0, 0.05]]), ("Identity", []),
 ]
 
 
@@ -57,6 +59,20 @@ def cases():
         ("Dense", [50], {"W_std": 2.0, "b_std": 0.3}), ("Gelu", [], {}), ("Dense", [3], {})]
     out["relu depth 20"] = [l for _ in range(20) for l in (
         ("Dense", [64], {"W_std": 1.41, "b_std": 0.0}), ("Relu", [], {}))] + [("Dense", [1], {})]
+    # LayerNorm keeps the signal Gaussian; with eps = 0 its variances are 1,
+    # where neural-tangents' Hermite formula (k = q12ⁿ) is exact
+    for degree in (0, 1, 2, 3, 5):
+        out[f"LayerNorm(eps=0) + Hermite({degree})"] = [
+            ("Dense", [64], {"W_std": 1.3, "b_std": 0.2}), ("LayerNorm", [], {"eps": 0.0}),
+            ("Hermite", [degree], {}), ("Dense", [64], {"W_std": 1.1, "b_std": 0.1}),
+            ("LayerNorm", [], {"eps": 0.0}), ("Hermite", [degree], {}), ("Dense", [1], {})]
+    for param in ("ntk", "standard"):
+        out[f"LayerNorm relu/erf, {param}"] = [
+            ("Dense", [64], {"W_std": 1.3, "b_std": 0.2, "parameterization": param}),
+            ("LayerNorm", [], {}), ("Relu", [], {}),
+            ("Dense", [64], {"W_std": 1.1, "b_std": 0.1, "parameterization": param}),
+            ("LayerNorm", [], {"eps": 0.5}), ("Erf", [], {}),
+            ("Dense", [1], {"parameterization": param})]
     out["lone Dense"] = [("Dense", [5], {"W_std": 0.7, "b_std": 0.4})]
     for param, fan_in, widths in (("ntk", "FanInSum", (64, 64)),
                                   ("standard", "FanInSum", (64, 64)),
@@ -72,6 +88,17 @@ def cases():
             ("FanOut", [2], {}), branches, (fan_in, [], {}),
             ("Dense", [32], {"W_std": 1.1, "b_std": 0.3, "parameterization": param}),
             ("Relu", [], {}), ("Dense", [1], {"parameterization": param})]
+    for param in ("ntk", "standard"):
+        out[f"FanInProd of dense/relu branches, {param}"] = [
+            ("Dense", [64], {"W_std": 1.3, "b_std": 0.1, "parameterization": param}),
+            ("FanOut", [2], {}),
+            ("parallel", [[("Dense", [32], {"W_std": 1.1, "b_std": 0.2,
+                                             "parameterization": param})],
+                          [("Relu", [], {}), ("Dense", [32], {"W_std": 0.8,
+                                                              "parameterization": param})]],
+             {}),
+            ("FanInProd", [], {}), ("Dense", [16], {"W_std": 1.2, "parameterization": param}),
+            ("Erf", [], {}), ("Dense", [1], {"parameterization": param})]
     out["residual relu block"] = [
         ("Dense", [64], {"W_std": 1.3, "b_std": 0.1}), ("FanOut", [2], {}),
         ("parallel", [[("Relu", [], {}), ("Dense", [64], {"W_std": 1.2, "b_std": 0.2})],

@@ -281,12 +281,21 @@ IK_FN T ik_dense_theta(T w2, T c_old, T c_new, T c_one, T q, T qn, T th) {
 }
 
 /// The per-point scale the kind's dual takes (r = 1/s), as _duals.point_scale:
-/// sqrt(1 + 2b^2 q) for Erf, sqrt(1 + q) for Gelu, sqrt(q) otherwise.
+/// sqrt(1 + 2b^2 q) for Erf, sqrt(1 + q) for Gelu, sqrt(q + eps) for LayerNorm,
+/// sqrt(q) otherwise.
 template <typename T>
 IK_FN T ik_point_scale(int kind, const double* p, T q) {
   if (kind == IK_K_ERF) return ik_sqrt(T(1) + T(2) * T(p[1]) * T(p[1]) * q);
   if (kind == IK_K_GELU) return ik_sqrt(T(1) + q);
+  if (kind == IK_K_LAYERNORM) return ik_sqrt(q + T(p[0]));
   return ik_sqrt(q);
+}
+
+/// Layer normalisation (_duals.dual_layernorm): k = q12 r1 r2, kd = r1 r2.
+template <typename T>
+IK_FN void ik_dual_layernorm(T q12, T r1, T r2, T& k, T& kd) {
+  kd = r1 * r2;
+  k = q12 * r1 * r2;
 }
 
 /// phi = a sin(bx + c): k = a^2/2 [e- - e+ cos 2c], kd = a^2 b^2/2 [e- + e+ cos 2c],
@@ -361,6 +370,34 @@ IK_FN void ik_dual_monomial(int n, const double* coef, int lo_k, int lo_kd, T q1
   T s = s1 * s2;
   k = ik_ipow(s, n) * ik_poly_rho(coef, lo_k, n, rho);
   kd = n == 0 ? T(0) : ik_ipow(s, n - 1) * ik_poly_rho(coef, lo_kd, n - 1, rho);
+}
+
+/// B_l(x) = sum_{i<m} t[lo + l m + i] x^i (_duals._poly_b).
+template <typename T>
+IK_FN T ik_poly_b(const double* t, int lo, int m, int l, T x) {
+  T r = T(0);
+  for (int i = m - 1; i >= 0; --i) r = r * x + T(t[lo + l * m + i]);
+  return r;
+}
+
+/// sum_{l=0..n} B_l(x1) B_l(x2) q12^l with rows of width n/2 + 1 (_duals._poly_sum).
+template <typename T>
+IK_FN T ik_poly_sum(const double* t, int lo, int n, T x1, T q12, T x2) {
+  int m = n / 2 + 1;
+  T r = T(0);
+  for (int l = n; l >= 0; --l) r = r * q12 + ik_poly_b(t, lo, m, l, x1) * ik_poly_b(t, lo, m, l, x2);
+  return r;
+}
+
+/// phi = sum_m b_m e_m, e_m = x^m (q0 = 0) or He_m (q0 = 1) (_duals.dual_polynomial):
+/// k = sum_l B_l(q11 - q0) B_l(q22 - q0) q12^l, kd the same with the tables of phi'.
+template <typename T>
+IK_FN void ik_dual_polynomial(int n, T q0, const double* aux, int lo_k, int lo_kd, T q11, T q12,
+                              T q22, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
+  T x1 = q11 - q0, x2 = q22 - q0;
+  k = ik_poly_sum(aux, lo_k, n, x1, q12, x2);
+  kd = n > 0 ? ik_poly_sum(aux, lo_kd, n - 1, x1, q12, x2) : T(0);
 }
 
 /// Cho & Saul's J_n and J_{n-1} (_duals.arccos_j): J_0 = pi - theta, J_1 = F(pi - theta),
@@ -870,6 +907,16 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
       IK_ACT_LOOP(ik_dual_rectified_monomial(n, Q[e], s1[e], s2, r1[e], r2, k_, d_))
       break;
     }
+    case IK_K_LAYERNORM: {
+      IK_ACT_LOOP(ik_dual_layernorm(Q[e], r1[e], r2, k_, d_))
+      break;
+    }
+    case IK_K_POLYNOMIAL: {
+      int n = int(p[0]);
+      T q0 = T(p[1]);
+      IK_ACT_LOOP(ik_dual_polynomial(n, q0, aux, lo, hi, q11[e], Q[e], q22, k_, d_))
+      break;
+    }
     case IK_K_NUMERIC: {
 #if IK_NUMERIC
       ik_numeric_entries<T, E>(aux, lo, hi, q11, s1, r1, q22, s2, r2, Q, TH, nf);
@@ -991,6 +1038,15 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
         Q[e] = x * Q[e] + y * Q2[e];
         TH[e] = x * TH[e] + y * TH2[e];
       }
+    } else if (op == IK_OP_MUL) {
+      T Q2[E], TH2[E];
+      ik_reg_get<T, NR, E>(q, o[2], Q2);
+      ik_reg_get<T, NR, E>(th, o[2], TH2);
+      IK_UNROLL
+      for (int e = 0; e < E; ++e) {
+        TH[e] = TH[e] * Q2[e] + Q[e] * TH2[e];
+        Q[e] = Q[e] * Q2[e];
+      }
     }
     ik_reg_set<T, NR, E>(q, r, Q);
     ik_reg_set<T, NR, E>(th, r, TH);
@@ -1052,6 +1108,9 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
     } else if (op == IK_OP_AXPY) {
       q[r] = T(p[0]) * q[r] + T(p[1]) * q[o[2]];
       th[r] = T(p[0]) * th[r] + T(p[1]) * th[o[2]];
+    } else if (op == IK_OP_MUL) {
+      th[r] = th[r] * q[o[2]] + q[r] * th[o[2]];
+      q[r] = q[r] * q[o[2]];
     }
   }
   k_out = q[0];

@@ -5,30 +5,30 @@
     k = net.kernel(x1, x2, get=("nngp", "ntk"))   # k.nngp, k.ntk: (N1, N2)
 """
 from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gaussian, Gelu,
-                          LeakyRelu, Monomial, Rbf, RectifiedMonomial, Relu, Sigmoid_like,
-                          Sign, Sin)
+                          Hermite, LeakyRelu, Monomial, Polynomial, Rbf, RectifiedMonomial,
+                          Relu, Sigmoid_like, Sign, Sin)
 from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu, Mish,
                                   Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
 from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
                         empirical_ntk_fn, monte_carlo_kernel_fn)
 from .kernel import Kernel
-from .layers import Dense, Identity, Layer, Network, serial
+from .layers import Dense, Flatten, Identity, Layer, LayerNorm, Network, repeat, serial
 from .verification import verify
-from .combinators import FanInConcat, FanInSum, FanOut, Residual, Scale, parallel
+from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Residual, Scale, parallel
 from .features import (FourierFeatures, GaussianFeatureLimit, GaussianFourierFeatures,
                        MscaleDNN1, MscaleDNN2, PositionalEncoding)
 from . import spectral
 
 __version__ = "0.1.0"
 
-__all__ = ["serial", "Dense", "Identity", "Layer", "Network", "Kernel", "Activation",
+__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "Layer", "Network", "Kernel", "Activation",
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
            "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Monomial", "RectifiedMonomial",
-           "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
+           "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
            "S2ReLU", "Elementwise", "ElementwiseNumerical",
            "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",
            "monte_carlo_kernel_fn", "MonteCarloKernel", "verify",
-           "FanOut", "parallel", "FanInSum", "FanInConcat", "Residual", "Scale",
+           "FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "Residual", "Scale",
            "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",
            "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral", "pinn",
            "predict", "stax"]

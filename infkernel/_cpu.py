@@ -18,12 +18,12 @@ from numba import njit, prange
 
 from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
-                     dual_monomial, dual_rbf, dual_rectified_monomial, dual_relu,
+                     dual_layernorm, dual_monomial, dual_polynomial, dual_rbf, dual_rectified_monomial, dual_relu,
                      dual_sign, dual_sin, dense_theta, point_scale)
 from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
-                       K_NUMERIC, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
-                       OP_AXPY, OP_COPY, OP_DENSE, OP_SCALE)
+                       K_LAYERNORM, K_NUMERIC, K_POLYNOMIAL, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
+                       OP_AXPY, OP_COPY, OP_DENSE, OP_MUL, OP_SCALE)
 
 
 @njit(**INLINE)
@@ -113,6 +113,15 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
             _monomial_tile(kind, 3, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
         else:
             _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+    elif kind == K_POLYNOMIAL:
+        deg, q0 = int(p[0]), p[1]
+        for j in range(n):
+            Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, q11, Q[j], V2[j])
+            TH[j] *= d
+    elif kind == K_LAYERNORM:
+        for j in range(n):
+            Q[j], d = dual_layernorm(Q[j], r1, R2[j])
+            TH[j] *= d
     elif kind == K_NUMERIC:
         numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, hi,
                      F1, G1, F2, G2, TM, W)
@@ -156,6 +165,11 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
             for j in range(n):
                 Q[r, j] = p[0] * Q[r, j] + p[1] * Q[r2, j]
                 TH[r, j] = p[0] * TH[r, j] + p[1] * TH[r2, j]
+        elif op == OP_MUL:
+            r2 = ops[k, 2]
+            for j in range(n):
+                TH[r, j] = TH[r, j] * Q[r2, j] + Q[r, j] * TH[r2, j]
+                Q[r, j] = Q[r, j] * Q[r2, j]
 
 
 @njit(parallel=True, **JIT)
@@ -206,6 +220,10 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 r2 = ops[k, 2]
                 q[r] = p[0] * q[r] + p[1] * q[r2]
                 th[r] = p[0] * th[r] + p[1] * th[r2]
+            elif op == OP_MUL:
+                r2 = ops[k, 2]
+                th[r] = th[r] * q[r2] + q[r] * th[r2]
+                q[r] = q[r] * q[r2]
         K[i] = q[0]
         T[i] = th[0]
 

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from ._config import INLINE
-from ._program import K_ERF, K_GELU
+from ._program import K_ERF, K_GELU, K_LAYERNORM
 
 PI = math.pi
 HALF_PI = 0.5 * math.pi
@@ -192,12 +192,26 @@ def dense_theta(w2, c_old, c_new, c_one, q, qn, th):
 @njit(**INLINE)
 def point_scale(kind, p, q):
     """The per-point scale s of kind ``kind`` (params ``p``) at variance q:
-    sqrt(1 + 2b²q) for Erf, sqrt(1 + q) for Gelu, sqrt(q) otherwise."""
+    sqrt(1 + 2b²q) for Erf, sqrt(1 + q) for Gelu, sqrt(q + eps) for
+    LayerNorm, sqrt(q) otherwise."""
     if kind == K_ERF:
         return math.sqrt(1.0 + 2.0 * p[1] * p[1] * q)
     if kind == K_GELU:
         return math.sqrt(1.0 + q)
+    if kind == K_LAYERNORM:
+        return math.sqrt(q + p[0])
     return math.sqrt(q)
+
+
+@njit(**INLINE)
+def dual_layernorm(q12, r1, r2):
+    """Layer normalisation h -> (h - mean h) / sqrt(var h + eps) over infinitely
+    many channels of a Gaussian signal: the mean vanishes and the variance is
+    q, so Σ' = q12 / (s1 s2) and Θ' = Θ / (s1 s2), s = sqrt(q + eps)
+    (neural-tangents' ``LayerNorm``); r = 1/s (0 where s = 0).  The diagonal,
+    q r r, is computed by the same expression as identical points' entries."""
+    rr = r1 * r2
+    return q12 * r1 * r2, rr
 
 
 @njit(**INLINE)
@@ -358,6 +372,66 @@ def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     if n == 0:
         return jn * INV_2PI, 0.0
     return sn1 * s * jn * INV_2PI, n * n * sn1 * jn1 * INV_2PI
+
+
+@njit(**INLINE)
+def _poly_b(table, lo, m, l, x):
+    """B_l(x) = Σ_{i<m} table[lo + l m + i] xⁱ (Horner)."""
+    r = 0.0
+    for i in range(m - 1, -1, -1):
+        r = r * x + table[lo + l * m + i]
+    return r
+
+
+@njit(**INLINE)
+def _poly_sum(table, lo, n, x1, q12, x2):
+    """Σ_{l=0..n} B_l(x1) B_l(x2) q12^l, rows of width m = n//2 + 1 (Horner in q12)."""
+    m = n // 2 + 1
+    r = 0.0
+    for l in range(n, -1, -1):
+        r = r * q12 + _poly_b(table, lo, m, l, x1) * _poly_b(table, lo, m, l, x2)
+    return r
+
+
+@njit(**INLINE)
+def dual_polynomial(n, q0, table, lo_k, lo_kdot, q11, q12, q22):
+    """φ = Σ_{m≤n} b_m e_m(x) with e_m = x^m (q0 = 0) or e_m = He_m (q0 = 1).
+
+    By Mehler's formula with a_l(s) = E[φ(sz) He_l(z)]/√l! (Isserlis, and
+    He_m(sz) = Σ_i s^{m-2i} (s²-1)^i m!/(i! (m-2i)! 2^i) He_{m-2i}(z)):
+
+      k = Σ_l B_l(q11 - q0) B_l(q22 - q0) q12^l,
+      B_l(x) = Σ_i b_{l+2i} (l+2i)! / (i! 2^i √l!) xⁱ,
+
+    a polynomial in the covariances: exact for every variance, no square root,
+    no division.  φ' has the coefficients m b_m of e_{m-1} in both bases, so
+    kdot is the same sum of degree n - 1 (``polynomial_tables``).  In the
+    Hermite basis at unit variances only the top terms survive: Hermite(n)
+    gives k = q12ⁿ exactly, as in neural-tangents.
+    """
+    q12 = snap_q12(q11, q12, q22)
+    x1 = q11 - q0
+    x2 = q22 - q0
+    k = _poly_sum(table, lo_k, n, x1, q12, x2)
+    kdot = _poly_sum(table, lo_kdot, n - 1, x1, q12, x2) if n > 0 else 0.0
+    return k, kdot
+
+
+def polynomial_tables(b):
+    """The tables B_l of ``dual_polynomial`` for basis coefficients b_0..b_n
+    (row l of width n//2 + 1, then those of φ' = Σ m b_m e_{m-1})."""
+    def table(c):
+        n = len(c) - 1
+        t = np.zeros((n + 1, n // 2 + 1))
+        for l in range(n + 1):
+            root = math.sqrt(math.factorial(l))
+            for i in range((n - l) // 2 + 1):
+                t[l, i] = float(c[l + 2 * i]) * (math.factorial(l + 2 * i)
+                                                 // (math.factorial(i) * 2 ** i)) / root
+        return t.ravel()
+    b = np.asarray(b, dtype=np.float64)
+    dk = b[1:] * np.arange(1, len(b)) if len(b) > 1 else np.zeros(1)
+    return table(b), table(dk)
 
 
 def monomial_coefficients(n):

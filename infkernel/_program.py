@@ -17,12 +17,13 @@ hold up to six floats per op.
     OP_SCALE   q' = w2 q,  θ' = w2 θ            (multiplying a signal by √w2)
     OP_COPY    register reg2 := register reg     (fan-out)
     OP_AXPY    reg := params[0] reg + params[1] reg2   (fan-in sum / concat)
+    OP_MUL     q := q q2,  θ := θ q2 + q θ2   (fan-in product of independent branches)
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY = range(5)
+OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY, OP_MUL = range(6)
 
 # Activation kinds with a closed-form dual (see _duals.py).
 (K_ABRELU, K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN, K_SIGN,
@@ -32,6 +33,15 @@ OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY = range(5)
 # and quadrature over a tabulated φ (see _numeric.py); ops[k, 4] is the
 # table's offset in ``aux`` and ops[k, 5] the op's feature slot.
 K_NUMERIC = 10
+
+# Polynomials φ = Σ_m b_m e_m in the monomial (e_m = x^m) or the probabilists'
+# Hermite basis (e_m = He_m); ops[k, 4] / ops[k, 5] are the offsets of the
+# coefficient tables of the dual and of the derivative dual (_duals.py).
+K_POLYNOMIAL = 11
+
+# Layer normalisation (``layers.LayerNorm``), run as an OP_ACT so that the
+# per-point tables carry its scale s = sqrt(q + eps): q12 -> q12 / (s1 s2).
+K_LAYERNORM = 12
 
 N_PARAMS = 6
 

@@ -16,12 +16,13 @@ from scipy import special
 
 from . import _program as P
 from ._checks import real
-from ._duals import monomial_coefficients
+from ._duals import monomial_coefficients, polynomial_tables
 from .layers import Layer
 
 __all__ = ["Activation", "ABRelu", "Relu", "LeakyRelu", "Abs", "Erf",
            "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf", "Gaussian", "Exp",
-           "Sign", "Monomial", "RectifiedMonomial", "ACTIVATIONS"]
+           "Sign", "Monomial", "RectifiedMonomial", "Polynomial", "Hermite",
+           "ACTIVATIONS"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,9 +36,11 @@ class Activation(Layer):
     dfn: Callable = field(repr=False)
     #: coefficient tables for the dual, appended to the program's ``aux``
     tables: Tuple[Tuple[float, ...], ...] = field(default=(), repr=False)
+    #: the arguments as shown by repr (default: ``params``)
+    shown: str = field(default=None, repr=False)
 
     def __repr__(self):
-        args = ", ".join(f"{v:g}" for v in self.params)
+        args = self.shown if self.shown is not None else ", ".join(f"{v:g}" for v in self.params)
         return f"{self.name}({args})"
 
     def __reduce__(self):
@@ -250,7 +253,62 @@ def RectifiedMonomial(degree):
         if n else np.zeros_like(x))
 
 
+def _polynomial(name, b, hermite, shown):
+    """The activation φ = Σ_m b_m e_m (e_m = He_m if ``hermite`` else x^m),
+    kind K_POLYNOMIAL (``_duals.dual_polynomial``)."""
+    n = len(b) - 1
+    try:
+        tables = polynomial_tables(b)
+    except OverflowError:
+        tables = None
+    if tables is None or not all(np.isfinite(t).all() for t in tables):
+        raise ValueError(f"{name}: degree {n} is too large: its Gaussian moments "
+                         "exceed the largest double")
+    basis = np.polynomial.hermite_e if hermite else np.polynomial.polynomial
+    db = basis.hermeder(b) if hermite else basis.polyder(b)
+    val = basis.hermeval if hermite else basis.polyval
+    return Activation(
+        name, P.K_POLYNOMIAL, (float(n), 1.0 if hermite else 0.0),
+        fn=lambda x: val(x, b) * np.ones_like(x),
+        dfn=lambda x: val(x, db) * np.ones_like(x),
+        tables=tuple(tuple(t) for t in tables), shown=shown)
+
+
+@factory
+def Polynomial(coef):
+    """φ(x) = coef[0] + coef[1] x + … + coef[n] xⁿ (numpy's coefficient order).
+
+    Exact for every input variance: the dual is a polynomial in the
+    covariances (``_duals.dual_polynomial``), as in neural-tangents."""
+    try:
+        c = np.array(coef, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"Polynomial: coef must be a sequence of real numbers, got "
+                        f"{coef!r}") from None
+    if c.ndim != 1:
+        raise ValueError(f"Polynomial: coef must be a 1-D sequence, got shape {c.shape}")
+    c = np.array([real(f"Polynomial: coef[{i}]", v, squared=True) for i, v in enumerate(c)]
+                 or [0.0])
+    return _polynomial("Polynomial", c, False, "[" + ", ".join(f"{v:g}" for v in c) + "]")
+
+
+@factory
+def Hermite(degree):
+    """φ(x) = He_n(x)/√n!, the normalised probabilists' Hermite polynomial
+    (E[φ(z)²] = 1 for z ~ N(0, 1)).
+
+    neural-tangents assumes unit input variances (e.g. after ``LayerNorm``)
+    and returns k = q12ⁿ there; infkernel gives the exact dual at every
+    variance, which equals q12ⁿ, k̇ = n q12ⁿ⁻¹ at unit variances."""
+    n = _degree("Hermite", degree)
+    if n > 170:
+        raise ValueError(f"Hermite: degree {n} is too large: n! exceeds the largest double")
+    b = np.zeros(n + 1)
+    b[n] = 1.0 / math.sqrt(math.factorial(n))
+    return _polynomial("Hermite", b, True, str(n))
+
+
 #: Activations by lower-case name, for the command line and error messages.
 ACTIVATIONS = {f.__name__.lower(): f for f in (
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Rbf,
-    Gaussian, Exp, Sign, Monomial, RectifiedMonomial)}
+    Gaussian, Exp, Sign, Monomial, RectifiedMonomial, Polynomial, Hermite)}

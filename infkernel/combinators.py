@@ -1,5 +1,5 @@
 """Branching combinators with neural-tangents semantics: ``FanOut``,
-``parallel``, ``FanInSum``, ``FanInConcat``, and residual blocks.
+``parallel``, ``FanInSum``, ``FanInProd``, ``FanInConcat``, and residual blocks.
 
 Between ``FanOut(n)`` and a fan-in the signal is a list of branches; each
 branch lives in its own kernel register (``OP_COPY``), ``parallel`` runs one
@@ -11,6 +11,10 @@ layer per branch, and the fan-ins combine registers with ``OP_AXPY``:
   of the other branches); anything else (two identical ``Identity`` branches,
   a sum of two activations) is refused, as neural-tangents refuses sums of
   non-Gaussian branches.
+* ``FanInProd``:  Σ = Π_i Σ_i,  Θ = Σ_i Θ_i Π_{j≠i} Σ_j (``OP_MUL``), exact
+  for independent branches: the same rule as ``FanInSum`` (at most one
+  branch not ending in a Dense layer of its own).  A product of Gaussians is
+  not Gaussian, so an activation may not follow it directly.
 * ``FanInConcat`` (channel axis): Σ = Σ_i n_i Σ_i / Σ_i n_i and the same for Θ
   (channel-averaged inner products; n_i the branch widths); exact for any
   branches.  The result is not Gaussian channel-wise (branches differ), so an
@@ -148,6 +152,44 @@ def _check_widths(layer, state):
     return widths
 
 
+def _independent_branches(layer, state, combined):
+    """Checks for a fan-in that combines branches entry by entry: equal widths,
+    and at most one branch that does not end in a Dense layer of its own."""
+    name = type(layer).__name__
+    widths = _check_widths(layer, state)
+    if len(set(widths)) > 1:
+        raise ValueError(f"{name}: the branches have different widths {widths}; {combined} "
+                         "signals must have equal widths (end each branch with a Dense "
+                         "layer of the same out_dim)")
+    stale = [i for i, s in enumerate(state) if s.born < state.split]
+    if len(state) > 1 and len(stale) > 1:
+        raise ValueError(
+            f"{name}: branches {stale} do not end in a Dense layer of their own, so they "
+            f"are correlated (or not mean-zero) and the kernel of the {combined} signal "
+            "is not formed from theirs; at most one branch (e.g. the Identity shortcut "
+            "of a residual block) may do so")
+
+
+def _merge_states(state, gaussian, because):
+    """The first branch's state, updated to describe the merged signal."""
+    out = state[0]
+    out.gaussian = gaussian
+    out.at_input = all(s.at_input for s in state)
+    if len(state) > 1 and not gaussian:
+        out.not_gaussian_because = because
+    out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
+    return out
+
+
+def _init_equal(layer, in_dim):
+    name = type(layer).__name__
+    if not isinstance(in_dim, list):
+        raise ValueError(f"{name} needs several inputs (use FanOut)")
+    if len(set(in_dim)) > 1:
+        raise ValueError(f"{name}: the branches have different widths {in_dim}")
+    return in_dim[0], ()
+
+
 @dataclass(frozen=True)
 class FanInSum(Layer):
     """Sum of the branches: Σ = Σ_i Σ_i, Θ = Σ_i Θ_i (independent branches)."""
@@ -155,37 +197,44 @@ class FanInSum(Layer):
 
     def _emit(self, builder, state):
         _need_branches(self, state)
-        widths = _check_widths(self, state)
-        if len(set(widths)) > 1:
-            raise ValueError(f"FanInSum: the branches have different widths {widths}; "
-                             "summed signals must have equal widths (end each branch "
-                             "with a Dense layer of the same out_dim)")
-        stale = [i for i, s in enumerate(state) if s.born < state.split]
-        if len(state) > 1 and len(stale) > 1:
-            raise ValueError(
-                f"FanInSum: branches {stale} do not end in a Dense layer of their own, so "
-                "they are correlated (or not mean-zero) and their kernels do not add; at "
-                "most one branch (e.g. the Identity shortcut of a residual block) may do so")
-        out = state[0]
+        _independent_branches(self, state, "summed")
         for s in state[1:]:
-            builder.emit(P.OP_AXPY, out.reg, s.reg, params=(1.0, 1.0))
+            builder.emit(P.OP_AXPY, state[0].reg, s.reg, params=(1.0, 1.0))
             _release(builder, s.reg)
-        out.gaussian = all(s.gaussian for s in state)
-        out.at_input = all(s.at_input for s in state)
-        if len(state) > 1 and not out.gaussian:
-            out.not_gaussian_because = "the output of FanInSum with a non-Gaussian branch"
-        out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
-        return out
+        return _merge_states(state, all(s.gaussian for s in state),
+                             "the output of FanInSum with a non-Gaussian branch")
 
     def _init(self, rng, in_dim):
-        if not isinstance(in_dim, list):
-            raise ValueError("FanInSum needs several inputs (use FanOut)")
-        if len(set(in_dim)) > 1:
-            raise ValueError(f"FanInSum: the branches have different widths {in_dim}")
-        return in_dim[0], ()
+        return _init_equal(self, in_dim)
 
     def _apply(self, params, h):
         return sum(h[1:], h[0])
+
+
+@dataclass(frozen=True)
+class FanInProd(Layer):
+    """Elementwise product of the branches: Σ = Π_i Σ_i and
+    Θ = Σ_i Θ_i Π_{j≠i} Σ_j (independent branches), as neural-tangents'
+    ``FanInProd``."""
+    _takes_branches = True
+
+    def _emit(self, builder, state):
+        _need_branches(self, state)
+        _independent_branches(self, state, "multiplied")
+        for s in state[1:]:
+            builder.emit(P.OP_MUL, state[0].reg, s.reg)
+            _release(builder, s.reg)
+        return _merge_states(state, len(state) == 1 and state[0].gaussian,
+                             "the output of FanInProd (a product of Gaussians)")
+
+    def _init(self, rng, in_dim):
+        return _init_equal(self, in_dim)
+
+    def _apply(self, params, h):
+        out = h[0]
+        for x in h[1:]:
+            out = out * x
+        return out
 
 
 @dataclass(frozen=True)
@@ -205,18 +254,14 @@ class FanInConcat(Layer):
         _need_branches(self, state)
         widths = _check_widths(self, state)
         total = float(sum(widths))
-        out = state[0]
         for i, s in enumerate(state[1:], 1):
             first = widths[0] / total if i == 1 else 1.0
-            builder.emit(P.OP_AXPY, out.reg, s.reg, params=(first, widths[i] / total))
+            builder.emit(P.OP_AXPY, state[0].reg, s.reg, params=(first, widths[i] / total))
             _release(builder, s.reg)
+        out = _merge_states(state, len(state) == 1 and state[0].gaussian,
+                            "the output of FanInConcat (channels of branches with different "
+                            "kernels)")
         out.width = int(total)
-        out.gaussian = len(state) == 1 and out.gaussian
-        out.at_input = all(s.at_input for s in state)
-        if len(state) > 1:
-            out.not_gaussian_because = ("the output of FanInConcat (channels of branches with "
-                                        "different kernels)")
-        out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
         return out
 
     def _init(self, rng, in_dim):
@@ -255,4 +300,4 @@ class Scale(Layer):
         return self.a * h
 
 
-__all__ = ["FanOut", "parallel", "FanInSum", "FanInConcat", "Residual", "Scale"]
+__all__ = ["FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "Residual", "Scale"]

@@ -28,7 +28,7 @@ from collections import namedtuple
 import numpy as np
 
 from .kernel import _kernel_type, check_inputs, parse_get
-from .layers import Dense, Identity, Layer, Network, serial
+from .layers import Dense, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
 
 __all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
@@ -62,10 +62,10 @@ def _as_network(net):
 def _check_layers(net):
     """Layers the structured formulas understand, or a TypeError naming the culprit."""
     for i, layer in enumerate(net.layers):
-        if not isinstance(layer, (Dense, Activation, Identity)):
+        if not isinstance(layer, (Dense, Activation, Identity, LayerNorm)):
             raise TypeError(
-                f"empirical kernels support Dense, elementwise activations and Identity; "
-                f"layer {i} is {layer!r}")
+                f"empirical kernels support Dense, elementwise activations, LayerNorm and "
+                f"Identity; layer {i} is {layer!r}")
     if not any(isinstance(layer, Dense) for layer in net.layers):
         raise ValueError("the network has no Dense layer, so no parameters: its NTK is 0 "
                          "and its NNGP is not random")
@@ -147,6 +147,8 @@ def _forward(layers, params, x):
                 h = h + (s * b if s != 1.0 else b)
         elif isinstance(layer, Activation):
             h = layer.fn(h)
+        elif isinstance(layer, LayerNorm):
+            h = layer._apply((), h)
     return h, inputs
 
 
@@ -173,6 +175,14 @@ def _backward(layers, params, inputs, delta, visit):
         elif isinstance(layer, Activation):
             d = layer.dfn(inputs[i])
             delta = delta * (d[..., None, :] if extra else d)
+        elif isinstance(layer, LayerNorm):
+            # y = (h - μ)/σ: ∂/∂h = (δ - mean δ - y mean(δ y)) / σ over the channels
+            h = inputs[i] - inputs[i].mean(axis=-1, keepdims=True)
+            sigma = np.sqrt((h * h).mean(axis=-1, keepdims=True) + layer.eps)
+            y, sigma = (h / sigma, sigma) if not extra else ((h / sigma)[..., None, :],
+                                                              sigma[..., None, :])
+            delta = (delta - delta.mean(axis=-1, keepdims=True)
+                     - y * (delta * y).mean(axis=-1, keepdims=True)) / sigma
     return delta
 
 

@@ -56,7 +56,7 @@ from . import _program as P
 from ._checks import real
 from ._duals import _RHO_ONE
 from .activations import Activation
-from .layers import Dense, Identity, Network
+from .layers import Dense, Identity, LayerNorm, Network
 
 __all__ = ["kernel_and_grad", "log_marginal_likelihood", "fit_hyperparameters",
            "dense_layers", "with_hyperparameters", "parameter_names", "activation_layers",
@@ -118,6 +118,24 @@ def _mono_terms(n, q1, q12, q2):
     return k, k12, k1
 
 
+def _poly_terms(n, q0, table, q1, q12, q2):
+    """Σ_l B_l(q1 - q0) B_l(q2 - q0) q12ˡ (``_duals.dual_polynomial``) and its
+    partials in q12 and q1."""
+    shape = np.broadcast(q1, q12, q2).shape
+    k, k12, k1 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    if n < 0:
+        return k, k12, k1
+    t = np.asarray(table, dtype=np.float64)[:(n + 1) * (n // 2 + 1)].reshape(n + 1, -1)
+    pv = np.polynomial.polynomial.polyval
+    for l in range(n + 1):
+        b1, b2 = pv(q1 - q0, t[l]), pv(q2 - q0, t[l])
+        k = k + b1 * b2 * q12 ** l
+        if l:
+            k12 = k12 + l * b1 * b2 * q12 ** (l - 1)
+        k1 = k1 + pv(q1 - q0, np.polynomial.polynomial.polyder(t[l])) * b2 * q12 ** l
+    return k, k12, k1
+
+
 def _gelu_k(q1, q12, q2):
     p1, p2 = 1 + q1, 1 + q2
     r = np.sqrt(p1 * p2)
@@ -137,13 +155,19 @@ def _richardson(f, x, h):
     return (4 * d(h / 2) - d(h)) / 3
 
 
+def _layer_params(layer):
+    """What ``_dual`` takes as ``p``: the params, and for polynomials also
+    their coefficient tables."""
+    return (layer.params, layer.tables) if layer.kind == P.K_POLYNOMIAL else layer.params
+
+
 def dual_values(kind, p, q1, q12, q2):
     """(k, k̇) of activation ``kind`` (params ``p``); arrays broadcast."""
     return _dual(kind, p, q1, q12, q2, partials=False)[:2]
 
 
 #: Kinds whose duals snap q12 to ±q11 at equal variances (``_duals.snap_q12``).
-_SNAPPED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN)
+_SNAPPED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN, P.K_POLYNOMIAL)
 
 
 def _covariances(kind, q1, q12, q2):
@@ -207,6 +231,21 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             if not partials:
                 return k, kd
             return k, kd, k1, k12, kd1, kd12
+        elif kind == P.K_POLYNOMIAL:   # p = (params, tables): see _layer_params
+            (n, q0), (tk, tkd) = p[0][:2], p[1]
+            n = int(n)
+            k, k12, k1 = _poly_terms(n, q0, tk, q1, q12, q2)
+            kd, kd12, kd1 = _poly_terms(n - 1, q0, tkd, q1, q12, q2)
+            if not partials:
+                return k, kd
+            return k, kd, k1, k12, kd1, kd12
+        elif kind == P.K_LAYERNORM:
+            e1, e2 = q1 + p[0], q2 + p[0]
+            kd = 1.0 / (np.sqrt(e1) * np.sqrt(e2))
+            k = q12 * kd
+            if not partials:
+                return k, kd
+            return k, kd, -0.5 * k / e1, kd, -0.5 * kd / e1, np.zeros_like(k)
         elif kind == P.K_ERF:
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
@@ -576,10 +615,10 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             Q, dQ = Qn, dQn
             width, gaussian = layer.out_dim, True
             j += 1
-        elif isinstance(layer, Activation):
+        elif isinstance(layer, (Activation, LayerNorm)):
             if not gaussian:
                 raise ValueError(f"{layer!r} must follow a Dense layer")
-            kind, p = layer.kind, layer.params
+            kind, p = layer.kind, _layer_params(layer)
             q1, q2 = v[:, None], v[None, :]
             k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q1, Q, q2)
             _, _, k2, _, kd2, _ = _dual(kind, p, q2, Q, q1)
@@ -614,12 +653,13 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
                         dTH[s0 + m][ii] = th_diag * gkd[m]
                         dv[s0 + m] = gk[m]
             v = kdg
-            gaussian = False
+            gaussian = isinstance(layer, LayerNorm)   # a normalised Gaussian stays one
         elif isinstance(layer, Identity):
             continue
         else:
             raise NotImplementedError(f"kernel_and_grad: layer {layer!r} is not supported "
-                                      "(serial Dense / activation / Identity networks only)")
+                                      "(serial Dense / activation / LayerNorm / Identity "
+                                      "networks only)")
     K, dK = (Q, dQ) if get == "nngp" else (TH, dTH)
     # chain rule: d/dW_std = 2 W_std d/dw2, d/db_std = 2 b_std d/db2
     idx = dense_layers(net)

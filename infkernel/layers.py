@@ -227,6 +227,84 @@ class Identity(Layer):
         return h
 
 
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """Flattens all non-batch axes, neural-tangents' ``Flatten``: a no-op on
+    the (N, d) signals between layers.  As the first layer of a network it
+    lets ``kernel``, ``diag``, ``init_fn`` and ``apply_fn`` take inputs of
+    shape (N, ...) such as images (N, H, W, C), whose kernel is that of the
+    flattened rows (as in neural-tangents)."""
+    batch_axis: int = 0
+    batch_axis_out: int = 0
+
+    def __post_init__(self):
+        for name, value, allowed in (("batch_axis", self.batch_axis, (0,)),
+                                     ("batch_axis_out", self.batch_axis_out, (0, -2))):
+            if isinstance(value, bool) or value not in allowed:
+                raise ValueError(f"Flatten: {name} must be 0 (the leading axis), got {value!r}")
+
+    def _emit(self, builder, state):
+        pass
+
+    def _apply(self, params, h):
+        h = np.asarray(h)
+        return h.reshape(h.shape[0], -1) if h.ndim > 2 else h
+
+
+@dataclass(frozen=True)
+class LayerNorm(Layer):
+    """Layer normalisation over the channels, h -> (h - mean h) / sqrt(var h + eps),
+    neural-tangents semantics: the input must be Gaussian (after a Dense
+    layer); over infinitely many channels the mean vanishes and the variance
+    is Σ(x, x), so Σ' = Σ / √((Σ(x,x) + eps)(Σ(x',x') + eps)) and Θ likewise.
+    The output stays Gaussian (an activation may follow; with eps = 0 its
+    variances are 1, which ``Hermite`` assumes).  ``axis`` must include the
+    channel axis (-1) for vector inputs; ``batch_axis``/``channel_axis`` are
+    accepted at their defaults."""
+    axis: object = -1
+    eps: float = 1e-12
+    batch_axis: int = 0
+    channel_axis: int = -1
+
+    def __post_init__(self):
+        if isinstance(self.axis, list):
+            object.__setattr__(self, "axis", tuple(self.axis))
+        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        if not axes or any(isinstance(a, bool) or not isinstance(a, (int, np.integer))
+                           or a not in (-1, 1) for a in axes):
+            raise ValueError(f"LayerNorm: axis must be the channel axis (-1) of vector "
+                             f"inputs (N, d), got {self.axis!r}")
+        object.__setattr__(self, "eps", real("LayerNorm: eps", self.eps, lower=0))
+        for name, value, default in (("batch_axis", self.batch_axis, (0,)),
+                                     ("channel_axis", self.channel_axis, (-1, 1))):
+            if isinstance(value, bool) or value not in default:
+                raise ValueError(f"LayerNorm: {name} must be {default[0]} for vector inputs "
+                                 f"(N, d), got {value!r}")
+
+    @property
+    def kind(self):
+        return P.K_LAYERNORM
+
+    @property
+    def params(self):
+        return (self.eps,)
+
+    def _emit(self, builder, state):
+        if not state.gaussian:
+            where = (state.not_gaussian_because or
+                     ("the network input" if state.at_input else "an activation's output"))
+            raise ValueError(
+                f"{self!r} is applied to {where}, which is not Gaussian: in the "
+                "infinite-width limit layer normalisation is defined after a Dense layer "
+                "(insert ik.Dense(...) before it; normalise raw inputs yourself)")
+        builder.emit(P.OP_ACT, state.reg, kind=P.K_LAYERNORM, params=self.params)
+
+    def _apply(self, params, h):
+        h = np.asarray(h, dtype=np.float64)
+        centred = h - h.mean(axis=-1, keepdims=True)
+        return centred / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
+
+
 class Network:
     """A composition of layers: ``serial(...)``.
 
@@ -290,6 +368,13 @@ class Network:
             prog = self._programs[d_in] = builder.build()
         return prog
 
+    def _flatten(self, x):
+        """(N, ...) inputs as (N, d) rows when the network starts with Flatten."""
+        if (self.layers and isinstance(self.layers[0], Flatten) and x is not None
+                and getattr(x, "ndim", 2) > 2):
+            return x.reshape(x.shape[0], -1)
+        return x
+
     def kernel(self, x1, x2=None, get=None, *, out=None, dtype=np.float64,
                backend="auto", progress=False):
         """NNGP and/or NTK Gram matrices of the infinitely wide network.
@@ -310,8 +395,8 @@ class Network:
           an array for a string ``get``, else a ``Kernel`` namedtuple.
         """
         from .kernel import compute
-        return compute(self, x1, x2, get, out=out, dtype=dtype, backend=backend,
-                       progress=progress, diagonal=False)
+        return compute(self, self._flatten(x1), self._flatten(x2), get, out=out, dtype=dtype,
+                       backend=backend, progress=progress, diagonal=False)
 
     kernel_fn = kernel
 
@@ -319,8 +404,8 @@ class Network:
         """Diagonals K(x_i, x_i) of the NNGP/NTK in O(N·(d + L)); same ``get``
         conventions as :meth:`kernel`, with (N,) arrays."""
         from .kernel import compute
-        return compute(self, x, None, get, out=None, dtype=dtype, backend=backend,
-                       progress=False, diagonal=True)
+        return compute(self, self._flatten(x), None, get, out=None, dtype=dtype,
+                       backend=backend, progress=False, diagonal=True)
 
     # -- finite-width network ----------------------------------------------
     def init_fn(self, rng, input_shape):
@@ -331,6 +416,8 @@ class Network:
         rng = np.random.default_rng(rng)
         if not isinstance(input_shape, (tuple, list)) or not input_shape:
             raise TypeError(f"init_fn: input_shape must be a tuple (..., d), got {input_shape!r}")
+        if self.layers and isinstance(self.layers[0], Flatten) and len(input_shape) > 2:
+            input_shape = (input_shape[0], int(np.prod(input_shape[1:])))
         width = int(input_shape[-1])
         params = []
         for layer in self.layers:
@@ -349,6 +436,13 @@ class Network:
         for layer, p in zip(self.layers, params):
             h = layer._apply(p, h)
         return h
+
+
+def repeat(layer, n):
+    """``serial(layer, ..., layer)`` with ``n`` copies (neural-tangents' ``repeat``)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"repeat: n must be a positive integer, got {n!r}")
+    return serial(*([layer] * int(n)))
 
 
 def serial(*layers):

@@ -314,7 +314,8 @@ def _const(shape_like, value):
 # ---------------------------------------------------------------------------
 # activation duals on jets
 # ---------------------------------------------------------------------------
-_SMOOTH_CLOSED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN, P.K_MONOMIAL)
+_SMOOTH_CLOSED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN, P.K_MONOMIAL,
+                  P.K_POLYNOMIAL)
 INV_2PI = 0.5 / math.pi
 
 
@@ -383,6 +384,26 @@ def _dual_closed(act, q1, q12, q2):
         k = mono(n)
         kd = n * n * mono(n - 1) if n else np.zeros_like(k)
         return k, kd
+    if kind == P.K_POLYNOMIAL:
+        n, q0 = int(p[0]), p[1]
+        x1, x2 = jadd(q1, -q0), jadd(q2, -q0)
+        zero = np.zeros(np.broadcast_shapes(q1.shape, q12.shape, q2.shape))
+
+        def b_l(row, x):     # B_l(x) by Horner in jet arithmetic
+            out = _const(zero, row[-1])
+            for c in row[-2::-1]:
+                out = jadd(jmul(out, x), c)
+            return out
+
+        def poly_sum(table, m):
+            out = zero
+            if m < 0:
+                return out
+            t = np.asarray(table).reshape(m + 1, m // 2 + 1)
+            for l in range(m, -1, -1):
+                out = jmul(out, q12) + jmul(b_l(t[l], x1), b_l(t[l], x2))
+            return out
+        return poly_sum(act.tables[0], n), poly_sum(act.tables[1], n - 1)
     raise AssertionError(kind)
 
 

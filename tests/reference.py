@@ -66,6 +66,17 @@ def _hermite(phi, q11, q12, q22):
     return (phi(u) * phi(v) * w).sum(axis=(-1, -2))
 
 
+def gaussian_moment(a, b, q11, q12, q22):
+    """E[uᵃ vᵇ] for a centred Gaussian pair by Isserlis' theorem (pairings):
+    Σ_k C(a,k) C(b,k) k! q12ᵏ (a-k-1)!! q11^((a-k)/2) (b-k-1)!! q22^((b-k)/2),
+    over k with a - k and b - k even.  Plain arithmetic: works on mpmath numbers."""
+    def dfact(m):            # (m - 1)!! for even m >= 0
+        return math.prod(range(m - 1, 0, -2))
+    return sum(math.comb(a, k) * math.comb(b, k) * math.factorial(k) * q12 ** k
+               * dfact(a - k) * q11 ** ((a - k) // 2) * dfact(b - k) * q22 ** ((b - k) // 2)
+               for k in range(min(a, b) + 1) if (a - k) % 2 == 0 and (b - k) % 2 == 0)
+
+
 def expect(phi, degree, q11, q12, q22):
     if degree is not None:
         return _circle(phi, degree, q11, q12, q22)

@@ -43,6 +43,30 @@ def test_neural_tangents_spellings():
     assert pf(x_test=X2, get="ntk", compute_cov=True).covariance.shape == (6, 6)
 
 
+def test_flatten_and_repeat():
+    """Flatten first: image-shaped inputs (N, H, W, C) have the kernel of their
+    flattened rows, in kernel, diag, init_fn and apply_fn; elsewhere a no-op.
+    repeat(layer, n) is serial of n copies."""
+    from infkernel import stax
+    rng = np.random.default_rng(2)
+    img1, img2 = rng.standard_normal((5, 3, 2, 2)), rng.standard_normal((4, 3, 2, 2))
+    flat = ik.serial(ik.Flatten(), ik.Dense(16, 1.2, 0.1), ik.Relu(), ik.Flatten(), ik.Dense(1))
+    plain = ik.serial(ik.Dense(16, 1.2, 0.1), ik.Relu(), ik.Dense(1))
+    a1, a2 = img1.reshape(5, -1), img2.reshape(4, -1)
+    assert np.array_equal(flat.kernel(img1, img2, "ntk"), plain.kernel(a1, a2, "ntk"))
+    assert np.array_equal(flat.kernel(img1, None, "nngp"), plain.kernel(a1, None, "nngp"))
+    assert np.array_equal(flat.diag(img1, "ntk"), plain.diag(a1, "ntk"))
+    shape, params = flat.init_fn(0, img1.shape)
+    assert shape == (5, 1)
+    assert np.array_equal(flat.apply_fn(params, img1), plain.apply_fn(params[1:3] + params[4:], a1))
+    with pytest.raises(ValueError, match="Flatten: batch_axis must be 0"):
+        ik.Flatten(batch_axis=1)
+    deep = stax.serial(stax.Dense(8), stax.repeat(stax.serial(stax.Relu(), stax.Dense(8)), 3))
+    assert repr(deep) == repr(ik.serial(ik.Dense(8), *[ik.Relu(), ik.Dense(8)] * 3))
+    with pytest.raises(ValueError, match="repeat: n must be a positive integer"):
+        ik.repeat(ik.Relu(), 0)
+
+
 def test_outputs_must_not_overlap_inputs_or_each_other():
     """A tile written into an input still being read, or one output aliasing
     another, would be silently wrong: both are refused."""

@@ -216,7 +216,8 @@ def _activations():
             ik.Gaussian(0.7, 0.1), ik.Exp(0.8, 0.5), ik.Sign(), ik.Monomial(0),
             ik.Monomial(1), ik.Monomial(2), ik.Monomial(3), ik.Monomial(5),
             ik.RectifiedMonomial(0), ik.RectifiedMonomial(1), ik.RectifiedMonomial(2),
-            ik.RectifiedMonomial(3)]
+            ik.RectifiedMonomial(3), ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(4),
+            ik.Polynomial([1.5])]
     return acts
 
 

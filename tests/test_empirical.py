@@ -56,6 +56,12 @@ def jacobian(net, params, x):
         elif isinstance(layer, Activation):
             t = t * layer.dfn(h)
             h = layer.fn(h)
+        elif isinstance(layer, ik.LayerNorm):   # y = c/σ, c = h - mean h
+            c = h - h.mean(-1, keepdims=True)
+            sigma = np.sqrt((c * c).mean(-1, keepdims=True) + layer.eps)
+            h = c / sigma
+            tc = t - t.mean(-1, keepdims=True)
+            t = (tc - h * (h * tc).mean(-1, keepdims=True)) / sigma
     return t
 
 
@@ -82,6 +88,8 @@ def networks(draw):
                                W_std=draw(st.floats(0.3, 2.0)),
                                b_std=draw(st.one_of(st.none(), st.floats(0.0, 1.0))),
                                parameterization=draw(st.sampled_from(["ntk", "standard"]))))
+        if draw(st.integers(0, 3)) == 0:
+            layers.append(ik.LayerNorm(eps=draw(st.sampled_from([1e-12, 0.1]))))
         layers.append(ACTS[draw(st.sampled_from(sorted(ACTS)))]())
         if draw(st.booleans()):
             layers.append(ik.Identity())
@@ -175,7 +183,8 @@ def test_value_and_grad_matches_finite_differences():
 CLOSED_FORM = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 1.2), ik.Abs(), ik.Erf(),
                ik.Sigmoid_like(), ik.Gelu(), ik.Sin(), ik.Cos(), ik.Rbf(0.5),
                ik.Exp(0.5, 0.5), ik.Gaussian(1.0, -0.5), ik.Sign(), ik.Monomial(2),
-               ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2)]
+               ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2),
+               ik.Polynomial([0.3, -1.0, 0.5]), ik.Hermite(2)]
 
 #: z-score bound for Monte Carlo comparisons.  The suite makes about
 #: 17 activations × 2 parameterizations × 2 kernels × 10 entries ≈ 700 such

@@ -15,7 +15,8 @@ from infkernel import hyper as H
 
 ACTS = [ik.Relu(), ik.LeakyRelu(0.2), ik.Erf(), ik.Gelu(), ik.Sin(1.2, 0.8, 0.3),
         ik.Rbf(0.7), ik.Exp(0.5, 0.4), ik.Gaussian(1.0, -0.6), ik.Sign(), ik.Monomial(3),
-        ik.RectifiedMonomial(0), ik.RectifiedMonomial(2)]
+        ik.RectifiedMonomial(0), ik.RectifiedMonomial(2), ik.Polynomial([0.3, -1.0, 0.5, 0.2]),
+        ik.Hermite(4)]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,25 @@ def _fd(net, x, get, p, L, h=1e-5):
 @pytest.mark.parametrize("act", ACTS, ids=repr)
 def test_gradient_matches_finite_differences(act, par, x):
     net = ik.serial(ik.Dense(8, 1.3, 0.2, par), act, ik.Dense(8, 0.9, 0.3, par), act,
+                    ik.Dense(1, 1.1, 0.1, par))
+    mask = np.ones((10, 10), bool)
+    mask[4, 5] = mask[5, 4] = False
+    for get in ("nngp", "ntk"):
+        K, dK = H.kernel_and_grad(net, x, get, shared=False)
+        ref = net.kernel(x, None, get)
+        assert np.abs(K - ref)[mask].max() <= 1e-12 * np.abs(ref).max()
+        scale = np.abs(dK[:, mask]).max()
+        for p in range(6):
+            fd = _fd(net, x, get, p, 3)
+            assert np.abs(fd - dK[p])[mask].max() <= 1e-6 * scale, (get, p)
+
+
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+def test_gradient_through_layernorm(par, x):
+    """LayerNorm (kept Gaussian, then an activation) differentiates like the
+    rest: against central differences, as above."""
+    net = ik.serial(ik.Dense(8, 1.3, 0.2, par), ik.LayerNorm(eps=0.1), ik.Erf(),
+                    ik.Dense(8, 0.9, 0.3, par), ik.LayerNorm(), ik.Hermite(3),
                     ik.Dense(1, 1.1, 0.1, par))
     mask = np.ones((10, 10), bool)
     mask[4, 5] = mask[5, 4] = False

@@ -13,6 +13,7 @@ import infkernel as ik
 from infkernel import pinn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+from reference import gaussian_moment  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -59,6 +60,14 @@ def _mp_dual(name, p, q1, q12, q2):
                            * q12 ** j * (q1 * q2) ** ((m - j) // 2)
                            for j in range(m % 2, m + 1, 2))
         return e(n), n * n * e(n - 1)
+    if name == "polynomial":     # Isserlis moments, independent of the Mehler tables
+        c = p
+        dc = [m * c[m] for m in range(1, len(c))]
+        k = mp.fsum(ca * cb * gaussian_moment(a, b, q1, q12, q2)
+                    for a, ca in enumerate(c) for b, cb in enumerate(c))
+        kd = mp.fsum(ca * cb * gaussian_moment(a, b, q1, q12, q2)
+                     for a, ca in enumerate(dc) for b, cb in enumerate(dc))
+        return k, kd
     raise AssertionError(name)
 
 
@@ -121,6 +130,9 @@ CLOSED = [
     ("exp", (0.8, 0.5), ik.Exp(0.8, 0.5)),
     ("gaussian", (1.0, -0.6), ik.Gaussian(1.0, -0.6)),
     ("monomial", (3,), ik.Monomial(3)),
+    ("polynomial", (0.3, -1.0, 0.5, 0.2), ik.Polynomial([0.3, -1.0, 0.5, 0.2])),
+    ("polynomial", tuple(np.polynomial.hermite_e.herme2poly([0, 0, 0, 0, 1]) / 24 ** 0.5),
+     ik.Hermite(4)),
 ]
 
 
