@@ -22,7 +22,8 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
     ``dense:N`` is a Dense layer of width N with the given stds; an activation
     is its lower-case name with optional arguments in parentheses, positional
     or ``key=value``, separated by spaces, commas or semicolons:
-    ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``."""
+    ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``, ``layernorm(eps=0.1)``;
+    ``polynomial(c0 c1 ... cn)`` takes its coefficients in numpy's order."""
     tokens = re.findall(r"[^,(]+(?:\([^)]*\))?", spec)
     out = []
     for token in (t.strip() for t in tokens if t.strip()):
@@ -34,9 +35,11 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
                 raise ValueError(f"--arch: expected dense:WIDTH, got {token!r}")
             out.append(layers.Dense(int(width), W_std, b_std, parameterization))
             continue
-        factory = {"identity": layers.Identity, **activations.ACTIVATIONS}.get(name)
+        named = {"identity": layers.Identity, "layernorm": layers.LayerNorm,
+                 **activations.ACTIVATIONS}
+        factory = named.get(name)
         if factory is None:
-            valid = ", ".join(sorted(activations.ACTIVATIONS) + ["dense:N", "identity"])
+            valid = ", ".join(sorted(named) + ["dense:N"])
             raise ValueError(f"--arch: unknown layer {name!r}; valid: {valid}")
         args, kwargs = [], {}
         for item in re.split(r"[\s,;]+", rest.rstrip(")")):
@@ -46,6 +49,8 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
                     kwargs[key.strip()] = _number(value, token)
                 else:
                     args.append(_number(value, token))
+        if factory is activations.Polynomial and args:
+            args = [args]      # the coefficients are one argument
         try:
             out.append(factory(*args, **kwargs))
         except TypeError as exc:

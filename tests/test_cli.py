@@ -51,3 +51,7 @@ def test_parse_arch_argument_forms():
     for spec in ("dense:4,erf(a=1 b=2 c=0.5),dense:1", "dense:4,erf(1, 2, 0.5),dense:1",
                  "dense:4, Erf(a=1;b=2;c=0.5) ,dense:1"):
         assert repr(parse_arch(spec).layers[1]) == "Erf(1, 2, 0.5)"
+    net = parse_arch("dense:4,layernorm(eps=0.1),polynomial(0.3 -1 0.5),dense:4,hermite(3),dense:1")
+    assert [repr(l) for l in net.layers[1:3]] == [repr(ik.LayerNorm(eps=0.1)),
+                                                  "Polynomial([0.3, -1, 0.5])"]
+    assert repr(net.layers[4]) == "Hermite(3)"

@@ -17,7 +17,10 @@ def networks(draw):
     for _ in range(draw(st.integers(0, 3))):
         w = draw(st.floats(0.3, 1.6))
         b = draw(st.one_of(st.none(), st.floats(0.0, 0.5)))
-        layers += [ik.Dense(draw(st.integers(1, 64)), w, b, par), draw(st.sampled_from(ACTS))]
+        layers.append(ik.Dense(draw(st.integers(1, 64)), w, b, par))
+        if draw(st.integers(0, 3)) == 0:     # sometimes normalised before the activation
+            layers.append(ik.LayerNorm(eps=draw(st.sampled_from([1e-12, 0.2]))))
+        layers.append(draw(st.sampled_from(ACTS)))
     layers.append(ik.Dense(1, draw(st.floats(0.3, 1.6)), None, par))
     return ik.serial(*layers)
 
