@@ -40,6 +40,14 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
             TH[j] *= d
 
 
+@njit(**INLINE)
+def _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n):
+    """Polynomial of degree ``deg`` on a tile (act_tile)."""
+    for j in range(n):
+        Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, q11, Q[j], V2[j])
+        TH[j] *= d
+
+
 @njit(**JIT)
 def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
              i, F1, G1, F2, G2, TM, W):
@@ -114,10 +122,16 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
         else:
             _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
     elif kind == K_POLYNOMIAL:
+        # low degrees as literals, as for the monomials (unrolled, vectorised)
         deg, q0 = int(p[0]), p[1]
-        for j in range(n):
-            Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, q11, Q[j], V2[j])
-            TH[j] *= d
+        if deg == 2:
+            _polynomial_tile(2, q0, aux, lo, hi, q11, Q, TH, V2, n)
+        elif deg == 3:
+            _polynomial_tile(3, q0, aux, lo, hi, q11, Q, TH, V2, n)
+        elif deg == 4:
+            _polynomial_tile(4, q0, aux, lo, hi, q11, Q, TH, V2, n)
+        else:
+            _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n)
     elif kind == K_LAYERNORM:
         for j in range(n):
             Q[j], d = dual_layernorm(Q[j], r1, R2[j])
