@@ -34,7 +34,11 @@ def parity(n1=257, n2=190):
     acts = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 0.7), ik.Abs(), ik.Erf(1.2, 0.8, 0.3),
             ik.Sigmoid_like(), ik.Gelu(), ik.Sin(0.9, 1.1, 0.4), ik.Cos(), ik.Rbf(0.7),
             ik.Gaussian(1.1, -0.6), ik.Exp(0.8, 0.5), ik.Sign(), ik.Monomial(0),
-            ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2)]
+            ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2),
+            ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(3),
+            ik.serial(ik.LayerNorm(), ik.Hermite(3)),      # layers between the Dense layers
+            ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(32, W_std=1.1), ik.Dense(32)),
+                      ik.FanInProd())]
     numeric = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(),
                ik.Mish(), ik.SReLU(), ik.S2ReLU(),
                ik.Elementwise(lambda x: np.maximum(x, 0.5 * x) + 0.1 * np.sin(x),
@@ -69,7 +73,7 @@ def parity(n1=257, n2=190):
                         err = np.abs(g - r)[fin] / (np.abs(r) + scale + 1e-300)[fin]
                         e = max(e, float(err.max(initial=0.0)))
                     errs.append(e)
-                bound = 1e-11 if act.kind == P.K_NUMERIC else 1e-12
+                bound = 1e-11 if getattr(act, "kind", None) == P.K_NUMERIC else 1e-12
                 good = errs[0] <= bound and errs[1] <= 1e-5
                 ok &= good
                 print(f"{act!r:24s} {'sym' if sym else 'cross':5s} {errs[0]:10.2e} "

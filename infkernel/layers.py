@@ -281,6 +281,9 @@ class LayerNorm(Layer):
                 raise ValueError(f"LayerNorm: {name} must be {default[0]} for vector inputs "
                                  f"(N, d), got {value!r}")
 
+    def __repr__(self):
+        return f"LayerNorm(eps={self.eps:g})"
+
     @property
     def kind(self):
         return P.K_LAYERNORM

@@ -365,22 +365,18 @@ def test_layernorm_then_hermite_is_a_power_of_the_correlation():
 
 
 def test_layernorm_finite_width_ntk_converges():
-    """The empirical NTK of wide networks with LayerNorm approaches the
-    analytic one: its fluctuations and bias are O(1/√width) (measured: 4.9 %,
-    2.4 %, 1.7 % at widths 256, 1024, 4096, for the mean of 8 draws); at width
-    2048 the mean of 4 draws must be within 5 %, and closer than at width 64."""
-    x = RNG.standard_normal((4, 3))
+    """The empirical NTK of wide networks with LayerNorm averages to the
+    analytic one: mean of 48 draws at width 1024 within 5 standard errors plus
+    2/width of the scale (the finite-width bias is O(1/width); measured: z ≤ 2,
+    and 1.1 % → 0.56 % relative error from width 1024 to 4096)."""
+    x = np.random.default_rng(0).standard_normal((4, 3))
     x[1] = x[0]
-
-    def error(width):
-        net = ik.serial(ik.Dense(width, 1.3, 0.2), ik.LayerNorm(eps=0.05), ik.Erf(),
-                        ik.Dense(width, 1.1, 0.1), ik.LayerNorm(), ik.Relu(),
-                        ik.Dense(1, 0.9, 0.1))
-        mc = ik.monte_carlo_kernel_fn(net, 4, seed=3)(x)
-        return _rel(mc.mean.ntk, net.kernel(x).ntk)
-    wide = error(2048)
-    assert wide < 0.05
-    assert wide < error(64)
+    width = 1024
+    net = ik.serial(ik.Dense(width, 1.3, 0.2), ik.LayerNorm(eps=0.05), ik.Erf(),
+                    ik.Dense(width, 1.1, 0.1), ik.LayerNorm(), ik.Relu(), ik.Dense(1, 0.9, 0.1))
+    mc = ik.monte_carlo_kernel_fn(net, 48, seed=3)(x)
+    ref = net.kernel(x).ntk
+    assert np.all(np.abs(mc.mean.ntk - ref) <= 5 * mc.stderr.ntk + 2 / width * np.abs(ref).max())
 
 
 def test_layernorm_bad_input():
