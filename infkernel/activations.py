@@ -264,9 +264,11 @@ def _polynomial(name, b, hermite, shown):
     if tables is None or not all(np.isfinite(t).all() for t in tables):
         raise ValueError(f"{name}: degree {n} is too large: its Gaussian moments "
                          "exceed the largest double")
-    basis = np.polynomial.hermite_e if hermite else np.polynomial.polynomial
-    db = basis.hermeder(b) if hermite else basis.polyder(b)
-    val = basis.hermeval if hermite else basis.polyval
+    if hermite:
+        val, der = np.polynomial.hermite_e.hermeval, np.polynomial.hermite_e.hermeder
+    else:
+        val, der = np.polynomial.polynomial.polyval, np.polynomial.polynomial.polyder
+    db = der(b)
     return Activation(
         name, P.K_POLYNOMIAL, (float(n), 1.0 if hermite else 0.0),
         fn=lambda x: val(x, b) * np.ones_like(x),

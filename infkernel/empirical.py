@@ -177,10 +177,11 @@ def _backward(layers, params, inputs, delta, visit):
             delta = delta * (d[..., None, :] if extra else d)
         elif isinstance(layer, LayerNorm):
             # y = (h - μ)/σ: ∂/∂h = (δ - mean δ - y mean(δ y)) / σ over the channels
-            h = inputs[i] - inputs[i].mean(axis=-1, keepdims=True)
-            sigma = np.sqrt((h * h).mean(axis=-1, keepdims=True) + layer.eps)
-            y, sigma = (h / sigma, sigma) if not extra else ((h / sigma)[..., None, :],
-                                                              sigma[..., None, :])
+            c = inputs[i] - inputs[i].mean(axis=-1, keepdims=True)
+            sigma = np.sqrt((c * c).mean(axis=-1, keepdims=True) + layer.eps)
+            y = c / sigma
+            if extra:
+                y, sigma = y[..., None, :], sigma[..., None, :]
             delta = (delta - delta.mean(axis=-1, keepdims=True)
                      - y * (delta * y).mean(axis=-1, keepdims=True)) / sigma
     return delta
