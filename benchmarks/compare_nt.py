@@ -32,7 +32,8 @@ ACTIVATIONS = [
     ("Exp", [0.8, 0.5]), ("Sign", []), ("Monomial", [0]), ("Monomial", [2]), ("Monomial", [3]),
     ("RectifiedMonomial", [0]), ("RectifiedMonomial", [1]), ("RectifiedMonomial", [2]),
     ("RectifiedMonomial", [3]), ("Polynomial", [[0.3, -1.0, 0.5, 0.2]]),
-    ("Polynomial", [[0.5, 0.0, -0.2, 0.0, 0.05]]), ("Identity", []),
+    ("Polynomial", [[0.5, 0.0, -0.2, 0.0, 0.05]]), ("Gabor", []),
+    ("ExpNormalized", []), ("ExpNormalized", [0.7, -0.5, True]), ("Identity", []),
 ]
 
 

@@ -35,7 +35,8 @@ def parity(n1=257, n2=190):
             ik.Sigmoid_like(), ik.Gelu(), ik.Sin(0.9, 1.1, 0.4), ik.Cos(), ik.Rbf(0.7),
             ik.Gaussian(1.1, -0.6), ik.Exp(0.8, 0.5), ik.Sign(), ik.Monomial(0),
             ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2),
-            ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(3),
+            ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(3), ik.Gabor(),
+            ik.ExpNormalized(0.7, -0.5),
             ik.serial(ik.LayerNorm(), ik.Hermite(3)),      # layers between the Dense layers
             ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(32, W_std=1.1), ik.Dense(32)),
                       ik.FanInProd())]

@@ -347,6 +347,41 @@ IK_FN void ik_dual_gaussian(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
   kd = T(4) * b * b * q12 * k / det;
 }
 
+IK_FN double ik_sinh(double x) { return sinh(x); }
+IK_FN float ik_sinh(float x) { return sinhf(x); }
+IK_FN double ik_cosh(double x) { return cosh(x); }
+IK_FN float ik_cosh(float x) { return coshf(x); }
+
+/// phi = exp(-x^2) sin x (_duals.dual_gabor): D = 1 + 2(q11 + q22) + delta,
+/// delta = 4(q11 q22 - q12^2), A = (q11 + q22 + delta)/(2D), B = q12/D:
+/// k = exp(-A) sinh(B)/sqrt(D), kd = exp(-A) D^{-5/2} [4 q12 (D + 1 + q11 + q22) sinh B
+/// + (D + 8 q12^2) cosh B].
+template <typename T>
+IK_FN void ik_dual_gabor(T q11, T q12, T q22, T& k, T& kd) {
+  q12 = ik_snap_q12(q11, q12, q22);
+  T s = q11 + q22;
+  T delta = T(4) * ik_max(q11 * q22 - q12 * q12, T(0));
+  T d = T(1) + T(2) * s + delta;
+  T e = ik_exp(T(-0.5) * (s + delta) / d);
+  T b = q12 / d;
+  T sh = ik_sinh(b);
+  T root = ik_sqrt(d);
+  k = e * sh / root;
+  kd = e / (d * d * root) * (T(4) * q12 * (d + T(1) + s) * sh + (d + T(8) * q12 * q12) * ik_cosh(b));
+}
+
+/// neural-tangents' ExpNormalized (_duals.dual_exp_normalized): rho = q12 r1 r2 (clipped
+/// to [-1, 1] if clip), k = s1 s2 exp(gamma (rho + shift)), kd = gamma exp(gamma (rho + shift)).
+template <typename T>
+IK_FN void ik_dual_exp_normalized(T gamma, T shift, bool clip, T q12, T s1, T s2, T r1, T r2,
+                                  T& k, T& kd) {
+  T rho = q12 * r1 * r2;
+  if (clip) rho = ik_min(ik_max(rho, T(-1)), T(1));
+  T g = ik_exp(gamma * (rho + shift));
+  k = s1 * s2 * g;
+  kd = gamma * g;
+}
+
 /// phi = sign x: k = (2/pi) asin rho, kd = 0.
 template <typename T>
 IK_FN void ik_dual_sign(T q12, T r1, T r2, T& k, T& kd) {
@@ -891,6 +926,16 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
     case IK_K_GAUSSIAN: {
       T a = T(p[0]), b = T(p[1]);
       IK_ACT_LOOP(ik_dual_gaussian(a, b, q11[e], Q[e], q22, k_, d_))
+      break;
+    }
+    case IK_K_EXP_NORMALIZED: {
+      T g = T(p[0]), sh = T(p[1]);
+      bool clip = p[2] != 0.0;
+      IK_ACT_LOOP(ik_dual_exp_normalized(g, sh, clip, Q[e], s1[e], s2, r1[e], r2, k_, d_))
+      break;
+    }
+    case IK_K_GABOR: {
+      IK_ACT_LOOP(ik_dual_gabor(q11[e], Q[e], q22, k_, d_))
       break;
     }
     case IK_K_SIGN: {

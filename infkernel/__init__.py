@@ -4,7 +4,7 @@
     net = ik.serial(ik.Dense(512, W_std=1.5, b_std=0.05), ik.Relu(), ik.Dense(1))
     k = net.kernel(x1, x2, get=("nngp", "ntk"))   # k.nngp, k.ntk: (N1, N2)
 """
-from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gaussian, Gelu,
+from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gabor, Gaussian, Gelu,
                           Hermite, LeakyRelu, Monomial, Polynomial, Rbf, RectifiedMonomial,
                           Relu, Sigmoid_like, Sign, Sin)
 from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu, Mish,
@@ -12,7 +12,8 @@ from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu
 from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
                         empirical_ntk_fn, monte_carlo_kernel_fn)
 from .kernel import Kernel
-from .layers import Dense, Flatten, Identity, Layer, LayerNorm, Network, repeat, serial
+from .layers import (Dense, ExpNormalized, Flatten, Identity, Layer, LayerNorm, Network,
+                     repeat, serial)
 from .verification import verify
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Residual, Scale, parallel
 from .features import (FourierFeatures, GaussianFeatureLimit, GaussianFourierFeatures,
@@ -21,9 +22,9 @@ from . import spectral
 
 __version__ = "0.1.0"
 
-__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "Layer", "Network", "Kernel", "Activation",
+__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "ExpNormalized", "Layer", "Network", "Kernel", "Activation",
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
-           "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Monomial", "RectifiedMonomial",
+           "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Gabor", "Monomial", "RectifiedMonomial",
            "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
            "S2ReLU", "Elementwise", "ElementwiseNumerical",
            "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",

@@ -17,11 +17,13 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, TILE
-from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_gaussian, dual_gelu,
+from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_gabor,
+                     dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf, dual_rectified_monomial, dual_relu,
                      dual_sign, dual_sin, dense_theta, point_scale)
 from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
-from ._program import (K_ABRELU, K_ERF, K_EXP, K_GAUSSIAN, K_GELU, K_MONOMIAL,
+from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
+                       K_GELU, K_MONOMIAL,
                        K_LAYERNORM, K_NUMERIC, K_POLYNOMIAL, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
                        OP_AXPY, OP_COPY, OP_DENSE, OP_MUL, OP_SCALE)
 
@@ -102,6 +104,15 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
         a, b = p[0], p[1]
         for j in range(n):
             Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            TH[j] *= d
+    elif kind == K_EXP_NORMALIZED:
+        gamma, shift, clip = p[0], p[1], p[2] != 0.0
+        for j in range(n):
+            Q[j], d = dual_exp_normalized(gamma, shift, clip, Q[j], s1, S2[j], r1, R2[j])
+            TH[j] *= d
+    elif kind == K_GABOR:
+        for j in range(n):
+            Q[j], d = dual_gabor(q11, Q[j], V2[j])
             TH[j] *= d
     elif kind == K_SIGN:
         for j in range(n):

@@ -312,6 +312,44 @@ def dual_gaussian(a, b, q11, q12, q22, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
+def dual_exp_normalized(gamma, shift, clip, q12, s1, s2, r1, r2):
+    """The "Gaussian normalised kernel" (Shankar et al. 2020, neural-tangents'
+    ``ExpNormalized``): with ρ = q12 r1 r2 (clipped to [-1, 1] if ``clip``),
+      k = s1 s2 exp(γ (ρ + shift)),   kdot = γ exp(γ (ρ + shift))."""
+    rho = q12 * r1 * r2
+    if clip:
+        rho = min(max(rho, -1.0), 1.0)
+    g = math.exp(gamma * (rho + shift))
+    return s1 * s2 * g, gamma * g
+
+
+@njit(**INLINE)
+def dual_gabor(q11, q12, q22):
+    """φ(x) = exp(-x²) sin x.  With D = det(I + 2Σ) = 1 + 2(q11 + q22) + δ,
+    δ = 4(q11 q22 - q12²), A = (q11 + q22 + δ)/(2D) and B = q12/D
+    (the Gaussian integral of exp(-u² - v² ± i(u ∓ v))):
+
+      k    = exp(-A) sinh(B) / √D,
+      kdot = ∂k/∂q12 = exp(-A) D^{-5/2} [4 q12 (D + 1 + q11 + q22) sinh B
+                                         + (D + 8 q12²) cosh B]
+
+    (neural-tangents' formula, written with sinh so that it stays accurate
+    as q12 → 0, where exp(2B) - 1 loses its digits)."""
+    q12 = snap_q12(q11, q12, q22)
+    s = q11 + q22
+    delta = 4.0 * max(q11 * q22 - q12 * q12, 0.0)
+    d = 1.0 + 2.0 * s + delta
+    e = math.exp(-0.5 * (s + delta) / d)
+    b = q12 / d
+    sh = math.sinh(b)
+    root = math.sqrt(d)
+    k = e * sh / root
+    kdot = e / (d * d * root) * (4.0 * q12 * (d + 1.0 + s) * sh
+                                 + (d + 8.0 * q12 * q12) * math.cosh(b))
+    return k, kdot
+
+
+@njit(**INLINE)
 def dual_sign(q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = sign(x):  k = (2/π) asin ρ;  kdot = 0 (φ' = 0 almost everywhere,
     neural-tangents' convention, which is what autodiff of a finite net gives)."""

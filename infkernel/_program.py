@@ -43,6 +43,13 @@ K_POLYNOMIAL = 11
 # per-point tables carry its scale s = sqrt(q + eps): q12 -> q12 / (s1 s2).
 K_LAYERNORM = 12
 
+# The Gabor function exp(-x²) sin x (neural-tangents' ``Gabor``).
+K_GABOR = 13
+
+# neural-tangents' ``ExpNormalized`` kernel map (no finite-width counterpart):
+# q12 -> s1 s2 exp(γ(ρ + shift)), s = sqrt(q), run as an OP_ACT (``layers``).
+K_EXP_NORMALIZED = 14
+
 N_PARAMS = 6
 
 

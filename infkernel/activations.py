@@ -21,7 +21,7 @@ from .layers import Layer
 
 __all__ = ["Activation", "ABRelu", "Relu", "LeakyRelu", "Abs", "Erf",
            "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf", "Gaussian", "Exp",
-           "Sign", "Monomial", "RectifiedMonomial", "Polynomial", "Hermite",
+           "Sign", "Gabor", "Monomial", "RectifiedMonomial", "Polynomial", "Hermite",
            "ACTIVATIONS"]
 
 
@@ -225,6 +225,16 @@ def Sign():
 
 
 @factory
+def Gabor():
+    """φ(x) = exp(-x²) sin x (neural-tangents' ``Gabor``; closed form by the
+    Gaussian integral of exp(-u² - v²) e^{i(u ∓ v)})."""
+    return Activation(
+        "Gabor", P.K_GABOR, (),
+        fn=lambda x: np.exp(-x * x) * np.sin(x),
+        dfn=lambda x: np.exp(-x * x) * (np.cos(x) - 2 * x * np.sin(x)))
+
+
+@factory
 def Monomial(degree):
     """φ(x) = x^degree, any degree >= 0 (Mehler expansion)."""
     n = _degree("Monomial", degree)
@@ -313,4 +323,4 @@ def Hermite(degree):
 #: Activations by lower-case name, for the command line and error messages.
 ACTIVATIONS = {f.__name__.lower(): f for f in (
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Rbf,
-    Gaussian, Exp, Sign, Monomial, RectifiedMonomial, Polynomial, Hermite)}
+    Gaussian, Exp, Sign, Gabor, Monomial, RectifiedMonomial, Polynomial, Hermite)}

@@ -308,6 +308,43 @@ class LayerNorm(Layer):
         return centred / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
 
 
+@dataclass(frozen=True)
+class ExpNormalized(Layer):
+    """neural-tangents' ``ExpNormalized``, the "Gaussian normalised kernel" of
+    Shankar et al. (2020), a kernel map without a finite-width network:
+    Σ' = √(Σ11 Σ22) exp(γ (ρ + shift)), ρ = Σ12/√(Σ11 Σ22) (clipped to
+    [-1, 1] with ``do_clip``), and Θ' = γ exp(γ (ρ + shift)) Θ."""
+    gamma: float = 1.0
+    shift: float = -1.0
+    do_clip: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "gamma", real("ExpNormalized: gamma", self.gamma))
+        object.__setattr__(self, "shift", real("ExpNormalized: shift", self.shift))
+        if not isinstance(self.do_clip, (bool, np.bool_)):
+            raise TypeError(f"ExpNormalized: do_clip must be True or False, got "
+                            f"{self.do_clip!r}")
+
+    name = "ExpNormalized"
+
+    @property
+    def kind(self):
+        return P.K_EXP_NORMALIZED
+
+    @property
+    def params(self):
+        return (self.gamma, self.shift, float(self.do_clip))
+
+    def _emit(self, builder, state):
+        builder.emit(P.OP_ACT, state.reg, kind=P.K_EXP_NORMALIZED, params=self.params)
+        state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
+        state.not_gaussian_because = "the output of ExpNormalized"
+
+    def _apply(self, params, h):
+        raise NotImplementedError("ExpNormalized is a kernel map without a finite-width "
+                                  "network (as in neural-tangents): apply_fn is undefined")
+
+
 class Network:
     """A composition of layers: ``serial(...)``.
 

@@ -315,7 +315,7 @@ def _const(shape_like, value):
 # activation duals on jets
 # ---------------------------------------------------------------------------
 _SMOOTH_CLOSED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN, P.K_MONOMIAL,
-                  P.K_POLYNOMIAL)
+                  P.K_POLYNOMIAL, P.K_GABOR)
 INV_2PI = 0.5 / math.pi
 
 
@@ -384,6 +384,16 @@ def _dual_closed(act, q1, q12, q2):
         k = mono(n)
         kd = n * n * mono(n - 1) if n else np.zeros_like(k)
         return k, kd
+    if kind == P.K_GABOR:
+        s = q1 + q2
+        delta = 4 * (jmul(q1, q2) - jmul(q12, q12))
+        d = jadd(2 * s + delta, 1.0)
+        e = jexp(-0.5 * jmul(s + delta, jpow(d, -1.0)))
+        b = jmul(q12, jpow(d, -1.0))
+        sh, ch = 0.5 * (jexp(b) - jexp(-b)), 0.5 * (jexp(b) + jexp(-b))
+        k = jmul(jmul(e, sh), jpow(d, -0.5))
+        inner = 4 * jmul(jmul(q12, jadd(d + s, 1.0)), sh) + jmul(d + 8 * jmul(q12, q12), ch)
+        return k, jmul(jmul(e, jpow(d, -2.5)), inner)
     if kind == P.K_POLYNOMIAL:
         n, q0 = int(p[0]), p[1]
         x1, x2 = jadd(q1, -q0), jadd(q2, -q0)

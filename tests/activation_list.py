@@ -8,7 +8,7 @@ CLOSED_FORMS = [
     ik.Exp(0.8, 0.5), ik.Sign(), ik.Monomial(0), ik.Monomial(1), ik.Monomial(2),
     ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(1),
     ik.RectifiedMonomial(2), ik.RectifiedMonomial(3),
-    ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(3),
+    ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(3), ik.Gabor(),
 ]
 
 #: activations whose duals have a √(1-ρ²) kink at ρ = ±1 (derivative dual for

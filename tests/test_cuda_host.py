@@ -217,7 +217,8 @@ def _activations():
             ik.Monomial(1), ik.Monomial(2), ik.Monomial(3), ik.Monomial(5),
             ik.RectifiedMonomial(0), ik.RectifiedMonomial(1), ik.RectifiedMonomial(2),
             ik.RectifiedMonomial(3), ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(4),
-            ik.Polynomial([1.5])]
+            ik.Polynomial([1.5]), ik.Gabor(), ik.ExpNormalized(0.7, -0.5),
+            ik.ExpNormalized(do_clip=True)]
     return acts
 
 

@@ -184,7 +184,7 @@ CLOSED_FORM = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 1.2), ik.Abs(), ik.
                ik.Sigmoid_like(), ik.Gelu(), ik.Sin(), ik.Cos(), ik.Rbf(0.5),
                ik.Exp(0.5, 0.5), ik.Gaussian(1.0, -0.5), ik.Sign(), ik.Monomial(2),
                ik.Monomial(3), ik.RectifiedMonomial(0), ik.RectifiedMonomial(2),
-               ik.Polynomial([0.3, -1.0, 0.5]), ik.Hermite(2)]
+               ik.Polynomial([0.3, -1.0, 0.5]), ik.Hermite(2), ik.Gabor()]
 
 #: z-score bound for Monte Carlo comparisons.  The suite makes about
 #: 17 activations × 2 parameterizations × 2 kernels × 10 entries ≈ 700 such

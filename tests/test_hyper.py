@@ -16,7 +16,7 @@ from infkernel import hyper as H
 ACTS = [ik.Relu(), ik.LeakyRelu(0.2), ik.Erf(), ik.Gelu(), ik.Sin(1.2, 0.8, 0.3),
         ik.Rbf(0.7), ik.Exp(0.5, 0.4), ik.Gaussian(1.0, -0.6), ik.Sign(), ik.Monomial(3),
         ik.RectifiedMonomial(0), ik.RectifiedMonomial(2), ik.Polynomial([0.3, -1.0, 0.5, 0.2]),
-        ik.Hermite(4)]
+        ik.Hermite(4), ik.Gabor(), ik.ExpNormalized(0.7, -0.5)]
 
 
 @pytest.fixture(scope="module")

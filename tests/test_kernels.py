@@ -392,3 +392,28 @@ def test_layernorm_bad_input():
         ik.LayerNorm(channel_axis=0)
     ik.LayerNorm(axis=[-1])     # neural-tangents' spellings of the channel axis
     ik.LayerNorm(axis=(1,))
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_exp_normalized_kernel_map(clip):
+    """ExpNormalized: Σ' = √(Σ11 Σ22) exp(γ(ρ + shift)), Θ' = γ exp(γ(ρ + shift)) Θ
+    (neural-tangents' formula), against the network before it; a kernel map
+    only: no finite-width forward pass, and no activation directly after it."""
+    body = ik.serial(ik.Dense(32, 1.3, 0.2), ik.Relu(), ik.Dense(16, 0.9, 0.1))
+    net = ik.serial(body, ik.ExpNormalized(gamma=0.7, shift=-0.5, do_clip=clip))
+    for x2 in (X2, None):
+        kb, k = body.kernel(X1, x2), net.kernel(X1, x2)
+        d1 = body.diag(X1)
+        d2 = d1 if x2 is None else body.diag(x2)
+        s = np.sqrt(np.outer(d1.nngp, d2.nngp))
+        g = np.exp(0.7 * (kb.nngp / s - 0.5))
+        assert _rel(k.nngp, s * g) < 1e-14
+        assert _rel(k.ntk, 0.7 * g * kb.ntk) < 1e-14
+    assert _rel(net.diag(X1).nngp, d1.nngp * math.exp(0.7 * 0.5)) < 1e-15
+    _, params = net.init_fn(0, X1.shape)
+    with pytest.raises(NotImplementedError, match="without a finite-width network"):
+        net.apply_fn(params, X1)
+    with pytest.raises(ValueError, match="applied to the output of ExpNormalized"):
+        ik.serial(net, ik.Relu()).program(3)
+    with pytest.raises(ValueError, match="ExpNormalized: gamma must be finite"):
+        ik.ExpNormalized(gamma=math.nan)

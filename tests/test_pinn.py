@@ -60,6 +60,16 @@ def _mp_dual(name, p, q1, q12, q2):
                            * q12 ** j * (q1 * q2) ** ((m - j) // 2)
                            for j in range(m % 2, m + 1, 2))
         return e(n), n * n * e(n - 1)
+    if name == "gabor":        # neural-tangents' form of the closed form
+        s, pr = q1 + q2, q1 * q2
+        diff = 4 * (pr - q12 ** 2)
+        den = 2 * s + diff + 1
+        left = mp.exp(-(s + diff + 2 * q12) / (2 * den))
+        right = mp.exp(2 * q12 / den)
+        shared = 1 + 2 * s + 4 * (q12 ** 2 + pr)
+        dterm = 4 * q12 * (diff + 3 * s + 2)
+        return (left * (right - 1) / (2 * mp.sqrt(den)),
+                left * (shared - dterm + right * (shared + dterm)) / den ** 2.5 / 2)
     if name == "polynomial":     # Isserlis moments, independent of the Mehler tables
         c = p
         dc = [m * c[m] for m in range(1, len(c))]
@@ -130,6 +140,7 @@ CLOSED = [
     ("exp", (0.8, 0.5), ik.Exp(0.8, 0.5)),
     ("gaussian", (1.0, -0.6), ik.Gaussian(1.0, -0.6)),
     ("monomial", (3,), ik.Monomial(3)),
+    ("gabor", (), ik.Gabor()),
     ("polynomial", (0.3, -1.0, 0.5, 0.2), ik.Polynomial([0.3, -1.0, 0.5, 0.2])),
     ("polynomial", tuple(np.polynomial.hermite_e.herme2poly([0, 0, 0, 0, 1]) / 24 ** 0.5),
      ik.Hermite(4)),
