@@ -11,7 +11,7 @@ from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu
                                   Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
 from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
                         empirical_ntk_fn, monte_carlo_kernel_fn)
-from .kernel import Kernel
+from .kernel import Kernel, batch
 from .layers import (Dense, ExpNormalized, Flatten, Identity, Layer, LayerNorm, Network,
                      repeat, serial)
 from .verification import verify
@@ -28,7 +28,7 @@ __all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "Exp
            "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
            "S2ReLU", "Elementwise", "ElementwiseNumerical",
            "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",
-           "monte_carlo_kernel_fn", "MonteCarloKernel", "verify",
+           "monte_carlo_kernel_fn", "MonteCarloKernel", "verify", "batch",
            "FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "Residual", "Scale",
            "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",
            "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral", "pinn",

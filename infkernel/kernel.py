@@ -195,3 +195,34 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         finally:
             close()
     return arrays[0] if single else _kernel_type(names)(*arrays)
+
+
+def batch(kernel_fn, batch_size=0, device_count=-1, store_on_device=True):
+    """neural-tangents' ``nt.batch``, for porting: the kernels here are already
+    computed in cache-sized tiles (and GPU tiles that stream to host memory),
+    so batching changes nothing and ``kernel_fn`` is called as it is.
+
+    ``batch_size`` (>= 0) and ``device_count`` (>= -1) are checked and
+    otherwise unused; with ``store_on_device=False`` CuPy results are brought
+    back to host memory (NumPy), as neural-tangents brings them to CPU RAM.
+    Unlike neural-tangents, no input size needs to divide by ``batch_size``."""
+    if not callable(kernel_fn):
+        raise TypeError(f"batch: kernel_fn must be callable, got {type(kernel_fn).__name__}")
+    for name, value, lowest in (("batch_size", batch_size, 0),
+                                ("device_count", device_count, -1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+            raise ValueError(f"batch: {name} must be an integer >= {lowest}, got {value!r}")
+    if not isinstance(store_on_device, (bool, np.bool_)):
+        raise TypeError(f"batch: store_on_device must be True or False, got {store_on_device!r}")
+    if store_on_device:
+        return kernel_fn
+
+    def to_host(a):
+        return a.get() if hasattr(a, "__cuda_array_interface__") else a
+
+    def batched_kernel_fn(*args, **kwargs):
+        out = kernel_fn(*args, **kwargs)
+        if isinstance(out, tuple) and hasattr(out, "_fields"):
+            return type(out)(*map(to_host, out))
+        return to_host(out)
+    return batched_kernel_fn

@@ -67,6 +67,22 @@ def test_flatten_and_repeat():
         ik.repeat(ik.Relu(), 0)
 
 
+def test_batch_is_accepted_for_porting():
+    """nt.batch(kernel_fn, batch_size, ...) spellings: the same kernels (any
+    batch size, no divisibility), emulated device arrays brought to host with
+    store_on_device=False, and clear errors for bad arguments."""
+    from cuda_emulator import asarray
+    kf = ik.batch(NET.kernel_fn, batch_size=4, device_count=0)
+    assert np.array_equal(kf(X1, X2, "ntk"), NET.kernel(X1, X2, "ntk"))
+    host = ik.batch(lambda *a: ik.Kernel(asarray(np.ones(2)), np.zeros(2)),
+                    store_on_device=False)()
+    assert type(host.nngp) is np.ndarray and type(host.ntk) is np.ndarray
+    with pytest.raises(ValueError, match="batch: batch_size must be an integer >= 0"):
+        ik.batch(NET.kernel_fn, batch_size=-1)
+    with pytest.raises(TypeError, match="batch: kernel_fn must be callable"):
+        ik.batch(3)
+
+
 def test_outputs_must_not_overlap_inputs_or_each_other():
     """A tile written into an input still being read, or one output aliasing
     another, would be silently wrong: both are refused."""
