@@ -1,6 +1,6 @@
 """Agreement with neural-tangents: the same architectures built from the same
 spec by both libraries: every closed-form activation, both parameterizations,
-LayerNorm, branches (FanOut / parallel / FanInSum / FanInProd / FanInConcat,
+LayerNorm, Dropout, branches (FanOut / parallel / FanInSum / FanInProd / FanInConcat,
 residual).
 
     python benchmarks/compare_nt.py --nt-python /path/to/neural-tangents/venv/bin/python
@@ -73,6 +73,13 @@ def cases():
             ("LayerNorm", [], {}), ("Relu", [], {}),
             ("Dense", [64], {"W_std": 1.1, "b_std": 0.1, "parameterization": param}),
             ("LayerNorm", [], {"eps": 0.5}), ("Erf", [], {}),
+            ("Dense", [1], {"parameterization": param})]
+    for param in ("ntk", "standard"):
+        out[f"Dropout(0.8) train, {param}"] = [
+            ("Dense", [64], {"W_std": 1.3, "b_std": 0.2, "parameterization": param}),
+            ("Relu", [], {}), ("Dropout", [0.8], {}),
+            ("Dense", [64], {"W_std": 1.1, "b_std": 0.1, "parameterization": param}),
+            ("Erf", [], {}), ("Dropout", [0.5], {"mode": "test"}),
             ("Dense", [1], {"parameterization": param})]
     out["lone Dense"] = [("Dense", [5], {"W_std": 0.7, "b_std": 0.4})]
     for param, fan_in, widths in (("ntk", "FanInSum", (64, 64)),

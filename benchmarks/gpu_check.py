@@ -38,6 +38,7 @@ def parity(n1=257, n2=190):
             ik.Polynomial([0.3, -1.0, 0.5, 0.2]), ik.Hermite(3), ik.Gabor(),
             ik.ExpNormalized(0.7, -0.5),
             ik.serial(ik.LayerNorm(), ik.Hermite(3)),      # layers between the Dense layers
+            ik.serial(ik.Relu(), ik.Dropout(0.7)),
             ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(32, W_std=1.1), ik.Dense(32)),
                       ik.FanInProd())]
     numeric = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(),

@@ -1144,7 +1144,7 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
 #endif
       ik_act<T, 1>(o[3], p, aux, o[4], o[5], &v, &s, &rs, v, s, rs, &q[r], &th[r], nf);
       ++slot;
-    } else if (op == IK_OP_SCALE) {
+    } else if (op == IK_OP_SCALE || op == IK_OP_DIAG_SCALE) {
       q[r] *= T(p[0]);
       th[r] *= T(p[0]);
     } else if (op == IK_OP_COPY) {

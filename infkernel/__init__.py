@@ -12,8 +12,8 @@ from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu
 from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
                         empirical_ntk_fn, monte_carlo_kernel_fn)
 from .kernel import Kernel, batch
-from .layers import (Dense, ExpNormalized, Flatten, Identity, Layer, LayerNorm, Network,
-                     repeat, serial)
+from .layers import (Dense, Dropout, ExpNormalized, Flatten, Identity, Layer, LayerNorm,
+                     Network, repeat, serial)
 from .verification import verify
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Residual, Scale, parallel
 from .features import (FourierFeatures, GaussianFeatureLimit, GaussianFourierFeatures,
@@ -22,7 +22,8 @@ from . import spectral
 
 __version__ = "0.1.0"
 
-__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "ExpNormalized", "Layer", "Network", "Kernel", "Activation",
+__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "ExpNormalized", "Dropout",
+           "Layer", "Network", "Kernel", "Activation",
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
            "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Gabor", "Monomial", "RectifiedMonomial",
            "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",

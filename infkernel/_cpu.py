@@ -25,7 +25,7 @@ from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_MONOMIAL,
                        K_LAYERNORM, K_NUMERIC, K_POLYNOMIAL, K_RBF, K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT,
-                       OP_AXPY, OP_COPY, OP_DENSE, OP_MUL, OP_SCALE)
+                       OP_AXPY, OP_COPY, OP_DENSE, OP_DIAG_SCALE, OP_MUL, OP_SCALE)
 
 
 @njit(**INLINE)
@@ -235,7 +235,7 @@ def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                              q[r:r + 1], th[r:r + 1], V[k, i:i + 1], S[k, i:i + 1],
                              R[k, i:i + 1], i, 1,
                              i, F, G, F, G, TM, W)
-            elif op == OP_SCALE:
+            elif op == OP_SCALE or op == OP_DIAG_SCALE:
                 q[r] *= p[0]
                 th[r] *= p[0]
             elif op == OP_COPY:

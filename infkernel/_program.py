@@ -18,12 +18,15 @@ hold up to six floats per op.
     OP_COPY    register reg2 := register reg     (fan-out)
     OP_AXPY    reg := params[0] reg + params[1] reg2   (fan-in sum / concat)
     OP_MUL     q := q q2,  θ := θ q2 + q θ2   (fan-in product of independent branches)
+    OP_DIAG_SCALE  q, θ *= params[0] on the diagonal pass only, i.e. for an entry
+               of a point with itself (dropout's 1/rate; off-diagonal entries,
+               identical points included, are unchanged)
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY, OP_MUL = range(6)
+OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY, OP_MUL, OP_DIAG_SCALE = range(7)
 
 # Activation kinds with a closed-form dual (see _duals.py).
 (K_ABRELU, K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN, K_SIGN,

@@ -331,7 +331,8 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
 
     on_device = any(hasattr(a, "__cuda_array_interface__") for a in (x1, x2) if a is not None)
     a1 = _device_input(cp, x1, "x1")
-    a2 = None if x2 is None else _device_input(cp, x2, "x2", a1.shape[1])
+    # the very same array: the symmetric path, as on the CPU
+    a2 = None if (x2 is None or x2 is x1) else _device_input(cp, x2, "x2", a1.shape[1])
     prog = net.program(a1.shape[1])
     dev = _Program(cp, prog)
     dt = np.dtype(dtype)

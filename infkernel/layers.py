@@ -309,6 +309,54 @@ class LayerNorm(Layer):
 
 
 @dataclass(frozen=True)
+class Dropout(Layer):
+    """Dropout with keep probability ``rate`` (neural-tangents' ``Dropout``):
+    h -> h·m/rate, m ~ Bernoulli(rate) per unit and input.
+
+    ``mode="test"`` is the identity.  In ``"train"`` mode the masks of
+    different inputs are independent, so in the infinite-width limit only a
+    point's covariance with itself changes: Σ(x, x) and Θ(x, x) are multiplied
+    by 1/rate, while K(x, x') keeps its value for every other entry, identical
+    points included.  As in neural-tangents, that diagonal is the diagonal of
+    K(x) and of K(x, x2) when x2 equals x (same values), and the output is not
+    Gaussian (a Dense layer must follow before an activation)."""
+    rate: float
+    mode: str = "train"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rate", real("Dropout: rate", self.rate, lower=0, strict=True))
+        if self.rate > 1:
+            raise ValueError(f"Dropout: rate (the keep probability) must be in (0, 1], "
+                             f"got {self.rate}")
+        if self.mode not in ("train", "test"):
+            raise ValueError(f"Dropout: mode must be 'train' or 'test', got {self.mode!r}")
+
+    @property
+    def training(self):
+        return self.mode == "train" and self.rate < 1
+
+    def _emit(self, builder, state):
+        if not self.training:
+            return
+        if state.at_input:
+            raise ValueError(f"{self!r} is applied to the network input: dropout must "
+                             "follow a layer with parameters (as in neural-tangents)")
+        builder.emit(P.OP_DIAG_SCALE, state.reg, params=(1.0 / self.rate,))
+        state.gaussian = False
+        state.not_gaussian_because = "the output of Dropout in train mode"
+
+    def _apply(self, params, h, rng=None):
+        if not self.training:
+            return h
+        if rng is None:
+            raise ValueError(f"{self!r} in train mode needs random masks: call "
+                             "apply_fn(params, x, rng=seed_or_generator)")
+        h = np.asarray(h, dtype=np.float64)
+        keep = np.random.default_rng(rng).random(h.shape) < self.rate
+        return np.where(keep, h / self.rate, 0.0)
+
+
+@dataclass(frozen=True)
 class ExpNormalized(Layer):
     """neural-tangents' ``ExpNormalized``, the "Gaussian normalised kernel" of
     Shankar et al. (2020), a kernel map without a finite-width network:
@@ -366,6 +414,17 @@ class Network:
     def body(self):
         """The network after its leading input maps (itself if it has none)."""
         return self._body
+
+    @property
+    def drops_out(self):
+        """True when a Dropout layer in train mode (possibly inside parallel
+        branches) makes K(x, x) of a point with itself differ from K(x, x')
+        of an identical point."""
+        def any_dropout(layers):
+            return any((isinstance(l, Dropout) and l.training)
+                       or any(any_dropout(b) for b in getattr(l, "branches", ()))
+                       for l in layers)
+        return any_dropout(self.layers)
 
     def map_inputs(self, x, name="x"):
         """γ(x): the inputs after the network's leading input maps.  ``x`` is a
@@ -467,14 +526,16 @@ class Network:
 
     def apply_fn(self, params, x, *, rng=None, **kwargs):
         """Forward pass of the finite network with ``params`` from ``init_fn``.
-        ``rng`` and other keywords of neural-tangents' ``apply_fn`` are accepted
-        and unused (no layer here is random at apply time)."""
+        ``rng`` (a seed or ``numpy.random.Generator``) draws the masks of
+        ``Dropout`` layers in train mode; other keywords of neural-tangents'
+        ``apply_fn`` are accepted and unused."""
         if len(params) != len(self.layers):
             raise ValueError(f"apply_fn: params has {len(params)} entries, the network "
                              f"has {len(self.layers)} layers")
         h = np.asarray(x, dtype=np.float64)
+        rng = None if rng is None else np.random.default_rng(rng)
         for layer, p in zip(self.layers, params):
-            h = layer._apply(p, h)
+            h = layer._apply(p, h, rng) if isinstance(layer, Dropout) else layer._apply(p, h)
         return h
 
 

@@ -7,5 +7,5 @@ from .activations import (ABRelu, Abs, Cos, Erf, Exp, Gabor, Gaussian, Gelu,  # 
 from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu,  # noqa: F401
                                   Mish, Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, parallel  # noqa: F401
-from .layers import (Dense, ExpNormalized, Flatten, Identity, LayerNorm, repeat,  # noqa: F401
-                      serial)
+from .layers import (Dense, Dropout, ExpNormalized, Flatten, Identity, LayerNorm,  # noqa: F401
+                      repeat, serial)

@@ -17,7 +17,8 @@ ACTS = [ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 0.7), ik.Abs(), ik.Erf(1.2
         ik.Sigmoid_like(), ik.Gelu(), ik.Sin(0.9, 1.1, 0.4), ik.Cos(), ik.Rbf(0.7),
         ik.Gaussian(1.1, -0.6), ik.Exp(0.8, 0.5), ik.Sign(), ik.Monomial(0), ik.Monomial(3),
         ik.RectifiedMonomial(0), ik.RectifiedMonomial(2), ik.Polynomial([0.3, -1.0, 0.5, 0.2]),
-        ik.Hermite(3), ik.serial(ik.LayerNorm(), ik.Hermite(3)), ik.Gabor()]
+        ik.Hermite(3), ik.serial(ik.LayerNorm(), ik.Hermite(3)), ik.Gabor(),
+        ik.serial(ik.Relu(), ik.Dropout(0.7))]
 
 
 def _net(act, depth=3):

@@ -75,6 +75,19 @@ def test_emulator_checks_argument_types():
         k_diag((1,), (4,), good[:-1])
 
 
+def test_same_array_takes_the_symmetric_path():
+    """K(x, x) of the very same (host or device) array, and with dropout also
+    K(x, x.copy()), is K(x): dropout's 1/rate on the diagonal, as on the CPU."""
+    net = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Relu(), ik.Dropout(0.7), ik.Dense(1))
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    ref = net.kernel(x, backend="cpu").ntk
+    dev = cuda_emulator.asarray(x)
+    for a, b in ((x, x), (x, x.copy()), (dev, dev), (dev, cuda_emulator.asarray(x))):
+        got = net.kernel(a, b, "ntk", backend="gpu")
+        got = got.get() if hasattr(got, "get") else got
+        np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15)
+
+
 def test_kernels_cover_every_entry():
     """Odd sizes around the 32 x 32 thread-block tile, several row blocks:
     every entry written once (NaN-filled outputs), symmetric exactly mirrored."""
