@@ -56,7 +56,7 @@ from . import _program as P
 from ._checks import real
 from ._duals import _RHO_ONE
 from .activations import Activation
-from .layers import Dense, ExpNormalized, Identity, LayerNorm, Network
+from .layers import Dense, Dropout, ExpNormalized, Flatten, Identity, LayerNorm, Network
 
 __all__ = ["kernel_and_grad", "log_marginal_likelihood", "fit_hyperparameters",
            "dense_layers", "with_hyperparameters", "parameter_names", "activation_layers",
@@ -684,12 +684,21 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
                         dv[s0 + m] = gk[m]
             v = kdg
             gaussian = isinstance(layer, LayerNorm)   # a normalised Gaussian stays one
-        elif isinstance(layer, Identity):
+        elif isinstance(layer, Dropout):
+            if layer.training:       # a point's entry with itself, times 1/rate
+                f = 1.0 / layer.rate
+                Q[ii] *= f
+                TH[ii] *= f
+                dQ[:, ii[0], ii[1]] *= f
+                dTH[:, ii[0], ii[1]] *= f
+                v, dv = f * v, f * dv
+                gaussian = False
+        elif isinstance(layer, (Identity, Flatten)):
             continue
         else:
             raise NotImplementedError(f"kernel_and_grad: layer {layer!r} is not supported "
                                       "(serial Dense / activation / LayerNorm / "
-                                      "ExpNormalized / Identity networks only)")
+                                      "ExpNormalized / Dropout / Identity networks only)")
     K, dK = (Q, dQ) if get == "nngp" else (TH, dTH)
     # chain rule: d/dW_std = 2 W_std d/dw2, d/db_std = 2 b_std d/db2
     idx = dense_layers(net)

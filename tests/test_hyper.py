@@ -70,6 +70,15 @@ def test_gradient_through_layernorm(par, x):
                                ik.Dense(1, 1.1, 0.1, par)), x)
 
 
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+def test_gradient_through_dropout(par, x):
+    """Dropout's 1/rate on the diagonal (train mode) enters the variances the
+    next activation sees, and the gradients: against central differences."""
+    _check_gradients(ik.serial(ik.Dense(8, 1.3, 0.2, par), ik.Relu(), ik.Dropout(0.7),
+                               ik.Dense(8, 0.9, 0.3, par), ik.Erf(), ik.Dropout(0.5, "test"),
+                               ik.Flatten(), ik.Dense(1, 1.1, 0.1, par)), x)
+
+
 def test_shared_gradient_is_sum_over_layers(x):
     net = ik.serial(ik.Dense(8, 1.3, 0.2), ik.Relu(), ik.Dense(1, 0.9, 0.3))
     _, d = H.kernel_and_grad(net, x, "ntk", shared=False)
