@@ -22,7 +22,8 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
     ``dense:N`` is a Dense layer of width N with the given stds; an activation
     is its lower-case name with optional arguments in parentheses, positional
     or ``key=value``, separated by spaces, commas or semicolons:
-    ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``, ``layernorm(eps=0.1)``;
+    ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``, ``layernorm(eps=0.1)``,
+    ``dropout(0.9)``, ``expnormalized(gamma=2)``;
     ``polynomial(c0 c1 ... cn)`` takes its coefficients in numpy's order."""
     tokens = re.findall(r"[^,(]+(?:\([^)]*\))?", spec)
     out = []
@@ -36,6 +37,7 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
             out.append(layers.Dense(int(width), W_std, b_std, parameterization))
             continue
         named = {"identity": layers.Identity, "layernorm": layers.LayerNorm,
+                 "dropout": layers.Dropout, "expnormalized": layers.ExpNormalized,
                  **activations.ACTIVATIONS}
         factory = named.get(name)
         if factory is None:

@@ -55,3 +55,6 @@ def test_parse_arch_argument_forms():
     assert [repr(l) for l in net.layers[1:3]] == [repr(ik.LayerNorm(eps=0.1)),
                                                   "Polynomial([0.3, -1, 0.5])"]
     assert repr(net.layers[4]) == "Hermite(3)"
+    net = parse_arch("dense:4,gabor,dropout(0.9),dense:4,expnormalized(gamma=2),dense:1")
+    assert [type(l).__name__ for l in net.layers[2:5]] == ["Dropout", "Dense", "ExpNormalized"]
+    assert net.layers[4].gamma == 2.0
