@@ -17,7 +17,8 @@ import math
 import numpy as np
 
 from .activations import Gelu, LeakyRelu, Relu
-from .layers import Dense, Identity, serial
+from .activations_numeric import Elu, Mish, Selu, Sigmoid, Silu, Softplus, Tanh
+from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, serial
 
 __all__ = ["from_torch", "torch_params", "empirical_ntk_torch"]
 
@@ -44,21 +45,56 @@ def _flatten(module, nn):
     return [module]
 
 
+def _layer(m, nn):
+    """The infkernel layer of a torch module other than Linear, or a string
+    saying why there is none."""
+    simple = {nn.ReLU: Relu, nn.Tanh: Tanh, nn.Sigmoid: Sigmoid, nn.SiLU: Silu,
+              nn.SELU: Selu, nn.Mish: Mish, nn.Identity: Identity}
+    if type(m) in simple:
+        return simple[type(m)]()
+    if isinstance(m, nn.GELU):
+        return Gelu(approximate=(m.approximate == "tanh"))
+    if isinstance(m, nn.LeakyReLU):
+        return LeakyRelu(float(m.negative_slope))
+    if isinstance(m, nn.ELU):
+        return Elu(float(m.alpha))
+    if isinstance(m, nn.Softplus):
+        return Softplus() if m.beta == 1 else "only beta=1 is supported"
+    if isinstance(m, nn.Flatten):
+        return Flatten() if m.start_dim == 1 and m.end_dim == -1 else \
+            "only start_dim=1, end_dim=-1 (all but the batch axis) is supported"
+    if isinstance(m, nn.Dropout):      # torch's p is the drop probability
+        return Dropout(1.0 - m.p, "train" if m.training else "test") if m.p < 1 else \
+            "p=1 drops everything"
+    if isinstance(m, nn.LayerNorm):
+        if m.elementwise_affine:
+            return ("its affine weight and bias are trained and add to the NTK; use "
+                    "elementwise_affine=False")
+        if len(m.normalized_shape) != 1:
+            return "only the last axis can be normalised"
+        return LayerNorm(eps=float(m.eps))
+    return None
+
+
+_SUPPORTED = ("Linear, ReLU, LeakyReLU, GELU, Tanh, Sigmoid, SiLU, ELU, SELU, Softplus, Mish, "
+              "Identity, Flatten, Dropout, LayerNorm(elementwise_affine=False) (inside "
+              "nn.Sequential)")
+
+
 def _modules(module):
     torch = _torch()
     nn = torch.nn
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_torch: expected a torch.nn.Module, got {type(module).__name__}")
     mods = _flatten(module, nn)
-    supported = "Linear, ReLU, LeakyReLU, GELU, Identity (inside nn.Sequential)"
     for i, m in enumerate(mods):
-        if not isinstance(m, (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Identity)):
-            hint = ""
-            if isinstance(m, (nn.Tanh, nn.Sigmoid)):
-                hint = (" (infkernel has no exact dual for it; ik.Erf / ik.Sigmoid_like are "
-                        "the erf-based look-alikes: use nn modules that compute those)")
+        if isinstance(m, nn.Linear):
+            continue
+        layer = _layer(m, nn)
+        if not isinstance(layer, Layer):
+            why = f" ({layer})" if isinstance(layer, str) else ""
             raise TypeError(f"from_torch: layer {i} ({m.__class__.__name__}: {m!r}) is not "
-                            f"supported{hint}; supported: {supported}")
+                            f"supported{why}; supported: {_SUPPORTED}")
     if not any(isinstance(m, nn.Linear) for m in mods):
         raise ValueError("from_torch: the module has no nn.Linear layer")
     return mods, nn
@@ -68,8 +104,10 @@ def from_torch(module, scale="default"):
     """The infkernel network equivalent to a torch MLP.
 
     Args:
-      module: an ``nn.Sequential`` (possibly nested) of ``nn.Linear``,
-        ``nn.ReLU``, ``nn.LeakyReLU``, ``nn.GELU`` and ``nn.Identity``.
+      module: an ``nn.Sequential`` (possibly nested) of ``nn.Linear`` and the
+        modules listed in ``_SUPPORTED`` (activations without a closed form,
+        such as Tanh, map to infkernel's certified quadrature duals; Dropout
+        follows the module's train/eval state).
       scale: ``"default"``: torch's default ``nn.Linear`` initialisation,
         W_std = 1/√3, b_std = 1/√(3·fan_in) (exact variances of U(±1/√fan_in));
         the current weights are checked to lie within ±1/√fan_in, which a
@@ -104,14 +142,8 @@ def from_torch(module, scale="default"):
                 b_std = None if b is None else math.sqrt(float(np.mean(b * b)))
             layers.append(Dense(m.out_features, W_std=w_std, b_std=b_std,
                                 parameterization="standard"))
-        elif isinstance(m, nn.ReLU):
-            layers.append(Relu())
-        elif isinstance(m, nn.LeakyReLU):
-            layers.append(LeakyRelu(float(m.negative_slope)))
-        elif isinstance(m, nn.GELU):
-            layers.append(Gelu(approximate=(m.approximate == "tanh")))
         else:
-            layers.append(Identity())
+            layers.append(_layer(m, nn))
     return serial(*layers)
 
 

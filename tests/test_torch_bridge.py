@@ -102,13 +102,41 @@ def test_wide_model_ntk_close_to_analytic():
     assert np.linalg.norm(emp - ana) / np.linalg.norm(ana) < 0.2
 
 
+def test_more_modules_map_and_agree():
+    """Tanh, SiLU, ELU, ... (certified quadrature duals), Flatten, LayerNorm
+    without affine parameters and Dropout (train/eval state) map to their
+    infkernel layers; in eval mode apply_fn reproduces the module exactly."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 16),
+                      nn.LayerNorm(16, elementwise_affine=False), nn.SiLU(), nn.Dropout(0.2),
+                      nn.Linear(16, 8), nn.ELU(0.7), nn.Linear(8, 8), nn.Sigmoid(),
+                      nn.Linear(8, 8), nn.Softplus(), nn.Linear(8, 8), nn.SELU(),
+                      nn.Linear(8, 8), nn.Mish(), nn.Linear(8, 1)).double()
+    net = from_torch(m)
+    names = [type(l).__name__ if not isinstance(l, ik.Activation) else l.name
+             for l in net.layers]
+    assert names == ["Flatten", "Dense", "Tanh", "Dense", "LayerNorm", "Silu", "Dropout",
+                     "Dense", "Elu", "Dense", "Sigmoid", "Dense", "Softplus", "Dense", "Selu",
+                     "Dense", "Mish", "Dense"]
+    assert net.layers[6].rate == pytest.approx(0.8) and net.layers[6].mode == "train"
+    m.eval()
+    x = np.random.default_rng(0).normal(size=(5, 3, 4))
+    net = from_torch(m)
+    assert net.layers[6].mode == "test"
+    np.testing.assert_allclose(net.apply_fn(torch_params(m), x),
+                               m(torch.as_tensor(x)).detach().numpy(), rtol=0, atol=1e-12)
+    assert np.isfinite(net.kernel(x).ntk).all()
+
+
 def test_unsupported_layers_are_named():
-    with pytest.raises(TypeError, match=r"layer 1 \(Tanh"):
-        from_torch(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)))
+    with pytest.raises(TypeError, match=r"layer 1 \(Hardtanh"):
+        from_torch(nn.Sequential(nn.Linear(2, 3), nn.Hardtanh(), nn.Linear(3, 1)))
     with pytest.raises(TypeError, match=r"layer 2 \(Conv1d"):
         from_torch(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Conv1d(1, 1, 1)))
-    with pytest.raises(TypeError, match=r"Dropout"):
-        from_torch(nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.1), nn.Linear(3, 1)))
+    with pytest.raises(TypeError, match=r"LayerNorm.*elementwise_affine=False"):
+        from_torch(nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1)))
+    with pytest.raises(TypeError, match=r"Softplus.*beta=1"):
+        from_torch(nn.Sequential(nn.Linear(2, 3), nn.Softplus(beta=2.0), nn.Linear(3, 1)))
     with pytest.raises(ValueError, match="no nn.Linear"):
         from_torch(nn.Sequential(nn.ReLU()))
     with pytest.raises(TypeError, match="torch.nn.Module"):
