@@ -349,8 +349,6 @@ IK_FN void ik_dual_gaussian(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
 
 IK_FN double ik_sinh(double x) { return sinh(x); }
 IK_FN float ik_sinh(float x) { return sinhf(x); }
-IK_FN double ik_cosh(double x) { return cosh(x); }
-IK_FN float ik_cosh(float x) { return coshf(x); }
 
 /// phi = exp(-x^2) sin x (_duals.dual_gabor): D = 1 + 2(q11 + q22) + delta,
 /// delta = 4(q11 q22 - q12^2), A = (q11 + q22 + delta)/(2D), B = q12/D:
@@ -367,7 +365,8 @@ IK_FN void ik_dual_gabor(T q11, T q12, T q22, T& k, T& kd) {
   T sh = ik_sinh(b);
   T root = ik_sqrt(d);
   k = e * sh / root;
-  kd = e / (d * d * root) * (T(4) * q12 * (d + T(1) + s) * sh + (d + T(8) * q12 * q12) * ik_cosh(b));
+  T ch = ik_sqrt(T(1) + sh * sh);  // cosh b
+  kd = e / (d * d * root) * (T(4) * q12 * (d + T(1) + s) * sh + (d + T(8) * q12 * q12) * ch);
 }
 
 /// neural-tangents' ExpNormalized (_duals.dual_exp_normalized): rho = q12 r1 r2 (clipped

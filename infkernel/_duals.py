@@ -344,8 +344,8 @@ def dual_gabor(q11, q12, q22):
     sh = math.sinh(b)
     root = math.sqrt(d)
     k = e * sh / root
-    kdot = e / (d * d * root) * (4.0 * q12 * (d + 1.0 + s) * sh
-                                 + (d + 8.0 * q12 * q12) * math.cosh(b))
+    ch = math.sqrt(1.0 + sh * sh)   # cosh b, without a second libm call
+    kdot = e / (d * d * root) * (4.0 * q12 * (d + 1.0 + s) * sh + (d + 8.0 * q12 * q12) * ch)
     return k, kdot
 
 
