@@ -351,14 +351,15 @@ IK_FN double ik_sinh(double x) { return sinh(x); }
 IK_FN float ik_sinh(float x) { return sinhf(x); }
 
 /// phi = exp(-x^2) sin x (_duals.dual_gabor): D = 1 + 2(q11 + q22) + delta,
-/// delta = 4(q11 q22 - q12^2), A = (q11 + q22 + delta)/(2D), B = q12/D:
+/// delta = 4(q11 q22 - q12^2) (0 at correlation +-1), A = (q11 + q22 + delta)/(2D), B = q12/D:
 /// k = exp(-A) sinh(B)/sqrt(D), kd = exp(-A) D^{-5/2} [4 q12 (D + 1 + q11 + q22) sinh B
 /// + (D + 8 q12^2) cosh B].
 template <typename T>
-IK_FN void ik_dual_gabor(T q11, T q12, T q22, T& k, T& kd) {
+IK_FN void ik_dual_gabor(T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
+  bool at_one = ik_abs(ik_correlation(q12, r1, r2)) == T(1);  // delta exactly 0 there
   T s = q11 + q22;
-  T delta = T(4) * ik_max(q11 * q22 - q12 * q12, T(0));
+  T delta = at_one ? T(0) : T(4) * ik_max(q11 * q22 - q12 * q12, T(0));
   T d = T(1) + T(2) * s + delta;
   T e = ik_exp(T(-0.5) * (s + delta) / d);
   T b = q12 / d;
@@ -934,7 +935,7 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
       break;
     }
     case IK_K_GABOR: {
-      IK_ACT_LOOP(ik_dual_gabor(q11[e], Q[e], q22, k_, d_))
+      IK_ACT_LOOP(ik_dual_gabor(q11[e], Q[e], q22, r1[e], r2, k_, d_))
       break;
     }
     case IK_K_SIGN: {

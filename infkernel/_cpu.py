@@ -112,7 +112,7 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
             TH[j] *= d
     elif kind == K_GABOR:
         for j in range(n):
-            Q[j], d = dual_gabor(q11, Q[j], V2[j])
+            Q[j], d = dual_gabor(q11, Q[j], V2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_SIGN:
         for j in range(n):

@@ -324,7 +324,7 @@ def dual_exp_normalized(gamma, shift, clip, q12, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
-def dual_gabor(q11, q12, q22):
+def dual_gabor(q11, q12, q22, r1, r2):
     """φ(x) = exp(-x²) sin x.  With D = det(I + 2Σ) = 1 + 2(q11 + q22) + δ,
     δ = 4(q11 q22 - q12²), A = (q11 + q22 + δ)/(2D) and B = q12/D
     (the Gaussian integral of exp(-u² - v² ± i(u ∓ v))):
@@ -334,10 +334,14 @@ def dual_gabor(q11, q12, q22):
                                          + (D + 8 q12²) cosh B]
 
     (neural-tangents' formula, written with sinh so that it stays accurate
-    as q12 → 0, where exp(2B) - 1 loses its digits)."""
+    as q12 → 0, where exp(2B) - 1 loses its digits).  δ is exactly 0 where
+    the correlation (``correlation``, r = 1/√q) is ±1: there q11 q22 - q12²
+    would leave the rounding of q² (one side of a fused multiply-add), which
+    at q ~ 1e12 is 1e-4 of the result."""
     q12 = snap_q12(q11, q12, q22)
+    at_one = abs(correlation(q12, r1, r2)) == 1.0
     s = q11 + q22
-    delta = 4.0 * max(q11 * q22 - q12 * q12, 0.0)
+    delta = 0.0 if at_one else 4.0 * max(q11 * q22 - q12 * q12, 0.0)
     d = 1.0 + 2.0 * s + delta
     e = math.exp(-0.5 * (s + delta) / d)
     b = q12 / d

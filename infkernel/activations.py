@@ -92,8 +92,10 @@ def _finite(name, **values):
 
 
 def _degree(name, degree):
-    if (not isinstance(degree, (int, np.integer)) or isinstance(degree, bool)
-            or degree < 0):
+    if not isinstance(degree, (int, np.integer)) or isinstance(degree, bool):
+        raise TypeError(f"{name}: degree must be a non-negative integer, got "
+                        f"{type(degree).__name__} {degree!r}")
+    if degree < 0:
         raise ValueError(f"{name}: degree must be a non-negative integer, got {degree!r}")
     return int(degree)
 
@@ -293,10 +295,15 @@ def Polynomial(coef):
     Exact for every input variance: the dual is a polynomial in the
     covariances (``_duals.dual_polynomial``), as in neural-tangents."""
     try:
-        c = np.array(coef, dtype=np.float64)
+        c = np.array(coef)
     except (TypeError, ValueError):
+        c = None
+    if (c is None or (c.size and c.dtype.kind not in "iuf")     # strings, booleans, objects
+            or (isinstance(coef, (list, tuple))
+                and any(isinstance(v, (bool, np.bool_)) for v in coef))):
         raise TypeError(f"Polynomial: coef must be a sequence of real numbers, got "
-                        f"{coef!r}") from None
+                        f"{coef!r}")
+    c = c.astype(np.float64)
     if c.ndim != 1:
         raise ValueError(f"Polynomial: coef must be a 1-D sequence, got shape {c.shape}")
     c = np.array([real(f"Polynomial: coef[{i}]", v, squared=True) for i, v in enumerate(c)]

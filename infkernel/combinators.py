@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _program as P
 from ._checks import real
-from .layers import Layer, Network, _Branches, _compile, serial
+from .layers import Layer, Network, _apply_layers, _Branches, _compile, serial
 
 
 def _as_layers(layer, where):
@@ -135,13 +135,11 @@ class parallel(Layer):
             params.append(tuple(ps))
         return dims, tuple(params)
 
-    def _apply(self, params, h):
-        out = []
-        for layers, ps, x in zip(self.branches, params, h):
-            for layer, p in zip(layers, ps):
-                x = layer._apply(p, x)
-            out.append(x)
-        return out
+    _takes_rng = True   # a branch may hold Dropout
+
+    def _apply(self, params, h, rng=None):
+        return [_apply_layers(layers, ps, x, rng)
+                for layers, ps, x in zip(self.branches, params, h)]
 
 
 def _check_widths(layer, state):

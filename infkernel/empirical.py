@@ -28,7 +28,7 @@ from collections import namedtuple
 import numpy as np
 
 from .kernel import _kernel_type, check_inputs, parse_get
-from .layers import Dense, Identity, Layer, LayerNorm, Network, serial
+from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
 
 __all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
@@ -62,10 +62,13 @@ def _as_network(net):
 def _check_layers(net):
     """Layers the structured formulas understand, or a TypeError naming the culprit."""
     for i, layer in enumerate(net.layers):
-        if not isinstance(layer, (Dense, Activation, Identity, LayerNorm)):
+        if isinstance(layer, Dropout) and layer.training:
+            raise TypeError(f"empirical kernels need a fixed network; layer {i} is {layer!r}, "
+                            "which draws new masks on every call (use mode='test')")
+        if not isinstance(layer, (Dense, Activation, Identity, LayerNorm, Flatten, Dropout)):
             raise TypeError(
-                f"empirical kernels support Dense, elementwise activations, LayerNorm and "
-                f"Identity; layer {i} is {layer!r}")
+                f"empirical kernels support Dense, elementwise activations, LayerNorm, "
+                f"Identity, Flatten and Dropout(mode='test'); layer {i} is {layer!r}")
     if not any(isinstance(layer, Dense) for layer in net.layers):
         raise ValueError("the network has no Dense layer, so no parameters: its NTK is 0 "
                          "and its NNGP is not random")

@@ -80,7 +80,9 @@ def _compile(layers, builder, state):
 
 class Layer:
     """Base class: a layer emits ops into a program and has a finite-width
-    forward pass (``_init``/``_apply``)."""
+    forward pass (``_init``/``_apply``; layers with ``_takes_rng`` draw random
+    numbers and take ``_apply(params, h, rng)``)."""
+    _takes_rng = False
 
     def _emit(self, builder, state):
         raise NotImplementedError
@@ -241,7 +243,8 @@ class Flatten(Layer):
         for name, value, allowed in (("batch_axis", self.batch_axis, (0,)),
                                      ("batch_axis_out", self.batch_axis_out, (0, -2))):
             if isinstance(value, bool) or value not in allowed:
-                raise ValueError(f"Flatten: {name} must be 0 (the leading axis), got {value!r}")
+                raise ValueError(f"Flatten: {name} must be the leading axis "
+                                 f"({' or '.join(map(str, allowed))}), got {value!r}")
 
     def _emit(self, builder, state):
         pass
@@ -282,7 +285,8 @@ class LayerNorm(Layer):
                                  f"(N, d), got {value!r}")
 
     def __repr__(self):
-        return f"LayerNorm(eps={self.eps:g})"
+        axis = "" if self.axis == -1 else f"axis={self.axis!r}, "
+        return f"LayerNorm({axis}eps={self.eps:g})"
 
     @property
     def kind(self):
@@ -322,6 +326,7 @@ class Dropout(Layer):
     Gaussian (a Dense layer must follow before an activation)."""
     rate: float
     mode: str = "train"
+    _takes_rng = True
 
     def __post_init__(self):
         object.__setattr__(self, "rate", real("Dropout: rate", self.rate, lower=0, strict=True))
@@ -469,10 +474,11 @@ class Network:
 
     def _flatten(self, x):
         """(N, ...) inputs as (N, d) rows when the network starts with Flatten."""
-        if (self.layers and isinstance(self.layers[0], Flatten) and x is not None
-                and getattr(x, "ndim", 2) > 2):
-            return x.reshape(x.shape[0], -1)
-        return x
+        if not (self.layers and isinstance(self.layers[0], Flatten)) or x is None:
+            return x
+        if not hasattr(x, "ndim"):      # nested lists
+            x = np.asarray(x)
+        return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
 
     def kernel(self, x1, x2=None, get=None, *, out=None, dtype=np.float64,
                backend="auto", progress=False):
@@ -533,10 +539,15 @@ class Network:
             raise ValueError(f"apply_fn: params has {len(params)} entries, the network "
                              f"has {len(self.layers)} layers")
         h = np.asarray(x, dtype=np.float64)
-        rng = None if rng is None else np.random.default_rng(rng)
-        for layer, p in zip(self.layers, params):
-            h = layer._apply(p, h, rng) if isinstance(layer, Dropout) else layer._apply(p, h)
-        return h
+        return _apply_layers(self.layers, params, h,
+                             None if rng is None else np.random.default_rng(rng))
+
+
+def _apply_layers(layers, params, h, rng):
+    """The finite-width forward pass of ``layers`` (``rng``: for random layers)."""
+    for layer, p in zip(layers, params):
+        h = layer._apply(p, h, rng) if layer._takes_rng else layer._apply(p, h)
+    return h
 
 
 def repeat(layer, n):

@@ -59,7 +59,7 @@ def test_flatten_and_repeat():
     shape, params = flat.init_fn(0, img1.shape)
     assert shape == (5, 1)
     assert np.array_equal(flat.apply_fn(params, img1), plain.apply_fn(params[1:3] + params[4:], a1))
-    with pytest.raises(ValueError, match="Flatten: batch_axis must be 0"):
+    with pytest.raises(ValueError, match="Flatten: batch_axis must be the leading axis"):
         ik.Flatten(batch_axis=1)
     deep = stax.serial(stax.Dense(8), stax.repeat(stax.serial(stax.Relu(), stax.Dense(8)), 3))
     assert repr(deep) == repr(ik.serial(ik.Dense(8), *[ik.Relu(), ik.Dense(8)] * 3))

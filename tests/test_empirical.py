@@ -278,6 +278,22 @@ def test_monte_carlo_independent_of_batch_size_and_reproducible(points):
 
 # ---------------------------------------------------------------------------
 # bad input
+def test_flatten_and_test_mode_dropout_are_no_ops():
+    """Flatten and Dropout(mode='test') leave a finite network unchanged; train
+    mode is refused (its masks change on every call)."""
+    x = np.random.default_rng(2).normal(size=(4, 3))
+    plain = ik.serial(ik.Dense(6, 1.2, 0.1), ik.Erf(), ik.Dense(2))
+    net = ik.serial(ik.Flatten(), ik.Dense(6, 1.2, 0.1), ik.Erf(), ik.Dropout(0.5, "test"),
+                    ik.Dense(2))
+    _, params = net.init_fn(0, x.shape)
+    got = E.empirical_kernel_fn(net)(x, None, None, params)
+    ref = E.empirical_kernel_fn(plain)(x, None, None, (params[1], params[2], params[4]))
+    assert np.array_equal(got.ntk, ref.ntk) and np.array_equal(got.nngp, ref.nngp)
+    with pytest.raises(TypeError, match="draws new masks"):
+        E.empirical_ntk_fn(ik.serial(ik.Dense(3), ik.Relu(), ik.Dropout(0.5), ik.Dense(1)))(
+            x, None, params)
+
+
 def test_bad_input_is_rejected_before_work():
     net = ik.serial(ik.Dense(4, b_std=0.1), ik.Relu(), ik.Dense(1))
     x = np.ones((2, 3))

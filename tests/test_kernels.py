@@ -84,6 +84,23 @@ def dual(act, q11, q12, q22):
     return Q[0], TH[0]
 
 
+def test_polynomial_and_hermite_bad_input():
+    for bad in (["1", "2"], [True, 1.0], "x", None):
+        with pytest.raises(TypeError, match="Polynomial: coef must be a sequence of real"):
+            ik.Polynomial(bad)
+    with pytest.raises(ValueError, match="1-D sequence"):
+        ik.Polynomial([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"coef\[1\] must be finite"):
+        ik.Polynomial([1.0, math.inf])
+    with pytest.raises(TypeError, match="Hermite: degree must be a non-negative integer"):
+        ik.Hermite(2.5)
+    with pytest.raises(ValueError, match="Hermite: degree must be a non-negative integer"):
+        ik.Hermite(-1)
+    with pytest.raises(ValueError, match="n! exceeds the largest double"):
+        ik.Hermite(171)
+    assert repr(ik.Polynomial([])) == "Polynomial([0])"     # φ = 0
+
+
 @pytest.mark.parametrize("coef", [[0.3, -1.0, 0.5, 0.2], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
                                   [2.0], [1.0, -2.0, 0.0, 0.7, -0.1, 0.05, 0.3]])
 def test_polynomial_dual_matches_isserlis(coef):
@@ -475,3 +492,27 @@ def test_dropout_bad_input():
     _, params = net.init_fn(0, X1.shape)
     with pytest.raises(ValueError, match="needs random masks"):
         net.apply_fn(params, X1)
+    # masks also reach Dropout layers inside parallel branches
+    branched = ik.serial(ik.Dense(8), ik.FanOut(2), ik.parallel(
+        ik.serial(ik.Relu(), ik.Dropout(0.5), ik.Dense(8)), ik.Dense(8)), ik.FanInProd(),
+        ik.Dense(1))
+    _, params = branched.init_fn(0, X1.shape)
+    assert np.array_equal(branched.apply_fn(params, X1, rng=3),
+                          branched.apply_fn(params, X1, rng=3))
+
+
+def test_gabor_at_large_variance_and_identical_points():
+    """Gabor's δ = 4(q11 q22 - q12²) is exactly 0 at correlation ±1: the
+    diagonal (and identical points) at variances up to 1e120 match the closed
+    form e^{-q/D} sinh(q/D)/√D, D = 1 + 4q, to a few ulps (a fused
+    multiply-add there once left 1e-4 at q = 1e12 and 30 % at 5e15)."""
+    net = ik.serial(ik.Dense(1), ik.Gabor(), ik.Dense(1))
+    for scale in (1.0, 1e6, 1e8, 1e60):
+        x = scale * np.array([[1.0, 0.3, -0.7], [-1.0, -0.3, 0.7]])
+        q = mpmath.mpf(float((x[0] * x[0]).sum() / 3))
+        d = 1 + 4 * q
+        exact = float(mpmath.exp(-q / d) * mpmath.sinh(q / d) / mpmath.sqrt(d))
+        k = net.kernel(x, x.copy(), "nngp")
+        assert net.diag(x, "nngp")[0] == pytest.approx(exact, rel=1e-14)
+        assert k[0, 0] == pytest.approx(exact, rel=1e-14)
+        assert k[0, 1] == pytest.approx(-exact, rel=1e-14)     # antipodal: sinh is odd
