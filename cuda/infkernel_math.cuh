@@ -152,14 +152,25 @@ IK_FN float ik_sqrt_p(float w) {
 
 /// arcsin(x), x in [-1, 1].
 template <typename T>
-IK_FN T ik_asin(T x) {
+IK_FN T ik_asin_c(T x, T omx) {  // asin x given omx = 1 - |x| (_duals.asin_c)
   T ax = ik_abs(x);
   bool small = ax <= T(0.5);
-  T y = small ? x : ik_sqrt(T(0.5) * (T(1) - ax));
+  T y = small ? x : ik_sqrt(T(0.5) * omx);
   T a = ik_asin_core(y);
   T big = T(IK_HALF_PI) - T(2) * a;
   big = x >= T(0) ? big : -big;
   return small ? a : big;
+}
+
+template <typename T>
+IK_FN T ik_asin(T x) {
+  return ik_asin_c(x, T(1) - ik_abs(x));
+}
+
+/// Identical or antipodal points after ik_snap_q12 (_duals.same_point).
+template <typename T>
+IK_FN bool ik_same_point(T q11, T q12, T q22) {
+  return q11 == q22 && ik_abs(q12) == q11;
 }
 
 /// rho = q12 r1 r2 (r = 1/sqrt(q), 0 for a zero variance, which gives rho = 0);
@@ -244,13 +255,15 @@ template <typename T>
 IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k,
                        T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
+  bool same = ik_same_point(q11, q12, q22);
   T b2 = b * b;
   T rr = r1 * r2;
   T z = ik_min(ik_max(T(2) * b2 * q12 * rr, T(-1)), T(1));
-  k = a * a * T(2.0 / IK_PI) * ik_asin(z) + c * c;
-  // sqrt(det) = s1 s2 sqrt(1 - z^2), no product of two variances (overflow)
-  T root = s1 * s2 * ik_sqrt(ik_max((T(1) - z) * (T(1) + z),
-                                    (T(1) + T(2) * b2 * (q11 + q22)) * rr * rr));
+  k = a * a * T(2.0 / IK_PI) * ik_asin_c(z, same ? rr : T(1) - ik_abs(z)) + c * c;
+  // sqrt(det) = s1 s2 sqrt(1 - z^2), no product of two variances (overflow);
+  // the lower bound is exact at the same point
+  T low = (T(1) + T(2) * b2 * (q11 + q22)) * rr * rr;
+  T root = s1 * s2 * ik_sqrt(same ? low : ik_max((T(1) - z) * (T(1) + z), low));
   kd = a * a * T(4.0 / IK_PI) * b2 / root;
 }
 
@@ -259,12 +272,15 @@ IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r
 template <typename T>
 IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
+  bool same = ik_same_point(q11, q12, q22);
   T rr = r1 * r2;
   T z = ik_min(ik_max(q12 * rr, T(-1)), T(1));
-  // delta = s1 s2 sqrt(1 - z^2), no product of two variances (overflow)
-  T delta = s1 * s2 * ik_sqrt(ik_max((T(1) - z) * (T(1) + z), (T(1) + q11 + q22) * rr * rr));
+  // delta = s1 s2 sqrt(1 - z^2), no product of two variances (overflow); exact
+  // lower bound and 1 - |z| = r1 r2 at the same point
+  T low = (T(1) + q11 + q22) * rr * rr;
+  T delta = s1 * s2 * ik_sqrt(same ? low : ik_max((T(1) - z) * (T(1) + z), low));
   T inv_delta = T(1) / delta;
-  T angle = ik_asin(z);
+  T angle = ik_asin_c(z, same ? rr : T(1) - ik_abs(z));
   T h = (q11 * rr) * (q22 * rr);
   k = T(0.25) * q12 + (z * z * inv_delta + h * delta + q12 * angle) * T(IK_INV_2PI);
   T bracket = inv_delta * inv_delta + (T(2) + q11 + q22) * rr * rr;  // 1 - h = (1+q11+q22) rr^2
@@ -336,7 +352,8 @@ IK_FN void ik_dual_gaussian(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
   T t1 = T(1) - T(2) * b * q11;
   T t2 = T(1) - T(2) * b * q22;
   T det = t1 * t2 - T(4) * b * b * q12 * q12;
-  if (b < T(0)) det = ik_max(det, T(1) - T(2) * b * (q11 + q22));
+  T low = T(1) - T(2) * b * (q11 + q22);  // det >= low for b < 0; equal at the same point
+  det = ik_same_point(q11, q12, q22) ? low : (b < T(0) ? ik_max(det, low) : det);
   if (t1 <= T(0) || t2 <= T(0) || det <= T(0)) {
     k = ik_inf(T(0));
     kd = k;

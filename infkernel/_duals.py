@@ -70,9 +70,16 @@ def _asin_core(y):
 @njit(**INLINE)
 def asin(x):
     """arcsin(x) for x in [-1, 1], branch-free, within ~1 ulp."""
+    return asin_c(x, 1.0 - abs(x))
+
+
+@njit(**INLINE)
+def asin_c(x, omx):
+    """arcsin(x) given omx = 1 - |x|, which callers may know more accurately
+    than 1 - |x| rounds to (asin is ill-conditioned near ±1)."""
     ax = abs(x)
     small = ax <= 0.5
-    y = x if small else math.sqrt(0.5 * (1.0 - ax))
+    y = x if small else math.sqrt(0.5 * omx)
     a = _asin_core(y)
     big = HALF_PI - 2.0 * a
     big = big if x >= 0.0 else -big
@@ -94,6 +101,15 @@ def correlation(q12, r1, r2):
     """
     rho = q12 * r1 * r2
     return rho if abs(rho) < _RHO_ONE else math.copysign(1.0, rho)
+
+
+@njit(**INLINE)
+def same_point(q11, q12, q22):
+    """True for an identical or antipodal pair after ``snap_q12`` (equal
+    variances, |q12| = q11): the duals below then use exact forms of the
+    quantities that q11 q22 - q12² would leave with the rounding of q² (a
+    fused multiply-add makes that nonzero), 1e-4 of the result at q ~ 1e12."""
+    return q11 == q22 and abs(q12) == q11
 
 
 @njit(**INLINE)
@@ -222,15 +238,17 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
       kdot = a² (4b²/π) / sqrt(det),  det = s1² s2² - 4b⁴q12² >= 1 + 2b²(q11 + q22)
     """
     q12 = snap_q12(q11, q12, q22)
+    same = same_point(q11, q12, q22)
     b2 = b * b
     rr = r1 * r2
     z = min(max(2.0 * b2 * q12 * rr, -1.0), 1.0)
-    k = a * a * (2.0 / PI) * asin(z) + c * c
+    # at the same point 1 - |z| = 1/(1 + 2b²q) = r1 r2 exactly
+    k = a * a * (2.0 / PI) * asin_c(z, rr if same else 1.0 - abs(z)) + c * c
     # sqrt(det) = s1 s2 sqrt(1 - z²) >= sqrt(1 + 2b²(q11 + q22)) (the bound keeps
-    # rounding from below); no product of two variances, which would overflow
-    # long before the result does
-    root = s1 * s2 * math.sqrt(max((1.0 - z) * (1.0 + z),
-                                   (1.0 + 2.0 * b2 * (q11 + q22)) * rr * rr))
+    # rounding from below, and is exact at the same point); no product of two
+    # variances, which would overflow long before the result does
+    low = (1.0 + 2.0 * b2 * (q11 + q22)) * rr * rr
+    root = s1 * s2 * math.sqrt(low if same else max((1.0 - z) * (1.0 + z), low))
     return k, a * a * (4.0 / PI) * b2 / root
 
 
@@ -245,13 +263,16 @@ def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
     where 1 - h = (1 + q11 + q22)/(p1 p2) exactly (no cancellation at large q).
     """
     q12 = snap_q12(q11, q12, q22)
+    same = same_point(q11, q12, q22)
     rr = r1 * r2
     z = min(max(q12 * rr, -1.0), 1.0)
     # δ = s1 s2 sqrt(1 - z²), formed without products of two variances (deep
-    # networks reach q ~ 1e256, where q11 q22 overflows and the result does not)
-    delta = s1 * s2 * math.sqrt(max((1.0 - z) * (1.0 + z), (1.0 + q11 + q22) * rr * rr))
+    # networks reach q ~ 1e256, where q11 q22 overflows and the result does not);
+    # at the same point 1 - z² is its lower bound and 1 - |z| = 1/(1 + q) = r1 r2
+    low = (1.0 + q11 + q22) * rr * rr
+    delta = s1 * s2 * math.sqrt(low if same else max((1.0 - z) * (1.0 + z), low))
     inv_delta = 1.0 / delta
-    angle = asin(z)
+    angle = asin_c(z, rr if same else 1.0 - abs(z))
     h = (q11 * rr) * (q22 * rr)
     k = 0.25 * q12 + (z * z * inv_delta + h * delta + q12 * angle) * INV_2PI
     bracket = inv_delta * inv_delta + (2.0 + q11 + q22) * rr * rr
@@ -303,8 +324,10 @@ def dual_gaussian(a, b, q11, q12, q22, s1, s2, r1, r2):
     t1 = 1.0 - 2.0 * b * q11
     t2 = 1.0 - 2.0 * b * q22
     det = t1 * t2 - 4.0 * b * b * q12 * q12
-    # D >= 1 - 2b(q11 + q22) when b < 0; keeps rounding from below
-    det = max(det, 1.0 - 2.0 * b * (q11 + q22)) if b < 0.0 else det
+    # D >= 1 - 2b(q11 + q22) when b < 0 (keeps rounding from below), with
+    # equality at the same point, for either sign of b
+    low = 1.0 - 2.0 * b * (q11 + q22)
+    det = low if same_point(q11, q12, q22) else (max(det, low) if b < 0.0 else det)
     diverges = (t1 <= 0.0) | (t2 <= 0.0) | (det <= 0.0)  # branch-free: vectorises
     k = a * a / math.sqrt(det)
     kdot = 4.0 * b * b * q12 * k / det

@@ -501,18 +501,46 @@ def test_dropout_bad_input():
                           branched.apply_fn(params, X1, rng=3))
 
 
-def test_gabor_at_large_variance_and_identical_points():
-    """Gabor's δ = 4(q11 q22 - q12²) is exactly 0 at correlation ±1: the
-    diagonal (and identical points) at variances up to 1e120 match the closed
-    form e^{-q/D} sinh(q/D)/√D, D = 1 + 4q, to a few ulps (a fused
-    multiply-add there once left 1e-4 at q = 1e12 and 30 % at 5e15)."""
-    net = ik.serial(ik.Dense(1), ik.Gabor(), ik.Dense(1))
-    for scale in (1.0, 1e6, 1e8, 1e60):
+def _exact_at_same_point(name, q):
+    """(k, k̇) at q11 = q12 = q22 = q from the closed forms in 40 digits."""
+    with mpmath.workdps(40):
+        q = mpmath.mpf(q)
+        if name == "Erf":                # Erf(): det = (1 + 2q)² - 4q² = 1 + 4q
+            return (2 / mpmath.pi * mpmath.asin(2 * q / (1 + 2 * q)),
+                    4 / mpmath.pi / mpmath.sqrt(1 + 4 * q))
+        if name == "Gelu":
+            p = 1 + q                    # p² - q² = 1 + 2q, 1 - q²/p² = (1 + 2q)/p²
+            d = mpmath.sqrt(1 + 2 * q)
+            h = (q / p) ** 2
+            angle = mpmath.atan2(q, d)        # asin(q/p), cos = d/p
+            return (q / 4 + (h / d + h * d + q * angle) / (2 * mpmath.pi),
+                    mpmath.mpf(1) / 4 + (angle + q / d * (1 / d ** 2 + (2 + 2 * q) / p ** 2))
+                    / (2 * mpmath.pi))
+        if name == "Gaussian":           # Gaussian(1, -0.6): det = 1 + 2.4 q
+            d = 1 + mpmath.mpf(2.4) * q
+            return 1 / mpmath.sqrt(d), 4 * mpmath.mpf(0.36) * q / d ** 1.5
+        d = 1 + 4 * q                    # Gabor: δ = 0
+        e, b = mpmath.exp(-q / d), q / d
+        return (e * mpmath.sinh(b) / mpmath.sqrt(d),
+                e / d ** 2.5 * (4 * q * (d + 1 + 2 * q) * mpmath.sinh(b)
+                                + (d + 8 * q * q) * mpmath.cosh(b)))
+
+
+@pytest.mark.parametrize("act", [ik.Erf(), ik.Gelu(), ik.Gaussian(1.0, -0.6), ik.Gabor()],
+                         ids=repr)
+def test_same_point_exact_at_large_variance(act):
+    """Identical and antipodal points (and the diagonal) at variances up to
+    1e60: the smooth duals use exact forms there of what q11 q22 - q12² would
+    leave with the rounding of q² (a fused multiply-add made it nonzero: 1e-4
+    off at q = 1e12, up to 30 % at 1e15); within 1e-14 of 40-digit values."""
+    net = ik.serial(ik.Dense(1, 1.0, None), act)
+    for scale in (1.0, 1e3, 1e6, 1e8, 1e30):
         x = scale * np.array([[1.0, 0.3, -0.7], [-1.0, -0.3, 0.7]])
-        q = mpmath.mpf(float((x[0] * x[0]).sum() / 3))
-        d = 1 + 4 * q
-        exact = float(mpmath.exp(-q / d) * mpmath.sinh(q / d) / mpmath.sqrt(d))
-        k = net.kernel(x, x.copy(), "nngp")
-        assert net.diag(x, "nngp")[0] == pytest.approx(exact, rel=1e-14)
-        assert k[0, 0] == pytest.approx(exact, rel=1e-14)
-        assert k[0, 1] == pytest.approx(-exact, rel=1e-14)     # antipodal: sinh is odd
+        q = float((x[0] * x[0]).sum() / 3)
+        k, kd = (float(v) for v in _exact_at_same_point(act.name, q))
+        got = net.kernel(x, x.copy())
+        assert net.diag(x, "nngp")[0] == pytest.approx(k, rel=1e-14)
+        assert got.nngp[0, 0] == pytest.approx(k, rel=1e-14)
+        assert got.ntk[0, 0] == pytest.approx(kd * q, rel=1e-14)
+        if act.name in ("Erf", "Gabor"):      # odd φ: the antipodal entry is -k
+            assert got.nngp[0, 1] == pytest.approx(-k, rel=1e-14)
