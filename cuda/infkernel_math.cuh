@@ -387,13 +387,13 @@ IK_FN void ik_dual_gabor(T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
   kd = e / (d * d * root) * (T(4) * q12 * (d + T(1) + s) * sh + (d + T(8) * q12 * q12) * ch);
 }
 
-/// neural-tangents' ExpNormalized (_duals.dual_exp_normalized): rho = q12 r1 r2 (clipped
-/// to [-1, 1] if clip), k = s1 s2 exp(gamma (rho + shift)), kd = gamma exp(gamma (rho + shift)).
+/// neural-tangents' ExpNormalized (_duals.dual_exp_normalized): rho = ik_correlation (in
+/// [-1, 1], so its clip is a no-op), k = s1 s2 exp(gamma (rho + shift)),
+/// kd = gamma exp(gamma (rho + shift)).
 template <typename T>
-IK_FN void ik_dual_exp_normalized(T gamma, T shift, bool clip, T q12, T s1, T s2, T r1, T r2,
-                                  T& k, T& kd) {
-  T rho = q12 * r1 * r2;
-  if (clip) rho = ik_min(ik_max(rho, T(-1)), T(1));
+IK_FN void ik_dual_exp_normalized(T gamma, T shift, T q12, T s1, T s2, T r1, T r2, T& k,
+                                  T& kd) {
+  T rho = ik_correlation(q12, r1, r2);
   T g = ik_exp(gamma * (rho + shift));
   k = s1 * s2 * g;
   kd = gamma * g;
@@ -947,8 +947,7 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
     }
     case IK_K_EXP_NORMALIZED: {
       T g = T(p[0]), sh = T(p[1]);
-      bool clip = p[2] != 0.0;
-      IK_ACT_LOOP(ik_dual_exp_normalized(g, sh, clip, Q[e], s1[e], s2, r1[e], r2, k_, d_))
+      IK_ACT_LOOP(ik_dual_exp_normalized(g, sh, Q[e], s1[e], s2, r1[e], r2, k_, d_))
       break;
     }
     case IK_K_GABOR: {

@@ -106,9 +106,9 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
             Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_EXP_NORMALIZED:
-        gamma, shift, clip = p[0], p[1], p[2] != 0.0
+        gamma, shift = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_exp_normalized(gamma, shift, clip, Q[j], s1, S2[j], r1, R2[j])
+            Q[j], d = dual_exp_normalized(gamma, shift, Q[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_GABOR:
         for j in range(n):

@@ -259,10 +259,9 @@ def _dual(kind, p, q1, q12, q2, partials=True):
                 return k, kd
             return k, kd, k1, k12, kd1, kd12
         elif kind == P.K_EXP_NORMALIZED:
-            gamma, shift, clip = p
+            gamma, shift = p[0], p[1]
             s = np.sqrt(q1) * np.sqrt(q2)
-            rho = np.where(s > 0, q12 / np.where(s > 0, s, 1.0), 0.0)
-            rho = np.clip(rho, -1.0, 1.0) if clip else rho
+            rho = np.clip(np.where(s > 0, q12 / np.where(s > 0, s, 1.0), 0.0), -1.0, 1.0)
             g = np.exp(gamma * (rho + shift))
             k, kd = s * g, gamma * g
             if not partials:

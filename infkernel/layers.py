@@ -365,8 +365,10 @@ class Dropout(Layer):
 class ExpNormalized(Layer):
     """neural-tangents' ``ExpNormalized``, the "Gaussian normalised kernel" of
     Shankar et al. (2020), a kernel map without a finite-width network:
-    Σ' = √(Σ11 Σ22) exp(γ (ρ + shift)), ρ = Σ12/√(Σ11 Σ22) (clipped to
-    [-1, 1] with ``do_clip``), and Θ' = γ exp(γ (ρ + shift)) Θ."""
+    Σ' = √(Σ11 Σ22) exp(γ (ρ + shift)), ρ = Σ12/√(Σ11 Σ22), and
+    Θ' = γ exp(γ (ρ + shift)) Θ.  ρ is always kept in [-1, 1] (and is exactly
+    ±1 within 4 ulps of it), so ``do_clip`` is accepted for porting and
+    changes nothing."""
     gamma: float = 1.0
     shift: float = -1.0
     do_clip: bool = False
