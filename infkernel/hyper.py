@@ -136,12 +136,25 @@ def _poly_terms(n, q0, table, q1, q12, q2):
     return k, k12, k1
 
 
+def _same_point(q1, q12, q2):
+    """Identical or antipodal pairs after the snap (``_duals.same_point``)."""
+    return (q1 == q2) & (np.abs(q12) == q1)
+
+
+def _det(det, exact, q1, q12, q2):
+    """A determinant-like difference of products, replaced by its ``exact``
+    value at the same point, where it would carry the rounding of q²
+    (``_duals.same_point``)."""
+    return np.where(_same_point(q1, q12, q2), exact, det)
+
+
 def _gelu_k(q1, q12, q2):
     p1, p2 = 1 + q1, 1 + q2
     r = np.sqrt(p1 * p2)
     z = np.clip(q12 / r, -1, 1)
-    delta = np.sqrt(np.maximum(p1 * p2 - q12 * q12, 1e-300))
-    angle = np.arcsin(z)
+    # no lower clamp but 1e-300: the difference quotients step q12 past ±√(q1 q2)
+    delta = np.sqrt(np.maximum(_det(p1 * p2 - q12 * q12, 1 + q1 + q2, q1, q12, q2), 1e-300))
+    angle = np.arctan2(q12, delta)          # asin z, accurate near |z| = 1
     h = (q1 / p1) * (q2 / p2)
     k = 0.25 * q12 + (z * z / delta + h * delta + q12 * angle) * INV_2PI
     bracket = 1.0 / (delta * delta) + 1.0 / p1 / p2 - h + 1.0
@@ -279,9 +292,10 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
             r1s, r2s = 1 + 2 * b2 * q1, 1 + 2 * b2 * q2
-            D = np.maximum(r1s * r2s - 4 * b2 * b2 * q12 * q12, 1e-300)
-            z = np.clip(2 * b2 * q12 / np.sqrt(r1s * r2s), -1, 1)
-            k = a * a * (2 / np.pi) * np.arcsin(z) + c * c
+            # D = r1s r2s - 4b⁴q12² >= 1 + 2b²(q1 + q2), equal at the same point
+            low = 1 + 2 * b2 * (q1 + q2)
+            D = np.maximum(_det(r1s * r2s - 4 * b2 * b2 * q12 * q12, low, q1, q12, q2), low)
+            k = a * a * (2 / np.pi) * np.arctan2(2 * b2 * q12, np.sqrt(D)) + c * c
             C = a * a * (4 / np.pi) * b2
             kd = C / np.sqrt(D)
             if not partials:
@@ -320,6 +334,8 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             a, b = p[0], p[1]
             t1, t2 = 1 - 2 * b * q1, 1 - 2 * b * q2
             D = t1 * t2 - 4 * b * b * q12 * q12
+            low = 1 - 2 * b * (q1 + q2)     # D >= low for b < 0; equal at the same point
+            D = _det(np.maximum(D, low) if b < 0 else D, low, q1, q12, q2)
             bad = (t1 <= 0) | (t2 <= 0) | (D <= 0)
             D = np.where(bad, np.nan, D)
             k = np.where(bad, np.inf, a * a * D ** -0.5)
