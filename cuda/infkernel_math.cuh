@@ -437,7 +437,8 @@ template <typename T>
 IK_FN T ik_poly_sum(const double* t, int lo, int n, T x1, T q12, T x2) {
   int m = n / 2 + 1;
   T r = T(0);
-  for (int l = n; l >= 0; --l) r = r * q12 + ik_poly_b(t, lo, m, l, x1) * ik_poly_b(t, lo, m, l, x2);
+  for (int l = n; l >= 0; --l)
+    r = r * q12 + ik_poly_b(t, lo, m, l, x1) * ik_poly_b(t, lo, m, l, x2);
   return r;
 }
 

@@ -22,12 +22,12 @@ from . import spectral
 
 __version__ = "0.1.0"
 
-__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "ExpNormalized", "Dropout",
-           "Layer", "Network", "Kernel", "Activation",
+__all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "ExpNormalized",
+           "Dropout", "Layer", "Network", "Kernel", "Activation",
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
            "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Gabor", "Monomial", "RectifiedMonomial",
-           "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "SReLU",
-           "S2ReLU", "Elementwise", "ElementwiseNumerical",
+           "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu",
+           "Selu", "Mish", "SReLU", "S2ReLU", "Elementwise", "ElementwiseNumerical",
            "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",
            "monte_carlo_kernel_fn", "MonteCarloKernel", "verify", "batch",
            "FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "Residual", "Scale",
