@@ -283,8 +283,8 @@ def _polynomial(name, b, hermite, shown):
     db = der(b)
     return Activation(
         name, P.K_POLYNOMIAL, (float(n), 1.0 if hermite else 0.0),
-        fn=lambda x: val(x, b) * np.ones_like(x),
-        dfn=lambda x: val(x, db) * np.ones_like(x),
+        fn=lambda x: val(x, b),
+        dfn=lambda x: val(x, db),
         tables=tuple(tuple(t) for t in tables), shown=shown)
 
 

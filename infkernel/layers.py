@@ -388,7 +388,7 @@ class ExpNormalized(Layer):
 
     @property
     def params(self):
-        return (self.gamma, self.shift, float(self.do_clip))
+        return (self.gamma, self.shift)
 
     def _emit(self, builder, state):
         builder.emit(P.OP_ACT, state.reg, kind=P.K_EXP_NORMALIZED, params=self.params)
@@ -474,9 +474,14 @@ class Network:
             prog = self._programs[d_in] = builder.build()
         return prog
 
+    @property
+    def _flattens_inputs(self):
+        """The network starts with Flatten: inputs may be (N, ...)."""
+        return bool(self.layers) and isinstance(self.layers[0], Flatten)
+
     def _flatten(self, x):
         """(N, ...) inputs as (N, d) rows when the network starts with Flatten."""
-        if not (self.layers and isinstance(self.layers[0], Flatten)) or x is None:
+        if not self._flattens_inputs or x is None:
             return x
         if not hasattr(x, "ndim"):      # nested lists
             x = np.asarray(x)
@@ -523,7 +528,7 @@ class Network:
         rng = np.random.default_rng(rng)
         if not isinstance(input_shape, (tuple, list)) or not input_shape:
             raise TypeError(f"init_fn: input_shape must be a tuple (..., d), got {input_shape!r}")
-        if self.layers and isinstance(self.layers[0], Flatten) and len(input_shape) > 2:
+        if self._flattens_inputs and len(input_shape) > 2:
             input_shape = (input_shape[0], int(np.prod(input_shape[1:])))
         width = int(input_shape[-1])
         params = []
