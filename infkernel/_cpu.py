@@ -7,10 +7,13 @@ parallel numba kernel takes groups of up to ``ROWS`` rows; per column tile of
 every layer of the program runs over the tile with its registers in cache,
 writing each output entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, writes each entry at
-(i, j) and (j, i), and takes the diagonal from the diagonal pass.
+(i, j) and (j, i), and takes the diagonal from the diagonal pass.  Each
+program runs on copies of these kernels compiled without the costly kinds it
+does not use (``_kernels``), so a first call compiles only what it needs.
 """
 import functools
 import math
+import types
 
 import numba
 import numpy as np
@@ -48,6 +51,39 @@ def _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n):
     for j in range(n):
         Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, q11, Q[j], V2[j])
         TH[j] *= d
+
+
+@njit(**JIT)
+def monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
+    """Monomial or RectifiedMonomial (params ``p``) on a tile (act_tile).  The
+    common degrees as literals: LLVM unrolls the inner loops over the degree
+    and vectorises the loop over the entries."""
+    deg = int(p[0])
+    if deg == 0:
+        _monomial_tile(kind, 0, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+    elif deg == 1:
+        _monomial_tile(kind, 1, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+    elif deg == 2:
+        _monomial_tile(kind, 2, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+    elif deg == 3:
+        _monomial_tile(kind, 3, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+    else:
+        _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+
+
+@njit(**JIT)
+def polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n):
+    """Polynomial (params ``p``) on a tile (act_tile); low degrees as literals,
+    as for the monomials."""
+    deg, q0 = int(p[0]), p[1]
+    if deg == 2:
+        _polynomial_tile(2, q0, aux, lo, hi, q11, Q, TH, V2, n)
+    elif deg == 3:
+        _polynomial_tile(3, q0, aux, lo, hi, q11, Q, TH, V2, n)
+    elif deg == 4:
+        _polynomial_tile(4, q0, aux, lo, hi, q11, Q, TH, V2, n)
+    else:
+        _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n)
 
 
 @njit(**JIT)
@@ -119,30 +155,9 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
             Q[j], d = dual_sign(q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
             TH[j] *= d
     elif kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL:
-        # the common degrees as literals: LLVM unrolls the inner loops over the
-        # degree and vectorises the loop over the entries
-        deg = int(p[0])
-        if deg == 0:
-            _monomial_tile(kind, 0, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
-        elif deg == 1:
-            _monomial_tile(kind, 1, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
-        elif deg == 2:
-            _monomial_tile(kind, 2, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
-        elif deg == 3:
-            _monomial_tile(kind, 3, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
-        else:
-            _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
     elif kind == K_POLYNOMIAL:
-        # low degrees as literals, as for the monomials (unrolled, vectorised)
-        deg, q0 = int(p[0]), p[1]
-        if deg == 2:
-            _polynomial_tile(2, q0, aux, lo, hi, q11, Q, TH, V2, n)
-        elif deg == 3:
-            _polynomial_tile(3, q0, aux, lo, hi, q11, Q, TH, V2, n)
-        elif deg == 4:
-            _polynomial_tile(4, q0, aux, lo, hi, q11, Q, TH, V2, n)
-        else:
-            _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n)
+        polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n)
     elif kind == K_LAYERNORM:
         for j in range(n):
             Q[j], d = dual_layernorm(Q[j], r1, R2[j])
@@ -335,6 +350,53 @@ def _mirror(A, block):
                     A[i, j] = A[j, i]
 
 
+@njit(**JIT)
+def _absent(*args):
+    """Stands in for the tile code of kinds that a kernel variant leaves out."""
+
+
+#: The activation kinds whose code takes most of the compile time, by group:
+#: name, kinds, and the functions of ``act_tile`` / ``_diag_pass`` for them.
+_COSTLY = (("polynomial", frozenset({K_MONOMIAL, K_RECTIFIED_MONOMIAL, K_POLYNOMIAL}),
+            ("monomial_tiles", "polynomial_tiles")),
+           ("numeric", frozenset({K_NUMERIC}), ("numeric_tile", "mehler_point")))
+
+
+def _kernels(program):
+    """(diagonal pass, tile kernel) compiled for the costly groups of kinds
+    that ``program`` uses.  First use on a 2-core VM: 14 s for the other
+    closed forms, 24 s with numeric activations, 29 s with monomials or
+    polynomials, 37 s with both (cached on disk afterwards)."""
+    kinds = set(program.ops[program.ops[:, 0] == OP_ACT, 3].tolist())
+    return _variant(tuple(bool(kinds & group) for _, group, _ in _COSTLY))
+
+
+@functools.lru_cache(maxsize=None)
+def _variant(used):
+    """Copies of ``act_tile``, ``_run_ops``, ``_diag_pass`` and ``_gram_tiles``
+    in which the functions of the unused costly groups are ``_absent``."""
+    if all(used):
+        return _diag_pass, _gram_tiles
+    unused = [group for group, u in zip(_COSTLY, used) if not u]
+    suffix = "_without_" + "_".join(name for name, _, _ in unused)
+    absent = {f: _absent for _, _, functions in unused for f in functions}
+    tile = _rebound(act_tile, suffix, **absent)
+    return (_rebound(_diag_pass, suffix, act_tile=tile, **absent),
+            _rebound(_gram_tiles, suffix, _run_ops=_rebound(_run_ops, suffix, act_tile=tile)))
+
+
+def _rebound(fn, suffix, **names):
+    """A copy of the numba function ``fn`` (named with ``suffix``, compiled
+    and cached on its own) in which the module-level ``names`` are bound to
+    other functions."""
+    py = fn.py_func
+    copy = types.FunctionType(py.__code__, {**py.__globals__, **names},
+                              py.__name__ + suffix, py.__defaults__)
+    copy.__qualname__ = py.__qualname__ + suffix
+    copy.__doc__ = py.__doc__
+    return njit(**JIT, parallel=fn.targetoptions.get("parallel", False))(copy)
+
+
 def point_tables(program, x, features=True, start=0, name="x"):
     """Run the program on the diagonal of ``x``.
 
@@ -362,7 +424,8 @@ def point_tables(program, x, features=True, start=0, name="x"):
     G = np.zeros((len(numeric), 2, m))
     k = np.empty(m)
     t = np.empty(m)
-    _diag_pass(uniq if shared else sq, program.ops, program.params, program.aux,
+    diag_pass, _ = _kernels(program)
+    diag_pass(uniq if shared else sq, program.ops, program.params, program.aux,
                program.n_regs, V, S, R, k, t, F, G)
     if shared:
         V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])
@@ -396,6 +459,7 @@ def gram(program, x1, x2, K, T, progress=None):
     dummy = np.empty((1, 1))
     # column tables for all points; row tables (cross case) block by block
     # (a numeric activation's input range is checked block by block, too)
+    _, gram_tiles = _kernels(program)
     tables2, k2, t2 = point_tables(program, x1 if sym else x2, name="x1" if sym else "x2")
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
@@ -416,7 +480,7 @@ def gram(program, x1, x2, K, T, progress=None):
             r1 = min(n1, r0 + block)
             tables1 = (tables2 if sym else
                        point_tables(program, x1[r0:r1], start=r0, name="x1")[0])
-            _gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
+            gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
                         0 if sym else r0, *tables1[:3], *tables2[:3],
                         dummy if K is None else K, dummy if T is None else T,

@@ -289,6 +289,32 @@ def test_identity_is_a_no_op():
     assert np.array_equal(ka.nngp, kb.nngp) and np.array_equal(ka.ntk, kb.ntk)
 
 
+@pytest.mark.parametrize("act", CLOSED_FORMS + [ik.ExpNormalized(0.8, 0.1), ik.Tanh()],
+                         ids=repr)
+def test_kernel_variants_agree_with_the_full_kernels(act, monkeypatch):
+    """A program runs on kernels compiled without the costly kind groups it
+    does not use (``_cpu._kernels``); forcing the kernels of all kinds gives
+    the same Gram matrices (a kind routed to a variant without its code would
+    be left unchanged or give NaN)."""
+    first = ik.LayerNorm() if act.name == "ExpNormalized" else ik.Relu()
+    net = ik.serial(ik.Dense(4, 1.3, 0.2), first, ik.Dense(4, 1.3, 0.2), act, ik.Dense(1))
+    used = (act.name in ("Monomial", "RectifiedMonomial", "Polynomial", "Hermite"),
+            act.name == "Tanh")
+    assert _cpu._kernels(net.program(X1.shape[1])) == _cpu._variant(used)
+    routed = net.kernel(X1, X2), net.kernel(X1), net.diag(X1)
+    monkeypatch.setattr(_cpu, "_kernels", lambda program: (_cpu._diag_pass, _cpu._gram_tiles))
+    full = net.kernel(X1, X2), net.kernel(X1), net.diag(X1)
+    for a, b in zip(routed, full):
+        assert np.all(np.isfinite(a.ntk))
+        np.testing.assert_allclose(a.nngp, b.nngp, rtol=1e-14, atol=1e-300)
+        np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-14, atol=1e-300)
+
+
+def test_programs_with_every_costly_group_use_the_full_kernels():
+    net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(4), ik.Monomial(2), ik.Dense(1))
+    assert _cpu._kernels(net.program(3)) == (_cpu._diag_pass, _cpu._gram_tiles)
+
+
 def _ulps(got, exact):
     return abs(float(mpmath.mpf(float(got)) - exact)) / np.spacing(abs(float(exact)))
 
