@@ -1,5 +1,5 @@
 """PINN NTK blocks of quadrature activations: the moment form of the inner
-integral (tanh, logistic) against the general per-node evaluation, same run.
+integral (tanh, logistic, SiLU) against the general per-node evaluation.
 
     python benchmarks/bench_pinn.py [--n 100,200]
 
@@ -40,12 +40,12 @@ def main():
     moments = pinn._tanh_coefficients
     print("| activation | n | moments s | per-node s | speed-up | max diff |")
     print("|---|---|---|---|---|---|")
-    for act in (ik.Tanh(), ik.Sigmoid()):
+    for act in (ik.Tanh(), ik.Sigmoid(), ik.Silu()):
         for n in map(int, args.n.split(",")):
             pinn._tanh_coefficients = moments
             blocks(act, 4)  # compile
             fast, k_fast = blocks(act, n)
-            pinn._tanh_coefficients = lambda kind, na: np.zeros((0, 0))
+            pinn._tanh_coefficients = lambda kind, na: np.zeros((0, 0, 0))
             plain, k_plain = blocks(act, n)
             pinn._tanh_coefficients = moments
             diff = np.abs(k_fast - k_plain).max() / np.abs(k_plain).max()

@@ -594,42 +594,53 @@ def _panels(scale, lam):
 
 
 def _tanh_coefficients(kind, na):
-    """C (na, na + 1) with φ⁽ᵇ⁾(u) = Σ_c C[b, c] tᶜ, t = tanh(u) (kind 1,
-    tanh) or t = tanh(u/2) (kind 2, logistic: σ = (1 + t)/2, σ⁽ᵇ⁾ =
-    2^-(b+1) P_b(t) for b ≥ 1); an empty array for other kinds."""
-    if kind not in (1, 2):
-        return np.zeros((0, 0))
-    C = np.ascontiguousarray(_TP[:na, :na + 1])
-    if kind == 2:
-        C = C * 0.5 ** np.arange(1, na + 1)[:, None]
-        C[0] = 0.0
-        C[0, :2] = 0.5
+    """C (2, na, na + 1) with φ⁽ᵇ⁾(v) = Σ_c (C[0, b, c] + v C[1, b, c]) tᶜ,
+    t = tanh(v) for tanh (kind 1), t = tanh(v/2) for the logistic function
+    (kind 2: σ = (1 + t)/2, σ⁽ᵇ⁾ = 2^-(b+1) P_b(t) for b ≥ 1) and SiLU
+    (kind 4: (vσ)⁽ᵇ⁾ = v σ⁽ᵇ⁾ + b σ⁽ᵇ⁻¹⁾); empty for other kinds."""
+    if kind not in (1, 2, 4):
+        return np.zeros((0, 0, 0))
+    C = np.zeros((2, na, na + 1))
+    C[0] = _TP[:na, :na + 1]
+    if kind == 1:
+        return C
+    C[0] *= 0.5 ** np.arange(1, na + 1)[:, None]
+    C[0, 0] = 0.0
+    C[0, 0, :2] = 0.5
+    if kind == 4:
+        C[1] = C[0]
+        C[0, 1:] = np.arange(1, na)[:, None] * C[1, :-1]
+        C[0, 0] = 0.0
     return C
 
 
-@njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def _tanh_moments(y, Ek, Dk, ww, T, P, mu):
-    """mu[c] = Σ_k ww[k] t_kᶜ, t_k = tanh((y + z_k)/2), given Ek = e^{z_k} and
-    Dk = e^{z_k} − 1.  One division per node instead of a libm tanh, and
-    vectorised: for |y| ≤ 1, D = e^{y+z_k} − 1 = db·Dk + db + Dk (db = e^y − 1)
-    and t = D/(D + 2), accurate near t = 0; otherwise E = e^y Ek and
-    t = 1 − 2/(E + 1), where the sum y + z_k is itself only good to ε|y|
-    (|y|, |z_k| ≤ 204 here: no overflow; E = 0 or ∞ give t = ∓1)."""
-    n = Ek.shape[0]
+@njit(cache=True, nogil=True)
+def _tanh_nodes(y, Ek, Dk, T):
+    """T[k] = tanh((y + z_k)/2) given Ek = e^{z_k} and Dk = e^{z_k} − 1: one
+    division per node instead of a libm tanh, vectorised.  For |y| ≤ 1,
+    D = e^{y+z_k} − 1 = db·Dk + db + Dk (db = e^y − 1) and t = D/(D + 2),
+    accurate near t = 0; otherwise E = e^y Ek and t = 1 − 2/(E + 1), where
+    the sum y + z_k is itself only good to ε|y| (|y|, |z_k| ≤ 204 here: no
+    overflow; E = 0 or ∞ give t = ∓1)."""
     if abs(y) <= 1.0:
         db = math.expm1(y)
-        for k in range(n):
+        for k in range(T.shape[0]):
             d = db * Dk[k] + db + Dk[k]
             T[k] = d / (d + 2.0)
     else:
         eb = math.exp(y)
-        for k in range(n):
+        for k in range(T.shape[0]):
             T[k] = 1.0 - 2.0 / (eb * Ek[k] + 1.0)
-    for k in range(n):
-        P[k] = ww[k]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _moments(T, w, P, mu):
+    """mu[c] = Σ_k w[k] T[k]ᶜ (P: scratch), vectorised over k."""
+    for k in range(T.shape[0]):
+        P[k] = w[k]
     for c in range(mu.shape[0]):
         acc = 0.0
-        for k in range(n):
+        for k in range(T.shape[0]):
             acc += P[k]
             P[k] *= T[k]
         mu[c] = acc
@@ -641,12 +652,14 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
     x, w independent N(0, 1): nested composite Gauss–Legendre (20 nodes per
     panel, panels no wider than the distance to φ's singularities: error
     ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12 relative measured for φ⁽⁷⁾).
-    For tanh and the logistic function (``C`` non-empty: φ⁽ᵇ⁾ = Σ_c C[b, c] tᶜ)
-    the inner integral is Σ_c C[b, c] E_w[tᶜ] by ``_tanh_moments``."""
+    For tanh, the logistic function and SiLU (``C`` non-empty, see
+    ``_tanh_coefficients``) the inner integral is Σ_c C[0, b, c] E_w[tᶜ] +
+    C[1, b, c] E_w[v tᶜ], the moments over the nodes (``_tanh_nodes``)."""
     ne = s1.shape[0]
     na = amax + 1
     ng = glx.shape[0]
     fast = C.shape[0] > 0
+    with_v = fast and np.any(C[1] != 0.0)
     h2 = 2.0 if kind == 1 else 1.0   # t = tanh(h2 y / 2)
     inv_sqrt_2pi = 1.0 / math.sqrt(2.0 * math.pi)
     M = np.zeros((ne, na, na))
@@ -656,6 +669,7 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
         tmp = np.empty(na)
         G = np.empty(na)
         mu = np.empty(na + 1)
+        mu_v = np.zeros(na + 1)
         r = rho[e]
         c = math.sqrt(max((1.0 - r) * (1.0 + r), 0.0))
         npx = _panels(max(s1[e], s2[e] * abs(r)), lam)
@@ -668,6 +682,7 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
         Dk = np.empty(npw * ng)
         T = np.empty(npw * ng)
         P = np.empty(npw * ng)
+        wv = np.empty(npw * ng)
         for pw in range(npw):
             for iw in range(ng):
                 w = -ZF + hw * (pw + 0.5 * (glx[iw] + 1.0))
@@ -687,11 +702,16 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
                     for b in range(na):
                         G[b] = fv[b]
                 elif fast:
-                    _tanh_moments(h2 * base, Ek, Dk, ww, T, P, mu)
+                    _tanh_nodes(h2 * base, Ek, Dk, T)
+                    _moments(T, ww, P, mu)
+                    if with_v:
+                        for k in range(npw * ng):
+                            wv[k] = ww[k] * (base + wn[k])
+                        _moments(T, wv, P, mu_v)
                     for b in range(na):
                         g = 0.0
-                        for k in range(b + 2):
-                            g += C[b, k] * mu[k]
+                        for k in range(na + 1):
+                            g += C[0, b, k] * mu[k] + C[1, b, k] * mu_v[k]
                         G[b] = g
                 else:
                     for k in range(npw * ng):

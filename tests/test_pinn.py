@@ -247,12 +247,12 @@ def test_tanh_one_layer_against_quadrature():
         assert np.abs(K - R).max() <= 1e-11 * np.abs(R).max()
 
 
-@pytest.mark.parametrize("kind", [1, 2], ids=["tanh", "logistic"])
+@pytest.mark.parametrize("kind", [1, 2, 4], ids=["tanh", "logistic", "silu"])
 def test_tanh_moment_inner_integral_matches_pointwise_quadrature(kind):
-    """For tanh and the logistic function the inner integral of
-    ``pinn._expect`` is Σ_c C[b, c] E_w[tᶜ], with t formed from exponentials
-    (``_tanh_moments``); the general path evaluates φ⁽ᵇ⁾ by libm tanh at every
-    node.  Same nodes, so the two agree to rounding: 1e-12 of the
+    """For tanh, the logistic function and SiLU the inner integral of
+    ``pinn._expect`` is a combination of the moments E_w[tᶜ] and E_w[v tᶜ],
+    with t formed from exponentials (``_tanh_nodes``); the general path
+    evaluates φ⁽ᵇ⁾ by libm tanh at every node.  Same nodes, so the two agree to rounding: 1e-12 of the
     Cauchy–Schwarz scale √(E φ⁽ᵃ⁾(u)² E φ⁽ᵇ⁾(v)²) (measured ≤ 2e-13 over
     variances 1e-12 … 128 and ρ within 1e-16 of ±1)."""
     rng = np.random.default_rng(5)
@@ -262,16 +262,16 @@ def test_tanh_moment_inner_integral_matches_pointwise_quadrature(kind):
     s2 = rng.permutation(s1)
     rho = np.concatenate([rng.uniform(-1, 1, 20), 1 - 10 ** rng.uniform(-16, -1, 10),
                           -1 + 10 ** rng.uniform(-16, -1, 10)])
-    amax, tab, lam = 7, np.zeros((1, 1, 1)), math.pi / 2
+    amax, tab, lam, plain = 7, np.zeros((1, 1, 1)), math.pi / 2, np.zeros((0, 0, 0))
 
     def expect(C, a, b, r):
         return pinn._expect(kind, tab, pinn._TP, C, lam, a, b, r, amax, pinn._GLX, pinn._GLW)
     fast = expect(pinn._tanh_coefficients(kind, amax + 1), s1, s2, rho)
-    plain = expect(np.zeros((0, 0)), s1, s2, rho)
-    d1 = np.sqrt(np.einsum("eaa->ea", expect(np.zeros((0, 0)), s1, s1, np.ones(n))))
-    d2 = np.sqrt(np.einsum("eaa->ea", expect(np.zeros((0, 0)), s2, s2, np.ones(n))))
+    reference = expect(plain, s1, s2, rho)
+    d1 = np.sqrt(np.einsum("eaa->ea", expect(plain, s1, s1, np.ones(n))))
+    d2 = np.sqrt(np.einsum("eaa->ea", expect(plain, s2, s2, np.ones(n))))
     scale = d1[:, :, None] * d2[:, None, :]
-    assert np.all(np.abs(fast - plain) <= 1e-12 * scale + 1e-300)
+    assert np.all(np.abs(fast - reference) <= 1e-12 * scale + 1e-300)
 
 
 def _fd_mixed(f, x1, x2, h):
