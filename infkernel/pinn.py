@@ -654,7 +654,7 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
     ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12 relative measured for φ⁽⁷⁾).
     For tanh, the logistic function and SiLU (``C`` non-empty, see
     ``_tanh_coefficients``) the inner integral is Σ_c C[0, b, c] E_w[tᶜ] +
-    C[1, b, c] E_w[v tᶜ], the moments over the nodes (``_tanh_nodes``)."""
+    C[1, b, c] E_w[v tᶜ] (``_tanh_nodes``, ``_moments``)."""
     ne = s1.shape[0]
     na = amax + 1
     ng = glx.shape[0]
