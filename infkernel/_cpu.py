@@ -364,9 +364,7 @@ _COSTLY = (("polynomial", frozenset({K_MONOMIAL, K_RECTIFIED_MONOMIAL, K_POLYNOM
 
 def _kernels(program):
     """(diagonal pass, tile kernel) compiled for the costly groups of kinds
-    that ``program`` uses.  First use on a 2-core VM: 14 s for the other
-    closed forms, 24 s with numeric activations, 29 s with monomials or
-    polynomials, 37 s with both (cached on disk afterwards)."""
+    that ``program`` uses (first-call times: ``benchmarks/bench_cold.py``)."""
     kinds = set(program.ops[program.ops[:, 0] == OP_ACT, 3].tolist())
     return _variant(tuple(bool(kinds & group) for _, group, _ in _COSTLY))
 

@@ -688,8 +688,9 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
                 w = -ZF + hw * (pw + 0.5 * (glx[iw] + 1.0))
                 wn[pw * ng + iw] = s2[e] * c * w
                 ww[pw * ng + iw] = 0.5 * hw * glw[iw] * math.exp(-0.5 * w * w) * inv_sqrt_2pi
-                Ek[pw * ng + iw] = math.exp(h2 * s2[e] * c * w)
-                Dk[pw * ng + iw] = math.expm1(h2 * s2[e] * c * w)
+                if fast:
+                    Ek[pw * ng + iw] = math.exp(h2 * s2[e] * c * w)
+                    Dk[pw * ng + iw] = math.expm1(h2 * s2[e] * c * w)
         for px in range(npx):
             for ix in range(ng):
                 x = -ZF + hx * (px + 0.5 * (glx[ix] + 1.0))
