@@ -186,7 +186,7 @@ def S2ReLU():
 
 
 @factory
-def Elementwise(fn, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
+def Elementwise(fn=None, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
     """A user's own scalar activation φ = ``fn`` (a NumPy-vectorised callable
     such as ``scipy.special.erf``, or a scalar function such as ``math.tanh``
     or a numba-compiled one), with derivative ``df`` (same kinds), or None to
@@ -195,9 +195,16 @@ def Elementwise(fn, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
     φ is tabulated once on [-144, 144] in panels of width 1/8: it must be
     finite there and smooth between non-smooth points lying on multiples of
     1/8 (these are detected); otherwise a ``ValueError`` names the place.
-    neural-tangents' ``nngp_fn`` / ``d_nngp_fn`` keywords are accepted for
-    porting and unused: the dual of ``fn`` is computed here, certified.
+    neural-tangents' ``nngp_fn(cov12, var1, var2)`` / ``d_nngp_fn`` give
+    E[φ(u)φ(v)] / E[φ'(u)φ'(v)] in closed form; here the dual of ``fn`` is
+    computed, certified, so they are only checked against it (a ``ValueError``
+    when they disagree by more than 1e-4 of the Cauchy–Schwarz scale) and
+    ``fn`` is required.
     """
+    if fn is None:
+        raise TypeError("Elementwise: fn (the activation φ itself) is required: infkernel "
+                        "computes the kernel from φ, so a kernel-only activation given by "
+                        "nngp_fn / d_nngp_fn alone is not supported")
     if not callable(fn):
         raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
     if df is not None and not callable(df):
@@ -218,10 +225,41 @@ def Elementwise(fn, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
             t = (x + U) / H
             p = np.clip(np.floor(t).astype(int), 0, NP - 1)
             y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
-            return np.polynomial.chebyshev.chebval(y, cd[p].T, tensor=False)
+            return np.polynomial.chebyshev.chebval(y, np.moveaxis(cd[p], -1, 0), tensor=False)
     act = NumericActivation(label, P.K_NUMERIC, (), fn=fn, dfn=df, tables=(table,))
     object.__setattr__(act, "name", label)
+    if nngp_fn is not None or d_nngp_fn is not None:
+        _check_user_dual(act, nngp_fn, d_nngp_fn)
     return act
+
+
+def _check_user_dual(act, nngp_fn, d_nngp_fn):
+    """Compares neural-tangents' closed forms ``nngp_fn(cov12, var1, var2)`` =
+    E[φ(u)φ(v)] and ``d_nngp_fn`` = E[φ'(u)φ'(v)] with this activation's own
+    kernel (σ_w = 1, σ_b = 0: Σ² = E[φφ], Θ² = E[φφ] + E[φ'φ'] cov12) at four
+    covariances; a ValueError beyond 1e-4 of the Cauchy–Schwarz scale."""
+    from .layers import Dense, serial
+    v1, v2, rho = np.array([[1.0, 0.5, 2.0, 1.2], [1.0, 2.0, 1.5, 1.2], [0.5, -0.3, 0.9, 1.0]])
+    x1 = np.stack([np.sqrt(2 * v1), 0 * v1], axis=1)
+    x2 = np.sqrt(2 * v2)[:, None] * np.stack([rho, np.sqrt(1 - rho * rho)], axis=1)
+    net = serial(Dense(1, W_std=1.0, b_std=0.0), act, Dense(1, W_std=1.0, b_std=0.0))
+    k, d1, d2 = net.kernel(x1, x2), net.diag(x1), net.diag(x2)
+    cov = rho * np.sqrt(v1 * v2)
+    expect = {"nngp_fn": (nngp_fn, np.diagonal(k.nngp), np.sqrt(d1.nngp * d2.nngp)),
+              "d_nngp_fn": (d_nngp_fn, (np.diagonal(k.ntk) - np.diagonal(k.nngp)) / cov,
+                            np.sqrt((d1.ntk - d1.nngp) / v1 * (d2.ntk - d2.nngp) / v2))}
+    for what, (dual, ref, scale) in expect.items():
+        for i in range(len(cov) if dual is not None else 0):
+            try:
+                got = float(np.asarray(dual(cov[i], v1[i], v2[i])))
+            except Exception as exc:
+                raise ValueError(f"Elementwise: {what}({cov[i]:g}, {v1[i]:g}, {v2[i]:g}) "
+                                 f"raised {type(exc).__name__}: {exc}") from None
+            if not abs(got - ref[i]) <= 1e-4 * scale[i]:
+                raise ValueError(
+                    f"Elementwise: {what}(cov12={cov[i]:g}, var1={v1[i]:g}, var2={v2[i]:g}) "
+                    f"= {got:.8g}, but the expectation computed from fn is {ref[i]:.8g}; "
+                    f"infkernel computes the kernel from fn itself, so fix {what} or drop it")
 
 
 def _required_args(f):

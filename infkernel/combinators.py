@@ -12,9 +12,10 @@ layer per branch, and the fan-ins combine registers with ``OP_AXPY``:
   a sum of two activations) is refused, as neural-tangents refuses sums of
   non-Gaussian branches.
 * ``FanInProd``:  Σ = Π_i Σ_i,  Θ = Σ_i Θ_i Π_{j≠i} Σ_j (``OP_MUL``), exact
-  for independent branches: the same rule as ``FanInSum`` (at most one
-  branch not ending in a Dense layer of its own).  A product of Gaussians is
-  not Gaussian, so an activation may not follow it directly.
+  for independent branches, which need not have zero mean: at most one
+  branch without a Dense layer of its own after ``FanOut`` (activations may
+  follow it).  A product of Gaussians is not Gaussian, so an activation may
+  not follow it directly.
 * ``FanInConcat`` (channel axis): Σ = Σ_i n_i Σ_i / Σ_i n_i and the same for Θ
   (channel-averaged inner products; n_i the branch widths); exact for any
   branches.  The result is not Gaussian channel-wise (branches differ), so an
@@ -150,22 +151,25 @@ def _check_widths(layer, state):
     return widths
 
 
-def _independent_branches(layer, state, combined):
+def _independent_branches(layer, state, combined, since_split):
     """Checks for a fan-in that combines branches entry by entry: equal widths,
-    and at most one branch that does not end in a Dense layer of its own."""
+    and at most one branch whose ``since_split`` state attribute (an op index,
+    ``born`` or ``last_dense``) is older than the split."""
     name = type(layer).__name__
     widths = _check_widths(layer, state)
     if len(set(widths)) > 1:
         raise ValueError(f"{name}: the branches have different widths {widths}; {combined} "
                          "signals must have equal widths (end each branch with a Dense "
                          "layer of the same out_dim)")
-    stale = [i for i, s in enumerate(state) if s.born < state.split]
+    stale = [i for i, s in enumerate(state) if getattr(s, since_split) < state.split]
     if len(state) > 1 and len(stale) > 1:
+        need = ("end in a Dense layer of their own, so they are correlated (or not "
+                "mean-zero)" if since_split == "born" else
+                "have a Dense layer of their own after FanOut, so they are correlated")
         raise ValueError(
-            f"{name}: branches {stale} do not end in a Dense layer of their own, so they "
-            f"are correlated (or not mean-zero) and the kernel of the {combined} signal "
-            "is not formed from theirs; at most one branch (e.g. the Identity shortcut "
-            "of a residual block) may do so")
+            f"{name}: branches {stale} do not {need} and the kernel of the {combined} "
+            "signal is not formed from theirs; at most one branch (e.g. the Identity "
+            "shortcut of a residual block) may do so")
 
 
 def _merge_states(state, gaussian, because):
@@ -176,6 +180,7 @@ def _merge_states(state, gaussian, because):
     if len(state) > 1 and not gaussian:
         out.not_gaussian_because = because
     out.born = -1 if any(s.born < 0 for s in state) else min(s.born for s in state)
+    out.last_dense = min(s.last_dense for s in state)
     return out
 
 
@@ -195,7 +200,7 @@ class FanInSum(Layer):
 
     def _emit(self, builder, state):
         _need_branches(self, state)
-        _independent_branches(self, state, "summed")
+        _independent_branches(self, state, "summed", "born")
         for s in state[1:]:
             builder.emit(P.OP_AXPY, state[0].reg, s.reg, params=(1.0, 1.0))
             _release(builder, s.reg)
@@ -218,7 +223,7 @@ class FanInProd(Layer):
 
     def _emit(self, builder, state):
         _need_branches(self, state)
-        _independent_branches(self, state, "multiplied")
+        _independent_branches(self, state, "multiplied", "last_dense")
         for s in state[1:]:
             builder.emit(P.OP_MUL, state[0].reg, s.reg)
             _release(builder, s.reg)
@@ -239,14 +244,14 @@ class FanInProd(Layer):
 class FanInConcat(Layer):
     """Concatenation along the channel axis: Σ = Σ_i n_i Σ_i / Σ_i n_i (and Θ
     likewise), with n_i the branch widths, as neural-tangents' ``FanInConcat``.
-    Only ``axis=-1`` (channels) applies to vector inputs."""
+    Signals are (N, channels): ``axis`` is the channel axis, -1 or 1."""
     axis: int = -1
     _takes_branches = True
 
     def __post_init__(self):
-        if self.axis != -1:
-            raise ValueError(f"FanInConcat: only axis=-1 (channels) is supported for "
-                             f"vector inputs, got axis={self.axis!r}")
+        if isinstance(self.axis, bool) or self.axis not in (-1, 1):
+            raise ValueError(f"FanInConcat: axis must be the channel axis -1 (or 1) of "
+                             f"(N, channels) signals, got axis={self.axis!r}")
 
     def _emit(self, builder, state):
         _need_branches(self, state)

@@ -194,8 +194,10 @@ def _gram(a, b):
     return a @ np.swapaxes(b, -1, -2)
 
 
-def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None):
-    """Traced empirical NTK, (..., N1, N2); x2 None for the symmetric case."""
+def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None, mode="trace"):
+    """Empirical NTK, (..., N1, N2) traced over the outputs, (..., N1, N2, k, k)
+    for ``mode="full"``, (..., N1, N2, k) for ``"diagonal"``; x2 None for the
+    symmetric case."""
     if inputs1 is None:
         _, inputs1 = _forward(layers, params, x1)
     same = x2 is None
@@ -205,7 +207,8 @@ def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None):
     lead2 = lead1 if same else inputs2[-1].shape[:-1]
     widths = [h.shape[-1] for h in inputs1] + [k]
     per_channel = max(np.prod(lead1), np.prod(lead2)) * max(widths)
-    chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1))))
+    # untraced kernels pair every channel of x1 with every channel of x2: one chunk
+    chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1)))) if mode == "trace" else k
     eye = np.eye(k)
     acc = {}
 
@@ -219,8 +222,7 @@ def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None):
         d1 = np.broadcast_to(e, lead1 + e.shape)
         if same:
             def visit(i, layer, c, s, delta):
-                g = _flat_gram(delta, delta)
-                _add(acc, i, g)
+                _add(acc, i, _signal_gram(delta, delta, mode))
             _backward(layers, params, inputs1, d1, visit)
         else:
             # Signals of x1 are kept per Dense layer, then paired with those of x2.
@@ -228,7 +230,7 @@ def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None):
             d2 = np.broadcast_to(e, lead2 + e.shape)
 
             def visit2(i, layer, c, s, delta):
-                _add(acc, i, _flat_gram(grams.pop(i), delta))
+                _add(acc, i, _signal_gram(grams.pop(i), delta, mode))
             _backward(layers, params, inputs2, d2, visit2)
 
     out = 0.0
@@ -241,23 +243,43 @@ def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None):
         g_in = c * c * _gram(h1, h2)
         if layer.b_std is not None:
             g_in = g_in + s * s
-        out = out + g_in * g_delta
-    return out / k
+        out = out + _outer_axes(g_in, mode) * g_delta
+    return out / k if mode == "trace" else out
 
 
-def _flat_gram(d1, d2):
-    """Σ_j Σ_u d1[..., x, j, u] d2[..., y, j, u]."""
-    a = d1.reshape(d1.shape[:-2] + (-1,))
-    b = d2.reshape(d2.shape[:-2] + (-1,))
-    return _gram(a, b)
+def _signal_gram(d1, d2, mode):
+    """Σ_u d1[..., x, j, u] d2[..., y, j', u], summed over j = j' ("trace"),
+    as (..., x, y, j, j') ("full") or for j = j' as (..., x, y, j) ("diagonal")."""
+    if mode == "trace":
+        return _gram(d1.reshape(d1.shape[:-2] + (-1,)), d2.reshape(d2.shape[:-2] + (-1,)))
+    if mode == "diagonal":
+        return np.moveaxis(_gram(np.moveaxis(d1, -2, -3), np.moveaxis(d2, -2, -3)), -3, -1)
+    (n1, k), n2 = d1.shape[-3:-1], d2.shape[-3]
+    g = _gram(d1.reshape(d1.shape[:-3] + (n1 * k, -1)), d2.reshape(d2.shape[:-3] + (n2 * k, -1)))
+    return np.swapaxes(g.reshape(g.shape[:-2] + (n1, k, n2, k)), -3, -2)
+
+
+def _outer_axes(g, mode):
+    """A (..., N1, N2) Gram with the output-channel axes of ``mode`` appended."""
+    return g if mode == "trace" else g[..., None] if mode == "diagonal" else g[..., None, None]
+
+
+def _output_kernel(f1, f2, mode):
+    """The empirical NNGP Σ_j f_j(x) f_j'(x') in the layout of ``mode``
+    (traced: divided by the number k of outputs)."""
+    if mode == "trace":
+        return _gram(f1, f2) / f1.shape[-1]
+    a, b = f1[..., :, None, :], f2[..., None, :, :]      # (..., N1, 1, k), (..., 1, N2, k)
+    return a * b if mode == "diagonal" else a[..., :, None] * b[..., None, :]
 
 
 def _add(acc, i, g):
     acc[i] = g if i not in acc else acc[i] + g
 
 
-def _kernels(net, params, x1, x2, names):
-    """{name: array} of traced empirical kernels for (possibly stacked) params."""
+def _kernels(net, params, x1, x2, names, mode="trace"):
+    """{name: array} of empirical kernels for (possibly stacked) params, in the
+    output layout of ``mode`` (see :func:`_ntk`)."""
     layers = net.layers
     f1, in1 = _forward(layers, params, x1)
     if x2 is None:
@@ -267,9 +289,9 @@ def _kernels(net, params, x1, x2, names):
     k = f1.shape[-1]
     res = {}
     if "nngp" in names:
-        res["nngp"] = _gram(f1, f2) / k
+        res["nngp"] = _output_kernel(f1, f2, mode)
     if "ntk" in names:
-        res["ntk"] = _ntk(layers, params, x1, x2, k, in1, in2)
+        res["ntk"] = _ntk(layers, params, x1, x2, k, in1, in2, mode)
     return res
 
 
@@ -310,14 +332,42 @@ def value_and_grad(net, params, x, cotangent_fn):
 
 # --------------------------------------------------------------------------
 # public empirical kernel functions (neural-tangents signatures)
-def empirical_kernel_fn(net):
+def _output_mode(trace_axes, diagonal_axes):
+    """neural-tangents' ``trace_axes`` / ``diagonal_axes`` for outputs of shape
+    (N, k): "trace" (trace_axes=(-1,), the default: one (N1, N2) kernel, the
+    mean over channels), "full" (trace_axes=(): (N1, N2, k, k)) or "diagonal"
+    (trace_axes=(), diagonal_axes=(-1,): (N1, N2, k), channel j with j)."""
+    def channel(name, value):
+        axes = (value,) if isinstance(value, (int, np.integer)) else value
+        try:
+            axes = tuple(axes)
+        except TypeError:
+            axes = (None,)
+        if any(isinstance(a, bool) or a not in (1, -1) for a in axes):
+            raise ValueError(f"{name}: outputs have shape (N, k), so only the channel axis "
+                             f"-1 (or 1) can be named (axis 0 is the batch axis), got {value!r}")
+        return bool(axes)
+    trace, diagonal = channel("trace_axes", trace_axes), channel("diagonal_axes", diagonal_axes)
+    if trace and diagonal:
+        raise ValueError("trace_axes and diagonal_axes both name the channel axis: "
+                         "pass diagonal_axes=(-1,) with trace_axes=()")
+    return "trace" if trace else "diagonal" if diagonal else "full"
+
+
+def empirical_kernel_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
+                        implementation=None):
     """``kernel_fn(x1, x2=None, get=None, params=...)``: empirical NNGP/NTK of the
-    finite network ``net`` with parameters ``params`` (from ``net.init_fn``),
-    traced over outputs.  Returns an array for a string ``get``, else a
-    ``Kernel`` namedtuple of (N1, N2) float64 arrays, like ``net.kernel``."""
+    finite network ``net`` (or its ``apply_fn``) with parameters ``params``
+    (from ``net.init_fn``).  Returns an array for a string ``get``, else a
+    ``Kernel`` namedtuple, like ``net.kernel``: (N1, N2) traced over the k
+    outputs (default), (N1, N2, k, k) for ``trace_axes=()``, (N1, N2, k) with
+    ``diagonal_axes=(-1,)`` as well (neural-tangents' layouts).  ``vmap_axes``
+    and ``implementation`` are neural-tangents' options for its Jacobian
+    contractions, accepted and unused: the per-layer Gram formula needs neither."""
     full = _as_network(net)
     net = full.body        # leading input maps (Fourier features) act on the data
     _check_layers(net)
+    mode = _output_mode(trace_axes, diagonal_axes)
 
     def kernel_fn(x1, x2=None, get=None, params=None):
         names, single = parse_get(get)
@@ -330,22 +380,25 @@ def empirical_kernel_fn(net):
                                  "returned by net.init_fn")
             params = tuple(params)[len(full.input_maps):]
         a1, a2, p = _prepare(net, x1, x2, params)
-        res = _kernels(net, p, a1, a2, names)
+        res = _kernels(net, p, a1, a2, names, mode)
         return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))
 
     return kernel_fn
 
 
-def empirical_ntk_fn(net):
+def empirical_ntk_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
+                     implementation=None):
     """``ntk_fn(x1, x2, params)``: Θ(x, x') = (1/k) Σ_j ∇_θ f_j(x)·∇_θ f_j(x'),
-    exact, via per-layer Gram matrices (see the module docstring)."""
-    fn = empirical_kernel_fn(net)
+    exact, via per-layer Gram matrices (see the module docstring); output
+    layouts and options as in :func:`empirical_kernel_fn`."""
+    fn = empirical_kernel_fn(net, trace_axes, diagonal_axes)
     return lambda x1, x2, params: fn(x1, x2, "ntk", params)
 
 
-def empirical_nngp_fn(net):
-    """``nngp_fn(x1, x2, params)``: K(x, x') = (1/k) f(x)·f(x')."""
-    fn = empirical_kernel_fn(net)
+def empirical_nngp_fn(net, trace_axes=(-1,), diagonal_axes=()):
+    """``nngp_fn(x1, x2, params)``: K(x, x') = (1/k) f(x)·f(x') (layouts as in
+    :func:`empirical_kernel_fn`)."""
+    fn = empirical_kernel_fn(net, trace_axes, diagonal_axes)
     return lambda x1, x2, params: fn(x1, x2, "nngp", params)
 
 
@@ -372,9 +425,29 @@ def _auto_batch(net, n1, n2, d):
     return int(max(1, min(256, _MAX_ENTRIES // max(per_sample, 1))))
 
 
-def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None):
-    """Yields {name: (B, N1, N2)} empirical kernels of independent random
-    networks, in batches.  Sample s is drawn from the s-th child of
+def _entropy(name, key):
+    """``np.random.SeedSequence`` entropy from a non-negative int seed or a
+    PRNG key's value (neural-tangents passes ``jax.random.PRNGKey(k)``, an
+    array of non-negative integers)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if key < 0:
+            raise ValueError(f"{name} must be >= 0, got {key}")
+        return int(key)
+    try:
+        a = np.asarray(key)
+    except Exception:
+        a = np.zeros(0)
+    if a.ndim == 1 and a.size and a.dtype.kind in "ui" and np.all(a >= 0):
+        return [int(v) for v in a]
+    raise TypeError(f"{name} must be a non-negative int or a PRNG key (a 1-D array of "
+                    f"non-negative integers), got {key!r}")
+
+
+def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None, mode="trace",
+                   stops=()):
+    """Yields {name: (B, N1, N2, ...)} empirical kernels (output layout of
+    ``mode``) of independent random networks, in batches that also end after
+    each count in ``stops``.  Sample s is drawn from the s-th child of
     ``np.random.SeedSequence(seed)``, so results do not depend on ``batch_size``."""
     net = _as_network(net)
     _check_layers(net)
@@ -385,19 +458,41 @@ def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None):
         batch_size = _auto_batch(net, a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0],
                                  a1.shape[1])
     batch_size = _check_count("batch_size", batch_size, 1)
-    for params in param_batches(net, a1.shape[1], n_samples, seed, batch_size):
-        yield _kernels(net, params, a1[None], None if a2 is None else a2[None], names)
+    for params in param_batches(net, a1.shape[1], n_samples, seed, batch_size, stops):
+        yield _kernels(net, params, a1[None], None if a2 is None else a2[None], names, mode)
 
 
-def param_batches(net, d_in, n_samples, seed, batch_size):
+def param_batches(net, d_in, n_samples, seed, batch_size, stops=()):
     """Yields parameters of independent random networks stacked along a leading
-    axis (W: (B, n, m), b: (B, 1, m)); network s uses the s-th child of
+    axis (W: (B, n, m), b: (B, 1, m)), at most ``batch_size`` at a time and
+    ending after each count in ``stops``; network s uses the s-th child of
     ``np.random.SeedSequence(seed)``."""
     children = np.random.SeedSequence(seed).spawn(n_samples)
-    for s0 in range(0, n_samples, batch_size):
-        plist = [net.init_fn(np.random.default_rng(c), (-1, d_in))[1]
-                 for c in children[s0:s0 + batch_size]]
+    ends = sorted(set(range(batch_size, n_samples, batch_size)) | {n_samples}
+                  | {int(n) for n in stops if 0 < n < n_samples})
+    for s0, s1 in zip([0] + ends[:-1], ends):
+        plist = [net.init_fn(np.random.default_rng(c), (-1, d_in))[1] for c in children[s0:s1]]
         yield _stack(plist, net.layers)
+
+
+def _running_moments(net, x1, x2, names, counts, seed, batch_size, mode):
+    """Yields (n, {name: _Moments}) once the first n samples are in, for each n
+    of the increasing ``counts``; x1, x2 are checked, mapped inputs."""
+    moments = {g: _Moments() for g in names}
+    if len(x1) == 0 or (x2 is not None and len(x2) == 0):
+        shape = (len(x1), len(x1 if x2 is None else x2))
+        for g in names:   # nothing to estimate: mean and standard error 0
+            moments[g].add(np.zeros((2,) + shape))
+        for n in counts:
+            yield n, moments
+        return
+    pending = list(counts)
+    for batch in sample_kernels(net, x1, x2, names, counts[-1], seed, batch_size, mode,
+                                stops=counts):
+        for g in names:
+            moments[g].add(batch[g])
+        while pending and moments[names[0]].n == pending[0]:
+            yield pending.pop(0), moments
 
 
 class _Moments:
@@ -423,41 +518,82 @@ class _Moments:
         return np.sqrt(self.m2 / (self.n - 1) / self.n)
 
 
-def monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
+def monte_carlo_kernel_fn(*args, **kwargs):
     """Monte Carlo estimate of the expected empirical kernels over random
-    initialisations: ``kernel_fn(x1, x2=None, get=None)`` returns
-    ``MonteCarloKernel(mean, stderr, n_samples)``.
+    initialisations, in either of two forms.
 
-    ``stderr`` is the standard error of the mean, √(s²/n) with the unbiased
-    sample variance s².  ``batch_size`` networks are evaluated together (None:
-    chosen to keep temporaries near 128 MiB); memory is O(batch_size · N ·
-    width + N1 · N2) whatever ``n_samples`` is.  Results do not depend on
-    ``batch_size``.
+    ``monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None)``:
+    ``kernel_fn(x1, x2=None, get=None)`` returns ``MonteCarloKernel(mean,
+    stderr, n_samples)``; ``stderr`` is the standard error of the mean,
+    √(s²/n) with the unbiased sample variance s² (n_samples ≥ 2).
+
+    neural-tangents' ``monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples,
+    batch_size=0, device_count=-1, store_on_device=True, trace_axes=(-1,),
+    diagonal_axes=(), vmap_axes=None, implementation=None)``: ``kernel_fn(x1,
+    x2=None, get=None)`` returns the means alone, in the layouts of
+    :func:`empirical_kernel_fn`; with ``n_samples`` a list of counts, a
+    generator of the means after each count.  ``key`` is an int or a JAX PRNG
+    key's value; ``init_fn`` and ``apply_fn`` must come from the same network;
+    the options after ``n_samples`` other than the axes are accepted and unused.
+
+    ``batch_size`` networks (first form; None: chosen to keep temporaries near
+    128 MiB) are evaluated together: memory is O(batch · N · width + N1 · N2)
+    whatever ``n_samples`` is, and results do not depend on it.
     """
+    if (len(args) >= 2 and callable(args[1])) or "apply_fn" in kwargs or "key" in kwargs:
+        return _nt_monte_carlo_kernel_fn(*args, **kwargs)
+    return _monte_carlo_kernel_fn(*args, **kwargs)
+
+
+def _monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
     full = _as_network(net)
-    net = full.body        # leading input maps (Fourier features) act on the data
-    _check_layers(net)
+    _check_layers(full.body)
     n_samples = _check_count("n_samples", n_samples, 2)
-    seed = _check_count("seed", seed, 0)
+    seed = _entropy("seed", seed)
     if batch_size is not None:
         _check_count("batch_size", batch_size, 1)
 
     def kernel_fn(x1, x2=None, get=None):
         names, single = parse_get(get)
         x1, x2 = _map_inputs(full, x1, x2)
-        shape = (len(x1), len(x1 if x2 is None else x2))
-        if 0 in shape:
-            mean = se = [np.zeros(shape) for _ in names]
-        else:
-            moments = {g: _Moments() for g in names}
-            for batch in sample_kernels(net, x1, x2, names, n_samples, seed, batch_size):
-                for g in names:
-                    moments[g].add(batch[g])
-            mean = [moments[g].mean for g in names]
-            se = [moments[g].stderr() for g in names]
+        _, moments = next(_running_moments(full.body, x1, x2, names, [n_samples], seed,
+                                           batch_size, "trace"))
+        mean = [moments[g].mean for g in names]
+        se = [moments[g].stderr() for g in names]
         if single:
             return MonteCarloKernel(mean[0], se[0], n_samples)
         kt = _kernel_type(names)
         return MonteCarloKernel(kt(*mean), kt(*se), n_samples)
+
+    return kernel_fn
+
+
+def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, device_count=-1,
+                              store_on_device=True, trace_axes=(-1,), diagonal_axes=(),
+                              vmap_axes=None, implementation=None):
+    full = _as_network(apply_fn)
+    if _as_network(init_fn) is not full:
+        raise ValueError("init_fn and apply_fn must belong to the same network "
+                         "(init_fn, apply_fn, kernel_fn = net)")
+    _check_layers(full.body)
+    mode = _output_mode(trace_axes, diagonal_axes)
+    key = _entropy("key", key)
+    several = not isinstance(n_samples, (int, np.integer))
+    try:
+        counts = list(n_samples) if several else [n_samples]
+    except TypeError:
+        raise TypeError(f"n_samples must be an int or an iterable of ints, got "
+                        f"{type(n_samples).__name__}") from None
+    counts = [_check_count("n_samples", n, 1) for n in counts]
+    if not counts or counts != sorted(set(counts)):
+        raise ValueError(f"n_samples must be a non-empty increasing list of counts, got {counts}")
+
+    def kernel_fn(x1, x2=None, get=None):
+        names, single = parse_get(get)
+        x1, x2 = _map_inputs(full, x1, x2)    # checked now, not when the generator runs
+        gen = ((mean[0] if single else _kernel_type(names)(*mean))
+               for mean in ([m[g].mean for g in names] for _, m in _running_moments(
+                   full.body, x1, x2, names, counts, key, None, mode)))
+        return gen if several else next(gen)
 
     return kernel_fn

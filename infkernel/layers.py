@@ -22,6 +22,9 @@ class _State:
     signal (possibly followed by ``Identity``/``Scale``), or -1 when the signal
     is not a fresh zero-mean Dense output (the input, an activation's output).
     ``FanInSum`` uses it to check that the branches it adds are independent.
+    ``last_dense`` is the op index of the latest ``Dense`` layer on the signal's
+    path, whatever follows it (-1: none); ``FanInProd`` uses it, since a
+    product needs independent branches but not zero means.
     ``width`` is None after an infinite-feature map (no finite fan-in).
     """
 
@@ -31,6 +34,7 @@ class _State:
         self.at_input = True    # no layer with parameters applied yet
         self.width = d_in       # channels (fan-in of the next Dense)
         self.born = -1          # op index of the Dense that made the signal
+        self.last_dense = -1    # op index of the latest Dense on the signal's path
         #: why a non-Gaussian signal is not Gaussian, when neither "the network
         #: input" nor "another activation's output" says it (e.g. after FanInConcat)
         self.not_gaussian_because = None
@@ -155,7 +159,8 @@ class Dense(Layer):
                 "parameterization='ntk' for this layer or a finite number of features")
         else:
             coef = (float(state.width), 0.0, 0.0 if self.b_std is None else 1.0)
-        state.born, state.not_gaussian_because = len(builder.ops), None
+        state.born = state.last_dense = len(builder.ops)
+        state.not_gaussian_because = None
         builder.emit(P.OP_DENSE, state.reg, params=(w2, b2) + coef)
         state.gaussian, state.at_input, state.width = True, False, self.out_dim
 

@@ -652,11 +652,17 @@ def _ntk_cov(k_tt, t_td, s_td, s_dd, apply_inv):
 # ---------------------------------------------------------------------------
 
 def _kernel_callable(kernel_fn):
+    """``kfn(x1, x2, get, **kw)`` giving kernels; a Monte Carlo estimate
+    (``ik.monte_carlo_kernel_fn(net, n)``) contributes its mean."""
+    from .empirical import MonteCarloKernel
     from .layers import Network
     if isinstance(kernel_fn, Network):
         return kernel_fn.kernel
     if callable(kernel_fn):
-        return kernel_fn
+        def kfn(*args, **kwargs):
+            k = kernel_fn(*args, **kwargs)
+            return k.mean if isinstance(k, MonteCarloKernel) else k
+        return kfn
     raise TypeError("kernel_fn must be an infkernel Network or a callable "
                     f"kernel_fn(x1, x2, get), got {type(kernel_fn).__name__}")
 
@@ -956,16 +962,17 @@ def _check_outputs(f, shape, name):
     return a
 
 
-def max_learning_rate(k_train_train, y_train_size=None, momentum=0.):
+def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0., eps=1e-12):
     """Largest stable learning rate of discrete gradient descent on MSE,
-    2n / λ_max(K) (neural-tangents' ``max_learning_rate``), n = ``y_train_size``
-    (default: the number of training points)."""
-    k = _check_square(k_train_train, "k_train_train")
+    2(1 + momentum) n / (λ_max(K) + eps) (neural-tangents' ``max_learning_rate``),
+    n = ``y_train_size`` (default: the number of training points)."""
+    k = _check_square(ntk_train_train, "ntk_train_train")
     if k.shape[0] == 0:
-        raise ValueError("k_train_train is empty (0 training points)")
+        raise ValueError("ntk_train_train is empty (0 training points)")
     n = k.shape[0] if y_train_size is None else y_train_size
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")
     momentum = real("momentum", momentum, lower=0)
+    eps = real("eps", eps, lower=0)
     lam = sla.eigvalsh(k, subset_by_index=[k.shape[0] - 1, k.shape[0] - 1])[0]
-    return 2.0 * (1.0 + momentum) * n / lam
+    return 2.0 * (1.0 + momentum) * n / (lam + eps)

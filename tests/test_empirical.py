@@ -65,9 +65,20 @@ def jacobian(net, params, x):
     return t
 
 
-def ntk_reference(net, params, x1, x2):
+def ntk_reference(net, params, x1, x2, mode="trace"):
+    """Θ from the explicit Jacobians: traced over the k outputs (mean), or per
+    channel pair (N1, N2, k, k), or per channel (N1, N2, k)."""
     J1, J2 = jacobian(net, params, x1), jacobian(net, params, x2)
+    if mode == "full":
+        return np.einsum("paj,pbk->abjk", J1, J2)
+    if mode == "diagonal":
+        return np.einsum("paj,pbj->abj", J1, J2)
     return np.einsum("pak,pbk->ab", J1, J2) / J1.shape[-1]
+
+
+_MODES = {"trace": {}, "full": {"trace_axes": ()},
+          "diagonal": {"trace_axes": (), "diagonal_axes": (-1,)}}
+_TABULATED = ik.Elementwise(np.tanh)   # φ' from the tabulated interpolants
 
 
 ACTS = {
@@ -76,6 +87,7 @@ ACTS = {
     "rbf": lambda: ik.Rbf(0.7), "exp": lambda: ik.Exp(0.5, 0.4),
     "gaussian": ik.Gaussian, "monomial3": lambda: ik.Monomial(3),
     "rmono2": lambda: ik.RectifiedMonomial(2), "sigmoid_like": ik.Sigmoid_like,
+    "tabulated": lambda: _TABULATED,
 }
 
 
@@ -101,20 +113,23 @@ def networks(draw):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(net=networks(), seed=st.integers(0, 2**31), n1=st.integers(1, 4), n2=st.integers(1, 4),
-       d=st.integers(1, 3), symmetric=st.booleans())
-def test_structured_ntk_equals_jacobian_product(net, seed, n1, n2, d, symmetric):
+       d=st.integers(1, 3), symmetric=st.booleans(), mode=st.sampled_from(sorted(_MODES)))
+def test_structured_ntk_equals_jacobian_product(net, seed, n1, n2, d, symmetric, mode):
     rng = np.random.default_rng(seed)
     x1 = rng.normal(size=(n1, d))
     x2 = x1 if symmetric else rng.normal(size=(n2, d))
     _, params = net.init_fn(rng, (-1, d))
-    got = E.empirical_kernel_fn(net)(x1, None if symmetric else x2, None, params)
-    ref = ntk_reference(net, params, x1, x2)
+    got = E.empirical_kernel_fn(net, **_MODES[mode])(x1, None if symmetric else x2, None,
+                                                     params)
+    ref = ntk_reference(net, params, x1, x2, mode)
     # Both are sums of the same O(P) products in float64: agreement to 1e-12
     # relative to the kernel's scale leaves a margin of ~1e3 over rounding.
     scale = max(1.0, np.abs(ref).max())
     np.testing.assert_allclose(got.ntk, ref, rtol=0, atol=1e-12 * scale)
     f1, f2 = net.apply_fn(params, x1), net.apply_fn(params, x2)
-    np.testing.assert_allclose(got.nngp, f1 @ f2.T / f1.shape[1], rtol=0,
+    nngp = {"trace": f1 @ f2.T / f1.shape[1], "full": np.einsum("aj,bk->abjk", f1, f2),
+            "diagonal": np.einsum("aj,bj->abj", f1, f2)}[mode]
+    np.testing.assert_allclose(got.nngp, nngp, rtol=0,
                                atol=1e-12 * max(1.0, np.abs(got.nngp).max()))
 
 
@@ -350,3 +365,55 @@ def test_neural_tangents_call_forms_and_edge_inputs():
     assert mc.mean.nngp.shape == (0, 4) and mc.stderr.ntk.shape == (0, 4)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         ik.monte_carlo_kernel_fn(net, 4, seed=-1)
+
+
+def test_neural_tangents_monte_carlo_form():
+    """``monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples)`` draws the
+    same networks as ``monte_carlo_kernel_fn(net, n_samples, seed)`` and
+    returns their means alone; a list of counts gives a generator of the means
+    after each count; untraced layouts trace back to the traced kernel."""
+    net = ik.serial(ik.Dense(16, 1.3, 0.1), ik.Erf(), ik.Dense(3, b_std=0.2))
+    init_fn, apply_fn, _ = net
+    x, y = np.random.default_rng(1).standard_normal((2, 5, 3))
+    ours = ik.monte_carlo_kernel_fn(net, 6, seed=9)(x, y)
+    nt_form = ik.monte_carlo_kernel_fn(init_fn, apply_fn, 9, 6)
+    k = nt_form(x, y)
+    # same samples, merged in possibly different batches: equal to rounding
+    np.testing.assert_allclose(k.ntk, ours.mean.ntk, rtol=1e-13)
+    np.testing.assert_allclose(nt_form(x, y, "nngp"), ours.mean.nngp, rtol=1e-13)
+    gen = ik.monte_carlo_kernel_fn(init_fn, apply_fn, 9, [2, 6])(x, y, "ntk")
+    first, last = list(gen)
+    np.testing.assert_allclose(last, ours.mean.ntk, rtol=1e-13)
+    np.testing.assert_allclose(first, ik.monte_carlo_kernel_fn(net, 2, seed=9)(x, y, "ntk").mean,
+                               rtol=1e-13)
+    full = ik.monte_carlo_kernel_fn(init_fn, apply_fn, 9, 6, trace_axes=())(x, y, "ntk")
+    diag = ik.monte_carlo_kernel_fn(init_fn, apply_fn, 9, 6, trace_axes=(),
+                                    diagonal_axes=(-1,))(x, y, "ntk")
+    assert full.shape == (5, 5, 3, 3) and diag.shape == (5, 5, 3)
+    np.testing.assert_allclose(np.einsum("abjj->abj", full), diag, rtol=1e-13)
+    np.testing.assert_allclose(diag.mean(-1), k.ntk, rtol=1e-13)
+    # a JAX PRNG key's value is accepted as the key; the ensemble predictor
+    # takes either form (the first contributes its mean)
+    key = np.array([0, 9], dtype=np.uint32)
+    assert ik.monte_carlo_kernel_fn(init_fn, apply_fn, key, 2)(x, None, "ntk").shape == (5, 5)
+    yt = np.sin(x[:, :2])
+    preds = [ik.predict.gradient_descent_mse_ensemble(f, x, yt, diag_reg=1e-2)(
+        t=1.0, x_test=y, get="ntk") for f in (nt_form, ik.monte_carlo_kernel_fn(net, 6, 9))]
+    np.testing.assert_allclose(preds[0], preds[1], rtol=1e-10, atol=1e-12)
+
+
+def test_neural_tangents_forms_reject_bad_options():
+    net = ik.serial(ik.Dense(4), ik.Relu(), ik.Dense(2))
+    other = ik.serial(ik.Dense(4), ik.Relu(), ik.Dense(2))
+    with pytest.raises(ValueError, match="trace_axes: .* batch axis"):
+        ik.empirical_ntk_fn(net, trace_axes=(0,))
+    with pytest.raises(ValueError, match="diagonal_axes=\\(-1,\\) with trace_axes=\\(\\)"):
+        ik.empirical_kernel_fn(net, diagonal_axes=(-1,))
+    with pytest.raises(ValueError, match="same network"):
+        ik.monte_carlo_kernel_fn(other.init_fn, net.apply_fn, 0, 4)
+    with pytest.raises(ValueError, match="increasing list"):
+        ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, [4, 2])
+    with pytest.raises(TypeError, match="key must be a non-negative int or a PRNG key"):
+        ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, "k", 4)
+    with pytest.raises(ValueError, match="x1 has NaN"):   # checked before the generator runs
+        ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, [2, 4])(np.full((2, 3), np.nan))

@@ -228,9 +228,28 @@ def test_bad_user_functions():
     # neural-tangents' Elementwise(fn, nngp_fn): the second argument here is φ'
     with pytest.raises(TypeError, match="function of three"):
         ik.Elementwise(np.tanh, lambda cov12, var1, var2: cov12)
+
+
+
+def test_neural_tangents_closed_form_duals_are_checked():
+    """neural-tangents' ``nngp_fn`` / ``d_nngp_fn`` are checked against the
+    kernel computed from ``fn`` (Williams' arcsine kernel of erf and its
+    derivative here): consistent ones pass, others are an error rather than
+    a silently different kernel; a kernel-only activation is refused."""
+    def nngp(c, v1, v2):
+        return 2 / np.pi * np.arcsin(2 * c / np.sqrt((1 + 2 * v1) * (1 + 2 * v2)))
+
+    def d_nngp(c, v1, v2):
+        return 4 / np.pi / np.sqrt((1 + 2 * v1) * (1 + 2 * v2) - 4 * c * c)
     x = np.linspace(-1, 1, 7)
-    ported = ik.Elementwise(np.tanh, nngp_fn=lambda c, v1, v2: c, d_nngp_fn=lambda c, v1, v2: c)
-    assert np.array_equal(ported.fn(x), np.tanh(x))
+    ported = ik.Elementwise(special.erf, nngp_fn=nngp, d_nngp_fn=d_nngp)
+    assert np.array_equal(ported.fn(x), special.erf(x))
+    with pytest.raises(ValueError, match="nngp_fn\\(cov12=0.5, var1=1, var2=1\\) = 0.5, but"):
+        ik.Elementwise(special.erf, nngp_fn=lambda c, v1, v2: c)
+    with pytest.raises(ValueError, match="d_nngp_fn.*fix d_nngp_fn or drop it"):
+        ik.Elementwise(special.erf, nngp_fn=nngp, d_nngp_fn=lambda c, v1, v2: 1.01 * d_nngp(c, v1, v2))
+    with pytest.raises(TypeError, match="fn .* is required"):
+        ik.Elementwise(nngp_fn=nngp, d_nngp_fn=d_nngp)
 
 
 def test_variance_outside_range_fails_loudly():
