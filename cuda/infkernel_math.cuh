@@ -481,6 +481,8 @@ template <typename T>
 IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T& k, T& kd) {
   T jn, jn1;
   ik_arccos_j(n, ik_correlation(q12, r1, r2), jn, jn1);
+  if (jn < T(0)) jn = T(0);    // J >= 0: rounding of the recurrence near rho = -1
+  if (jn1 < T(0)) jn1 = T(0);
   T s = s1 * s2;
   T sn1 = T(1);
   for (int m = 1; m < n; ++m) sn1 *= s;

@@ -428,6 +428,7 @@ def point_tables(program, x, features=True, start=0, name="x"):
     if shared:
         V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])
                                for a in (V, S, R, F, G, k, t))
+    check_finite_variances(program, V, k, t, start, name)
     for op in numeric:
         if n and V[op].max() > Q_MAX:
             i = int(V[op].argmax())
@@ -437,6 +438,40 @@ def point_tables(program, x, features=True, start=0, name="x"):
                 f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
                 "or reduce W_std / b_std of the Dense layer before it")
     return (V, S, R, F, G), k, t
+
+
+def check_finite_variances(program, V, k, t, start, name):
+    """A ValueError when a point's variance overflows (or diverges) at some
+    layer: its kernel entries would be inf − inf or 0·inf, NaN or of the wrong
+    sign, so none is returned.  V: activation-input variances per op and
+    point; k, t: the output diagonals Σ(x, x), Θ(x, x)."""
+    bad_v = ~np.isfinite(V)
+    bad = bad_v.any(axis=0) | ~np.isfinite(k) | ~np.isfinite(t)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    ops = np.flatnonzero(bad_v[:, i])
+    where = ("at the input of " + (program.names or {}).get(int(ops[0]), f"op {ops[0]}")
+             if ops.size else "at the output")
+    value = f"{V[ops[0], i]:g}" if ops.size else f"Σ = {k[i]:.3g}, Θ = {t[i]:.3g}"
+    raise ValueError(
+        f"{name} row {start + i}: the variance overflows float64 {where} ({value}: it grows "
+        "beyond 1.8e308 through the layers, or an expectation such as E[exp(b u²)] "
+        "diverges), so the kernel cannot be computed; reduce W_std, b_std, Scale factors, "
+        "the depth or the input scale")
+
+
+def check_range(dtype, k, t, name, start=0):
+    """A ValueError before a Gram matrix is stored in ``dtype`` (float32) when
+    its largest entry, bounded by the largest diagonal value (Cauchy–Schwarz:
+    both kernels are positive semi-definite), exceeds that type's range."""
+    top = np.finfo(dtype).max
+    for what, d in (("NNGP", k), ("NTK", t)):
+        if d is not None and d.size and np.abs(d).max() > top:
+            i = int(np.abs(d).argmax())
+            raise ValueError(f"dtype={np.dtype(dtype).name}: the {what} reaches {d[i]:.4g} at "
+                             f"{name} row {start + i}, beyond the largest {np.dtype(dtype).name} "
+                             f"({top:.4g}); compute in float64")
 
 
 def _tail_max(F):
@@ -458,7 +493,13 @@ def gram(program, x1, x2, K, T, progress=None):
     # column tables for all points; row tables (cross case) block by block
     # (a numeric activation's input range is checked block by block, too)
     _, gram_tiles = _kernels(program)
+    narrow = next((A.dtype for A in (K, T) if A is not None and A.dtype != np.float64), None)
+
+    def in_range(k, t, name, start=0):
+        if narrow is not None:
+            check_range(narrow, None if K is None else k, None if T is None else t, name, start)
     tables2, k2, t2 = point_tables(program, x1 if sym else x2, name="x1" if sym else "x2")
+    in_range(k2, t2, "x1" if sym else "x2")
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
@@ -476,8 +517,11 @@ def gram(program, x1, x2, K, T, progress=None):
     with _single_threaded_blas():
         for r0 in range(0, n1, block):
             r1 = min(n1, r0 + block)
-            tables1 = (tables2 if sym else
-                       point_tables(program, x1[r0:r1], start=r0, name="x1")[0])
+            if sym:
+                tables1 = tables2
+            else:
+                tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name="x1")
+                in_range(k1, t1, "x1", r0)
             gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
                         0 if sym else r0, *tables1[:3], *tables2[:3],

@@ -428,8 +428,14 @@ def arccos_j(n, rho):
 def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = max(x, 0)^n (arc-cosine kernel of order n, Cho & Saul 2009):
       k = (s1 s2)^n J_n(θ) / (2π),  kdot = n² (s1 s2)^{n-1} J_{n-1}(θ) / (2π);
-    kdot = 0 for n = 0 (neural-tangents' convention for the step function)."""
+    kdot = 0 for n = 0 (neural-tangents' convention for the step function).
+    The upward recurrence loses relative accuracy where J_n is tiny (ρ → −1,
+    large n): its error stays ~ε J_n(0), and J ≥ 0 is restored by clamping."""
     jn, jn1 = arccos_j(n, correlation(q12, r1, r2))
+    if jn < 0.0:
+        jn = 0.0
+    if jn1 < 0.0:
+        jn1 = 0.0
     s = s1 * s2
     sn1 = 1.0  # (s1 s2)^(n-1) by multiplication (no libm pow)
     for _ in range(n - 1):

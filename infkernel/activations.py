@@ -64,6 +64,7 @@ class Activation(Layer):
     def _emit(self, builder, state):
         self._check_input(state)
         lo = [builder.add_aux(t) for t in self.tables] + [0, 0]
+        builder.names[len(builder.ops)] = repr(self)
         builder.emit(P.OP_ACT, state.reg, kind=self.kind, aux_lo=lo[0],
                      aux_hi=lo[1], params=self.params)
         state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
@@ -258,6 +259,11 @@ def RectifiedMonomial(degree):
     """φ(x) = max(x, 0)^degree (arc-cosine kernel of order n); degree 0 is the
     step function, whose derivative dual is 0 as in neural-tangents."""
     n = _degree("RectifiedMonomial", degree)
+    try:   # E[max(u, 0)^2n] = (2n − 1)!!/2 at unit variance
+        float(math.prod(range(1, 2 * n, 2)))
+    except OverflowError:
+        raise ValueError(f"RectifiedMonomial: degree {n} is too large: its Gaussian moments "
+                         "exceed the largest double") from None
     return Activation(
         "RectifiedMonomial", P.K_RECTIFIED_MONOMIAL, (float(n),),
         fn=lambda x: np.where(x > 0, np.maximum(x, 0) ** n, 0.0),

@@ -276,10 +276,11 @@ class _Program:
             raise RuntimeError(f"numeric activation slots {slots} are not 0, 1, ... in "
                                "program order (a layer emitted them inconsistently)")
 
-    def diag(self, diag_kernel, x, features=True):
+    def diag(self, diag_kernel, x, features=True, name="x"):
         """(tables (3·n_act, N) float64, features (rows, N) float64, K(x,x),
-        Θ(x,x)) of device points x; ``features=False``: only what the
-        diagonal needs.  Raises the CPU backend's ValueError when a numeric
+        Θ(x,x)) of device points x (the user's array ``name``);
+        ``features=False``: only what the diagonal needs.  Raises the CPU
+        backend's ValueErrors when a variance overflows or a numeric
         activation's input variance leaves its guaranteed range."""
         cp = self.cp
         n = x.shape[0]
@@ -303,8 +304,23 @@ class _Program:
                         (x, np.int64(n), np.int32(x.shape[1]), np.float64(1.0 / self.prog.d_in),
                          self.ops, self.params, self.aux, np.int32(self.prog.n_ops),
                          tab, feat, np.int32(fr), kd, td))
+            self._check_finite(tab, kd, td, name)
             self._check_range(tab)
         return tab, feat, kd, td
+
+    def _check_finite(self, tab, kd, td, name):
+        """``_cpu.check_finite_variances`` on the device tables (the first
+        offending point is brought to the host to name its layer)."""
+        cp = self.cp
+        bad = ~(cp.isfinite(tab[0::3]).all(axis=0) & cp.isfinite(kd) & cp.isfinite(td))
+        if not bool(bad.any()):
+            return
+        from . import _cpu
+        i = int(bad.argmax())
+        V = np.zeros((self.prog.n_ops, 1))
+        V[self.prog.ops[:, 0] == P.OP_ACT, 0] = tab[0::3, i].get()[:self.n_act]
+        _cpu.check_finite_variances(self.prog, V, kd[i:i + 1].get(), td[i:i + 1].get(), i,
+                                    name)
 
     def _check_range(self, tab):
         """The Q_MAX check of ``_cpu.point_tables`` on the device tables."""
@@ -341,8 +357,15 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     variant = _variant(compute_dt, dt, prog.n_regs, bool(dev.numeric))
     k_diag, k_cross, k_sym = _kernels(cp.cuda.Device().id, variant)
 
-    tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, features=not diagonal)
+    def in_range(kd, td, name):
+        if dt != np.float64:
+            from ._cpu import check_range
+            check_range(dt, kd.get() if "nngp" in names else None,
+                        td.get() if "ntk" in names else None, name)
+
     if diagonal:
+        tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, features=False)
+        in_range(kd1, td1, "x")
         res = {"nngp": kd1, "ntk": td1}
         arrays = [res[g].astype(dt, copy=False) for g in names]
         if not on_device:
@@ -354,11 +377,17 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     n2 = n1 if sym else a2.shape[0]
     shape = (n1, n2)
     outs, to_host = _outputs(cp, out, names, single, shape, dt, on_device, _check_out)
+    tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, name="x1")
+    in_range(kd1, td1, "x1")
     res = dict(zip(names, outs))
     callback, close = _progress_callback(progress)
     try:
         if n1 and n2:
-            tab2, feat2 = (tab1, feat1) if sym else dev.diag(k_diag, a2)[:2]
+            if sym:
+                tab2, feat2 = tab1, feat1
+            else:
+                tab2, feat2, kd2, td2 = dev.diag(k_diag, a2, name="x2")
+                in_range(kd2, td2, "x2")
             _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1,
                   res.get("nngp"), res.get("ntk"), compute_dt, dt, to_host, callback)
     finally:

@@ -195,6 +195,9 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     prog = net.program(a1.shape[1])
     if diagonal:
         _, k, t = _cpu.point_tables(prog, a1, features=False)
+        if dt != np.float64:
+            _cpu.check_range(dt, k if "nngp" in names else None, t if "ntk" in names else None,
+                             "x")
         res = {"nngp": k, "ntk": t}
         arrays = [res[g].astype(dt, copy=False) for g in names]
     else:

@@ -65,11 +65,20 @@ class JitterWarning(UserWarning):
 # input checks
 # ---------------------------------------------------------------------------
 
-def _check_y(y, n=None, name="y_train"):
+def _real_array(a, name, what="a numeric array"):
+    """``a`` as float64; strings, complex and object arrays are a TypeError
+    (NumPy would parse the strings and drop imaginary parts)."""
     try:
-        a = np.asarray(y, dtype=np.float64)
+        raw = np.asarray(a)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+        raise TypeError(f"{name} must be {what}: {exc}") from None
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be {what} of real numbers, got dtype {raw.dtype}")
+    return raw.astype(np.float64, copy=False)
+
+
+def _check_y(y, n=None, name="y_train"):
+    a = _real_array(y, name)
     if a.ndim not in (1, 2):
         raise ValueError(f"{name} must have shape (N,) or (N, C), got {a.shape}")
     if n is not None and a.shape[0] != n:
@@ -103,10 +112,7 @@ def _check_t(t):
     """None (t = ∞) or a float64 array of times >= 0 (inf allowed)."""
     if t is None:
         return None
-    try:
-        a = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"t must be None or a number / array of numbers, got {t!r}") from None
+    a = _real_array(t, "t", "None or a number / array of numbers")
     if np.isnan(a).any():
         raise ValueError("t must not contain NaN")
     if (a < 0).any():
@@ -118,10 +124,7 @@ def _check_square(k, name, n=None):
     if hasattr(k, "_fields"):
         raise TypeError(f"{name} must be one (N, N) array, got a {type(k).__name__} with "
                         f"fields {k._fields}: pass one of them (e.g. .ntk)")
-    try:
-        a = np.asarray(k, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    a = _real_array(k, name)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square (N, N) matrix, got shape {a.shape}")
     if n is not None and a.shape[0] != n:
@@ -219,10 +222,17 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER)
     else:
         work = np.array(a, dtype=np.float64, order="F")
     eps = 0.0
+    # a pivot (the part of a point's variance the earlier points leave
+    # unexplained) below the factorisation's rounding level ~n·ε·K_ii is
+    # indistinguishable from zero: singular to working precision (e.g. a
+    # duplicated point), even when LAPACK's dpotrf succeeds
+    tiny = 4.0 * n * np.finfo(np.float64).eps
     while True:
         try:
             # reads and writes only the lower triangle
             c = _potrf_lower(work)
+            if np.any(np.diagonal(c) ** 2 < tiny * (d0 + eps * scale)):
+                raise np.linalg.LinAlgError("pivot at the rounding level")
             break
         except (np.linalg.LinAlgError, sla.LinAlgError):
             eps = 1e-12 if eps == 0.0 else eps * 10.0
@@ -590,7 +600,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
                 out[g] = mean
                 continue
             g_init = "ntk" if g == "ntkgp" else "nngp"
-            k_tt = np.asarray(_field(k_test_test, g_init, "k_test_test"), dtype=np.float64)
+            k_tt = _real_array(_field(k_test_test, g_init, "k_test_test"), "k_test_test")
             _check_tt(k_tt, k_td.shape[0])
             if g in ("nngp", "ntkgp"):
                 cov = _nngp_cov(k_tt, k_td, solver_for(kg).solve)
@@ -608,7 +618,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
 
 
 def _as_cross(k, n, name):
-    a = np.asarray(k, dtype=np.float64)
+    a = _real_array(k, name)
     if a.ndim != 2 or a.shape[1] != n:
         raise ValueError(f"{name} must have shape (M, {n}), got {a.shape}")
     if not np.isfinite(a).all():
@@ -972,7 +982,11 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0., eps=1e-12
     n = k.shape[0] if y_train_size is None else y_train_size
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")
+    _check_symmetric(k, "ntk_train_train")
     momentum = real("momentum", momentum, lower=0)
     eps = real("eps", eps, lower=0)
     lam = sla.eigvalsh(k, subset_by_index=[k.shape[0] - 1, k.shape[0] - 1])[0]
+    if not lam > 0.0:
+        raise ValueError(f"ntk_train_train has no positive eigenvalue (largest {lam:.3g}): "
+                         "gradient descent on it does not train; pass an NTK Gram matrix")
     return 2.0 * (1.0 + momentum) * n / (lam + eps)

@@ -227,6 +227,27 @@ def test_numeric_variance_out_of_range():
         net.kernel(cp.asarray(x), backend="gpu")
 
 
+def test_overflow_and_float32_range_errors():
+    """The CPU backend's errors for an overflowing variance and for float32
+    results beyond range, raised from the device tables before any output."""
+    x = np.random.default_rng(2).standard_normal((3, 2))
+    deep = ik.serial(*([ik.Dense(4, 3.0), ik.Relu()] * 1000), ik.Dense(4), ik.Sign(),
+                     ik.Dense(1))
+    for data in (x, cp.asarray(x)):
+        with pytest.raises(ValueError, match=r"x1 row 0: .* at the input of ABRelu\(0, 1\)"):
+            deep.kernel(data, backend="gpu")
+        with pytest.raises(ValueError, match="x row 0: the variance overflows"):
+            deep.diag(data, backend="gpu")
+    big = ik.serial(ik.Dense(4, 1e10, 0.1), ik.Relu(), ik.Dense(4, 1e10), ik.Relu(),
+                    ik.Dense(1))
+    with pytest.raises(ValueError, match="dtype=float32: the NNGP reaches .* at x1 row"):
+        big.kernel(x, dtype=np.float32, backend="gpu")
+    with pytest.raises(ValueError, match="dtype=float32: the NTK reaches .* at x2 row"):
+        big.kernel(x[:1] * 0.0, x, "ntk", dtype=np.float32, backend="gpu")
+    with pytest.raises(ValueError, match="dtype=float32: the NNGP reaches .* at x row"):
+        big.diag(x, dtype=np.float32, backend="gpu")
+
+
 def test_auto_uses_gpu_for_numeric():
     net = _net(ik.Tanh())
     assert gpu.supports(net.program(7))

@@ -211,6 +211,32 @@ def test_rectified_monomial_finite_at_plus_minus_one_deep():
         assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
 
 
+def test_rectified_monomial_high_degree_against_extended_precision():
+    """Cho & Saul's recurrence at 60 digits (mpmath) against the float64 one at
+    ρ near −1, where J_n is tiny: the error stays within 1e-14 of the
+    Cauchy–Schwarz scale J_n(0)/(2π) (rounding of O(J_n(0)) terms), entries
+    are never negative, and degrees whose moments overflow are refused."""
+    import mpmath
+    mpmath.mp.dps = 60
+
+    def k_ref(n, rho):
+        th = mpmath.acos(rho)
+        j0, j1 = mpmath.pi - th, mpmath.sin(th) + (mpmath.pi - th) * rho
+        for m in range(2, n + 1):
+            j0, j1 = j1, (2 * m - 1) * rho * j1 + (m - 1) ** 2 * (1 - rho * rho) * j0
+        return (j1 if n else j0) / (2 * mpmath.pi)
+    for n in (2, 10, 15, 20, 50):
+        for rho in (-0.999, -0.9, -0.5, 0.3, 0.95):
+            x = np.array([[1.0, 0.0], [rho, np.sqrt(1 - rho * rho)]])
+            k = ik.serial(ik.Dense(1, W_std=2 ** 0.5), ik.RectifiedMonomial(n)).kernel(
+                x, None, "nngp")[0, 1]
+            ref = k_ref(n, mpmath.mpf(rho))
+            assert k >= 0.0 and abs(k - float(ref)) <= 1e-14 * float(k_ref(n, mpmath.mpf(1)))
+    ik.RectifiedMonomial(150)
+    with pytest.raises(ValueError, match="RectifiedMonomial: degree 151 is too large"):
+        ik.RectifiedMonomial(151)
+
+
 def test_zero_norm_inputs_with_bias():
     x = np.array([[0.0, 0.0], [1.0, -0.5], [0.0, 0.0]])
     for act in CLOSED_FORMS:
@@ -262,15 +288,55 @@ def test_depth_1000_no_overflow_where_representable():
     k = ik.serial(*([ik.Dense(1, 1.9), ik.Gelu()] * 1000), ik.Dense(1)).kernel(x)
     assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
     assert k.nngp.max() > 1e250
-    # past the largest double the kernels are +inf, never NaN (no 0·inf in a
-    # Dense layer whose parameterization zeroes a coefficient)
+    # past the largest double: an error naming the point and the layer, not
+    # entries of inf − inf or 0·inf (NaN, or the wrong sign)
     for par in ("ntk", "standard"):
-        k = ik.serial(*([ik.Dense(1, 2.0, 0.1, par), ik.Identity()] * 1100)).kernel(x)
-        assert np.isposinf(np.diag(k.nngp)).all() and np.isposinf(np.diag(k.ntk)).all()
+        with pytest.raises(ValueError, match="x1 row 0: the variance overflows float64 at the "
+                                             "output"):
+            ik.serial(*([ik.Dense(1, 2.0, 0.1, par), ik.Identity()] * 1100)).kernel(x)
     # growth per layer at most 1.5² (1 + 0.1²)/2: q stays below 1e60
     for act in (ik.Erf(), ik.Gelu(), ik.Sin(), ik.LeakyRelu(0.1), ik.Sign()):
         k = ik.serial(*([ik.Dense(1, 1.5, 0.1), act] * 1000), ik.Dense(1)).kernel(x)
         assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all(), act
+
+
+def test_overflow_midway_is_an_error_before_any_output():
+    """1000 ReLU layers at W_std = 3 overflow (q ~ 4.5^L); a Sign or Erf layer
+    after them would normalise the kernel again, but the recursion cannot
+    carry inf: an error names the point and the first layer whose input
+    variance overflowed, for the kernel, its diagonal and the cross kernel,
+    and the output is left untouched."""
+    x = RNG.standard_normal((3, 2))
+    deep = [ik.Dense(4, 3.0), ik.Relu()] * 1000
+    for tail in (ik.Sign(), ik.Erf(), ik.LayerNorm(eps=0.0)):
+        net = ik.serial(*deep, ik.Dense(4), tail, ik.Dense(1))
+        out = np.full((3, 3), 7.0)
+        with pytest.raises(ValueError, match=r"x1 row 0: .* at the input of ABRelu\(0, 1\)"):
+            net.kernel(x, None, "nngp", out=out)
+        assert (out == 7.0).all()
+        with pytest.raises(ValueError, match="x row 0: the variance overflows"):
+            net.diag(x)
+        with pytest.raises(ValueError, match="x2 row 0: the variance overflows"):
+            net.kernel(x[:1] * 0.0, x)
+    # a divergent expectation: E[exp(b u²)] is infinite once 2 b q ≥ 1
+    net = ik.serial(ik.Dense(4, 2.0), ik.Gaussian(1.0, 0.4), ik.Dense(1))
+    with pytest.raises(ValueError, match="overflows float64 at the output"):
+        net.kernel(np.ones((2, 2)))
+
+
+def test_float32_results_beyond_range_are_an_error():
+    """Entries are bounded by the largest diagonal value (Cauchy–Schwarz), so
+    a float32 result that would overflow is refused before it is computed."""
+    net = ik.serial(ik.Dense(4, 1e10, 0.1), ik.Relu(), ik.Dense(4, 1e10), ik.Relu(),
+                    ik.Dense(1))
+    x = RNG.standard_normal((3, 2))
+    assert np.isfinite(net.kernel(x).ntk).all() and net.kernel(x).ntk.max() > 1e39
+    with pytest.raises(ValueError, match="dtype=float32: the NNGP reaches .* at x1 row"):
+        net.kernel(x, dtype=np.float32)
+    with pytest.raises(ValueError, match="dtype=float32: the NTK reaches .* at x2 row"):
+        net.kernel(x[:1] * 0.0, x, "ntk", dtype=np.float32)
+    with pytest.raises(ValueError, match="dtype=float32: the NNGP reaches .* at x row"):
+        net.diag(x, dtype=np.float32)
 
 
 def test_lone_dense_is_linear_kernel():

@@ -299,6 +299,53 @@ def test_gradient_descent_mse_test_outputs_only():
         pf(2.0, 0.0, np.zeros((4, 2)), kt)
 
 
+def test_duplicated_training_point_is_singular_even_when_cholesky_succeeds(data):
+    """A duplicated training input with a different target: dpotrf succeeds on
+    the rounding-level pivot, which would solve to garbage; the pivot check
+    treats it as singular (JitterWarning) and the result approaches the
+    pseudo-inverse limit, which averages the two targets.  The jitter (1e-12
+    of the scale) shifts eigen-components with λ ~ 1e-8 of the scale by
+    ~1e-4: agreement to 1e-3 of the largest prediction (without the check the
+    answer is off by O(1): -0.75 where the limit is -0.18)."""
+    net, xtr, xte, ytr = data
+    x = np.vstack([xtr[:20], xtr[:1]])
+    y = np.vstack([ytr[:20], ytr[:1] + 1.0])
+    k, kt = net.kernel(x, None, "nngp"), net.kernel(xte, x, "nngp")
+    with pytest.warns(P.JitterWarning, match="singular to working precision"):
+        got = P.gp_inference(k, y)("nngp", kt)
+    ref = kt @ np.linalg.pinv(k, rcond=1e-10) @ y
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3 * np.abs(ref).max())
+
+
+def test_strings_and_complex_numbers_are_refused():
+    """NumPy would parse "1" and drop imaginary parts; the predictors refuse."""
+    k = np.eye(2)
+    with pytest.raises(TypeError, match="y_train must be a numeric array of real numbers"):
+        P.gp_inference(k, np.ones(2) + 1j)
+    with pytest.raises(TypeError, match="k_train_train must be a numeric array of real"):
+        P.gradient_descent_mse(k.astype(complex), np.ones(2))
+    with pytest.raises(TypeError, match="t must be None or a number"):
+        P.gradient_descent_mse(k, np.ones(2))(t="1")
+    with pytest.raises(TypeError, match="k_test_train must be a numeric array of real"):
+        P.gp_inference(k, np.ones(2))("nngp", np.array([["1", "2"]]))
+
+
+def test_max_learning_rate_follows_neural_tangents_and_checks_the_kernel():
+    """2(1 + momentum) n / (λ_max + eps) under neural-tangents' argument
+    names; a kernel without a positive eigenvalue or an asymmetric one is an
+    error, not a negative or astronomically large rate."""
+    k = np.array([[2.0, 1.0], [1.0, 2.0]])                 # λ_max = 3
+    # λ_max from LAPACK: exact up to a few ulps
+    assert P.max_learning_rate(ntk_train_train=k, momentum=0.5, eps=1.0) == \
+        pytest.approx(2 * 1.5 * 2 / 4.0, rel=1e-14)
+    with pytest.raises(ValueError, match="no positive eigenvalue"):
+        P.max_learning_rate(-k)
+    with pytest.raises(ValueError, match="no positive eigenvalue"):
+        P.max_learning_rate(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not symmetric"):
+        P.max_learning_rate(np.array([[1.0, 0.0], [1.0, 1.0]]))
+
+
 def test_finite_t_refuses_non_psd_and_validates_arguments():
     A = np.array([[1.0, 2.0], [2.0, 1.0]])
     with pytest.raises(ValueError, match="not positive semidefinite"):
