@@ -605,8 +605,10 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     shared), after the Dense slots: see :func:`parameter_names` for the order
     and names.  Integer degrees (Monomial, RectifiedMonomial) and
     parameter-free activations (Gelu, Sign) contribute no slot; numerically
-    integrated activations (kind K_NUMERIC) are not supported by this
-    function at all.
+    integrated activations (kind K_NUMERIC) have no closed-form dual to
+    differentiate: networks with them get W_std / b_std derivatives by
+    Richardson-extrapolated central differences of the kernel
+    (:func:`_kernel_grad_by_differences`), and no activation slots.
     """
     from .kernel import check_inputs
     if get not in ("nngp", "ntk"):
@@ -614,17 +616,18 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
     numeric = [l for l in net.layers if isinstance(l, Activation) and l.kind == P.K_NUMERIC]
-    if numeric:
+    if numeric and activation_params:
         raise ValueError(
-            f"{numeric[0]!r} has no closed-form dual, so the kernel's hyperparameter "
-            "gradients are not available for this network; use closed-form activations "
-            "(Relu, Erf, Gelu, ...), or fixed hyperparameters (NetworkKernel(..., "
-            "W_std_bounds='fixed', b_std_bounds='fixed'))")
+            f"{numeric[0]!r} has no closed-form dual: activation parameters are "
+            "differentiated only in networks of closed-form activations (pass "
+            "activation_params=False to differentiate W_std and b_std)")
     x = check_inputs(x, "x")
     n, d = x.shape
     L = len(dense_layers(net))
     if L == 0:
         raise ValueError("net has no Dense layer: nothing to differentiate")
+    if numeric:
+        return _kernel_grad_by_differences(net, x, get, shared)
     act_slot, M = {}, 0
     if activation_params:
         for i in activation_layers(net):
@@ -725,6 +728,39 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     if shared:
         dK = np.concatenate([dK[:L].sum(0)[None], dK[L:2 * L].sum(0)[None], dK[2 * L:]])
     return K, dK
+
+
+def _kernel_grad_by_differences(net, x, get, shared):
+    """``kernel_and_grad`` (W_std, b_std slots) by central differences of the
+    kernel, Richardson-extrapolated: (4 D(h/2) − D(h))/3 with steps h = 1e-3
+    of the values, truncation O(h⁴) ~ 1e-12, and the quadrature's certified
+    1e-10 amplified to ≲ 1e-7 of the kernel's scale.  The kernel depends on
+    W_std², b_std² (steps below 0 are mirrored); ``b_std=None`` layers keep no
+    bias, their slots are 0 (∂/∂b at b = 0 of an even function)."""
+    idx = dense_layers(net)
+    L = len(idx)
+    theta = np.array([net.layers[i].W_std for i in idx]
+                     + [0.0 if net.layers[i].b_std is None else net.layers[i].b_std
+                        for i in idx])
+
+    def kernel(t):
+        layers = list(net.layers)
+        for j, i in enumerate(idx):
+            b = layers[i].b_std
+            layers[i] = dataclasses.replace(layers[i], W_std=abs(float(t[j])),
+                                            b_std=None if b is None else abs(float(t[L + j])))
+        return np.asarray(Network(layers).kernel(x, None, get), dtype=np.float64)
+
+    blocks = ([np.r_[np.ones(L), np.zeros(L)], np.r_[np.zeros(L), np.ones(L)]] if shared
+              else list(np.eye(2 * L)))
+    dK = np.empty((len(blocks),) + (x.shape[0],) * 2)
+    for m, e in enumerate(blocks):
+        h = 1e-3 * (np.abs(theta[e > 0]).mean() + 1e-3)
+
+        def diff(step):
+            return (kernel(theta + step * e) - kernel(theta - step * e)) / (2 * step)
+        dK[m] = (4 * diff(h / 2) - diff(h)) / 3
+    return kernel(theta), dK
 
 
 # ---------------------------------------------------------------------------
@@ -840,28 +876,47 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
             m = with_activation_parameters(m, Aa)
         return m, nz
 
+    failures, feasible = [], []
+
+    def infeasible(th):
+        """Where the kernel is not defined: a quadratic wall around the last
+        feasible point, so that the line search steps back (a flat 1e300
+        stops L-BFGS-B at the start when its first step overshoots)."""
+        if not feasible:
+            return 1e300, np.zeros_like(th)
+        th0, f0 = feasible[-1]
+        c = 1e3 * (1.0 + abs(f0))
+        d = th - th0
+        return f0 + c * (1.0 + d @ d), 2.0 * c * d
+
     def objective(th):
         m, nz = build(th)
         try:
             with np.errstate(all="ignore"):
                 lml, g = log_marginal_likelihood(m, x, y, nz, get, shared, eval_gradient=True,
                                                  activation_params=bool(nA))
-        except np.linalg.LinAlgError:
-            return 1e300, np.zeros_like(th)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            # parameters where the kernel is not defined (a variance outside a
+            # quadrature's range, an overflow, K + noise·I singular)
+            failures.append(exc)
+            return infeasible(th)
         if not (np.isfinite(lml) and np.all(np.isfinite(g))):
-            return 1e300, np.zeros_like(th)
+            return infeasible(th)
         g = g if fit_noise else g[:-1]
         chain = np.where(logged, np.exp(np.where(logged, th, 0.0)), 1.0)
+        feasible.append((th.copy(), -lml))
         return -lml, -g * chain
 
     res = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": maxiter})
-    if res.fun >= 1e300:
+    if not feasible:
         raise ValueError("the marginal likelihood was not finite at any parameters tried "
                          "(the kernel plus noise is singular or not finite there); allow "
-                         "noise (fit_noise=True, noise > 0) or change the bounds")
-    fitted, nz = build(res.x)
-    return fitted, float(nz), float(-res.fun)
+                         "noise (fit_noise=True, noise > 0) or change the bounds"
+                         + (f"; first failure: {failures[0]}" if failures else ""))
+    th, f = min(feasible, key=lambda e: e[1])   # the optimiser may end on the wall
+    fitted, nz = build(th)
+    return fitted, float(nz), float(-f)
 
 
 def _bounds(name, b):
