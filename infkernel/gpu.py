@@ -225,6 +225,11 @@ def _device_input(cp, x, name, d=None):
         rows = cp.flatnonzero(bad)[:6].get().tolist()
         raise ValueError(f"{name} has NaN or Inf in row(s) {rows[:5]}"
                          + (" ..." if len(rows) > 5 else ""))
+    bad = ~cp.isfinite((a * a).sum(axis=1))
+    if bool(bad.any()):
+        from .kernel import norm_overflow
+        rows = cp.flatnonzero(bad)[:6].get().tolist()
+        raise norm_overflow(name, rows, a[rows[0]].get())
     return a
 
 
@@ -425,6 +430,10 @@ def _outputs(cp, out, names, single, shape, dt, on_device, check_out):
                                  f"got shape {a.shape} and dtype {a.dtype}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"out for {g!r} must be a C-contiguous CuPy array")
+        if n_out == 2 and (outs[0].data.ptr < outs[1].data.ptr + outs[1].nbytes
+                           and outs[1].data.ptr < outs[0].data.ptr + outs[0].nbytes):
+            raise ValueError("the out arrays for 'nngp' and 'ntk' share memory: pass two "
+                             "distinct arrays")
         return outs, False
     if any(on_gpu):
         raise TypeError("out arrays must be all NumPy or all CuPy arrays")

@@ -79,12 +79,18 @@ def check_inputs(x, name, d=None, like="x1"):
         bad = ~np.isfinite(np.einsum("ij,ij->i", a, a))
     if bad.any():
         rows = np.flatnonzero(bad)
-        big = np.abs(a[rows[0]]).max()
-        norm = big * np.sqrt(((a[rows[0]] / big) ** 2).sum())
-        raise ValueError(f"{name}: the squared norm of row(s) {rows[:5].tolist()}"
-                         + (" ..." if len(rows) > 5 else "") + f" exceeds the largest "
-                         f"double (|x| = {norm:.3g} in row {rows[0]}); rescale the inputs")
+        raise norm_overflow(name, rows, a[rows[0]])
     return a
+
+
+def norm_overflow(name, rows, first):
+    """The error for rows whose squared norm overflows (``first``: the first
+    such row, a NumPy array)."""
+    big = np.abs(first).max()
+    norm = big * np.sqrt(((first / big) ** 2).sum())
+    return ValueError(f"{name}: the squared norm of row(s) {[int(r) for r in rows[:5]]}"
+                      + (" ..." if len(rows) > 5 else "") + f" exceeds the largest "
+                      f"double (|x| = {norm:.3g} in row {rows[0]}); rescale the inputs")
 
 
 def check_dtype(dtype):

@@ -148,6 +148,11 @@ def test_bad_input():
         net.kernel(x, backend="gpu")
     with pytest.raises(ValueError, match="shape"):
         net.kernel(cp.ones((4, 2)), get="nngp", out=cp.empty((3, 3)), backend="gpu")
+    same = cp.empty((4, 4))
+    with pytest.raises(ValueError, match="share memory"):
+        net.kernel(cp.ones((4, 2)), out=(same, same), backend="gpu")
+    with pytest.raises(ValueError, match=r"squared norm of row\(s\) \[1\]"):
+        net.kernel(cp.asarray(np.r_[np.ones((1, 2)), np.full((1, 2), 1e160)]), backend="gpu")
 
 
 NUMERIC = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(), ik.Mish(),
