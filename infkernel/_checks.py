@@ -9,19 +9,29 @@ import numpy as np
 SQUARED_MAX = 1e150
 
 
-def real(name, value, lower=None, strict=False, squared=False):
+def real(name, value, lower=None, strict=False, squared=False, inf=False):
     """``value`` as a float, or a clear error naming ``name``.
 
     TypeError unless it is a real number (bool excluded); ValueError unless it
-    is finite and, when ``lower`` is given, >= lower (> lower if ``strict``);
-    ``squared``: also |value| <= SQUARED_MAX (the kernels square it)."""
+    is finite (or +inf, with ``inf``) and, when ``lower`` is given, >= lower
+    (> lower if ``strict``); ``squared``: also |value| <= SQUARED_MAX (the
+    kernels square it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    below = lower is not None and (value <= lower if strict else value < lower)
-    if not math.isfinite(value) or below:
+    v = float(value)   # compared as a double: no float32 overflow warnings
+    below = lower is not None and (v <= lower if strict else v < lower)
+    if math.isnan(v) or below or (math.isinf(v) and not (inf and v > 0)):
         bound = "" if lower is None else f" and {'>' if strict else '>='} {lower:g}"
-        raise ValueError(f"{name} must be finite{bound}, got {value}")
-    if squared and abs(value) > SQUARED_MAX:
+        kind = "a number (inf allowed)" if inf else "finite"
+        raise ValueError(f"{name} must be {kind}{bound}, got {value}")
+    if squared and abs(v) > SQUARED_MAX:
         raise ValueError(f"{name} must be at most {SQUARED_MAX:g} in magnitude (the kernel "
                          f"squares it), got {value!r}")
-    return float(value)
+    return v
+
+
+def flag(name, value):
+    """``value`` as a bool, or a TypeError naming ``name`` (no truthy strings)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

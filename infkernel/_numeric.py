@@ -175,6 +175,8 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
                 f"{name}: the {what} is not smooth on [{a:g}, {a + H:g}]: activations "
                 f"computed by quadrature must be smooth between non-smooth points that lie "
                 f"on multiples of {H:g} (e.g. 0, 1, -0.5)")
+    if dfn is not None:
+        _check_derivative(name, x, t, cf, cd, scale)
     cf, cd = cf[:, :NC].copy(), cd[:, :NC].copy()
     if kinks is None:
         # values/derivatives at the two sides of each interior edge
@@ -192,6 +194,38 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
                          f"{MAX_BREAKS - soft.size} are supported)")
     hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam, 0.0])
     return np.concatenate([hdr, kinks, soft, cf.ravel(), cd.ravel()])
+
+
+def _check_derivative(name, x, t, cf, cd, scale):
+    """A ValueError unless the given φ' (Chebyshev coefficients ``cd`` per
+    panel, at nodes ``x`` = panel coordinates ``t``) is the derivative of φ
+    (``cf``), compared panel by panel with the derivative of φ's interpolant.
+
+    Both are series of functions smooth on the panel (non-smooth points lie
+    on panel edges and the nodes inside), so a kink never counts.  The
+    difference is measured against the local scale, |φ'| plus |φ|/(H/2)
+    (φ's own scale on the panel, with the global ``scale`` as a floor where φ
+    underflows): differentiating the certified fit (dropped coefficients
+    ≤ 1e-13 of |φ| + scale) multiplies its error by at most NFIT² = 400
+    (|T_k'| ≤ k²), i.e. ≤ 4e-11 of that scale (measured ≤ 5e-12 for the
+    built-in activations, sin 7x, x³, erf, ...); a wrong φ' is off by O(1)
+    of it.  1e-8 leaves a margin of 250 over the worst case."""
+    dphi = _cheb_der(cf, 0.5 * H)
+    diff = np.abs(cd - dphi).sum(axis=1)        # >= max |difference| on the panel
+    local = (np.abs(cd).sum(axis=1) + np.abs(dphi).sum(axis=1)
+             + (np.abs(cf).sum(axis=1) + scale) / (0.5 * H))
+    bad = np.flatnonzero(diff > 1e-8 * local)
+    if bad.size:
+        p = bad[np.argmax(diff[bad] / local[bad])]
+        cheb = np.polynomial.chebyshev.chebval
+        given, slope = cheb(t, cd[p]), cheb(t, dphi[p])
+        j = np.argmax(np.abs(given - slope))
+        a = x[p, 0] - 0.5 * H * (1.0 + t[0])
+        raise ValueError(
+            f"{name}: the derivative df disagrees with fn on [{a:g}, {a + H:g}]: at x = "
+            f"{x[p, j]:.6g}, df(x) = {given[j]:.8g} but fn's slope is {slope[j]:.8g} "
+            f"(compared to 1e-8 of the local scale); pass the derivative of fn as df, or "
+            f"df=None to differentiate fn")
 
 
 # ---------------------------------------------------------------------------

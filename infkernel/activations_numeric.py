@@ -19,7 +19,7 @@ from scipy import special
 from . import _program as P
 from ._checks import real
 from ._numeric import build_table
-from .activations import Activation, factory
+from .activations import ACTIVATIONS, Activation, factory
 
 __all__ = ["Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish",
            "SReLU", "S2ReLU", "Elementwise", "ElementwiseNumerical", "NUMERIC_ACTIVATIONS"]
@@ -158,7 +158,7 @@ Swish = Silu
 @factory
 def Elu(alpha=1.0):
     """φ(x) = x for x > 0, alpha (eˣ - 1) otherwise (kink at 0)."""
-    return _builtin("Elu", real("Elu: alpha", alpha))
+    return _builtin("Elu", real("Elu: alpha", alpha, squared=True))
 
 
 @factory
@@ -282,7 +282,10 @@ def ElementwiseNumerical(fn, deg=25, df=None):
     return Elementwise(fn, df, name=f"ElementwiseNumerical({getattr(fn, '__name__', 'fn')})")
 
 
-#: Numeric activations by lower-case name (merged into ``ACTIVATIONS``).
+#: Numeric activations by lower-case name, merged into ``ACTIVATIONS`` here:
+#: activations.py cannot import this module (it imports activations.py), and
+#: the package imports both, so every ``ACTIVATIONS`` user sees them.
 NUMERIC_ACTIVATIONS = {f.__name__.lower(): f for f in (
     Tanh, Sigmoid, Softplus, Silu, Elu, Selu, Mish, SReLU, S2ReLU)}
 NUMERIC_ACTIVATIONS["swish"] = Swish
+ACTIVATIONS.update(NUMERIC_ACTIVATIONS)

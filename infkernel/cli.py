@@ -7,6 +7,9 @@
 With no features file, ``gram`` runs on scikit-learn's bundled digits dataset.
 """
 import argparse
+import contextlib
+import math
+import os
 import re
 import sys
 import time
@@ -78,15 +81,56 @@ def load_features(path):
     if path.endswith(".npy"):
         x = np.load(path)
     elif path.endswith(".csv"):
-        try:
-            x = np.loadtxt(path, delimiter=",", ndmin=2)
-        except ValueError:
-            x = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+        x = load_csv(path)
     else:
         raise ValueError(f"{path}: expected a .npy or .csv file")
     if x.size == 0:
         raise ValueError(f"{path}: no data")
     return check_inputs(x, path)
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_csv(path):
+    """Rows of finite numbers separated by commas, blank lines skipped, after an
+    optional header line in which no field is a number; a ValueError names the
+    file line (1-based) of the first bad row."""
+    with open(path) as f:
+        rows = [(i, line) for i, line in enumerate(f.read().splitlines(), 1) if line.strip()]
+    if rows and not any(_is_number(v) for v in rows[0][1].split(",")):
+        (head, names), rows = rows[0], rows[1:]
+    else:
+        head, names = None, None
+    if not rows:
+        return np.zeros((0, 0))
+    try:
+        x = np.loadtxt([line for _, line in rows], delimiter=",", ndmin=2, comments=None)
+    except ValueError:
+        x = None
+    if x is None or not np.isfinite(x).all():
+        first, width = rows[0][0], len(rows[0][1].split(","))
+        for lineno, line in rows:
+            fields = line.split(",")
+            if len(fields) != width:
+                raise ValueError(f"{path}, line {lineno}: {len(fields)} values, but line "
+                                 f"{first} has {width}: every row needs the same columns")
+            for j, v in enumerate(fields, 1):
+                if not (_is_number(v) and math.isfinite(float(v))):
+                    hint = (" (a header line may not contain numbers)"
+                            if head is None and lineno == first and not _is_number(v) else "")
+                    raise ValueError(f"{path}, line {lineno}, column {j}: {v.strip()!r} is not "
+                                     f"a finite number{hint}")
+        raise ValueError(f"{path}: not a comma-separated table of numbers")
+    if names is not None and len(names.split(",")) != x.shape[1]:
+        raise ValueError(f"{path}, line {head}: the header names {len(names.split(','))} "
+                         f"columns, the data have {x.shape[1]}")
+    return x
 
 
 def _digits():
@@ -116,26 +160,51 @@ def gram_main(args):
     net = parse_arch(args.arch, args.W_std, args.b_std, args.parameterization)
     net.program(x1.shape[1])  # architecture errors before any output file exists
     dtype = np.float32 if args.float32 else np.float64
+    # the backend check and the compilation (or cache load), also before any file
+    net.kernel(x1[:2], None, dtype=dtype, backend=args.backend)
     n2 = len(x1) if x2 is None else len(x2)
-    outs = tuple(np.lib.format.open_memmap(f"{args.output}_{g}.npy", mode="w+", dtype=dtype,
-                                           shape=(len(x1), n2))
-                 for g in ("nngp", "ntk"))
-    net.kernel(x1[:2], None, dtype=dtype, backend=args.backend)  # compile / load cache
-    t0 = time.perf_counter()
-    net.kernel(x1, x2, ("nngp", "ntk"), out=outs, dtype=dtype, backend=args.backend,
-               progress=not args.quiet)
-    dt = time.perf_counter() - t0
+    created, lines = [], []
+    try:   # a failure from here on removes the files it created
+        outs = []
+        for g in ("nngp", "ntk"):
+            path = f"{args.output}_{g}.npy"
+            outs.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
+                                                  shape=(len(x1), n2)))
+            created.append(path)
+        t0 = time.perf_counter()
+        net.kernel(x1, x2, ("nngp", "ntk"), out=tuple(outs), dtype=dtype,
+                   backend=args.backend, progress=not args.quiet)
+        dt = time.perf_counter() - t0
+        for g, a, path in zip(("nngp", "ntk"), outs, created):
+            a.flush()
+            if not _all_finite(a):
+                raise ValueError(f"the {g} kernel overflows {np.dtype(dtype).name} (entries "
+                                 f"are inf or NaN): reduce --W-std, --b-std or the depth"
+                                 + ("" if dtype == np.float64 else ", or drop --float32"))
+            line = f"{g:8s}: written to {path}"
+            if x2 is None and len(x1) <= 20000:
+                line += (", min eigenvalue "
+                         f"{np.linalg.eigvalsh(np.asarray(a, np.float64)).min():.3e}")
+            lines.append(line)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
     print(f"network : {net!r}")
     print(f"data    : {source}")
     print(f"shape   : {len(x1)} x {n2} ({'symmetric' if x2 is None else 'cross'}), {np.dtype(dtype).name}")
     print(f"time    : {dt:.3f} s, {len(x1) * n2 / max(dt, 1e-12) / 1e6:.1f} M entries/s")
-    for g, a in zip(("nngp", "ntk"), outs):
-        a.flush()
-        line = f"{g:8s}: written to {args.output}_{g}.npy"
-        if x2 is None and len(x1) <= 20000:
-            line += f", min eigenvalue {np.linalg.eigvalsh(np.asarray(a, np.float64)).min():.3e}"
+    for line in lines:
         print(line)
     return 0
+
+
+def _all_finite(a, entries=1 << 24):
+    """No inf/NaN in ``a`` (checked in row blocks: ``a`` may be a memmap
+    larger than memory)."""
+    rows = max(1, entries // max(1, a.shape[1]))
+    return all(np.isfinite(a[i:i + rows]).all() for i in range(0, len(a), rows))
 
 
 def main(argv=None):

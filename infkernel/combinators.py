@@ -294,7 +294,7 @@ class Scale(Layer):
     a: float
 
     def __post_init__(self):
-        object.__setattr__(self, "a", real("Scale: a", self.a))
+        object.__setattr__(self, "a", real("Scale: a", self.a, squared=True))
 
     def _emit(self, builder, state):
         builder.emit(P.OP_SCALE, state.reg, params=(self.a * self.a,))

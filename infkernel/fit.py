@@ -47,7 +47,8 @@ def _read(path):
     if ext == ".npy":
         return np.load(path, allow_pickle=False)
     if ext == ".csv":
-        return np.loadtxt(path, delimiter=",", ndmin=2)
+        from .cli import load_csv
+        return load_csv(path)
     raise ValueError(f"data file must be .npy, .npz or .csv, got {path!r}")
 
 

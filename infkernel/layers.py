@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from . import _program as P
-from ._checks import real
+from ._checks import flag, real
 
 
 class _State:
@@ -381,9 +381,7 @@ class ExpNormalized(Layer):
     def __post_init__(self):
         object.__setattr__(self, "gamma", real("ExpNormalized: gamma", self.gamma))
         object.__setattr__(self, "shift", real("ExpNormalized: shift", self.shift))
-        if not isinstance(self.do_clip, (bool, np.bool_)):
-            raise TypeError(f"ExpNormalized: do_clip must be True or False, got "
-                            f"{self.do_clip!r}")
+        flag("ExpNormalized: do_clip", self.do_clip)
 
     name = "ExpNormalized"
 
@@ -528,12 +526,21 @@ class Network:
     def init_fn(self, rng, input_shape):
         """Random parameters of a finite network: ``(output_shape, params)``.
 
-        ``rng`` is a ``numpy.random.Generator`` or an int seed; ``input_shape``
-        is ``(..., d)`` (a leading -1 batch size is fine)."""
-        rng = np.random.default_rng(rng)
+        ``rng`` is a ``numpy.random.Generator``, an int seed or a PRNG key (a
+        1-D array of non-negative ints); ``input_shape`` is ``(..., d)`` (a
+        leading -1 batch size is fine)."""
+        rng = _generator("init_fn: rng", rng)
         if not isinstance(input_shape, (tuple, list)) or not input_shape:
             raise TypeError(f"init_fn: input_shape must be a tuple (..., d), got {input_shape!r}")
-        if self._flattens_inputs and len(input_shape) > 2:
+        flat = self._flattens_inputs and len(input_shape) > 2
+        for d in input_shape[1:] if flat else input_shape[-1:]:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+                raise TypeError(f"init_fn: input_shape must end in the feature dimension "
+                                f"d, a positive integer, got {input_shape!r}")
+            if d < 1:
+                raise ValueError(f"init_fn: input_shape must end in the feature dimension "
+                                 f"d, a positive integer, got {input_shape!r}")
+        if flat:
             input_shape = (input_shape[0], int(np.prod(input_shape[1:])))
         width = int(input_shape[-1])
         params = []
@@ -544,15 +551,34 @@ class Network:
 
     def apply_fn(self, params, x, *, rng=None, **kwargs):
         """Forward pass of the finite network with ``params`` from ``init_fn``.
-        ``rng`` (a seed or ``numpy.random.Generator``) draws the masks of
-        ``Dropout`` layers in train mode; other keywords of neural-tangents'
-        ``apply_fn`` are accepted and unused."""
+        ``rng`` (as in ``init_fn``) draws the masks of ``Dropout`` layers in
+        train mode; other keywords of neural-tangents' ``apply_fn`` are
+        accepted and unused."""
+        if not isinstance(params, (tuple, list)):
+            raise TypeError(f"apply_fn: params must be the tuple returned by init_fn, got "
+                            f"{type(params).__name__}")
         if len(params) != len(self.layers):
             raise ValueError(f"apply_fn: params has {len(params)} entries, the network "
                              f"has {len(self.layers)} layers")
-        h = np.asarray(x, dtype=np.float64)
-        return _apply_layers(self.layers, params, h,
-                             None if rng is None else np.random.default_rng(rng))
+        h = np.asarray(x)
+        if h.dtype.kind not in "biuf":
+            raise TypeError(f"apply_fn: x must be a real numeric array, got dtype {h.dtype}")
+        return _apply_layers(self.layers, params, np.asarray(h, dtype=np.float64),
+                             None if rng is None else _generator("apply_fn: rng", rng))
+
+
+def _generator(name, rng):
+    """A ``numpy.random.Generator`` from a Generator, a non-negative int seed or
+    a PRNG key (a 1-D array of non-negative ints), else an error naming ``name``."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    from .empirical import _entropy
+    try:
+        return np.random.default_rng(_entropy(name, rng))
+    except TypeError:
+        raise TypeError(f"{name} must be a numpy.random.Generator, a non-negative int seed "
+                        f"or a PRNG key (a 1-D array of non-negative ints), got {rng!r}"
+                        ) from None
 
 
 def _apply_layers(layers, params, h, rng):

@@ -319,6 +319,34 @@ _SMOOTH_CLOSED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN, P.
 INV_2PI = 0.5 / math.pi
 
 
+#: Closed forms whose jets take differences of products of variances that are
+#: equal at x = x' (det Σ in Erf, Gelu, Gaussian; q1 + q2 - 2q12 in Sin, Rbf):
+#: their rounding error grows with the scaled variance v (2b²q for Erf, b²q for
+#: Sin, 2γq for Rbf, 2|b|q for Gaussian, q for Gelu), and from v ~ 1e16 on
+#: Erf's 1 + 2b²q rounds to 2b²q and its jets are NaN.  Against 40-digit
+#: references (two layers, Δ⊗∂ and Δ⊗Δ, x = x' included) the error relative to
+#: the largest entry is 2e-12 at v ~ 5e3 and, at v = ARG_VARIANCE_MAX, 2e-10
+#: (Erf), 4e-10 (Gaussian), 3e-8 (Gelu); larger variances are rejected.
+_ARG_SCALE = {P.K_ERF: lambda p: 2 * p[1] * p[1], P.K_GELU: lambda p: 1.0,
+              P.K_SIN: lambda p: p[1] * p[1], P.K_RBF: lambda p: 2 * p[0],
+              P.K_GAUSSIAN: lambda p: 2 * abs(p[1])}
+ARG_VARIANCE_MAX = 1e6
+
+
+def _check_closed_range(act, q1, q2):
+    """A ValueError when the pre-activation variance of a closed-form
+    activation is beyond the range where its jets are accurate (above)."""
+    scale = _ARG_SCALE.get(act.kind)
+    q = max(float(q1[0, 0].max()), float(q2[0, 0].max()))
+    if scale is not None and q * scale(act.params) > ARG_VARIANCE_MAX:
+        limit = ARG_VARIANCE_MAX / scale(act.params)
+        raise ValueError(
+            f"{act!r}: pre-activation variance {q:.3g} exceeds {limit:.3g}, the range of "
+            f"derivative (PINN) kernels for this activation (the rounding error grows with "
+            f"the variance, to ~1e-8 of the result at the limit, NaN from ~1e16): rescale "
+            f"the inputs (pinn.kernel(..., shift=, scale=)) or reduce W_std / b_std")
+
+
 def _dual_closed(act, q1, q12, q2):
     """(k, k̇) of a closed-form activation with jet arguments (formulas of
     ``_duals.py`` evaluated in jet arithmetic)."""
@@ -987,6 +1015,7 @@ def _jet_kernel(net, x1, x2, g1, g2, I, J, names):
                 k1, _ = _dual_numeric(layer, q1, q1, q1, cache, (li, "1"))
                 k2, _ = _dual_numeric(layer, q2, q2, q2, cache, (li, "2"))
             else:
+                _check_closed_range(layer, q1, q2)
                 k, kd = _dual_closed(layer, q1, q12, q2)
                 k1, _ = _dual_closed(layer, q1, q1, q1)
                 k2, _ = _dual_closed(layer, q2, q2, q2)
@@ -1213,10 +1242,21 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
         raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
                          f"per layer ({len(net.layers)})")
+    n_maps = len(net.input_maps)
+    if n_maps:
+        net.input_maps[0].check_dim(d, "x1")
+    d_in = net.input_maps[0].out_dim(d) if n_maps else d
     for i, (layer, p) in enumerate(zip(net.layers, params)):
-        if isinstance(layer, Dense) and not (isinstance(p, (tuple, list)) and len(p) == 2
-                                             and getattr(p[0], "ndim", 0) == 2):
-            raise ValueError(f"params[{i}] must be (W, b) for {layer!r}")
+        if isinstance(layer, Dense):   # the first Dense layer fixes the input dimension
+            W = p[0] if isinstance(p, (tuple, list)) and len(p) == 2 else None
+            if np.ndim(W) == 2 and np.shape(W)[0] != d_in:
+                raise ValueError(
+                    f"params[{i}]: W of {layer!r} has {np.shape(W)[0]} rows, but the points "
+                    f"give it {d_in} inputs (x1 has {d} features): pass params from "
+                    f"net.init_fn(rng, (-1, {d})) or points of the dimension they were made for")
+            break
+    from .empirical import check_params
+    check_params(net.body, tuple(params[n_maps:]), d_in)
     g1, g2 = op1.directional(d), op2.directional(d)
     h1, t1 = _forward_jets(net, params, x1, g1)
     h2, t2 = _forward_jets(net, params, x2, g2)

@@ -12,13 +12,16 @@ regressors.
   infinite ensemble of infinitely wide networks trained by gradient flow on MSE
   for time ``t`` (``None``: to convergence; Lee et al. 2019).
 """
+import dataclasses
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import predict as _predict
-from .activations import ACTIVATIONS
+from ._checks import flag, real
+from .activations import ACTIVATIONS, Activation
 from .hyper import kernel_and_grad, with_hyperparameters
 from .layers import Dense, Network, serial
 
@@ -41,8 +44,82 @@ def make_network(depth=2, activation="relu", W_std=1.0, b_std=0.1):
     layers = []
     for _ in range(depth):
         layers += [Dense(1, 1.0, 0.0), phi]
-    net = serial(*layers, Dense(1, 1.0, 0.0))
+    return _with_stds(serial(*layers, Dense(1, 1.0, 0.0)), W_std, b_std)
+
+
+def _with_stds(net, W_std, b_std):
+    """``with_hyperparameters(net, W_std, b_std)`` after checking that each is a
+    real number >= 0 or one per Dense layer (no strings or booleans)."""
+    n = _n_dense(net)
+    for name, value in (("W_std", W_std), ("b_std", b_std)):
+        if _n_values(name, value) not in (1, n):
+            raise ValueError(f"{name} must be a scalar or have one value per Dense layer "
+                             f"({n}), got {value!r}")
     return with_hyperparameters(net, W_std, b_std)
+
+
+def _n_values(name, value):
+    """How many values ``value`` (a std: a scalar or a 1-D sequence of real
+    numbers >= 0) holds, or an error naming ``name``."""
+    if value is None:
+        raise ValueError(f"{name} must be a number >= 0 or one per Dense layer, got None"
+                         + (" (use 0 for no bias)" if name == "b_std" else ""))
+    a = np.asarray(value, dtype=object)
+    if a.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D sequence, got {value!r}")
+    for i, v in enumerate(a.ravel()):
+        real(name if a.ndim == 0 else f"{name}[{i}]", v, lower=0, squared=True)
+    return a.size
+
+
+def _bounds(name, bounds, n):
+    """``bounds`` of a hyperparameter with n values: "fixed", or (lower, upper)
+    (or one pair per value) with 0 < lower <= upper < inf (log-space search)."""
+    if isinstance(bounds, str):
+        if bounds != "fixed":
+            raise ValueError(f"{name} must be 'fixed' or a pair (lower, upper), got {bounds!r}")
+        return bounds
+    try:
+        b = np.asarray(bounds, dtype=np.float64)
+    except (TypeError, ValueError):
+        b = None
+    if b is None or b.shape not in ((2,), (n, 2)):
+        raise ValueError(f"{name} must be 'fixed', a pair (lower, upper) or {n} such pairs, "
+                         f"got {bounds!r}")
+    b2 = b.reshape(-1, 2)
+    if not (np.isfinite(b2).all() and (b2[:, 0] > 0).all() and (b2[:, 0] <= b2[:, 1]).all()):
+        raise ValueError(f"{name} must satisfy 0 < lower <= upper < inf (the search is over "
+                         f"log(W_std), log(b_std)), got {bounds!r}")
+    return bounds
+
+
+def _same(a, b):
+    """a and b are the same network, layer or parameter: layers field by field,
+    activations by the factory call that made them (their φ is a closure, so
+    two ``ik.Tanh()`` are equal and ``Elementwise(np.tanh)`` differs from
+    ``Elementwise(np.sin, name="Elementwise(tanh)")``), arrays elementwise."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, Network):
+        return _same(a.layers, b.layers)
+    if isinstance(a, Activation):
+        made = a.__dict__.get("_made_by")
+        return made is not None and _same(made, b.__dict__.get("_made_by"))
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name))
+                   for f in dataclasses.fields(a))
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and np.array_equal(a, b)
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _normalisation(y2, normalize):
@@ -80,11 +157,13 @@ class NetworkKernel(Kernel):
 
     @property
     def hyperparameter_W_std(self):
-        return Hyperparameter("W_std", "numeric", self.W_std_bounds, np.size(self.W_std))
+        n = _n_values("W_std", self.W_std)
+        return Hyperparameter("W_std", "numeric", _bounds("W_std_bounds", self.W_std_bounds, n), n)
 
     @property
     def hyperparameter_b_std(self):
-        return Hyperparameter("b_std", "numeric", self.b_std_bounds, np.size(self.b_std))
+        n = _n_values("b_std", self.b_std)
+        return Hyperparameter("b_std", "numeric", _bounds("b_std_bounds", self.b_std_bounds, n), n)
 
     def _net(self):
         if self.get not in ("nngp", "ntk"):
@@ -93,14 +172,7 @@ class NetworkKernel(Kernel):
         if not isinstance(base, Network):
             raise TypeError(f"network must be an infkernel Network, got "
                             f"{type(base).__name__}")
-        L = _n_dense(base)
-        for name, v in (("W_std", self.W_std), ("b_std", self.b_std)):
-            if np.size(v) not in (1, L):
-                raise ValueError(f"{name} must be a scalar or have one value per Dense "
-                                 f"layer ({L}), got {np.size(v)} values")
-            if np.any(np.asarray(v) < 0):
-                raise ValueError(f"{name} must be >= 0, got {v}")
-        return with_hyperparameters(base, self.W_std, self.b_std)
+        return _with_stds(base, self.W_std, self.b_std)
 
     def __call__(self, X, Y=None, eval_gradient=False):
         net = self._net()
@@ -141,14 +213,10 @@ class NetworkKernel(Kernel):
         return True
 
     def __eq__(self, other):
-        if type(self) is not type(other):
-            return False
-        a, b = self.get_params(), other.get_params()
-        return (repr(a.pop("network")) == repr(b.pop("network"))
-                and all(np.array_equal(np.asarray(a[k], dtype=object),
-                                       np.asarray(b[k], dtype=object)) for k in a))
+        return type(self) is type(other) and _same(self.get_params(), other.get_params())
 
     def __hash__(self):
+        # equal kernels have equal reprs (the converse need not hold)
         return hash(repr(self))
 
     def __repr__(self):
@@ -167,11 +235,20 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
             if not isinstance(self.network, Network):
                 raise TypeError(f"network must be an infkernel Network, got "
                                 f"{type(self.network).__name__}")
-            return with_hyperparameters(self.network, self.W_std, self.b_std)
+            return _with_stds(self.network, self.W_std, self.b_std)
         return make_network(self.depth, self.activation, self.W_std, self.b_std)
 
     def _t(self):
-        return getattr(self, "t", None)
+        """The training time: None (t = ∞) or a real number >= 0 (inf allowed)."""
+        t = getattr(self, "t", None)
+        if t is None:
+            return None
+        try:
+            return real("t", t, lower=0, inf=True)
+        except TypeError:
+            raise TypeError(f"t must be None (t = ∞) or one training time, a real number "
+                            f">= 0, got {t!r} (for several times use infkernel.predict."
+                            "gradient_descent_mse_ensemble)") from None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -188,9 +265,10 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
                                  dtype=np.float64)
             net = self._net()
-            _predict._check_t(self._t())
+            t = self._t()
+            flag("diag_reg_absolute_scale", self.diag_reg_absolute_scale)
             y2 = y.reshape(len(y), -1)
-            mean, scale = _normalisation(y2, self.normalize_y)
+            mean, scale = _normalisation(y2, flag("normalize_y", self.normalize_y))
             pf = _predict.gradient_descent_mse_ensemble(
                 net, X, (y2 - mean) / scale,
                 learning_rate=getattr(self, "learning_rate", 1.0),
@@ -198,7 +276,7 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
                 diag_reg_absolute_scale=self.diag_reg_absolute_scale)
             # compute the training kernel and its factorisation now, so that
             # errors surface in fit and the state only changes on success
-            pf(t=self._t(), x_test=X[:1], get=self._get)
+            pf(t=t, x_test=X[:1], get=self._get)
         except BaseException:
             for k in keys:                      # validate_data already reset these
                 if k in old:

@@ -1,4 +1,6 @@
 """Interface semantics: get/out/dtype/memmap/progress, and bad input."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,46 @@ def test_gpu_backend_without_device_says_why():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="backend='gpu'"):
         NET.kernel(X1, backend="gpu")
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: NET.init_fn(0, (-1, 3.5)), TypeError, "input_shape must end in the feature "
+                                                   "dimension d, a positive integer, got (-1, 3.5)"),
+    (lambda: NET.init_fn(0, (-1, 0)), ValueError, "a positive integer, got (-1, 0)"),
+    (lambda: NET.init_fn(0, (-1, -2)), ValueError, "a positive integer, got (-1, -2)"),
+    (lambda: NET.init_fn("abc", (-1, 4)), TypeError, "init_fn: rng must be a "
+                                                     "numpy.random.Generator, a non-negative int"),
+    (lambda: NET.init_fn(1.5, (-1, 4)), TypeError, "init_fn: rng must be"),
+    (lambda: NET.init_fn(-1, (-1, 4)), ValueError, "init_fn: rng must be >= 0"),
+    (lambda: NET.init_fn(np.array([1, -2]), (-1, 4)), TypeError, "init_fn: rng must be"),
+    (lambda: NET.apply_fn(None, X1), TypeError, "apply_fn: params must be the tuple returned "
+                                                "by init_fn, got NoneType"),
+    (lambda: NET.apply_fn(NET.init_fn(0, (-1, 4))[1], X1 + 1j), TypeError,
+     "apply_fn: x must be a real numeric array, got dtype complex128"),
+    (lambda: NET.apply_fn(NET.init_fn(0, (-1, 4))[1], X1, rng="abc"), TypeError,
+     "apply_fn: rng must be"),
+])
+def test_finite_network_bad_input(call, exc, words):
+    """init_fn / apply_fn reject what numpy would truncate (a feature dimension
+    3.5), accept silently (0 features, complex inputs: imaginary part dropped)
+    or report in its own terms (None params, a string seed)."""
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_finite_network_rng_forms_are_equivalent():
+    """A seed, a PRNG key (array of non-negative ints) and the Generator they
+    make give the same parameters."""
+    for seed in (3, np.array([0, 3], dtype=np.uint32)):
+        a = NET.init_fn(seed, (-1, 4))[1]
+        b = NET.init_fn(np.random.default_rng(seed), (-1, 4))[1]
+        assert all(np.array_equal(u, v) for pa, pb in zip(a, b) for u, v in zip(pa, pb))
+
+
+def test_float32_std_gives_no_overflow_warning():
+    """Comparing a float32 std with the 1e150 cap must not cast the cap to
+    float32 (RuntimeWarning: overflow encountered in cast)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ik.Dense(3, W_std=np.float32(2), b_std=np.float32(0.5)).W_std == 2.0

@@ -58,3 +58,67 @@ def test_parse_arch_argument_forms():
     net = parse_arch("dense:4,gabor,dropout(0.9),dense:4,expnormalized(gamma=2),dense:1")
     assert [type(l).__name__ for l in net.layers[2:5]] == ["Dropout", "Dense", "ExpNormalized"]
     assert net.layers[4].gamma == 2.0
+
+
+@pytest.mark.parametrize("text, words", [
+    ("1,2,3\n4,5\n", "ragged.csv, line 2: 2 values, but line 1 has 3"),
+    ("a,b,c\n1,2,3\n\n4,5\n", "ragged.csv, line 4: 2 values, but line 2 has 3"),
+    ("1,2,3\n4,x,6\n", "ragged.csv, line 2, column 2: 'x' is not a finite number"),
+    ("a,b,c\n1,2,nan\n", "ragged.csv, line 2, column 3: 'nan' is not a finite number"),
+    ("a,b\n1,2,3\n", "ragged.csv, line 1: the header names 2 columns, the data have 3"),
+    ("x,1,2\n1,2,3\n", "line 1, column 1: 'x' is not a finite number (a header line may not "
+                       "contain numbers)"),
+])
+def test_gram_bad_csv_names_the_file_line(files, capsys, text, words):
+    """A ragged or non-numeric CSV is an error naming the 1-based line of the
+    file (not a header guess that drops the first row, nor numpy's row index)."""
+    open("ragged.csv", "w").write(text)
+    assert main(["gram", "ragged.csv", "--quiet"]) == 2
+    assert words in capsys.readouterr().err
+    assert not list(files.glob("gram_*.npy"))
+
+
+def test_gram_backend_failure_leaves_no_files(files, capsys, monkeypatch):
+    """--backend gpu without a usable GPU fails before any file is created."""
+    from infkernel import gpu
+
+    def require():
+        raise RuntimeError("backend='gpu' was requested but there is no GPU (test)")
+    monkeypatch.setattr(gpu, "require", require)
+    assert main(["gram", "x.npy", "--arch", "dense:8,relu,dense:1", "--backend", "gpu",
+                 "--quiet"]) == 2
+    assert "no GPU (test)" in capsys.readouterr().err
+    assert not list(files.glob("gram_*.npy"))
+
+
+@pytest.mark.parametrize("fill, words", [
+    (None, "disk full (test)"),
+    (np.nan, "the nngp kernel overflows float64 (entries are inf or NaN)"),
+])
+def test_gram_failure_after_creating_files_removes_them(files, capsys, monkeypatch,
+                                                        fill, words):
+    """An exception once the output files exist (here injected into the
+    kernel computation, or a non-finite result) removes them."""
+    original = ik.Network.kernel
+
+    def kernel(self, *args, out=None, **kwargs):
+        if out is None:
+            return original(self, *args, **kwargs)
+        if fill is None:
+            raise RuntimeError("disk full (test)")
+        for o in out:
+            o[:] = fill
+    monkeypatch.setattr(ik.Network, "kernel", kernel)
+    assert main(["gram", "x.npy", "--arch", "dense:8,relu,dense:1", "--quiet"]) == 2
+    assert words in capsys.readouterr().err
+    assert not list(files.glob("gram_*.npy"))
+
+
+def test_gram_numeric_activations_by_name(files):
+    """The README's numeric activations are layer names of --arch."""
+    net = parse_arch("dense:4,tanh,dense:4,elu(alpha=0.5),dense:4,swish,dense:4,srelu,dense:1")
+    assert [repr(l) for l in net.layers[1::2]] == ["Tanh()", "Elu(0.5)", "Silu()", "SReLU()"]
+    assert main(["gram", "x.npy", "--arch", "dense:8,softplus,dense:1", "--quiet"]) == 0
+    k = ik.serial(ik.Dense(8, 1.5, 0.05), ik.Softplus(), ik.Dense(1, 1.5, 0.05)).kernel(
+        np.load("x.npy"), None, "ntk")
+    assert np.array_equal(np.load("gram_ntk.npy"), k)

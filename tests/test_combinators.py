@@ -228,6 +228,8 @@ def test_structural_errors():
         ik.Scale("2")
     with pytest.raises(ValueError, match="Scale: a must be finite"):
         ik.Scale(math.inf)
+    with pytest.raises(ValueError, match="Scale: a must be at most 1e\\+150 in magnitude"):
+        ik.Scale(-1e200)      # a² would overflow, as Dense's W_std
     with pytest.raises(TypeError, match="parallel: argument 1"):
         ik.parallel(ik.Dense(2), 3)
 

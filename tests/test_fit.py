@@ -7,8 +7,9 @@ import argparse
 import os
 
 import numpy as np
+import pytest
 
-from infkernel.fit import add_fit_arguments, run_fit
+from infkernel.fit import add_fit_arguments, load_data, run_fit
 
 RECORDED = {("NNGP", 1): 0.9865, ("NTK", 1): 0.9865, ("RBF GP", None): 0.9832}
 MARGIN = 0.005
@@ -38,3 +39,28 @@ def test_csv_regression(tmp_path):
                                 "--no-progress", "--task", "regression"]))
     assert not res["classification"]
     assert all(r["mse"] < np.var(y) for r in res["rows"])
+
+
+def test_numeric_activation_by_name(tmp_path):
+    """--activation takes the README's numeric activations (tanh, ...) too."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 2))
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([x, np.tanh(x[:, 0])]), delimiter=",")
+    p = add_fit_arguments(argparse.ArgumentParser())
+    res = run_fit(p.parse_args([str(path), "--depths", "1", "--activation", "tanh",
+                                "--out", str(tmp_path / "o"), "--no-progress",
+                                "--task", "regression"]))
+    assert all(np.isfinite(r["mse"]) for r in res["rows"])
+
+
+def test_ragged_csv_names_the_line(tmp_path):
+    """Data files are read like `infkernel gram` features: a ragged row is an
+    error naming its file line, a header line is skipped."""
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,y\n1,2,3\n4,5\n")
+    with pytest.raises(ValueError, match="d.csv, line 3: 2 values, but line 2 has 3"):
+        load_data(str(path))
+    path.write_text("a,b,y\n1,2,3\n4,5,6\n")
+    x, y, _ = load_data(str(path))
+    assert np.array_equal(x, [[1, 2], [4, 5]]) and np.array_equal(y, [3, 6])

@@ -225,6 +225,8 @@ def test_bad_user_functions():
         ik.ElementwiseNumerical(np.tanh, deg=0)
     with pytest.raises(TypeError, match="alpha"):
         ik.Elu("1")
+    with pytest.raises(ValueError, match="Elu: alpha must be at most 1e\\+150"):
+        ik.Elu(1e200)         # alpha² would overflow, as Dense's W_std
     # neural-tangents' Elementwise(fn, nngp_fn): the second argument here is φ'
     with pytest.raises(TypeError, match="function of three"):
         ik.Elementwise(np.tanh, lambda cov12, var1, var2: cov12)
@@ -287,3 +289,36 @@ def test_points_of_equal_norm_share_the_diagonal_pass():
             assert err.max() <= 4e-12, (f, err.max())
         single = net.diag(x[i:i + 1])
         assert d.nngp[i] == single.nngp[0] and d.ntk[i] == single.ntk[0]
+
+
+def test_given_df_is_checked_against_fn():
+    """A user's df is compared with the derivative of fn's interpolants inside
+    every panel: a wrong derivative (a constant, sech instead of sech², an
+    offset of 1e-6, a step at 0.5 for max(x, 0)) is an error naming the place;
+    correct ones pass, including derivatives that jump at a kink on a panel
+    edge (|x|, sign) and the built-ins (checked when they are built)."""
+    for df, where in ((lambda x: 100 + 0 * x, "df(x) = 100 but fn's slope is 0.98"),
+                      (lambda x: 1 / np.cosh(x), "on [1.125, 1.25]"),
+                      (lambda x: 1 / np.cosh(x) ** 2 + 1e-6, "on [-0.125, 0]")):
+        with pytest.raises(ValueError, match="Elementwise\\(tanh\\): the derivative df "
+                                             "disagrees with fn") as info:
+            ik.Elementwise(np.tanh, df)
+        assert where in str(info.value)
+    with pytest.raises(ValueError, match="on \\[0, 0.125\\]: at x = 0.1248"):
+        ik.Elementwise(lambda x: np.maximum(x, 0.0), lambda x: (x >= 0.5) * 1.0)
+    with pytest.raises(ValueError, match="disagrees with fn"):
+        ik.ElementwiseNumerical(np.sin, 25, np.sin)
+    ik.Elementwise(np.tanh, lambda x: 1 / np.cosh(x) ** 2)
+    ik.Elementwise(np.abs, np.sign)
+    ik.Elementwise(np.sign, np.zeros_like)
+    ik.Elementwise(lambda x: np.maximum(x, 0.0), lambda x: (x > 0) * 1.0)
+
+
+def test_numeric_activations_by_name():
+    """Every numeric activation the README lists is known by name to the
+    command line, ``infkernel fit`` and the scikit-learn adapters."""
+    from infkernel.activations import ACTIVATIONS
+    for name in ("tanh", "sigmoid", "softplus", "silu", "swish", "elu", "selu", "mish",
+                 "srelu", "s2relu"):
+        assert repr(ACTIVATIONS[name]()) == repr(getattr(ik, {
+            "srelu": "SReLU", "s2relu": "S2ReLU"}.get(name, name.capitalize()))())

@@ -531,6 +531,38 @@ def test_bad_input():
         pinn.weighted_spectrum(pinn.ntk_blocks(net, {"a": (x, None)}), {})
 
 
+def test_empirical_kernel_wrong_dimension():
+    """Points of another dimension than the params were made for: a clear error
+    up front, not numpy's matmul message."""
+    net = ik.serial(ik.Dense(8), ik.Erf(), ik.Dense(1))
+    _, params = net.init_fn(0, (-1, 2))
+    with pytest.raises(ValueError, match="params\\[0\\]: W of Dense\\(8.*has 2 rows, but the "
+                                         "points give it 3 inputs \\(x1 has 3 features\\)"):
+        pinn.empirical_kernel(net, params, np.ones((2, 3)), None, pinn.partial(0))
+    bad = (params[0], params[1], (params[2][0][:5], params[2][1]))
+    with pytest.raises(ValueError, match="params\\[2\\].*W must have shape \\(8, 1\\)"):
+        pinn.empirical_kernel(net, bad, np.ones((2, 2)), None, pinn.partial(0))
+
+
+def test_closed_form_variance_beyond_the_jets_range_is_an_error():
+    """Derivative kernels of Erf (and the other closed forms whose jets cancel
+    at x = x') lose accuracy as the pre-activation variance grows and are NaN
+    from ~1e16 (|x| ~ 1e10 here); beyond the stated range they are an error,
+    while net.kernel (no derivatives) stays exact."""
+    net = ik.serial(ik.Dense(64, b_std=0.5), ik.Erf(), ik.Dense(64, b_std=0.5), ik.Erf(),
+                    ik.Dense(1))
+    x = np.array([[1.0, 0.5], [-0.3, 0.8]])
+    for s in (1e4, 1e10):
+        with pytest.raises(ValueError, match="Erf\\(1, 1, 0\\): pre-activation variance .* "
+                                             "exceeds 5e\\+05, the range of derivative"):
+            pinn.kernel(net, x * s, None, pinn.laplacian(2), pinn.laplacian(2))
+    assert np.isfinite(pinn.kernel(net, x * 1e10)).all()   # no derivatives: net.kernel
+    assert np.isfinite(pinn.kernel(net, x * 100, None, pinn.partial(0))).all()
+    with pytest.raises(ValueError, match="Gelu\\(\\): pre-activation variance"):
+        pinn.kernel(ik.serial(ik.Dense(4), ik.Gelu(), ik.Dense(1)), x * 1e4, None,
+                    pinn.partial(0))
+
+
 # ---------------------------------------------------------------------------
 # examples (small versions)
 # ---------------------------------------------------------------------------

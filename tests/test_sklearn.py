@@ -138,8 +138,86 @@ def test_custom_networks_pickle():
     closed = ik.serial(ik.Dense(8), ik.LeakyRelu(0.2), ik.Dense(8), ik.Erf(1, 2, 0.1),
                        ik.Dense(1))
     gpr = GaussianProcessRegressor(NetworkKernel(closed)).fit(X, np.sin(X[:, 0]))
-    with pytest.raises(ValueError, match="Tanh\\(\\) has no closed-form dual"):
-        GaussianProcessRegressor(NetworkKernel(net)).fit(X, np.sin(X[:, 0]))
-    for model in (est, gpr):
+    # numerically integrated activations: gradients by differences (test_hyper)
+    gpr_tanh = GaussianProcessRegressor(NetworkKernel(net)).fit(X, np.sin(X[:, 0]))
+    for model in (est, gpr, gpr_tanh):
         again = pickle.loads(pickle.dumps(model))
         assert np.allclose(again.predict(X[:3]), model.predict(X[:3]), rtol=1e-12, atol=0)
+
+
+def test_regressor_arguments_are_checked_in_fit():
+    """t is None or one real time >= 0 (inf allowed); the flags are booleans:
+    a list of times, a numeric string or the string "no" (truthy) is an error,
+    not a silently different model."""
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    y = X[:, 0]
+    for est, exc, words in (
+            (NTKRegressor(t=[1.0, 2.0]), TypeError, "t must be None (t = ∞) or one training time"),
+            (NTKRegressor(t="5"), TypeError, "t must be None (t = ∞) or one training time"),
+            (NTKRegressor(t=-1.0), ValueError, "t must be a number (inf allowed) and >= 0"),
+            (NTKRegressor(t=float("nan")), ValueError, "t must be"),
+            (NNGPRegressor(normalize_y="no"), TypeError, "normalize_y must be True or False"),
+            (NTKRegressor(diag_reg_absolute_scale="no"), TypeError,
+             "diag_reg_absolute_scale must be True or False"),
+            (NNGPRegressor(W_std="1.5"), TypeError, "W_std must be a real number, got str"),
+            (NNGPRegressor(b_std=[0.1, "x", 0.1]), TypeError, "b_std[1] must be a real number")):
+        with pytest.raises(exc) as info:
+            est.fit(X, y)
+        assert words in str(info.value)
+    # t = inf is the t = None limit
+    mean = NTKRegressor(t=np.inf).fit(X, y).predict(X[:3])
+    assert mean.shape == (3,) and np.isfinite(mean).all()
+
+
+def test_network_kernel_arguments_are_checked():
+    X = np.random.default_rng(0).standard_normal((5, 2))
+    with pytest.raises(TypeError, match="W_std must be a real number, got str"):
+        NetworkKernel(W_std="1")(X)
+    with pytest.raises(TypeError, match="W_std must be a real number, got str"):
+        NetworkKernel(W_std="1").theta
+    with pytest.raises(ValueError, match="b_std must be a scalar or have one value per Dense "
+                                         "layer \\(3\\)"):
+        NetworkKernel(b_std=[0.1, 0.2])(X)
+    for bounds, words in (("foo", "W_std_bounds must be 'fixed' or a pair"),
+                          ((1.0,), "W_std_bounds must be 'fixed', a pair"),
+                          ((1, -1), "W_std_bounds must satisfy 0 < lower <= upper < inf"),
+                          ((2.0, 1.0), "got (2.0, 1.0)"),
+                          ((0.0, 1.0), "0 < lower"),
+                          ((1e-2, np.inf), "upper < inf")):
+        with pytest.raises(ValueError) as info:
+            NetworkKernel(W_std_bounds=bounds).bounds
+        assert words in str(info.value)
+    with pytest.raises(ValueError, match="b_std_bounds must satisfy"):
+        NetworkKernel(b_std_bounds=(1.0, 0.5)).theta
+    assert NetworkKernel(W_std=[1.0, 1.2, 0.9], W_std_bounds=[(0.1, 2)] * 3).bounds.shape == (4, 2)
+
+
+def test_network_kernel_equality_compares_the_networks():
+    """Kernels of different activations are different even when their reprs
+    match; kernels of equal networks (built twice, or cloned) are equal."""
+    from sklearn.base import clone
+    import scipy.special
+
+    def kernel(fn, **kw):
+        return NetworkKernel(ik.serial(ik.Dense(3), ik.Elementwise(fn, **kw), ik.Dense(1)))
+    a, b = kernel(np.tanh), kernel(np.sin, name="Elementwise(tanh)")
+    assert repr(a) == repr(b) and a != b
+    assert a == kernel(np.tanh) and hash(a) == hash(kernel(np.tanh))
+    assert kernel(scipy.special.erf) != kernel(scipy.special.expit)
+    net = ik.serial(ik.Dense(3), ik.Tanh(), ik.Dense(3), ik.LeakyRelu(0.1), ik.Dense(1))
+    k = NetworkKernel(net, W_std=[1.0, 1.1, 1.2])
+    assert k == clone(k) == NetworkKernel(
+        ik.serial(ik.Dense(3), ik.Tanh(), ik.Dense(3), ik.LeakyRelu(0.1), ik.Dense(1)),
+        W_std=[1.0, 1.1, 1.2])
+    assert k != NetworkKernel(
+        ik.serial(ik.Dense(3), ik.Tanh(), ik.Dense(3), ik.LeakyRelu(0.2), ik.Dense(1)),
+        W_std=[1.0, 1.1, 1.2])
+    assert k != NetworkKernel(net, W_std=[1.0, 1.1, 1.3])
+
+
+def test_numeric_activation_by_name():
+    """The README's numeric activations (Tanh, ...) are valid names."""
+    X = np.random.default_rng(0).standard_normal((15, 2))
+    for name in ("tanh", "softplus", "swish", "elu"):
+        pred = NNGPRegressor(activation=name, depth=1).fit(X, X[:, 0]).predict(X[:3])
+        assert pred.shape == (3,) and np.isfinite(pred).all()

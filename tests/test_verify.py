@@ -94,4 +94,4 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--widths", "0,16"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["--activation", "tanh"])
+        parser.parse_args(["--activation", "tanhh"])
