@@ -372,8 +372,11 @@ def test_fused_recursion_matches_numba(lib, act, par):
                     ik.Dense(64, W_std=0.9, b_std=0.1, parameterization=par), act,
                     ik.Dense(64, W_std=1.2, parameterization=par), act,
                     ik.Dense(1, W_std=1.0, b_std=0.3, parameterization=par))
-    x1 = _points(rng)
-    x2 = np.vstack([x1[:6], rng.standard_normal((21, 5))])
+    # exp-type activations at these depths overflow (or diverge, Gaussian with
+    # b > 0) on the larger points, which both backends refuse: smaller inputs
+    scale = 0.2 if act.name in ("Exp", "Gaussian") else 1.0
+    x1 = _points(rng) * scale
+    x2 = np.vstack([x1[:6], rng.standard_normal((21, 5)) * scale])
     prog = net.program(5)
     K, T, d1 = _host_gram(lib, prog, x1, x2)
     _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
