@@ -30,10 +30,12 @@ import numpy as np
 
 from . import _program as P
 from ._checks import real
-from .layers import Layer, Network, _apply_layers, _Branches, _compile, serial
+from .layers import (Layer, Network, _apply_layers, _Branches, _compile, serial,
+                     unpacked_network)
 
 
 def _as_layers(layer, where):
+    layer = unpacked_network(layer)
     if isinstance(layer, Network):
         if layer.input_maps:
             raise ValueError(f"{where}: input maps (Fourier features) must come first in the "
@@ -98,7 +100,7 @@ class parallel(Layer):
             raise ValueError("parallel: expected at least one layer")
         self.branches = tuple(_as_layers(l, f"parallel: argument {i}")
                               for i, l in enumerate(layers))
-        self._reprs = tuple(repr(l) for l in layers)
+        self._reprs = tuple(repr(unpacked_network(l)) for l in layers)
 
     def __repr__(self):
         return "parallel(" + ", ".join(self._reprs) + ")"

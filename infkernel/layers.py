@@ -116,14 +116,16 @@ class Dense(Layer):
     same Σ', and Θ' = n Σ + W_std² Θ + [b_std is not None], where n is the
     layer's fan-in (the input dimension, or the previous ``Dense``'s out_dim).
     ``b_std=None`` means no bias.  ``batch_axis``, ``channel_axis`` and ``s``
-    are accepted for porting at their defaults (vector inputs: (N, d)).
+    are accepted for porting at their defaults (vector inputs: (N, d)); the
+    fields are in neural-tangents' order, and ``Dense(n, W_std, b_std,
+    "standard")`` also reads the fourth argument as the parameterization.
     """
     out_dim: int
     W_std: float = 1.0
     b_std: Optional[float] = None
-    parameterization: str = "ntk"
-    batch_axis: int = 0
+    batch_axis: int = 0          # neural-tangents' field order, for positional calls
     channel_axis: int = -1
+    parameterization: str = "ntk"
     s: tuple = (1, 1)
 
     def __repr__(self):
@@ -137,6 +139,11 @@ class Dense(Layer):
             raise ValueError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
         object.__setattr__(self, "W_std", _std("Dense: W_std", self.W_std))
         object.__setattr__(self, "b_std", _std("Dense: b_std", self.b_std, allow_none=True))
+        if isinstance(self.batch_axis, str) and self.parameterization == "ntk":
+            # Dense(n, W_std, b_std, "standard"): the parameterization in the
+            # place of batch_axis (no axis is a string), as earlier versions took it
+            object.__setattr__(self, "parameterization", self.batch_axis)
+            object.__setattr__(self, "batch_axis", 0)
         if (self.batch_axis, self.channel_axis) not in ((0, -1), (0, 1)) or tuple(self.s) != (1, 1):
             raise ValueError("Dense: only batch_axis=0, channel_axis=-1 and s=(1, 1) apply to "
                              f"vector inputs (N, d), got batch_axis={self.batch_axis!r}, "
@@ -595,10 +602,21 @@ def repeat(layer, n):
     return serial(*([layer] * int(n)))
 
 
+def unpacked_network(obj):
+    """The Network behind a stax triple ``(init_fn, apply_fn, kernel_fn)`` (a
+    tuple neural-tangents code passes where a layer goes), else ``obj``."""
+    if isinstance(obj, (tuple, list)) and len(obj) == 3:
+        owners = {id(getattr(f, "__self__", None)) for f in obj}
+        owner = getattr(obj[0], "__self__", None)
+        if isinstance(owner, Network) and len(owners) == 1:
+            return owner
+    return obj
+
+
 def serial(*layers):
-    """Compose layers (or networks) in sequence."""
+    """Compose layers (or networks, or their stax triples) in sequence."""
     flat = []
-    for layer in layers:
+    for layer in map(unpacked_network, layers):
         if isinstance(layer, Network):
             flat.extend(layer.layers)
         elif isinstance(layer, Layer):

@@ -243,3 +243,25 @@ def test_float32_std_gives_no_overflow_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ik.Dense(3, W_std=np.float32(2), b_std=np.float32(0.5)).W_std == 2.0
+
+
+def test_neural_tangents_positional_dense_and_stax_triples():
+    """Dense takes neural-tangents' positional order (out_dim, W_std, b_std,
+    batch_axis, channel_axis, parameterization) and still reads a string in
+    the fourth place as the parameterization; serial and parallel take the
+    (init_fn, apply_fn, kernel_fn) triples neural-tangents code passes."""
+    ref = ik.Dense(8, W_std=1.5, b_std=0.05, parameterization="standard")
+    assert ik.stax.Dense(8, 1.5, 0.05, 0, -1, "standard") == ref
+    assert ik.Dense(8, 1.5, 0.05, "standard") == ref
+    assert ik.Dense(8, 1.5, 0.05, 0) == ik.Dense(8, W_std=1.5, b_std=0.05)
+    with pytest.raises(ValueError, match="batch_axis=0, channel_axis=-1"):
+        ik.Dense(8, 1.5, 0.05, 1)
+    body = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Erf())
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    plain = ik.serial(body, ik.Dense(1))
+    assert np.array_equal(ik.serial(tuple(body), ik.Dense(1)).kernel(x).ntk, plain.kernel(x).ntk)
+    init_fn, apply_fn, kernel_fn = body
+    branched = ik.serial(ik.FanOut(2), ik.parallel((init_fn, apply_fn, kernel_fn), body),
+                         ik.FanInConcat(), ik.Dense(1))
+    assert "parallel(serial(Dense(8" in repr(branched)
+    np.testing.assert_allclose(branched.kernel(x).ntk, plain.kernel(x).ntk, rtol=1e-14)
