@@ -4,6 +4,13 @@ import math
 import numpy as np
 
 
+class KernelRangeError(ValueError):
+    """The kernel is not computable at these parameters and inputs: a
+    variance overflows float64 (or an expectation diverges), or leaves a
+    quadrature's guaranteed range.  Optimisers treat such parameters as
+    infeasible (``hyper.fit_hyperparameters``, ``sklearn.NetworkKernel``)."""
+
+
 #: Largest magnitude of a parameter that the kernels square (a standard
 #: deviation, an activation's scale): its square must stay a finite double.
 SQUARED_MAX = 1e150

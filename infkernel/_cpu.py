@@ -19,6 +19,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._checks import KernelRangeError
 from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_gabor,
                      dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
@@ -433,7 +434,7 @@ def point_tables(program, x, features=True, start=0, name="x"):
         if n and V[op].max() > Q_MAX:
             i = int(V[op].argmax())
             name = (program.names or {}).get(op, "a numeric activation")
-            raise ValueError(
+            raise KernelRangeError(
                 f"{name}: its input variance reaches {V[op, i]:.4g} ({name} row {start + i}), outside "
                 f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
                 "or reduce W_std / b_std of the Dense layer before it")
@@ -454,7 +455,7 @@ def check_finite_variances(program, V, k, t, start, name):
     where = ("at the input of " + (program.names or {}).get(int(ops[0]), f"op {ops[0]}")
              if ops.size else "at the output")
     value = f"{V[ops[0], i]:g}" if ops.size else f"Σ = {k[i]:.3g}, Θ = {t[i]:.3g}"
-    raise ValueError(
+    raise KernelRangeError(
         f"{name} row {start + i}: the variance overflows float64 {where} ({value}: it grows "
         "beyond 1.8e308 through the layers, or an expectation such as E[exp(b u²)] "
         "diverges), so the kernel cannot be computed; reduce W_std, b_std, Scale factors, "

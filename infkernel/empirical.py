@@ -75,9 +75,10 @@ def _check_layers(net):
 
 
 def _map_inputs(net, x1, x2):
-    """Inputs after the network's leading input maps (checked)."""
-    a1 = check_inputs(x1, "x1")
-    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    """Inputs after the network's leading input maps (checked; (N, ...)
+    inputs flattened first when the network starts with Flatten)."""
+    a1 = check_inputs(net._flatten(x1), "x1")
+    a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
     return net.map_inputs(a1, "x1"), None if a2 is None else net.map_inputs(a2, "x2")
 
 
@@ -296,8 +297,8 @@ def _kernels(net, params, x1, x2, names, mode="trace"):
 
 
 def _prepare(net, x1, x2, params):
-    a1 = check_inputs(x1, "x1")
-    a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
+    a1 = check_inputs(net._flatten(x1), "x1")
+    a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
     check_params(net, params, a1.shape[1])
     params = tuple((np.asarray(p[0], dtype=np.float64),
                     None if p[1] is None else np.asarray(p[1], dtype=np.float64))

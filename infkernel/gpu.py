@@ -47,6 +47,7 @@ import re
 import numpy as np
 
 from . import _program as P
+from ._checks import KernelRangeError
 
 #: Device-memory bound for one row block (its GEMM block and, when streaming
 #: to the host, its output buffers); two blocks are in flight.
@@ -339,7 +340,7 @@ class _Program:
             if v > Q_MAX:
                 i = int(tab[3 * a].argmax().get())
                 name = (self.prog.names or {}).get(op, "a numeric activation")
-                raise ValueError(
+                raise KernelRangeError(
                     f"{name}: its input variance reaches {v:.4g} (point {i}), outside "
                     f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the "
                     "inputs or reduce W_std / b_std of the Dense layer before it")

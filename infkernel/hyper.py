@@ -53,7 +53,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from . import _program as P
-from ._checks import real
+from ._checks import KernelRangeError, real
 from ._duals import _RHO_ONE
 from .activations import Activation
 from .layers import Dense, Dropout, ExpNormalized, Flatten, Identity, LayerNorm, Network
@@ -895,7 +895,7 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
             with np.errstate(all="ignore"):
                 lml, g = log_marginal_likelihood(m, x, y, nz, get, shared, eval_gradient=True,
                                                  activation_params=bool(nA))
-        except (np.linalg.LinAlgError, ValueError) as exc:
+        except (np.linalg.LinAlgError, KernelRangeError) as exc:
             # parameters where the kernel is not defined (a variance outside a
             # quadrature's range, an overflow, K + noise·I singular)
             failures.append(exc)

@@ -1146,8 +1146,29 @@ def weighted_spectrum(blocks, weights):
 # ---------------------------------------------------------------------------
 # finite width
 # ---------------------------------------------------------------------------
-def _act_derivs(act, z, nmax=3):
-    """φ, φ', ..., φ⁽ⁿᵐᵃˣ⁾ at real z (Cauchy's formula on a complex-analytic φ)."""
+def _piecewise_linear(act):
+    """φ'' = 0 away from finitely many kinks (ReLU family, |x|, sign, step)."""
+    return isinstance(act, Activation) and (
+        act.kind in (P.K_ABRELU, P.K_SIGN)
+        or (act.kind == P.K_RECTIFIED_MONOMIAL and act.params[0] <= 1))
+
+
+def _act_derivs(act, z, higher, nmax=3):
+    """φ, φ', ..., φ⁽ⁿᵐᵃˣ⁾ at real z: Cauchy's formula for an analytic φ; for
+    a kinked one φ and φ' from the activation itself and higher derivatives
+    0, which holds almost everywhere for piecewise-linear φ, or is never used
+    when the jets carry no derivatives (``higher`` False: the identity
+    operator); other kinked φ have no φ'' at their kinks: an error."""
+    if _kinked(act):
+        if higher and not _piecewise_linear(act):
+            raise ValueError(
+                f"{act!r} is not smooth at its kinks and not piecewise linear, so the "
+                "network's input derivatives of order >= 1 need φ'' where it is not "
+                "defined; use a smooth activation (Tanh, Erf, Gelu, Softplus, ...) or a "
+                "piecewise-linear one (Relu, LeakyRelu, Abs)")
+        ds = np.zeros((nmax + 1,) + np.shape(z))
+        ds[0], ds[1] = act.fn(z), act.dfn(z)
+        return ds
     f, _ = _complex_fn(act)
     try:
         return _cauchy(f, z, nmax)
@@ -1176,7 +1197,7 @@ def _forward_jets(net, params, x, groups):
             if b is not None:
                 h[:, 0] += s * b
         elif isinstance(layer, Activation):
-            ds = _act_derivs(layer, h[:, 0])
+            ds = _act_derivs(layer, h[:, 0], higher=bool(np.any(h[:, 1:])))
             tape.append(("act", layer, h, ds))
             y = np.empty_like(h)
             y[:, 0] = ds[0]

@@ -698,7 +698,8 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
 
     Returns ``predict_fn(t=None, x_test=None, get=None, compute_cov=False)``;
     ``t`` may be an array (results get its leading shape), ``x_test=None``
-    gives (unregularised) training-set predictions, ``compute_cov`` is False,
+    gives the training-set predictions (I − e^{−η(K + reg)t/n}) y of the flow
+    on the regularised kernel, as neural-tangents does, ``compute_cov`` is False,
     True (full (M, M) covariance) or "diag" (variances, streamed).
     """
     kfn = _kernel_callable(kernel_fn)

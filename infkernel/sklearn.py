@@ -20,7 +20,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import predict as _predict
-from ._checks import flag, real
+from ._checks import KernelRangeError, flag, real
 from .activations import ACTIVATIONS, Activation
 from .hyper import kernel_and_grad, with_hyperparameters
 from .layers import Dense, Network, serial
@@ -143,7 +143,12 @@ class NetworkKernel(Kernel):
         Dense layers' W_std / b_std are replaced by the hyperparameters.
       W_std, b_std: scalars (shared by all Dense layers) or arrays with one
         value per Dense layer.  Optimised in log space within the bounds
-        (``"fixed"`` to freeze).
+        (``"fixed"`` to freeze).  Where an optimiser's trial values make the
+        kernel not computable (``KernelRangeError``: an overflowing variance,
+        or one beyond a numerically integrated activation's range [0, 128]),
+        the error names them; narrow the bounds so that the variances stay in
+        range (scikit-learn's optimisers treat only ``LinAlgError`` as an
+        infeasible point).
     """
 
     def __init__(self, network=None, W_std=1.0, b_std=0.1, W_std_bounds=(1e-2, 1e2),
@@ -183,7 +188,15 @@ class NetworkKernel(Kernel):
         if Y is not None:
             raise ValueError("eval_gradient=True is only supported when Y is None")
         shared = np.size(self.W_std) == 1 and np.size(self.b_std) == 1
-        K, dK = kernel_and_grad(net, X, self.get, shared=shared)
+        try:
+            K, dK = kernel_and_grad(net, X, self.get, shared=shared)
+        except KernelRangeError as exc:
+            # an optimiser (GaussianProcessRegressor's) explored hyperparameters
+            # where the kernel is not computable: say which, and the remedy
+            raise KernelRangeError(
+                f"NetworkKernel at W_std={self.W_std}, b_std={self.b_std}: {exc}. If an "
+                "optimiser chose these values, narrow W_std_bounds / b_std_bounds (or "
+                "rescale X) so that the pre-activation variances stay in range") from None
         L = _n_dense(net)
         if shared:
             dW, dB = dK[:1], dK[1:]

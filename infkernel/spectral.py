@@ -140,7 +140,12 @@ def decay(eigvals, lr, t, discrete=False):
     lam = np.asarray(eigvals, dtype=np.float64)
     lr, t = _lr(lr), _times(t)
     if discrete:
-        return (1.0 - lr * lam)[None, :] ** t[:, None]
+        base = 1.0 - lr * lam
+        if (base < 0).any() and (t != np.round(t)).any():
+            raise ValueError(f"discrete=True: t counts gradient-descent steps and must be "
+                             f"integers where lr·λ > 1 (here up to {lr * lam.max():.3g}: the "
+                             "factor 1 − lr·λ is negative), got non-integer t")
+        return base[None, :] ** t[:, None]
     return np.exp(-lr * np.outer(t, lam))
 
 

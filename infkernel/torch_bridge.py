@@ -182,6 +182,11 @@ def empirical_ntk_torch(module, x1, x2=None, chunk_size=64):
     a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    random = [m for m in module.modules() if m.training
+              and isinstance(m, (torch.nn.Dropout, torch.nn.AlphaDropout))]
+    if random:
+        raise TypeError(f"empirical NTKs need a fixed network; {random[0]!r} is in train "
+                        "mode and draws new masks on every call (call module.eval())")
     params = {k: v.detach() for k, v in module.named_parameters()}
     if not params:
         raise ValueError("module has no parameters, so its NTK is 0")

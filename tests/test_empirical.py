@@ -417,3 +417,18 @@ def test_neural_tangents_forms_reject_bad_options():
         ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, "k", 4)
     with pytest.raises(ValueError, match="x1 has NaN"):   # checked before the generator runs
         ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, [2, 4])(np.full((2, 3), np.nan))
+
+
+def test_flatten_first_networks_take_unflattened_inputs():
+    """As net.kernel and apply_fn do, the empirical and Monte Carlo kernels of
+    a network starting with Flatten take (N, ...) inputs."""
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    net = ik.serial(ik.Flatten(), ik.Dense(16, 1.3, 0.2), ik.Erf(), ik.Dense(2, 1.0, 0.1))
+    _, p = net.init_fn(0, (-1, 2, 3))
+    flat = x.reshape(4, -1)
+    assert np.array_equal(ik.empirical_ntk_fn(net)(x, x[:2], p),
+                          ik.empirical_ntk_fn(net)(flat, flat[:2], p))
+    assert np.array_equal(ik.monte_carlo_kernel_fn(net, 3)(x, None, "ntk").mean,
+                          ik.monte_carlo_kernel_fn(net, 3)(flat, None, "ntk").mean)
+    assert np.array_equal(ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 3)(x),
+                          ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 3)(flat))

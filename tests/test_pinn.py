@@ -580,3 +580,31 @@ def test_examples_small(name, tmp_path):
     pngs = [f for f in os.listdir(tmp_path) if f.endswith(".png")]
     assert pngs
     assert all(v > 0 and math.isfinite(v) for v in res["weights"].values())
+
+
+def test_empirical_operators_of_kinked_activations():
+    """Kinked activations take φ and φ' from the activation itself (a contour
+    average would smooth the kink): the identity operator reproduces apply_fn
+    and the empirical NTK exactly; piecewise-linear φ has φ'' = 0 almost
+    everywhere, so first derivatives match central differences (step 1e-6:
+    error ~1e-10, no kink within a step of these points) and Laplacians
+    vanish; other kinked φ refuse derivatives."""
+    x = np.random.default_rng(3).uniform(-1, 1, (6, 2))
+    for act in (ik.Relu(), ik.LeakyRelu(0.1), ik.Abs(), ik.Elu(1.0), ik.Elementwise(np.abs)):
+        net = ik.serial(ik.Dense(16, 1.5, 0.3), act, ik.Dense(2))
+        _, p = net.init_fn(np.random.default_rng(2), (-1, 2))
+        np.testing.assert_allclose(pinn.operator_apply(net, p, x, pinn.identity()),
+                                   net.apply_fn(p, x), rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(
+            pinn.empirical_kernel(net, p, x, None, pinn.identity(), pinn.identity()),
+            ik.empirical_ntk_fn(net)(x, None, p), rtol=1e-13, atol=1e-15)
+    net = ik.serial(ik.Dense(16, 1.5, 0.3), ik.Relu(), ik.Dense(1))
+    _, p = net.init_fn(0, (-1, 2))
+    e = np.array([1e-6, 0.0])
+    fd = (net.apply_fn(p, x + e) - net.apply_fn(p, x - e)) / 2e-6
+    np.testing.assert_allclose(pinn.operator_apply(net, p, x, pinn.partial(0)), fd,
+                               rtol=0, atol=1e-8)
+    assert np.array_equal(pinn.operator_apply(net, p, x, pinn.laplacian(2)), np.zeros((6, 1)))
+    elu = ik.serial(ik.Dense(16, 1.5, 0.3), ik.Elu(1.0), ik.Dense(1))
+    with pytest.raises(ValueError, match="not piecewise linear"):
+        pinn.operator_apply(elu, elu.init_fn(0, (-1, 2))[1], x, pinn.partial(0))

@@ -221,3 +221,14 @@ def test_numeric_activation_by_name():
     for name in ("tanh", "softplus", "swish", "elu"):
         pred = NNGPRegressor(activation=name, depth=1).fit(X, X[:, 0]).predict(X[:3])
         assert pred.shape == (3,) and np.isfinite(pred).all()
+
+
+def test_kernel_out_of_range_names_the_hyperparameters():
+    """An optimiser's trial W_std beyond a numerically integrated activation's
+    variance range: a KernelRangeError (a ValueError) naming the values and
+    the remedy, not a bare quadrature message."""
+    from infkernel._checks import KernelRangeError
+    net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(1))
+    X = np.random.default_rng(0).standard_normal((5, 3))
+    with pytest.raises(KernelRangeError, match="W_std=100.*narrow W_std_bounds"):
+        NetworkKernel(net, W_std=100.0)(X, eval_gradient=True)

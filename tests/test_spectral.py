@@ -183,3 +183,14 @@ def test_example_multiscale_spectrum(tmp_path):
     lam = s["eigval_at_n_over_4"]
     assert lam["MscaleDNN-2"] > lam["single scale"]
     assert lam["MscaleDNN-1"] > lam["single scale"]
+
+
+def test_discrete_decay_needs_integer_steps_past_the_stable_rate():
+    """(1 − ηλ)^t for ηλ > 1 has a negative base: defined for whole steps
+    only (the sign alternates), an error otherwise rather than NaN."""
+    lam = np.array([0.5, 3.0])
+    got = spectral.decay(lam, 1.0, [0, 1, 2], discrete=True)
+    np.testing.assert_array_equal(got, [[1, 1], [0.5, -2.0], [0.25, 4.0]])
+    with pytest.raises(ValueError, match="must be integers where lr·λ > 1"):
+        spectral.decay(lam, 1.0, [0.5], discrete=True)
+    spectral.decay(lam[:1], 1.0, [0.5], discrete=True)     # 1 − ηλ > 0: any t

@@ -145,3 +145,7 @@ def test_unsupported_layers_are_named():
         from_torch(nn.Sequential(nn.Linear(2, 3)), scale="kaiming")
     with pytest.raises(ValueError, match="x2 has 3 features"):
         empirical_ntk_torch(nn.Linear(2, 1), np.ones((2, 2)), np.ones((2, 3)))
+    dropping = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Dropout(0.3), nn.Linear(3, 1))
+    with pytest.raises(TypeError, match="train mode .* module.eval"):
+        empirical_ntk_torch(dropping, np.ones((2, 2)))
+    empirical_ntk_torch(dropping.eval(), np.ones((2, 2)))
