@@ -11,6 +11,7 @@ from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu
                                   Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
 from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
                         empirical_ntk_fn, monte_carlo_kernel_fn)
+from ._checks import KernelRangeError
 from .kernel import Kernel, batch
 from .layers import (Dense, Dropout, ExpNormalized, Flatten, Identity, Layer, LayerNorm,
                      Network, repeat, serial)
@@ -23,7 +24,7 @@ from . import spectral
 __version__ = "0.1.0"
 
 __all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "ExpNormalized",
-           "Dropout", "Layer", "Network", "Kernel", "Activation",
+           "Dropout", "Layer", "Network", "Kernel", "KernelRangeError", "Activation",
            "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin",
            "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Gabor", "Monomial", "RectifiedMonomial",
            "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu",
