@@ -682,12 +682,15 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
     ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12 relative measured for φ⁽⁷⁾).
     For tanh, the logistic function and SiLU (``C`` non-empty, see
     ``_tanh_coefficients``) the inner integral is Σ_c C[0, b, c] E_w[tᶜ] +
-    C[1, b, c] E_w[v tᶜ] (``_tanh_nodes``, ``_moments``)."""
+    C[1, b, c] E_w[v tᶜ] (``_tanh_nodes``, ``_moments``).  tanh is odd, so
+    the integrand has parity (−1)^(a+b) under (x, w) → (−x, −w): entries with
+    a + b odd vanish, the others are twice the integral over x ≥ 0."""
     ne = s1.shape[0]
     na = amax + 1
     ng = glx.shape[0]
     fast = C.shape[0] > 0
     with_v = fast and np.any(C[1] != 0.0)
+    odd = fast and kind == 1         # φ = tanh on the moment path: use the parity
     h2 = 2.0 if kind == 1 else 1.0   # t = tanh(h2 y / 2)
     inv_sqrt_2pi = 1.0 / math.sqrt(2.0 * math.pi)
     M = np.zeros((ne, na, na))
@@ -701,6 +704,8 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
         r = rho[e]
         c = math.sqrt(max((1.0 - r) * (1.0 + r), 0.0))
         npx = _panels(max(s1[e], s2[e] * abs(r)), lam)
+        if odd:
+            npx += npx % 2           # panels symmetric about x = 0: none straddles it
         npw = _panels(s2[e] * c, lam) if c > 0.0 else 0
         hx = 2.0 * ZF / npx
         hw = 2.0 * ZF / max(npw, 1)
@@ -719,10 +724,11 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
                 if fast:
                     Ek[pw * ng + iw] = math.exp(h2 * s2[e] * c * w)
                     Dk[pw * ng + iw] = math.expm1(h2 * s2[e] * c * w)
-        for px in range(npx):
+        for px in range(npx // 2 if odd else 0, npx):
             for ix in range(ng):
                 x = -ZF + hx * (px + 0.5 * (glx[ix] + 1.0))
-                wx = 0.5 * hx * glw[ix] * math.exp(-0.5 * x * x) * inv_sqrt_2pi
+                wx = (2.0 if odd else 1.0) * 0.5 * hx * glw[ix] * math.exp(-0.5 * x * x) \
+                    * inv_sqrt_2pi
                 _phi_all(kind, tab, tp, s1[e] * x, fu, tmp)
                 G[:] = 0.0
                 base = s2[e] * r * x
@@ -749,7 +755,8 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
                             G[b] += ww[k] * fv[b]
                 for a in range(na):
                     for b in range(na):
-                        M[e, a, b] += wx * fu[a] * G[b]
+                        if not (odd and (a + b) % 2):
+                            M[e, a, b] += wx * fu[a] * G[b]
     return M
 
 
