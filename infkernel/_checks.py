@@ -42,3 +42,21 @@ def flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def entropy(name, key):
+    """``np.random.SeedSequence`` entropy from a non-negative int seed or a
+    PRNG key's value (neural-tangents passes ``jax.random.PRNGKey(k)``, an
+    array of non-negative integers)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if key < 0:
+            raise ValueError(f"{name} must be >= 0, got {key}")
+        return int(key)
+    try:
+        a = np.asarray(key)
+    except Exception:
+        a = np.zeros(0)
+    if a.ndim == 1 and a.size and a.dtype.kind in "ui" and np.all(a >= 0):
+        return [int(v) for v in a]
+    raise TypeError(f"{name} must be a non-negative int or a PRNG key (a 1-D array of "
+                    f"non-negative integers), got {key!r}")

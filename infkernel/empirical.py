@@ -27,6 +27,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from ._checks import entropy
 from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
@@ -426,24 +427,6 @@ def _auto_batch(net, n1, n2, d):
     return int(max(1, min(256, _MAX_ENTRIES // max(per_sample, 1))))
 
 
-def _entropy(name, key):
-    """``np.random.SeedSequence`` entropy from a non-negative int seed or a
-    PRNG key's value (neural-tangents passes ``jax.random.PRNGKey(k)``, an
-    array of non-negative integers)."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        if key < 0:
-            raise ValueError(f"{name} must be >= 0, got {key}")
-        return int(key)
-    try:
-        a = np.asarray(key)
-    except Exception:
-        a = np.zeros(0)
-    if a.ndim == 1 and a.size and a.dtype.kind in "ui" and np.all(a >= 0):
-        return [int(v) for v in a]
-    raise TypeError(f"{name} must be a non-negative int or a PRNG key (a 1-D array of "
-                    f"non-negative integers), got {key!r}")
-
-
 def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None, mode="trace",
                    stops=()):
     """Yields {name: (B, N1, N2, ...)} empirical kernels (output layout of
@@ -550,7 +533,7 @@ def _monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
     full = _as_network(net)
     _check_layers(full.body)
     n_samples = _check_count("n_samples", n_samples, 2)
-    seed = _entropy("seed", seed)
+    seed = entropy("seed", seed)
     if batch_size is not None:
         _check_count("batch_size", batch_size, 1)
 
@@ -578,7 +561,7 @@ def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, d
                          "(init_fn, apply_fn, kernel_fn = net)")
     _check_layers(full.body)
     mode = _output_mode(trace_axes, diagonal_axes)
-    key = _entropy("key", key)
+    key = entropy("key", key)
     several = not isinstance(n_samples, (int, np.integer))
     try:
         counts = list(n_samples) if several else [n_samples]

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from . import _program as P
-from ._checks import flag, real
+from ._checks import entropy, flag, real
 
 
 class _State:
@@ -579,9 +579,8 @@ def _generator(name, rng):
     a PRNG key (a 1-D array of non-negative ints), else an error naming ``name``."""
     if isinstance(rng, np.random.Generator):
         return rng
-    from .empirical import _entropy
     try:
-        return np.random.default_rng(_entropy(name, rng))
+        return np.random.default_rng(entropy(name, rng))
     except TypeError:
         raise TypeError(f"{name} must be a numpy.random.Generator, a non-negative int seed "
                         f"or a PRNG key (a 1-D array of non-negative ints), got {rng!r}"
