@@ -418,12 +418,17 @@ def _stack(param_list, layers):
     return tuple(out)
 
 
-def _auto_batch(net, n1, n2, d):
+def _auto_batch(net, n1, n2, d, mode="trace"):
+    """Networks per batch keeping temporaries near ``_MAX_ENTRIES`` doubles:
+    parameters, activations, back-propagated signals (all k channels at once
+    when untraced, see ``_ntk``) and the kernels in the layout of ``mode``."""
     widths = [d] + [layer.out_dim for layer in net.layers if isinstance(layer, Dense)]
     k = widths[-1]
     n_params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-    per_sample = (2 * n_params + (n1 + n2) * (sum(widths) * 3 + min(k, 64) * max(widths))
-                  + 4 * n1 * n2)
+    channels = min(k, 64) if mode == "trace" else k
+    outputs = {"trace": 1, "diagonal": k, "full": k * k}[mode]
+    per_sample = (2 * n_params + (n1 + n2) * (sum(widths) * 3 + channels * max(widths))
+                  + 4 * n1 * n2 * outputs)
     return int(max(1, min(256, _MAX_ENTRIES // max(per_sample, 1))))
 
 
@@ -440,7 +445,7 @@ def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None, mode="t
     a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
     if batch_size is None:
         batch_size = _auto_batch(net, a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0],
-                                 a1.shape[1])
+                                 a1.shape[1], mode)
     batch_size = _check_count("batch_size", batch_size, 1)
     for params in param_batches(net, a1.shape[1], n_samples, seed, batch_size, stops):
         yield _kernels(net, params, a1[None], None if a2 is None else a2[None], names, mode)

@@ -432,3 +432,14 @@ def test_flatten_first_networks_take_unflattened_inputs():
                           ik.monte_carlo_kernel_fn(net, 3)(flat, None, "ntk").mean)
     assert np.array_equal(ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 3)(x),
                           ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 3)(flat))
+
+
+def test_monte_carlo_batches_budget_the_untraced_layouts():
+    """Batches of networks keep the kernels of the untraced layouts (k² or k
+    values per entry) within the temporaries budget too."""
+    net = ik.serial(ik.Dense(32), ik.Relu(), ik.Dense(16))
+    n = 60
+    for mode, per_entry in (("trace", 1), ("diagonal", 16), ("full", 256)):
+        b = E._auto_batch(net, n, n, 5, mode)
+        assert b == 1 or 4 * b * n * n * per_entry <= E._MAX_ENTRIES, (mode, b)
+    assert E._auto_batch(net, n, n, 5, "full") < E._auto_batch(net, n, n, 5, "trace")
