@@ -15,7 +15,11 @@ s = b_std; standard c = s = 1) contributes
 the Hadamard product of the Gram matrix of the layer's inputs and the Gram
 matrix of the back-propagated signals δ_j = ∂f_j/∂z (Jacot et al. 2018;
 Novak et al. 2022, "Fast finite width neural tangent kernel", structured
-derivatives).  Both Gram matrices are GEMMs of size N × width.
+derivatives).  Both Gram matrices are GEMMs of size N × width.  In branched
+networks the signals pass back through the combinators (FanOut sums the
+branches' signals, FanInSum copies, FanInProd multiplies by the other
+branches, FanInConcat splits) and every Dense layer of every branch
+contributes its own product.
 
 Their averages over random initialisations converge to the analytic kernels
 as the widths grow, with fluctuations O(1/√width) (Hanin & Nica 2020); for one
@@ -31,6 +35,7 @@ from ._checks import entropy
 from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
+from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Scale, parallel
 
 __all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
            "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params"]
@@ -60,19 +65,39 @@ def _as_network(net):
                     f"got {type(net).__name__}")
 
 
+_BRANCHING = (FanOut, parallel, FanInSum, FanInProd, FanInConcat, Scale)
+
+
 def _check_layers(net):
     """Layers the structured formulas understand, or a TypeError naming the culprit."""
-    for i, layer in enumerate(net.layers):
-        if isinstance(layer, Dropout) and layer.training:
-            raise TypeError(f"empirical kernels need a fixed network; layer {i} is {layer!r}, "
-                            "which draws new masks on every call (use mode='test')")
-        if not isinstance(layer, (Dense, Activation, Identity, LayerNorm, Flatten, Dropout)):
-            raise TypeError(
-                f"empirical kernels support Dense, elementwise activations, LayerNorm, "
-                f"Identity, Flatten and Dropout(mode='test'); layer {i} is {layer!r}")
-    if not any(isinstance(layer, Dense) for layer in net.layers):
+    def check(layers, where):
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Dropout) and layer.training:
+                raise TypeError(f"empirical kernels need a fixed network; {where}layer {i} is "
+                                f"{layer!r}, which draws new masks on every call (use "
+                                "mode='test')")
+            if isinstance(layer, parallel):
+                for b, branch in enumerate(layer.branches):
+                    check(branch, f"{where}layer {i} branch {b}: ")
+            elif not isinstance(layer, (Dense, Activation, Identity, LayerNorm, Flatten, Dropout)
+                                + _BRANCHING):
+                raise TypeError(
+                    f"empirical kernels support Dense, elementwise activations, LayerNorm, "
+                    f"Identity, Flatten, Dropout(mode='test'), Scale and branches (FanOut, "
+                    f"parallel, FanInSum/Prod/Concat); {where}layer {i} is {layer!r}")
+    check(net.layers, "")
+    if not any(map(_has_dense, net.layers)):
         raise ValueError("the network has no Dense layer, so no parameters: its NTK is 0 "
                          "and its NNGP is not random")
+
+
+def _has_dense(layer):
+    return isinstance(layer, Dense) or (isinstance(layer, parallel) and any(
+        _has_dense(l) for branch in layer.branches for l in branch))
+
+
+def _branched(net):
+    return any(isinstance(layer, _BRANCHING) for layer in net.layers)
 
 
 def _map_inputs(net, x1, x2):
@@ -92,6 +117,9 @@ def check_params(net, params, d_in):
     if len(params) != len(net.layers):
         raise ValueError(f"params has {len(params)} entries, the network has "
                          f"{len(net.layers)} layers")
+    if _branched(net):
+        _check_structure(params, net.init_fn(0, (-1, d_in))[1], "params")
+        return
     width = d_in
     for i, (layer, p) in enumerate(zip(net.layers, params)):
         where = f"params[{i}] ({layer!r})"
@@ -119,6 +147,28 @@ def check_params(net, params, d_in):
             raise ValueError(f"{where}: a layer without parameters takes (), got {type(p).__name__}")
 
 
+def _check_structure(p, ref, where):
+    """``p`` has the nesting and array shapes of ``ref`` (init_fn's params; a
+    bias may also have neural-tangents' shape (1, k)), with finite entries."""
+    if isinstance(ref, tuple):
+        if not isinstance(p, (tuple, list)) or len(p) != len(ref):
+            raise ValueError(f"{where} must be a tuple of {len(ref)} entries, as init_fn "
+                             f"returns, got {type(p).__name__}"
+                             + (f" of {len(p)}" if isinstance(p, (tuple, list)) else ""))
+        for j, (a, b) in enumerate(zip(p, ref)):
+            _check_structure(a, b, f"{where}[{j}]")
+    elif ref is None:
+        if p is not None:
+            raise ValueError(f"{where}: the layer has no bias (b_std=None) but one is given")
+    else:
+        shape = np.shape(p)
+        if p is None or shape not in (ref.shape, (1,) + ref.shape):
+            raise ValueError(f"{where} must have shape {ref.shape}, got "
+                             f"{None if p is None else shape}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"{where} has NaN or Inf entries")
+
+
 def _check_count(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -140,9 +190,19 @@ def _coefs(layer, fan_in):
 
 
 def _forward(layers, params, x):
-    """Output and the input of every layer."""
+    """Output and the input of every layer (for ``parallel``: the list of its
+    branches' own input lists)."""
     h, inputs = x, []
     for layer, p in zip(layers, params):
+        if isinstance(layer, parallel):
+            outs, subs = [], []
+            for branch, bp, hb in zip(layer.branches, p, h):
+                o, ins = _forward(branch, bp, hb)
+                outs.append(o)
+                subs.append(ins)
+            inputs.append(subs)
+            h = outs
+            continue
         inputs.append(h)
         if isinstance(layer, Dense):
             W, b = p
@@ -152,43 +212,57 @@ def _forward(layers, params, x):
                 h = h + (s * b if s != 1.0 else b)
         elif isinstance(layer, Activation):
             h = layer.fn(h)
-        elif isinstance(layer, LayerNorm):
+        elif isinstance(layer, (LayerNorm,) + _BRANCHING):
             h = layer._apply((), h)
     return h, inputs
 
 
-def _first_dense(layers):
-    return next(i for i, layer in enumerate(layers) if isinstance(layer, Dense))
+def _backward(layers, params, inputs, delta, visit, extra, key=()):
+    """Back-propagates ``delta`` = ∂(·)/∂(output), shape (..., N, [m,] width)
+    (``extra`` = 1 with the output-channel axis m); calls ``visit(key, layer,
+    c, s, h, delta_at_z)`` at every Dense layer (key: its index path through
+    parallel branches, h: its input).  Returns the signal at the input of
+    ``layers``, except at the top level (``key`` empty), where propagation
+    stops at the first layer with parameters."""
+    stop = next(i for i, layer in enumerate(layers) if _has_dense(layer)) if not key else 0
 
-
-def _backward(layers, params, inputs, delta, visit):
-    """Back-propagates ``delta`` = ∂(·)/∂(output), shape (..., N, [m,] width);
-    calls ``visit(i, layer, c, s, delta_at_z)`` at every Dense layer."""
-    stop = _first_dense(layers)
-    extra = delta.ndim - inputs[-1].ndim   # 1 with an output-channel axis
+    def expand(a):
+        return a[..., None, :] if extra else a
     for i in range(len(layers) - 1, stop - 1, -1):
-        layer = layers[i]
+        layer, h = layers[i], inputs[i]
         if isinstance(layer, Dense):
             W, _ = params[i]
             c, s = _coefs(layer, W.shape[-2])
-            visit(i, layer, c, s, delta)
-            if i > stop:
+            visit(key + (i,), layer, c, s, h, delta)
+            if i > stop or key:
                 Wt = np.swapaxes(W, -1, -2)
                 if extra:
                     Wt = Wt[..., None, :, :]
                 delta = (delta @ Wt) * c if c != 1.0 else delta @ Wt
         elif isinstance(layer, Activation):
-            d = layer.dfn(inputs[i])
-            delta = delta * (d[..., None, :] if extra else d)
+            delta = delta * expand(layer.dfn(h))
         elif isinstance(layer, LayerNorm):
             # y = (h - μ)/σ: ∂/∂h = (δ - mean δ - y mean(δ y)) / σ over the channels
-            c = inputs[i] - inputs[i].mean(axis=-1, keepdims=True)
-            sigma = np.sqrt((c * c).mean(axis=-1, keepdims=True) + layer.eps)
-            y = c / sigma
-            if extra:
-                y, sigma = y[..., None, :], sigma[..., None, :]
+            cen = h - h.mean(axis=-1, keepdims=True)
+            sigma = np.sqrt((cen * cen).mean(axis=-1, keepdims=True) + layer.eps)
+            y, sigma = expand(cen / sigma), expand(sigma)
             delta = (delta - delta.mean(axis=-1, keepdims=True)
                      - y * (delta * y).mean(axis=-1, keepdims=True)) / sigma
+        elif isinstance(layer, Scale):
+            delta = layer.a * delta
+        elif isinstance(layer, FanInSum):
+            delta = [delta] * len(h)
+        elif isinstance(layer, FanInProd):
+            delta = [delta * expand(np.prod([g for j, g in enumerate(h) if j != b], axis=0))
+                     for b in range(len(h))]
+        elif isinstance(layer, FanInConcat):
+            delta = np.split(delta, np.cumsum([g.shape[-1] for g in h])[:-1], axis=-1)
+        elif isinstance(layer, parallel):
+            delta = [_backward(branch, bp, ins, d, visit, extra, key + (i, b))
+                     for b, (branch, bp, ins, d) in enumerate(zip(layer.branches, params[i],
+                                                                  h, delta))]
+        elif isinstance(layer, FanOut):
+            delta = sum(delta[1:], delta[0])
     return delta
 
 
@@ -205,48 +279,57 @@ def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None, mode="trace"):
     same = x2 is None
     if not same and inputs2 is None:
         _, inputs2 = _forward(layers, params, x2)
-    lead1 = inputs1[-1].shape[:-1]
-    lead2 = lead1 if same else inputs2[-1].shape[:-1]
-    widths = [h.shape[-1] for h in inputs1] + [k]
+    lead1 = x1.shape[:-1]
+    lead2 = lead1 if same else x2.shape[:-1]
+    widths = [x1.shape[-1], k] + [l.out_dim for l in _dense_layers(layers)]
     per_channel = max(np.prod(lead1), np.prod(lead2)) * max(widths)
     # untraced kernels pair every channel of x1 with every channel of x2: one chunk
     chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1)))) if mode == "trace" else k
     eye = np.eye(k)
-    acc = {}
+    acc, dense = {}, {}      # per Dense layer (key): signal Gram; (layer, c, s, h1, h2)
 
     for j0 in range(0, k, chunk):
         e = eye[j0:j0 + chunk]                 # (m, k): output channels j0..j0+m
-        grams = {}
+        kept = {}
 
-        def visit1(i, layer, c, s, delta):
-            grams[i] = delta
+        def visit1(key, layer, c, s, h, delta):
+            kept[key] = h, delta
 
         d1 = np.broadcast_to(e, lead1 + e.shape)
         if same:
-            def visit(i, layer, c, s, delta):
-                _add(acc, i, _signal_gram(delta, delta, mode))
-            _backward(layers, params, inputs1, d1, visit)
+            def visit(key, layer, c, s, h, delta):
+                _add(acc, key, _signal_gram(delta, delta, mode))
+                dense[key] = layer, c, s, h, h
+            _backward(layers, params, inputs1, d1, visit, 1)
         else:
             # Signals of x1 are kept per Dense layer, then paired with those of x2.
-            _backward(layers, params, inputs1, d1, visit1)
+            _backward(layers, params, inputs1, d1, visit1, 1)
             d2 = np.broadcast_to(e, lead2 + e.shape)
 
-            def visit2(i, layer, c, s, delta):
-                _add(acc, i, _signal_gram(grams.pop(i), delta, mode))
-            _backward(layers, params, inputs2, d2, visit2)
+            def visit2(key, layer, c, s, h, delta):
+                h1, delta1 = kept.pop(key)
+                _add(acc, key, _signal_gram(delta1, delta, mode))
+                dense[key] = layer, c, s, h1, h
+            _backward(layers, params, inputs2, d2, visit2, 1)
 
     out = 0.0
-    for i, g_delta in acc.items():
-        layer = layers[i]
-        W = params[i][0]
-        c, s = _coefs(layer, W.shape[-2])
-        h1 = inputs1[i]
-        h2 = h1 if same else inputs2[i]
+    for key, g_delta in acc.items():
+        layer, c, s, h1, h2 = dense[key]
         g_in = c * c * _gram(h1, h2)
         if layer.b_std is not None:
             g_in = g_in + s * s
         out = out + _outer_axes(g_in, mode) * g_delta
     return out / k if mode == "trace" else out
+
+
+def _dense_layers(layers):
+    """The Dense layers of ``layers``, through parallel branches."""
+    for layer in layers:
+        if isinstance(layer, Dense):
+            yield layer
+        elif isinstance(layer, parallel):
+            for branch in layer.branches:
+                yield from _dense_layers(branch)
 
 
 def _signal_gram(d1, d2, mode):
@@ -301,11 +384,19 @@ def _prepare(net, x1, x2, params):
     a1 = check_inputs(net._flatten(x1), "x1")
     a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
     check_params(net, params, a1.shape[1])
-    params = tuple((np.asarray(p[0], dtype=np.float64),
+    return a1, a2, _as_float(net.layers, params)
+
+
+def _as_float(layers, params):
+    """Dense parameters as float64 arrays, through parallel branches."""
+    def conv(layer, p):
+        if isinstance(layer, Dense):
+            return (np.asarray(p[0], dtype=np.float64),
                     None if p[1] is None else np.asarray(p[1], dtype=np.float64))
-                   if isinstance(layer, Dense) else ()
-                   for layer, p in zip(net.layers, params))
-    return a1, a2, params
+        if isinstance(layer, parallel):
+            return tuple(_as_float(branch, bp) for branch, bp in zip(layer.branches, p))
+        return ()
+    return tuple(conv(layer, p) for layer, p in zip(layers, params))
 
 
 def value_and_grad(net, params, x, cotangent_fn):
@@ -316,20 +407,26 @@ def value_and_grad(net, params, x, cotangent_fn):
     _check_layers(net)
     a, _, params = _prepare(net, x, None, params)
     f, inputs = _forward(net.layers, params, a)
-    grads = [()] * len(params)
+    got = {}
 
-    def visit(i, layer, c, s, delta):
-        h = inputs[i]
-        gW = h.T @ delta
-        grads[i] = (gW * c if c != 1.0 else gW,
+    def visit(key, layer, c, s, h, delta):
+        gW = np.swapaxes(h, -1, -2) @ delta
+        got[key] = (gW * c if c != 1.0 else gW,
                     None if layer.b_std is None else s * delta.sum(axis=0))
 
-    _backward(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64), visit)
-    for i, layer in enumerate(net.layers):   # Dense layers before the first get no signal
-        if isinstance(layer, Dense) and grads[i] == ():
-            grads[i] = (np.zeros_like(params[i][0]),
-                        None if params[i][1] is None else np.zeros_like(params[i][1]))
-    return f, tuple(grads)
+    _backward(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64),
+              visit, 0)
+
+    def nested(layers, ps, key):   # Dense layers before the first get no signal: 0
+        return tuple(
+            got.get(key + (i,), (np.zeros_like(p[0]),
+                                 None if p[1] is None else np.zeros_like(p[1])))
+            if isinstance(layer, Dense) else
+            tuple(nested(branch, bp, key + (i, b))
+                  for b, (branch, bp) in enumerate(zip(layer.branches, p)))
+            if isinstance(layer, parallel) else ()
+            for i, (layer, p) in enumerate(zip(layers, ps)))
+    return f, nested(net.layers, params, ())
 
 
 # --------------------------------------------------------------------------
@@ -407,12 +504,17 @@ def empirical_nngp_fn(net, trace_axes=(-1,), diagonal_axes=()):
 # --------------------------------------------------------------------------
 # Monte Carlo
 def _stack(param_list, layers):
+    """Parameters of several networks stacked along a leading axis (W: (B, n,
+    m), b: (B, 1, m)), through parallel branches."""
     out = []
     for i, layer in enumerate(layers):
         if isinstance(layer, Dense):
             W = np.stack([p[i][0] for p in param_list])
             b = None if layer.b_std is None else np.stack([p[i][1] for p in param_list])[:, None, :]
             out.append((W, b))
+        elif isinstance(layer, parallel):
+            out.append(tuple(_stack([p[i][b] for p in param_list], branch)
+                             for b, branch in enumerate(layer.branches)))
         else:
             out.append(())
     return tuple(out)
@@ -422,8 +524,8 @@ def _auto_batch(net, n1, n2, d, mode="trace"):
     """Networks per batch keeping temporaries near ``_MAX_ENTRIES`` doubles:
     parameters, activations, back-propagated signals (all k channels at once
     when untraced, see ``_ntk``) and the kernels in the layout of ``mode``."""
-    widths = [d] + [layer.out_dim for layer in net.layers if isinstance(layer, Dense)]
-    k = widths[-1]
+    widths = [d] + [layer.out_dim for layer in _dense_layers(net.layers)]
+    k = max(widths) if _branched(net) else widths[-1]   # (an upper bound with branches)
     n_params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     channels = min(k, 64) if mode == "trace" else k
     outputs = {"trace": 1, "diagonal": k, "full": k * k}[mode]

@@ -234,11 +234,16 @@ def test_structural_errors():
         ik.parallel(ik.Dense(2), 3)
 
 
-def test_empirical_kernels_refuse_branches(x):
+def test_empirical_kernels_of_branches(x):
+    """Branches are supported (test_empirical checks the numbers); a random
+    layer inside a branch is named by its path."""
     net = ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(3), ik.Dense(3)), ik.FanInSum())
     _, params = net.init_fn(0, x.shape)
-    with pytest.raises(TypeError, match="empirical kernels support"):
-        ik.empirical_ntk_fn(net)(x, None, params)
+    assert ik.empirical_ntk_fn(net)(x, None, params).shape == (len(x), len(x))
+    drop = ik.serial(ik.FanOut(2), ik.parallel(ik.serial(ik.Dense(3), ik.Dropout(0.5)),
+                                               ik.Dense(3)), ik.FanInSum())
+    with pytest.raises(TypeError, match="layer 1 branch 0: layer 1 is Dropout"):
+        ik.empirical_ntk_fn(drop)
 
 
 @pytest.mark.parametrize("par", ["ntk", "standard"])
