@@ -265,31 +265,25 @@ def test_fan_in_prod_is_product_of_branch_kernels(x, y, par):
     close(k.nngp, after.kernel(x, x.copy()).nngp)
 
 
-def test_fan_in_prod_monte_carlo(x):
-    """A product of a Dense branch of the raw input (exactly Gaussian, kernel
-    fixed) and an independent one-hidden-layer branch: E[f(x) f(x')] equals the
-    NNGP at any width; the Monte Carlo mean is within 5 standard errors."""
-    net = ik.serial(ik.FanOut(2), ik.parallel(
-        ik.Dense(10, W_std=1.2, b_std=0.3),
-        ik.serial(ik.Dense(12, b_std=0.2), ik.Relu(), ik.Dense(10, W_std=1.3))),
-        ik.FanInProd(), ik.Dense(1, W_std=0.9, b_std=0.1))
+PRODUCTS = {
+    # a Dense branch of the raw input (exactly Gaussian) and a one-hidden-layer one
+    "dense_and_hidden": (ik.Dense(10, W_std=1.2, b_std=0.3),
+                         ik.serial(ik.Dense(12, b_std=0.2), ik.Relu(), ik.Dense(10, W_std=1.3))),
+    # Dense layers of their own followed by activations: independent, not mean-zero
+    "activated": (ik.serial(ik.Dense(10, W_std=1.2, b_std=0.3), ik.Relu()),
+                  ik.serial(ik.Dense(10, b_std=0.5), ik.Erf())),
+}
+
+
+@pytest.mark.parametrize("branches", sorted(PRODUCTS))
+def test_fan_in_prod_monte_carlo(x, branches):
+    """Products of independent branches on the raw input: E[f(x) f(x')]
+    equals the NNGP (the product of the branches' kernels) at any width; the
+    Monte Carlo mean is within 5 standard errors."""
+    net = ik.serial(ik.FanOut(2), ik.parallel(*PRODUCTS[branches]), ik.FanInProd(),
+                    ik.Dense(1, W_std=0.9, b_std=0.1))
     xs = x[:4]
     mean, se = _mc_nngp(net, xs, 3000, seed=8)
-    ref = net.kernel(xs).nngp
-    assert np.all(np.abs(mean - ref) <= 5 * se + 1e-12), np.max(np.abs(mean - ref) / se)
-
-
-def test_fan_in_prod_of_activated_branches_monte_carlo(x):
-    """Branches with a Dense layer of their own are independent even when an
-    activation follows it (non-zero means): the product's kernel is the
-    product of theirs.  One hidden layer on the raw input: unbiased at any
-    width, the Monte Carlo mean within 5 standard errors."""
-    net = ik.serial(ik.FanOut(2), ik.parallel(ik.serial(ik.Dense(10, W_std=1.2, b_std=0.3),
-                                                        ik.Relu()),
-                                              ik.serial(ik.Dense(10, b_std=0.5), ik.Erf())),
-                    ik.FanInProd(), ik.Dense(1, W_std=0.9, b_std=0.1))
-    xs = x[:4]
-    mean, se = _mc_nngp(net, xs, 3000, seed=5)
     ref = net.kernel(xs).nngp
     assert np.all(np.abs(mean - ref) <= 5 * se + 1e-12), np.max(np.abs(mean - ref) / se)
 

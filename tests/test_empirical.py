@@ -133,6 +133,31 @@ def test_structured_ntk_equals_jacobian_product(net, seed, n1, n2, d, symmetric,
                                atol=1e-12 * max(1.0, np.abs(got.nngp).max()))
 
 
+def _leaves(tree):
+    """The arrays of a (nested) params tuple, in order."""
+    if isinstance(tree, (tuple, list)):
+        for t in tree:
+            yield from _leaves(t)
+    elif isinstance(tree, np.ndarray):
+        yield tree
+
+
+def _fd_jacobian(net, params, x, h=1e-6):
+    """J[p, n, j] by central differences of apply_fn in every parameter entry
+    (truncation O(h²) ~ 1e-12, rounding ~1e-10 relative)."""
+    rows = []
+    for a in _leaves(params):
+        for idx in np.ndindex(a.shape):
+            orig = a[idx]
+            a[idx] = orig + h
+            fp = net.apply_fn(params, x)
+            a[idx] = orig - h
+            fm = net.apply_fn(params, x)
+            a[idx] = orig
+            rows.append((fp - fm) / (2 * h))
+    return np.array(rows)
+
+
 def test_reference_jacobian_is_the_derivative_of_apply_fn():
     """Guards the reference itself: central differences of ``apply_fn``
     (step 1e-6, truncation error O(h²·f''') ≈ 1e-11, rounding ≈ 1e-10)."""
@@ -142,20 +167,9 @@ def test_reference_jacobian_is_the_derivative_of_apply_fn():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 2))
     _, params = net.init_fn(rng, (-1, 2))
-    J = jacobian(net, params, x)
-    p = 0
-    h = 1e-6
-    for i, name, a in _param_blocks(net, params):
-        for idx in np.ndindex(a.shape):
-            orig = a[idx]
-            a[idx] = orig + h
-            fp = net.apply_fn(params, x)
-            a[idx] = orig - h
-            fm = net.apply_fn(params, x)
-            a[idx] = orig
-            np.testing.assert_allclose(J[p], (fp - fm) / (2 * h), atol=1e-8)
-            p += 1
-    assert p == J.shape[0]
+    # the same parameter order: layer by layer, W before b
+    np.testing.assert_allclose(jacobian(net, params, x), _fd_jacobian(net, params, x),
+                               atol=1e-8)
 
 
 def test_output_chunking_gives_the_same_kernel(monkeypatch):
@@ -443,31 +457,6 @@ def test_monte_carlo_batches_budget_the_untraced_layouts():
         b = E._auto_batch(net, n, n, 5, mode)
         assert b == 1 or 4 * b * n * n * per_entry <= E._MAX_ENTRIES, (mode, b)
     assert E._auto_batch(net, n, n, 5, "full") < E._auto_batch(net, n, n, 5, "trace")
-
-
-def _leaves(tree):
-    """The arrays of a (nested) params tuple, in order."""
-    if isinstance(tree, (tuple, list)):
-        for t in tree:
-            yield from _leaves(t)
-    elif isinstance(tree, np.ndarray):
-        yield tree
-
-
-def _fd_jacobian(net, params, x, h=1e-6):
-    """J[p, n, j] by central differences of apply_fn in every parameter entry
-    (truncation O(h²) ~ 1e-12, rounding ~1e-10 relative)."""
-    rows = []
-    for a in _leaves(params):
-        for idx in np.ndindex(a.shape):
-            orig = a[idx]
-            a[idx] = orig + h
-            fp = net.apply_fn(params, x)
-            a[idx] = orig - h
-            fm = net.apply_fn(params, x)
-            a[idx] = orig
-            rows.append((fp - fm) / (2 * h))
-    return np.array(rows)
 
 
 BRANCHED = {
