@@ -433,17 +433,17 @@ def point_tables(program, x, features=True, start=0, name="x"):
     for op in numeric:
         if n and V[op].max() > Q_MAX:
             i = int(V[op].argmax())
-            name = (program.names or {}).get(op, "a numeric activation")
+            act = (program.names or {}).get(op, "a numeric activation")
             raise KernelRangeError(
-                f"{name}: its input variance reaches {V[op, i]:.4g} ({name} row {start + i}), outside "
+                f"{act}: its input variance reaches {V[op, i]:.4g} ({name} row {start + i}), outside "
                 f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
                 "or reduce W_std / b_std of the Dense layer before it")
     return (V, S, R, F, G), k, t
 
 
 def check_finite_variances(program, V, k, t, start, name):
-    """A ValueError when a point's variance overflows (or diverges) at some
-    layer: its kernel entries would be inf − inf or 0·inf, NaN or of the wrong
+    """A KernelRangeError when a point's variance overflows (or diverges) at
+    some layer: its kernel entries would be inf − inf or 0·inf, NaN or of the wrong
     sign, so none is returned.  V: activation-input variances per op and
     point; k, t: the output diagonals Σ(x, x), Θ(x, x)."""
     bad_v = ~np.isfinite(V)

@@ -679,12 +679,15 @@ def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, d
     if not counts or counts != sorted(set(counts)):
         raise ValueError(f"n_samples must be a non-empty increasing list of counts, got {counts}")
 
+    def means(x1, x2, names, single):
+        for _, moments in _running_moments(full.body, x1, x2, names, counts, key, None, mode):
+            mean = [moments[g].mean for g in names]
+            yield mean[0] if single else _kernel_type(names)(*mean)
+
     def kernel_fn(x1, x2=None, get=None):
         names, single = parse_get(get)
         x1, x2 = _map_inputs(full, x1, x2)    # checked now, not when the generator runs
-        gen = ((mean[0] if single else _kernel_type(names)(*mean))
-               for mean in ([m[g].mean for g in names] for _, m in _running_moments(
-                   full.body, x1, x2, names, counts, key, None, mode)))
+        gen = means(x1, x2, names, single)
         return gen if several else next(gen)
 
     return kernel_fn

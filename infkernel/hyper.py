@@ -760,7 +760,7 @@ def _kernel_grad_by_differences(net, x, get, shared):
         def diff(step):
             return (kernel(theta + step * e) - kernel(theta - step * e)) / (2 * step)
         dK[m] = (4 * diff(h / 2) - diff(h)) / 3
-    return kernel(theta), dK
+    return np.asarray(net.kernel(x, None, get), dtype=np.float64), dK
 
 
 # ---------------------------------------------------------------------------

@@ -65,6 +65,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _program as P
+from ._checks import KernelRangeError
 from ._numeric import _cheb_fit
 from .activations import Activation
 from .activations_numeric import NumericActivation
@@ -334,13 +335,13 @@ ARG_VARIANCE_MAX = 1e6
 
 
 def _check_closed_range(act, q1, q2):
-    """A ValueError when the pre-activation variance of a closed-form
+    """A KernelRangeError when the pre-activation variance of a closed-form
     activation is beyond the range where its jets are accurate (above)."""
     scale = _ARG_SCALE.get(act.kind)
     q = max(float(q1[0, 0].max()), float(q2[0, 0].max()))
     if scale is not None and q * scale(act.params) > ARG_VARIANCE_MAX:
         limit = ARG_VARIANCE_MAX / scale(act.params)
-        raise ValueError(
+        raise KernelRangeError(
             f"{act!r}: pre-activation variance {q:.3g} exceeds {limit:.3g}, the range of "
             f"derivative (PINN) kernels for this activation (the rounding error grows with "
             f"the variance, to ~1e-8 of the result at the limit, NaN from ~1e16): rescale "
@@ -779,7 +780,7 @@ def _expectations(act, q1, q12, q2, amax):
     shape = q1.shape
     qmax = max(float(q1.max()), float(q2.max()))
     if qmax > 128.0:
-        raise ValueError(f"{act!r}: pre-activation variance {qmax:g} exceeds 128, the "
+        raise KernelRangeError(f"{act!r}: pre-activation variance {qmax:g} exceeds 128, the "
                          "range of the PINN quadrature")
     s1, s2 = np.sqrt(q1).ravel(), np.sqrt(q2).ravel()
     ss = s1 * s2

@@ -264,4 +264,5 @@ def test_neural_tangents_positional_dense_and_stax_triples():
     branched = ik.serial(ik.FanOut(2), ik.parallel((init_fn, apply_fn, kernel_fn), body),
                          ik.FanInConcat(), ik.Dense(1))
     assert "parallel(serial(Dense(8" in repr(branched)
+    # concatenating two copies of one branch averages equal kernels: rounding only
     np.testing.assert_allclose(branched.kernel(x).ntk, plain.kernel(x).ntk, rtol=1e-14)

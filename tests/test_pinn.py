@@ -597,6 +597,7 @@ def test_empirical_operators_of_kinked_activations():
     for act in (ik.Relu(), ik.LeakyRelu(0.1), ik.Abs(), ik.Elu(1.0), ik.Elementwise(np.abs)):
         net = ik.serial(ik.Dense(16, 1.5, 0.3), act, ik.Dense(2))
         _, p = net.init_fn(np.random.default_rng(2), (-1, 2))
+        # the same φ, φ' and matrix products in another order: rounding only
         np.testing.assert_allclose(pinn.operator_apply(net, p, x, pinn.identity()),
                                    net.apply_fn(p, x), rtol=1e-14, atol=1e-15)
         np.testing.assert_allclose(
