@@ -106,10 +106,13 @@ def ABRelu(a, b, do_stabilize=False):
     """φ(x) = a min(x, 0) + b max(x, 0) (arc-cosine kernel, Cho & Saul 2009).
     ``do_stabilize`` is accepted for porting; scales are always factored out."""
     a, b = _finite("ABRelu", a=a, b=b)
-    return Activation(
-        "ABRelu", P.K_ABRELU, (a, b),
-        fn=lambda x: a * np.minimum(x, 0) + b * np.maximum(x, 0),
-        dfn=lambda x: np.where(x > 0, b, a) * np.ones_like(x))
+
+    def fn(x):
+        pos = np.maximum(x, 0)
+        pos = pos if b == 1 else b * pos
+        return pos if a == 0 else pos + a * np.minimum(x, 0)
+    return Activation("ABRelu", P.K_ABRELU, (a, b), fn=fn,
+                      dfn=lambda x: np.where(x > 0, b, a) * np.ones_like(x))
 
 
 @factory

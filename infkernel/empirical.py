@@ -207,9 +207,11 @@ def _forward(layers, params, x):
         if isinstance(layer, Dense):
             W, b = p
             c, s = _coefs(layer, W.shape[-2])
-            h = c * (h @ W) if c != 1.0 else h @ W
+            h = h @ W                          # a new array: scaled in place
+            if c != 1.0:
+                h *= c
             if b is not None:
-                h = h + (s * b if s != 1.0 else b)
+                h += s * b if s != 1.0 else b
         elif isinstance(layer, Activation):
             h = layer.fn(h)
         elif isinstance(layer, (LayerNorm,) + _BRANCHING):
@@ -235,10 +237,7 @@ def _backward(layers, params, inputs, delta, visit, extra, key=()):
             c, s = _coefs(layer, W.shape[-2])
             visit(key + (i,), layer, c, s, h, delta)
             if i > stop or key:
-                Wt = np.swapaxes(W, -1, -2)
-                if extra:
-                    Wt = Wt[..., None, :, :]
-                delta = (delta @ Wt) * c if c != 1.0 else delta @ Wt
+                delta = _times_wt(delta, W, c, extra)
         elif isinstance(layer, Activation):
             delta = delta * expand(layer.dfn(h))
         elif isinstance(layer, LayerNorm):
@@ -264,6 +263,18 @@ def _backward(layers, params, inputs, delta, visit, extra, key=()):
         elif isinstance(layer, FanOut):
             delta = sum(delta[1:], delta[0])
     return delta
+
+
+def _times_wt(delta, W, c, extra):
+    """c · delta @ Wᵀ, the point (and output-channel) axes of ``delta`` merged
+    into one GEMM dimension (NumPy would otherwise run one small product per
+    point); ``delta`` is broadcast to W's batch axes first."""
+    lead = delta.shape[:delta.ndim - 2 - extra]
+    rows, n = delta.shape[len(lead):-1], delta.shape[-1]
+    batch = np.broadcast_shapes(lead, W.shape[:-2])
+    flat = np.broadcast_to(delta, batch + rows + (n,)).reshape(batch + (-1, n))
+    out = (flat @ np.swapaxes(W, -1, -2)).reshape(batch + rows + (W.shape[-2],))
+    return out * c if c != 1.0 else out
 
 
 def _gram(a, b):

@@ -448,6 +448,16 @@ class _Solver:
     def solve(self, b):
         if self.solver == "cg":
             return pcg_solve(self.k, b, self.reg, tol=self.tol, name=self.name)
+        return _cho_solve(self._factor(), b)
+
+    def whiten(self, b):
+        """L⁻¹ b for the Cholesky factor K + reg I = L Lᵀ (None for "cg"):
+        bᵀ (K + reg I)⁻¹ b = (L⁻¹b)ᵀ (L⁻¹b) with one triangular solve."""
+        if self.solver == "cg":
+            return None
+        return sla.solve_triangular(self._factor(), b, lower=True, check_finite=False)
+
+    def _factor(self):
         if self._chol is None:
             a = self.k.T if self.k.flags.c_contiguous else self.k  # symmetric
             if not (self.overwrite and a.dtype == np.float64 and a.flags.f_contiguous
@@ -458,7 +468,7 @@ class _Solver:
             if self.overwrite:
                 self.k = None  # its memory now holds the factor
             del a
-        return _cho_solve(self._chol, b)
+        return self._chol
 
     def eig(self):
         """(λ, V) of K + reg·I, cached.  Eigenvalues within n·ε·λ_max of 0
@@ -603,7 +613,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
             k_tt = _real_array(_field(k_test_test, g_init, "k_test_test"), "k_test_test")
             _check_tt(k_tt, k_td.shape[0])
             if g in ("nngp", "ntkgp"):
-                cov = _nngp_cov(k_tt, k_td, solver_for(kg).solve)
+                cov = _nngp_cov(k_tt, k_td, solver_for(kg))
             else:
                 if not (hasattr(k_test_train, "nngp") and hasattr(k_train_train, "nngp")):
                     raise ValueError("the NTK posterior covariance needs both 'nngp' and 'ntk' "
@@ -635,26 +645,30 @@ def _check_tt(k_tt, m):
         _check_symmetric(k_tt, "k_test_test")
 
 
-def _nngp_cov(k_tt, s_td, apply_inv):
-    """Σ_tt - Σ_td A Σ_dt (full or diagonal)."""
-    w = apply_inv(s_td.T)                         # (N, M)
+def _nngp_cov(k_tt, s_td, solver):
+    """Σ_tt - Σ_td A Σ_dt (full or diagonal), A = (K + reg I)⁻¹: with the
+    Cholesky factor as Σ_tt - WᵀW, W = L⁻¹Σ_dt (one triangular solve)."""
+    w = solver.whiten(s_td.T)                     # (N, M)
+    if w is None:
+        w, v = solver.solve(s_td.T), s_td.T
+    else:
+        v = w
     if k_tt.ndim == 1:
-        return k_tt - np.einsum("ij,ji->i", s_td, w)
-    c = k_tt - s_td @ w
+        return k_tt - np.einsum("ji,ji->i", v, w)
+    c = k_tt - v.T @ w
     return 0.5 * (c + c.T)
 
 
 def _ntk_cov(k_tt, t_td, s_td, s_dd, apply_inv):
     """Σ_tt + Bᵀ Σ_dd B - (Bᵀ Σ_dt + h.c.),  B = A Θ_dt (A symmetric, so
-    Θ_td A Σ_dt = Bᵀ Σ_dt: one solve)."""
+    Θ_td A Σ_dt = Bᵀ Σ_dt: one solve); the symmetric part of
+    Bᵀ (Σ_dd B - 2 Σ_dt) is the same sum in one product."""
     b = apply_inv(t_td.T)                         # (N, M)
-    sb = s_dd @ b
+    r = s_dd @ b - 2.0 * s_td.T
     if k_tt.ndim == 1:
-        return (k_tt + np.einsum("ji,ji->i", b, sb)
-                - 2.0 * np.einsum("ji,ij->i", b, s_td))
-    term2 = b.T @ s_td.T
-    c = k_tt + b.T @ sb - term2 - term2.T
-    return 0.5 * (c + c.T)
+        return k_tt + np.einsum("ji,ji->i", b, r)
+    c = b.T @ r
+    return k_tt + 0.5 * (c + c.T)
 
 
 # ---------------------------------------------------------------------------
@@ -857,7 +871,7 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
         if ktt is None:
             return mean, None
         if g == "nngp":
-            return mean, _nngp_cov(ktt, k_td, sv.solve)
+            return mean, _nngp_cov(ktt, k_td, sv)
         return mean, _ntk_cov(ktt, k_td, ktd["nngp"], k_dd("nngp"), sv.solve)
     tshape = tn.shape
     lam, vecs = sv.eig()
@@ -882,14 +896,12 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
         s_rot = sv.rotated(k_dd("nngp"))                          # Vᵀ Σ_dd V
         for fi in f:
             pf = p * fi                                           # Θ_td V diag(f) = Bᵀ V
-            ps = pf @ s_rot
+            r = pf @ s_rot - 2.0 * q                              # as in _ntk_cov
             if diag:
-                covs.append(ktt + np.einsum("ij,ij->i", ps, pf)
-                            - 2.0 * np.einsum("ij,ij->i", pf, q))
+                covs.append(ktt + np.einsum("ij,ij->i", pf, r))
             else:
-                term2 = pf @ q.T
-                c = ktt + ps @ pf.T - term2 - term2.T
-                covs.append(0.5 * (c + c.T))
+                c = pf @ r.T
+                covs.append(ktt + 0.5 * (c + c.T))
     cov = np.stack(covs)
     return mean, cov.reshape(tshape + cov.shape[1:])
 
