@@ -18,7 +18,9 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda13x>=13"],
         "torch": ["torch"],
-        "test": ["pytest>=7", "hypothesis>=6", "mpmath"],
+        # NVRTC (no GPU needed) compiles the CUDA sources as CuPy does, in tests
+        "test": ["pytest>=7", "hypothesis>=6", "mpmath",
+                 'nvidia-cuda-nvrtc; platform_system == "Linux" and platform_machine == "x86_64"'],
     },
     entry_points={"console_scripts": ["infkernel=infkernel.cli:main"]},
 )

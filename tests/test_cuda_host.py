@@ -5,9 +5,16 @@ layer-program interpreter the GPU kernels run.  Here it is built into a small
 shared library with the host C++ compiler and compared with ``_cpu.act_tile`` /
 ``_cpu.gram`` on random and edge-case points (ρ = ±1, zero variance, depth
 1000).  When ``nvcc`` is on the PATH, the full ``gram.cu`` code string (every
-kernel variant) is also compiled to PTX for sm_80 and sm_90.
+kernel variant) is also compiled to PTX for sm_80 and sm_90; where NVRTC's
+library is found (the ``nvidia-cuda-nvrtc`` wheel of the test extra, or a CUDA
+toolkit), the code strings are compiled as CuPy compiles them at run time:
+NVRTC has no host compiler pass and no system headers, so code that nvcc
+accepts can still fail there.
 """
 import ctypes
+import ctypes.util
+import glob
+import importlib.util
 import math
 import os
 import shutil
@@ -525,6 +532,66 @@ def test_cuda_variant_compiles(numeric):
     assert proc.returncode == 0, proc.stderr
     ptx = open(os.path.join(tmp, "v.ptx")).read()
     assert ("ik_pair_quadrature" in ptx) == numeric
+
+
+def _nvrtc():
+    """NVRTC's library (ctypes), its builtins loaded first so that it finds
+    them; None when absent."""
+    dirs = []
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        dirs += glob.glob(os.path.join(root, "cu*", "lib")) + glob.glob(
+            os.path.join(root, "cuda_nvrtc", "lib"))
+    for env in ("CUDA_PATH", "CUDA_HOME"):
+        if os.environ.get(env):
+            dirs.append(os.path.join(os.environ[env], "lib64"))
+    dirs += glob.glob("/usr/local/cuda*/lib64")
+    for d in dirs:
+        libs = sorted(glob.glob(os.path.join(d, "libnvrtc.so*")))
+        builtins = sorted(glob.glob(os.path.join(d, "libnvrtc-builtins.so*")))
+        if libs and builtins:
+            try:
+                ctypes.CDLL(builtins[0], mode=ctypes.RTLD_GLOBAL)
+                return ctypes.CDLL(libs[0])
+            except OSError:
+                continue
+    name = ctypes.util.find_library("nvrtc")
+    return ctypes.CDLL(name) if name else None
+
+
+def _nvrtc_compile(lib, code, options):
+    """(status, log) of compiling ``code`` to PTX with NVRTC."""
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"gram.cu",
+                                  0, None, None) == 0
+    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    status = lib.nvrtcCompileProgram(prog, len(options), opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return status, log.value.decode(errors="replace")
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="NVRTC's library (pip install nvidia-cuda-nvrtc) "
+                    "was not found")
+@pytest.mark.parametrize("numeric", [False, True])
+def test_cuda_variant_compiles_with_nvrtc(numeric):
+    """The code string of one variant, as ``gpu._module`` hands it to CuPy's
+    RawModule (NVRTC, options ("-std=c++14",)), compiles for sm_90: no host
+    header, macro or host-only function on the device path."""
+    variant = gpu._variant(np.dtype(np.float64), np.dtype(np.float32), 4, numeric)
+    status, log = _nvrtc_compile(NVRTC, gpu.source(variant),
+                                 ["-std=c++14", "--gpu-architecture=compute_90"])
+    assert status == 0, log
+    # the test detects what it guards against: a host-only macro fails
+    status, log = _nvrtc_compile(NVRTC, "__global__ void k(double* a) { a[0] = HUGE_VAL; }",
+                                 ["--gpu-architecture=compute_90"])
+    assert status != 0 and "HUGE_VAL" in log
 
 
 # ---------------------------------------------------------------------------
