@@ -433,12 +433,18 @@ def point_tables(program, x, features=True, start=0, name="x"):
     for op in numeric:
         if n and V[op].max() > Q_MAX:
             i = int(V[op].argmax())
-            act = (program.names or {}).get(op, "a numeric activation")
-            raise KernelRangeError(
-                f"{act}: its input variance reaches {V[op, i]:.4g} ({name} row {start + i}), outside "
-                f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the inputs "
-                "or reduce W_std / b_std of the Dense layer before it")
+            raise quadrature_range_error(program, op, V[op, i], f"{name} row {start + i}")
     return (V, S, R, F, G), k, t
+
+
+def quadrature_range_error(program, op, v, where):
+    """The KernelRangeError for a numeric activation (op) whose input
+    variance v, at the point ``where``, leaves the quadrature's range."""
+    act = (program.names or {}).get(op, "a numeric activation")
+    return KernelRangeError(
+        f"{act}: its input variance reaches {v:.4g} ({where}), outside the guaranteed "
+        f"range [0, {Q_MAX:g}] of the quadrature; rescale the inputs or reduce W_std / b_std "
+        "of the Dense layer before it")
 
 
 def check_finite_variances(program, V, k, t, start, name):

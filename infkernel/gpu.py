@@ -47,7 +47,6 @@ import re
 import numpy as np
 
 from . import _program as P
-from ._checks import KernelRangeError
 
 #: Device-memory bound for one row block (its GEMM block and, when streaming
 #: to the host, its output buffers); two blocks are in flight.
@@ -312,7 +311,7 @@ class _Program:
                          self.ops, self.params, self.aux, np.int32(self.prog.n_ops),
                          tab, feat, np.int32(fr), kd, td))
             self._check_finite(tab, kd, td, name)
-            self._check_range(tab)
+            self._check_range(tab, name)
         return tab, feat, kd, td
 
     def _check_finite(self, tab, kd, td, name):
@@ -329,9 +328,10 @@ class _Program:
         _cpu.check_finite_variances(self.prog, V, kd[i:i + 1].get(), td[i:i + 1].get(), i,
                                     name)
 
-    def _check_range(self, tab):
+    def _check_range(self, tab, name):
         """The Q_MAX check of ``_cpu.point_tables`` on the device tables."""
         from ._numeric import Q_MAX
+        from ._cpu import quadrature_range_error
         if not self.numeric:
             return
         idx = [3 * a for _, a in self.numeric]
@@ -339,11 +339,7 @@ class _Program:
         for (op, a), v in zip(self.numeric, vmax):
             if v > Q_MAX:
                 i = int(tab[3 * a].argmax().get())
-                name = (self.prog.names or {}).get(op, "a numeric activation")
-                raise KernelRangeError(
-                    f"{name}: its input variance reaches {v:.4g} (point {i}), outside "
-                    f"the guaranteed range [0, {Q_MAX:g}] of the quadrature; rescale the "
-                    "inputs or reduce W_std / b_std of the Dense layer before it")
+                raise quadrature_range_error(self.prog, op, v, f"{name} row {i}")
 
 
 def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):

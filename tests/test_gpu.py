@@ -225,11 +225,13 @@ def test_numeric_float32_and_streaming(tmp_path, monkeypatch):
 def test_numeric_variance_out_of_range():
     """The CPU backend's error, raised from the device tables."""
     net = ik.serial(ik.Dense(8, W_std=20.0), ik.Tanh(), ik.Dense(1))
-    x = np.ones((5, 3))
-    with pytest.raises(ValueError, match="outside the guaranteed range"):
-        net.kernel(x, backend="cpu")
-    with pytest.raises(ValueError, match="outside the guaranteed range"):
-        net.kernel(cp.asarray(x), backend="gpu")
+    x = np.full((5, 3), 0.1)
+    x[3] = 1.0                        # variance 400 at the Tanh's input, the others 4
+    msg = r"Tanh\(\): its input variance reaches 400 \(x2 row 3\), outside the guaranteed range"
+    with pytest.raises(ValueError, match=msg):
+        net.kernel(x[:2], x, backend="cpu")
+    with pytest.raises(ValueError, match=msg):
+        net.kernel(cp.asarray(x[:2]), cp.asarray(x), backend="gpu")
 
 
 def test_overflow_and_float32_range_errors():
