@@ -26,7 +26,12 @@ def _kernel_type(fields):
 Kernel = _kernel_type(GETS)
 
 
-def parse_get(get):
+#: neural-tangents' diagonals of the NNGP: Σ(x1_i, x1_i) and Σ(x2_j, x2_j)
+#: (None without x2), valid in ``get`` of the analytic kernel.
+COVS = ("cov1", "cov2")
+
+
+def parse_get(get, valid=GETS):
     """Returns (names, single) for a ``get`` argument."""
     if get is None:
         return GETS, False
@@ -37,8 +42,8 @@ def parse_get(get):
     else:
         raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
     for g in names:
-        if g not in GETS:
-            raise ValueError(f"unknown get={g!r}: valid values are {GETS}")
+        if g not in valid:
+            raise ValueError(f"unknown get={g!r}: valid values are {valid}")
     if len(set(names)) != len(names):
         raise ValueError(f"get has repeated entries: {names}")
     return names, single
@@ -171,8 +176,21 @@ def _equal(x1, x2):
 
 def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     """Shared implementation of ``Network.kernel`` and ``Network.diag``."""
-    names, single = parse_get(get)
+    names, single = parse_get(get, GETS if diagonal else GETS + COVS)
     dt = check_dtype(dtype)
+    if any(g in COVS for g in names):
+        if out is not None:
+            raise ValueError("out= holds Gram matrices only: request 'cov1'/'cov2' "
+                             "without out (they are (N,) diagonals)")
+        grams = tuple(g for g in names if g in GETS)
+        res = dict(zip(grams, compute(net, x1, x2, grams, out=None, dtype=dt, backend=backend,
+                                      progress=progress, diagonal=False))) if grams else {}
+        for g, x in (("cov1", x1), ("cov2", x2)):
+            if g in names:
+                res[g] = None if x is None else compute(
+                    net, x, None, "nngp", out=None, dtype=dt, backend=backend,
+                    progress=False, diagonal=True)
+        return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))
     if x2 is not None and x2 is not x1 and not diagonal and net.drops_out and _equal(x1, x2):
         x2 = x1   # neural-tangents' x1_is_x2: dropout's diagonal applies to K(x, x.copy())
     if net.input_maps:

@@ -504,7 +504,9 @@ class Network:
         Args:
           x1: (N1, d) inputs.  x2: (N2, d) inputs, or None for K(x1, x1)
             (symmetric path: upper triangle computed, then mirrored).
-          get: "nngp", "ntk", a tuple of them, or None (both).
+          get: "nngp", "ntk", a tuple of them, or None (both); as in
+            neural-tangents, "cov1" and "cov2" name the (N,) NNGP diagonals
+            Σ(x1_i, x1_i) and Σ(x2_j, x2_j) (None when x2 is None).
           out: preallocated output(s) (e.g. ``np.memmap``) of shape (N1, N2)
             and dtype ``dtype``: one array for a string ``get``, else a tuple in
             ``get`` order.

@@ -23,6 +23,23 @@ def test_get_forms():
     assert np.array_equal(nngp, both.nngp)
 
 
+def test_get_cov1_cov2_are_the_nngp_diagonals():
+    """neural-tangents' 'cov1'/'cov2': Σ(x1_i, x1_i) and Σ(x2_j, x2_j), from the
+    diagonal pass; the diagonals of the symmetric Gram matrices."""
+    k = NET.kernel(X1, X2, ("ntk", "cov2", "cov1"))
+    assert k._fields == ("ntk", "cov2", "cov1")
+    np.testing.assert_allclose(k.cov1, np.diag(NET.kernel(X1, None, "nngp")), rtol=1e-14)
+    np.testing.assert_allclose(k.cov2, np.diag(NET.kernel(X2, None, "nngp")), rtol=1e-14)
+    assert np.array_equal(k.ntk, NET.kernel(X1, X2, "ntk"))
+    assert NET.kernel(X1, None, "cov2") is None
+    assert NET.kernel(X1, X1, "cov2").shape == (9,)
+    assert NET.kernel(X1, X2, "cov1", dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="out= holds Gram matrices only"):
+        NET.kernel(X1, X2, ("nngp", "cov1"), out=(np.empty((9, 6)), np.empty(9)))
+    with pytest.raises(ValueError, match="unknown get='cov1'"):
+        NET.diag(X1, "cov1")
+
+
 def test_stax_triple():
     init_fn, apply_fn, kernel_fn = NET
     assert np.array_equal(kernel_fn(X1, X2, "nngp"), NET.kernel(X1, X2, "nngp"))
