@@ -16,7 +16,9 @@ setup(
     install_requires=["numpy>=1.22", "scipy>=1.8", "numba>=0.57", "tqdm",
                       "threadpoolctl>=3", "scikit-learn>=1.2", "matplotlib>=3.5"],
     extras_require={
-        "gpu": ["cupy-cuda13x>=13"],
+        # [ctk]: NVRTC (RawModule) and cuBLAS (cupy.matmul) from PyPI, when no
+        # CUDA Toolkit is installed (the plain wheel ships neither)
+        "gpu": ["cupy-cuda13x[ctk]>=14"],
         "torch": ["torch"],
         # NVRTC (no GPU needed) compiles the CUDA sources as CuPy does, in tests
         "test": ["pytest>=7", "hypothesis>=6", "mpmath",

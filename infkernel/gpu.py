@@ -38,6 +38,10 @@ smooth activations; for kinked duals (the ReLU NTK near ρ = ±1) an error δρ
 ≈ 1e-7 in the correlation moves the result by δρ/√(1-ρ²).  Set
 ``FLOAT32_MATH = "float64"`` to compute in float64 and round once on store,
 like the CPU backend (about as fast as float64, half the bytes written).
+CuPy compiles with ``-ftz=true``: in float32 math, values below float32's
+smallest normal (1.2e-38) flush to zero.  The float32 GEMM runs in full FP32
+unless the environment sets ``CUPY_TF32=1`` (TensorFloat-32: ~1e-3 relative
+error in the inner products, which the figures above do not cover).
 """
 import functools
 import importlib.resources
@@ -77,7 +81,17 @@ def _probe():
     except Exception as exc:  # no driver, no device
         return (f"CuPy found no CUDA device ({exc}); run on a machine with an "
                 "NVIDIA GPU and driver")
-    return None if n > 0 else "CuPy found no CUDA device"
+    if n <= 0:
+        return "CuPy found no CUDA device"
+    try:
+        # The plain cupy-cuda13x wheel ships neither NVRTC (RawModule) nor
+        # cuBLAS (cupy.matmul): they come from a CUDA Toolkit or the [ctk] extra.
+        cupy.cuda.nvrtc.getVersion()
+        cupy.cuda.cublas  # noqa: B018 (lazy import; raises when libcublas is missing)
+    except Exception as exc:
+        return (f"CuPy cannot load NVRTC or cuBLAS ({exc}); install the CUDA Toolkit 13 "
+                "or pip install 'cupy-cuda13x[ctk]'")
+    return None
 
 
 def available():
@@ -164,12 +178,26 @@ def _kind_name(kind):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(device_id, variant):
-    """The compiled RawModule for one (device, variant), memoised (CuPy also
-    caches the binary on disk, keyed by the code string)."""
+def _kernels(device_id, variant):
+    """(ik_diag, ik_cross, ik_sym) of one variant, compiled for one device and
+    memoised (CuPy also caches the binary on disk, keyed by the code string;
+    RawModule compiles lazily, at the first get_function)."""
+    import cupy
+    suffix = f"{variant[0]}_{variant[3]}"
+    with cupy.cuda.Device(device_id):
+        mod = cupy.RawModule(code=source(variant), options=("-std=c++14",))
+        return (mod.get_function("ik_diag"), mod.get_function("ik_cross_" + suffix),
+                mod.get_function("ik_sym_" + suffix))
+
+
+@functools.lru_cache(maxsize=None)
+def _streams(device_id):
+    """The two non-blocking streams the row blocks alternate between, one
+    pair per device for the whole process (CuPy's memory pool keeps an arena
+    per stream)."""
     import cupy
     with cupy.cuda.Device(device_id):
-        return cupy.RawModule(code=source(variant), options=("-std=c++14",))
+        return cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
 
 
 _TYPE_NAMES = {np.dtype(np.float64): ("f64", "double"),
@@ -183,13 +211,6 @@ def _variant(compute_dt, out_dt, n_regs, numeric=False):
     nr = 1 if n_regs <= 1 else 4 if n_regs <= 4 else 32
     (tn, t), (on, o) = _TYPE_NAMES[compute_dt], _TYPE_NAMES[out_dt]
     return (f"{tn}_{on}", t, o, nr, bool(numeric))
-
-
-def _kernels(device_id, variant):
-    mod = _module(device_id, variant)
-    suffix = f"{variant[0]}_{variant[3]}"
-    return (mod.get_function("ik_diag"), mod.get_function("ik_cross_" + suffix),
-            mod.get_function("ik_sym_" + suffix))
 
 
 # ----------------------------------------------------------------------------
@@ -486,7 +507,7 @@ def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1, K
     rows_fit = min(TILE_BYTES, int(0.4 * free)) // (2 * per_row)
     R = n1 if rows_fit >= n1 else max(_TILE, rows_fit // _TILE * _TILE)
     R = min(R, 65535 * _TILE)
-    streams = [cp.cuda.Stream(non_blocking=True) for _ in range(2)]
+    streams = _streams(cp.cuda.Device().id)
     gbuf = [None, None]
     obuf = [None, None]
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
@@ -509,45 +530,49 @@ def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1, K
             done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym else (r1 - r0) * n2)
             callback(done, total)
 
-    for b, r0 in enumerate(range(0, n1, R)):
-        r1 = min(n1, r0 + R)
-        rows = r1 - r0
-        c0 = r0 if sym else 0
-        cols = n2 - c0
-        s = streams[b % 2]
-        with s:
-            if gbuf[b % 2] is None:
-                gbuf[b % 2] = cp.empty(R * n2, ct)
+    try:
+        for b, r0 in enumerate(range(0, n1, R)):
+            r1 = min(n1, r0 + R)
+            rows = r1 - r0
+            c0 = r0 if sym else 0
+            cols = n2 - c0
+            s = streams[b % 2]
+            with s:
+                if gbuf[b % 2] is None:
+                    gbuf[b % 2] = cp.empty(R * n2, ct)
+                    if to_host:
+                        obuf[b % 2] = [cp.empty(R * n2, out_dt) for _ in outs]
+                G = gbuf[b % 2][:rows * cols].reshape(rows, cols)
+                cp.matmul(xa[r0:r1], xb[c0:].T, out=G)
                 if to_host:
-                    obuf[b % 2] = [cp.empty(R * n2, out_dt) for _ in outs]
-            G = gbuf[b % 2][:rows * cols].reshape(rows, cols)
-            cp.matmul(xa[r0:r1], xb[c0:].T, out=G)
-            if to_host:
-                ok = [_ptr(buf) for buf in obuf[b % 2]]
-                ldo = cols
-            else:
-                ok = [_ptr(A, r0 * n2 + c0) for A in outs]
-                ldo = n2
-            it = iter(ok)
-            kp = next(it) if K is not None else _NULL
-            tp = next(it) if T is not None else _NULL
-            grid = ((cols + _TILE - 1) // _TILE, (rows + _TILE - 1) // _TILE)
-            common = (G, np.int64(cols), np.int32(rows), np.int32(cols), inv_d,
-                      _ptr(t1, r0), np.int64(t1.shape[1]), _ptr(t2, c0), np.int64(t2.shape[1]),
-                      _ptr(feat1, r0), _ptr(feat2, c0), dev.ops, dev.params, dev.aux,
-                      np.int32(dev.prog.n_ops))
-            if sym:
-                k_sym(grid, _BLOCK, common + (_ptr(kdc, r0), _ptr(tdc, r0), kp, tp,
-                                              np.int64(ldo), np.int32(0 if to_host else 1)))
-            else:
-                k_cross(grid, _BLOCK, common + (kp, tp, np.int64(ldo)))
+                    ok = [_ptr(buf) for buf in obuf[b % 2]]
+                    ldo = cols
+                else:
+                    ok = [_ptr(A, r0 * n2 + c0) for A in outs]
+                    ldo = n2
+                it = iter(ok)
+                kp = next(it) if K is not None else _NULL
+                tp = next(it) if T is not None else _NULL
+                grid = ((cols + _TILE - 1) // _TILE, (rows + _TILE - 1) // _TILE)
+                common = (G, np.int64(cols), np.int32(rows), np.int32(cols), inv_d,
+                          _ptr(t1, r0), np.int64(t1.shape[1]), _ptr(t2, c0), np.int64(t2.shape[1]),
+                          _ptr(feat1, r0), _ptr(feat2, c0), dev.ops, dev.params, dev.aux,
+                          np.int32(dev.prog.n_ops))
+                if sym:
+                    k_sym(grid, _BLOCK, common + (_ptr(kdc, r0), _ptr(tdc, r0), kp, tp,
+                                                  np.int64(ldo), np.int32(0 if to_host else 1)))
+                else:
+                    k_cross(grid, _BLOCK, common + (kp, tp, np.int64(ldo)))
+            if pending is not None:
+                finish(pending)
+            pending = (b, r0, r1, c0)
         if pending is not None:
             finish(pending)
-        pending = (b, r0, r1, c0)
-    if pending is not None:
-        finish(pending)
-    for s in streams:
-        s.synchronize()
+    finally:
+        # also on an exception (e.g. KeyboardInterrupt in the progress callback):
+        # no kernel may still write into buffers that return to CuPy's pool
+        for s in streams:
+            s.synchronize()
     if sym and to_host:
         from ._cpu import _mirror
         for A in host:

@@ -667,8 +667,8 @@ def _ntk_cov(k_tt, t_td, s_td, s_dd, apply_inv):
     r = s_dd @ b - 2.0 * s_td.T
     if k_tt.ndim == 1:
         return k_tt + np.einsum("ji,ji->i", b, r)
-    c = b.T @ r
-    return k_tt + 0.5 * (c + c.T)
+    c = k_tt + b.T @ r
+    return 0.5 * (c + c.T)
 
 
 # ---------------------------------------------------------------------------
@@ -900,8 +900,8 @@ def _test_prediction(g, tn, y2, restore, solver_for, k_dd, ktd, ktt):
             if diag:
                 covs.append(ktt + np.einsum("ij,ij->i", pf, r))
             else:
-                c = pf @ r.T
-                covs.append(ktt + 0.5 * (c + c.T))
+                c = ktt + pf @ r.T
+                covs.append(0.5 * (c + c.T))
     cov = np.stack(covs)
     return mean, cov.reshape(tshape + cov.shape[1:])
 

@@ -247,7 +247,9 @@ runtime = types.SimpleNamespace(
 )
 cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, runtime=runtime,
                              get_current_stream=lambda: Stream(),
-                             get_elapsed_time=get_elapsed_time)
+                             get_elapsed_time=get_elapsed_time,
+                             nvrtc=types.SimpleNamespace(getVersion=lambda: (13, 0)),
+                             cublas=types.SimpleNamespace())
 __version__ = "emulator"
 
 

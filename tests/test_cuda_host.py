@@ -577,20 +577,33 @@ def _nvrtc_compile(lib, code, options):
 NVRTC = _nvrtc()
 
 
+#: the options CuPy 14's RawModule passes to NVRTC for ``options=("-std=c++14",)``
+#: on an sm_90 device (cupy/cuda/compiler.py), less its include paths
+CUPY_NVRTC_OPTIONS = ["-std=c++14", "-ftz=true", "-arch=sm_90",
+                      "--device-as-default-execution-space"]
+
+
 @pytest.mark.skipif(NVRTC is None, reason="NVRTC's library (pip install nvidia-cuda-nvrtc) "
                     "was not found")
-@pytest.mark.parametrize("numeric", [False, True])
-def test_cuda_variant_compiles_with_nvrtc(numeric):
-    """The code string of one variant, as ``gpu._module`` hands it to CuPy's
-    RawModule (NVRTC, options ("-std=c++14",)), compiles for sm_90: no host
-    header, macro or host-only function on the device path."""
-    variant = gpu._variant(np.dtype(np.float64), np.dtype(np.float32), 4, numeric)
-    status, log = _nvrtc_compile(NVRTC, gpu.source(variant),
-                                 ["-std=c++14", "--gpu-architecture=compute_90"])
+@pytest.mark.parametrize("variant", [
+    (np.float64, np.float32, 4, True), (np.float64, np.float64, 32, False),
+    (np.float32, np.float32, 1, False)])
+def test_cuda_variant_compiles_with_nvrtc(variant):
+    """The code string of a variant, as ``gpu._kernels`` hands it to CuPy's
+    RawModule, compiles with NVRTC to an sm_90 binary (ptxas included): no
+    host header, macro or host-only function on the device path."""
+    compute_dt, out_dt, n_regs, numeric = variant
+    code = gpu.source(gpu._variant(np.dtype(compute_dt), np.dtype(out_dt), n_regs, numeric))
+    status, log = _nvrtc_compile(NVRTC, code, CUPY_NVRTC_OPTIONS)
     assert status == 0, log
-    # the test detects what it guards against: a host-only macro fails
+    assert "warning" not in log.lower(), log
+
+
+@pytest.mark.skipif(NVRTC is None, reason="NVRTC's library was not found")
+def test_nvrtc_check_detects_host_only_code():
+    """The compile check above can fail: a host-only macro does, under NVRTC."""
     status, log = _nvrtc_compile(NVRTC, "__global__ void k(double* a) { a[0] = HUGE_VAL; }",
-                                 ["--gpu-architecture=compute_90"])
+                                 CUPY_NVRTC_OPTIONS)
     assert status != 0 and "HUGE_VAL" in log
 
 

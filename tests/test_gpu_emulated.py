@@ -29,7 +29,7 @@ def emulated_cupy():
     """``import cupy`` gives the emulator inside the block (and only there)."""
     saved = sys.modules.get("cupy")
     sys.modules["cupy"] = cuda_emulator
-    for f in (gpu._probe, gpu._module):
+    for f in (gpu._probe, gpu._kernels, gpu._streams):
         f.cache_clear()
     try:
         yield
@@ -38,7 +38,7 @@ def emulated_cupy():
             del sys.modules["cupy"]
         else:
             sys.modules["cupy"] = saved
-        for f in (gpu._probe, gpu._module):
+        for f in (gpu._probe, gpu._kernels, gpu._streams):
             f.cache_clear()
 
 
@@ -143,5 +143,16 @@ def test_device_memory_and_availability_errors(monkeypatch):
     monkeypatch.setattr(cp.runtime, "getDeviceCount", no_device)
     gpu._probe.cache_clear()
     with pytest.raises(RuntimeError, match="backend='gpu' was requested but CuPy found no CUDA"):
+        relu.kernel(rng.standard_normal((4, 5)), backend="gpu")
+    assert isinstance(relu.kernel(rng.standard_normal((4, 5)), backend="auto").ntk, np.ndarray)
+
+    # a device, but CuPy without NVRTC (the plain wheel, no CUDA Toolkit)
+    monkeypatch.setattr(cp.runtime, "getDeviceCount", lambda: 1)
+
+    def no_nvrtc():
+        raise RuntimeError('Failure finding "libnvrtc.so.13"')
+    monkeypatch.setattr(cp.cuda.nvrtc, "getVersion", no_nvrtc)
+    gpu._probe.cache_clear()
+    with pytest.raises(RuntimeError, match=r"cannot load NVRTC or cuBLAS .*\[ctk\]"):
         relu.kernel(rng.standard_normal((4, 5)), backend="gpu")
     assert isinstance(relu.kernel(rng.standard_normal((4, 5)), backend="auto").ntk, np.ndarray)
