@@ -728,7 +728,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
                          "expected one target row per training input")
     n = xd.shape[0]
     y2, restore = _prep_y(y)
-    norm = float(y.size)
+    norm = float(max(y.size, 1))   # MSE over the training outputs (none: nothing decays)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
             or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -934,7 +934,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
     n = k.shape[0]
     y = _check_y(y_train, n)
     y2, restore = _prep_y(y)
-    norm = float(y.size)
+    norm = float(max(y.size, 1))   # MSE over the training outputs (none: nothing decays)
     sv = _Solver(k, diag_reg, diag_reg_absolute_scale, "k_train_train")
 
     def predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None):
