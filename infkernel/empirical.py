@@ -38,7 +38,7 @@ from .activations import Activation
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Scale, parallel
 
 __all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
-           "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params"]
+           "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params", "linearize"]
 
 #: Doubles held by one batch of back-propagated signals (batch × N × outputs ×
 #: width); larger problems are processed in chunks of output channels.
@@ -391,6 +391,26 @@ def _kernels(net, params, x1, x2, names, mode="trace"):
     return res
 
 
+def _through_input_maps(full, x1, x2, params):
+    """Inputs and params for ``full.body``: the network's leading input maps
+    (Fourier features, fixed) applied to the data, their params dropped."""
+    if not full.input_maps:
+        return x1, x2, _body_params(full, params)
+    x1, x2 = _map_inputs(full, x1, x2)
+    return x1, x2, _body_params(full, params)
+
+
+def _body_params(full, params):
+    if params is None:
+        raise ValueError("params is required: pass the params returned by net.init_fn")
+    if not full.input_maps:
+        return params
+    if not isinstance(params, (tuple, list)) or len(params) != len(full.layers):
+        raise ValueError(f"params must be the tuple of {len(full.layers)} entries "
+                         "returned by net.init_fn")
+    return tuple(params)[len(full.input_maps):]
+
+
 def _prepare(net, x1, x2, params):
     a1 = check_inputs(net._flatten(x1), "x1")
     a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
@@ -440,6 +460,73 @@ def value_and_grad(net, params, x, cotangent_fn):
     return f, nested(net.layers, params, ())
 
 
+def _forward_jvp(layers, params, tangents, h, dh):
+    """(f, ∂f[t]): the output and its derivative along the parameter tangent
+    ``tangents`` (the structure of ``params``), in forward mode; ``dh`` is
+    the tangent of the input ``h``."""
+    for layer, p, dp in zip(layers, params, tangents):
+        if isinstance(layer, Dense):
+            (W, b), (dW, db) = p, dp
+            c, s = _coefs(layer, W.shape[-2])
+            h, dh = c * (h @ W), c * (dh @ W + h @ dW)
+            if b is not None:
+                h, dh = h + s * b, dh + s * db
+        elif isinstance(layer, Activation):
+            h, dh = layer.fn(h), layer.dfn(h) * dh
+        elif isinstance(layer, LayerNorm):
+            # y = (h - μ)/σ: ∂y = (∂c - y mean(y ∂c)) / σ, ∂c = ∂h - mean ∂h
+            cen = h - h.mean(axis=-1, keepdims=True)
+            sigma = np.sqrt((cen * cen).mean(axis=-1, keepdims=True) + layer.eps)
+            h = cen / sigma
+            dcen = dh - dh.mean(axis=-1, keepdims=True)
+            dh = (dcen - h * (h * dcen).mean(axis=-1, keepdims=True)) / sigma
+        elif isinstance(layer, parallel):
+            pairs = [_forward_jvp(branch, bp, bt, hb, db) for branch, bp, bt, hb, db
+                     in zip(layer.branches, p, dp, h, dh)]
+            h, dh = [f for f, _ in pairs], [d for _, d in pairs]
+        elif isinstance(layer, FanInProd):
+            dh = sum(d * np.prod([g for j, g in enumerate(h) if j != b], axis=0)
+                     for b, d in enumerate(dh))
+            h = layer._apply((), h)
+        elif isinstance(layer, _BRANCHING):   # linear: FanOut, FanInSum/Concat, Scale
+            h, dh = layer._apply((), h), layer._apply((), dh)
+    return h, dh
+
+
+def _difference(layers, p, p0):
+    """p - p0 for parameters of ``layers`` (bias-free Dense layers: None)."""
+    def sub(layer, a, b):
+        if isinstance(layer, Dense):
+            return a[0] - b[0], None if a[1] is None else a[1] - b[1]
+        if isinstance(layer, parallel):
+            return tuple(_difference(branch, ba, bb)
+                         for branch, ba, bb in zip(layer.branches, a, b))
+        return ()
+    return tuple(sub(layer, a, b) for layer, a, b in zip(layers, p, p0))
+
+
+def linearize(f, params):
+    """neural-tangents' ``nt.linearize``: ``f_lin(p, x)`` = f(params, x) +
+    J(x) (p − params), the network ``f`` (a network or its ``apply_fn``)
+    expanded to first order in its parameters around ``params``.  Exact: the
+    Jacobian-vector product runs forward through the layers (no Jacobian).
+    Gradient descent on the MSE of ``f_lin`` follows the empirical NTK's
+    dynamics (``predict.gradient_descent_mse``; Lee et al. 2019)."""
+    full = _as_network(f)
+    net = full.body
+    _check_layers(net)
+    params0 = _body_params(full, params)
+
+    def f_lin(p, x, *args, **kwargs):
+        x, _, p = _through_input_maps(full, x, None, p)
+        a, _, p = _prepare(net, x, None, p)
+        p0 = _prepare(net, x, None, params0)[2]
+        f0, df = _forward_jvp(net.layers, p0, _difference(net.layers, p, p0), a,
+                              np.zeros_like(a))
+        return f0 + df
+    return f_lin
+
+
 # --------------------------------------------------------------------------
 # public empirical kernel functions (neural-tangents signatures)
 def _output_mode(trace_axes, diagonal_axes):
@@ -481,14 +568,7 @@ def empirical_kernel_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
 
     def kernel_fn(x1, x2=None, get=None, params=None):
         names, single = parse_get(get)
-        if params is None:
-            raise ValueError("params is required: pass the params returned by net.init_fn")
-        if full.input_maps:
-            x1, x2 = _map_inputs(full, x1, x2)
-            if not isinstance(params, (tuple, list)) or len(params) != len(full.layers):
-                raise ValueError(f"params must be the tuple of {len(full.layers)} entries "
-                                 "returned by net.init_fn")
-            params = tuple(params)[len(full.input_maps):]
+        x1, x2, params = _through_input_maps(full, x1, x2, params)
         a1, a2, p = _prepare(net, x1, x2, params)
         res = _kernels(net, p, a1, a2, names, mode)
         return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))

@@ -525,3 +525,69 @@ def test_branched_networks_monte_carlo_agrees_with_analytic():
     for g in ("nngp", "ntk"):
         z = np.abs(getattr(mc.mean, g) - getattr(ana, g)) / getattr(mc.stderr, g)
         assert z.max() <= 5, (g, z.max())
+
+
+def _tree_map(fn, *trees):
+    """fn over the arrays of params-like nested tuples (None stays None)."""
+    t = trees[0]
+    if isinstance(t, np.ndarray):
+        return fn(*trees)
+    return None if t is None else tuple(_tree_map(fn, *ts) for ts in zip(*trees))
+
+
+LINEARIZED = dict(BRANCHED, layernorm=ik.serial(
+    ik.Dense(5, 1.4, 0.2), ik.LayerNorm(), ik.Tanh(),
+    ik.Dense(3, 1.1, None, "standard"), ik.Sin(), ik.Dense(2, 0.8, 0.1)))
+
+
+@pytest.mark.parametrize("name", sorted(LINEARIZED))
+def test_linearize_is_the_first_order_expansion(name):
+    """f_lin(p) = f(p0) + J (p − p0): equal to apply_fn at p0 (exactly), affine
+    in p, and its slope is the Jacobian by central differences of apply_fn
+    (1e-8 relative: the differences' own error is ~1e-10)."""
+    net = LINEARIZED[name]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3))
+    _, p0 = net.init_fn(2, (-1, 3))
+    dp = _tree_map(lambda a: rng.standard_normal(a.shape), p0)
+    f_lin = ik.linearize(net.apply_fn, p0)
+    f0 = net.apply_fn(p0, x)
+    assert np.array_equal(f_lin(p0, x), f0)
+    step = f_lin(_tree_map(np.add, p0, dp), x) - f0
+    ref = np.einsum("pnj,p->nj", _fd_jacobian(net, p0, x),
+                    np.concatenate([a.ravel() for a in _leaves(dp)]))
+    np.testing.assert_allclose(step, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    twice = f_lin(_tree_map(lambda a, b: a + 2 * b, p0, dp), x) - f0
+    np.testing.assert_allclose(twice, 2 * step, rtol=0, atol=1e-12 * np.abs(step).max())
+
+
+def test_linearized_gradient_step_moves_outputs_by_the_empirical_ntk():
+    """One gradient step on Σ r·f moves the linearised outputs by exactly
+    −η Σ Θ(x, x') r (Θ the untraced empirical NTK, (N, N, k, k)): linearize,
+    value_and_grad and empirical_ntk_fn agree with each other."""
+    net = BRANCHED["residual"]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3))
+    _, p0 = net.init_fn(3, (-1, 3))
+    r = rng.standard_normal((5, 2))
+    _, g = E.value_and_grad(net, p0, x, lambda f: r)
+    eta = 0.3
+    moved = ik.linearize(net, p0)(_tree_map(lambda a, b: a - eta * b, p0, g), x) \
+        - net.apply_fn(p0, x)
+    theta = ik.empirical_ntk_fn(net, trace_axes=())(x, None, p0)
+    expected = -eta * np.einsum("abjk,bk->aj", theta, r)
+    np.testing.assert_allclose(moved, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_linearize_checks_params_and_takes_input_maps():
+    net = ik.serial(ik.GaussianFourierFeatures(0.5, 8, input_dim=3), ik.Dense(4), ik.Erf(),
+                    ik.Dense(2))
+    x = np.random.default_rng(7).standard_normal((3, 3))
+    _, p0 = net.init_fn(0, (-1, 3))
+    f_lin = ik.linearize(net.apply_fn, p0)
+    assert np.array_equal(f_lin(p0, x), net.apply_fn(p0, x))
+    W, b = p0[1]
+    with pytest.raises(ValueError, match=r"must have shape \(16, 4\), got \(15, 4\)"):
+        f_lin((p0[0], (W[:15], b)) + p0[2:], x)
+    with pytest.raises(TypeError, match="net must be an infkernel network"):
+        ik.linearize(lambda p, x: x, p0)
