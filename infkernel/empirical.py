@@ -281,56 +281,40 @@ def _gram(a, b):
     return a @ np.swapaxes(b, -1, -2)
 
 
-def _ntk(layers, params, x1, x2, k, inputs1=None, inputs2=None, mode="trace"):
-    """Empirical NTK, (..., N1, N2) traced over the outputs, (..., N1, N2, k, k)
-    for ``mode="full"``, (..., N1, N2, k) for ``"diagonal"``; x2 None for the
-    symmetric case."""
-    if inputs1 is None:
-        _, inputs1 = _forward(layers, params, x1)
-    same = x2 is None
-    if not same and inputs2 is None:
-        _, inputs2 = _forward(layers, params, x2)
-    lead1 = x1.shape[:-1]
-    lead2 = lead1 if same else x2.shape[:-1]
-    widths = [x1.shape[-1], k] + [l.out_dim for l in _dense_layers(layers)]
-    per_channel = max(np.prod(lead1), np.prod(lead2)) * max(widths)
+def _ntk(layers, params, k, inputs, split=None, mode="trace"):
+    """Empirical NTK of the points whose forward pass left ``inputs`` (see
+    :func:`_forward`): K(x, x), or for ``split`` = N1 the cross kernel of
+    x[:N1] against x[N1:] (one back-propagation for both sets).  (..., N1, N2)
+    traced over the k outputs, (..., N1, N2, k, k) for ``mode="full"``,
+    (..., N1, N2, k) for ``"diagonal"``.  Each Dense layer's contribution is
+    added as soon as its signals are known: memory does not grow with depth."""
+    lead = inputs[0].shape[:-1]
+    widths = [inputs[0].shape[-1], k] + [l.out_dim for l in _dense_layers(layers)]
+    per_channel = np.prod(lead) * max(widths)
     # untraced kernels pair every channel of x1 with every channel of x2: one chunk
     chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1)))) if mode == "trace" else k
     eye = np.eye(k)
-    acc, dense = {}, {}      # per Dense layer (key): signal Gram; (layer, c, s, h1, h2)
+    out = []
+
+    def visit(key, layer, c, s, h, delta):
+        if split is None:
+            g_delta, g_in = _signal_gram(delta, delta, mode), _gram(h, h)
+        else:
+            g_delta = _signal_gram(delta[..., :split, :, :], delta[..., split:, :, :], mode)
+            g_in = _gram(h[..., :split, :], h[..., split:, :])
+        g_in *= c * c
+        if layer.b_std is not None:
+            g_in += s * s
+        term = g_delta * _outer_axes(g_in, mode)   # (the last layer's signal: no batch axis)
+        if out and out[0].shape == term.shape:
+            out[0] += term
+        else:
+            out[:] = [out[0] + term if out else term]
 
     for j0 in range(0, k, chunk):
         e = eye[j0:j0 + chunk]                 # (m, k): output channels j0..j0+m
-        kept = {}
-
-        def visit1(key, layer, c, s, h, delta):
-            kept[key] = h, delta
-
-        d1 = np.broadcast_to(e, lead1 + e.shape)
-        if same:
-            def visit(key, layer, c, s, h, delta):
-                _add(acc, key, _signal_gram(delta, delta, mode))
-                dense[key] = layer, c, s, h, h
-            _backward(layers, params, inputs1, d1, visit, 1)
-        else:
-            # Signals of x1 are kept per Dense layer, then paired with those of x2.
-            _backward(layers, params, inputs1, d1, visit1, 1)
-            d2 = np.broadcast_to(e, lead2 + e.shape)
-
-            def visit2(key, layer, c, s, h, delta):
-                h1, delta1 = kept.pop(key)
-                _add(acc, key, _signal_gram(delta1, delta, mode))
-                dense[key] = layer, c, s, h1, h
-            _backward(layers, params, inputs2, d2, visit2, 1)
-
-    out = 0.0
-    for key, g_delta in acc.items():
-        layer, c, s, h1, h2 = dense[key]
-        g_in = c * c * _gram(h1, h2)
-        if layer.b_std is not None:
-            g_in = g_in + s * s
-        out = out + _outer_axes(g_in, mode) * g_delta
-    return out / k if mode == "trace" else out
+        _backward(layers, params, inputs, np.broadcast_to(e, lead + e.shape), visit, 1)
+    return out[0] / k if mode == "trace" else out[0]
 
 
 def _dense_layers(layers):
@@ -369,25 +353,18 @@ def _output_kernel(f1, f2, mode):
     return a * b if mode == "diagonal" else a[..., :, None] * b[..., None, :]
 
 
-def _add(acc, i, g):
-    acc[i] = g if i not in acc else acc[i] + g
-
-
 def _kernels(net, params, x1, x2, names, mode="trace"):
     """{name: array} of empirical kernels for (possibly stacked) params, in the
     output layout of ``mode`` (see :func:`_ntk`)."""
     layers = net.layers
-    f1, in1 = _forward(layers, params, x1)
-    if x2 is None:
-        f2, in2 = f1, None
-    else:
-        f2, in2 = _forward(layers, params, x2)
-    k = f1.shape[-1]
+    split = None if x2 is None else x1.shape[-2]
+    f, inputs = _forward(layers, params, x1 if x2 is None else np.concatenate((x1, x2), -2))
+    f1, f2 = (f, f) if x2 is None else (f[..., :split, :], f[..., split:, :])
     res = {}
     if "nngp" in names:
         res["nngp"] = _output_kernel(f1, f2, mode)
     if "ntk" in names:
-        res["ntk"] = _ntk(layers, params, x1, x2, k, in1, in2, mode)
+        res["ntk"] = _ntk(layers, params, f.shape[-1], inputs, split, mode)
     return res
 
 

@@ -112,7 +112,7 @@ def _kernel_errors(net, x, n_samples, seed, batch_size):
         nngp = (out.W_std ** 2 / h.shape[-1]) * E._gram(h, h)
         if out.b_std is not None:
             nngp = nngp + out.b_std ** 2
-        ntk = E._ntk(layers, params, x[None], None, f.shape[-1], inputs)
+        ntk = E._ntk(layers, params, f.shape[-1], inputs)
         for g, k in (("nngp", nngp), ("ntk", ntk)):
             d = k - getattr(ana, g)
             errs[g].extend(np.sqrt((d * d).sum(axis=(1, 2))) / max(norms[g], 1e-300))
