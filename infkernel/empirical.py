@@ -294,9 +294,10 @@ def _ntk(layers, params, k, inputs, split=None, mode="trace"):
     # untraced kernels pair every channel of x1 with every channel of x2: one chunk
     chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1)))) if mode == "trace" else k
     eye = np.eye(k)
-    out = []
+    total = None
 
     def visit(key, layer, c, s, h, delta):
+        nonlocal total
         if split is None:
             g_delta, g_in = _signal_gram(delta, delta, mode), _gram(h, h)
         else:
@@ -306,15 +307,15 @@ def _ntk(layers, params, k, inputs, split=None, mode="trace"):
         if layer.b_std is not None:
             g_in += s * s
         term = g_delta * _outer_axes(g_in, mode)   # (the last layer's signal: no batch axis)
-        if out and out[0].shape == term.shape:
-            out[0] += term
+        if total is not None and total.shape == term.shape:
+            total += term
         else:
-            out[:] = [out[0] + term if out else term]
+            total = term if total is None else total + term
 
     for j0 in range(0, k, chunk):
         e = eye[j0:j0 + chunk]                 # (m, k): output channels j0..j0+m
         _backward(layers, params, inputs, np.broadcast_to(e, lead + e.shape), visit, 1)
-    return out[0] / k if mode == "trace" else out[0]
+    return total / k if mode == "trace" else total
 
 
 def _dense_layers(layers):
@@ -371,10 +372,10 @@ def _kernels(net, params, x1, x2, names, mode="trace"):
 def _through_input_maps(full, x1, x2, params):
     """Inputs and params for ``full.body``: the network's leading input maps
     (Fourier features, fixed) applied to the data, their params dropped."""
-    if not full.input_maps:
-        return x1, x2, _body_params(full, params)
-    x1, x2 = _map_inputs(full, x1, x2)
-    return x1, x2, _body_params(full, params)
+    params = _body_params(full, params)
+    if full.input_maps:
+        x1, x2 = _map_inputs(full, x1, x2)
+    return x1, x2, params
 
 
 def _body_params(full, params):
