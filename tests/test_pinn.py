@@ -3,6 +3,8 @@ references, finite-width networks, blocks, weights, spectra, bad input."""
 import importlib.util
 import math
 import os
+import re
+import warnings
 
 import mpmath as mp
 import numpy as np
@@ -613,3 +615,52 @@ def test_empirical_operators_of_kinked_activations():
     elu = ik.serial(ik.Dense(16, 1.5, 0.3), ik.Elu(1.0), ik.Dense(1))
     with pytest.raises(ValueError, match="not piecewise linear"):
         pinn.operator_apply(elu, elu.init_fn(0, (-1, 2))[1], x, pinn.partial(0))
+
+
+def _tanh_d(n, u):
+    """tanh⁽ⁿ⁾(u) = P_n(tanh u), P_{n+1} = P_n' (1 − t²)."""
+    P = np.polynomial.Polynomial([0.0, 1.0])
+    for _ in range(n):
+        P = P.deriv() * np.polynomial.Polynomial([1.0, 0.0, -1.0])
+    return P(np.tanh(u))
+
+
+def test_cancellation_at_large_variance_is_estimated_and_warned():
+    """One Tanh layer, W_std = 3: u(x) = 3 w x + ½ β, (w, β) ~ N(0, I), so
+    ∂²ₓ∂²ₓ' Σ = 81 E[w⁴ tanh''(u) tanh''(u')], by a tensor trapezoidal rule
+    (geometrically convergent: steps 0.01 and 0.007 agree to 1e-14).  At
+    |x| ≤ 3 (variance ≤ 81) the Taylor series cancels: the kernel warns, and
+    its estimate (expectations perturbed by 2e-13) bounds the true error; at
+    |x| ≤ 0.3 (variance ≤ 1.06) it is 1e-11-accurate and silent."""
+    net = ik.serial(ik.Dense(16, W_std=3.0, b_std=0.5), ik.Tanh(), ik.Dense(1, b_std=0.2))
+    d2 = pinn.partial(0, 2)
+    w = np.arange(-10, 10.005, 0.007)
+    b = np.arange(-10, 10.05, 0.1)
+    wg, bg = np.meshgrid(w, b, indexing="ij")
+    weight = np.outer(0.007 * np.exp(-w ** 2 / 2), 0.1 * np.exp(-b ** 2 / 2)) / (2 * np.pi)
+
+    def reference(x):
+        u = 3.0 * wg * x + 0.5 * bg
+        return 81.0 * np.sum(weight * wg ** 4 * _tanh_d(2, u) ** 2)
+
+    x = np.array([[1.0], [2.0], [3.0]])
+    with pytest.warns(pinn.PinnAccuracyWarning, match="estimated error of up to") as rec:
+        k = pinn.kernel(net, x, None, d2, d2, get="nngp")
+    estimate = float(re.search(r"up to ([0-9.e+-]+) of", str(rec[0].message)).group(1))
+    actual = max(abs(k[i, i] - reference(x[i, 0])) for i in range(3)) / np.abs(k).max()
+    assert 1e-9 < actual <= estimate, (actual, estimate)
+    small = np.array([[0.1], [0.3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        k = pinn.kernel(net, small, None, d2, d2, get="nngp")
+    for i in range(2):
+        assert abs(k[i, i] - reference(small[i, 0])) <= 1e-11 * abs(k[i, i])
+
+
+def test_derivative_kernel_overflow_is_a_range_error():
+    net = ik.serial(ik.Dense(8, W_std=30.0), ik.Exp(), ik.Dense(1))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 2))
+    with pytest.raises(ik.KernelRangeError, match="overflows float64"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")      # no NumPy overflow warnings either
+            pinn.kernel(net, x, None, pinn.laplacian(2), pinn.laplacian(2))
