@@ -76,7 +76,7 @@ from ._numeric import _cheb_fit
 from .activations import Activation
 from .activations_numeric import NumericActivation
 from .kernel import _kernel_type, check_inputs, parse_get
-from .layers import Dense, Identity, Layer, Network, serial
+from .layers import Dense, Dropout, Identity, Layer, Network, serial
 
 __all__ = ["Operator", "identity", "partial", "laplacian", "kernel", "ntk_blocks",
            "PinnBlocks", "trace_weights", "spectra", "condition_numbers",
@@ -869,10 +869,12 @@ def _check_net(net):
     for i, layer in enumerate(net.layers):
         if i == 0 and isinstance(layer, FourierFeatures):
             continue
+        if isinstance(layer, Dropout) and not layer.training:
+            continue              # the identity, as in neural-tangents
         if not isinstance(layer, (Dense, Identity, Activation, Scale)):
             raise TypeError(f"pinn kernels support a leading FourierFeatures map, Dense, "
-                            f"Scale, Identity and elementwise activations; layer {i} is "
-                            f"{layer!r}")
+                            f"Scale, Identity, Dropout(mode='test') and elementwise "
+                            f"activations; layer {i} is {layer!r}")
     return net
 
 

@@ -664,3 +664,25 @@ def test_derivative_kernel_overflow_is_a_range_error():
         with warnings.catch_warnings():
             warnings.simplefilter("error")      # no NumPy overflow warnings either
             pinn.kernel(net, x, None, pinn.laplacian(2), pinn.laplacian(2))
+
+
+def test_test_mode_dropout_is_the_identity():
+    """Dropout(mode='test') is the identity (as in neural-tangents): the same
+    analytic and finite-width operator kernels as without it; train mode,
+    which draws masks, is refused."""
+    with_dropout = ik.serial(ik.Dense(8, 1.2, 0.3), ik.Erf(), ik.Dropout(0.8, mode="test"),
+                             ik.Dense(8, 1.1, 0.2), ik.Tanh(), ik.Dense(1))
+    plain = ik.serial(ik.Dense(8, 1.2, 0.3), ik.Erf(), ik.Dense(8, 1.1, 0.2), ik.Tanh(),
+                      ik.Dense(1))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 2))
+    lap = pinn.laplacian(2)
+    assert np.array_equal(pinn.kernel(with_dropout, x, None, lap, lap),
+                          pinn.kernel(plain, x, None, lap, lap))
+    _, params = with_dropout.init_fn(0, (-1, 2))
+    kept = tuple(p for p, layer in zip(params, with_dropout.layers)
+                 if not isinstance(layer, ik.Dropout))
+    assert np.array_equal(pinn.empirical_kernel(with_dropout, params, x, None, lap, lap),
+                          pinn.empirical_kernel(plain, kept, x, None, lap, lap))
+    with pytest.raises(TypeError, match=r"Dropout\(mode='test'\).* layer 2 is Dropout"):
+        pinn.kernel(ik.serial(ik.Dense(8), ik.Tanh(), ik.Dropout(0.8), ik.Dense(1)), x, None,
+                    lap, lap)
