@@ -129,8 +129,12 @@ def check_params(net, params, d_in):
             W, b = p
             W = np.asarray(W)
             if W.shape != (width, layer.out_dim):
+                first = (not any(isinstance(l, Dense) for l in net.layers[:i])
+                         and W.ndim == 2 and W.shape[1] == layer.out_dim)
                 raise ValueError(f"{where}: W must have shape {(width, layer.out_dim)}, "
-                                 f"got {W.shape}")
+                                 f"got {W.shape}" + (
+                                     f" (the inputs have {d_in} features, these params "
+                                     f"were made for {W.shape[0]})" if first else ""))
             if layer.b_std is None:
                 if b is not None:
                     raise ValueError(f"{where}: the layer has no bias (b_std=None) but b is given")

@@ -336,7 +336,8 @@ def test_bad_input_is_rejected_before_work():
     fn = E.empirical_ntk_fn(net)
     with pytest.raises(ValueError, match="3 layers"):
         fn(x, None, params[:2])
-    with pytest.raises(ValueError, match=r"W must have shape \(5, 4\), got \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"W must have shape \(5, 4\), got \(3, 4\) \(the "
+                                         r"inputs have 5 features, these params were made for 3"):
         fn(np.ones((2, 5)), None, params)
     with pytest.raises(ValueError, match="b must have shape"):
         fn(x, None, ((params[0][0], None),) + params[1:])
