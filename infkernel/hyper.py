@@ -907,8 +907,8 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
         feasible.append((th.copy(), -lml))
         return -lml, -g * chain
 
-    res = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": maxiter})
+    minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+             options={"maxiter": maxiter})   # the best feasible point is kept below
     if not feasible:
         raise ValueError("the marginal likelihood was not finite at any parameters tried "
                          "(the kernel plus noise is singular or not finite there); allow "
