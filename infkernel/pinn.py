@@ -1335,15 +1335,6 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     if n_maps:
         net.input_maps[0].check_dim(d, "x1")
     d_in = net.input_maps[0].out_dim(d) if n_maps else d
-    for i, (layer, p) in enumerate(zip(net.layers, params)):
-        if isinstance(layer, Dense):   # the first Dense layer fixes the input dimension
-            W = p[0] if isinstance(p, (tuple, list)) and len(p) == 2 else None
-            if np.ndim(W) == 2 and np.shape(W)[0] != d_in:
-                raise ValueError(
-                    f"params[{i}]: W of {layer!r} has {np.shape(W)[0]} rows, but the points "
-                    f"give it {d_in} inputs (x1 has {d} features): pass params from "
-                    f"net.init_fn(rng, (-1, {d})) or points of the dimension they were made for")
-            break
     from .empirical import check_params
     check_params(net.body, tuple(params[n_maps:]), d_in)
     g1, g2 = op1.directional(d), op2.directional(d)

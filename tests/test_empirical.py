@@ -558,6 +558,8 @@ def test_linearize_is_the_first_order_expansion(name):
     ref = np.einsum("pnj,p->nj", _fd_jacobian(net, p0, x),
                     np.concatenate([a.ravel() for a in _leaves(dp)]))
     np.testing.assert_allclose(step, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    # affine in p: doubling the step doubles the change, up to the rounding of
+    # sums of ~10 products per layer (1e-12 relative leaves a margin of ~1e3)
     twice = f_lin(_tree_map(lambda a, b: a + 2 * b, p0, dp), x) - f0
     np.testing.assert_allclose(twice, 2 * step, rtol=0, atol=1e-12 * np.abs(step).max())
 
@@ -577,6 +579,7 @@ def test_linearized_gradient_step_moves_outputs_by_the_empirical_ntk():
         - net.apply_fn(p0, x)
     theta = ik.empirical_ntk_fn(net, trace_axes=())(x, None, p0)
     expected = -eta * np.einsum("abjk,bk->aj", theta, r)
+    # the same exact identity summed in another order: rounding only (~1e-15)
     np.testing.assert_allclose(moved, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
 
 

@@ -542,8 +542,9 @@ def test_empirical_kernel_wrong_dimension():
     up front, not numpy's matmul message."""
     net = ik.serial(ik.Dense(8), ik.Erf(), ik.Dense(1))
     _, params = net.init_fn(0, (-1, 2))
-    with pytest.raises(ValueError, match="params\\[0\\]: W of Dense\\(8.*has 2 rows, but the "
-                                         "points give it 3 inputs \\(x1 has 3 features\\)"):
+    with pytest.raises(ValueError, match="params\\[0\\] \\(Dense\\(8.*W must have shape "
+                                         "\\(3, 8\\), got \\(2, 8\\) \\(the inputs have 3 "
+                                         "features, these params were made for 2\\)"):
         pinn.empirical_kernel(net, params, np.ones((2, 3)), None, pinn.partial(0))
     bad = (params[0], params[1], (params[2][0][:5], params[2][1]))
     with pytest.raises(ValueError, match="params\\[2\\].*W must have shape \\(8, 1\\)"):
