@@ -55,3 +55,8 @@ FEATURE_ROWS = 4096
 #: Scalar functions called inside per-entry loops: inlined at numba-IR level so
 #: that LLVM sees the whole loop body and vectorises it.
 INLINE = dict(JIT, inline="always")
+
+#: Work (entries × ops) below which a kernel call runs on the calling thread
+#: alone: handing shares to other threads costs about 60 µs, the time of
+#: ~30,000 entry-ops (``_cpu.in_parallel``).
+SERIAL_WORK = 100_000

@@ -2,15 +2,16 @@
 
 Data flow for K(X1, X2): the diagonal pass runs the program once per point
 (O(N·L)) and records each activation's input variance per point.  Then a
-parallel numba kernel takes groups of up to ``ROWS`` rows; per column tile of
-``TILE`` entries one small single-threaded GEMM gives the inner products and
-every layer of the program runs over the tile with its registers in cache,
+numba kernel on each thread takes groups of up to ``ROWS`` rows; per column
+tile of ``TILE`` entries one small single-threaded GEMM gives the inner
+products and every layer of the program runs over the tile with its registers in cache,
 writing each output entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, writes each entry at
 (i, j) and (j, i), and takes the diagonal from the diagonal pass.  Each
 program runs on copies of these kernels compiled without the costly kinds it
 does not use (``_kernels``), so a first call compiles only what it needs.
 """
+import concurrent.futures
 import functools
 import math
 import types
@@ -20,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import KernelRangeError
-from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, TILE
+from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, TILE
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_gabor,
                      dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
                      dual_rbf, dual_rectified_monomial, dual_relu, dual_sign, dual_sin,
@@ -213,20 +214,19 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
                 Q[r, j] = Q[r, j] * Q[r2, j]
 
 
-@njit(parallel=True, **JIT)
-def _diag_pass(sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
-    """Run the program on (x, x) for every point (in parallel); record
-    activation inputs, and the Mehler features F, G of numeric activations."""
+@njit(**JIT)
+def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
+    """Run the program on (x, x) for the points lo .. hi-1; record activation
+    inputs, and the Mehler features F, G of numeric activations."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
     # n = 1 as a plain int64, not Literal[int](1): act_tile, the costliest
     # function to compile, then has one signature here and in _run_ops and is
     # compiled once (a fifth of the cold start)
     one = np.int64(1)
-    for ii in prange(sq.shape[0]):
-        i = np.int64(ii)
-        q = np.empty(n_regs)
-        th = np.empty(n_regs)
-        W = np.empty((3, 1))
+    q = np.empty(n_regs)
+    th = np.empty(n_regs)
+    W = np.empty((3, 1))
+    for i in range(lo, hi):
         q[0] = sq[i]
         th[0] = 0.0
         for k in range(ops.shape[0]):
@@ -287,27 +287,26 @@ def _store(A, values, i, j_lo, n, sym):
             a_col[j] = values[j]
 
 
-@njit(parallel=True, **JIT)
-def _gram_tiles(x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, params, aux, n_regs,
-                t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t, F1, G1, F2, G2, TM):
-    """Rows r_lo .. r_hi of the kernel (``sym``: strict upper triangle, x2 is x1).
-    The row tables ``V1 .. G1`` start at row ``t0`` of x1.
+@njit(**JIT)
+def _gram_tiles(task_lo, task_hi, x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, params, aux,
+                n_regs, t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
+                F1, G1, F2, G2, TM):
+    """Tasks task_lo .. task_hi-1 of rows r_lo .. r_hi of the kernel (``sym``:
+    strict upper triangle, x2 is x1; ``_tasks`` counts them).  The row tables
+    ``V1 .. G1`` start at row ``t0`` of x1.
 
     Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
     in cache) and runs the whole program on each row of the tile.  In the
-    symmetric case each entry is also written to its mirror image, and groups
-    are processed in pairs (g, last - g) so that both threads get the same
-    share of the triangle.
+    symmetric case each entry is also written to its mirror image, and a task
+    is a pair of groups (g, last - g), so that all tasks cost the same.
     """
     n2 = x2.shape[0]
     n_groups = (r_hi - r_lo + rows - 1) // rows
-    n_tasks = (n_groups + 1) // 2 if sym else n_groups
-    for task in prange(n_tasks):
-        Q = np.empty((n_regs, TILE))
-        TH = np.empty((n_regs, TILE))
-        W = np.empty((3, TILE))
-        first = np.int64(task)  # prange indices may be unsigned
+    Q = np.empty((n_regs, TILE))
+    TH = np.empty((n_regs, TILE))
+    W = np.empty((3, TILE))
+    for first in range(task_lo, task_hi):
         for half in range(2 if sym else 1):
             g = first if half == 0 else n_groups - 1 - first
             if half == 1 and g == first:
@@ -424,8 +423,9 @@ def point_tables(program, x, features=True, start=0, name="x"):
     k = np.empty(m)
     t = np.empty(m)
     diag_pass, _ = _kernels(program)
-    diag_pass(uniq if shared else sq, program.ops, program.params, program.aux,
-               program.n_regs, V, S, R, k, t, F, G)
+    in_parallel(diag_pass, m, uniq if shared else sq, program.ops, program.params,
+                program.aux, program.n_regs, V, S, R, k, t, F, G,
+                work=math.inf if numeric else m * program.n_ops)
     if shared:
         V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])
                                for a in (V, S, R, F, G, k, t))
@@ -529,12 +529,15 @@ def gram(program, x1, x2, K, T, progress=None):
             else:
                 tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name="x1")
                 in_range(k1, t1, "x1", r0)
-            gram_tiles(x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
+            n_groups = -(-(r1 - r0) // rows)
+            in_parallel(gram_tiles, (n_groups + 1) // 2 if sym else n_groups,
+                        x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
                         0 if sym else r0, *tables1[:3], *tables2[:3],
                         dummy if K is None else K, dummy if T is None else T,
                         K is not None, T is not None,
-                        tables1[3], tables1[4], tables2[3], tables2[4], TM)
+                        tables1[3], tables1[4], tables2[3], tables2[4], TM,
+                        work=(r1 - r0) * (n2 - (r0 + r1) / 2 if sym else n2) * program.n_ops)
             del tables1  # before the next block's features are computed
             if progress is not None:
                 done += ((r1 - r0) * (2 * n1 - r0 - r1 - 1) // 2 if sym
@@ -545,6 +548,32 @@ def gram(program, x1, x2, K, T, progress=None):
         for A, diag_values in ((K, k2), (T, t2)):
             if A is not None:
                 A[idx, idx] = diag_values
+
+
+def in_parallel(kernel, n_tasks, *args, work=math.inf):
+    """``kernel(lo, hi, *args)`` on equal contiguous shares of the tasks
+    0 .. n_tasks-1, one per thread (``numba.get_num_threads()``; the calling
+    thread takes the last share), or all on the calling thread when ``work``
+    (entries × ops) is below ``SERIAL_WORK``.  The kernels are serial and
+    release the GIL: numba's ``parallel=True`` would double their compile time
+    (the first call in a fresh installation) for no gain at run time."""
+    n_threads = max(1, min(numba.get_num_threads(), n_tasks))
+    if work < SERIAL_WORK:
+        n_threads = 1
+    cuts = [n_tasks * s // n_threads for s in range(n_threads + 1)]
+    shares = [_threads(n_threads - 1).submit(kernel, lo, hi, *args)
+              for lo, hi in zip(cuts[:-2], cuts[1:-1])]
+    try:
+        kernel(cuts[-2], cuts[-1], *args)
+    finally:
+        for share in shares:
+            share.result()
+
+
+@functools.lru_cache(maxsize=None)
+def _threads(n):
+    """A pool of ``n`` worker threads (kept for the process)."""
+    return concurrent.futures.ThreadPoolExecutor(max(n, 1), thread_name_prefix="infkernel")
 
 
 @functools.lru_cache(maxsize=None)

@@ -377,6 +377,39 @@ def test_kernel_variants_agree_with_the_full_kernels(act, monkeypatch):
         np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-14, atol=1e-300)
 
 
+@pytest.mark.parametrize("act", [ik.Relu(), ik.Tanh()], ids=repr)
+def test_results_do_not_depend_on_threads(act):
+    """The shares of ``in_parallel`` (row groups, the diagonal pass) give the
+    same Gram matrices on 1 thread as on several, up to the rounding of the
+    inner-product GEMM, whose blocks follow the row groups' size (1e-14 of the
+    largest entry; seen ≤ 4e-16); and bitwise the same when several Python
+    threads call the kernel at once.  The sizes are above ``SERIAL_WORK``."""
+    import numba
+    from concurrent.futures import ThreadPoolExecutor
+    net = _net(act, "ntk", depth=3)
+    rng = np.random.default_rng(7)
+    x1, x2 = rng.standard_normal((300, 4)), rng.standard_normal((250, 4))
+    assert 250 * 300 * net.program(4).n_ops > ik._config.SERIAL_WORK
+
+    def both():
+        return net.kernel(x1, x2), net.kernel(x1)
+    alone = both()
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(both) for _ in range(3)]
+        for c in calls:
+            for a, b in zip(c.result(), alone):
+                assert np.array_equal(a.nngp, b.nngp) and np.array_equal(a.ntk, b.ntk)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = both()
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(alone, one_thread):
+        for u, v in ((a.nngp, b.nngp), (a.ntk, b.ntk)):
+            assert np.abs(u - v).max() <= 1e-14 * np.abs(v).max()
+
+
 def test_programs_with_every_costly_group_use_the_full_kernels():
     net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(4), ik.Monomial(2), ik.Dense(1))
     assert _cpu._kernels(net.program(3)) == (_cpu._diag_pass, _cpu._gram_tiles)
