@@ -10,7 +10,8 @@ from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gabor, Gaussia
 from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu, Mish,
                                   Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
 from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
-                        empirical_ntk_fn, linearize, monte_carlo_kernel_fn)
+                        empirical_ntk_fn, empirical_ntk_vp_fn, linearize,
+                        monte_carlo_kernel_fn)
 from ._checks import KernelRangeError
 from .kernel import Kernel, batch
 from .layers import (Dense, Dropout, ExpNormalized, Flatten, Identity, Layer, LayerNorm,
@@ -29,7 +30,7 @@ __all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "Exp
            "Cos", "Rbf", "Gaussian", "Exp", "Sign", "Gabor", "Monomial", "RectifiedMonomial",
            "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu",
            "Selu", "Mish", "SReLU", "S2ReLU", "Elementwise", "ElementwiseNumerical",
-           "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn",
+           "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn",
            "monte_carlo_kernel_fn", "MonteCarloKernel", "linearize", "verify", "batch",
            "FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "Residual", "Scale",
            "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",

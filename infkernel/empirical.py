@@ -38,7 +38,8 @@ from .activations import Activation
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Scale, parallel
 
 __all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
-           "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params", "linearize"]
+           "empirical_ntk_vp_fn", "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params",
+           "linearize"]
 
 #: Doubles held by one batch of back-propagated signals (batch × N × outputs ×
 #: width); larger problems are processed in chunks of output channels.
@@ -420,6 +421,12 @@ def value_and_grad(net, params, x, cotangent_fn):
     _check_layers(net)
     a, _, params = _prepare(net, x, None, params)
     f, inputs = _forward(net.layers, params, a)
+    return f, _vjp(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64))
+
+
+def _vjp(layers, params, inputs, cotangent):
+    """Jᵀ v: the parameters' cotangent (the structure of ``params``) of the
+    output cotangent v, by back-propagation from the forward pass ``inputs``."""
     got = {}
 
     def visit(key, layer, c, s, h, delta):
@@ -427,8 +434,7 @@ def value_and_grad(net, params, x, cotangent_fn):
         got[key] = (gW * c if c != 1.0 else gW,
                     None if layer.b_std is None else s * delta.sum(axis=0))
 
-    _backward(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64),
-              visit, 0)
+    _backward(layers, params, inputs, cotangent, visit, 0)
 
     def nested(layers, ps, key):   # Dense layers before the first get no signal: 0
         return tuple(
@@ -439,7 +445,7 @@ def value_and_grad(net, params, x, cotangent_fn):
                   for b, (branch, bp) in enumerate(zip(layer.branches, p)))
             if isinstance(layer, parallel) else ()
             for i, (layer, p) in enumerate(zip(layers, ps)))
-    return f, nested(net.layers, params, ())
+    return nested(layers, params, ())
 
 
 def _forward_jvp(layers, params, tangents, h, dh):
@@ -507,6 +513,32 @@ def linearize(f, params):
                               np.zeros_like(a))
         return f0 + df
     return f_lin
+
+
+def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
+    """neural-tangents' ``nt.empirical_ntk_vp_fn``: ``ntk_vp_fn(v)`` = Θ v =
+    J(x1) J(x2)ᵀ v for cotangents v of the shape of f(x2) (N2, k), with the
+    shape of f(x1) (``x2=None``: x1): the untraced NTK (summed over outputs,
+    not averaged) times v, without forming Θ or a Jacobian — one
+    back-propagation at x2 and one forward-mode pass at x1, memory
+    O((N1 + N2)·width + params) (Novak et al. 2022, "NTK-vector products").
+    ``apply_fn_kwargs`` are accepted and unused, as by ``apply_fn``."""
+    full = _as_network(f)
+    net = full.body
+    _check_layers(net)
+    x1, x2, params = _through_input_maps(full, x1, x2, params)
+    a1, a2, p = _prepare(net, x1, x2, params)
+    a2 = a1 if a2 is None else a2
+    f2, inputs = _forward(net.layers, p, a2)
+
+    def ntk_vp_fn(cotangents):
+        v = np.asarray(cotangents, dtype=np.float64)
+        if v.shape != f2.shape:
+            raise ValueError(f"cotangents must have the shape of f(x2), {f2.shape}, "
+                             f"got {v.shape}")
+        tangent = _vjp(net.layers, p, inputs, v)
+        return _forward_jvp(net.layers, p, tangent, a1, np.zeros_like(a1))[1]
+    return ntk_vp_fn
 
 
 # --------------------------------------------------------------------------
