@@ -68,10 +68,11 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import _program as P
 from ._checks import KernelRangeError
+from ._cpu import in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
 from .activations_numeric import NumericActivation
@@ -681,10 +682,21 @@ def _moments(T, w, P, mu):
         mu[c] = acc
 
 
-@njit(cache=True, parallel=True)
 def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
-    """M[e, a, b] = E[φ⁽ᵃ⁾(u) φ⁽ᵇ⁾(v)], u = s1 x, v = s2(ρ x + √(1−ρ²) w),
-    x, w independent N(0, 1): nested composite Gauss–Legendre (20 nodes per
+    """M[e, a, b] = E[φ⁽ᵃ⁾(u) φ⁽ᵇ⁾(v)] (``_expect_share``) on every thread,
+    the entries e dealt out in a fixed random order (their costs grow with
+    the variances, by which they are sorted)."""
+    M = np.zeros((s1.shape[0], amax + 1, amax + 1))
+    order = np.random.default_rng(0).permutation(s1.shape[0])
+    in_parallel(_expect_share, len(order), kind, tab, tp, C, lam, s1, s2, rho, amax,
+                glx, glw, order, M)
+    return M
+
+
+@njit(cache=True, nogil=True)
+def _expect_share(lo, hi, kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw, order, M):
+    """M[e, a, b] = E[φ⁽ᵃ⁾(u) φ⁽ᵇ⁾(v)] for e = order[lo .. hi-1], u = s1 x,
+    v = s2(ρ x + √(1−ρ²) w), x, w independent N(0, 1): nested composite Gauss–Legendre (20 nodes per
     panel, panels no wider than the distance to φ's singularities: error
     ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12 relative measured for φ⁽⁷⁾).
     For tanh, the logistic function and SiLU (``C`` non-empty, see
@@ -692,7 +704,6 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
     C[1, b, c] E_w[v tᶜ] (``_tanh_nodes``, ``_moments``).  tanh is odd, so
     the integrand has parity (−1)^(a+b) under (x, w) → (−x, −w): entries with
     a + b odd vanish, the others are twice the integral over x ≥ 0."""
-    ne = s1.shape[0]
     na = amax + 1
     ng = glx.shape[0]
     fast = C.shape[0] > 0
@@ -700,8 +711,8 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
     odd = fast and kind == 1         # φ = tanh on the moment path: use the parity
     h2 = 2.0 if kind == 1 else 1.0   # t = tanh(h2 y / 2)
     inv_sqrt_2pi = 1.0 / math.sqrt(2.0 * math.pi)
-    M = np.zeros((ne, na, na))
-    for e in prange(ne):
+    for t in range(lo, hi):
+        e = order[t]
         fu = np.empty(na)
         fv = np.empty(na)
         tmp = np.empty(na)
@@ -764,7 +775,6 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
                     for b in range(na):
                         if not (odd and (a + b) % 2):
                             M[e, a, b] += wx * fu[a] * G[b]
-    return M
 
 
 #: distance from the real axis to the nearest singularity of φ (poles of tanh
