@@ -14,6 +14,7 @@ does not use (``_kernels``), so a first call compiles only what it needs.
 import concurrent.futures
 import functools
 import math
+import threading
 import types
 
 import numba
@@ -554,20 +555,34 @@ def in_parallel(kernel, n_tasks, *args, work=math.inf):
     """``kernel(lo, hi, *args)`` on equal contiguous shares of the tasks
     0 .. n_tasks-1, one per thread (``numba.get_num_threads()``; the calling
     thread takes the last share), or all on the calling thread when ``work``
-    (entries × ops) is below ``SERIAL_WORK``.  The kernels are serial and
+    (entries × ops) is below ``SERIAL_WORK`` or the caller is itself a share
+    (no share waits for the pool it runs on).  The kernels are serial and
     release the GIL: numba's ``parallel=True`` would double their compile time
     (the first call in a fresh installation) for no gain at run time."""
     n_threads = max(1, min(numba.get_num_threads(), n_tasks))
-    if work < SERIAL_WORK:
+    if work < SERIAL_WORK or getattr(_share, "running", False):
         n_threads = 1
     cuts = [n_tasks * s // n_threads for s in range(n_threads + 1)]
-    shares = [_threads(n_threads - 1).submit(kernel, lo, hi, *args)
+    shares = [_threads(n_threads - 1).submit(_run_share, kernel, lo, hi, *args)
               for lo, hi in zip(cuts[:-2], cuts[1:-1])]
     try:
-        kernel(cuts[-2], cuts[-1], *args)
+        _run_share(kernel, cuts[-2], cuts[-1], *args)
     finally:
         for share in shares:
             share.result()
+
+
+_share = threading.local()
+
+
+def _run_share(kernel, lo, hi, *args):
+    """One share of ``in_parallel``; nested calls from it run on its thread."""
+    outer = getattr(_share, "running", False)
+    _share.running = True
+    try:
+        kernel(lo, hi, *args)
+    finally:
+        _share.running = outer
 
 
 @functools.lru_cache(maxsize=None)

@@ -986,24 +986,39 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     I = max(max((n for n in range(3) if c[n]), default=0) for _, c in g1)
     J = max(max((n for n in range(3) if c[n]), default=0) for _, c in g2)
     npair = len(g1) * len(g2)
-    rows = max(1, _ROW_ENTRIES // max(1, x2.shape[0] * npair * (I + 1) * (J + 1)))
     numeric = any(isinstance(layer, NumericActivation) for layer in net.layers)
-    err = {n: 0.0 for n in names}
-    for lo in range(0, x1.shape[0], rows):
-        cache = {}
-        with np.errstate(over="ignore", invalid="ignore"):   # overflow: an error below
-            part = _jet_kernel(net, x1[lo:lo + rows], x2, g1, g2, I, J, names, cache)
-        # the same series from expectations perturbed at their accuracy (where
-        # the variances are small, the series cannot cancel much: skipped)
-        check = numeric and cache.get("qmax", 0.0) > _QUIET_VARIANCE
-        if check:
-            with np.errstate(over="ignore", invalid="ignore"):
-                moved = _jet_kernel(net, x1[lo:lo + rows], x2, g1, g2, I, J, names, cache,
-                                    _EXPECTATION_ACCURACY)
-        for n in names:
-            out[n][lo:lo + rows] = part[n]
+    # K(x, x') = K(x', x) when both sides are the same points and operator:
+    # rows lo .. hi need only the columns from lo on (the upper triangle)
+    sym = same and op1 == op2
+    chunks = []   # (first row, rows, first column)
+    lo = 0
+    while lo < x1.shape[0]:
+        c0 = lo if sym else 0
+        rows = max(1, _ROW_ENTRIES // max(1, (x2.shape[0] - c0) * npair * (I + 1) * (J + 1)))
+        chunks.append((lo, rows, c0))
+        lo += rows
+    errs = np.zeros((len(chunks), len(names)))
+
+    def run(first, last):
+        for c in range(first, last):
+            lo, rows, c0 = chunks[c]
+            a, b = x1[lo:lo + rows], x2[c0:]
+            cache = {}
+            with np.errstate(over="ignore", invalid="ignore"):   # overflow: an error below
+                part = _jet_kernel(net, a, b, g1, g2, I, J, names, cache)
+            # the same series from expectations perturbed at their accuracy (where
+            # the variances are small, the series cannot cancel much: skipped)
+            check = numeric and cache.get("qmax", 0.0) > _QUIET_VARIANCE
             if check:
-                err[n] = max(err[n], float(np.abs(moved[n] - part[n]).max(initial=0.0)))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    moved = _jet_kernel(net, a, b, g1, g2, I, J, names, cache,
+                                        _EXPECTATION_ACCURACY)
+            for m, n in enumerate(names):
+                out[n][lo:lo + rows, c0:] = part[n]
+                if check:
+                    errs[c, m] = np.abs(moved[n] - part[n]).max(initial=0.0)
+    in_parallel(run, len(chunks))
+    err = dict(zip(names, errs.max(axis=0, initial=0.0)))
     for n in names:
         if not np.isfinite(out[n]).all():
             raise KernelRangeError(
@@ -1018,9 +1033,9 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
                 "quadrature activations cancels at large pre-activation variance); normalise "
                 "the inputs (shift/scale) or reduce W_std to keep the variances small",
                 PinnAccuracyWarning, stacklevel=2)
-    if same and op1 == op2:
+    if sym:
         for n in names:
-            out[n] = 0.5 * (out[n] + out[n].T)
+            out[n] = np.triu(out[n]) + np.triu(out[n], 1).T
     return _pack(out, names, single)
 
 

@@ -454,6 +454,24 @@ def _wave_blocks(get="ntk"):
                                  "r": (xr, wave)}, get)
 
 
+@pytest.mark.parametrize("act", [ik.Erf(), ik.Tanh()], ids=repr)
+def test_symmetric_blocks_from_the_upper_triangle(act, monkeypatch):
+    """With x2 = None and op1 = op2 only the upper triangle is computed (in row
+    chunks, on the threads of ``in_parallel``; chunks made small here so that
+    there are many) and mirrored: exactly symmetric, and equal to the full
+    computation with x2 = x1 up to the rounding of K(x, x') against K(x', x)
+    (1e-13 of the largest entry)."""
+    net = ik.serial(ik.Dense(16, 1.3, 0.2), act, ik.Dense(16, 1.1, 0.1), act, ik.Dense(1))
+    x = np.random.default_rng(3).uniform(-1, 1, (23, 2))
+    L = pinn.laplacian(2) + 0.5 * pinn.partial(1)
+    monkeypatch.setattr(pinn, "_ROW_ENTRIES", 600)
+    sym = pinn.kernel(net, x, None, L, L, get=None)
+    full = pinn.kernel(net, x, x, L, L, get=None)
+    for a, b in zip(sym, full):
+        assert np.array_equal(a, a.T)
+        assert np.abs(a - b).max() <= 1e-13 * np.abs(b).max()
+
+
 def test_blocks_symmetry_and_psd():
     """K_ba = K_abᵀ exactly; the assembled K (a Gram matrix of the features
     (L_a)_x ∇_θ f) is PSD: λ_min ≥ −1e-12 λ_max (rounding of eigvalsh)."""
