@@ -1,7 +1,7 @@
 """PINN NTK blocks of quadrature activations: the moment form of the inner
 integral (tanh, logistic, SiLU) against the general per-node evaluation.
 
-    python benchmarks/bench_pinn.py [--n 100,200]
+    python benchmarks/bench_pinn.py [--n 100,200] [--nt-python PY]
 
 1-D Poisson problem as in ``examples/pinn_poisson.py``: two boundary points
 (identity) and n collocation points (second derivative), two hidden layers of
@@ -9,8 +9,18 @@ the activation, ``pinn.ntk_blocks`` warm (best of 2).  The baseline forces the
 general path (``_tanh_coefficients`` returning no coefficients).  Prints
 seconds, the speed-up and the largest difference of the blocks relative to
 the largest entry.
+
+With ``--nt-python`` (a neural-tangents 0.6.5 environment) a second table: the
+blocks of a 2-D Poisson problem (boundary values, Laplacian residuals) for
+closed-form activations (Erf, Gelu), against JAX autodiff of neural-tangents'
+``kernel_fn`` (nested Hessians, vmapped, jit-compiled; warm best of 2 and the
+first call with its compilation).
 """
 import argparse
+import os
+import subprocess
+import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -33,10 +43,75 @@ def blocks(act, n):
     return best, out
 
 
+NT_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np, jax, jax.numpy as jnp
+    from jax import config
+    config.update("jax_enable_x64", True)
+    from neural_tangents import stax
+    data = np.load(sys.argv[1])
+    act = {"Erf": stax.Erf(), "Gelu": stax.Gelu()}[sys.argv[2]]
+    _, _, kernel_fn = stax.serial(stax.Dense(512, 1.0, 1.0), act, stax.Dense(512, 1.0, 1.0),
+                                  act, stax.Dense(1, 1.0, 1.0))
+    k = lambda a, b: kernel_fn(a[None], b[None], "ntk")[0, 0]
+    lap1 = lambda a, b: jnp.trace(jax.hessian(k, 0)(a, b))
+    lap2 = lambda a, b: jnp.trace(jax.hessian(k, 1)(a, b))
+    lap12 = lambda a, b: jnp.trace(jax.hessian(lap1, 1)(a, b))
+    grid = lambda f: jax.jit(jax.vmap(jax.vmap(f, (None, 0)), (0, None)))
+    uu, ur, rr = grid(k), grid(lap2), grid(lap12)
+    xb, xr = data["xb"], data["xr"]
+    def blocks():
+        a, b, c = (np.asarray(uu(xb, xb)), np.asarray(ur(xb, xr)), np.asarray(rr(xr, xr)))
+        return np.block([[a, b], [b.T, c]])
+    t0 = time.perf_counter(); blocks(); first = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter(); out = blocks(); best = min(best, time.perf_counter() - t0)
+    np.save(sys.argv[3], out)
+    print(best, first)
+""")
+
+
+def poisson_2d(act, n, nt_python):
+    """(infkernel s, neural-tangents warm s, first s, max diff) for the 2-D
+    Poisson blocks with n boundary and n residual points."""
+    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), act,
+                    ik.Dense(512, W_std=1.0, b_std=1.0), act,
+                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0.0, 2.0 * np.pi, n)
+    xb, xr = np.column_stack([np.cos(t), np.sin(t)]), rng.uniform(-0.7, 0.7, (n, 2))
+    ops = {"u": (xb, pinn.identity()), "r": (xr, pinn.laplacian(2))}
+    pinn.ntk_blocks(net, {"u": (xb[:3], pinn.identity()), "r": (xr[:3], pinn.laplacian(2))})
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        ours = pinn.ntk_blocks(net, ops).matrix
+        best = min(best, time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(os.path.join(tmp, "x.npz"), xb=xb, xr=xr)
+        res = subprocess.run([nt_python, "-c", NT_SCRIPT, os.path.join(tmp, "x.npz"),
+                              act.name, os.path.join(tmp, "k.npy")],
+                             capture_output=True, text=True, check=True)
+        nt_warm, nt_first = map(float, res.stdout.split()[-2:])
+        theirs = np.load(os.path.join(tmp, "k.npy"))
+    return best, nt_warm, nt_first, np.abs(ours - theirs).max() / np.abs(theirs).max()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="100,200")
+    ap.add_argument("--nt-python", help="python of a neural-tangents 0.6.5 environment")
     args = ap.parse_args()
+    if args.nt_python:
+        print("| activation | n + n | infkernel s | NT jit s | NT / ik | NT 1st s | max diff |")
+        print("|---|---|---|---|---|---|---|")
+        for act in (ik.Erf(), ik.Gelu()):
+            for n in map(int, args.n.split(",")):
+                ours, warm, first, diff = poisson_2d(act, n, args.nt_python)
+                print(f"| {act.name} | {n} + {n} | {ours:.3f} | {warm:.3f} | {warm / ours:.1f} | "
+                      f"{first:.1f} | {diff:.1e} |", flush=True)
+        print()
     moments = pinn._tanh_coefficients
     print("| activation | n | moments s | per-node s | speed-up | max diff |")
     print("|---|---|---|---|---|---|")

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import special
 
 from . import _program as P
-from ._checks import real
+from ._checks import flag, real
 from ._duals import monomial_coefficients, polynomial_tables
 from .layers import Layer
 
@@ -106,6 +106,7 @@ def ABRelu(a, b, do_stabilize=False):
     """φ(x) = a min(x, 0) + b max(x, 0) (arc-cosine kernel, Cho & Saul 2009).
     ``do_stabilize`` is accepted for porting; scales are always factored out."""
     a, b = _finite("ABRelu", a=a, b=b)
+    flag("ABRelu: do_stabilize", do_stabilize)
 
     def fn(x):
         pos = np.maximum(x, 0)
@@ -118,6 +119,7 @@ def ABRelu(a, b, do_stabilize=False):
 @factory
 def Relu(do_stabilize=False):
     """φ(x) = max(x, 0)."""
+    flag("Relu: do_stabilize", do_stabilize)
     return ABRelu(0.0, 1.0)
 
 
@@ -125,12 +127,14 @@ def Relu(do_stabilize=False):
 def LeakyRelu(alpha, do_stabilize=False):
     """φ(x) = alpha min(x, 0) + max(x, 0)."""
     (alpha,) = _finite("LeakyRelu", alpha=alpha)
+    flag("LeakyRelu: do_stabilize", do_stabilize)
     return ABRelu(alpha, 1.0)
 
 
 @factory
 def Abs(do_stabilize=False):
     """φ(x) = |x|."""
+    flag("Abs: do_stabilize", do_stabilize)
     return ABRelu(-1.0, 1.0)
 
 
@@ -154,8 +158,7 @@ def Sigmoid_like():
 def Gelu(approximate=False):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021).  ``approximate`` only changes the
     finite-width forward pass (tanh approximation), as in neural-tangents."""
-    if not isinstance(approximate, (bool, np.bool_)):
-        raise TypeError(f"Gelu: approximate must be True or False, got {approximate!r}")
+    approximate = flag("Gelu: approximate", approximate)
     c = math.sqrt(2 / math.pi)
     if approximate:
         def fn(x):

@@ -31,7 +31,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import entropy
+from ._checks import entropy, flag
 from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
@@ -336,12 +336,12 @@ def _dense_layers(layers):
 def _signal_gram(d1, d2, mode):
     """Σ_u d1[..., x, j, u] d2[..., y, j', u], summed over j = j' ("trace"),
     as (..., x, y, j, j') ("full") or for j = j' as (..., x, y, j) ("diagonal")."""
+    (n1, k, u), n2 = d1.shape[-3:], d2.shape[-3]   # explicit sizes: N1 or N2 may be 0
     if mode == "trace":
-        return _gram(d1.reshape(d1.shape[:-2] + (-1,)), d2.reshape(d2.shape[:-2] + (-1,)))
+        return _gram(d1.reshape(d1.shape[:-2] + (k * u,)), d2.reshape(d2.shape[:-2] + (k * u,)))
     if mode == "diagonal":
         return np.moveaxis(_gram(np.moveaxis(d1, -2, -3), np.moveaxis(d2, -2, -3)), -3, -1)
-    (n1, k), n2 = d1.shape[-3:-1], d2.shape[-3]
-    g = _gram(d1.reshape(d1.shape[:-3] + (n1 * k, -1)), d2.reshape(d2.shape[:-3] + (n2 * k, -1)))
+    g = _gram(d1.reshape(d1.shape[:-3] + (n1 * k, u)), d2.reshape(d2.shape[:-3] + (n2 * k, u)))
     return np.swapaxes(g.reshape(g.shape[:-2] + (n1, k, n2, k)), -3, -2)
 
 
@@ -394,8 +394,8 @@ def _body_params(full, params):
     return tuple(params)[len(full.input_maps):]
 
 
-def _prepare(net, x1, x2, params):
-    a1 = check_inputs(net._flatten(x1), "x1")
+def _prepare(net, x1, x2, params, name1="x1"):
+    a1 = check_inputs(net._flatten(x1), name1)
     a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
     check_params(net, params, a1.shape[1])
     return a1, a2, _as_float(net.layers, params)
@@ -506,9 +506,11 @@ def linearize(f, params):
     params0 = _body_params(full, params)
 
     def f_lin(p, x, *args, **kwargs):
+        if np.ndim(x) == 1:     # one point, as apply_fn takes it
+            return f_lin(p, np.asarray(x)[None])[0]
         x, _, p = _through_input_maps(full, x, None, p)
-        a, _, p = _prepare(net, x, None, p)
-        p0 = _prepare(net, x, None, params0)[2]
+        a, _, p = _prepare(net, x, None, p, "x")
+        p0 = _prepare(net, x, None, params0, "x")[2]
         f0, df = _forward_jvp(net.layers, p0, _difference(net.layers, p, p0), a,
                               np.zeros_like(a))
         return f0 + df
@@ -774,6 +776,9 @@ def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, d
     _check_layers(full.body)
     mode = _output_mode(trace_axes, diagonal_axes)
     key = entropy("key", key)
+    _check_count("batch_size", batch_size, 0)      # neural-tangents' options: checked, unused
+    _check_count("device_count", device_count, -1)
+    flag("store_on_device", store_on_device)
     several = not isinstance(n_samples, (int, np.integer))
     try:
         counts = list(n_samples) if several else [n_samples]

@@ -386,7 +386,9 @@ class ExpNormalized(Layer):
     do_clip: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "gamma", real("ExpNormalized: gamma", self.gamma))
+        # γ < 0 is not a kernel: off-diagonal entries exp(|γ|(1 − ρ)) times the
+        # diagonal's would exceed it
+        object.__setattr__(self, "gamma", real("ExpNormalized: gamma", self.gamma, lower=0))
         object.__setattr__(self, "shift", real("ExpNormalized: shift", self.shift))
         flag("ExpNormalized: do_clip", self.do_clip)
 
@@ -495,7 +497,7 @@ class Network:
             return x
         if not hasattr(x, "ndim"):      # nested lists
             x = np.asarray(x)
-        return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
+        return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim > 2 else x
 
     def kernel(self, x1, x2=None, get=None, *, out=None, dtype=np.float64,
                backend="auto", progress=False):

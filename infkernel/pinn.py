@@ -924,9 +924,12 @@ def _norm(shift, scale, d):
         if value is None:
             return np.full(d, default)
         try:
-            return np.broadcast_to(np.asarray(value, dtype=float), (d,)).copy()
+            a = np.asarray(value)
+            if a.dtype.kind not in "iuf":    # no strings, bools, complex
+                raise TypeError
+            return np.broadcast_to(a.astype(float), (d,)).copy()
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a scalar or have one value per input axis "
+            raise ValueError(f"{name} must be a real scalar or have one value per input axis "
                              f"({d}), got {value!r}") from None
     mu, sig = per_axis("shift", shift, 0.0), per_axis("scale", scale, 1.0)
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sig)) and np.all(sig > 0)):
@@ -977,7 +980,7 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
                     "(Tanh, Erf, Gelu, Sin, Softplus, Silu, ...)")
     g1, g2 = op1.directional(d), op2.directional(d)
     out = {n: np.zeros((x1.shape[0], x2.shape[0])) for n in names}
-    if not (op1.terms and op2.terms):
+    if not (op1.terms and op2.terms and x1.shape[0] and x2.shape[0]):
         return _pack(out, names, single)
     if op1.order + op2.order == 0:  # c1 c2 K: the ordinary kernel
         c = op1.terms[()] * op2.terms[()]
@@ -1220,12 +1223,19 @@ def weighted_spectrum(blocks, weights):
     gradient descent on Σ_a λ_a/2 ‖L_a u − g_a‖² (McClenny & Braga-Neto 2023).
     ``weights[a]`` is a scalar or one weight per point of term a (self-adaptive)."""
     blocks = _blocks(blocks)
+    unknown = set(weights) - set(blocks.names)
+    if unknown:
+        raise ValueError(f"weights has entries {sorted(unknown)} that are not terms of the "
+                         f"blocks {blocks.names}")
     lam = np.empty(blocks.matrix.shape[0])
     for a in blocks.names:
         if a not in weights:
             raise ValueError(f"weights has no entry for term {a!r}")
         sl = blocks.slices[a]
-        w = np.asarray(weights[a], dtype=float)
+        w = np.asarray(weights[a])
+        if w.dtype.kind not in "iuf":
+            raise TypeError(f"weights[{a!r}] must be a real number or array, got {weights[a]!r}")
+        w = w.astype(float)
         if w.ndim and w.shape != (sl.stop - sl.start,):
             raise ValueError(f"weights[{a!r}] must be a scalar or have shape "
                              f"({sl.stop - sl.start},), got {w.shape}")
@@ -1300,12 +1310,26 @@ def _forward_jets(net, params, x, groups):
     return h, tape
 
 
+def _check_params(net, params, d, name):
+    """``params`` from ``net.init_fn`` for inputs of d features (``name``)."""
+    if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
+        raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
+                         f"per layer ({len(net.layers)})")
+    n_maps = len(net.input_maps)
+    if n_maps:
+        net.input_maps[0].check_dim(d, name)
+    d_in = net.input_maps[0].out_dim(d) if n_maps else d
+    from .empirical import check_params
+    check_params(net.body, tuple(params[n_maps:]), d_in)
+
+
 def operator_apply(net, params, x, op=None):
     """(L f)(x) of a finite network (N, k), exact (forward-mode Taylor jets)."""
     net = _check_net(net)
     op = _as_operator(op, "op")
     x = check_inputs(x, "x")
     op.check_dim(x.shape[1], "op")
+    _check_params(net, params, x.shape[1], "x")
     groups = op.directional(x.shape[1])
     h, _ = _forward_jets(net, params, x, groups)
     cf = np.array([[c[n] * math.factorial(n) for n in range(3)] for _, c in groups])
@@ -1353,15 +1377,7 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     x2 = x1 if x2 is None else check_inputs(x2, "x2", d)
     op1.check_dim(d, "op1")
     op2.check_dim(d, "op2")
-    if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
-        raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
-                         f"per layer ({len(net.layers)})")
-    n_maps = len(net.input_maps)
-    if n_maps:
-        net.input_maps[0].check_dim(d, "x1")
-    d_in = net.input_maps[0].out_dim(d) if n_maps else d
-    from .empirical import check_params
-    check_params(net.body, tuple(params[n_maps:]), d_in)
+    _check_params(net, params, d, "x1")
     g1, g2 = op1.directional(d), op2.directional(d)
     h1, t1 = _forward_jets(net, params, x1, g1)
     h2, t2 = _forward_jets(net, params, x2, g2)
@@ -1379,10 +1395,9 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
             for (c, s, H1, B1), (_, _, H2, B2) in zip(
                     _grads(net, t1, g1, j, x1.shape[0], k_out),
                     _grads(net, t2, g2, j, x2.shape[0], k_out)):
-                A1 = H1.reshape(-1, H1.shape[2], H1.shape[3])
-                A2 = H2.reshape(-1, H2.shape[2], H2.shape[3])
-                C1 = B1.reshape(-1, B1.shape[2], B1.shape[3])
-                C2 = B2.reshape(-1, B2.shape[2], B2.shape[3])
+                # (G, 3, N, w) → (3G, N, w), sizes explicit: N may be 0
+                A1, A2, C1, C2 = (a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+                                  for a in (H1, H2, B1, B2))
                 for a in range(A1.shape[0]):
                     if not np.any(C1[a]):
                         continue

@@ -42,7 +42,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.linalg as sla
 
-from ._checks import real
+from ._checks import flag, real
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
            "Gaussian", "JitterWarning", "max_learning_rate"]
@@ -112,6 +112,8 @@ def _check_t(t):
     """None (t = ∞) or a float64 array of times >= 0 (inf allowed)."""
     if t is None:
         return None
+    if np.asarray(t).dtype == bool:
+        raise TypeError(f"t must be None or a number / array of numbers, got {t!r}")
     a = _real_array(t, "t", "None or a number / array of numbers")
     if np.isnan(a).any():
         raise ValueError("t must not contain NaN")
@@ -560,6 +562,8 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     the GP with covariance Θ.
     """
     diag_reg = _check_reg(diag_reg)
+    diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
+    overwrite_k_train_train = flag("overwrite_k_train_train", overwrite_k_train_train)
     _check_trace_axes(trace_axes)
     first = k_train_train
     for g in _GETS:
@@ -636,13 +640,13 @@ def _as_cross(k, n, name):
     return a
 
 
-def _check_tt(k_tt, m):
+def _check_tt(k_tt, m, name="k_test_test"):
     if k_tt.shape not in ((m, m), (m,)):
-        raise ValueError(f"k_test_test must have shape ({m}, {m}) or ({m},), got {k_tt.shape}")
+        raise ValueError(f"{name} must have shape ({m}, {m}) or ({m},), got {k_tt.shape}")
     if not np.isfinite(k_tt).all():
-        raise ValueError("k_test_test contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf")
     if k_tt.ndim == 2:
-        _check_symmetric(k_tt, "k_test_test")
+        _check_symmetric(k_tt, name)
 
 
 def _nngp_cov(k_tt, s_td, solver):
@@ -718,6 +722,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
     """
     kfn = _kernel_callable(kernel_fn)
     diag_reg = _check_reg(diag_reg)
+    diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
     _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     from .kernel import check_inputs
@@ -779,12 +784,12 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
         for r0 in range(0, max(m, 1), step):
             xc = xt[r0:r0 + step]
             kg = tuple(g for g in _GETS if g in need)
-            ktd = kfn(xc, xd, kg, **kw)
-            ktd = {g: np.asarray(getattr(ktd, g), dtype=np.float64) for g in kg}
+            ktd = _test_kernels(kfn(xc, xd, kg, **kw), kg, len(xc), n)
             ktt = None
             if compute_cov:
-                ktt = (np.asarray(kfn(xc, None, "nngp", **kw), dtype=np.float64) if full
+                ktt = (_real_array(kfn(xc, None, "nngp", **kw), "the test nngp kernel") if full
                        else _diag_nngp(kernel_fn, kfn, xc, kw))
+                _check_tt(ktt, len(xc), "the test nngp kernel")
             for g in names:
                 mean, cov = _test_prediction(g, tn, y2, restore, solver_for, k_dd,
                                              ktd, ktt)
@@ -806,6 +811,21 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
 
     predict_fn.k_train_train = k_dd
     return predict_fn
+
+
+def _test_kernels(k, names, m, n):
+    """{g: (m, n) array} from ``kernel_fn(x_test, x_train, names)``, checked."""
+    out = {}
+    for g in names:
+        if getattr(k, g, None) is None:
+            raise TypeError(f"kernel_fn(x_test, x_train, get={names}) must return a namedtuple "
+                            f"with a {g!r} field, got {type(k).__name__}")
+        a = _as_cross(getattr(k, g), n, f"the test-train {g} kernel")
+        if a.shape[0] != m:
+            raise ValueError(f"the test-train {g} kernel has {a.shape[0]} rows, expected {m} "
+                             "(one per test point)")
+        out[g] = a
+    return out
 
 
 def _empty_mean(ts, y):
@@ -927,6 +947,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
     (Cholesky solve), ``t=np.inf`` the pseudo-inverse limit of the flow.
     """
     diag_reg = _check_reg(diag_reg)
+    diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
     _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     k = _check_square(k_train_train, "k_train_train")

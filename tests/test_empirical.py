@@ -436,6 +436,45 @@ def test_neural_tangents_forms_reject_bad_options():
         ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, [2, 4])(np.full((2, 3), np.nan))
 
 
+def test_neural_tangents_monte_carlo_options_are_checked():
+    net = ik.serial(ik.Dense(4), ik.Relu(), ik.Dense(2))
+    with pytest.raises(ValueError, match="batch_size must be >= 0, got -1"):
+        ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 2, batch_size=-1)
+    with pytest.raises(ValueError, match="device_count must be >= -1"):
+        ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 2, device_count=-2)
+    with pytest.raises(TypeError, match="store_on_device must be True or False"):
+        ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 2, store_on_device="no")
+
+
+@pytest.mark.parametrize("axes", [dict(), dict(trace_axes=()),
+                                  dict(trace_axes=(), diagonal_axes=(-1,))],
+                         ids=["trace", "full", "diagonal"])
+def test_empty_inputs_give_empty_kernels(axes):
+    """x1 or x2 with no rows: (0, N2) / (N1, 0) kernels in every layout, as the
+    analytic kernels give (the per-layer Gram formula reshapes with N = 0)."""
+    net = ik.serial(ik.Dense(8), ik.Relu(), ik.Residual(ik.Dense(8)), ik.Dense(3))
+    _, p = net.init_fn(0, (-1, 4))
+    x, z = np.ones((3, 4)), np.zeros((0, 4))
+    kf = ik.empirical_kernel_fn(net, **axes)
+    tail = {"trace": (), "full": (3, 3), "diagonal": (3,)}[
+        "trace" if not axes else "full" if len(axes) == 1 else "diagonal"]
+    for a, b, shape in ((z, None, (0, 0)), (x, z, (3, 0)), (z, x, (0, 3))):
+        k = kf(a, b, None, p)
+        assert k.nngp.shape == k.ntk.shape == shape + tail
+    assert ik.empirical_ntk_vp_fn(net, x, z, p)(np.zeros((0, 3))).shape == (3, 3)
+
+
+def test_linearize_takes_one_point_like_apply_fn():
+    net = ik.serial(ik.Dense(8), ik.Erf(), ik.Dense(3))
+    _, p = net.init_fn(0, (-1, 4))
+    x = np.random.default_rng(0).standard_normal(4)
+    f_lin = ik.linearize(net.apply_fn, p)
+    assert f_lin(p, x).shape == (3,)
+    np.testing.assert_array_equal(f_lin(p, x), net.apply_fn(p, x[None])[0])
+    with pytest.raises(ValueError, match=r"x must be 2-D"):
+        f_lin(p, np.ones((2, 2, 4)))
+
+
 def test_flatten_first_networks_take_unflattened_inputs():
     """As net.kernel and apply_fn do, the empirical and Monte Carlo kernels of
     a network starting with Flatten take (N, ...) inputs."""

@@ -555,6 +555,37 @@ def test_bad_input():
         pinn.weighted_spectrum(pinn.ntk_blocks(net, {"a": (x, None)}), {})
 
 
+def test_operator_apply_checks_params_and_empty_inputs():
+    net = ik.serial(ik.Dense(16, b_std=1.0), ik.Tanh(), ik.Dense(1))
+    _, params = net.init_fn(0, (-1, 2))
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 2))
+    with pytest.raises(ValueError, match="one entry per layer \\(3\\)"):
+        pinn.operator_apply(net, params[:2], x, pinn.partial(0))
+    with pytest.raises(ValueError, match="one entry per layer"):
+        pinn.operator_apply(net, None, x, pinn.partial(0))
+    with pytest.raises(ValueError, match="the inputs have 2 features, these params were "
+                                         "made for 3"):
+        pinn.operator_apply(net, net.init_fn(0, (-1, 3))[1], x, pinn.partial(0))
+    z = np.zeros((0, 2))
+    assert pinn.operator_apply(net, params, z, pinn.partial(0)).shape == (0, 1)
+    assert pinn.kernel(net, x, z, pinn.partial(0)).shape == (5, 0)
+    assert pinn.kernel(net, z, None, pinn.laplacian(2)).shape == (0, 0)
+    assert pinn.empirical_kernel(net, params, x, z, pinn.partial(0)).shape == (5, 0)
+    assert pinn.empirical_kernel(net, params, z, None, pinn.partial(0)).shape == (0, 0)
+
+
+def test_scale_and_weights_must_be_numbers():
+    net = ik.serial(ik.Dense(8), ik.Erf(), ik.Dense(1))
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="scale must be a real scalar"):
+        pinn.kernel(net, x, None, pinn.partial(0), scale="2")
+    blocks = pinn.ntk_blocks(net, {"u": (x, None)})
+    with pytest.raises(ValueError, match="weights has entries \\['r'\\] that are not terms"):
+        pinn.weighted_spectrum(blocks, {"u": 1.0, "r": 2.0})
+    with pytest.raises(TypeError, match="weights\\['u'\\] must be a real number"):
+        pinn.weighted_spectrum(blocks, {"u": "a"})
+
+
 def test_empirical_kernel_wrong_dimension():
     """Points of another dimension than the params were made for: a clear error
     up front, not numpy's matmul message."""

@@ -172,6 +172,52 @@ def test_bad_input(data):
         P.gp_inference(np.eye(3), np.ones(3))(get="xyz", k_test_train=np.ones((1, 3)))
 
 
+def test_flags_are_booleans(data):
+    """No truthy strings: "False" would switch the absolute ridge on, "no"
+    would let the factorisation overwrite the caller's matrix."""
+    net, xtr, xte, ytr = data
+    k = net.kernel(xtr, None, "ntk")
+    with pytest.raises(TypeError, match="diag_reg_absolute_scale must be True or False"):
+        P.gp_inference(k, ytr, 0.1, diag_reg_absolute_scale="False")
+    with pytest.raises(TypeError, match="overwrite_k_train_train must be True or False"):
+        P.gp_inference(k, ytr, overwrite_k_train_train="no")
+    with pytest.raises(TypeError, match="diag_reg_absolute_scale must be True or False"):
+        P.gradient_descent_mse(k, ytr, diag_reg_absolute_scale=1)
+    with pytest.raises(TypeError, match="diag_reg_absolute_scale must be True or False"):
+        P.gradient_descent_mse_ensemble(net, xtr, ytr, diag_reg_absolute_scale="yes")
+    with pytest.raises(TypeError, match="t must be None or a number"):
+        P.gradient_descent_mse_ensemble(net, xtr, ytr)(True, xte)
+
+
+def test_test_kernels_of_a_callable_kernel_fn_are_checked(data):
+    """The test-train and test-test kernels of a user's kernel_fn are checked
+    like the training kernel: NaN, wrong shapes, a plain array for a tuple get."""
+    net, xtr, xte, ytr = data
+
+    def broken(how):
+        def kernel_fn(a, b=None, get=None):
+            k = net.kernel(a, b, get)
+            if b is None and how != "test-test" or (b is not None and how == "test-test"):
+                return k
+            if how == "nan":
+                return type(k)(*[np.full_like(q, np.nan) for q in k])
+            if how == "short":
+                return type(k)(*[q[:, :-1] for q in k])
+            if how == "plain":
+                return k.ntk
+            return np.full_like(k, np.nan) if isinstance(k, np.ndarray) else k
+        return kernel_fn
+    cases = (("nan", "the test-train ntk kernel contains NaN"),
+             ("short", r"the test-train ntk kernel must have shape \(M, 40\), got \(9, 39\)"),
+             ("plain", "must return a namedtuple with a 'ntk' field, got ndarray"))
+    for how, message in cases:
+        with pytest.raises((TypeError, ValueError), match=message):
+            P.gradient_descent_mse_ensemble(broken(how), xtr, ytr)(1.0, xte, "ntk")
+    with pytest.raises(ValueError, match="the test nngp kernel contains NaN"):
+        P.gradient_descent_mse_ensemble(broken("test-test"), xtr, ytr)(
+            1.0, xte, "ntk", compute_cov=True)
+
+
 @pytest.mark.parametrize("A", [np.diag([1.0, 1.0, -0.5]), np.array([[1.0, 2.0], [2.0, 1.0]]),
                                np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [2.0, 0.0, 1.0]])])
 def test_not_psd_is_an_error(A):
