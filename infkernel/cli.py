@@ -101,7 +101,7 @@ def load_csv(path):
     """Rows of finite numbers separated by commas, blank lines skipped, after an
     optional header line in which no field is a number; a ValueError names the
     file line (1-based) of the first bad row."""
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:   # a byte-order mark (Excel) is skipped
         rows = [(i, line) for i, line in enumerate(f.read().splitlines(), 1) if line.strip()]
     if rows and not any(_is_number(v) for v in rows[0][1].split(",")):
         (head, names), rows = rows[0], rows[1:]
@@ -219,9 +219,9 @@ def main(argv=None):
         getattr(mod, adder)(p)
         p.set_defaults(func=getattr(mod, runner))
     args = parser.parse_args(argv)
-    try:
+    try:   # OSError: a missing or unreadable file, or a directory
         return args.func(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"infkernel {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

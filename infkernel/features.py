@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from . import _program as P
+from ._checks import entropy, real
 from .combinators import FanInConcat, FanInSum, FanOut, Scale, parallel
 from .layers import Dense, InputMap, Layer, _Branches, serial
 
@@ -33,9 +34,12 @@ _NORMALIZE = (None, "norm", "norm_sqrt_m")
 
 def _real_array(name, value, ndim):
     try:
-        a = np.asarray(value, dtype=np.float64)
+        a = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a real array: {exc}") from None
+    if a.dtype.kind not in "iuf":   # no strings (not parsed), booleans or complex numbers
+        raise TypeError(f"{name} must be a real array of numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
     if a.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(f'{n}' for n in ndim)} dimension(s), "
                          f"got shape {a.shape}")
@@ -92,9 +96,7 @@ class FourierFeatures(InputMap):
         2020, Fig. 2); p = inf keeps only j = 1 (the basic map [cos 2πv, sin 2πv])."""
         if isinstance(n_freqs, bool) or not isinstance(n_freqs, (int, np.integer)) or n_freqs < 1:
             raise ValueError(f"power_law: n_freqs must be a positive integer, got {n_freqs!r}")
-        p = float(p)
-        if math.isnan(p):
-            raise ValueError("power_law: p must not be NaN")
+        p = real("power_law: p", p, inf=True)
         j = np.arange(1, n_freqs + 1, dtype=np.float64)
         a = (j == 1).astype(np.float64) if math.isinf(p) and p > 0 else j ** (-p)
         return cls(j, a, normalize=normalize)
@@ -123,9 +125,7 @@ class FourierFeatures(InputMap):
 def PositionalEncoding(sigma, n_freqs, input_dim=1, normalize=None):
     """Per-coordinate log-linear frequencies b = σ^{j/m} e_k, j = 0..m-1,
     k = 1..d, a = 1 (Tancik et al. 2020, §6 "positional encoding"): 2·m·d features."""
-    sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"PositionalEncoding: sigma must be finite and > 0, got {sigma}")
+    sigma = real("PositionalEncoding: sigma", sigma, lower=0, strict=True)
     for name, v in (("n_freqs", n_freqs), ("input_dim", input_dim)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"PositionalEncoding: {name} must be a positive integer, got {v!r}")
@@ -143,9 +143,9 @@ def GaussianFourierFeatures(sigma, n_features=None, input_dim=1, seed=0, normali
     γ(v)ᵀγ(v')/(2m) = (1/2m) Σ_j cos(2π b_jᵀ(v − v')) → ½ exp(−2π²σ²‖v − v'‖²),
     with Monte Carlo error O(1/√m).
     """
-    sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"GaussianFourierFeatures: sigma must be finite and >= 0, got {sigma}")
+    # the limit squares sigma (GaussianFeatureLimit)
+    sigma = real("GaussianFourierFeatures: sigma", sigma, lower=0, squared=n_features is None)
+    seed = entropy("GaussianFourierFeatures: seed", seed)
     if n_features is None:
         if normalize == "norm":
             raise ValueError("GaussianFourierFeatures: normalize='norm' has no infinite-feature "
@@ -172,7 +172,7 @@ class GaussianFeatureLimit(Layer):
     """
 
     def __init__(self, sigma):
-        self.sigma = float(sigma)
+        self.sigma = real("GaussianFeatureLimit: sigma", sigma, lower=0, squared=True)
 
     def __repr__(self):
         return f"GaussianFourierFeatures({self.sigma:g}, n_features=None)"

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from ._checks import real
+
 __all__ = ["add_fit_arguments", "run_fit", "fit_command", "load_data"]
 
 
@@ -75,6 +77,9 @@ def load_data(data=None, target=None):
             raise ValueError(f"{data}: without --target the last column is the target; "
                              f"need at least 2 columns, got shape {a.shape}")
         x, y = a[:, :-1], a[:, -1]
+    if np.ndim(x) == 0 or np.ndim(y) == 0:
+        raise ValueError(f"{data}: x and y must be arrays with one row per sample, got "
+                         f"shapes {np.shape(x)} and {np.shape(y)}")
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
@@ -86,6 +91,8 @@ def _is_classification(y, task):
         return task == "classification"
     if y.ndim != 1:
         return False
+    if y.dtype.kind in "US":   # class names
+        return True
     yf = y.astype(np.float64)
     return bool(np.all(yf == np.round(yf)) and len(np.unique(yf)) <= 100)
 
@@ -107,14 +114,25 @@ def run_fit(args):
         raise ValueError(f"--depths must be non-negative integers, got {args.depths!r}")
     if not 0 < args.test_size < 1:
         raise ValueError(f"--test-size must be in (0, 1), got {args.test_size}")
+    # the other options too, before the data are read or any kernel computed
+    real("--diag-reg", args.diag_reg, lower=0)
+    if not 0 <= args.seed < 2 ** 32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
+    first = make_network(1, args.activation, args.W_std, args.b_std)   # --activation, stds
     x, y, name = load_data(args.data, args.target)
     if not np.isfinite(x).all():
         raise ValueError("the features contain NaN or Inf")
     clf = _is_classification(y, args.task)
     if clf:
+        if y.ndim != 1:
+            raise ValueError(f"classification needs one label per sample (1-D targets), got "
+                             f"shape {y.shape}")
         classes, yi = np.unique(y, return_inverse=True)
         Y = np.eye(len(classes))[yi] - 1.0 / len(classes)
     else:
+        if y.dtype.kind not in "biuf":
+            raise ValueError(f"regression needs numeric targets, got {y.dtype} values; for "
+                             "class labels use --task classification")
         Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         if not np.isfinite(Y).all():
             raise ValueError("the targets contain NaN or Inf")
@@ -132,7 +150,7 @@ def run_fit(args):
         bar = tqdm(total=n_jobs, desc=f"infkernel fit ({name})", unit="model", leave=False)
     rows, preds = [], {}
     # compile (or load the cached) kernels outside the timings
-    make_network(1, args.activation, args.W_std, args.b_std).kernel(xtr[:2], xtr[:3])
+    first.kernel(xtr[:2], xtr[:3])
     try:
         for d in depths:
             t0 = time.perf_counter()

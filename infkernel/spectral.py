@@ -15,6 +15,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from ._checks import flag, real
+
 #: ``freqs`` (cycles per unit length, ``np.fft.fftfreq`` order) and the
 #: matching eigenvalues ``eigvals`` of a circulant Gram matrix.
 Spectrum = namedtuple("Spectrum", ["freqs", "eigvals"])
@@ -120,26 +122,51 @@ def stationary_spectrum(net, x, get="ntk", **kwargs):
     return fft_spectrum(row, pts)
 
 
+def _numbers(name, value):
+    """``value`` as a float64 array, or a TypeError naming ``name``: no strings
+    (not parsed), booleans or complex numbers."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
 def _times(t):
-    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    t = np.atleast_1d(_numbers("t", t))
     if t.ndim != 1 or not np.isfinite(t).all() or (t < 0).any():
         raise ValueError("t must be a non-negative time or 1-D array of times")
     return t
 
 
 def _lr(lr):
-    lr = float(lr)
-    if not (np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be finite and > 0, got {lr}")
-    return lr
+    return real("lr", lr, lower=0, strict=True)
+
+
+def _eigvals(eigvals):
+    lam = _numbers("eigvals", eigvals)
+    if lam.ndim != 1:
+        raise ValueError(f"eigvals must be a 1-D array (one eigenvalue per mode), got shape "
+                         f"{lam.shape}")
+    if not np.isfinite(lam).all():
+        raise ValueError("eigvals has NaN or Inf entries")
+    return lam
+
+
+def _targets(y, n):
+    y = _numbers("y", y)
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},) (one value per point), got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("y has NaN or Inf entries")
+    return y
 
 
 def decay(eigvals, lr, t, discrete=False):
     """Per-mode residual factor: exp(−η λ_k t) (gradient flow) or
     (1 − η λ_k)^t (``discrete``: t gradient-descent steps).  Shape (len(t), n)."""
-    lam = np.asarray(eigvals, dtype=np.float64)
+    lam = _eigvals(eigvals)
     lr, t = _lr(lr), _times(t)
-    if discrete:
+    if flag("discrete", discrete):
         base = 1.0 - lr * lam
         if (base < 0).any() and (t != np.round(t)).any():
             raise ValueError(f"discrete=True: t counts gradient-descent steps and must be "
@@ -157,19 +184,25 @@ def learning_speed(eigvals, lr, t):
 def predicted_residual(eigvals, eigvecs, y, lr, t, discrete=False):
     """Training residual per eigenmode, |v_kᵀ y| · factor_k(t): (len(t), n).
     The squared entries of a row sum to ‖f_t − y‖² (f_0 = 0: the mean of the
-    infinite ensemble)."""
-    coef = np.asarray(eigvecs, dtype=np.float64).T @ np.asarray(y, dtype=np.float64)
-    return np.abs(coef)[None, :] * np.abs(decay(eigvals, lr, t, discrete))
+    infinite ensemble).  eigvals (n,), eigvecs (n, n) (columns), y (n,)."""
+    lam = _eigvals(eigvals)
+    n = lam.size
+    V = _numbers("eigvecs", eigvecs)
+    if V.shape != (n, n):
+        raise ValueError(f"eigvecs must have shape ({n}, {n}) (one column per eigenvalue), "
+                         f"got {V.shape}")
+    if not np.isfinite(V).all():
+        raise ValueError("eigvecs has NaN or Inf entries")
+    coef = V.T @ _targets(y, n)
+    return np.abs(coef)[None, :] * np.abs(decay(lam, lr, t, discrete))
 
 
 def predicted_error_by_frequency(eigvals, y, lr, t, discrete=False):
     """Training error per frequency on a periodic grid: |ŷ_k| · factor_k(t),
     with ŷ the unitary DFT of the target (Σ_k |ŷ_k|² = ‖y‖²) and ``eigvals``
     from :func:`fft_spectrum` (same FFT order); (len(t), n)."""
-    y = np.asarray(y, dtype=np.float64)
-    lam = np.asarray(eigvals, dtype=np.float64)
-    if y.shape != lam.shape:
-        raise ValueError(f"y must have shape {lam.shape} (one value per grid point), got {y.shape}")
+    lam = _eigvals(eigvals)
+    y = _targets(y, lam.size)
     yhat = np.fft.fft(y, norm="ortho")
     return np.abs(yhat)[None, :] * np.abs(decay(lam, lr, t, discrete))
 

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import empirical as E
+from ._checks import entropy, flag, real
 from .kernel import check_inputs
 from .layers import Dense, Network
 
@@ -164,7 +165,7 @@ def _train(net, params, x, y, x_test, eta, steps):
 
 
 def _default_targets(x, k, seed):
-    rng = np.random.default_rng(np.random.SeedSequence((seed, 7)))
+    rng = np.random.default_rng(np.random.SeedSequence((*seed, 7)))
     u = rng.standard_normal((x.shape[1], k))
     u /= np.linalg.norm(u, axis=0)
     proj = x @ u / max(np.sqrt(np.mean(np.sum(x * x, axis=1))), 1e-300)
@@ -182,6 +183,7 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
       x: (N, d) inputs (training inputs for the dynamics).
       widths: hidden widths, positive integers.
       n_samples: random networks per width for the kernel errors (>= 2).
+      seed: a non-negative int (or a PRNG key) for the networks and default y.
       y: (N, k) training targets (default sin(2·x·u/‖x‖_rms) along random
         unit directions u).  x_test: optional (M, d) points also tracked.
       steps: gradient-descent steps (0 to skip the dynamics).
@@ -202,6 +204,10 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     if len(widths) < 1:
         raise ValueError("verify: widths must not be empty")
     n_samples = _count("n_samples", n_samples, 2)
+    # a tuple of non-negative ints: (seed,) or a PRNG key's values
+    key = entropy("verify: seed", seed)
+    seed = tuple(key) if isinstance(key, list) else (key,)
+    continuous = flag("verify: continuous", continuous)
     steps = _count("steps", steps, 0)
     train_seeds = _count("train_seeds", train_seeds, 1)
     train_widths = widths if train_widths is None else [_count("train_widths entry", w, 1)
@@ -220,8 +226,8 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     if y.shape != (x.shape[0], k_out) or not np.all(np.isfinite(y)):
         raise ValueError(f"verify: y must be a finite ({x.shape[0]}, {k_out}) array, "
                          f"got shape {y.shape}")
-    if learning_rate is not None and (not np.isfinite(learning_rate) or learning_rate <= 0):
-        raise ValueError(f"verify: learning_rate must be > 0, got {learning_rate}")
+    if learning_rate is not None:
+        learning_rate = real("verify: learning_rate", learning_rate, lower=0, strict=True)
     if plot is not None:
         d = os.path.dirname(os.path.abspath(plot))
         if not os.path.isdir(d):
@@ -231,7 +237,7 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     errs = {"nngp": [], "ntk": []}
     errs_se = {"nngp": [], "ntk": []}
     for i, w in enumerate(widths):
-        e = _kernel_errors(nets[w], x, n_samples, (seed, 1, w), batch_size)
+        e = _kernel_errors(nets[w], x, n_samples, (*seed, 1, w), batch_size)
         for g in errs:
             errs[g].append(e[g].mean())
             errs_se[g].append(e[g].std(ddof=1) / np.sqrt(e[g].size))
@@ -255,8 +261,8 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
             etas.append(eta)
             g_w = []
             for r in range(train_seeds):
-                _, params = nw.init_fn(np.random.default_rng(np.random.SeedSequence((seed, 2, w, r))),
-                                       (-1, x.shape[1]))
+                rng = np.random.default_rng(np.random.SeedSequence((*seed, 2, w, r)))
+                _, params = nw.init_fn(rng, (-1, x.shape[1]))
                 f_nn, f_nn_test = _train(nw, params, x, y, x_test, eta, rec)
                 f_th, f_th_test = _linearised(th, th_test, f_nn[0],
                                               None if x_test is None else f_nn_test[0],
@@ -397,7 +403,8 @@ def run_verify(args):
     else:
         if args.n_points < 2 or args.dim < 1:
             raise ValueError("--n-points must be >= 2 and --dim >= 1")
-        x = np.random.default_rng(args.seed).standard_normal((args.n_points, args.dim))
+        x = np.random.default_rng(entropy("--seed", args.seed)).standard_normal(
+            (args.n_points, args.dim))
     layers = []
     for _ in range(args.depth):
         layers += [Dense(args.widths[0], W_std=args.W_std, b_std=args.b_std,

@@ -123,3 +123,23 @@ def test_gram_numeric_activations_by_name(files):
     k = ik.serial(ik.Dense(8, 1.5, 0.05), ik.Softplus(), ik.Dense(1, 1.5, 0.05)).kernel(
         np.load("x.npy"), None, "ntk")
     assert np.array_equal(np.load("gram_ntk.npy"), k)
+
+
+def test_gram_directory_is_a_clean_error(files, capsys):
+    """An OSError other than a missing file (here a directory named like a
+    data file) is an error message and exit status 2, not a traceback."""
+    (files / "dir.npy").mkdir()
+    assert main(["gram", "dir.npy", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "infkernel gram: error:" in err and "dir.npy" in err
+    assert not list(files.glob("gram_*.npy"))
+
+
+def test_gram_csv_with_byte_order_mark(files):
+    """Excel writes CSV files with a UTF-8 byte-order mark: it is skipped (it
+    used to make the first number of a file without a header unreadable)."""
+    (files / "bom.csv").write_bytes(b"\xef\xbb\xbf1,2\n3,4\n")
+    assert main(["gram", "bom.csv", "--arch", "dense:4,relu,dense:1", "--quiet"]) == 0
+    k = ik.serial(ik.Dense(4, 1.5, 0.05), ik.Relu(), ik.Dense(1, 1.5, 0.05)).kernel(
+        np.array([[1.0, 2.0], [3.0, 4.0]]), None, "ntk")
+    assert np.array_equal(np.load("gram_ntk.npy"), k)

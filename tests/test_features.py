@@ -260,3 +260,43 @@ def test_finite_width_fourier_network_matches_analytic_ntk():
     assert emp.shape == (4, 4) and np.isfinite(emp).all()
     with pytest.raises(ValueError, match="x1 has 2 features"):
         ik.empirical_ntk_fn(net)(np.ones((2, 2)), None, params)
+
+
+@pytest.mark.parametrize("sigma, error, words", [
+    (np.nan, ValueError, "GaussianFeatureLimit: sigma must be finite and >= 0, got nan"),
+    (-1.0, ValueError, "GaussianFeatureLimit: sigma must be finite and >= 0"),
+    (1e200, ValueError, "GaussianFeatureLimit: sigma must be at most 1e+150"),
+    ("abc", TypeError, "GaussianFeatureLimit: sigma must be a real number, got str"),
+])
+def test_gaussian_feature_limit_checks_sigma(sigma, error, words):
+    """The exported limit layer checks sigma like GaussianFourierFeatures (NaN
+    used to surface as a misleading variance overflow, 1e200 as a raw
+    OverflowError, a string as an unnamed float() error)."""
+    with pytest.raises(error, match=words.replace("+", r"\+")):
+        ik.GaussianFeatureLimit(sigma)
+    assert ik.GaussianFeatureLimit(np.float32(2.0)).sigma == 2.0
+
+
+def test_seed_and_numeric_strings_are_refused():
+    with pytest.raises(ValueError, match="GaussianFourierFeatures: seed must be >= 0, got -1"):
+        ik.GaussianFourierFeatures(1.0, 4, seed=-1)
+    with pytest.raises(TypeError, match="GaussianFourierFeatures: seed must be a non-negative"):
+        ik.GaussianFourierFeatures(1.0, 4, seed="a")
+    with pytest.raises(ValueError, match="GaussianFourierFeatures: sigma must be at most"):
+        ik.GaussianFourierFeatures(1e200)          # the limit squares sigma
+    a = ik.GaussianFourierFeatures(1.0, 4, seed=np.array([0, 3], dtype=np.uint32))  # a PRNG key
+    b = ik.GaussianFourierFeatures(1.0, 4, seed=np.array([0, 3], dtype=np.uint32))
+    assert a == b
+    with pytest.raises(TypeError, match="FourierFeatures: frequencies must be a real array"):
+        ik.FourierFeatures(["1", "2"])
+    with pytest.raises(TypeError, match="FourierFeatures: amplitudes must be a real array"):
+        ik.FourierFeatures([1.0, 2.0], "2")
+    with pytest.raises(TypeError, match="frequencies must be a real array of numbers, got "
+                                        "dtype complex128"):
+        ik.FourierFeatures([1.0 + 1j])
+    with pytest.raises(TypeError, match="PositionalEncoding: sigma must be a real number"):
+        ik.PositionalEncoding("10", 4)
+    with pytest.raises(TypeError, match="power_law: p must be a real number"):
+        ik.FourierFeatures.power_law(4, "1")
+    with pytest.raises(ValueError, match="power_law: p must be a number"):
+        ik.FourierFeatures.power_law(4, np.nan)

@@ -64,3 +64,50 @@ def test_ragged_csv_names_the_line(tmp_path):
     path.write_text("a,b,y\n1,2,3\n4,5,6\n")
     x, y, _ = load_data(str(path))
     assert np.array_equal(x, [[1, 2], [4, 5]]) and np.array_equal(y, [3, 6])
+
+
+def _args(*argv):
+    return add_fit_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_zero_dimensional_npz_is_a_clear_error(tmp_path):
+    path = tmp_path / "d0.npz"
+    np.savez(path, x=np.array(1.0), y=np.array(2.0))
+    with pytest.raises(ValueError, match=r"x and y must be arrays with one row per sample, "
+                                         r"got shapes \(\) and \(\)"):
+        load_data(str(path))
+
+
+def test_string_labels_are_classes(tmp_path):
+    """With --task auto, string labels are class names (they used to fail in
+    float conversion); regression on them is a clear error."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 2))
+    path = tmp_path / "dstr.npz"
+    np.savez(path, x=x, y=np.where(x[:, 0] > 0, "pos", "neg"))
+    res = run_fit(_args(str(path), "--depths", "1", "--no-baseline", "--no-progress",
+                        "--out", str(tmp_path / "o")))
+    assert res["classification"] and "accuracy" in res["rows"][0]
+    with pytest.raises(ValueError, match="regression needs numeric targets, got <U3"):
+        run_fit(_args(str(path), "--task", "regression", "--no-progress",
+                      "--out", str(tmp_path / "o")))
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--diag-reg", "-1", "--diag-reg must be finite and >= 0, got -1.0"),
+    ("--diag-reg", "nan", "--diag-reg must be finite and >= 0, got nan"),
+    ("--seed", "-1", r"--seed must be in \[0, 2\*\*32\), got -1"),
+    ("--W-std", "-1", "W_std must be finite and >= 0"),
+])
+def test_options_checked_before_data_and_kernels(tmp_path, monkeypatch, option, value, words):
+    """Bad numeric options are refused before the data are read (a missing
+    file here) and before any kernel is computed (--diag-reg used to be
+    checked only after the first depth's Gram matrices)."""
+    import infkernel as ik
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("a kernel was computed")
+    monkeypatch.setattr(ik.Network, "kernel", kernel)
+    with pytest.raises(ValueError, match=words):
+        run_fit(_args(str(tmp_path / "missing.csv"), option, value, "--no-progress",
+                      "--out", str(tmp_path / "o")))

@@ -194,3 +194,34 @@ def test_discrete_decay_needs_integer_steps_past_the_stable_rate():
     with pytest.raises(ValueError, match="must be integers where lr·λ > 1"):
         spectral.decay(lam, 1.0, [0.5], discrete=True)
     spectral.decay(lam[:1], 1.0, [0.5], discrete=True)     # 1 − ηλ > 0: any t
+
+
+def test_mode_arguments_are_checked():
+    """eigvals (n,) finite, eigvecs (n, n), y (n,); lr and t numbers, not
+    strings (2-D eigvals were flattened, NaN passed through, mismatched shapes
+    gave numpy's broadcasting errors)."""
+    lam, V, y = np.array([2.0, 1.0, 0.5]), np.eye(3), np.ones(3)
+    for call, error, words in [
+        (lambda: spectral.decay(np.ones((2, 2)), 0.1, 1.0), ValueError,
+         r"eigvals must be a 1-D array .*got shape \(2, 2\)"),
+        (lambda: spectral.decay([1.0, np.nan], 0.1, 1.0), ValueError, "eigvals has NaN"),
+        (lambda: spectral.learning_speed(["1"], 0.1, 1.0), TypeError,
+         "eigvals must be an array of real numbers"),
+        (lambda: spectral.decay(lam, "0.1", 1.0), TypeError, "lr must be a real number, got str"),
+        (lambda: spectral.learning_speed(lam, 0.1, "1"), TypeError,
+         "t must be an array of real numbers"),
+        (lambda: spectral.predicted_residual(lam, V, np.ones(4), 0.1, 1.0), ValueError,
+         r"y must have shape \(3,\) \(one value per point\), got \(4,\)"),
+        (lambda: spectral.predicted_residual(lam[:2], V, y, 0.1, 1.0), ValueError,
+         r"eigvecs must have shape \(2, 2\) .*got \(3, 3\)"),
+        (lambda: spectral.predicted_residual(lam, V, np.full(3, np.nan), 0.1, 1.0), ValueError,
+         "y has NaN"),
+        (lambda: spectral.predicted_residual(lam, V * np.nan, y, 0.1, 1.0), ValueError,
+         "eigvecs has NaN"),
+        (lambda: spectral.predicted_error_by_frequency(lam, ["1", "2", "3"], 0.1, 1.0),
+         TypeError, "y must be an array of real numbers"),
+    ]:
+        with pytest.raises(error, match=words):
+            call()
+    got = spectral.predicted_residual(lam, V, y, 0.5, [0.0, 2.0])
+    np.testing.assert_allclose(got, [[1, 1, 1], np.exp(-0.5 * lam * 2.0)], rtol=1e-15)

@@ -80,6 +80,20 @@ def test_bad_input(x, tmp_path):
         V.verify(net, x, [8], 4, plot=str(tmp_path / "nope" / "v.png"))
     with pytest.raises(ValueError, match="x has NaN"):
         V.verify(net, np.full((3, 3), np.nan), [8], 4)
+    with pytest.raises(ValueError, match="verify: seed must be >= 0, got -1"):
+        V.verify(net, x, [8], 4, seed=-1)
+    with pytest.raises(TypeError, match="verify: seed must be a non-negative int"):
+        V.verify(net, x, [8], 4, seed="a")
+    with pytest.raises(TypeError, match="verify: continuous must be True or False, got 'no'"):
+        V.verify(net, x, [8], 4, continuous="no")
+
+
+def test_seed_as_prng_key(x):
+    """A PRNG key's values seed the networks: the same key, the same result."""
+    key = np.array([0, 5], dtype=np.uint32)
+    a, b = (V.verify(_net(), x, [8], 2, seed=key, steps=2, train_seeds=1) for _ in range(2))
+    np.testing.assert_array_equal(a.errors["ntk"], b.errors["ntk"])
+    np.testing.assert_array_equal(a.train_gap, b.train_gap)
 
 
 def test_command_line(tmp_path, capsys):
