@@ -129,10 +129,10 @@ def check_params(net, params, d_in):
                 raise ValueError(f"{where} must be a pair (W, b), got {type(p).__name__}")
             W, b = p
             W = np.asarray(W)
-            if W.shape != (width, layer.out_dim):
+            if W.shape != (width, layer.width):
                 first = (not any(isinstance(l, Dense) for l in net.layers[:i])
-                         and W.ndim == 2 and W.shape[1] == layer.out_dim)
-                raise ValueError(f"{where}: W must have shape {(width, layer.out_dim)}, "
+                         and W.ndim == 2 and W.shape[1] == layer.width)
+                raise ValueError(f"{where}: W must have shape {(width, layer.width)}, "
                                  f"got {W.shape}" + (
                                      f" (the inputs have {d_in} features, these params "
                                      f"were made for {W.shape[0]})" if first else ""))
@@ -140,14 +140,14 @@ def check_params(net, params, d_in):
                 if b is not None:
                     raise ValueError(f"{where}: the layer has no bias (b_std=None) but b is given")
             else:
-                if b is None or np.shape(b) not in ((layer.out_dim,), (1, layer.out_dim)):
-                    raise ValueError(f"{where}: b must have shape {(layer.out_dim,)} (or "
-                                     f"neural-tangents' {(1, layer.out_dim)}), got "
+                if b is None or np.shape(b) not in ((layer.width,), (1, layer.width)):
+                    raise ValueError(f"{where}: b must have shape {(layer.width,)} (or "
+                                     f"neural-tangents' {(1, layer.width)}), got "
                                      f"{None if b is None else np.shape(b)}")
             for name, a in (("W", W), ("b", b)):
                 if a is not None and not np.all(np.isfinite(a)):
                     raise ValueError(f"{where}: {name} has NaN or Inf entries")
-            width = layer.out_dim
+            width = layer.width
         elif p not in ((), [], None):
             raise ValueError(f"{where}: a layer without parameters takes (), got {type(p).__name__}")
 
@@ -187,11 +187,6 @@ def _check_count(name, value, minimum):
 #
 # Parameters may carry a leading batch axis B (W: (B, n, m), b: (B, 1, m));
 # activations then have shape (B, N, width).  Without it shapes are (N, width).
-def _coefs(layer, fan_in):
-    """(c, s): z = c·hW + s·b."""
-    if layer.parameterization == "ntk":
-        return layer.W_std / np.sqrt(fan_in), (0.0 if layer.b_std is None else layer.b_std)
-    return 1.0, 1.0
 
 
 def _forward(layers, params, x):
@@ -211,7 +206,7 @@ def _forward(layers, params, x):
         inputs.append(h)
         if isinstance(layer, Dense):
             W, b = p
-            c, s = _coefs(layer, W.shape[-2])
+            c, s = layer.coefs(W.shape[-2])
             h = h @ W                          # a new array: scaled in place
             if c != 1.0:
                 h *= c
@@ -239,7 +234,7 @@ def _backward(layers, params, inputs, delta, visit, extra, key=()):
         layer, h = layers[i], inputs[i]
         if isinstance(layer, Dense):
             W, _ = params[i]
-            c, s = _coefs(layer, W.shape[-2])
+            c, s = layer.coefs(W.shape[-2])
             visit(key + (i,), layer, c, s, h, delta)
             if i > stop or key:
                 delta = _times_wt(delta, W, c, extra)
@@ -294,7 +289,7 @@ def _ntk(layers, params, k, inputs, split=None, mode="trace"):
     (..., N1, N2, k) for ``"diagonal"``.  Each Dense layer's contribution is
     added as soon as its signals are known: memory does not grow with depth."""
     lead = inputs[0].shape[:-1]
-    widths = [inputs[0].shape[-1], k] + [l.out_dim for l in _dense_layers(layers)]
+    widths = [inputs[0].shape[-1], k] + [l.width for l in _dense_layers(layers)]
     per_channel = np.prod(lead) * max(widths)
     # untraced kernels pair every channel of x1 with every channel of x2: one chunk
     chunk = int(max(1, min(k, _MAX_ENTRIES // max(per_channel, 1)))) if mode == "trace" else k
@@ -455,7 +450,7 @@ def _forward_jvp(layers, params, tangents, h, dh):
     for layer, p, dp in zip(layers, params, tangents):
         if isinstance(layer, Dense):
             (W, b), (dW, db) = p, dp
-            c, s = _coefs(layer, W.shape[-2])
+            c, s = layer.coefs(W.shape[-2])
             h, dh = c * (h @ W), c * (dh @ W + h @ dW)
             if b is not None:
                 h, dh = h + s * b, dh + s * db
@@ -631,7 +626,7 @@ def _auto_batch(net, n1, n2, d, mode="trace"):
     """Networks per batch keeping temporaries near ``_MAX_ENTRIES`` doubles:
     parameters, activations, back-propagated signals (all k channels at once
     when untraced, see ``_ntk``) and the kernels in the layout of ``mode``."""
-    widths = [d] + [layer.out_dim for layer in _dense_layers(net.layers)]
+    widths = [d] + [layer.width for layer in _dense_layers(net.layers)]
     k = max(widths) if _branched(net) else widths[-1]   # (an upper bound with branches)
     n_params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     channels = min(k, 64) if mode == "trace" else k

@@ -115,10 +115,14 @@ class Dense(Layer):
     ``"standard"`` (Sohl-Dickstein et al. 2020): W ~ N(0, W_std²/n), b ~ N(0, b_std²);
     same Σ', and Θ' = n Σ + W_std² Θ + [b_std is not None], where n is the
     layer's fan-in (the input dimension, or the previous ``Dense``'s out_dim).
-    ``b_std=None`` means no bias.  ``batch_axis``, ``channel_axis`` and ``s``
-    are accepted for porting at their defaults (vector inputs: (N, d)); the
-    fields are in neural-tangents' order, and ``Dense(n, W_std, b_std,
-    "standard")`` also reads the fourth argument as the parameterization.
+    ``b_std=None`` means no bias.  ``s = (s0, s1)`` (standard
+    parameterization only, as in neural-tangents) scales the finite widths:
+    W is (s0·n, s1·out_dim) and y = W h/√s0 + b, with n = (input width)/s0 in
+    the NTK, so that consistent scalings (s0 = the previous layer's s1) leave
+    the kernels unchanged.  ``batch_axis`` and ``channel_axis`` are accepted
+    for porting at their defaults (vector inputs: (N, d)); the fields are in
+    neural-tangents' order, and ``Dense(n, W_std, b_std, "standard")`` also
+    reads the fourth argument as the parameterization.
     """
     out_dim: int
     W_std: float = 1.0
@@ -130,7 +134,8 @@ class Dense(Layer):
 
     def __repr__(self):
         par = "" if self.parameterization == "ntk" else ", parameterization='standard'"
-        return f"Dense({self.out_dim}, W_std={self.W_std:g}, b_std={self.b_std}{par})"
+        scaled = "" if self.s == (1, 1) else f", s={self.s}"
+        return f"Dense({self.out_dim}, W_std={self.W_std:g}, b_std={self.b_std}{par}{scaled})"
 
     def __post_init__(self):
         if isinstance(self.out_dim, bool) or not isinstance(self.out_dim, (int, np.integer)):
@@ -144,15 +149,35 @@ class Dense(Layer):
             # place of batch_axis (no axis is a string), as earlier versions took it
             object.__setattr__(self, "parameterization", self.batch_axis)
             object.__setattr__(self, "batch_axis", 0)
-        if (self.batch_axis, self.channel_axis) not in ((0, -1), (0, 1)) or tuple(self.s) != (1, 1):
-            raise ValueError("Dense: only batch_axis=0, channel_axis=-1 and s=(1, 1) apply to "
-                             f"vector inputs (N, d), got batch_axis={self.batch_axis!r}, "
-                             f"channel_axis={self.channel_axis!r}, s={self.s!r}")
+        if (self.batch_axis, self.channel_axis) not in ((0, -1), (0, 1)):
+            raise ValueError("Dense: only batch_axis=0 and channel_axis=-1 apply to vector "
+                             f"inputs (N, d), got batch_axis={self.batch_axis!r}, "
+                             f"channel_axis={self.channel_axis!r}")
         par = str(self.parameterization).lower()
         if par not in ("ntk", "standard"):
             raise ValueError("Dense: parameterization must be 'ntk' or 'standard', "
                              f"got {self.parameterization!r}")
         object.__setattr__(self, "parameterization", par)
+        try:
+            scales = tuple(self.s)
+        except TypeError:
+            scales = ()
+        if len(scales) != 2 or not all(isinstance(v, (int, np.integer)) and
+                                       not isinstance(v, bool) and v >= 1 for v in scales):
+            raise ValueError(f"Dense: s must be a pair of positive integers (width scalings), "
+                             f"got {self.s!r}")
+        object.__setattr__(self, "s", tuple(int(v) for v in scales))
+
+    @property
+    def width(self):
+        """The finite layer's number of outputs: s1·out_dim (standard), out_dim (ntk)."""
+        return self.out_dim * (self.s[1] if self.parameterization == "standard" else 1)
+
+    def coefs(self, in_width):
+        """(c, s) of the finite layer y = c·hW + s·b for inputs of ``in_width``."""
+        if self.parameterization == "ntk":
+            return self.W_std / math.sqrt(in_width), (0.0 if self.b_std is None else self.b_std)
+        return 1.0 / math.sqrt(self.s[0]), 1.0
 
     def _emit(self, builder, state):
         w2 = self.W_std ** 2
@@ -164,31 +189,29 @@ class Dense(Layer):
                 f"{self!r} follows an infinite-feature input map, whose fan-in is infinite: "
                 "the standard parameterization's NTK diverges there; use "
                 "parameterization='ntk' for this layer or a finite number of features")
-        else:
-            coef = (float(state.width), 0.0, 0.0 if self.b_std is None else 1.0)
+        else:   # the fan-in n: the input width over the input scaling s0
+            coef = (state.width / self.s[0], 0.0, 0.0 if self.b_std is None else 1.0)
         state.born = state.last_dense = len(builder.ops)
         state.not_gaussian_because = None
         builder.emit(P.OP_DENSE, state.reg, params=(w2, b2) + coef)
-        state.gaussian, state.at_input, state.width = True, False, self.out_dim
+        state.gaussian, state.at_input, state.width = True, False, self.width
 
     def _init(self, rng, in_dim):
-        W = rng.standard_normal((in_dim, self.out_dim))
-        b = None if self.b_std is None else rng.standard_normal(self.out_dim)
+        W = rng.standard_normal((in_dim, self.width))
+        b = None if self.b_std is None else rng.standard_normal(self.width)
         if self.parameterization == "standard":
-            W *= self.W_std / math.sqrt(in_dim)
+            W *= self.W_std / math.sqrt(in_dim / self.s[0])
             b = None if b is None else b * self.b_std
-        return self.out_dim, (W, b)
+        return self.width, (W, b)
 
     def _apply(self, params, h):
         W, b = params
         if h.shape[-1] != W.shape[0]:
             raise ValueError(f"apply_fn: {self!r} receives {h.shape[-1]} features, its W "
                              f"has {W.shape[0]} rows (input_shape given to init_fn)")
-        if self.parameterization == "ntk":
-            out = (self.W_std / math.sqrt(h.shape[-1])) * (h @ W)
-            return out if b is None else out + self.b_std * b
-        out = h @ W
-        return out if b is None else out + b
+        c, s = self.coefs(h.shape[-1])
+        out = h @ W if c == 1.0 else c * (h @ W)
+        return out if b is None else out + s * b
 
 
 class InputMap(Layer):

@@ -1100,11 +1100,11 @@ def _jet_kernel(net, x1, x2, g1, g2, I, J, names, cache, eta=0.0):
             if layer.parameterization == "ntk":
                 th = new12 + w2 * th
             else:
-                th = width * q12 + w2 * th
+                th = (width / layer.s[0]) * q12 + w2 * th
                 if layer.b_std is not None:
                     th[0, 0] += 1.0
             q12, q1, q2 = new12, new1, new2
-            width = layer.out_dim
+            width = layer.width
         elif isinstance(layer, Activation):
             if isinstance(layer, NumericActivation):
                 k, kd = _dual_numeric(layer, q1, q12, q2, cache, (li, "x"), eta)
@@ -1293,8 +1293,8 @@ def _forward_jets(net, params, x, groups):
             h = layer.a * h
         elif isinstance(layer, Dense):
             Wm, b = p
-            c = layer.W_std / math.sqrt(h.shape[-1]) if layer.parameterization == "ntk" else 1.0
-            s = (layer.b_std if layer.parameterization == "ntk" else 1.0) if b is not None else 0.0
+            c, s = layer.coefs(h.shape[-1])
+            s = s if b is not None else 0.0
             tape.append(("dense", layer, h, c, s, Wm))
             h = c * (h @ Wm)
             if b is not None:

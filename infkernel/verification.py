@@ -217,7 +217,7 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     nets = {w: with_width(net, w) for w in sorted(set(widths) | set(train_widths))}
     for w in nets.values():
         E._check_layers(w)
-    k_out = [L for L in net.layers if isinstance(L, Dense)][-1].out_dim
+    k_out = [L for L in net.layers if isinstance(L, Dense)][-1].width
     if y is None:
         y = _default_targets(x, k_out, seed)
     y = np.asarray(y, dtype=np.float64)

@@ -206,6 +206,8 @@ def test_empty_and_integer_inputs():
     (lambda: NET.diag(X1[0]), ValueError, "x must be 2-D"),
     (lambda: ik.Dense(3, W_std=1e200), ValueError, "Dense: W_std must be at most 1e+150"),
     (lambda: ik.Dense(3, channel_axis=0), ValueError, "channel_axis"),
+    (lambda: ik.Dense(3, s=(0, 1)), ValueError, "s must be a pair of positive integers"),
+    (lambda: ik.Dense(3, s=2), ValueError, "s must be a pair of positive integers (width scalings), got 2"),
     (lambda: NET.init_fn(0, 4), TypeError, "input_shape must be a tuple"),
     (lambda: NET.apply_fn(NET.init_fn(0, (-1, 3))[1], X1), ValueError, "receives 4 features"),
 ])
@@ -275,7 +277,7 @@ def test_neural_tangents_positional_dense_and_stax_triples():
     assert ik.stax.Dense(8, 1.5, 0.05, 0, -1, "standard") == ref
     assert ik.Dense(8, 1.5, 0.05, "standard") == ref
     assert ik.Dense(8, 1.5, 0.05, 0) == ik.Dense(8, W_std=1.5, b_std=0.05)
-    with pytest.raises(ValueError, match="batch_axis=0, channel_axis=-1"):
+    with pytest.raises(ValueError, match="batch_axis=0 and channel_axis=-1"):
         ik.Dense(8, 1.5, 0.05, 1)
     body = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Erf())
     x = np.random.default_rng(0).standard_normal((4, 3))

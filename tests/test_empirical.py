@@ -40,8 +40,8 @@ def jacobian(net, params, x):
             n_in, n_out = W.shape
             if layer.parameterization == "ntk":
                 c, s = layer.W_std / np.sqrt(n_in), (layer.b_std or 0.0)
-            else:
-                c, s = 1.0, 1.0
+            else:     # neural-tangents: y = W h/√s0 + b
+                c, s = 1.0 / np.sqrt(layer.s[0]), 1.0
             tz = c * (t @ W)
             o = offset[(i, "W")]
             for a in range(n_in):
@@ -170,6 +170,50 @@ def test_reference_jacobian_is_the_derivative_of_apply_fn():
     # the same parameter order: layer by layer, W before b
     np.testing.assert_allclose(jacobian(net, params, x), _fd_jacobian(net, params, x),
                                atol=1e-8)
+
+
+SCALED = [((1, 2), (2, 3), (3, 1)), ((1, 2), (1, 1), (2, 2))]
+
+
+@pytest.mark.parametrize("scales", SCALED, ids=["consistent", "inconsistent"])
+def test_width_scalings_s(scales):
+    """Dense(..., "standard", s=(s0, s1)) as in neural-tangents: W is
+    (s0·n, s1·out_dim) and y = W h/√s0 + b.  The empirical NTK equals the
+    explicit Jacobian's (the reference is checked against central differences
+    of apply_fn here too); consistent scalings (s0 = the previous s1) leave
+    the analytic kernels exactly as with s = (1, 1)."""
+    def net_with(ss):
+        return ik.serial(ik.Dense(6, 1.3, 0.1, "standard", s=ss[0]), ik.Relu(),
+                         ik.Dense(4, 1.1, 0.2, "standard", s=ss[1]), ik.Erf(),
+                         ik.Dense(1, 1.0, None, "standard", s=ss[2]))
+    net = net_with(scales)
+    rng = np.random.default_rng(4)
+    x1, x2 = rng.normal(size=(3, 2)), rng.normal(size=(2, 2))
+    _, params = net.init_fn(rng, (-1, 2))
+    assert params[0][0].shape == (2, 6 * scales[0][1])
+    assert params[4][0].shape == (4 * scales[1][1], scales[2][1])
+    np.testing.assert_allclose(jacobian(net, params, x1), _fd_jacobian(net, params, x1),
+                               atol=1e-8)
+    ref = ntk_reference(net, params, x1, x2, "full")
+    got = ik.empirical_ntk_fn(net, trace_axes=())(x1, x2, params)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+    plain = net_with([(1, 1)] * 3).kernel(x1, x2)
+    k = net.kernel(x1, x2)
+    if scales == SCALED[0]:
+        assert np.array_equal(k.nngp, plain.nngp) and np.array_equal(k.ntk, plain.ntk)
+    else:   # the NTK's fan-ins change: the last layer sees 4·1/2 = 2, not 4
+        assert np.array_equal(k.nngp, plain.nngp) and not np.allclose(k.ntk, plain.ntk)
+
+
+@pytest.mark.parametrize("s_last", [(1, 1), (3, 1)])
+def test_width_scalings_monte_carlo(s_last, points):
+    """One hidden layer of 3·5 units (s1 = 3): the standard-parameterization
+    kernels are unbiased at any width, so the Monte Carlo mean matches the
+    analytic kernel (fan-in 15/s0 in the NTK) within K_SE s.e."""
+    net = ik.serial(ik.Dense(5, 1.2, 0.3, "standard", s=(1, 3)), ik.Erf(),
+                    ik.Dense(1, 1.1, 0.2, "standard", s=s_last))
+    mc = E.monte_carlo_kernel_fn(net, 4000, seed=5)(points)
+    _assert_within(mc, net.kernel(points, points), f"s_last={s_last}")
 
 
 def test_output_chunking_gives_the_same_kernel(monkeypatch):
