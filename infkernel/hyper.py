@@ -39,6 +39,12 @@ Erf(0.5, 1/2.402…, 0.5); ``parameter_names`` lists them as
 (Monomial, RectifiedMonomial) and parameter-free Gelu / Sign get no slot;
 numeric (quadrature) activations have no derivative rule here.
 
+Dense layers inside ``parallel`` branches (``Residual``, ``MscaleDNN2``, …)
+are hyperparameters like the others, ordered depth-first in branch order
+(:func:`dense_layers`); such networks, and networks with input maps or
+``Scale``, get their W_std / b_std derivatives by Richardson-extrapolated
+central differences of the kernel (no activation slots).
+
 The log marginal likelihood of y (N, C) under GP(0, K), K = Σ + σ²I, and its
 gradient (Rasmussen & Williams 2006, eqs. 2.30, 5.9):
 
@@ -53,9 +59,10 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from . import _program as P
-from ._checks import KernelRangeError, real
+from ._checks import KernelRangeError, flag, real
 from ._duals import _RHO_ONE
 from .activations import Activation
+from .combinators import parallel
 from .layers import Dense, Dropout, ExpNormalized, Flatten, Identity, LayerNorm, Network
 
 __all__ = ["kernel_and_grad", "log_marginal_likelihood", "fit_hyperparameters",
@@ -541,18 +548,22 @@ def parameter_names(net, shared=True, activation_params=False):
 
     Dense parameters come first: ["W_std", "b_std"] when shared, else
     "layer i Dense.W_std" for every Dense layer then "layer i Dense.b_std"
-    (i the 0-based index in ``net.layers``).  With ``activation_params`` they
-    are followed by "layer i <Name>.<param>" for each differentiable
-    parameter of each activation layer, named as stored: Relu, LeakyRelu and
-    Abs are ABRelu(a, b); Cos(a, b, c) is Sin(a, b, c + π/2); Sigmoid_like
-    is Erf(a, b, c).
+    (i the 0-based index in ``net.layers``; "layer i branch b layer j" for
+    layer j of branch b of the ``parallel`` layer i), in the order of
+    :func:`dense_layers`.  With ``activation_params`` they are followed by
+    "layer i <Name>.<param>" for each differentiable parameter of each
+    activation layer, named as stored: Relu, LeakyRelu and Abs are
+    ABRelu(a, b); Cos(a, b, c) is Sin(a, b, c + π/2); Sigmoid_like is
+    Erf(a, b, c).
     """
-    idx = dense_layers(net)
+    shared = flag("shared", shared)
+    if flag("activation_params", activation_params):
+        _check_activation_params(net)
     if shared:
         names = ["W_std", "b_std"]
     else:
-        names = ([f"layer {i} Dense.W_std" for i in idx]
-                 + [f"layer {i} Dense.b_std" for i in idx])
+        where = [_path_name(p) for p in dense_layers(net)]
+        names = [f"{w} Dense.W_std" for w in where] + [f"{w} Dense.b_std" for w in where]
     if activation_params:
         names += [f"layer {i} {net.layers[i].name}.{pn}" for i in activation_layers(net)
                   for pn in _act_param_names(net.layers[i])]
@@ -564,31 +575,105 @@ def parameter_names(net, shared=True, activation_params=False):
 # ---------------------------------------------------------------------------
 
 def dense_layers(net):
-    """Indices of the Dense layers of a serial network."""
-    return [i for i, l in enumerate(net.layers) if isinstance(l, Dense)]
+    """Positions of the Dense layers of ``net``, depth-first through
+    ``parallel`` branches in branch order: i for ``net.layers[i]``, and
+    (i, b, j) for layer j of branch b of the parallel layer ``net.layers[i]``
+    (deeper branches append further (b, j) pairs).  Per-layer W_std / b_std
+    values and gradients follow this order."""
+    def walk(layers, prefix):
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Dense):
+                yield prefix + (i,)
+            elif isinstance(layer, parallel):
+                for b, branch in enumerate(layer.branches):
+                    yield from walk(branch, prefix + (i, b))
+    return [p[0] if len(p) == 1 else p for p in walk(net.layers, ())]
+
+
+def _dense(net):
+    """The Dense layers of ``net`` in the order of :func:`dense_layers`."""
+    out = []
+    _map_dense(net.layers, lambda l: out.append(l) or l)
+    return out
+
+
+def _map_dense(layers, fn):
+    """``layers`` with every Dense layer replaced by ``fn(layer)``, called in
+    the order of :func:`dense_layers`."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, Dense):
+            layer = fn(layer)
+        elif isinstance(layer, parallel):
+            branches = [_map_dense(b, fn) for b in layer.branches]
+            layer = parallel(*(b[0] if len(b) == 1 else Network(b) for b in branches))
+        out.append(layer)
+    return out
+
+
+def _path_name(path):
+    """"layer i" or "layer i branch b layer j" for a :func:`dense_layers` entry."""
+    path = (path,) if isinstance(path, (int, np.integer)) else path
+    return f"layer {path[0]}" + "".join(f" branch {b} layer {j}"
+                                       for b, j in zip(path[1::2], path[2::2]))
 
 
 def with_hyperparameters(net, W_std, b_std):
-    """A copy of ``net`` whose Dense layers get W_std / b_std (scalars shared
-    by all Dense layers, or one value per Dense layer)."""
-    idx = dense_layers(net)
-    W, B = (_per_layer(name, v, len(idx)) for name, v in (("W_std", W_std), ("b_std", b_std)))
-    layers = list(net.layers)
-    for j, i in enumerate(idx):
-        layers[i] = dataclasses.replace(layers[i], W_std=float(W[j]), b_std=float(B[j]))
-    return Network(layers)
+    """A copy of ``net`` whose Dense layers, those inside ``parallel``
+    branches included, get W_std / b_std: scalars shared by all Dense layers,
+    or one value per Dense layer in the order of :func:`dense_layers`.
+    ``b_std=None`` (or a None entry) means no bias, as in ``Dense``; a number,
+    0 included, gives the layer a bias (in the standard parameterization a
+    bias of std 0 still adds 1 per layer to the NTK)."""
+    n = len(dense_layers(net))
+    values = iter(zip(_per_layer("W_std", W_std, n),
+                      _per_layer("b_std", b_std, n, allow_none=True)))
+
+    def replace(layer):
+        w, b = next(values)
+        return dataclasses.replace(layer, W_std=w, b_std=b)
+    return Network(_map_dense(net.layers, replace))
 
 
-def _per_layer(name, value, n):
-    """One float per Dense layer from a scalar or a length-n sequence."""
-    message = (f"{name} must be a number >= 0 or one per Dense layer ({n}), got {value!r}"
-               + (" (use 0 for no bias)" if value is None else ""))
-    if value is None:
-        raise ValueError(message)
-    try:
-        return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
-    except (TypeError, ValueError):
-        raise ValueError(message) from None
+def _per_layer(name, value, n, allow_none=False):
+    """n values (floats >= 0, or None when ``allow_none``) from a scalar, a
+    length-1 or a length-n sequence, or an error naming ``name``."""
+    a = np.asarray(value, dtype=object) if value is not None else np.asarray(None)
+    if a.ndim > 1 or (a.ndim == 1 and a.size not in (1, n)):
+        raise ValueError(f"{name} must be a number >= 0 or one per Dense layer ({n}), "
+                         f"got {value!r}")
+    out = []
+    for i, v in enumerate(a.ravel()):
+        where = name if a.ndim == 0 else f"{name}[{i}]"
+        if v is None:
+            if not allow_none:
+                raise ValueError(f"{where} must be a number >= 0, got None")
+            out.append(None)
+        else:
+            out.append(real(where, v, lower=0, squared=True))
+    return out * n if len(out) == 1 else out
+
+
+#: layers that the forward-mode recursion of :func:`kernel_and_grad` handles
+_FORWARD = (Dense, Activation, LayerNorm, ExpNormalized, Dropout, Identity, Flatten)
+
+
+def _check_activation_params(net):
+    """Activation parameters are differentiated only in serial networks of
+    closed-form activations: else a ValueError naming the first layer that
+    is not supported."""
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, Activation) and layer.kind == P.K_NUMERIC:
+            raise ValueError(
+                f"{layer!r} has no closed-form dual: activation parameters are "
+                "differentiated only in networks of closed-form activations (pass "
+                "activation_params=False to differentiate W_std and b_std)")
+        if not isinstance(layer, _FORWARD):
+            raise ValueError(
+                f"net.layers[{i}] is {layer!r}: activation parameters are differentiated "
+                "only in serial networks (Dense, activation, LayerNorm, ExpNormalized, "
+                "Dropout, Identity, Flatten layers); pass activation_params=False to "
+                "differentiate W_std and b_std")
 
 
 def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
@@ -597,8 +682,11 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
 
     Returns ``(K, dK)``, K (N, N) and dK (P, N, N): with ``shared=True``
     P = 2 (d/dW_std, d/db_std of a value shared by all Dense layers, i.e. the
-    sum over layers); otherwise P = 2L ordered [W_std_1..L, b_std_1..L].  A
-    layer with ``b_std=None`` is differentiated as if b_std = 0.
+    sum over layers); otherwise P = 2L ordered [W_std_1..L, b_std_1..L], the
+    L Dense layers in the order of :func:`dense_layers` (through ``parallel``
+    branches).  A layer with ``b_std=None`` has no bias and stays so: its
+    b_std slot is 0 (the derivative at b_std = 0; the kernel depends on
+    b_std²).
 
     With ``activation_params=True``, dK gets one more slot per differentiable
     continuous parameter of each activation layer (one per layer, never
@@ -606,8 +694,10 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     and names.  Integer degrees (Monomial, RectifiedMonomial) and
     parameter-free activations (Gelu, Sign) contribute no slot; numerically
     integrated activations (kind K_NUMERIC) have no closed-form dual to
-    differentiate: networks with them get W_std / b_std derivatives by
-    Richardson-extrapolated central differences of the kernel
+    differentiate: networks with them, and networks with layers other than
+    Dense, activations, LayerNorm, ExpNormalized, Dropout, Identity and
+    Flatten (``parallel`` branches, ``Scale``, input maps), get W_std / b_std
+    derivatives by Richardson-extrapolated central differences of the kernel
     (:func:`_kernel_grad_by_differences`), and no activation slots.
     """
     from .kernel import check_inputs
@@ -615,18 +705,16 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
         raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
-    numeric = [l for l in net.layers if isinstance(l, Activation) and l.kind == P.K_NUMERIC]
-    if numeric and activation_params:
-        raise ValueError(
-            f"{numeric[0]!r} has no closed-form dual: activation parameters are "
-            "differentiated only in networks of closed-form activations (pass "
-            "activation_params=False to differentiate W_std and b_std)")
+    shared = flag("shared", shared)
+    if flag("activation_params", activation_params):
+        _check_activation_params(net)
     x = check_inputs(x, "x")
     n, d = x.shape
     L = len(dense_layers(net))
     if L == 0:
         raise ValueError("net has no Dense layer: nothing to differentiate")
-    if numeric:
+    if not all(isinstance(l, _FORWARD) and getattr(l, "kind", None) != P.K_NUMERIC
+               for l in net.layers):
         return _kernel_grad_by_differences(net, x, get, shared)
     act_slot, M = {}, 0
     if activation_params:
@@ -648,7 +736,7 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             if layer.parameterization == "ntk":
                 c_old, c_new, c_one = 0.0, 1.0, 0.0
             else:
-                c_old, c_new, c_one = float(width), 0.0, 0.0 if layer.b_std is None else 1.0
+                c_old, c_new, c_one = width / layer.s[0], 0.0, 0.0 if layer.b_std is None else 1.0
             Qn = w2 * Q + b2
             dQn = w2 * dQ
             dQn[j] += Q                     # ∂/∂w2
@@ -661,7 +749,7 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             dv[L + j] += 1.0
             v = w2 * v + b2
             Q, dQ = Qn, dQn
-            width, gaussian = layer.out_dim, True
+            width, gaussian = layer.width, True
             j += 1
         elif isinstance(layer, (Activation, LayerNorm, ExpNormalized)):
             if not gaussian:
@@ -719,10 +807,9 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
                                       "ExpNormalized / Dropout / Identity networks only)")
     K, dK = (Q, dQ) if get == "nngp" else (TH, dTH)
     # chain rule: d/dW_std = 2 W_std d/dw2, d/db_std = 2 b_std d/db2
-    idx = dense_layers(net)
-    ws = np.array([net.layers[i].W_std for i in idx])
-    bs = np.array([0.0 if net.layers[i].b_std is None else net.layers[i].b_std
-                   for i in idx])
+    dense = _dense(net)
+    ws = np.array([l.W_std for l in dense])
+    bs = np.array([0.0 if l.b_std is None else l.b_std for l in dense])
     scale = np.concatenate([2.0 * ws, 2.0 * bs, np.ones(M)])
     dK = dK * scale[:, None, None]
     if shared:
@@ -737,24 +824,24 @@ def _kernel_grad_by_differences(net, x, get, shared):
     1e-10 amplified to ≲ 1e-7 of the kernel's scale.  The kernel depends on
     W_std², b_std² (steps below 0 are mirrored); ``b_std=None`` layers keep no
     bias, their slots are 0 (∂/∂b at b = 0 of an even function)."""
-    idx = dense_layers(net)
-    L = len(idx)
-    theta = np.array([net.layers[i].W_std for i in idx]
-                     + [0.0 if net.layers[i].b_std is None else net.layers[i].b_std
-                        for i in idx])
+    dense = _dense(net)
+    L = len(dense)
+    biased = [l.b_std is not None for l in dense]
+    theta = np.array([l.W_std for l in dense]
+                     + [0.0 if l.b_std is None else l.b_std for l in dense])
 
     def kernel(t):
-        layers = list(net.layers)
-        for j, i in enumerate(idx):
-            b = layers[i].b_std
-            layers[i] = dataclasses.replace(layers[i], W_std=abs(float(t[j])),
-                                            b_std=None if b is None else abs(float(t[L + j])))
-        return np.asarray(Network(layers).kernel(x, None, get), dtype=np.float64)
+        t = np.abs(t)
+        m = with_hyperparameters(net, t[:L], [b if h else None for b, h in zip(t[L:], biased)])
+        return np.asarray(m.kernel(x, None, get), dtype=np.float64)
 
     blocks = ([np.r_[np.ones(L), np.zeros(L)], np.r_[np.zeros(L), np.ones(L)]] if shared
               else list(np.eye(2 * L)))
     dK = np.empty((len(blocks),) + (x.shape[0],) * 2)
     for m, e in enumerate(blocks):
+        if not (e[:L].any() or e[L:][biased].any()):
+            dK[m] = 0.0             # b_std of bias-free layers only
+            continue
         h = 1e-3 * (np.abs(theta[e > 0]).mean() + 1e-3)
 
         def diff(step):
@@ -801,9 +888,10 @@ def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
     y = _check_y(y, None, "y")
     if y.shape[0] != np.asarray(x).shape[0]:
         raise ValueError(f"y has {y.shape[0]} rows but x has {np.asarray(x).shape[0]}")
-    if not (isinstance(noise, (int, float, np.floating)) and noise >= 0):
-        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
-    if eval_gradient:
+    noise = real("noise", noise, lower=0)
+    shared = flag("shared", shared)
+    activation_params = flag("activation_params", activation_params)
+    if flag("eval_gradient", eval_gradient):
         K, dK = kernel_and_grad(net, x, get, shared, activation_params)
     else:
         K, dK = np.asarray(net.kernel(x, None, get)), None
@@ -820,6 +908,12 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
     layer) and the noise variance, with L-BFGS-B in log space using the
     analytic gradient.
 
+    Every Dense layer is fitted, those inside ``parallel`` branches included
+    (:func:`dense_layers`).  Bias-free layers (``b_std=None``) stay bias-free:
+    b_std is fitted only for the layers that have a bias (with ``shared``, one
+    value for all of them; none when no layer has one).  A layer with
+    ``b_std=0`` has a bias and starts from ``b_bounds[0]``.
+
     With ``activation_params=True`` the differentiable activation parameters
     (one set per activation layer, see :func:`parameter_names`) are optimised
     too, in linear space and unbounded except Rbf's gamma (>= 0, as the
@@ -832,6 +926,9 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
     from .predict import _check_y
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
+    shared, fit_noise = flag("shared", shared), flag("fit_noise", fit_noise)
+    if flag("activation_params", activation_params):
+        _check_activation_params(net)
     x = check_inputs(x, "x")
     if len(x) == 0:
         raise ValueError("x has no rows: nothing to fit")
@@ -841,37 +938,44 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
     noise = real("noise", noise, lower=0, strict=fit_noise)
     if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
         raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
-    idx = dense_layers(net)
-    L = len(idx)
+    dense = _dense(net)
+    L = len(dense)
     if L == 0:
         raise ValueError("net has no Dense layer: nothing to fit")
-    W0 = np.clip([net.layers[i].W_std for i in idx], *W_bounds)
-    B0 = np.clip([net.layers[i].b_std or 0.0 for i in idx], *b_bounds)
+    biased = np.array([l.b_std is not None for l in dense])
+    W0 = np.clip([l.W_std for l in dense], *W_bounds)
+    B0 = np.clip([l.b_std for l in dense if l.b_std is not None], *b_bounds)
     noise0 = min(max(noise, noise_bounds[0]), noise_bounds[1]) if fit_noise else noise
     if shared:
         W0, B0 = W0[:1], B0[:1]
-    nW = W0.size
+    nW, nB = W0.size, B0.size
+    # the entries of log_marginal_likelihood's gradient that theta holds
+    # (the b_std slots of bias-free layers are left out)
+    kept = np.r_[np.ones(nW, bool), biased.any() if shared else biased]
     A0 = activation_parameters(net) if activation_params else np.zeros(0)
     nA = A0.size
     a_bounds = [((0.0, None) if net.layers[i].kind == P.K_RBF else (None, None))
                 for i in (activation_layers(net) if activation_params else [])
                 for _ in _act_param_names(net.layers[i])]
+    kept = np.r_[kept, np.ones(nA, bool), fit_noise]
     # layout of theta: [log W, log b, activation params (linear), log noise]
     theta0 = np.concatenate([np.log(W0), np.log(B0), A0]
                             + ([np.log([noise0])] if fit_noise else []))
-    bounds = ([tuple(np.log(W_bounds))] * nW + [tuple(np.log(b_bounds))] * nW + a_bounds
+    bounds = ([tuple(np.log(W_bounds))] * nW + [tuple(np.log(b_bounds))] * nB + a_bounds
               + ([tuple(np.log(noise_bounds))] if fit_noise else []))
     logged = np.ones(theta0.size, bool)
-    logged[2 * nW:2 * nW + nA] = False
+    logged[nW + nB:nW + nB + nA] = False
 
     def unpack(th):
         e = np.where(logged, np.exp(np.where(logged, th, 0.0)), th)
-        return (e[:nW], e[nW:2 * nW], e[2 * nW:2 * nW + nA],
-                (e[2 * nW + nA] if fit_noise else noise))
+        return (e[:nW], e[nW:nW + nB], e[nW + nB:nW + nB + nA],
+                (e[nW + nB + nA] if fit_noise else noise))
 
     def build(th):
         W, B, Aa, nz = unpack(th)
-        m = with_hyperparameters(net, W if not shared else W[0], B if not shared else B[0])
+        B = iter(np.repeat(B, L) if shared else B)
+        m = with_hyperparameters(net, W[0] if shared else W,
+                                 [next(B) if h else None for h in biased])
         if nA:
             m = with_activation_parameters(m, Aa)
         return m, nz
@@ -902,7 +1006,7 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
             return infeasible(th)
         if not (np.isfinite(lml) and np.all(np.isfinite(g))):
             return infeasible(th)
-        g = g if fit_noise else g[:-1]
+        g = g[kept]
         chain = np.where(logged, np.exp(np.where(logged, th, 0.0)), 1.0)
         feasible.append((th.copy(), -lml))
         return -lml, -g * chain

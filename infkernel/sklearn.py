@@ -22,7 +22,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import predict as _predict
 from ._checks import KernelRangeError, flag, real
 from .activations import ACTIVATIONS, Activation
-from .hyper import kernel_and_grad, with_hyperparameters
+from .hyper import dense_layers, kernel_and_grad, with_hyperparameters
+from .kernel import check_inputs
 from .layers import Dense, Network, serial
 
 __all__ = ["NetworkKernel", "NNGPRegressor", "NTKRegressor", "make_network"]
@@ -49,7 +50,8 @@ def make_network(depth=2, activation="relu", W_std=1.0, b_std=0.1):
 
 def _with_stds(net, W_std, b_std):
     """``with_hyperparameters(net, W_std, b_std)`` after checking that each is a
-    real number >= 0 or one per Dense layer (no strings or booleans)."""
+    real number >= 0 or one per Dense layer (no strings or booleans); b_std
+    (or an entry) may be None: no bias."""
     n = _n_dense(net)
     for name, value in (("W_std", W_std), ("b_std", b_std)):
         if _n_values(name, value) not in (1, n):
@@ -60,16 +62,40 @@ def _with_stds(net, W_std, b_std):
 
 def _n_values(name, value):
     """How many values ``value`` (a std: a scalar or a 1-D sequence of real
-    numbers >= 0) holds, or an error naming ``name``."""
-    if value is None:
-        raise ValueError(f"{name} must be a number >= 0 or one per Dense layer, got None"
-                         + (" (use 0 for no bias)" if name == "b_std" else ""))
-    a = np.asarray(value, dtype=object)
+    numbers >= 0; for b_std also None, no bias) holds, or an error naming
+    ``name``."""
+    a = np.asarray(value, dtype=object) if value is not None else np.asarray(None)
     if a.ndim > 1:
         raise ValueError(f"{name} must be a scalar or a 1-D sequence, got {value!r}")
     for i, v in enumerate(a.ravel()):
-        real(name if a.ndim == 0 else f"{name}[{i}]", v, lower=0, squared=True)
+        where = name if a.ndim == 0 else f"{name}[{i}]"
+        if v is None:
+            if name != "b_std":
+                raise ValueError(f"{where} must be a number >= 0, got None")
+        else:
+            real(where, v, lower=0, squared=True)
     return a.size
+
+
+def _hyperparameter(name, value, bounds):
+    """The sklearn ``Hyperparameter`` of W_std / b_std: its values are searched
+    in log space, so unless fixed they must be > 0 (a None b_std, no bias, is
+    fixed: there is nothing to optimise)."""
+    n = _n_values(name, value)
+    bounds = _bounds(f"{name}_bounds", bounds, n)
+    if value is None:
+        return Hyperparameter(name, "numeric", "fixed", n)
+    if bounds != "fixed":
+        for i, v in enumerate(np.asarray(value, dtype=object).ravel()):
+            where = name if np.ndim(value) == 0 else f"{name}[{i}]"
+            if v is None:
+                raise ValueError(f"{where} is None (no bias), which cannot be optimised: pass "
+                                 f"b_std_bounds='fixed', or a number for every Dense layer")
+            if v == 0:
+                raise ValueError(f"{where} is 0, which cannot be optimised (the search is over "
+                                 f"log({name})): pass {name}_bounds='fixed' to keep it at 0, "
+                                 f"or a value > 0")
+    return Hyperparameter(name, "numeric", bounds, n)
 
 
 def _bounds(name, bounds, n):
@@ -132,7 +158,16 @@ def _normalisation(y2, normalize):
 
 
 def _n_dense(net):
-    return sum(isinstance(l, Dense) for l in net.layers)
+    """The number of Dense layers, those inside ``parallel`` branches included."""
+    return len(dense_layers(net))
+
+
+def _rounded(value):
+    """``value`` rounded for a repr (None entries, no bias, as they are)."""
+    try:
+        return np.round(value, 4)
+    except TypeError:
+        return value
 
 
 class NetworkKernel(Kernel):
@@ -140,10 +175,16 @@ class NetworkKernel(Kernel):
 
     Args:
       network: an infkernel Network (default: 2 hidden ReLU layers).  Its
-        Dense layers' W_std / b_std are replaced by the hyperparameters.
+        Dense layers' W_std / b_std, those inside ``parallel`` branches
+        included, are replaced by the hyperparameters.
       W_std, b_std: scalars (shared by all Dense layers) or arrays with one
-        value per Dense layer.  Optimised in log space within the bounds
-        (``"fixed"`` to freeze).  Where an optimiser's trial values make the
+        value per Dense layer, in the order of ``infkernel.hyper.dense_layers``
+        (depth-first through branches).  Optimised in log space within the
+        bounds (``"fixed"`` to freeze; a value 0 must be fixed).
+        ``b_std=None`` (or a None entry, with ``b_std_bounds="fixed"``) means
+        no bias, as in ``Dense``: it differs from 0 in the standard
+        parameterization, whose NTK gets 1 per layer with a bias.  A None
+        b_std is fixed.  Where an optimiser's trial values make the
         kernel not computable (``KernelRangeError``: an overflowing variance,
         or one beyond a numerically integrated activation's range [0, 128]),
         the error names them; narrow the bounds so that the variances stay in
@@ -162,13 +203,11 @@ class NetworkKernel(Kernel):
 
     @property
     def hyperparameter_W_std(self):
-        n = _n_values("W_std", self.W_std)
-        return Hyperparameter("W_std", "numeric", _bounds("W_std_bounds", self.W_std_bounds, n), n)
+        return _hyperparameter("W_std", self.W_std, self.W_std_bounds)
 
     @property
     def hyperparameter_b_std(self):
-        n = _n_values("b_std", self.b_std)
-        return Hyperparameter("b_std", "numeric", _bounds("b_std_bounds", self.b_std_bounds, n), n)
+        return _hyperparameter("b_std", self.b_std, self.b_std_bounds)
 
     def _net(self):
         if self.get not in ("nngp", "ntk"):
@@ -181,10 +220,11 @@ class NetworkKernel(Kernel):
 
     def __call__(self, X, Y=None, eval_gradient=False):
         net = self._net()
-        X = np.asarray(X, dtype=np.float64)
-        if not eval_gradient:
-            return np.asarray(net.kernel(X, None if Y is None else np.asarray(Y, float),
-                                         self.get))
+        X = check_inputs(net._flatten(X), "X")
+        if Y is not None:
+            Y = check_inputs(net._flatten(Y), "Y", X.shape[1], like="X")
+        if not flag("eval_gradient", eval_gradient):
+            return np.asarray(net.kernel(X, Y, self.get))
         if Y is not None:
             raise ValueError("eval_gradient=True is only supported when Y is None")
         shared = np.size(self.W_std) == 1 and np.size(self.b_std) == 1
@@ -216,7 +256,8 @@ class NetworkKernel(Kernel):
         return K, np.moveaxis(g, 0, -1)
 
     def diag(self, X):
-        return np.asarray(self._net().diag(np.asarray(X, dtype=np.float64), self.get))
+        net = self._net()
+        return np.asarray(net.diag(check_inputs(net._flatten(X), "X"), self.get))
 
     def is_stationary(self):
         return False
@@ -234,8 +275,8 @@ class NetworkKernel(Kernel):
 
     def __repr__(self):
         net = "default" if self.network is None else repr(self.network)
-        return (f"NetworkKernel({self.get}, W_std={np.round(self.W_std, 4)}, "
-                f"b_std={np.round(self.b_std, 4)}, network={net})")
+        return (f"NetworkKernel({self.get}, W_std={_rounded(self.W_std)}, "
+                f"b_std={_rounded(self.b_std)}, network={net})")
 
 
 class _NetworkRegressor(RegressorMixin, BaseEstimator):
@@ -354,9 +395,12 @@ class NNGPRegressor(_NetworkRegressor):
 
     Args:
       depth, activation: the default network ``make_network(depth, activation)``.
-      W_std, b_std: weight / bias standard deviations of every Dense layer.
+      W_std, b_std: weight / bias standard deviations of every Dense layer
+        (scalars, or one per Dense layer as in :class:`NetworkKernel`);
+        ``b_std=None`` (or a None entry): no bias, as in ``Dense``.
       network: a custom infkernel Network (overrides depth / activation; its
-        Dense layers still get W_std / b_std).
+        Dense layers, those inside ``parallel`` branches included, still get
+        W_std / b_std).
       diag_reg: observation noise, relative to the mean kernel diagonal
         (absolute with ``diag_reg_absolute_scale``).
       normalize_y: fit to y centred and scaled by its training mean and

@@ -308,3 +308,138 @@ def test_fit_hyperparameters_with_a_numeric_activation():
     assert lml == pytest.approx(H.log_marginal_likelihood(fitted, x, y, noise), rel=1e-12)
     with pytest.raises(ValueError, match="Tanh\\(\\) has no closed-form dual: activation"):
         H.kernel_and_grad(net, x, activation_params=True)
+
+
+# ---------------------------------------------------------------------------
+# Dense layers inside parallel branches; bias-free layers; argument checks
+# ---------------------------------------------------------------------------
+
+def _residual(w=(1.0, 1.0, 1.0), b=(None, None, None), par="ntk"):
+    return ik.serial(ik.Dense(4, w[0], b[0], par),
+                     ik.Residual(ik.serial(ik.Relu(), ik.Dense(4, w[1], b[1], par))),
+                     ik.Relu(), ik.Dense(1, w[2], b[2], par))
+
+
+def test_with_hyperparameters_reaches_dense_layers_in_branches(x):
+    """Every Dense layer, inside parallel branches too, gets the values: the
+    kernels of the networks built by hand; per-layer values go depth-first in
+    branch order (``dense_layers``)."""
+    net = _residual()
+    assert H.dense_layers(net) == [0, (2, 1, 1), 5]
+    assert H.parameter_names(net, shared=False)[:3] == [
+        "layer 0 Dense.W_std", "layer 2 branch 1 layer 1 Dense.W_std", "layer 5 Dense.W_std"]
+    for W, B in ((2.0, 0.5), ([1.1, 1.2, 1.3], [0.1, None, 0.3])):
+        got = H.with_hyperparameters(net, W, B).kernel(x)
+        want = _residual(np.broadcast_to(W, 3), np.broadcast_to(np.asarray(B, object), 3))
+        want = want.kernel(x)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    ms = ik.MscaleDNN2([1, 2], hidden=(8,))
+    assert len(H.dense_layers(ms)) == 4
+    np.testing.assert_array_equal(
+        H.with_hyperparameters(ms, 1.7, 0.4).kernel(x, None, "ntk"),
+        ik.MscaleDNN2([1, 2], hidden=(8,), W_std=1.7, b_std=0.4).kernel(x, None, "ntk"))
+    with pytest.raises(ValueError, match="W_std must be a number >= 0 or one per Dense layer "
+                                         "\\(3\\), got \\[1.0, 2.0\\]"):
+        H.with_hyperparameters(net, [1.0, 2.0], 0.1)
+
+
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+def test_gradient_through_branches(par, x):
+    """A network inside a one-branch parallel block has the kernel of the
+    serial one, and its gradients (by differences of the kernel) match the
+    serial network's forward mode; a residual network's match central
+    differences."""
+    body = [ik.Dense(8, 1.3, 0.2, par), ik.Erf(), ik.Dense(8, 0.9, None, par), ik.Gelu(),
+            ik.Dense(1, 1.1, 0.3, par)]
+    branched = ik.serial(ik.FanOut(1), ik.parallel(ik.serial(*body)), ik.FanInSum())
+    for get in ("nngp", "ntk"):
+        for shared in (True, False):
+            K0, d0 = H.kernel_and_grad(ik.serial(*body), x, get, shared)
+            K1, d1 = H.kernel_and_grad(branched, x, get, shared)
+            np.testing.assert_allclose(K1, K0, rtol=0, atol=1e-14 * np.abs(K0).max())
+            # Richardson differences (h = 1e-3): truncation ~1e-12 of the scale
+            np.testing.assert_allclose(d1, d0, rtol=0, atol=1e-9 * np.abs(d0).max())
+    net = _residual((1.3, 0.9, 1.1), (0.2, 0.3, 0.1), par)
+    mask = np.ones((10, 10), bool)
+    mask[4, 5] = mask[5, 4] = False      # ReLU's dual is kinked at ρ = 1
+    for get in ("nngp", "ntk"):
+        K, dK = H.kernel_and_grad(net, x, get, shared=False)
+        assert dK.shape == (6, 10, 10)
+        W, B = np.array([1.3, 0.9, 1.1]), np.array([0.2, 0.3, 0.1])
+        for p in range(6):
+            def k(s):
+                W2, B2 = W.copy(), B.copy()
+                (W2 if p < 3 else B2)[p % 3] += s
+                return _residual(W2, B2, par).kernel(x, None, get)
+            fd = (k(1e-5) - k(-1e-5)) / 2e-5
+            assert np.abs(fd - dK[p])[mask].max() <= 1e-6 * np.abs(dK[:, mask]).max(), (get, p)
+    ms = ik.MscaleDNN2([1, 2], hidden=(8,))
+    assert H.kernel_and_grad(ms, x, "ntk", shared=False)[1].shape == (8, 10, 10)
+    for call in (lambda: H.kernel_and_grad(net, x, activation_params=True),
+                 lambda: H.parameter_names(net, activation_params=True),
+                 lambda: H.fit_hyperparameters(net, x, x[:, 0], activation_params=True)):
+        with pytest.raises(ValueError, match="net.layers\\[1\\] is FanOut\\(num=2\\): activation "
+                                             "parameters are differentiated only in serial"):
+            call()
+
+
+def test_bias_free_layers_stay_bias_free(x):
+    """b_std=None is no bias, as in Dense (in the standard parameterization
+    not the same as b_std=0, whose NTK gets 1 per layer); fitting keeps
+    bias-free layers bias-free and fits b_std of the others only."""
+    def net(b1, b2):
+        return ik.serial(ik.Dense(8, 1.3, b1, "standard"), ik.Relu(),
+                         ik.Dense(1, 1.3, b2, "standard"))
+    free = net(None, None)
+    assert np.abs(free.kernel(x, None, "ntk") - net(0.0, 0.0).kernel(x, None, "ntk")).min() > 1
+    for got in (H.with_hyperparameters(net(0.5, 0.5), 1.3, None),
+                H.with_hyperparameters(net(0.5, 0.5), [1.3, 1.3], [None, None])):
+        for a, b in zip(got.kernel(x), free.kernel(x)):
+            np.testing.assert_array_equal(a, b)
+    y = np.sin(x[:, 0])
+    for start, shared in ((free, True), (free, False), (net(None, 0.5), True),
+                          (net(None, 0.5), False)):
+        fitted, noise, lml = H.fit_hyperparameters(start, x, y, shared=shared, maxiter=20)
+        d0, d1 = fitted.layers[0], fitted.layers[2]
+        assert d0.b_std is None
+        assert (d1.b_std is None) == (start.layers[2].b_std is None)
+        assert lml == pytest.approx(H.log_marginal_likelihood(fitted, x, y, noise), rel=1e-10)
+    # the fitted shared b_std of the biased layers, bias-free layers left alone
+    fitted, _, _ = H.fit_hyperparameters(_residual(b=(0.1, None, 0.1)), x, y, maxiter=5)
+    dense = [fitted.layers[0], fitted.layers[2].branches[1][1], fitted.layers[5]]
+    assert dense[1].b_std is None and dense[0].b_std == dense[2].b_std > 0
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda n, x, y: H.fit_hyperparameters(n, x, y, shared="no"), TypeError,
+     "shared must be True or False, got 'no'"),
+    (lambda n, x, y: H.fit_hyperparameters(n, x, y, fit_noise="no"), TypeError,
+     "fit_noise must be True or False"),
+    (lambda n, x, y: H.fit_hyperparameters(n, x, y, activation_params="no"), TypeError,
+     "activation_params must be True or False"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, shared="no", eval_gradient=True),
+     TypeError, "shared must be True or False"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, eval_gradient="no"), TypeError,
+     "eval_gradient must be True or False"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, eval_gradient=True,
+                                               activation_params="no"),
+     TypeError, "activation_params must be True or False"),
+    (lambda n, x, y: H.kernel_and_grad(n, x, shared="no"), TypeError,
+     "shared must be True or False"),
+    (lambda n, x, y: H.kernel_and_grad(n, x, activation_params=1), TypeError,
+     "activation_params must be True or False"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, noise=np.inf), ValueError,
+     "noise must be finite and >= 0, got inf"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, noise=True), TypeError,
+     "noise must be a real number, got bool"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, noise="0.1"), TypeError,
+     "noise must be a real number, got str"),
+])
+def test_flags_and_noise_are_checked(call, exc, words, x):
+    """Flags are booleans (the string "no" is truthy) and the noise a finite
+    real number >= 0: errors naming them, not a different computation."""
+    net = ik.serial(ik.Dense(4), ik.Relu(), ik.Dense(1))
+    with pytest.raises(exc) as info:
+        call(net, x, x[:, 0])
+    assert words in str(info.value)

@@ -117,10 +117,116 @@ def test_normalize_y_matches_gaussian_process_regressor():
             np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
 
 
-def test_bias_free_hyperparameter_is_zero_not_none():
+def test_bias_free_network_stays_bias_free():
+    """b_std=None means no bias, as in Dense: in the standard parameterization
+    it differs from b_std=0 (whose NTK gets 1 per layer), and the wrappers
+    give the kernel of the bias-free network built by hand; a None b_std is
+    not a hyperparameter (nothing to optimise)."""
     X = np.random.default_rng(0).standard_normal((6, 2))
-    with pytest.raises(ValueError, match="use 0 for no bias"):
-        NNGPRegressor(b_std=None).fit(X, X[:, 0])
+
+    def net(b):
+        return ik.serial(ik.Dense(8, 1.3, b, "standard"), ik.Relu(),
+                         ik.Dense(1, 1.3, b, "standard"))
+    free, zero = net(None).kernel(X, None, "ntk"), net(0.0).kernel(X, None, "ntk")
+    assert np.abs(free - zero).min() > 1       # +1 per layer with a bias
+    k = NetworkKernel(net(0.5), W_std=1.3, b_std=None, get="ntk")
+    np.testing.assert_array_equal(k(X), free)
+    np.testing.assert_array_equal(NetworkKernel(net(None), W_std=1.3, b_std=0.0, get="ntk",
+                                                b_std_bounds="fixed")(X), zero)
+    assert k.theta.shape == (1,) and k(X, eval_gradient=True)[1].shape == (6, 6, 1)
+    assert "b_std=None" in repr(k)
+    # one layer bias-free, the other not (a fixed hyperparameter)
+    mixed = ik.serial(ik.Dense(8, 1.3, None, "standard"), ik.Relu(),
+                      ik.Dense(1, 1.3, 0.2, "standard"))
+    km = NetworkKernel(net(0.5), W_std=1.3, b_std=[None, 0.2], b_std_bounds="fixed", get="ntk")
+    np.testing.assert_array_equal(km(X), mixed.kernel(X, None, "ntk"))
+    with pytest.raises(ValueError, match="b_std\\[0\\] is None \\(no bias\\), which cannot be "
+                                         "optimised: pass b_std_bounds='fixed'"):
+        NetworkKernel(net(0.5), b_std=[None, 0.2]).theta
+    # the regressors: the same bias-free network
+    y = X[:, 0]
+    ours = NNGPRegressor(network=net(0.5), W_std=1.3, b_std=None, normalize_y=False,
+                         diag_reg=1e-2, diag_reg_absolute_scale=True).fit(X, y)
+    gpr = GaussianProcessRegressor(NetworkKernel(net(None), W_std=1.3, b_std=None,
+                                                 W_std_bounds="fixed"),
+                                   alpha=1e-2, optimizer=None).fit(X, y)
+    np.testing.assert_allclose(ours.predict(X[:3]), gpr.predict(X[:3]), rtol=1e-10)
+    np.testing.assert_array_equal(
+        NNGPRegressor(b_std=None, depth=1)._net().kernel(X, None, "nngp"),
+        ik.serial(ik.Dense(1, 1.5), ik.Relu(), ik.Dense(1, 1.5)).kernel(X, None, "nngp"))
+    with pytest.raises(ValueError, match="W_std must be a number >= 0, got None"):
+        NNGPRegressor(W_std=None).fit(X, y)
+
+
+def test_dense_layers_inside_branches_get_the_hyperparameters():
+    """W_std / b_std reach the Dense layers inside parallel branches
+    (MscaleDNN2, Residual): the kernels of the networks built by hand with
+    those values; per-layer values in depth-first, branch order; gradients
+    against central differences in log θ (as above)."""
+    X = np.random.default_rng(0).standard_normal((8, 2))
+    y = np.sin(X[:, 0])
+    ms = ik.MscaleDNN2([1, 2], hidden=(8,))
+    for get in ("nngp", "ntk"):
+        np.testing.assert_array_equal(
+            NetworkKernel(ms, W_std=1.7, b_std=0.4, get=get)(X),
+            ik.MscaleDNN2([1, 2], hidden=(8,), W_std=1.7, b_std=0.4).kernel(X, None, get))
+    p1 = NNGPRegressor(network=ms, W_std=0.5).fit(X, y).predict(X[:3])
+    p2 = NNGPRegressor(network=ms, W_std=1.5, b_std=0.5).fit(X, y).predict(X[:3])
+    assert np.abs(p1 - p2).max() > 1e-3
+    res = ik.serial(ik.Dense(4), ik.Residual(ik.serial(ik.Relu(), ik.Dense(4))), ik.Relu(),
+                    ik.Dense(1))
+    by_hand = ik.serial(ik.Dense(4, 1.1, 0.1), ik.Residual(ik.serial(ik.Relu(),
+                                                                     ik.Dense(4, 1.2, 0.2))),
+                        ik.Relu(), ik.Dense(1, 1.3, 0.3))
+    k = NetworkKernel(res, W_std=[1.1, 1.2, 1.3], b_std=[0.1, 0.2, 0.3], get="ntk")
+    np.testing.assert_array_equal(k(X), by_hand.kernel(X, None, "ntk"))
+    with pytest.raises(ValueError, match="one value per Dense layer \\(3\\)"):
+        NetworkKernel(res, W_std=[1.0, 1.0])(X)
+    for kern in (k, NetworkKernel(ms, W_std=1.2, b_std=0.3)):
+        K, G = kern(X, eval_gradient=True)
+        assert np.allclose(K, kern(X), rtol=1e-12, atol=0)
+        theta, h = kern.theta, 1e-6
+        assert G.shape == (8, 8, theta.size)
+        for i in range(theta.size):
+            tp, tm = theta.copy(), theta.copy()
+            tp[i] += h
+            tm[i] -= h
+            fd = (kern.clone_with_theta(tp)(X) - kern.clone_with_theta(tm)(X)) / (2 * h)
+            assert np.abs(fd - G[..., i]).max() <= 1e-6 * np.abs(G).max()
+
+
+def test_kernel_inputs_are_checked_not_cast():
+    """X and Y go through the library's input checks: complex inputs (whose
+    imaginary part a float cast drops) and numeric strings are errors naming
+    the argument."""
+    X = np.random.default_rng(0).standard_normal((3, 2))
+    k = NetworkKernel()
+    for call in (lambda: k(X + 1j), lambda: k.diag(X + 1j), lambda: k(X, X + 1j),
+                 lambda: k(X + 1j, eval_gradient=True)):
+        with pytest.raises(TypeError, match="must be real, got dtype complex128"):
+            call()
+    with pytest.raises(TypeError, match="X must be a numeric array"):
+        k([["1", "2"]])
+    with pytest.raises(ValueError, match="Y has 1 features, expected 2 \\(the same as X\\)"):
+        k(X, X[:, :1])
+    assert np.array_equal(k(X.tolist()), k(X)) and np.array_equal(k.diag(X), np.diag(k(X)))
+
+
+def test_zero_std_needs_fixed_bounds():
+    """A std of 0 has no logarithm: with bounds to search it is an error
+    naming it (not theta = -inf with warnings); fixed, it is kept."""
+    import warnings
+    for kw, name in ((dict(b_std=0), "b_std"), (dict(W_std=0.0), "W_std"),
+                     (dict(b_std=[0.1, 0.0, 0.1]), "b_std\\[1\\]")):
+        k = NetworkKernel(**kw)
+        with pytest.raises(ValueError, match=f"{name} is 0, which cannot be optimised"):
+            k.theta
+        with pytest.raises(ValueError, match=f"{name} is 0"):
+            GaussianProcessRegressor(k).fit(np.eye(3), np.ones(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        k = NetworkKernel(b_std=0, b_std_bounds="fixed")
+        assert k.theta.shape == (1,) and np.isfinite(k.theta).all()
 
 
 def test_custom_networks_pickle():
