@@ -14,6 +14,7 @@ does not use (``_kernels``), so a first call compiles only what it needs.
 import concurrent.futures
 import functools
 import math
+import os
 import threading
 import types
 
@@ -563,7 +564,7 @@ def in_parallel(kernel, n_tasks, *args, work=math.inf):
     if work < SERIAL_WORK or getattr(_share, "running", False):
         n_threads = 1
     cuts = [n_tasks * s // n_threads for s in range(n_threads + 1)]
-    shares = [_threads(n_threads - 1).submit(_run_share, kernel, lo, hi, *args)
+    shares = [_threads(n_threads - 1, os.getpid()).submit(_run_share, kernel, lo, hi, *args)
               for lo, hi in zip(cuts[:-2], cuts[1:-1])]
     try:
         _run_share(kernel, cuts[-2], cuts[-1], *args)
@@ -586,8 +587,9 @@ def _run_share(kernel, lo, hi, *args):
 
 
 @functools.lru_cache(maxsize=None)
-def _threads(n):
-    """A pool of ``n`` worker threads (kept for the process)."""
+def _threads(n, pid):
+    """A pool of ``n`` worker threads, kept for the process ``pid`` (a forked
+    child has none of its parent's threads: it makes its own pool)."""
     return concurrent.futures.ThreadPoolExecutor(max(n, 1), thread_name_prefix="infkernel")
 
 

@@ -410,6 +410,33 @@ def test_results_do_not_depend_on_threads(act):
             assert np.abs(u - v).max() <= 1e-14 * np.abs(v).max()
 
 
+def _kernel_in_child(net, x, q):
+    q.put(net.kernel(x).ntk)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_children_compute_kernels():
+    """A child forked after the parent used the thread pool has none of its
+    threads: it must make its own (a shared pool would wait forever)."""
+    import multiprocessing as mp
+    import queue
+    net = _net(ik.Relu(), "ntk", depth=2)
+    x = np.random.default_rng(8).standard_normal((400, 4))
+    assert 400 * 400 * net.program(4).n_ops / 2 > ik._config.SERIAL_WORK
+    parent = net.kernel(x).ntk
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_kernel_in_child, args=(net, x, q))
+    child.start()
+    try:
+        assert np.array_equal(q.get(timeout=120), parent)
+    except queue.Empty:
+        pytest.fail("the forked child did not finish its kernel within 120 s")
+    finally:
+        child.kill()
+        child.join()
+
+
 def test_programs_with_every_costly_group_use_the_full_kernels():
     net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(4), ik.Monomial(2), ik.Dense(1))
     assert _cpu._kernels(net.program(3)) == (_cpu._diag_pass, _cpu._gram_tiles)
