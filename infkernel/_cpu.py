@@ -561,8 +561,9 @@ def in_parallel(kernel, n_tasks, *args, work=math.inf):
     release the GIL: numba's ``parallel=True`` would double their compile time
     (the first call in a fresh installation) for no gain at run time."""
     n_threads = max(1, min(numba.get_num_threads(), n_tasks))
-    if work < SERIAL_WORK or getattr(_share, "running", False):
-        n_threads = 1
+    if work < SERIAL_WORK or getattr(_share, "running", False) or n_threads == 1:
+        kernel(0, n_tasks, *args)   # alone: nested calls may still use the pool
+        return
     cuts = [n_tasks * s // n_threads for s in range(n_threads + 1)]
     shares = [_threads(n_threads - 1, os.getpid()).submit(_run_share, kernel, lo, hi, *args)
               for lo, hi in zip(cuts[:-2], cuts[1:-1])]

@@ -67,6 +67,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -85,6 +86,7 @@ __all__ = ["Operator", "identity", "partial", "laplacian", "kernel", "ntk_blocks
 
 MAX_ORDER = 2          # per argument
 _ROW_ENTRIES = 1 << 18  # jet entries per row chunk (bounds the temporaries: ~2 MB each)
+_MIN_CHUNK = 1 << 12    # jet entries below which a quadrature chunk is not split
 
 
 # ---------------------------------------------------------------------------
@@ -993,11 +995,19 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     # K(x, x') = K(x', x) when both sides are the same points and operator:
     # rows lo .. hi need only the columns from lo on (the upper triangle)
     sym = same and op1 == op2
-    chunks = []   # (first row, rows, first column)
+    # row chunks of at most _ROW_ENTRIES jet entries: (first row, rows, first
+    # column); with quadrature activations (costly per entry) at least one per
+    # thread, else whole (small NumPy operations on threads contend for the GIL)
+    per_entry = npair * (I + 1) * (J + 1)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    total = (n1 * (n1 + 1) // 2 if sym else n1 * n2) * per_entry
+    target = (max(min(_ROW_ENTRIES, -(-total // numba.get_num_threads())), _MIN_CHUNK)
+              if numeric else _ROW_ENTRIES)
+    chunks = []
     lo = 0
-    while lo < x1.shape[0]:
+    while lo < n1:
         c0 = lo if sym else 0
-        rows = max(1, _ROW_ENTRIES // max(1, (x2.shape[0] - c0) * npair * (I + 1) * (J + 1)))
+        rows = max(1, target // max(1, (n2 - c0) * per_entry))
         chunks.append((lo, rows, c0))
         lo += rows
     errs = np.zeros((len(chunks), len(names)))

@@ -465,6 +465,7 @@ def test_symmetric_blocks_from_the_upper_triangle(act, monkeypatch):
     x = np.random.default_rng(3).uniform(-1, 1, (23, 2))
     L = pinn.laplacian(2) + 0.5 * pinn.partial(1)
     monkeypatch.setattr(pinn, "_ROW_ENTRIES", 600)
+    monkeypatch.setattr(pinn, "_MIN_CHUNK", 1)
     sym = pinn.kernel(net, x, None, L, L, get=None)
     full = pinn.kernel(net, x, x, L, L, get=None)
     for a, b in zip(sym, full):
