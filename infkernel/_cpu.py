@@ -294,8 +294,8 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, par
                 n_regs, t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
                 F1, G1, F2, G2, TM):
     """Tasks task_lo .. task_hi-1 of rows r_lo .. r_hi of the kernel (``sym``:
-    strict upper triangle, x2 is x1; ``_tasks`` counts them).  The row tables
-    ``V1 .. G1`` start at row ``t0`` of x1.
+    strict upper triangle, x2 is x1).  The row tables ``V1 .. G1`` start at
+    row ``t0`` of x1.
 
     Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
@@ -555,11 +555,12 @@ def gram(program, x1, x2, K, T, progress=None):
 def in_parallel(kernel, n_tasks, *args, work=math.inf):
     """``kernel(lo, hi, *args)`` on equal contiguous shares of the tasks
     0 .. n_tasks-1, one per thread (``numba.get_num_threads()``; the calling
-    thread takes the last share), or all on the calling thread when ``work``
-    (entries × ops) is below ``SERIAL_WORK`` or the caller is itself a share
-    (no share waits for the pool it runs on).  The kernels are serial and
-    release the GIL: numba's ``parallel=True`` would double their compile time
-    (the first call in a fresh installation) for no gain at run time."""
+    thread takes the last share), or all on the calling thread when there is
+    one thread or task, when ``work`` (entries × ops) is below
+    ``SERIAL_WORK``, or when the caller is itself a share (no share waits for
+    the pool it runs on).  The kernels are serial and release the GIL:
+    numba's ``parallel=True`` would double their compile time (the first call
+    in a fresh installation) for no gain at run time."""
     n_threads = max(1, min(numba.get_num_threads(), n_tasks))
     if work < SERIAL_WORK or getattr(_share, "running", False) or n_threads == 1:
         kernel(0, n_tasks, *args)   # alone: nested calls may still use the pool

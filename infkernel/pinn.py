@@ -698,9 +698,10 @@ def _expect(kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw):
 @njit(cache=True, nogil=True)
 def _expect_share(lo, hi, kind, tab, tp, C, lam, s1, s2, rho, amax, glx, glw, order, M):
     """M[e, a, b] = E[φ⁽ᵃ⁾(u) φ⁽ᵇ⁾(v)] for e = order[lo .. hi-1], u = s1 x,
-    v = s2(ρ x + √(1−ρ²) w), x, w independent N(0, 1): nested composite Gauss–Legendre (20 nodes per
-    panel, panels no wider than the distance to φ's singularities: error
-    ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12 relative measured for φ⁽⁷⁾).
+    v = s2(ρ x + √(1−ρ²) w), x, w independent N(0, 1): nested composite
+    Gauss–Legendre (20 nodes per panel, panels no wider than the distance to
+    φ's singularities: error ≲ 4.2⁻⁴⁰ per panel for a simple pole, 1e-12
+    relative measured for φ⁽⁷⁾).
     For tanh, the logistic function and SiLU (``C`` non-empty, see
     ``_tanh_coefficients``) the inner integral is Σ_c C[0, b, c] E_w[tᶜ] +
     C[1, b, c] E_w[v tᶜ] (``_tanh_nodes``, ``_moments``).  tanh is odd, so

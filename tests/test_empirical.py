@@ -596,6 +596,13 @@ def test_branched_params_are_checked_against_init_fn():
         ik.empirical_ntk_fn(net)(x, None, bad)
     with pytest.raises(ValueError, match=r"params\[1\] must be a tuple of 2 entries"):
         ik.empirical_ntk_fn(net)(x, None, (params[0], params[1][:1]) + params[2:])
+    # neural-tangents nests a single-layer branch's params one level less
+    single = ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(8), ik.Identity()), ik.FanInConcat(),
+                       ik.Dense(1))
+    _, p = single.init_fn(0, (-1, 3))
+    flat = (p[0], (p[1][0][0], ()), p[2], p[3])
+    with pytest.raises(ValueError, match="one tuple per branch with one entry per layer"):
+        single.apply_fn(flat, x)
 
 
 def test_branched_networks_monte_carlo_agrees_with_analytic():
