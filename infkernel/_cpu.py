@@ -12,6 +12,7 @@ program runs on copies of these kernels compiled without the costly kinds it
 does not use (``_kernels``), so a first call compiles only what it needs.
 """
 import concurrent.futures
+import contextlib
 import functools
 import math
 import os
@@ -367,8 +368,7 @@ _COSTLY = (("polynomial", frozenset({K_MONOMIAL, K_RECTIFIED_MONOMIAL, K_POLYNOM
 def _kernels(program):
     """(diagonal pass, tile kernel) compiled for the costly groups of kinds
     that ``program`` uses (first-call times: ``benchmarks/bench_cold.py``)."""
-    kinds = set(program.ops[program.ops[:, 0] == OP_ACT, 3].tolist())
-    return _variant(tuple(bool(kinds & group) for _, group, _ in _COSTLY))
+    return _variant(tuple(bool(program.act_kinds & group) for _, group, _ in _COSTLY))
 
 
 @functools.lru_cache(maxsize=None)
@@ -409,17 +409,18 @@ def point_tables(program, x, features=True, start=0, name="x"):
     ``start``, ``name``: the index of x's first point in the user's array
     and that array's name (for errors).
 
-    All of it depends on the point only through |x|²/d: points of equal norm
+    All of it depends on the point only through |x|²/d: with numerically
+    integrated activations, whose runs are costly, points of equal norm
     (inputs on a sphere, duplicates) share one run of the program.
     """
     n = x.shape[0]
     sq = np.einsum("ij,ij->i", x, x) / program.d_in
-    uniq, where = np.unique(sq, return_inverse=True)
+    numeric = program.numeric_ops
+    # shared runs pay off where a run is costly (the Mehler features)
+    uniq, where = np.unique(sq, return_inverse=True) if numeric else (sq, None)
     shared = len(uniq) < n
     m = len(uniq) if shared else n
     V, S, R = np.zeros((3, program.n_ops, m))
-    numeric = [k for k in range(program.n_ops)
-               if program.ops[k, 0] == OP_ACT and program.ops[k, 3] == K_NUMERIC]
     F = np.zeros((len(numeric), 4, NM if numeric and features else 0, m))
     G = np.zeros((len(numeric), 2, m))
     k = np.empty(m)
@@ -523,7 +524,9 @@ def gram(program, x1, x2, K, T, progress=None):
     done = 0
     # BLAS runs single-threaded inside the parallel kernel (one small GEMM per
     # tile and thread): no oversubscription, no idle spinning BLAS threads.
-    with _single_threaded_blas():
+    # (Small calls run on one thread and skip the switch, which costs ~30 µs.)
+    with (_single_threaded_blas() if total * program.n_ops >= SERIAL_WORK
+          else contextlib.nullcontext()):
         for r0 in range(0, n1, block):
             r1 = min(n1, r0 + block)
             if sym:
@@ -561,8 +564,8 @@ def in_parallel(kernel, n_tasks, *args, work=math.inf):
     the pool it runs on).  The kernels are serial and release the GIL:
     numba's ``parallel=True`` would double their compile time (the first call
     in a fresh installation) for no gain at run time."""
-    n_threads = max(1, min(numba.get_num_threads(), n_tasks))
-    if work < SERIAL_WORK or getattr(_share, "running", False) or n_threads == 1:
+    n_threads = 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), n_tasks))
+    if n_threads == 1 or getattr(_share, "running", False):
         kernel(0, n_tasks, *args)   # alone: nested calls may still use the pool
         return
     cuts = [n_tasks * s // n_threads for s in range(n_threads + 1)]

@@ -22,6 +22,7 @@ hold up to six floats per op.
                of a point with itself (dropout's 1/rate; off-diagonal entries,
                identical points included, are unchanged)
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,17 @@ class Program:
     @property
     def n_ops(self):
         return self.ops.shape[0]
+
+    @functools.cached_property
+    def act_kinds(self):
+        """The activation kinds the program uses (a frozenset)."""
+        return frozenset(self.ops[self.ops[:, 0] == OP_ACT, 3].tolist())
+
+    @functools.cached_property
+    def numeric_ops(self):
+        """Indices of the ops of numerically integrated activations."""
+        return [k for k in range(self.n_ops)
+                if self.ops[k, 0] == OP_ACT and self.ops[k, 3] == K_NUMERIC]
 
 
 class ProgramBuilder:

@@ -5,6 +5,7 @@ A layer is a small immutable value; ``serial`` composes layers into a
 ``init_fn, apply_fn, kernel_fn = net`` and compiles, per input dimension, to a
 flat layer program (``_program.py``) that every backend runs.
 """
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -457,7 +458,7 @@ class Network:
         """The network after its leading input maps (itself if it has none)."""
         return self._body
 
-    @property
+    @functools.cached_property
     def drops_out(self):
         """True when a Dropout layer in train mode (possibly inside parallel
         branches) makes K(x, x) of a point with itself differ from K(x, x')
