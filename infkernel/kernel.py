@@ -75,13 +75,16 @@ def check_inputs(x, name, d=None, like="x1"):
         raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
                          f"(the same as {like})")
     a = np.ascontiguousarray(a, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = np.einsum("ij,ij->i", a, a)   # finite: no NaN/Inf entry, no overflow
+    if np.isfinite(sq).all():
+        return a
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise ValueError(f"{name} has NaN or Inf in row(s) {rows[:5].tolist()}"
                          + (" ..." if len(rows) > 5 else ""))
-    with np.errstate(over="ignore"):
-        bad = ~np.isfinite(np.einsum("ij,ij->i", a, a))
+    bad = ~np.isfinite(sq)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise norm_overflow(name, rows, a[rows[0]])
