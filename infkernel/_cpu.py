@@ -604,6 +604,26 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+_blas = types.SimpleNamespace(lock=threading.Lock(), users=0, limiter=None, pid=None)
+
+
+@contextlib.contextmanager
 def _single_threaded_blas():
-    """Context in which BLAS runs on the calling thread only."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+    """Context in which BLAS runs on the calling thread only.  BLAS's thread
+    count is a process-wide setting: overlapping calls (from several Python
+    threads) share one limit, set by the first to enter and restored by the
+    last to leave, so that the original count comes back."""
+    with _blas.lock:
+        if _blas.pid != os.getpid():    # a forked child starts afresh
+            _blas.users, _blas.limiter, _blas.pid = 0, None, os.getpid()
+        if _blas.users == 0:
+            _blas.limiter = _blas_controller().limit(limits=1, user_api="blas")
+        _blas.users += 1
+    try:
+        yield
+    finally:
+        with _blas.lock:
+            _blas.users -= 1
+            if _blas.users == 0:
+                _blas.limiter.restore_original_limits()
+                _blas.limiter = None

@@ -705,6 +705,10 @@ def test_ntk_vector_product_bad_input_and_input_maps():
     with pytest.raises(ValueError, match=r"cotangents must have the shape of f\(x2\), "
                                          r"\(2, 2\), got \(3, 2\)"):
         ik.empirical_ntk_vp_fn(net, x1, x2, p)(np.ones((3, 2)))
+    with pytest.raises(TypeError, match="cotangents must be a real array"):
+        ik.empirical_ntk_vp_fn(net, x1, x2, p)(v + 1j)
+    with pytest.raises(ValueError, match="cotangents has NaN"):
+        ik.empirical_ntk_vp_fn(net, x1, x2, p)(np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match=r"x2 has 2 features, expected 3"):
         ik.empirical_ntk_vp_fn(net, x1, x2[:, :2], p)
 

@@ -383,9 +383,16 @@ def test_results_do_not_depend_on_threads(act):
     same Gram matrices on 1 thread as on several, up to the rounding of the
     inner-product GEMM, whose blocks follow the row groups' size (1e-14 of the
     largest entry; seen ≤ 4e-16); and bitwise the same when several Python
-    threads call the kernel at once.  The sizes are above ``SERIAL_WORK``."""
+    threads call the kernel at once, after which BLAS has its own thread
+    count back (the calls share one single-thread limit while they run).
+    The sizes are above ``SERIAL_WORK``."""
     import numba
     from concurrent.futures import ThreadPoolExecutor
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    before = blas_threads()
     net = _net(act, "ntk", depth=3)
     rng = np.random.default_rng(7)
     x1, x2 = rng.standard_normal((300, 4)), rng.standard_normal((250, 4))
@@ -399,6 +406,7 @@ def test_results_do_not_depend_on_threads(act):
         for c in calls:
             for a, b in zip(c.result(), alone):
                 assert np.array_equal(a.nngp, b.nngp) and np.array_equal(a.ntk, b.ntk)
+    assert blas_threads() == before
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
