@@ -257,8 +257,7 @@ def _device_input(cp, x, name, d=None):
 
 def supports(prog):
     """True when every op of the program has a GPU implementation."""
-    acts = prog.ops[prog.ops[:, 0] == P.OP_ACT, 3]
-    return prog.n_regs <= _MAX_DIAG_REGS and {int(k) for k in acts} <= supported_kinds()
+    return prog.n_regs <= _MAX_DIAG_REGS and prog.act_kinds <= supported_kinds()
 
 
 def _check_program(prog):
@@ -266,13 +265,12 @@ def _check_program(prog):
         raise ValueError(f"the network needs {prog.n_regs} kernel registers (parallel "
                          f"branches); the GPU backend supports up to {_MAX_DIAG_REGS}: "
                          "use backend='cpu'")
-    acts = prog.ops[prog.ops[:, 0] == P.OP_ACT, 3]
-    missing = sorted({int(k) for k in acts} - supported_kinds())
+    missing = sorted(prog.act_kinds - supported_kinds())
     if missing:
         names = ", ".join(_kind_name(k) for k in missing)
         raise NotImplementedError(f"activation kind(s) {names} have no GPU implementation "
                                   "yet: use backend='cpu'")
-    return int(len(acts))
+    return int(np.count_nonzero(prog.ops[:, 0] == P.OP_ACT))
 
 
 def _free_bytes(cp):

@@ -196,6 +196,7 @@ def test_width_scalings_s(scales):
                                atol=1e-8)
     ref = ntk_reference(net, params, x1, x2, "full")
     got = ik.empirical_ntk_fn(net, trace_axes=())(x1, x2, params)
+    # the same sums of products in another order: rounding only (~1e-16)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
     plain = net_with([(1, 1)] * 3).kernel(x1, x2)
     k = net.kernel(x1, x2)
@@ -700,6 +701,7 @@ def test_ntk_vector_product_bad_input_and_input_maps():
     _, p = net.init_fn(0, (-1, 3))
     v = rng.standard_normal((2, 2))
     theta = ik.empirical_ntk_fn(net, trace_axes=())(x1, x2, p)
+    # as above: one identity summed in two orders (rounding ~1e-16)
     np.testing.assert_allclose(ik.empirical_ntk_vp_fn(net, x1, x2, p)(v),
                                np.einsum("abjk,bk->aj", theta, v), rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match=r"cotangents must have the shape of f\(x2\), "

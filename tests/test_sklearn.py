@@ -150,6 +150,7 @@ def test_bias_free_network_stays_bias_free():
     gpr = GaussianProcessRegressor(NetworkKernel(net(None), W_std=1.3, b_std=None,
                                                  W_std_bounds="fixed"),
                                    alpha=1e-2, optimizer=None).fit(X, y)
+    # the same kernel and ridge through two Cholesky solves (cond ≲ 1e3): rounding only
     np.testing.assert_allclose(ours.predict(X[:3]), gpr.predict(X[:3]), rtol=1e-10)
     np.testing.assert_array_equal(
         NNGPRegressor(b_std=None, depth=1)._net().kernel(X, None, "nngp"),
@@ -184,6 +185,8 @@ def test_dense_layers_inside_branches_get_the_hyperparameters():
         NetworkKernel(res, W_std=[1.0, 1.0])(X)
     for kern in (k, NetworkKernel(ms, W_std=1.2, b_std=0.3)):
         K, G = kern(X, eval_gradient=True)
+        # the gradient path's kernel (the unperturbed point of the differences,
+        # or the forward-mode recursion) against the plain kernel: rounding only
         assert np.allclose(K, kern(X), rtol=1e-12, atol=0)
         theta, h = kern.theta, 1e-6
         assert G.shape == (8, 8, theta.size)
