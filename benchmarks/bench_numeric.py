@@ -9,7 +9,10 @@ Errors are max |K - K_ref| / max |K_ref| over the full matrices, where K_ref
 is the same recursion on a 40-point subset with every expectation by the
 nested graded Gauss–Legendre quadrature alone (no Mehler series).  neural-tangents runs in a
 subprocess of the given interpreter and is never imported here.  A second table times
-``net.diag`` on 20,000 points and the peak memory of a tall 20,000 x 100 cross kernel.
+``net.diag`` on 20,000 points and the peak memory of a tall 20,000 x 100 cross kernel; a
+third the same network on unnormalised inputs (x times 10 … 10⁴: first-layer variances
+to ~2e8, where tanh's table continues as its constant tails), against the inputs as drawn,
+for d = 100 and d = 10 (larger correlations: more entries need the quadrature fallback).
 """
 import argparse
 import json
@@ -165,6 +168,34 @@ def main():
     for name, t, e1, e2 in rows:
         base = t_sub if name.endswith(f"N={ms}") else t_ik
         print(f"{name:58s} {t:9.3f} {t / base:8.0f}x {e1:9.1e} {e2:9.1e}")
+    return a
+
+
+def unnormalised(n=300, d=100, m=30, nt_python=None):
+    """Raw-scale inputs: time against scale 1 (same run), errors on an m-point
+    block against ``reference`` and, with ``nt_python``, neural-tangents'
+    ``ElementwiseNumerical(tanh, deg=25)`` on the same block."""
+    x = np.random.default_rng(2).standard_normal((n, d))
+    net = network()
+    rows = []
+    for scale in (1.0, 10.0, 100.0, 1e4):
+        xs = x * scale
+        ts = []
+        for _ in range(2):
+            t = time.perf_counter()
+            k = net.kernel(xs)
+            ts.append(time.perf_counter() - t)
+        kref, tref = reference(xs[:m])
+        nt = (run_nt(nt_python, xs[:m], 25)[1:] if nt_python else None)
+        rows.append((scale, min(ts), err(k.nngp[:m, :m], kref), err(k.ntk[:m, :m], tref),
+                     nt and (err(nt[0], kref), err(nt[1], tref))))
+    print(f"\ndepth-{DEPTH} tanh, N = {n}, d = {d}, inputs times a scale (first-layer variance "
+          f"{W_STD}^2 scale^2); errors on a {m}x{m} block vs nested quadrature")
+    print(f"{'scale':>7s} {'time [s]':>9s} {'vs 1':>6s} {'NNGP err':>9s} {'NTK err':>9s}"
+          f" {'NT-25 NNGP':>11s} {'NT-25 NTK':>10s}")
+    for scale, t, e1, e2, nt in rows:
+        ntc = f" {nt[0]:11.1e} {nt[1]:10.1e}" if nt else ""
+        print(f"{scale:7g} {t:9.3f} {t / rows[0][1]:5.1f}x {e1:9.1e} {e2:9.1e}{ntc}")
 
 
 def diagonal_and_tall(n=20000, d=100, short=100):
@@ -205,5 +236,7 @@ def diagonal_and_tall(n=20000, d=100, short=100):
 
 
 if __name__ == "__main__":
-    main()
+    args = main()
     diagonal_and_tall()
+    for d in (100, 10):
+        unnormalised(d=d, nt_python=args.nt_python)

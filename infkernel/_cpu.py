@@ -29,7 +29,7 @@ from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_
                      dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
                      dual_rbf, dual_rectified_monomial, dual_relu, dual_sign, dual_sin,
                      dense_theta, point_scale)
-from ._numeric import NM, Q_MAX, mehler_point, numeric_tile
+from ._numeric import NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
                        K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT, OP_AXPY, OP_COPY,
@@ -249,7 +249,7 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 R[k, i] = rs
                 if ops[k, 3] == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
                     slot = ops[k, 5]
-                    mehler_point(aux, ops[k, 4], min(s, 2.0 * math.sqrt(Q_MAX)),
+                    mehler_point(aux, ops[k, 4], min(s, 2.0 * math.sqrt(aux[ops[k, 4] + 7])),
                                  F, G, slot, i)
                     q[r] = G[slot, 0, i]
                     th[r] *= G[slot, 1, i]
@@ -434,20 +434,30 @@ def point_tables(program, x, features=True, start=0, name="x"):
                                for a in (V, S, R, F, G, k, t))
     check_finite_variances(program, V, k, t, start, name)
     for op in numeric:
-        if n and V[op].max() > Q_MAX:
+        if n and V[op].max() > variance_limit(program, op):
             i = int(V[op].argmax())
             raise quadrature_range_error(program, op, V[op, i], f"{name} row {start + i}")
     return (V, S, R, F, G), k, t
+
+
+def variance_limit(program, op):
+    """The largest input variance of the numeric activation ``op``: its
+    table's q_max (``_numeric``: 1e20 for φ linear beyond the table, else 128)."""
+    return program.aux[program.ops[op, 4] + 7]
 
 
 def quadrature_range_error(program, op, v, where):
     """The KernelRangeError for a numeric activation (op) whose input
     variance v, at the point ``where``, leaves the quadrature's range."""
     act = (program.names or {}).get(op, "a numeric activation")
+    q_max = variance_limit(program, op)
+    why = ("" if q_max > Q_MAX else
+           f" (the function is tabulated on [-{U:g}, {U:g}] and is not constant or linear "
+           "beyond, so larger variances would need it where it is not known)")
     return KernelRangeError(
         f"{act}: its input variance reaches {v:.4g} ({where}), outside the guaranteed "
-        f"range [0, {Q_MAX:g}] of the quadrature; rescale the inputs or reduce W_std / b_std "
-        "of the Dense layer before it")
+        f"range [0, {q_max:g}] of the quadrature{why}; rescale the inputs or reduce W_std / "
+        "b_std of the Dense layer before it")
 
 
 def check_finite_variances(program, V, k, t, start, name):

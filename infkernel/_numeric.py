@@ -12,13 +12,20 @@ the function's scale).  Non-smooth points (kinks, jumps) must lie on panel
 edges (multiples of H); they are detected at build time and become quadrature
 breakpoints.  Layout at offset ``lo`` of ``aux``::
 
-    lo + 0..7           header: U, 1/H, P (panels), NC, nk, ns, λ, 0
-    lo + 8 ..           nk kink positions, then ns "soft centres" (u-space)
-    base = lo+8+nk+ns   φ  coefficients, panel-major: base + p*NC + c
+    lo + 0..7           header: U, 1/H, P (panels), NC, nk, ns, λ, q_max
+    lo + 8..11          the tails: φ(-U), slope left of -U, φ(U), slope right of U
+    lo + 12 ..          nk kink positions, then ns "soft centres" (u-space)
+    base = lo+12+nk+ns  φ  coefficients, panel-major: base + p*NC + c
     base + P*NC         φ' coefficients, same layout
 
 λ is the distance from the real axis to φ's nearest complex singularity (or a
 feature scale); the quadrature grades its panels from width λ at each centre.
+Beyond ±U, φ continues as the lines of the tails, φ(±U) + a±(x ∓ U) with
+the slopes a± = (φ(±2U) - φ(±U))/U.  Where that is φ itself (checked at
+build time out to |x| = U_TAIL: tanh, the logistic function, softplus, SiLU,
+ELU, ... are constant or linear there to rounding) the table serves input
+variances up to q_max = Q_TAIL_MAX = 1e20; otherwise up to Q_MAX = 128, within
+which the quadrature never leaves [-U, U] (and the lines are not used).
 
 Fast path: Mehler series with per-point coefficients
 ----------------------------------------------------
@@ -54,10 +61,15 @@ Per-point feature arrays (filled by the diagonal pass, read by ``numeric_tile``)
     G[slot, 0, i]     E[φ(s_i z)²]          G[slot, 1, i]     E[φ'(s_i z)²]
 
 ``slot`` numbers the numeric activation ops of a program in order.
-Guaranteed range: input variances 0 ≤ q ≤ Q_MAX = 128 (checked; an error
-names the activation otherwise).
+Guaranteed range: input variances 0 ≤ q ≤ q_max of the table (128, or 1e20
+for linear tails; checked, an error names the activation otherwise).  Large
+variances need no new nodes: the panels are graded from λ/s at the centres,
+so φ(s z)'s transition of width λ/s is resolved at every s (measured against
+an adaptive quadrature in φ's own variable, q = 1e3 … 1e20: ≤ 2e-13 of the
+Cauchy–Schwarz scale for smooth φ, up to the conditioning of ρ near ±1).
 """
 import math
+import warnings
 
 import numpy as np
 from numba import njit
@@ -69,11 +81,13 @@ from ._duals import correlation
 H = 0.125                      # panel width (kinks must lie on multiples of H)
 NC = 12                        # Chebyshev coefficients kept per panel
 NFIT = 20                      # interpolation points used to fit a panel
-Q_MAX = 128.0                  # guaranteed input-variance range [0, Q_MAX]
+Q_MAX = 128.0                  # input-variance range [0, Q_MAX] of a table ...
+Q_TAIL_MAX = 1e20              # ... and of one whose φ is linear beyond ±U
+U_TAIL = 3e11                  # tails checked to |x| = U_TAIL >= the quadratures' reach ~1.3e11
 ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
 U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
 P = int(round(2 * U / H))      # number of panels
-HDR = 8
+HDR = 12
 NM = 96                        # Mehler terms available per point
 TOL = 1e-12                    # certified normalised truncation error
 ZF = 9.0                       # fallback truncation |x|, |w| <= ZF
@@ -192,8 +206,41 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
     if kinks.size + soft.size > MAX_BREAKS:
         raise ValueError(f"{name}: {kinks.size} non-smooth points (at most "
                          f"{MAX_BREAKS - soft.size} are supported)")
-    hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam, 0.0])
+    tails, linear = _tails(fn, dfn, scale)
+    hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam,
+                    Q_TAIL_MAX if linear else Q_MAX, *tails])
     return np.concatenate([hdr, kinks, soft, cf.ravel(), cd.ravel()])
+
+
+def _tails(fn, dfn, scale):
+    """((φ(-U), a₋, φ(U), a₊), linear): the lines φ(±U) + a±(x ∓ U) that
+    continue the table (a± = (φ(±2U) - φ(±U))/U), and whether they are φ
+    (and the given φ') to 1e-12 of |φ| + the table's scale at |x| = U + U·2ᵏ
+    out to U_TAIL (k = -3 … 31 in steps of 1/4) and at 64 random points
+    between.  Saturating and asymptotically linear activations are so to
+    rounding from |x| ~ 40 on; anything else (growing, oscillating, not
+    finite, raising) keeps the table to variances ≤ Q_MAX, where the lines
+    are never used."""
+    r = U * np.concatenate([2.0 ** (np.arange(-12, 125) / 4),
+                            np.random.default_rng(0).uniform(0.0, U_TAIL / U, 64)])
+    lines, linear = [], True
+    for sign in (-1.0, 1.0):
+        end = float(_call("", fn, np.array([sign * U]))[0])  # finite: checked by the table
+        slope = 0.0
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                slope = sign * (float(_call("", fn, np.array([2 * sign * U]))[0]) - end) / U
+                x = sign * (U + r)
+                line = end + slope * (x - sign * U)
+                linear = (linear and bool(np.all(np.abs(_call("", fn, x) - line)
+                                                 <= 1e-12 * (np.abs(line) + scale)))
+                          and (dfn is None or bool(np.all(np.abs(_call("", dfn, x) - slope)
+                                                          <= 1e-12 * (abs(slope) + scale)))))
+        except (ValueError, TypeError, ArithmeticError):
+            linear = False
+        lines += [end, slope]
+    return lines, linear
 
 
 def _check_derivative(name, x, t, cf, cd, scale):
@@ -233,8 +280,13 @@ def _check_derivative(name, x, t, cf, cd, scale):
 # ---------------------------------------------------------------------------
 @njit(**INLINE)
 def tab_eval(aux, lo, x):
-    """(φ(x), φ'(x)) from the table at ``aux[lo]`` (Clenshaw, NC terms)."""
+    """(φ(x), φ'(x)) from the table at ``aux[lo]`` (Clenshaw, NC terms);
+    beyond ±U the lines of the tails."""
     u = aux[lo]
+    if x < -u:
+        return aux[lo + 8] + aux[lo + 9] * (x + u), aux[lo + 9]
+    if x > u:
+        return aux[lo + 10] + aux[lo + 11] * (x - u), aux[lo + 11]
     nk = int(aux[lo + 4])
     ns = int(aux[lo + 5])
     base = lo + HDR + nk + ns

@@ -6,7 +6,9 @@ Mehler series with per-point coefficients, certified per tile, and nested
 graded Gauss–Legendre quadrature split at the kinks where the series cannot
 certify the result (``_numeric.py``).  Accuracy (tests/test_numeric_activations.py):
 error ≤ 1e-10 √(E[φ(u)²] E[φ(v)²]) for smooth φ and ≤ 1e-7 with kinks, for
-input variances in [0, 128] (an error is raised beyond) and all correlations.
+all correlations and input variances in [0, 1e20] (the built-ins, and user
+functions that are constant or linear beyond ±144) or [0, 128] (other user
+functions); an error is raised beyond.
 """
 import functools
 import inspect
@@ -216,16 +218,17 @@ def Elementwise(fn=None, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
     label = name or f"Elementwise({getattr(fn, '__name__', type(fn).__name__)})"
     table = build_table(label, fn, df, lam=0.5, soft=(0.0,))
     if df is None:
-        from ._numeric import H, NC, P as NP, U
+        from ._numeric import H, HDR, NC, P as NP, U
         nk, ns = int(table[4]), int(table[5])
-        cd = table[8 + nk + ns + NP * NC:].reshape(NP, NC)
+        cd = table[HDR + nk + ns + NP * NC:].reshape(NP, NC)
 
-        def df(x):  # the tabulated derivative, for finite-width networks
+        def df(x):  # for finite-width networks: the tabulated φ' (the tails' slopes beyond ±U)
             x = np.asarray(x, dtype=float)
             t = (x + U) / H
             p = np.clip(np.floor(t).astype(int), 0, NP - 1)
             y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
-            return np.polynomial.chebyshev.chebval(y, np.moveaxis(cd[p], -1, 0), tensor=False)
+            inside = np.polynomial.chebyshev.chebval(y, np.moveaxis(cd[p], -1, 0), tensor=False)
+            return np.where(x < -U, table[9], np.where(x > U, table[11], inside))
     act = NumericActivation(label, P.K_NUMERIC, (), fn=fn, dfn=df, tables=(table,))
     object.__setattr__(act, "name", label)
     if nngp_fn is not None or d_nngp_fn is not None:

@@ -130,7 +130,7 @@ def defines():
     out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "NG": N.NG,
             "MAX_BREAKS": N.MAX_BREAKS}
-    floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX, "Q_MAX": N.Q_MAX,
+    floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX,
               "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
     out += "".join(f"#define IK_NUM_{k} {int(v)}\n" for k, v in ints.items())
     out += "".join(f"#define IK_NUM_{k} {float(v)!r}\n" for k, v in floats.items())
@@ -348,15 +348,14 @@ class _Program:
                                     name)
 
     def _check_range(self, tab, name):
-        """The Q_MAX check of ``_cpu.point_tables`` on the device tables."""
-        from ._numeric import Q_MAX
-        from ._cpu import quadrature_range_error
+        """The variance-range check of ``_cpu.point_tables`` on the device tables."""
+        from ._cpu import quadrature_range_error, variance_limit
         if not self.numeric:
             return
         idx = [3 * a for _, a in self.numeric]
         vmax = tab[idx].max(axis=1).get()
         for (op, a), v in zip(self.numeric, vmax):
-            if v > Q_MAX:
+            if v > variance_limit(self.prog, op):
                 i = int(tab[3 * a].argmax().get())
                 raise quadrature_range_error(self.prog, op, v, f"{name} row {i}")
 

@@ -186,7 +186,7 @@ class NetworkKernel(Kernel):
         parameterization, whose NTK gets 1 per layer with a bias.  A None
         b_std is fixed.  Where an optimiser's trial values make the
         kernel not computable (``KernelRangeError``: an overflowing variance,
-        or one beyond a numerically integrated activation's range [0, 128]),
+        or one beyond a numerically integrated activation's range),
         the error names them; narrow the bounds so that the variances stay in
         range (scikit-learn's optimisers treat only ``LinAlgError`` as an
         infeasible point).

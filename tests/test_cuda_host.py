@@ -620,10 +620,10 @@ def _kinked(x):
 NUMERIC = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(),
            ik.Mish(), ik.SReLU(), ik.S2ReLU(), ik.Elementwise(_kinked, name="Elementwise(kinked)")]
 
-#: scales s = √q of the guaranteed range [0, Q_MAX], its ends, tiny values, and
-#: the diagonal pass's cap 2√Q_MAX
+#: scales s = √q of the range [0, Q_MAX], its ends, tiny values, the diagonal
+#: pass's cap 2√Q_MAX, and scales where φ is evaluated on its tails' lines
 _SCALES = np.concatenate([[0.0, 1e-8, 1e-3, 0.05, 0.5, 1.0, 3.0, math.sqrt(_numeric.Q_MAX),
-                           2 * math.sqrt(_numeric.Q_MAX)],
+                           2 * math.sqrt(_numeric.Q_MAX), 1e2, 1e4, 1e10],
                           np.sqrt(np.random.default_rng(7).uniform(0, _numeric.Q_MAX, 7))])
 
 
@@ -664,9 +664,10 @@ def test_numeric_features_match_numba(lib, act):
 
 
 def _numeric_pairs(rng, n=240):
-    """(q11, q12, q22) over the guaranteed range [0, Q_MAX]: log-uniform
-    variances, ρ = ±1 exactly and near ±1, equal variances at ρ = 1 (the exact
-    diagonal shortcut), zero variance on one or both sides, variance Q_MAX."""
+    """(q11, q12, q22) over the range [0, Q_MAX]: log-uniform variances, ρ = ±1
+    exactly and near ±1, equal variances at ρ = 1 (the exact diagonal
+    shortcut), zero variance on one or both sides, variance Q_MAX; and
+    variances 1e3 … 1e20 (φ on its tails' lines)."""
     qm = _numeric.Q_MAX
     q11 = np.exp(rng.uniform(math.log(1e-4), math.log(qm), n))
     q22 = np.exp(rng.uniform(math.log(1e-4), math.log(qm), n))
@@ -682,6 +683,8 @@ def _numeric_pairs(rng, n=240):
     q11[95:105] = qm
     q22[100:110] = qm
     q11[110:115] = q22[110:115] = qm
+    q11[115:125] = 10.0 ** rng.uniform(3, 20, 10)
+    q22[120:130] = 10.0 ** rng.uniform(3, 20, 10)
     q12 = rho * np.sqrt(q11) * np.sqrt(q22)
     return q11, q12, q22
 
@@ -712,11 +715,11 @@ def test_numeric_entries_match_numba(lib, act):
 @pytest.mark.parametrize("act", NUMERIC, ids=repr)
 def test_numeric_quadrature_matches_numba(lib, act):
     """ik_pair_quadrature = _numeric.pair_quadrature (same panels and nodes)
-    at ρ = ±1, 0, near ±1, zero and large scales: 16 ulps of the
-    Cauchy–Schwarz scale."""
+    at ρ = ±1, 0, near ±1, zero and large scales (to 1e10, φ on its tails'
+    lines): 16 ulps of the Cauchy–Schwarz scale."""
     table = act.tables[0]
     smax = math.sqrt(_numeric.Q_MAX)
-    cases = [(s1, s2, r) for s1 in (0.0, 1e-6, 1.0, 4.0, smax) for s2 in (0.3, smax)
+    cases = [(s1, s2, r) for s1 in (0.0, 1e-6, 1.0, 4.0, smax, 1e4) for s2 in (0.3, smax, 1e10)
              for r in (1.0, -1.0, 0.0, 0.37, 1 - 1e-9, -1 + 1e-12)]
     s1, s2, rho = (np.array(c) for c in zip(*cases))
     k = np.empty(s1.size)
@@ -772,17 +775,19 @@ def test_numeric_fused_recursion_matches_numba(lib, act):
     assert max(ek, et) * EPS64 <= NUMERIC_GRAM_TOL, f"NNGP {ek * EPS64:.2e}, NTK {et * EPS64:.2e}"
 
 
+@pytest.mark.parametrize("w0", [8.0, 3e3])
 @pytest.mark.parametrize("act", [ik.Tanh(), ik.Elu(0.7), ik.SReLU()], ids=repr)
-def test_numeric_large_variance(lib, act):
+def test_numeric_large_variance(lib, act, w0):
     """First-layer variances up to ~Q_MAX (W_std = 8 on points with |x|²/d up to
-    1.9), standard parameterization, 4-register file: the Mehler series cannot
-    certify many of these entries, so the quadrature fallback runs inside the
-    fused recursion.  Same bound as above."""
+    1.9) and ~1.7e7 (W_std = 3e3, φ on its tails' lines), standard
+    parameterization, 4-register file: the Mehler series cannot certify many
+    of these entries, so the quadrature fallback runs inside the fused
+    recursion.  Same bound as above."""
     rng = np.random.default_rng(10)
     x = _points(rng, n=21)
     norms = np.einsum("ij,ij->i", x, x) / 5
     x *= np.sqrt(np.minimum(1.9 / np.maximum(norms, 1e-300), 1.0))[:, None]
-    net = _numeric_net(act, "standard", w0=8.0)
+    net = _numeric_net(act, "standard", w0=w0)
     prog = net.program(5)
     K, T, d1 = _host_gram(lib, prog, x, x, nr=4)
     Kc, Tc = _cpu_gram(prog, x, x)

@@ -222,12 +222,15 @@ def test_numeric_float32_and_streaming(tmp_path, monkeypatch):
     assert np.array_equal(got.ntk, got.ntk.T)
 
 
-def test_numeric_variance_out_of_range():
+@pytest.mark.parametrize("act,w_std,v", [
+    (ik.Elementwise(np.sin, np.cos, name="Sin"), 20.0, "400"),   # range [0, 128]
+    (ik.Tanh(), 2e10, r"4e\+20")])                               # range [0, 1e20]
+def test_numeric_variance_out_of_range(act, w_std, v):
     """The CPU backend's error, raised from the device tables."""
-    net = ik.serial(ik.Dense(8, W_std=20.0), ik.Tanh(), ik.Dense(1))
+    net = ik.serial(ik.Dense(8, W_std=w_std), act, ik.Dense(1))
     x = np.full((5, 3), 0.1)
-    x[3] = 1.0                        # variance 400 at the Tanh's input, the others 4
-    msg = r"Tanh\(\): its input variance reaches 400 \(x2 row 3\), outside the guaranteed range"
+    x[3] = 1.0                        # variance 400 w_std²/20² at the activation's input
+    msg = rf"{act.name}\(?\)?: its input variance reaches {v} \(x2 row 3\), outside the guaranteed"
     with pytest.raises(ValueError, match=msg):
         net.kernel(x[:2], x, backend="cpu")
     with pytest.raises(ValueError, match=msg):

@@ -16,6 +16,7 @@ from scipy import integrate, special
 
 import infkernel as ik
 from infkernel import _numeric
+from infkernel._duals import correlation
 
 SQ2PI = math.sqrt(2 * math.pi)
 
@@ -255,11 +256,113 @@ def test_neural_tangents_closed_form_duals_are_checked():
 
 
 def test_variance_outside_range_fails_loudly():
-    net = ik.serial(ik.Dense(4, 20.0), ik.Tanh())
-    with pytest.raises(ValueError, match=r"Tanh\(\).*guaranteed range"):
+    # a user function not linear beyond the table: variances up to 128
+    net = ik.serial(ik.Dense(4, 20.0), ik.Elementwise(np.sin, np.cos, name="Sin"))
+    with pytest.raises(ValueError, match=r"Sin.*guaranteed range \[0, 128\].*not constant or "
+                                         r"linear"):
         net.kernel(np.ones((3, 2)))
     with pytest.raises(ValueError, match="guaranteed range"):
         net.diag(np.ones((3, 2)))
+    # the built-ins: up to 1e20
+    net = ik.serial(ik.Dense(4, 2e10), ik.Tanh())
+    with pytest.raises(ik.KernelRangeError, match=r"Tanh\(\).*4e\+20.*\[0, 1e\+20\]"):
+        net.kernel(np.ones((3, 2)))
+
+
+def _quad_pieces(f, a, b, marks):
+    cuts = [a] + sorted(p for p in set(marks) if a < p < b) + [b]
+    return sum(integrate.quad(f, lo, hi, epsabs=0, epsrel=1e-13, limit=400)[0]
+               for lo, hi in zip(cuts[:-1], cuts[1:]))
+
+
+def ref_large(g, q1, q2, rho, kinks):
+    """E[g(u)g(v)] at any variance: nested adaptive quadrature in g's own
+    variables (v, then u given v), where g's features have width ~1 and the
+    Gaussian weights are smooth, split at the kinks and at ±1, ±40 (where
+    tanh-like functions reach their tails)."""
+    s1, s2 = math.sqrt(q1), math.sqrt(q2)
+    c = math.sqrt(max(1 - rho * rho, 0.0))
+    marks = list(kinks) + [-40.0, -1.0, 0.0, 1.0, 40.0]
+
+    def inner(v):
+        m, sig = s1 * rho * v / s2, s1 * c
+        if sig == 0:
+            return g(m)
+        return _quad_pieces(lambda t: g(t) * math.exp(-0.5 * ((t - m) / sig) ** 2),
+                            m - 10 * sig, m + 10 * sig, marks) / (sig * SQ2PI)
+    pts = marks + ([s2 / (s1 * rho) * t for t in marks] if rho else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _quad_pieces(lambda v: g(v) * inner(v) * math.exp(-0.5 * (v / s2) ** 2),
+                            -10 * s2, 10 * s2, pts) / (s2 * SQ2PI)
+
+
+@pytest.mark.parametrize("act,kinks", [(ik.Tanh(), ()), (ik.Softplus(), ()),
+                                       (ik.Elu(0.7), (0.0,))], ids=["Tanh", "Softplus", "Elu"])
+def test_large_variances_against_reference(act, kinks):
+    """Input variances far beyond the table (φ continued by its end lines):
+    the same accuracy as inside.  ρ is taken as the library forms it from
+    q12 (near ρ = 1 at large variance the result's condition number in ρ
+    reaches ~1e6: one ulp of ρ moves it by ~1e-10)."""
+    tol = 1e-7 if kinks else 1e-10
+    fn = lambda x: float(act.fn(np.float64(x)))      # noqa: E731
+    dfn = lambda x: float(act.dfn(np.float64(x)))    # noqa: E731
+    assert act.tables[0][7] == _numeric.Q_TAIL_MAX
+    for q1, q2, rho in [(1e3, 5e2, 0.3), (1e8, 4e7, 0.9999999), (1e12, 1e12, -0.97),
+                        (1e20, 3e19, 0.999), (1e6, 1e-2, 0.9)]:
+        q12 = rho * math.sqrt(q1 * q2)
+        rho = correlation(q12, 1.0 / math.sqrt(q1), 1.0 / math.sqrt(q2))
+        k, kd = _numeric.duals(act.tables[0], q1, q12, q2)[:, 0]
+        for val, g in ((k, fn), (kd, dfn)):
+            scale = math.sqrt(ref_large(g, q1, q1, 1.0, kinks) * ref_large(g, q2, q2, 1.0, kinks))
+            r = ref_large(g, q1, q2, rho, kinks)
+            assert abs(val - r) <= tol * scale, (act, q1, q2, rho, val, r)
+
+
+def test_unnormalised_inputs_through_a_network():
+    """Raw features (first-layer variances ~1e2 … 1e6) through Tanh: entries
+    of the one-hidden-layer NNGP against ``ref_large``; symmetric, PSD and
+    equal to the cross and diagonal paths."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 3)) * np.logspace(1, 3, 12)[:, None]
+    net = ik.serial(ik.Dense(64, 1.5, 0.5), ik.Tanh(), ik.Dense(1, 1.2, 0.1))
+    k = net.kernel(x, None, ("nngp", "ntk"))
+    assert np.all(np.isfinite(k.ntk))
+    np.testing.assert_array_equal(k.nngp, k.nngp.T)
+    assert np.linalg.eigvalsh(k.ntk).min() > -1e-12 * np.abs(k.ntk).max()
+    np.testing.assert_allclose(net.kernel(x, x.copy(), "nngp"), k.nngp, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(net.diag(x, "ntk"), np.diag(k.ntk), rtol=1e-14)
+    q = 1.5 ** 2 * x @ x.T / 3 + 0.25
+    for i, j in [(0, 1), (3, 11), (7, 7), (11, 10)]:
+        r = ref_large(math.tanh, q[i, i], q[j, j], q[i, j] / math.sqrt(q[i, i] * q[j, j]), ())
+        assert abs(k.nngp[i, j] - (1.2 ** 2 * r + 0.01)) <= 1e-10 * 1.2 ** 2, (i, j)
+
+
+def test_table_tails_of_user_functions():
+    """Variances beyond 128 only for functions that are their end lines beyond
+    ±144 (checked when the table is built)."""
+    tails = lambda act: act.tables[0][7]    # noqa: E731
+    for fn in (np.tanh, math.tanh, lambda x: np.logaddexp(0.0, x), special.expit,
+               lambda x: np.maximum(x, 0.0) + 0.1 * np.minimum(x, 0.0)):
+        assert tails(ik.Elementwise(fn)) == _numeric.Q_TAIL_MAX
+    for fn in (np.sin, lambda x: np.sqrt(1.0 + x * x), lambda x: special.erf(x / 300.0),
+               lambda x: x ** 3, lambda x: np.exp(-x * x) + x * 1e-300 * np.cosh(x / 1e8)):
+        assert tails(ik.Elementwise(fn)) == _numeric.Q_MAX
+
+    def raises_far_out(x):
+        if abs(x) > 1e6:
+            raise OverflowError("too far")
+        return math.tanh(x)
+    assert tails(ik.Elementwise(raises_far_out)) == _numeric.Q_MAX
+    # a given df must be the line's slope too
+    assert tails(ik.Elementwise(np.tanh, lambda x: 1.0 / np.cosh(x) ** 2)) == _numeric.Q_TAIL_MAX
+    assert tails(ik.Elementwise(np.tanh, lambda x: 1.0 / np.cosh(x) ** 2
+                                + 1e-3 * (np.abs(x) > 150))) == _numeric.Q_MAX
+    # the tabulated φ' (finite networks, df=None) continues as the tails' slopes
+    # (inside: the differentiated interpolant, ~1e-13 of φ's scale 144)
+    softplus = ik.Elementwise(lambda x: np.logaddexp(0.0, x))
+    np.testing.assert_allclose(softplus.dfn(np.array([-1e6, -200.0, 3.0, 200.0, 1e6])),
+                               [0.0, 0.0, special.expit(3.0), 1.0, 1.0], rtol=0, atol=1e-10)
 
 
 def test_activation_without_dense_is_rejected():

@@ -337,7 +337,24 @@ def test_kernel_out_of_range_names_the_hyperparameters():
     variance range: a KernelRangeError (a ValueError) naming the values and
     the remedy, not a bare quadrature message."""
     from infkernel._checks import KernelRangeError
-    net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(1))
+    # a user activation tabulated for input variances up to 128
+    net = ik.serial(ik.Dense(4), ik.Elementwise(np.sin, np.cos, name="Sin"), ik.Dense(1))
     X = np.random.default_rng(0).standard_normal((5, 3))
     with pytest.raises(KernelRangeError, match="W_std=100.*narrow W_std_bounds"):
         NetworkKernel(net, W_std=100.0)(X, eval_gradient=True)
+
+
+def test_gaussian_process_with_tanh_on_unnormalised_data():
+    """scikit-learn's optimiser may try W_std up to the default bound 100 on
+    raw features (tanh's input variances ~1e4 · |x|²/d): the kernel is
+    computable there, so the fit completes, with a kernel at least as likely
+    as the start."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5)) * 3.0
+    y = np.sin(X[:, 0]) + 0.1 * rng.normal(size=40)
+    net = ik.serial(ik.Dense(512, 1.5, 0.05), ik.Tanh(), ik.Dense(1))
+    gp = GaussianProcessRegressor(kernel=NetworkKernel(net), alpha=1e-2).fit(X, y)
+    start = gp.log_marginal_likelihood(gp.kernel.theta)
+    assert gp.log_marginal_likelihood_value_ >= start
+    assert np.all(np.isfinite(gp.predict(X[:3])))
