@@ -452,8 +452,9 @@ def quadrature_range_error(program, op, v, where):
     act = (program.names or {}).get(op, "a numeric activation")
     q_max = variance_limit(program, op)
     why = ("" if q_max > Q_MAX else
-           f" (the function is tabulated on [-{U:g}, {U:g}] and is not constant or linear "
-           "beyond, so larger variances would need it where it is not known)")
+           f" (the function is tabulated on [-{U:g}, {U:g}]; beyond, it was not constant or "
+           "linear at the points checked, or could not be evaluated there: it raised or was "
+           "not finite, so larger variances would need values that are not known)")
     return KernelRangeError(
         f"{act}: its input variance reaches {v:.4g} ({where}), outside the guaranteed "
         f"range [0, {q_max:g}] of the quadrature{why}; rescale the inputs or reduce W_std / "

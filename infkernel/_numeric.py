@@ -215,14 +215,15 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
 def _tails(fn, dfn, scale):
     """((φ(-U), a₋, φ(U), a₊), linear): the lines φ(±U) + a±(x ∓ U) that
     continue the table (a± = (φ(±2U) - φ(±U))/U), and whether they are φ
-    (and the given φ') to 1e-12 of |φ| + the table's scale at |x| = U + U·2ᵏ
-    out to U_TAIL (k = -3 … 31 in steps of 1/4) and at 64 random points
-    between.  Saturating and asymptotically linear activations are so to
-    rounding from |x| ~ 40 on; anything else (growing, oscillating, not
-    finite, raising) keeps the table to variances ≤ Q_MAX, where the lines
-    are never used."""
-    r = U * np.concatenate([2.0 ** (np.arange(-12, 125) / 4),
-                            np.random.default_rng(0).uniform(0.0, U_TAIL / U, 64)])
+    (and the given φ') to 1e-12 of |φ| + the table's scale at the sample
+    points |x| = U + H·k (k ≤ 8U/H: every panel width out to 9U), U + U·2ᵏ
+    out to U_TAIL (k = 3 … 31 in steps of 1/4) and 64 random points between.
+    A sample, not a proof: saturating and asymptotically linear activations
+    are their lines to rounding from |x| ~ 40 on; anything else (growing,
+    oscillating, not finite or raising there) keeps the table to variances
+    ≤ Q_MAX, where the lines are never used."""
+    r = np.concatenate([H * np.arange(1, 8 * P // 2 + 1), U * 2.0 ** (np.arange(12, 125) / 4),
+                        U * np.random.default_rng(0).uniform(0.0, U_TAIL / U, 64)])
     lines, linear = [], True
     for sign in (-1.0, 1.0):
         end = float(_call("", fn, np.array([sign * U]))[0])  # finite: checked by the table

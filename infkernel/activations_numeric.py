@@ -218,22 +218,41 @@ def Elementwise(fn=None, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
     label = name or f"Elementwise({getattr(fn, '__name__', type(fn).__name__)})"
     table = build_table(label, fn, df, lam=0.5, soft=(0.0,))
     if df is None:
-        from ._numeric import H, HDR, NC, P as NP, U
-        nk, ns = int(table[4]), int(table[5])
-        cd = table[HDR + nk + ns + NP * NC:].reshape(NP, NC)
-
-        def df(x):  # for finite-width networks: the tabulated φ' (the tails' slopes beyond ±U)
-            x = np.asarray(x, dtype=float)
-            t = (x + U) / H
-            p = np.clip(np.floor(t).astype(int), 0, NP - 1)
-            y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
-            inside = np.polynomial.chebyshev.chebval(y, np.moveaxis(cd[p], -1, 0), tensor=False)
-            return np.where(x < -U, table[9], np.where(x > U, table[11], inside))
+        df = _tabulated_derivative(label, fn, table)
     act = NumericActivation(label, P.K_NUMERIC, (), fn=fn, dfn=df, tables=(table,))
     object.__setattr__(act, "name", label)
     if nngp_fn is not None or d_nngp_fn is not None:
         _check_user_dual(act, nngp_fn, d_nngp_fn)
     return act
+
+
+def _tabulated_derivative(label, fn, table):
+    """φ' for finite-width networks when no df is given: the table's
+    derivative series on [-U, U]; beyond, the tails' slopes where φ is its
+    tail lines (``_numeric._tails``), else central differences of ``fn``
+    (step 1e-6 |x|: relative error ~1e-10)."""
+    from ._numeric import H, HDR, NC, P as NP, Q_MAX, U, _call
+    nk, ns = int(table[4]), int(table[5])
+    cd = table[HDR + nk + ns + NP * NC:].reshape(NP, NC)
+    linear = table[7] > Q_MAX
+
+    def df(x):
+        x = np.asarray(x, dtype=float)
+        t = (x + U) / H
+        p = np.clip(np.floor(t).astype(int), 0, NP - 1)
+        y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
+        d = np.array(np.polynomial.chebyshev.chebval(y, np.moveaxis(cd[p], -1, 0), tensor=False),
+                     dtype=float)
+        out = np.abs(x) > U
+        if out.any():
+            xo = x[out]
+            if linear:
+                d[out] = np.where(xo < 0, table[9], table[11])
+            else:
+                h = 1e-6 * np.abs(xo)
+                d[out] = (_call(label, fn, xo + h) - _call(label, fn, xo - h)) / (2 * h)
+        return d
+    return df
 
 
 def _check_user_dual(act, nngp_fn, d_nngp_fn):

@@ -346,7 +346,8 @@ def test_table_tails_of_user_functions():
                lambda x: np.maximum(x, 0.0) + 0.1 * np.minimum(x, 0.0)):
         assert tails(ik.Elementwise(fn)) == _numeric.Q_TAIL_MAX
     for fn in (np.sin, lambda x: np.sqrt(1.0 + x * x), lambda x: special.erf(x / 300.0),
-               lambda x: x ** 3, lambda x: np.exp(-x * x) + x * 1e-300 * np.cosh(x / 1e8)):
+               lambda x: x ** 3, lambda x: np.exp(-x * x) + x * 1e-300 * np.cosh(x / 1e8),
+               lambda x: np.tanh(x) + np.exp(-(x - 520.0) ** 2 / 10.0)):   # a bump beyond U
         assert tails(ik.Elementwise(fn)) == _numeric.Q_MAX
 
     def raises_far_out(x):
@@ -363,6 +364,10 @@ def test_table_tails_of_user_functions():
     softplus = ik.Elementwise(lambda x: np.logaddexp(0.0, x))
     np.testing.assert_allclose(softplus.dfn(np.array([-1e6, -200.0, 3.0, 200.0, 1e6])),
                                [0.0, 0.0, special.expit(3.0), 1.0, 1.0], rtol=0, atol=1e-10)
+    # ... and for other functions it is their central difference (relative error ~1e-10)
+    x = np.array([-300.0, 144.1, 200.0])
+    np.testing.assert_allclose(ik.Elementwise(lambda x: x * x).dfn(x), 2 * x, rtol=1e-8)
+    np.testing.assert_allclose(ik.Elementwise(np.sin).dfn(x), np.cos(x), rtol=0, atol=1e-8)
 
 
 def test_activation_without_dense_is_rejected():
