@@ -22,10 +22,11 @@ breakpoints.  Layout at offset ``lo`` of ``aux``::
 feature scale); the quadrature grades its panels from width λ at each centre.
 Beyond ±U, φ continues as the lines of the tails, φ(±U) + a±(x ∓ U) with
 the slopes a± = (φ(±2U) - φ(±U))/U.  Where that is φ itself (checked at
-build time out to |x| = U_TAIL: tanh, the logistic function, softplus, SiLU,
-ELU, ... are constant or linear there to rounding) the table serves input
-variances up to q_max = Q_TAIL_MAX = 1e20; otherwise up to Q_MAX = 128, within
-which the quadrature never leaves [-U, U] (and the lines are not used).
+build time at sample points out to |x| = U_TAIL, ``_tails``: tanh, the
+logistic function, softplus, SiLU, ELU, ... are constant or linear there to
+rounding) the table serves input variances up to q_max = Q_TAIL_MAX = 1e20;
+otherwise up to Q_MAX = 128, within which the quadrature never leaves
+[-U, U] (and the lines are not used).
 
 Fast path: Mehler series with per-point coefficients
 ----------------------------------------------------
