@@ -12,7 +12,8 @@ subprocess of the given interpreter and is never imported here.  A second table 
 ``net.diag`` on 20,000 points and the peak memory of a tall 20,000 x 100 cross kernel; a
 third the same network on unnormalised inputs (x times 10 … 10⁴: first-layer variances
 to ~2e8, where tanh's table continues as its constant tails), against the inputs as drawn,
-for d = 100 and d = 10 (larger correlations: more entries need the quadrature fallback).
+for d = 100 and d = 10 (larger correlations: more entries need the quadrature fallback);
+a fourth 1-D inputs, where nearly every entry needs it.
 """
 import argparse
 import json
@@ -198,6 +199,33 @@ def unnormalised(n=300, d=100, m=30, nt_python=None):
         print(f"{scale:7g} {t:9.3f} {t / rows[0][1]:5.1f}x {e1:9.1e} {e2:9.1e}{ntc}")
 
 
+def low_dimensional(n=300, m=30, nt_python=None):
+    """1-D inputs on [-3, 3] (correlations near 1: most entries need the
+    nested quadrature, with its Gauss–Hermite inner rule): time and errors on
+    an m-point block against ``reference``, and neural-tangents' deg-25 grid
+    on the same N if ``nt_python``."""
+    x = np.linspace(-3.0, 3.0, n)[:, None]
+    net = network()
+    net.kernel(x[::max(1, n // 20)])
+    t = time.perf_counter()
+    k = net.kernel(x)
+    t_ik = time.perf_counter() - t
+    sub = x[::n // m][:m]
+    kref, tref = reference(sub)
+    rows = [("infkernel", t_ik, err(k.nngp[::n // m][:m, ::n // m][:, :m], kref),
+             err(k.ntk[::n // m][:m, ::n // m][:, :m], tref))]
+    if nt_python:
+        t, kn, tn = run_nt(nt_python, x, 25)
+        rows.append(("neural-tangents ElementwiseNumerical deg=25", t,
+                     err(kn[::n // m][:m, ::n // m][:, :m], kref),
+                     err(tn[::n // m][:m, ::n // m][:, :m], tref)))
+    print(f"\ndepth-{DEPTH} tanh, N = {n} points on [-3, 3] (d = 1); errors on a {m}x{m} "
+          "block vs nested quadrature")
+    print(f"{'method':46s} {'time [s]':>9s} {'NNGP err':>9s} {'NTK err':>9s}")
+    for name, t, e1, e2 in rows:
+        print(f"{name:46s} {t:9.3f} {e1:9.1e} {e2:9.1e}")
+
+
 def diagonal_and_tall(n=20000, d=100, short=100):
     """``net.diag`` alone against the Gram's diagonal pass (which also forms
     the per-point Mehler features), and the peak memory of a tall cross
@@ -240,3 +268,4 @@ if __name__ == "__main__":
     diagonal_and_tall()
     for d in (100, 10):
         unnormalised(d=d, nt_python=args.nt_python)
+    low_dimensional(nt_python=args.nt_python)

@@ -512,6 +512,8 @@ __constant__ double ik_dev_glx12[IK_NUM_NG] = IK_NUM_GLX12;
 __constant__ double ik_dev_glw12[IK_NUM_NG] = IK_NUM_GLW12;
 __constant__ double ik_dev_glx16[16] = IK_NUM_GLX16;
 __constant__ double ik_dev_glw16[16] = IK_NUM_GLW16;
+__constant__ double ik_dev_ghx[IK_NUM_NGH] = IK_NUM_GHX;
+__constant__ double ik_dev_ghw[IK_NUM_NGH] = IK_NUM_GHW;
 __constant__ double ik_dev_herm_a1[IK_NUM_NM] = IK_NUM_HERM_A1;
 __constant__ double ik_dev_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
 #endif
@@ -521,6 +523,8 @@ IK_HOST_TABLE ik_host_glx12[IK_NUM_NG] = IK_NUM_GLX12;
 IK_HOST_TABLE ik_host_glw12[IK_NUM_NG] = IK_NUM_GLW12;
 IK_HOST_TABLE ik_host_glx16[16] = IK_NUM_GLX16;
 IK_HOST_TABLE ik_host_glw16[16] = IK_NUM_GLW16;
+IK_HOST_TABLE ik_host_ghx[IK_NUM_NGH] = IK_NUM_GHX;
+IK_HOST_TABLE ik_host_ghw[IK_NUM_NGH] = IK_NUM_GHW;
 IK_HOST_TABLE ik_host_herm_a1[IK_NUM_NM] = IK_NUM_HERM_A1;
 IK_HOST_TABLE ik_host_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
 #endif
@@ -635,7 +639,8 @@ IK_FN bool ik_edges_next(IkEdges& E, double& v) {
   return true;
 }
 
-/// numba's _inner: E_w[phi(m + sig w)] and E_w[phi'(m + sig w)], w ~ N(0, 1).
+/// numba's _inner: E_w[phi(m + sig w)] and E_w[phi'(m + sig w)], w ~ N(0, 1)
+/// (Gauss-Hermite for kink-free phi at sig <= IK_NUM_GH_SIG lambda).
 IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double& h,
                         double& hd) {
   if (sig <= 0.0) {
@@ -645,6 +650,18 @@ IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double&
   const int nk = int(aux[lo + 4]);
   const int ns = int(aux[lo + 5]);
   const double lam = aux[lo + 6];
+  if (nk == 0 && sig <= IK_NUM_GH_SIG * lam) {
+    double acc = 0.0, accd = 0.0;
+    for (int g = 0; g < IK_NUM_NGH; ++g) {
+      double f, df;
+      ik_tab_eval(aux, lo, m + sig * IK_NUM_CONST(ghx)[g], f, df);
+      acc += IK_NUM_CONST(ghw)[g] * f;
+      accd += IK_NUM_CONST(ghw)[g] * df;
+    }
+    h = acc;
+    hd = accd;
+    return;
+  }
   IkEdges E;
   ik_edges_init(E, -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
   for (int k = 0; k < nk + ns; ++k)

@@ -70,6 +70,26 @@ def test_builtin_against_reference(act, kinks):
             assert abs(val - r) <= tol * scale, (act, q1, q2, rho, val, r)
 
 
+@pytest.mark.parametrize("act", [ik.Tanh(), ik.Softplus(), ik.Mish(),
+                                 ik.Elementwise(lambda x: np.tanh(4 * x))], ids=repr)
+def test_fallback_near_unit_correlation_against_reference(act):
+    """The nested quadrature alone (no Mehler series) where its inner rule is
+    Gauss–Hermite (kink-free φ, σ = s2√(1-ρ²) ≤ λ/4: correlations near ±1,
+    as for low-dimensional inputs), against the adaptive reference: 1e-10
+    of the Cauchy–Schwarz scale, like every smooth activation."""
+    tab = act.tables[0]
+    fn = lambda x: float(act.fn(np.float64(x)))      # noqa: E731
+    dfn = lambda x: float(act.dfn(np.float64(x)))    # noqa: E731
+    for q1, q2, rho in [(2.0, 3.0, 0.999), (0.5, 0.4, -0.9999), (9.0, 6.0, 0.99999),
+                        (30.0, 20.0, 0.99995)]:
+        s1, s2 = math.sqrt(q1), math.sqrt(q2)
+        assert s2 * math.sqrt(1 - rho * rho) <= _numeric.GH_SIG * tab[6]
+        k, kd = _numeric.duals_quadrature(tab, s1, s2, rho)
+        for val, g in ((k, fn), (kd, dfn)):
+            scale = math.sqrt(ref(g, q1, q1, 1.0, ()) * ref(g, q2, q2, 1.0, ()))
+            assert abs(val - ref(g, q1, q2, rho, ())) <= 1e-10 * scale, (act, q1, q2, rho)
+
+
 def _net(act, par="ntk", depth=2):
     layers = []
     for _ in range(depth):
