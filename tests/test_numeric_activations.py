@@ -349,8 +349,12 @@ def test_unnormalised_inputs_through_a_network():
     k = net.kernel(x, None, ("nngp", "ntk"))
     assert np.all(np.isfinite(k.ntk))
     np.testing.assert_array_equal(k.nngp, k.nngp.T)
+    # eigenvalues: rounding of a 12 x 12 symmetric solve, ~n ε of the largest
     assert np.linalg.eigvalsh(k.ntk).min() > -1e-12 * np.abs(k.ntk).max()
+    # the cross path's inner products round differently from the symmetric
+    # path's (GEMM order): a few ulps of ρ, passed on with gain O(1) (NNGP ≤ 1.5)
     np.testing.assert_allclose(net.kernel(x, x.copy(), "nngp"), k.nngp, rtol=0, atol=1e-13)
+    # the same diagonal pass: equal up to the store
     np.testing.assert_allclose(net.diag(x, "ntk"), np.diag(k.ntk), rtol=1e-14)
     q = 1.5 ** 2 * x @ x.T / 3 + 0.25
     for i, j in [(0, 1), (3, 11), (7, 7), (11, 10)]:
