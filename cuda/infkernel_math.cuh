@@ -640,7 +640,8 @@ IK_FN bool ik_edges_next(IkEdges& E, double& v) {
 }
 
 /// numba's _inner: E_w[phi(m + sig w)] and E_w[phi'(m + sig w)], w ~ N(0, 1)
-/// (Gauss-Hermite for kink-free phi at sig <= IK_NUM_GH_SIG lambda).
+/// (Gauss-Hermite at sig <= IK_NUM_GH_SIG lambda with every kink beyond
+/// IK_NUM_GH_CLEAR sig of m).
 IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double& h,
                         double& hd) {
   if (sig <= 0.0) {
@@ -650,7 +651,10 @@ IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double&
   const int nk = int(aux[lo + 4]);
   const int ns = int(aux[lo + 5]);
   const double lam = aux[lo + 6];
-  if (nk == 0 && sig <= IK_NUM_GH_SIG * lam) {
+  bool clear = sig <= IK_NUM_GH_SIG * lam;
+  for (int k = 0; k < nk; ++k)
+    clear = clear && fabs(aux[lo + IK_NUM_HDR + k] - m) > IK_NUM_GH_CLEAR * sig;
+  if (clear) {
     double acc = 0.0, accd = 0.0;
     for (int g = 0; g < IK_NUM_NGH; ++g) {
       double f, df;

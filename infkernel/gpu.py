@@ -131,7 +131,7 @@ def defines():
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "NG": N.NG, "NGH": N.NGH,
             "MAX_BREAKS": N.MAX_BREAKS}
     floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX, "GH_SIG": N.GH_SIG,
-              "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
+              "GH_CLEAR": N.GH_CLEAR, "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
     out += "".join(f"#define IK_NUM_{k} {int(v)}\n" for k, v in ints.items())
     out += "".join(f"#define IK_NUM_{k} {float(v)!r}\n" for k, v in floats.items())
     # the Hermite recurrence h_n = z h_{n-1} / sqrt(n) - sqrt((n-1)/n) h_{n-2}
