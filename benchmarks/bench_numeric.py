@@ -210,15 +210,13 @@ def low_dimensional(n=300, m=30, nt_python=None):
     t = time.perf_counter()
     k = net.kernel(x)
     t_ik = time.perf_counter() - t
-    sub = x[::n // m][:m]
-    kref, tref = reference(sub)
-    rows = [("infkernel", t_ik, err(k.nngp[::n // m][:m, ::n // m][:, :m], kref),
-             err(k.ntk[::n // m][:m, ::n // m][:, :m], tref))]
+    block = np.ix_(*2 * [np.arange(0, n, n // m)[:m]])   # every (n // m)-th point
+    kref, tref = reference(x[block[0][:, 0]])
+    rows = [("infkernel", t_ik, err(k.nngp[block], kref), err(k.ntk[block], tref))]
     if nt_python:
         t, kn, tn = run_nt(nt_python, x, 25)
         rows.append(("neural-tangents ElementwiseNumerical deg=25", t,
-                     err(kn[::n // m][:m, ::n // m][:, :m], kref),
-                     err(tn[::n // m][:m, ::n // m][:, :m], tref)))
+                     err(kn[block], kref), err(tn[block], tref)))
     print(f"\ndepth-{DEPTH} tanh, N = {n} points on [-3, 3] (d = 1); errors on a {m}x{m} "
           "block vs nested quadrature")
     print(f"{'method':46s} {'time [s]':>9s} {'NNGP err':>9s} {'NTK err':>9s}")

@@ -535,11 +535,11 @@ IK_HOST_TABLE ik_host_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
 #endif
 
 /// (phi(x), phi'(x)) from the table at aux[lo] (Clenshaw, IK_NUM_NC terms);
-/// beyond +-U the lines of the tails (header entries 8..11).
+/// beyond +-U the lines of the tails (header entries IK_NUM_HDR_TAILS + 0..3).
 IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& df) {
   const double u = aux[lo];
   if (x < -u || x > u) {
-    const int e = x < -u ? 8 : 10;
+    const int e = IK_NUM_HDR_TAILS + (x < -u ? 0 : 2);
     df = aux[lo + e + 1];
     f = aux[lo + e] + df * (x < -u ? x + u : x - u);
     return;
@@ -1181,7 +1181,8 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
       if (o[3] == IK_K_NUMERIC) {  // scale capped as in _cpu._diag_pass
         double* f = feat + (long long)o[5] * fr * ld + i;
         double* g = f + (fr - 2) * ld;
-        ik_mehler_moments(aux, o[4], fmin(double(s), 2.0 * sqrt(aux[o[4] + 7])),
+        const double s_cap = 2.0 * sqrt(aux[o[4] + IK_NUM_HDR_QMAX]);
+        ik_mehler_moments(aux, o[4], fmin(double(s), s_cap),
                           fr == IK_NUM_FR ? f : nullptr, g, ld);
         q[r] = T(g[0]);
         th[r] *= T(g[ld]);

@@ -29,7 +29,7 @@ from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_
                      dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
                      dual_rbf, dual_rectified_monomial, dual_relu, dual_sign, dual_sin,
                      dense_theta, point_scale)
-from ._numeric import NM, Q_MAX, U, mehler_point, numeric_tile
+from ._numeric import HDR_QMAX, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
                        K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT, OP_AXPY, OP_COPY,
@@ -249,8 +249,8 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 R[k, i] = rs
                 if ops[k, 3] == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
                     slot = ops[k, 5]
-                    mehler_point(aux, ops[k, 4], min(s, 2.0 * math.sqrt(aux[ops[k, 4] + 7])),
-                                 F, G, slot, i)
+                    s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
+                    mehler_point(aux, ops[k, 4], min(s, s_cap), F, G, slot, i)
                     q[r] = G[slot, 0, i]
                     th[r] *= G[slot, 1, i]
                 else:
@@ -443,7 +443,7 @@ def point_tables(program, x, features=True, start=0, name="x"):
 def variance_limit(program, op):
     """The largest input variance of the numeric activation ``op``: its
     table's q_max (``_numeric``: 1e20 for φ linear beyond the table, else 128)."""
-    return program.aux[program.ops[op, 4] + 7]
+    return program.aux[program.ops[op, 4] + HDR_QMAX]
 
 
 def quadrature_range_error(program, op, v, where):

@@ -90,7 +90,9 @@ U_TAIL = 3e11                  # tails checked to |x| = U_TAIL >= the quadrature
 ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
 U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
 P = int(round(2 * U / H))      # number of panels
-HDR = 12
+HDR = 12                       # header entries (layout above); named ones:
+HDR_QMAX = 7                   # q_max, the table's input-variance limit
+HDR_TAILS = 8                  # φ(-U), slope, φ(U), slope
 NM = 96                        # Mehler terms available per point
 TOL = 1e-12                    # certified normalised truncation error
 ZF = 9.0                       # fallback truncation |x|, |w| <= ZF
@@ -293,10 +295,9 @@ def tab_eval(aux, lo, x):
     """(φ(x), φ'(x)) from the table at ``aux[lo]`` (Clenshaw, NC terms);
     beyond ±U the lines of the tails."""
     u = aux[lo]
-    if x < -u:
-        return aux[lo + 8] + aux[lo + 9] * (x + u), aux[lo + 9]
-    if x > u:
-        return aux[lo + 10] + aux[lo + 11] * (x - u), aux[lo + 11]
+    if x < -u or x > u:
+        e = lo + HDR_TAILS + (0 if x < -u else 2)
+        return aux[e] + aux[e + 1] * (x + u if x < -u else x - u), aux[e + 1]
     nk = int(aux[lo + 4])
     ns = int(aux[lo + 5])
     base = lo + HDR + nk + ns

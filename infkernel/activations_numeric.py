@@ -231,10 +231,11 @@ def _tabulated_derivative(label, fn, table):
     derivative series on [-U, U]; beyond, the tails' slopes where φ is its
     tail lines (``_numeric._tails``), else central differences of ``fn``
     (step 1e-6 |x|: relative error ~1e-10)."""
-    from ._numeric import H, HDR, NC, P as NP, Q_MAX, U, _call
+    from ._numeric import H, HDR, HDR_QMAX, HDR_TAILS, NC, P as NP, Q_MAX, U, _call
     nk, ns = int(table[4]), int(table[5])
     cd = table[HDR + nk + ns + NP * NC:].reshape(NP, NC)
-    linear = table[7] > Q_MAX
+    linear = table[HDR_QMAX] > Q_MAX
+    slopes = table[HDR_TAILS + 1], table[HDR_TAILS + 3]
 
     def df(x):
         x = np.asarray(x, dtype=float)
@@ -247,7 +248,7 @@ def _tabulated_derivative(label, fn, table):
         if out.any():
             xo = x[out]
             if linear:
-                d[out] = np.where(xo < 0, table[9], table[11])
+                d[out] = np.where(xo < 0, *slopes)
             else:
                 h = 1e-6 * np.abs(xo)
                 d[out] = (_call(label, fn, xo + h) - _call(label, fn, xo - h)) / (2 * h)

@@ -128,7 +128,8 @@ def defines():
     from . import _numeric as N
     names = sorted(n for n in dir(P) if n.startswith(("OP_", "K_")))
     out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
-    ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "NG": N.NG, "NGH": N.NGH,
+    ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "HDR_QMAX": N.HDR_QMAX,
+            "HDR_TAILS": N.HDR_TAILS, "NG": N.NG, "NGH": N.NGH,
             "MAX_BREAKS": N.MAX_BREAKS}
     floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX, "GH_SIG": N.GH_SIG,
               "GH_CLEAR": N.GH_CLEAR, "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}

@@ -331,7 +331,7 @@ def test_large_variances_against_reference(act, kinks):
     tol = 1e-7 if kinks else 1e-10
     fn = lambda x: float(act.fn(np.float64(x)))      # noqa: E731
     dfn = lambda x: float(act.dfn(np.float64(x)))    # noqa: E731
-    assert act.tables[0][7] == _numeric.Q_TAIL_MAX
+    assert act.tables[0][_numeric.HDR_QMAX] == _numeric.Q_TAIL_MAX
     for q1, q2, rho in [(1e3, 5e2, 0.3), (1e8, 4e7, 0.9999999), (1e12, 1e12, -0.97),
                         (1e20, 3e19, 0.999), (1e6, 1e-2, 0.9)]:
         q12 = rho * math.sqrt(q1 * q2)
@@ -369,7 +369,7 @@ def test_unnormalised_inputs_through_a_network():
 def test_table_tails_of_user_functions():
     """Variances beyond 128 only for functions that are their end lines beyond
     ±144 (checked when the table is built)."""
-    tails = lambda act: act.tables[0][7]    # noqa: E731
+    tails = lambda act: act.tables[0][_numeric.HDR_QMAX]    # noqa: E731
     for fn in (np.tanh, math.tanh, lambda x: np.logaddexp(0.0, x), special.expit,
                lambda x: np.maximum(x, 0.0) + 0.1 * np.minimum(x, 0.0)):
         assert tails(ik.Elementwise(fn)) == _numeric.Q_TAIL_MAX
