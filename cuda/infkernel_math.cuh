@@ -514,6 +514,8 @@ __constant__ double ik_dev_glx16[16] = IK_NUM_GLX16;
 __constant__ double ik_dev_glw16[16] = IK_NUM_GLW16;
 __constant__ double ik_dev_ghx[IK_NUM_NGH] = IK_NUM_GHX;
 __constant__ double ik_dev_ghw[IK_NUM_NGH] = IK_NUM_GHW;
+__constant__ double ik_dev_gh_sigs[IK_NUM_GH_RULES] = IK_NUM_GH_SIGS;
+__constant__ double ik_dev_gh_clears[IK_NUM_GH_RULES] = IK_NUM_GH_CLEARS;
 __constant__ double ik_dev_herm_a1[IK_NUM_NM] = IK_NUM_HERM_A1;
 __constant__ double ik_dev_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
 #endif
@@ -525,6 +527,8 @@ IK_HOST_TABLE ik_host_glx16[16] = IK_NUM_GLX16;
 IK_HOST_TABLE ik_host_glw16[16] = IK_NUM_GLW16;
 IK_HOST_TABLE ik_host_ghx[IK_NUM_NGH] = IK_NUM_GHX;
 IK_HOST_TABLE ik_host_ghw[IK_NUM_NGH] = IK_NUM_GHW;
+IK_HOST_TABLE ik_host_gh_sigs[IK_NUM_GH_RULES] = IK_NUM_GH_SIGS;
+IK_HOST_TABLE ik_host_gh_clears[IK_NUM_GH_RULES] = IK_NUM_GH_CLEARS;
 IK_HOST_TABLE ik_host_herm_a1[IK_NUM_NM] = IK_NUM_HERM_A1;
 IK_HOST_TABLE ik_host_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
 #endif
@@ -534,8 +538,16 @@ IK_HOST_TABLE ik_host_herm_a0[IK_NUM_NM] = IK_NUM_HERM_A0;
 #define IK_NUM_CONST(name) ik_host_##name
 #endif
 
-/// (phi(x), phi'(x)) from the table at aux[lo] (Clenshaw, IK_NUM_NC terms);
-/// beyond +-U the lines of the tails (header entries IK_NUM_HDR_TAILS + 0..3).
+/// numba's _estrin: sum_k c[k] y^k, k < 12, grouped as there (depth 4).
+IK_FN double ik_estrin(const double* c, double y, double y2, double y4, double y8) {
+  const double a0 = c[0] + c[1] * y, a1 = c[2] + c[3] * y, a2 = c[4] + c[5] * y;
+  const double a3 = c[6] + c[7] * y, a4 = c[8] + c[9] * y, a5 = c[10] + c[11] * y;
+  return (a0 + a1 * y2) + (a2 + a3 * y2) * y4 + (a4 + a5 * y2) * y8;
+}
+
+/// (phi(x), phi'(x)) from the table at aux[lo] (per panel the powers of the
+/// panel coordinate y, phi's then phi''s); beyond +-U the lines of the tails
+/// (header entries IK_NUM_HDR_TAILS + 0..3).
 IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& df) {
   const double u = aux[lo];
   if (x < -u || x > u) {
@@ -544,28 +556,15 @@ IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& d
     f = aux[lo + e] + df * (x < -u ? x + u : x - u);
     return;
   }
-  const int nk = int(aux[lo + 4]);
-  const int ns = int(aux[lo + 5]);
-  const long long base = lo + IK_NUM_HDR + nk + ns;
   const double t = (x + u) * aux[lo + 1];
   int p = int(floor(t));
   p = p < 0 ? 0 : p > IK_NUM_P - 1 ? IK_NUM_P - 1 : p;
   double y = 2.0 * (t - p) - 1.0;
   y = fmin(fmax(y, -1.0), 1.0);
-  const double y2 = 2.0 * y;
-  const double* c0 = aux + base + (long long)p * IK_NUM_NC;
-  const double* c1 = aux + base + (long long)IK_NUM_P * IK_NUM_NC + (long long)p * IK_NUM_NC;
-  double b1 = 0.0, b2 = 0.0, e1 = 0.0, e2 = 0.0;
-  for (int k = IK_NUM_NC - 1; k > 0; --k) {
-    double b0 = y2 * b1 - b2 + c0[k];
-    b2 = b1;
-    b1 = b0;
-    double e0 = y2 * e1 - e2 + c1[k];
-    e2 = e1;
-    e1 = e0;
-  }
-  f = y * b1 - b2 + c0[0];
-  df = y * e1 - e2 + c1[0];
+  const double y2 = y * y, y4 = y2 * y2, y8 = y4 * y4;
+  const double* c = aux + lo + IK_NUM_HDR + IK_NUM_MAX_BREAKS + 2LL * IK_NUM_NC * p;
+  f = ik_estrin(c, y, y2, y4, y8);
+  df = ik_estrin(c + IK_NUM_NC, y, y2, y4, y8);
 }
 
 /// The sorted quadrature edges of numba's _add_centre / _finish_edges, produced
@@ -640,8 +639,8 @@ IK_FN bool ik_edges_next(IkEdges& E, double& v) {
 }
 
 /// numba's _inner: E_w[phi(m + sig w)] and E_w[phi'(m + sig w)], w ~ N(0, 1)
-/// (Gauss-Hermite at sig <= IK_NUM_GH_SIG lambda with every kink beyond
-/// IK_NUM_GH_CLEAR sig of m).
+/// (Gauss-Hermite rule r, 8 2^r nodes, at sig <= IK_NUM_GH_SIGS[r] lambda with
+/// every kink beyond IK_NUM_GH_CLEARS[r] sig of m; else graded Gauss-Legendre).
 IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double& h,
                         double& hd) {
   if (sig <= 0.0) {
@@ -651,20 +650,24 @@ IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double&
   const int nk = int(aux[lo + 4]);
   const int ns = int(aux[lo + 5]);
   const double lam = aux[lo + 6];
-  bool clear = sig <= IK_NUM_GH_SIG * lam;
-  for (int k = 0; k < nk; ++k)
-    clear = clear && fabs(aux[lo + IK_NUM_HDR + k] - m) > IK_NUM_GH_CLEAR * sig;
-  if (clear) {
-    double acc = 0.0, accd = 0.0;
-    for (int g = 0; g < IK_NUM_NGH; ++g) {
-      double f, df;
-      ik_tab_eval(aux, lo, m + sig * IK_NUM_CONST(ghx)[g], f, df);
-      acc += IK_NUM_CONST(ghw)[g] * f;
-      accd += IK_NUM_CONST(ghw)[g] * df;
+  if (sig <= IK_NUM_GH_SIG * lam) {
+    int r = 0;  // the rule: the fewest nodes that serve this sigma
+    while (sig > IK_NUM_CONST(gh_sigs)[r] * lam) ++r;
+    bool clear = true;
+    for (int k = 0; k < nk; ++k)
+      clear = clear && fabs(aux[lo + IK_NUM_HDR + k] - m) > IK_NUM_CONST(gh_clears)[r] * sig;
+    if (clear) {
+      double acc = 0.0, accd = 0.0;
+      for (int g = 8 * ((1 << r) - 1); g < 8 * ((2 << r) - 1); ++g) {
+        double f, df;
+        ik_tab_eval(aux, lo, m + sig * IK_NUM_CONST(ghx)[g], f, df);
+        acc += IK_NUM_CONST(ghw)[g] * f;
+        accd += IK_NUM_CONST(ghw)[g] * df;
+      }
+      h = acc;
+      hd = accd;
+      return;
     }
-    h = acc;
-    hd = accd;
-    return;
   }
   IkEdges E;
   ik_edges_init(E, -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);

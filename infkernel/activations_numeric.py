@@ -231,9 +231,8 @@ def _tabulated_derivative(label, fn, table):
     derivative series on [-U, U]; beyond, the tails' slopes where φ is its
     tail lines (``_numeric._tails``), else central differences of ``fn``
     (step 1e-6 |x|: relative error ~1e-10)."""
-    from ._numeric import H, HDR, HDR_QMAX, HDR_TAILS, NC, P as NP, Q_MAX, U, _call
-    nk, ns = int(table[4]), int(table[5])
-    cd = table[HDR + nk + ns + NP * NC:].reshape(NP, NC)
+    from ._numeric import H, HDR, HDR_QMAX, HDR_TAILS, MAX_BREAKS, NC, P as NP, Q_MAX, U, _call
+    cd = table[HDR + MAX_BREAKS:].reshape(NP, 2, NC)[:, 1]    # φ''s powers of y per panel
     linear = table[HDR_QMAX] > Q_MAX
     slopes = table[HDR_TAILS + 1], table[HDR_TAILS + 3]
 
@@ -242,7 +241,7 @@ def _tabulated_derivative(label, fn, table):
         t = (x + U) / H
         p = np.clip(np.floor(t).astype(int), 0, NP - 1)
         y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
-        d = np.array(np.polynomial.chebyshev.chebval(y, np.moveaxis(cd[p], -1, 0), tensor=False),
+        d = np.array(np.polynomial.polynomial.polyval(y, np.moveaxis(cd[p], -1, 0), tensor=False),
                      dtype=float)
         out = np.abs(x) > U
         if out.any():

@@ -129,10 +129,10 @@ def defines():
     names = sorted(n for n in dir(P) if n.startswith(("OP_", "K_")))
     out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "HDR_QMAX": N.HDR_QMAX,
-            "HDR_TAILS": N.HDR_TAILS, "NG": N.NG, "NGH": N.NGH,
+            "HDR_TAILS": N.HDR_TAILS, "NG": N.NG, "NGH": N.NGH, "GH_RULES": len(N.GH_SIGS),
             "MAX_BREAKS": N.MAX_BREAKS}
     floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX, "GH_SIG": N.GH_SIG,
-              "GH_CLEAR": N.GH_CLEAR, "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
+              "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
     out += "".join(f"#define IK_NUM_{k} {int(v)}\n" for k, v in ints.items())
     out += "".join(f"#define IK_NUM_{k} {float(v)!r}\n" for k, v in floats.items())
     # the Hermite recurrence h_n = z h_{n-1} / sqrt(n) - sqrt((n-1)/n) h_{n-2}
@@ -140,7 +140,8 @@ def defines():
     a1 = [0.0, 0.0] + [1.0 / math.sqrt(n) for n in range(2, N.NM)]
     a0 = [0.0, 0.0] + [math.sqrt((n - 1.0) / n) for n in range(2, N.NM)]
     arrays = {"GLX12": N._GLX12, "GLW12": N._GLW12, "GLX16": N._GLX16, "GLW16": N._GLW16,
-              "GHX": N._GHX, "GHW": N._GHW, "HERM_A1": a1, "HERM_A0": a0}
+              "GHX": N._GHX, "GHW": N._GHW, "GH_SIGS": N._GH_SIGS, "GH_CLEARS": N._GH_CLEARS,
+              "HERM_A1": a1, "HERM_A0": a0}
     out += "".join(f"#define IK_NUM_{k} {_array(v)}\n" for k, v in arrays.items())
     return out
 

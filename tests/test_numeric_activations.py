@@ -76,7 +76,7 @@ def test_builtin_against_reference(act, kinks):
     (ik.SReLU(), (0.0, 1.0))], ids=lambda a: repr(a) if a else "")
 def test_fallback_near_unit_correlation_against_reference(act, kinks):
     """The nested quadrature alone (no Mehler series) where its inner rule is
-    Gauss–Hermite (σ = s2√(1-ρ²) ≤ λ/4 and no kink within 12σ: correlations
+    Gauss–Hermite (σ = s2√(1-ρ²) ≤ λ/2.5 and no kink near: correlations
     near ±1, as for low-dimensional inputs; the graded rule elsewhere),
     against the adaptive reference: 1e-10 (smooth) / 1e-7 (kinks) of the
     Cauchy–Schwarz scale, as everywhere."""
@@ -84,14 +84,85 @@ def test_fallback_near_unit_correlation_against_reference(act, kinks):
     tab = act.tables[0]
     fn = lambda x: float(act.fn(np.float64(x)))      # noqa: E731
     dfn = lambda x: float(act.dfn(np.float64(x)))    # noqa: E731
-    for q1, q2, rho in [(2.0, 3.0, 0.999), (0.5, 0.4, -0.9999), (9.0, 6.0, 0.99999),
-                        (30.0, 20.0, 0.99995)]:
+    cases = [(2.0, 3.0, 0.999), (0.5, 0.4, -0.9999), (9.0, 6.0, 0.99999),
+             (30.0, 20.0, 0.99995), (1.5, 1.2, 0.99), (4.0, 3.0, -0.98), (1.0, 1.1, 0.9)]
+    sigmas = [math.sqrt(q2 * (1 - rho * rho)) / tab[6] for _, q2, rho in cases]
+    assert sum(s <= _numeric.GH_SIG for s in sigmas) >= 5    # mostly Gauss–Hermite
+    for q1, q2, rho in cases:
         s1, s2 = math.sqrt(q1), math.sqrt(q2)
-        assert s2 * math.sqrt(1 - rho * rho) <= _numeric.GH_SIG * tab[6]
         k, kd = _numeric.duals_quadrature(tab, s1, s2, rho)
         for val, g in ((k, fn), (kd, dfn)):
             scale = math.sqrt(ref(g, q1, q1, 1.0, kinks) * ref(g, q2, q2, 1.0, kinks))
             assert abs(val - ref(g, q1, q2, rho, kinks)) <= tol * scale, (act, q1, q2, rho)
+
+
+def _tanh4(x):
+    return np.tanh(4 * x)
+
+
+def _cube(x):
+    return x ** 3
+
+
+@pytest.mark.parametrize("act,kinks,df", [(a, k, a.dfn) for a, k in BUILTINS] + [
+    (ik.Elementwise(_tanh4), (), lambda x: 4 / np.cosh(4 * x) ** 2),
+    (ik.Elementwise(_cube), (), lambda x: 3 * x ** 2)], ids=lambda a: repr(a) if a else "")
+def test_table_values_against_the_function(act, kinks, df):
+    """The table (per panel the powers of the panel coordinate, Estrin's
+    scheme) against φ and φ' themselves at random points of [-U, U], panel
+    edges, both sides of the kinks and (for linear tails) far beyond.  The
+    fit is certified to 1e-13 of the local coefficients plus φ's scale
+    (interpolation error ≤ twice that): 4e-13 of |φ| + scale; a derivative
+    obtained by differentiating φ's fit (user functions without df) 400
+    times that (NFIT²) on its local scale |φ'| + (|φ| + scale)/(H/2), as in
+    ``_check_derivative``."""
+    tab = act.tables[0]
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(-8, 8, 4000), rng.uniform(-_numeric.U, _numeric.U, 2000),
+                        _numeric.H * np.arange(-64, 65) + 1e-12,
+                        np.asarray(kinks) + 1e-9, np.asarray(kinks) - 1e-9])
+    if tab[_numeric.HDR_QMAX] > _numeric.Q_MAX:      # the tails' lines beyond ±U
+        x = np.concatenate([x, rng.uniform(-1e6, 1e6, 200)])
+    got = np.array([_numeric.tab_eval(tab, 0, v) for v in x])
+    grid = np.linspace(-8, 8, 1001)
+    phi, scale = np.asarray(act.fn(x), dtype=float), np.abs(act.fn(grid)).max()
+    dphi = np.asarray(df(x), dtype=float)
+    dlocal = (np.abs(dphi) + np.abs(df(grid)).max() if df is act.dfn
+              else 400 * (np.abs(dphi) + (np.abs(phi) + scale) / (_numeric.H / 2)))
+    for col, want, local in ((0, phi, np.abs(phi) + scale), (1, dphi, dlocal)):
+        err = np.abs(got[:, col] - want) / local
+        assert err.max() <= 4e-13, (col, x[err.argmax()], err.max())
+
+
+@pytest.mark.parametrize("act,kinks,tol", [
+    (ik.Tanh(), (), 2e-12), (ik.Softplus(), (), 2e-12), (ik.Sigmoid(), (), 2e-12),
+    (ik.Elu(0.7), (0.0,), 2e-12), (ik.SReLU(), (0.0, 1.0), 2e-12),
+    (ik.Elementwise(_tanh4), (), 2e-11)], ids=lambda a: repr(a) if a else "")
+def test_inner_rules_against_adaptive_quadrature(act, kinks, tol):
+    """The fallback's inner integral E[φ(m + σw)], E[φ'(m + σw)] at σ just
+    inside each Gauss–Hermite rule's range (8, 16, 32, 64 nodes) and beyond
+    (graded rule), means near and far from the kinks, against adaptive
+    quadrature of φ itself: 2e-12 of φ's scale for the built-ins (the
+    table's 4e-13; the rules err by ≤ 6e-16 at the true λ); 2e-11 for
+    tanh(4x), whose poles lie nearer (π/8) than the λ = 0.5 assumed for
+    user functions (measured 4e-12 for its derivative)."""
+    tab = act.tables[0]
+    lam = tab[6]
+    buf = np.empty(8 * _numeric.MAX_BREAKS * 64)
+    scale = np.abs(act.fn(np.linspace(-10, 10, 2001))).max()
+    dscale = np.abs(act.dfn(np.linspace(-10, 10, 2001))).max()
+    for frac in [*_numeric.GH_SIGS, 0.6, 0.012]:
+        sig = 0.999 * frac * lam
+        for m in (-2.3, -0.4, 0.0, 0.05, 0.37, 1.0, 3.1):
+            h, hd = _numeric._inner(tab, 0, m, sig, buf)
+            for val, g, sc in ((h, act.fn, scale), (hd, act.dfn, dscale)):
+                pts = sorted(p for p in [(t - m) / sig for t in kinks] if -12 < p < 12)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    want = integrate.quad(lambda w: float(g(m + sig * w)) * math.exp(-w * w / 2),
+                                          -12, 12, points=pts or None, epsabs=1e-16,
+                                          epsrel=1e-14, limit=400)[0] / SQ2PI
+                assert abs(val - want) <= tol * sc, (frac, m, val, want)
 
 
 def _net(act, par="ntk", depth=2):
