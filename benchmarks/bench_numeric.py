@@ -201,7 +201,7 @@ def unnormalised(n=300, d=100, m=30, nt_python=None):
 
 def low_dimensional(n=300, m=30, nt_python=None):
     """1-D inputs on [-3, 3] (correlations near 1: most entries need the
-    nested quadrature, with its Gauss–Hermite inner rule): time and errors on
+    nested quadrature, with its Gauss–Hermite inner rules): time and errors on
     an m-point block against ``reference``, and neural-tangents' deg-25 grid
     on the same N if ``nt_python``."""
     x = np.linspace(-3.0, 3.0, n)[:, None]

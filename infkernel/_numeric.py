@@ -376,8 +376,8 @@ def _inner(aux, lo, m, sig, buf):
     Graded Gauss–Legendre over |w| <= ZF; where σ <= GH_SIG λ and φ's kinks
     lie beyond GH_CLEARS σ of m (φ(m + σw) analytic in |Im w| < λ/σ, at
     least 2.5, around the nodes: correlations near ±1, where the fallback is
-    most used) the Gauss–Hermite rule of 8, 16, 32 or 64 nodes for σ <= λ/20, λ/8, λ/4,
-    λ/2.5 (``GH_SIGS``): 2.5–20x fewer nodes."""
+    most used) the Gauss–Hermite rule of 8, 16, 32 or 64 nodes for
+    σ <= λ/20, λ/8, λ/4, λ/2.5 (``GH_SIGS``): 2.5–20x fewer nodes."""
     if sig <= 0.0:
         return tab_eval(aux, lo, m)
     nk = int(aux[lo + 4])
