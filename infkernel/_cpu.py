@@ -22,9 +22,12 @@ import types
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.core import types as nbtypes
+from numba.extending import overload
 
 from ._checks import KernelRangeError
-from ._config import BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, TILE
+from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
+                      TILE)
 from ._duals import (dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_gabor,
                      dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
                      dual_rbf, dual_rectified_monomial, dual_relu, dual_sign, dual_sin,
@@ -36,17 +39,32 @@ from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUS
                        OP_DENSE, OP_DIAG_SCALE, OP_MUL, OP_SCALE)
 
 
+def _row(values, j):
+    """The row point's value for entry j of a tile: ``values`` itself in a
+    Gram tile (one row point against the columns), ``values[j]`` in the
+    diagonal pass (entry j is point j against itself)."""
+    return values if np.ndim(values) == 0 else values[j]
+
+
+@overload(_row, jit_options=JIT)
+def _row_typed(values, j):
+    if isinstance(values, nbtypes.Array):
+        return lambda values, j: values[j]
+    return lambda values, j: values
+
+
 @njit(**INLINE)
 def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
     """Monomial or RectifiedMonomial of degree ``deg`` on a tile (act_tile)."""
     if kind == K_MONOMIAL:
         for j in range(n):
-            Q[j], d = dual_monomial(deg, aux, lo, hi, q11, Q[j], V2[j], s1, S2[j], r1,
-                                    R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_monomial(deg, aux, lo, hi, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     else:
         for j in range(n):
-            Q[j], d = dual_rectified_monomial(deg, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_rectified_monomial(deg, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
 
 
@@ -54,7 +72,7 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
 def _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n):
     """Polynomial of degree ``deg`` on a tile (act_tile)."""
     for j in range(n):
-        Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, q11, Q[j], V2[j])
+        Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, _row(q11, j), Q[j], V2[j])
         TH[j] *= d
 
 
@@ -98,11 +116,13 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
     j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
 
     ``q11, s1, r1`` are the row point's variance, its scale
-    (``_duals.point_scale``) and inverse scale; ``V2, S2, R2`` the column
-    points', sliced to the tile and indexed by j alone (an offset index c0 + j
-    could be negative as far as LLVM knows, which turns the loads into
-    gathers).  The kind is dispatched once per tile, so each loop below is
-    branch-free and vectorised.  Kind K_NUMERIC (``_numeric.py``) also reads
+    (``_duals.point_scale``) and inverse scale: scalars in a Gram tile (one
+    row point), arrays in the diagonal pass (entry j is point c0 + j against
+    itself; ``_row``); ``V2, S2, R2`` the column points', sliced to the
+    tile and indexed by j alone (an offset index c0 + j could be negative as
+    far as LLVM knows, which turns the loads into gathers).  The kind is
+    dispatched once per tile, so each loop below is branch-free and
+    vectorised.  Kind K_NUMERIC (``_numeric.py``) also reads
     the per-point Mehler features ``F1/G1`` (row i), ``F2/G2`` (columns from
     c0) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
     """
@@ -111,53 +131,63 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
         if a * b == 0.0:  # ReLU: one angle per entry
             c2 = a * a + b * b
             for j in range(n):
-                Q[j], d = dual_relu(c2, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+                Q[j], d = dual_relu(c2, v1, Q[j], V2[j], s, S2[j], r, R2[j])
                 TH[j] *= d
         else:
             for j in range(n):
-                Q[j], d = dual_abrelu(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+                Q[j], d = dual_abrelu(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j])
                 TH[j] *= d
     elif kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
-            Q[j], d = dual_erf(a, b, c, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_GELU:
         for j in range(n):
-            Q[j], d = dual_gelu(q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_gelu(v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_SIN:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
-            Q[j], d = dual_sin(a, b, c, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_sin(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_RBF:
         gamma = p[0]
         for j in range(n):
-            Q[j], d = dual_rbf(gamma, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_rbf(gamma, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_EXP:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_exp(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_exp(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_GAUSSIAN:
         a, b = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_gaussian(a, b, q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_gaussian(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_EXP_NORMALIZED:
         gamma, shift = p[0], p[1]
         for j in range(n):
-            Q[j], d = dual_exp_normalized(gamma, shift, Q[j], s1, S2[j], r1, R2[j])
+            s, r = _row(s1, j), _row(r1, j)
+            Q[j], d = dual_exp_normalized(gamma, shift, Q[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_GABOR:
         for j in range(n):
-            Q[j], d = dual_gabor(q11, Q[j], V2[j], r1, R2[j])
+            Q[j], d = dual_gabor(_row(q11, j), Q[j], V2[j], _row(r1, j), R2[j])
             TH[j] *= d
     elif kind == K_SIGN:
         for j in range(n):
-            Q[j], d = dual_sign(q11, Q[j], V2[j], s1, S2[j], r1, R2[j])
+            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+            Q[j], d = dual_sign(v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL:
         monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
@@ -165,10 +195,12 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
         polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n)
     elif kind == K_LAYERNORM:
         for j in range(n):
-            Q[j], d = dual_layernorm(Q[j], r1, R2[j])
+            Q[j], d = dual_layernorm(Q[j], _row(r1, j), R2[j])
             TH[j] *= d
     elif kind == K_NUMERIC:
-        numeric_tile(aux, lo, q11, s1, r1, Q, TH, V2, S2, R2, c0, n, i, hi,
+        # a Gram tile's row (the diagonal pass handles numeric kinds itself)
+        numeric_tile(aux, lo, _row(q11, 0), _row(s1, 0), _row(r1, 0), Q, TH, V2, S2, R2,
+                     c0, n, i, hi,
                      F1, G1, F2, G2, TM, W)
     else:
         for j in range(n):
@@ -192,9 +224,8 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
                 TH[r, j] = dense_theta(w2, c_old, c_new, c_one, q, qn, TH[r, j])
                 Q[r, j] = qn
         elif op == OP_ACT:
-            act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
-                     R1[k, i], Q[r], TH[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
-                     R2[k, c0:c0 + n], c0, n,
+            act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i], R1[k, i],
+                     Q[r], TH[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n], R2[k, c0:c0 + n], c0, n,
                      i, F1, G1, F2, G2, TM, W)
         elif op == OP_SCALE:
             for j in range(n):
@@ -219,84 +250,95 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
 
 @njit(**JIT)
 def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
-    """Run the program on (x, x) for the points lo .. hi-1; record activation
-    inputs, and the Mehler features F, G of numeric activations."""
+    """Run the program on (x, x) for the points lo .. hi-1, TILE points at a
+    time and op by op, as the Gram tiles run it (entry j is point j against
+    itself: act_tile gets the row values as arrays, and its loops vectorise
+    over the points); record activation inputs, and the Mehler features F, G
+    of numeric activations."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
-    # n = 1 as a plain int64, not Literal[int](1): act_tile, the costliest
-    # function to compile, then has one signature here and in _run_ops and is
-    # compiled once (a fifth of the cold start)
-    one = np.int64(1)
-    q = np.empty(n_regs)
-    th = np.empty(n_regs)
-    W = np.empty((3, 1))
-    for i in range(lo, hi):
-        q[0] = sq[i]
-        th[0] = 0.0
+    Q = np.empty((n_regs, TILE))
+    TH = np.empty((n_regs, TILE))
+    W = np.empty((3, TILE))
+    for c0 in range(lo, hi, TILE):
+        n = min(hi, c0 + TILE) - c0
+        for j in range(n):
+            Q[0, j] = sq[c0 + j]
+            TH[0, j] = 0.0
         for k in range(ops.shape[0]):
             op = ops[k, 0]
             r = ops[k, 1]
             p = params[k]
+            q = Q[r, :n]
+            th = TH[r, :n]
             if op == OP_DENSE:
-                qn = p[0] * q[r] + p[1]
-                th[r] = dense_theta(p[0], p[2], p[3], p[4], q[r], qn, th[r])
-                q[r] = qn
+                for j in range(n):
+                    qn = p[0] * q[j] + p[1]
+                    th[j] = dense_theta(p[0], p[2], p[3], p[4], q[j], qn, th[j])
+                    q[j] = qn
             elif op == OP_ACT:
-                v = q[r]
-                s = point_scale(ops[k, 3], p, v)
-                rs = 1.0 / s if s > 0.0 else 0.0
-                V[k, i] = v
-                S[k, i] = s
-                R[k, i] = rs
-                if ops[k, 3] == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
+                kind = ops[k, 3]
+                v, s, rs = V[k, c0:c0 + n], S[k, c0:c0 + n], R[k, c0:c0 + n]
+                for j in range(n):
+                    v[j] = q[j]
+                    s[j] = point_scale(kind, p, q[j])
+                    rs[j] = 1.0 / s[j] if s[j] > 0.0 else 0.0
+                if kind == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
                     slot = ops[k, 5]
                     s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
-                    mehler_point(aux, ops[k, 4], min(s, s_cap), F, G, slot, i)
-                    q[r] = G[slot, 0, i]
-                    th[r] *= G[slot, 1, i]
+                    for j in range(n):
+                        mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
+                        q[j] = G[slot, 0, c0 + j]
+                        th[j] *= G[slot, 1, c0 + j]
                 else:
-                    act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], v, s, rs,
-                             q[r:r + 1], th[r:r + 1], V[k, i:i + 1], S[k, i:i + 1],
-                             R[k, i:i + 1], i, one,
-                             i, F, G, F, G, TM, W)
+                    act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v, s, rs, q, th, v, s, rs,
+                             c0, n, c0, F, G, F, G, TM, W)
             elif op == OP_SCALE or op == OP_DIAG_SCALE:
-                q[r] *= p[0]
-                th[r] *= p[0]
+                for j in range(n):
+                    q[j] *= p[0]
+                    th[j] *= p[0]
             elif op == OP_COPY:
-                q[ops[k, 2]] = q[r]
-                th[ops[k, 2]] = th[r]
+                Q[ops[k, 2], :n] = q
+                TH[ops[k, 2], :n] = th
             elif op == OP_AXPY:
-                r2 = ops[k, 2]
-                q[r] = p[0] * q[r] + p[1] * q[r2]
-                th[r] = p[0] * th[r] + p[1] * th[r2]
+                q2 = Q[ops[k, 2], :n]
+                th2 = TH[ops[k, 2], :n]
+                for j in range(n):
+                    q[j] = p[0] * q[j] + p[1] * q2[j]
+                    th[j] = p[0] * th[j] + p[1] * th2[j]
             elif op == OP_MUL:
-                r2 = ops[k, 2]
-                th[r] = th[r] * q[r2] + q[r] * th[r2]
-                q[r] = q[r] * q[r2]
-        K[i] = q[0]
-        T[i] = th[0]
+                q2 = Q[ops[k, 2], :n]
+                th2 = TH[ops[k, 2], :n]
+                for j in range(n):
+                    th[j] = th[j] * q2[j] + q[j] * th2[j]
+                    q[j] = q[j] * q2[j]
+        K[c0:c0 + n] = Q[0, :n]
+        T[c0:c0 + n] = TH[0, :n]
 
 
 @njit(**INLINE)
-def _store(A, values, i, j_lo, n, sym):
-    """A[i, j_lo + j] = values[j], j < n; with ``sym`` also the mirror image
-    A[j_lo + j, i], written while the tile is in cache.  Slices, not offset
-    indices, keep the stores contiguous (see act_tile)."""
-    a_row = A[i, j_lo:j_lo + n]
-    for j in range(n):
-        a_row[j] = values[j]
-    if sym:
+def _store(A, values, i, j_lo, n, sym, flip):
+    """A[i, j_lo + j] = values[j], j < n (``flip``: A[j_lo + j, i] instead);
+    with ``sym`` also the mirror image A[j_lo + j, i], written while the tile
+    is in cache.  Slices, not offset indices, keep the stores contiguous (see
+    act_tile)."""
+    if not flip:
+        a_row = A[i, j_lo:j_lo + n]
+        for j in range(n):
+            a_row[j] = values[j]
+    if sym or flip:
         a_col = A[j_lo:j_lo + n, i]
         for j in range(n):
             a_col[j] = values[j]
 
 
 @njit(**JIT)
-def _gram_tiles(task_lo, task_hi, x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, params, aux,
-                n_regs, t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
+def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, ops, params,
+                aux, n_regs, t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
                 F1, G1, F2, G2, TM):
     """Tasks task_lo .. task_hi-1 of rows r_lo .. r_hi of the kernel (``sym``:
-    strict upper triangle, x2 is x1).  The row tables ``V1 .. G1`` start at
-    row ``t0`` of x1.
+    strict upper triangle, x2 is x1; ``flip``: K, T hold the kernel of x2
+    against x1, entry (i, j) is stored at (j, i)).  The row tables ``V1 ..
+    G1`` start at row ``t0`` of x1.
 
     Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
@@ -333,9 +375,9 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, inv_d, r_lo, r_hi, rows, ops, par
                     _run_ops(ops, params, aux, i - t0, j_lo, n, V1, S1, R1, V2, S2, R2,
                              Q, TH, F1, G1, F2, G2, TM, W)
                     if want_k:
-                        _store(K, Q[0], i, j_lo, n, sym)
+                        _store(K, Q[0], i, j_lo, n, sym, flip)
                     if want_t:
-                        _store(T, TH[0], i, j_lo, n, sym)
+                        _store(T, TH[0], i, j_lo, n, sym, flip)
 
 
 @njit(parallel=True, **JIT)
@@ -510,6 +552,11 @@ def gram(program, x1, x2, K, T, progress=None):
     sym = x2 is None
     K = None if K is None else np.asarray(K)  # a memmap becomes a plain view
     T = None if T is None else np.asarray(T)
+    # a thin kernel (few columns) runs transposed, its few points as the rows
+    flip = not sym and x2.shape[0] < min(THIN, x1.shape[0])
+    names = ("x2", "x1") if flip else ("x1", "x2")
+    if flip:
+        x1, x2 = x2, x1
     dummy = np.empty((1, 1))
     # column tables for all points; row tables (cross case) block by block
     # (a numeric activation's input range is checked block by block, too)
@@ -519,8 +566,8 @@ def gram(program, x1, x2, K, T, progress=None):
     def in_range(k, t, name, start=0):
         if narrow is not None:
             check_range(narrow, None if K is None else k, None if T is None else t, name, start)
-    tables2, k2, t2 = point_tables(program, x1 if sym else x2, name="x1" if sym else "x2")
-    in_range(k2, t2, "x1" if sym else "x2")
+    tables2, k2, t2 = point_tables(program, x1 if sym else x2, name=names[0 if sym else 1])
+    in_range(k2, t2, names[0 if sym else 1])
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
@@ -543,11 +590,11 @@ def gram(program, x1, x2, K, T, progress=None):
             if sym:
                 tables1 = tables2
             else:
-                tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name="x1")
-                in_range(k1, t1, "x1", r0)
+                tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name=names[0])
+                in_range(k1, t1, names[0], r0)
             n_groups = -(-(r1 - r0) // rows)
             in_parallel(gram_tiles, (n_groups + 1) // 2 if sym else n_groups,
-                        x1, x1 if sym else x2, sym, 1.0 / program.d_in, r0, r1, rows,
+                        x1, x1 if sym else x2, sym, flip, 1.0 / program.d_in, r0, r1, rows,
                         program.ops, program.params, program.aux, program.n_regs,
                         0 if sym else r0, *tables1[:3], *tables2[:3],
                         dummy if K is None else K, dummy if T is None else T,

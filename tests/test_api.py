@@ -289,3 +289,21 @@ def test_neural_tangents_positional_dense_and_stax_triples():
     assert "parallel(serial(Dense(8" in repr(branched)
     # concatenating two copies of one branch averages equal kernels: rounding only
     np.testing.assert_allclose(branched.kernel(x).ntk, plain.kernel(x).ntk, rtol=1e-14)
+
+
+def test_thin_cross_kernels_out_dtype_and_errors():
+    """A thin cross kernel (few columns, computed transposed) fills out=
+    arrays of any layout, rounds to float32 once, and names the right input
+    and row in errors."""
+    x1, x2 = RNG.standard_normal((50, 4)), RNG.standard_normal((3, 4))
+    ref = NET.kernel(x1, x2)
+    out = np.empty((50, 3), order="F")
+    assert NET.kernel(x1, x2, "ntk", out=out) is out and np.array_equal(out, ref.ntk)
+    k32 = NET.kernel(x1, x2, "nngp", dtype=np.float32)
+    assert k32.dtype == np.float32 and np.allclose(k32, ref.nngp, rtol=2 ** -23, atol=0)
+    net = ik.serial(ik.Dense(8), ik.Elementwise(np.sin, np.cos), ik.Dense(1))  # q <= 128
+    far = 30 * np.ones(4)
+    for a, b, where in ((x1, np.stack([x2[0], far]), "x2 row 1"),
+                        (np.concatenate([x1[:7], [far], x1[8:]]), x2, "x1 row 7")):
+        with pytest.raises(ik.KernelRangeError, match=where):
+            net.kernel(a, b)

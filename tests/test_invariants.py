@@ -83,3 +83,39 @@ def test_many_row_groups_and_blocks():
         ref = net.kernel(x[i:i + 1], x)
         np.testing.assert_allclose(k.nngp[i], ref.nngp[0], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(kc[i], ref.ntk[0], rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(networks(), st.integers(2, 60), st.integers(1, 31), st.integers(0, 2 ** 32 - 1))
+def test_thin_cross_kernels(net, n1, n2, seed):
+    """A cross kernel with fewer than 32 columns runs transposed (its few
+    points as the rows): K(x1, x2) is exactly K(x2, x1)ᵀ, and agrees with
+    the same columns computed the usual way (inside a wider x2) up to the √ε
+    sensitivity of kinked duals at ρ ≈ ±1 (see test_invariants)."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.standard_normal((n1, 3))
+    x2 = np.concatenate([x1[:1], rng.standard_normal((n2 - 1, 3))])  # a shared point
+    wide = np.concatenate([x2, rng.standard_normal((40, 3))])
+    k, kt, kw = net.kernel(x1, x2), net.kernel(x2, x1), net.kernel(x1, wide)
+    for f in ("nngp", "ntk"):
+        a = getattr(k, f)
+        assert np.array_equal(a, getattr(kt, f).T)
+        scale = np.abs(a).max() + 1e-300
+        assert np.abs(a - getattr(kw, f)[:, :n2]).max() <= 1e-6 * scale
+
+
+def test_diagonal_pass_over_many_tiles():
+    """The diagonal pass runs TILE points at a time, op by op: 1100 points
+    (a partial last tile) through ReLU, Erf, LayerNorm, a monomial, branches
+    and dropout give each point's own diagonal, computed alone."""
+    x = np.random.default_rng(3).standard_normal((1100, 4)) * np.linspace(0.1, 3, 1100)[:, None]
+    net = ik.serial(ik.Dense(8, 1.3, 0.2), ik.Relu(), ik.Dense(8, 1.1, 0.1), ik.LayerNorm(),
+                    ik.FanOut(2), ik.parallel(ik.serial(ik.Erf(), ik.Dense(8)),
+                                              ik.serial(ik.Monomial(2), ik.Dense(8))),
+                    ik.FanInSum(), ik.Gelu(), ik.Dense(8), ik.Dropout(0.8), ik.Dense(1))
+    kd = net.diag(x)
+    rows = [0, 1, 511, 512, 1023, 1024, 1099]
+    for f in ("nngp", "ntk"):
+        alone = np.array([getattr(net.diag(x[i:i + 1]), f)[0] for i in rows])
+        np.testing.assert_allclose(getattr(kd, f)[rows], alone, rtol=1e-14, atol=0)
+        assert np.array_equal(np.diag(getattr(net.kernel(x[:600]), f)), getattr(kd, f)[:600])
