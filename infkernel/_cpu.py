@@ -1,13 +1,15 @@
 """CPU backend: fused numba Gram builders (cross, symmetric, diagonal).
 
-Data flow for K(X1, X2): the diagonal pass runs the program once per point
-(O(N·L)) and records each activation's input variance per point.  Then a
+Data flow for K(X1, X2): the diagonal pass runs the program on each point
+against itself (O(N·L), TILE points at a time) and records each
+activation's input variance per point.  Then a
 numba kernel on each thread takes groups of up to ``ROWS`` rows; per column
 tile of ``TILE`` entries one small single-threaded GEMM gives the inner
 products and every layer of the program runs over the tile with its registers in cache,
 writing each output entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, writes each entry at
-(i, j) and (j, i), and takes the diagonal from the diagonal pass.  Each
+(i, j) and (j, i), and takes the diagonal from the diagonal pass; a thin
+cross kernel (fewer than THIN columns) runs transposed.  Each
 program runs on copies of these kernels compiled without the costly kinds it
 does not use (``_kernels``), so a first call compiles only what it needs.
 """
@@ -252,10 +254,12 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
 def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
     """Run the program on (x, x) for the points lo .. hi-1, TILE points at a
     time and op by op, as the Gram tiles run it (entry j is point j against
-    itself: act_tile gets the row values as arrays, and its loops vectorise
-    over the points); record activation inputs, and the Mehler features F, G
-    of numeric activations."""
+    itself: ``act_rows`` gets the row values as arrays, and its loops
+    vectorise over the points; the costly kinds take act_tile per point);
+    record activation inputs, and the Mehler features F, G of numeric
+    activations."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
+    one = np.int64(1)   # n of a single point, typed as _run_ops types it
     Q = np.empty((n_regs, TILE))
     TH = np.empty((n_regs, TILE))
     W = np.empty((3, TILE))
@@ -289,8 +293,13 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                         mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
                         q[j] = G[slot, 0, c0 + j]
                         th[j] *= G[slot, 1, c0 + j]
+                elif kind in _COSTLY_KINDS:  # act_tile's code for Gram tiles, point by point
+                    for j in range(n):
+                        act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v[j], s[j], rs[j],
+                                 q[j:j + 1], th[j:j + 1], v[j:j + 1], s[j:j + 1], rs[j:j + 1],
+                                 c0 + j, one, c0 + j, F, G, F, G, TM, W)
                 else:
-                    act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v, s, rs, q, th, v, s, rs,
+                    act_rows(kind, p, aux, ops[k, 4], ops[k, 5], v, s, rs, q, th, v, s, rs,
                              c0, n, c0, F, G, F, G, TM, W)
             elif op == OP_SCALE or op == OP_DIAG_SCALE:
                 for j in range(n):
@@ -437,6 +446,15 @@ def _rebound(fn, suffix, **names):
     copy.__qualname__ = py.__qualname__ + suffix
     copy.__doc__ = py.__doc__
     return njit(**JIT, parallel=fn.targetoptions.get("parallel", False))(copy)
+
+
+#: act_tile for the diagonal pass, whose row values are arrays (one point per
+#: entry): a second compiled copy, so the costly kinds (Mehler features,
+#: monomials, polynomials) are left out of it; the diagonal pass takes them
+#: from act_tile itself, compiled for the Gram tiles, one point at a time.
+_COSTLY_KINDS = tuple(sorted(set().union(*(kinds for _, kinds, _ in _COSTLY))))
+act_rows = _rebound(act_tile, "_rows", **{f: _absent for _, _, functions in _COSTLY
+                                         for f in functions})
 
 
 def point_tables(program, x, features=True, start=0, name="x"):

@@ -705,3 +705,33 @@ def test_same_point_exact_at_large_variance(act):
         assert got.ntk[0, 0] == pytest.approx(kd * q, rel=1e-14)
         if act.name in ("Erf", "Gabor"):      # odd φ: the antipodal entry is -k
             assert got.nngp[0, 1] == pytest.approx(-k, rel=1e-14)
+
+
+@pytest.mark.parametrize("act", [a for a in CLOSED_FORMS if a.kind not in _cpu._COSTLY_KINDS]
+                         + [ik.LayerNorm(eps=0.1)], ids=repr)
+def test_diagonal_copy_of_the_tile_function(act):
+    """``act_rows``, the tile function compiled for the diagonal pass (row
+    values as arrays, one point per entry, loops vectorised over points),
+    gives exactly what ``act_tile`` (compiled for Gram tiles: one row point)
+    gives for each point against itself, at variances from 1e-8 to 1e3.
+    (Monomials and polynomials take act_tile itself in the diagonal pass.)"""
+    net = ik.serial(ik.Dense(1), act) if act.kind != P.K_LAYERNORM else ik.serial(
+        ik.Dense(1), act, ik.Relu())
+    prog = net.program(1)
+    k = int(np.flatnonzero(prog.ops[:, 0] == P.OP_ACT)[0])
+    kind, p, lo, hi = prog.ops[k, 3], prog.params[k], prog.ops[k, 4], prog.ops[k, 5]
+    v = np.logspace(-8, 3, 700)
+    s = np.array([point_scale(kind, p, q) for q in v])
+    r = np.where(s > 0, 1 / np.where(s > 0, s, 1), 0.0)
+    F, G, TM, W = np.zeros((0, 4, 0, 1)), np.zeros((0, 2, 1)), np.ones((0, 2, 0)), np.empty((3, 512))
+    rows_q, rows_t = v.copy(), np.ones_like(v)
+    for c0 in range(0, 700, 512):           # as the diagonal pass: tiles of 512 points
+        n = min(700, c0 + 512) - c0
+        sl = slice(c0, c0 + n)
+        _cpu.act_rows(kind, p, prog.aux, lo, hi, v[sl], s[sl], r[sl], rows_q[sl], rows_t[sl],
+                      v[sl], s[sl], r[sl], c0, n, c0, F, G, F, G, TM, W)
+    for j in range(0, 700, 7):
+        q, t = v[j:j + 1].copy(), np.ones(1)
+        _cpu.act_tile(kind, p, prog.aux, lo, hi, v[j], s[j], r[j], q, t, v[j:j + 1],
+                      s[j:j + 1], r[j:j + 1], j, 1, j, F, G, F, G, TM, W)
+        assert (q[0], t[0]) == (rows_q[j], rows_t[j]), (j, v[j])
