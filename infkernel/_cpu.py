@@ -2,11 +2,11 @@
 
 Data flow for K(X1, X2): the diagonal pass runs the program on each point
 against itself (O(N·L), TILE points at a time) and records each
-activation's input variance per point.  Then a
-numba kernel on each thread takes groups of up to ``ROWS`` rows; per column
-tile of ``TILE`` entries one small single-threaded GEMM gives the inner
-products and every layer of the program runs over the tile with its registers in cache,
-writing each output entry once.  The only temporaries are per-thread tiles.
+activation's input variance per point.  Then a numba kernel on each thread
+takes groups of up to ``ROWS`` rows; per column tile of ``TILE`` entries one
+small single-threaded GEMM gives the inner products and every layer of the
+program runs over the tile with its registers in cache, writing each output
+entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, writes each entry at
 (i, j) and (j, i), and takes the diagonal from the diagonal pass; a thin
 cross kernel (fewer than THIN columns) runs transposed.  Each
@@ -226,8 +226,9 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
                 TH[r, j] = dense_theta(w2, c_old, c_new, c_one, q, qn, TH[r, j])
                 Q[r, j] = qn
         elif op == OP_ACT:
-            act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i], R1[k, i],
-                     Q[r], TH[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n], R2[k, c0:c0 + n], c0, n,
+            act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
+                     R1[k, i], Q[r], TH[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
+                     R2[k, c0:c0 + n], c0, n,
                      i, F1, G1, F2, G2, TM, W)
         elif op == OP_SCALE:
             for j in range(n):
@@ -571,7 +572,9 @@ def gram(program, x1, x2, K, T, progress=None):
     K = None if K is None else np.asarray(K)  # a memmap becomes a plain view
     T = None if T is None else np.asarray(T)
     # a thin kernel (few columns) runs transposed, its few points as the rows
-    flip = not sym and x2.shape[0] < min(THIN, x1.shape[0])
+    # (not where the many points' Mehler features would then be held at once)
+    flip = (not sym and x2.shape[0] < min(THIN, x1.shape[0])
+            and (not program.numeric_ops or x1.shape[0] <= FEATURE_ROWS))
     names = ("x2", "x1") if flip else ("x1", "x2")
     if flip:
         x1, x2 = x2, x1
