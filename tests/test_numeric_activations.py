@@ -115,7 +115,8 @@ def test_table_values_against_the_function(act, kinks, df):
     (interpolation error ≤ twice that): 4e-13 of |φ| + scale; a derivative
     obtained by differentiating φ's fit (user functions without df) 400
     times that (NFIT²) on its local scale |φ'| + (|φ| + scale)/(H/2), as in
-    ``_check_derivative``."""
+    ``_check_derivative``; beyond ±U the tails' lines, checked to 1e-12 when
+    the table was built."""
     tab = act.tables[0]
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.uniform(-8, 8, 4000), rng.uniform(-_numeric.U, _numeric.U, 2000),
@@ -129,9 +130,10 @@ def test_table_values_against_the_function(act, kinks, df):
     dphi = np.asarray(df(x), dtype=float)
     dlocal = (np.abs(dphi) + np.abs(df(grid)).max() if df is act.dfn
               else 400 * (np.abs(dphi) + (np.abs(phi) + scale) / (_numeric.H / 2)))
+    tol = np.where(np.abs(x) <= _numeric.U, 4e-13, 1e-12)   # beyond: _tails' check
     for col, want, local in ((0, phi, np.abs(phi) + scale), (1, dphi, dlocal)):
-        err = np.abs(got[:, col] - want) / local
-        assert err.max() <= 4e-13, (col, x[err.argmax()], err.max())
+        err = np.abs(got[:, col] - want) / local / tol
+        assert err.max() <= 1, (col, x[err.argmax()], err.max())
 
 
 @pytest.mark.parametrize("act,kinks,tol", [
