@@ -549,14 +549,14 @@ IK_FN double ik_estrin(const double* c, double y, double y2, double y4, double y
 /// panel coordinate y, phi's then phi''s); beyond +-U the lines of the tails
 /// (header entries IK_NUM_HDR_TAILS + 0..3).
 IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& df) {
-  const double u = aux[lo];
+  const double u = IK_NUM_U;
   if (x < -u || x > u) {
     const int e = IK_NUM_HDR_TAILS + (x < -u ? 0 : 2);
     df = aux[lo + e + 1];
     f = aux[lo + e] + df * (x < -u ? x + u : x - u);
     return;
   }
-  const double t = (x + u) * aux[lo + 1];
+  const double t = (x + u) * IK_NUM_INV_H;
   int p = int(floor(t));
   p = p < 0 ? 0 : p > IK_NUM_P - 1 ? IK_NUM_P - 1 : p;
   double y = 2.0 * (t - p) - 1.0;

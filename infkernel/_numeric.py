@@ -16,6 +16,8 @@ they are detected at build time and become quadrature breakpoints.  Layout
 at offset ``lo`` of ``aux``::
 
     lo + 0..7           header: U, 1/H, P (panels), NC, nk, ns, λ, q_max
+                        (U, H, P, NC: this module's constants, which the
+                        lookups use; stored to make a table self-describing)
     lo + 8..11          the tails: φ(-U), slope left of -U, φ(U), slope right of U
     lo + 12 ..          nk kink positions, then ns "soft centres" (u-space),
                         in MAX_BREAKS entries (the rest zero)
@@ -338,6 +340,22 @@ def tab_eval(aux, lo, x):
     c = aux[lo + HDR + MAX_BREAKS:]  # indices below provably >= 0: no wrap-around
     i = 2 * NC * p
     return _estrin(c, i, y, y2, y4, y8), _estrin(c, i + NC, y, y2, y4, y8)
+
+
+@njit(**JIT)
+def _tab_values(aux, x, out):
+    for i in range(x.size):
+        out[0, i], out[1, i] = tab_eval(aux, 0, x[i])
+
+
+def tab_values(table, x):
+    """(φ(x), φ'(x)) from ``table`` for an array x: ``tab_eval`` over x,
+    shape (2,) + x.shape."""
+    x = np.asarray(x, dtype=float)
+    flat = np.ascontiguousarray(x.ravel())
+    out = np.empty((2, flat.size))
+    _tab_values(np.ascontiguousarray(table, dtype=float), flat, out)
+    return out.reshape((2,) + x.shape)
 
 
 @njit(**JIT)

@@ -228,29 +228,21 @@ def Elementwise(fn=None, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
 
 def _tabulated_derivative(label, fn, table):
     """φ' for finite-width networks when no df is given: the table's
-    derivative series on [-U, U]; beyond, the tails' slopes where φ is its
-    tail lines (``_numeric._tails``), else central differences of ``fn``
-    (step 1e-6 |x|: relative error ~1e-10)."""
-    from ._numeric import H, HDR, HDR_QMAX, HDR_TAILS, MAX_BREAKS, NC, P as NP, Q_MAX, U, _call
-    cd = table[HDR + MAX_BREAKS:].reshape(NP, 2, NC)[:, 1]    # φ''s powers of y per panel
+    derivative (``_numeric.tab_values``), which beyond ±U is the tails'
+    slope; where φ is not its tail lines (``_numeric._tails``) central
+    differences of ``fn`` there instead (step 1e-6 |x|: relative error
+    ~1e-10)."""
+    from ._numeric import HDR_QMAX, Q_MAX, U, _call, tab_values
     linear = table[HDR_QMAX] > Q_MAX
-    slopes = table[HDR_TAILS + 1], table[HDR_TAILS + 3]
 
     def df(x):
         x = np.asarray(x, dtype=float)
-        t = (x + U) / H
-        p = np.clip(np.floor(t).astype(int), 0, NP - 1)
-        y = np.clip(2.0 * (t - p) - 1.0, -1.0, 1.0)
-        d = np.array(np.polynomial.polynomial.polyval(y, np.moveaxis(cd[p], -1, 0), tensor=False),
-                     dtype=float)
+        d = tab_values(table, x)[1]
         out = np.abs(x) > U
-        if out.any():
+        if out.any() and not linear:
             xo = x[out]
-            if linear:
-                d[out] = np.where(xo < 0, *slopes)
-            else:
-                h = 1e-6 * np.abs(xo)
-                d[out] = (_call(label, fn, xo + h) - _call(label, fn, xo - h)) / (2 * h)
+            h = 1e-6 * np.abs(xo)
+            d[out] = (_call(label, fn, xo + h) - _call(label, fn, xo - h)) / (2 * h)
         return d
     return df
 

@@ -131,7 +131,8 @@ def defines():
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "HDR_QMAX": N.HDR_QMAX,
             "HDR_TAILS": N.HDR_TAILS, "NG": N.NG, "NGH": N.NGH, "GH_RULES": len(N.GH_SIGS),
             "MAX_BREAKS": N.MAX_BREAKS}
-    floats = {"TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF, "DMAX": N.DMAX, "GH_SIG": N.GH_SIG,
+    floats = {"U": N.U, "INV_H": 1.0 / N.H, "TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF,
+              "DMAX": N.DMAX, "GH_SIG": N.GH_SIG,
               "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
     out += "".join(f"#define IK_NUM_{k} {int(v)}\n" for k, v in ints.items())
     out += "".join(f"#define IK_NUM_{k} {float(v)!r}\n" for k, v in floats.items())
