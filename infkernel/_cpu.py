@@ -307,8 +307,11 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                     q[j] *= p[0]
                     th[j] *= p[0]
             elif op == OP_COPY:
-                Q[ops[k, 2], :n] = q
-                TH[ops[k, 2], :n] = th
+                q2 = Q[ops[k, 2], :n]
+                th2 = TH[ops[k, 2], :n]
+                for j in range(n):
+                    q2[j] = q[j]
+                    th2[j] = th[j]
             elif op == OP_AXPY:
                 q2 = Q[ops[k, 2], :n]
                 th2 = TH[ops[k, 2], :n]
@@ -321,8 +324,11 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 for j in range(n):
                     th[j] = th[j] * q2[j] + q[j] * th2[j]
                     q[j] = q[j] * q2[j]
-        K[c0:c0 + n] = Q[0, :n]
-        T[c0:c0 + n] = TH[0, :n]
+        # loops, not slice assignments: those compile numba's shape-mismatch
+        # error formatting (~2.5 s of the first call)
+        for j in range(n):
+            K[c0 + j] = Q[0, j]
+            T[c0 + j] = TH[0, j]
 
 
 @njit(**INLINE)
