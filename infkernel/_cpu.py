@@ -20,6 +20,7 @@ import math
 import os
 import threading
 import types
+import weakref
 
 import numba
 import numpy as np
@@ -426,7 +427,15 @@ _COSTLY = (("polynomial", frozenset({K_MONOMIAL, K_RECTIFIED_MONOMIAL, K_POLYNOM
 def _kernels(program):
     """(diagonal pass, tile kernel) compiled for the costly groups of kinds
     that ``program`` uses (first-call times: ``benchmarks/bench_cold.py``)."""
-    return _variant(tuple(bool(program.act_kinds & group) for _, group, _ in _COSTLY))
+    pair = _program_kernels.get(program)
+    if pair is None:
+        pair = _program_kernels[program] = _variant(
+            tuple(bool(program.act_kinds & group) for _, group, _ in _COSTLY))
+    return pair
+
+
+#: program -> its (diagonal pass, tile kernel), looked up once per program
+_program_kernels = weakref.WeakKeyDictionary()
 
 
 @functools.lru_cache(maxsize=None)
@@ -487,19 +496,23 @@ def point_tables(program, x, features=True, start=0, name="x"):
     uniq, where = np.unique(sq, return_inverse=True) if numeric else (sq, None)
     shared = len(uniq) < n
     m = len(uniq) if shared else n
-    V, S, R = np.zeros((3, program.n_ops, m))
+    n_ops = program.n_ops
+    # one buffer: V, k, t first (checked together), then S, R
+    buf = np.zeros((3 * n_ops + 2, m))
+    V, k, t = buf[:n_ops], buf[n_ops], buf[n_ops + 1]
+    S, R = buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:]
     F = np.zeros((len(numeric), 4, NM if numeric and features else 0, m))
     G = np.zeros((len(numeric), 2, m))
-    k = np.empty(m)
-    t = np.empty(m)
     diag_pass, _ = _kernels(program)
     in_parallel(diag_pass, m, uniq if shared else sq, program.ops, program.params,
                 program.aux, program.n_regs, V, S, R, k, t, F, G,
                 work=math.inf if numeric else m * program.n_ops)
+    finite = np.isfinite(buf[:n_ops + 2]).all()   # all of V, k, t
     if shared:
         V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])
                                for a in (V, S, R, F, G, k, t))
-    check_finite_variances(program, V, k, t, start, name)
+    if not finite:
+        check_finite_variances(program, V, k, t, start, name)
     for op in numeric:
         if n and V[op].max() > variance_limit(program, op):
             i = int(V[op].argmax())
@@ -601,7 +614,7 @@ def gram(program, x1, x2, K, T, progress=None):
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
     # rows per call: progress granularity; the kernel itself needs no buffer
     # rows per group: up to ROWS, but at least four groups per thread
-    rows = max(32, min(ROWS, n1 // (4 * numba.get_num_threads()) // 32 * 32))
+    rows = 32 if n1 < 256 else max(32, min(ROWS, n1 // (4 * numba.get_num_threads()) // 32 * 32))
     block = max(8 * rows, BLOCK_ENTRIES // max(n2, 1))
     if not sym and tables2[3].shape[2]:  # numeric activations: bounded features
         block = min(block, max(8 * rows, FEATURE_ROWS))

@@ -6,12 +6,13 @@ in ``get`` order, as in neural-tangents: ``nngp`` is the NNGP covariance Σ
 and ``ntk`` the neural tangent kernel Θ of the network output, each of shape
 (N1, N2) (or (N,) from ``Network.diag``).
 """
+import math
 from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
 
-from . import _cpu
+from . import _cpu, gpu
 
 GETS = ("nngp", "ntk")
 BACKENDS = ("auto", "cpu", "gpu")
@@ -75,10 +76,13 @@ def check_inputs(x, name, d=None, like="x1"):
         raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
                          f"(the same as {like})")
     a = np.ascontiguousarray(a, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        sq = np.einsum("ij,ij->i", a, a)   # finite: no NaN/Inf entry, no overflow
-    if np.isfinite(sq).all():
+    # a finite sum of all squares: no NaN/Inf entry and no row norm overflows;
+    # otherwise find the rows at fault.  (einsum, not BLAS: a BLAS call would
+    # wake BLAS's threads, which then spin beside the kernel's own.)
+    if math.isfinite(np.einsum("ij,ij", a, a)):
         return a
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = np.einsum("ij,ij->i", a, a)
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
@@ -158,7 +162,6 @@ def resolve_backend(backend, *arrays):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "cpu":
         return "cpu"
-    from . import gpu
     on_gpu = any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
     if backend == "gpu":
         gpu.require()
@@ -207,12 +210,10 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         net = net.body
     which = resolve_backend(backend, x1, x2)
     if which == "gpu" and backend == "auto":
-        from . import gpu
         d = np.shape(x1)[-1] if np.ndim(x1) == 2 else None
         if d and not gpu.supports(net.program(d)):
             which = "cpu"  # a program the GPU kernels cannot run (too many registers)
     if which == "gpu":
-        from . import gpu
         return gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
                            progress=progress, diagonal=diagonal)
     a1 = check_inputs(x1, "x" if diagonal else "x1")

@@ -324,6 +324,23 @@ def test_overflow_midway_is_an_error_before_any_output():
         net.kernel(np.ones((2, 2)))
 
 
+def test_large_finite_values_are_not_taken_for_overflow():
+    """The inputs' finiteness check first looks at the sum of their squares;
+    a sum that overflows while every row's is finite must not be an error
+    (nor a warning).  Nine points of squared norm up to
+    3e307 (their sum 2.1e308) through three Identity layers: variances up to
+    3e307 at each, NTK diagonals up to 4 × 3e307, all finite; NNGP = x xᵀ and
+    NTK = 4 x xᵀ to one rounding per product."""
+    x = np.sqrt(3e307) * np.array([[1.0], [-1.0], [0.5], [1.0], [-0.25], [1.0], [0.75],
+                                   [1.0], [-1.0]])
+    assert np.isinf(np.einsum("ij,ij", x, x))
+    net = ik.serial(*([ik.Dense(1, 1.0, 0.0), ik.Identity()] * 3), ik.Dense(1, 1.0, 0.0))
+    k = net.kernel(x)
+    np.testing.assert_allclose(k.nngp, x @ x.T, rtol=4e-16)
+    np.testing.assert_allclose(k.ntk, 4 * (x @ x.T), rtol=4e-16)
+    np.testing.assert_allclose(net.diag(x, "ntk"), 4 * x[:, 0] ** 2, rtol=4e-16)
+
+
 def test_float32_results_beyond_range_are_an_error():
     """Entries are bounded by the largest diagonal value (Cauchy–Schwarz), so
     a float32 result that would overflow is refused before it is computed."""
