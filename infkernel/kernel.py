@@ -6,7 +6,6 @@ in ``get`` order, as in neural-tangents: ``nngp`` is the NNGP covariance Σ
 and ``ntk`` the neural tangent kernel Θ of the network output, each of shape
 (N1, N2) (or (N,) from ``Network.diag``).
 """
-import math
 from collections import namedtuple
 from functools import lru_cache
 
@@ -76,13 +75,9 @@ def check_inputs(x, name, d=None, like="x1"):
         raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
                          f"(the same as {like})")
     a = np.ascontiguousarray(a, dtype=np.float64)
-    # a finite sum of all squares: no NaN/Inf entry and no row norm overflows;
-    # otherwise find the rows at fault.  (einsum, not BLAS: a BLAS call would
-    # wake BLAS's threads, which then spin beside the kernel's own.)
-    if math.isfinite(np.einsum("ij,ij", a, a)):
+    sq = _cpu.row_norms(a)   # finite: no NaN/Inf entry, no overflow
+    if np.isfinite(sq).all():
         return a
-    with np.errstate(over="ignore", invalid="ignore"):
-        sq = np.einsum("ij,ij->i", a, a)
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)

@@ -752,3 +752,16 @@ def test_diagonal_copy_of_the_tile_function(act):
         _cpu.act_tile(kind, p, prog.aux, lo, hi, v[j], s[j], r[j], q, t, v[j:j + 1],
                       s[j:j + 1], r[j:j + 1], j, 1, j, F, G, F, G, TM, W)
         assert (q[0], t[0]) == (rows_q[j], rows_t[j]), (j, v[j])
+
+
+def test_row_norms():
+    """The squared row norms of the input checks and the diagonal pass
+    (vectorised, reassociated sums) against np.einsum, to the rounding of a
+    sum of d positive terms; NaN, Inf and overflow propagate per row."""
+    for shape in ((0, 3), (1, 1), (7, 100), (300, 33)):
+        x = RNG.standard_normal(shape)
+        np.testing.assert_allclose(_cpu.row_norms(x), np.einsum("ij,ij->i", x, x),
+                                   rtol=shape[1] * 2e-16)
+    x = np.array([[np.nan, 1.0], [np.inf, -np.inf], [1e200, 1e200], [3.0, 4.0]])
+    r = _cpu.row_norms(x)
+    assert np.isnan(r[0]) and r[1] == r[2] == np.inf and r[3] == 25.0
