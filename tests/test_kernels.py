@@ -394,6 +394,32 @@ def test_kernel_variants_agree_with_the_full_kernels(act, monkeypatch):
         np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-14, atol=1e-300)
 
 
+def test_in_parallel_runs_every_task_once():
+    """``in_parallel`` runs a numba kernel's first call (its compilation) as
+    task 0 alone, then shares out the rest: every task runs exactly once, for
+    fresh and compiled kernels, any task count, on 1 and 2 threads."""
+    import numba
+
+    def count(lo, hi, out):
+        for t in range(lo, hi):
+            out[t] += 1
+    threads = numba.get_num_threads()
+    try:
+        for n_threads in {1, 2, threads}:
+            numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+            for n_tasks in (0, 1, 2, 3, 8):
+                kernel = numba.njit(count)            # fresh: no signatures yet
+                for _ in range(2):                    # then compiled
+                    out = np.zeros(n_tasks, dtype=np.int64)
+                    _cpu.in_parallel(kernel, n_tasks, out)
+                    assert (out == 1).all(), (n_threads, n_tasks, out)
+                out = np.zeros(n_tasks, dtype=np.int64)
+                _cpu.in_parallel(count, n_tasks, out)  # a Python callable
+                assert (out == 1).all()
+    finally:
+        numba.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("act", [ik.Relu(), ik.Tanh()], ids=repr)
 def test_results_do_not_depend_on_threads(act):
     """The shares of ``in_parallel`` (row groups, the diagonal pass) give the
