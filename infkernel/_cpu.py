@@ -475,6 +475,7 @@ act_rows = _rebound(act_tile, "_rows", **{f: _absent for _, _, functions in _COS
 
 @njit(**dict(JIT, fastmath={"contract", "reassoc"}))
 def _row_norms(x, out):
+    """out[i] = |x_i|² (row_norms)."""
     for i in range(x.shape[0]):
         row = x[i]
         acc = 0.0
@@ -633,6 +634,7 @@ def gram(program, x1, x2, K, T, progress=None):
     total = n1 * (n1 - 1) // 2 if sym else n1 * n2
     # rows per call: progress granularity; the kernel itself needs no buffer
     # rows per group: up to ROWS, but at least four groups per thread
+    # (below 256 rows that is 32 whatever the thread count, which takes ~1 µs to ask)
     rows = 32 if n1 < 256 else max(32, min(ROWS, n1 // (4 * numba.get_num_threads()) // 32 * 32))
     block = max(8 * rows, BLOCK_ENTRIES // max(n2, 1))
     if not sym and tables2[3].shape[2]:  # numeric activations: bounded features
@@ -683,19 +685,19 @@ def in_parallel(kernel, n_tasks, *args, work=math.inf):
     in a fresh installation) for no gain at run time."""
     n_threads = 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), n_tasks))
     alone = n_threads == 1 or getattr(_share, "running", False)
-    lo = 0
+    first = 0
     if not alone and not getattr(kernel, "signatures", True):
         # a numba kernel's first call compiles it (or loads it from the disk
         # cache): task 0 on this thread alone, before the others start.
         # Compiled while another thread waits for it, it took 1.4x as long
         # (Tanh + Monomial(2), a fresh process: 45 s against 33 s).
         kernel(0, 1, *args)
-        lo = 1
+        first = 1
         n_threads = min(n_threads, n_tasks - 1)
     if alone or n_threads <= 1:
-        kernel(lo, n_tasks, *args)   # alone: nested calls may still use the pool
+        kernel(first, n_tasks, *args)   # alone: nested calls may still use the pool
         return
-    cuts = [lo + (n_tasks - lo) * s // n_threads for s in range(n_threads + 1)]
+    cuts = [first + (n_tasks - first) * s // n_threads for s in range(n_threads + 1)]
     shares = [_threads(n_threads - 1, os.getpid()).submit(_run_share, kernel, lo, hi, *args)
               for lo, hi in zip(cuts[:-2], cuts[1:-1])]
     try:
