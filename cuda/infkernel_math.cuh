@@ -714,18 +714,19 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
   const double lam = aux[lo + 6];
   const double arho = fabs(rho);
   const double sig = s2 * c;
+  const bool half = aux[lo + IK_NUM_HDR_PARITY] != 0.0;  // odd/even phi: x in [0, ZF], doubled
   IkEdges E;
-  ik_edges_init(E, -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
+  ik_edges_init(E, half ? 0.0 : -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
   for (int k = 0; k < nk + ns; ++k) {
     const double t = aux[lo + IK_NUM_HDR + k];
-    if (s1 > 0.0) ik_edges_add(E, t / s1, lam / s1);
+    if (s1 > 0.0) ik_edges_add(E, half ? fabs(t) / s1 : t / s1, lam / s1);
     if (s2 * arho > 0.0) {
       double w;
       if (k < nk)  // smoothed kink of width sigma, smooth sides of width lambda
         w = sig > 1e-9 * lam ? fmin(sig, lam) : lam;
       else
         w = fmax(sig, lam);
-      ik_edges_add(E, t / (s2 * rho), w / (s2 * arho));
+      ik_edges_add(E, half ? fabs(t) / (s2 * arho) : t / (s2 * rho), w / (s2 * arho));
     }
   }
   double acc = 0.0, accd = 0.0;
@@ -747,8 +748,9 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
     }
     a = b;
   }
-  *k_out = acc * IK_NUM_INV_SQRT_2PI;
-  *kd_out = accd * IK_NUM_INV_SQRT_2PI;
+  const double c0 = (half ? 2.0 : 1.0) * IK_NUM_INV_SQRT_2PI;
+  *k_out = acc * c0;
+  *kd_out = accd * c0;
 }
 
 /// numba's mehler_point: the features of the point of scale s (see above) into

@@ -19,9 +19,10 @@ at offset ``lo`` of ``aux``::
                         (U, H, P, NC: this module's constants, which the
                         lookups use; stored to make a table self-describing)
     lo + 8..11          the tails: φ(-U), slope left of -U, φ(U), slope right of U
-    lo + 12 ..          nk kink positions, then ns "soft centres" (u-space),
+    lo + 12             parity: -1 (φ odd), +1 (even), 0 (neither), to 1e-14
+    lo + 13 ..          nk kink positions, then ns "soft centres" (u-space),
                         in MAX_BREAKS entries (the rest zero)
-    base = lo+12+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
+    base = lo+13+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
                         base + 2 p NC, then φ''s at base + 2 p NC + NC
                         (a fixed base: no header read on the way to them)
 
@@ -60,7 +61,9 @@ Entries the series cannot certify (kinks, large variances, |ρ| → 1) use
 with both integrals split exactly at the kinks and graded geometrically from
 the feature width (c/|ρ| for a smoothed kink, λ/s for a soft centre) at every
 breakpoint, 12-point Gauss–Legendre per panel, truncated at |x|, |w| ≤ 9
-(tail mass 2e-19).  The inner integral at σ = s2 c ≤ λ/2.5 with no kink
+(tail mass 2e-19); for odd or even φ the outer integrand is even in x
+(H is odd or even as φ is, φ' even or odd), so x runs over [0, 9] and the sum is
+doubled: half the nodes (tanh).  The inner integral at σ = s2 c ≤ λ/2.5 with no kink
 near m (correlations near ±1, common with low-dimensional inputs) takes a
 Gauss–Hermite rule of 8 to 64 nodes instead (``_inner``).
 
@@ -97,9 +100,10 @@ U_TAIL = 3e11                  # tails checked to |x| = U_TAIL >= the quadrature
 ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
 U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
 P = int(round(2 * U / H))      # number of panels
-HDR = 12                       # header entries (layout above); named ones:
+HDR = 13                       # header entries (layout above); named ones:
 HDR_QMAX = 7                   # q_max, the table's input-variance limit
 HDR_TAILS = 8                  # φ(-U), slope, φ(U), slope
+HDR_PARITY = 12                # -1 odd, +1 even, 0 neither
 NM = 96                        # Mehler terms available per point
 TOL = 1e-12                    # certified normalised truncation error
 ZF = 9.0                       # fallback truncation |x|, |w| <= ZF
@@ -235,11 +239,32 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
         raise ValueError(f"{name}: {kinks.size} non-smooth points (at most "
                          f"{MAX_BREAKS - soft.size} are supported)")
     tails, linear = _tails(fn, dfn, scale)
+    parity = _parity(_call(name, fn, -x), y, tails, scale)
+    if parity:
+        # made exact: panel P-1-p is panel p mirrored (t -> -t, T_k(-t) =
+        # (-1)^k T_k(t)), φ with the parity's sign, φ' with the opposite one
+        mirror = (-1.0) ** np.arange(NC)
+        cf = 0.5 * (cf + parity * mirror * cf[::-1])
+        cd = 0.5 * (cd - parity * mirror * cd[::-1])
+        tails = [parity * tails[2], -parity * tails[3], tails[2], tails[3]]
     hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam,
-                    Q_TAIL_MAX if linear else Q_MAX, *tails])
+                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity])
     mono = np.stack([cf @ _CHEB_TO_POWERS, cd @ _CHEB_TO_POWERS], axis=1)   # (P, 2, NC)
     pad = np.zeros(MAX_BREAKS - kinks.size - soft.size)
     return np.concatenate([hdr, kinks, soft, pad, mono.ravel()])
+
+
+def _parity(y_minus, y, tails, scale):
+    """-1 when φ is odd, +1 when even, else 0: φ(-x) = -φ(x) or φ(x) at the
+    table's nodes and the tails' lines mirror each other, to 1e-14 of
+    |φ| + the table's scale (rounding of a symmetric φ is ~1e-16)."""
+    (end_minus, slope_minus, end_plus, slope_plus) = tails
+    for sign in (-1.0, 1.0):
+        if (np.all(np.abs(y_minus - sign * y) <= 1e-14 * (np.abs(y) + scale))
+                and abs(end_minus - sign * end_plus) <= 1e-14 * (abs(end_plus) + scale)
+                and abs(slope_minus + sign * slope_plus) <= 1e-14 * (abs(slope_plus) + scale)):
+            return sign
+    return 0.0
 
 
 def _tails(fn, dfn, scale):
@@ -449,6 +474,8 @@ def pair_quadrature(aux, lo, s1, s2, rho):
     nk = int(aux[lo + 4])
     ns = int(aux[lo + 5])
     lam = aux[lo + 6]
+    half = aux[lo + HDR_PARITY] != 0.0   # odd/even φ: x over [0, ZF], doubled
+    x_lo = 0.0 if half else -ZF
     buf = np.empty(8 * MAX_BREAKS * 64)
     ibuf = np.empty(4 * MAX_BREAKS * 64)
     nb = 0
@@ -457,14 +484,16 @@ def pair_quadrature(aux, lo, s1, s2, rho):
     for k in range(nk + ns):
         t = aux[lo + HDR + k]
         if s1 > 0.0:
-            nb = _add_centre(buf, nb, t / s1, lam / s1, -ZF, ZF, DMAX)
+            nb = _add_centre(buf, nb, abs(t) / s1 if half else t / s1, lam / s1, x_lo, ZF,
+                             DMAX)
         if s2 * arho > 0.0:
             if k < nk:  # smoothed kink of width σ, smooth sides of width λ
                 w = min(sig, lam) if sig > 1e-9 * lam else lam
             else:
                 w = max(sig, lam)
-            nb = _add_centre(buf, nb, t / (s2 * rho), w / (s2 * arho), -ZF, ZF, DMAX)
-    nb = _finish_edges(buf, nb, -ZF, ZF, DMAX)
+            nb = _add_centre(buf, nb, abs(t) / (s2 * arho) if half else t / (s2 * rho),
+                             w / (s2 * arho), x_lo, ZF, DMAX)
+    nb = _finish_edges(buf, nb, x_lo, ZF, DMAX)
     acc = 0.0
     accd = 0.0
     for e in range(nb - 1):
@@ -481,7 +510,7 @@ def pair_quadrature(aux, lo, s1, s2, rho):
             h, hd = _inner(aux, lo, s2 * rho * x, sig, ibuf)
             acc += wt * f * h
             accd += wt * df * hd
-    c0 = 1.0 / math.sqrt(2.0 * math.pi)
+    c0 = (2.0 if half else 1.0) / math.sqrt(2.0 * math.pi)
     return acc * c0, accd * c0
 
 
