@@ -719,14 +719,15 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
   ik_edges_init(E, half ? 0.0 : -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
   for (int k = 0; k < nk + ns; ++k) {
     const double t = aux[lo + IK_NUM_HDR + k];
-    if (s1 > 0.0) ik_edges_add(E, half ? fabs(t) / s1 : t / s1, lam / s1);
+    if (s1 > 0.0) ik_edges_add(E, half ? fabs(t / s1) : t / s1, lam / s1);
     if (s2 * arho > 0.0) {
       double w;
       if (k < nk)  // smoothed kink of width sigma, smooth sides of width lambda
         w = sig > 1e-9 * lam ? fmin(sig, lam) : lam;
       else
         w = fmax(sig, lam);
-      ik_edges_add(E, half ? fabs(t) / (s2 * arho) : t / (s2 * rho), w / (s2 * arho));
+      const double b = t / (s2 * rho);
+      ik_edges_add(E, half ? fabs(b) : b, w / (s2 * arho));
     }
   }
   double acc = 0.0, accd = 0.0;

@@ -526,7 +526,7 @@ def point_tables(program, x, features=True, start=0, name="x"):
     diag_pass, _ = _kernels(program)
     in_parallel(diag_pass, m, uniq if shared else sq, program.ops, program.params,
                 program.aux, program.n_regs, V, S, R, k, t, F, G,
-                work=math.inf if numeric else m * program.n_ops)
+                work=math.inf if numeric else m * n_ops)
     finite = np.isfinite(buf[:n_ops + 2]).all()   # all of V, k, t
     if shared:
         V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])

@@ -484,15 +484,15 @@ def pair_quadrature(aux, lo, s1, s2, rho):
     for k in range(nk + ns):
         t = aux[lo + HDR + k]
         if s1 > 0.0:
-            nb = _add_centre(buf, nb, abs(t) / s1 if half else t / s1, lam / s1, x_lo, ZF,
-                             DMAX)
+            b = t / s1
+            nb = _add_centre(buf, nb, abs(b) if half else b, lam / s1, x_lo, ZF, DMAX)
         if s2 * arho > 0.0:
             if k < nk:  # smoothed kink of width σ, smooth sides of width λ
                 w = min(sig, lam) if sig > 1e-9 * lam else lam
             else:
                 w = max(sig, lam)
-            nb = _add_centre(buf, nb, abs(t) / (s2 * arho) if half else t / (s2 * rho),
-                             w / (s2 * arho), x_lo, ZF, DMAX)
+            b = t / (s2 * rho)
+            nb = _add_centre(buf, nb, abs(b) if half else b, w / (s2 * arho), x_lo, ZF, DMAX)
     nb = _finish_edges(buf, nb, x_lo, ZF, DMAX)
     acc = 0.0
     accd = 0.0

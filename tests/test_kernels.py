@@ -325,12 +325,12 @@ def test_overflow_midway_is_an_error_before_any_output():
 
 
 def test_large_finite_values_are_not_taken_for_overflow():
-    """The inputs' finiteness check first looks at the sum of their squares;
-    a sum that overflows while every row's is finite must not be an error
-    (nor a warning).  Nine points of squared norm up to
-    3e307 (their sum 2.1e308) through three Identity layers: variances up to
-    3e307 at each, NTK diagonals up to 4 × 3e307, all finite; NNGP = x xᵀ and
-    NTK = 4 x xᵀ to one rounding per product."""
+    """Finite inputs whose squares sum past the largest double (any check by
+    a sum over all rows would overflow) are neither an error nor a warning:
+    the inputs are checked by their per-row squared norms.  Nine points of
+    squared norm up to 3e307 (their sum 2.1e308) through three Identity
+    layers: variances up to 3e307 at each, NTK diagonals up to 4 × 3e307,
+    all finite; NNGP = x xᵀ and NTK = 4 x xᵀ to one rounding per product."""
     x = np.sqrt(3e307) * np.array([[1.0], [-1.0], [0.5], [1.0], [-0.25], [1.0], [0.75],
                                    [1.0], [-1.0]])
     assert np.isinf(np.einsum("ij,ij", x, x))

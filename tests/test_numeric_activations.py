@@ -330,7 +330,6 @@ def test_bad_user_functions():
         ik.Elementwise(np.tanh, lambda cov12, var1, var2: cov12)
 
 
-
 def test_neural_tangents_closed_form_duals_are_checked():
     """neural-tangents' ``nngp_fn`` / ``d_nngp_fn`` are checked against the
     kernel computed from ``fn`` (Williams' arcsine kernel of erf and its
