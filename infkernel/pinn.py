@@ -71,9 +71,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from . import _program as P
+from . import _jets, _program as P
 from ._checks import KernelRangeError
-from ._cpu import in_parallel
+from ._cpu import _single_threaded_blas, in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
 from .activations_numeric import NumericActivation
@@ -268,53 +268,6 @@ def jmul(a, b):
     return out
 
 
-def jcompose(a, derivs):
-    """f(a) from f's derivatives at a's constant term: Σ_n f⁽ⁿ⁾ δⁿ / n!."""
-    delta = a.copy()
-    delta[0, 0] = 0.0
-    out = np.zeros(a.shape)
-    out[0, 0] = derivs[0]
-    power = delta
-    for n in range(1, len(derivs)):
-        out = out + (derivs[n] / math.factorial(n)) * power
-        if n + 1 < len(derivs):
-            power = jmul(power, delta)
-    return out
-
-
-def _nder(a):
-    return a.shape[0] + a.shape[1] - 2  # nilpotency: δ^(I+J+1) = 0
-
-
-def jpow(a, alpha):
-    x, n = a[0, 0], _nder(a)
-    ds, coef = [], 1.0
-    for k in range(n + 1):
-        ds.append(coef * x ** (alpha - k))
-        coef *= alpha - k
-    return jcompose(a, ds)
-
-
-def jexp(a):
-    e = np.exp(a[0, 0])
-    return jcompose(a, [e] * (_nder(a) + 1))
-
-
-def jasin(a):
-    x, n = a[0, 0], _nder(a)
-    w = 1.0 - x * x
-    ds = [np.arcsin(x), w ** -0.5, x * w ** -1.5, (1 + 2 * x * x) * w ** -2.5,
-          (9 * x + 6 * x ** 3) * w ** -3.5]
-    return jcompose(a, ds[:n + 1])
-
-
-def jadd(a, c):
-    """a + c for a constant c (added to the s⁰t⁰ coefficient only)."""
-    out = np.array(a, dtype=float, copy=True)
-    out[0, 0] += c
-    return out
-
-
 def _const(shape_like, value):
     out = np.zeros_like(shape_like)
     out[0, 0] = value
@@ -326,7 +279,6 @@ def _const(shape_like, value):
 # ---------------------------------------------------------------------------
 _SMOOTH_CLOSED = (P.K_ERF, P.K_GELU, P.K_SIN, P.K_RBF, P.K_EXP, P.K_GAUSSIAN, P.K_MONOMIAL,
                   P.K_POLYNOMIAL, P.K_GABOR)
-INV_2PI = 0.5 / math.pi
 
 
 #: Closed forms whose jets take differences of products of variances that are
@@ -343,11 +295,11 @@ _ARG_SCALE = {P.K_ERF: lambda p: 2 * p[1] * p[1], P.K_GELU: lambda p: 1.0,
 ARG_VARIANCE_MAX = 1e6
 
 
-def _check_closed_range(act, q1, q2):
-    """A KernelRangeError when the pre-activation variance of a closed-form
-    activation is beyond the range where its jets are accurate (above)."""
+def _check_closed_range(act, q):
+    """A KernelRangeError when ``q``, the largest pre-activation variance of a
+    closed-form activation, is beyond the range where its jets are accurate
+    (above)."""
     scale = _ARG_SCALE.get(act.kind)
-    q = max(float(q1[0, 0].max()), float(q2[0, 0].max()))
     if scale is not None and q * scale(act.params) > ARG_VARIANCE_MAX:
         limit = ARG_VARIANCE_MAX / scale(act.params)
         raise KernelRangeError(
@@ -357,104 +309,44 @@ def _check_closed_range(act, q1, q2):
             f"the inputs (pinn.kernel(..., shift=, scale=)) or reduce W_std / b_std")
 
 
+def _closed_arrays(acts):
+    """(kinds, params, tables) of closed-form activations for ``_jets``: each
+    activation's parameters and its two coefficient tables (Monomial,
+    Polynomial), zero-padded to common lengths."""
+    acts = list(acts)
+    width = max([len(t) for a in acts for t in a.tables] + [1])
+    kinds = np.array([a.kind for a in acts], dtype=np.int64)
+    params = np.zeros((len(acts), P.N_PARAMS))
+    tabs = np.zeros((len(acts), 2, width))
+    for n, act in enumerate(acts):
+        params[n, :len(act.params)] = act.params
+        for m, t in enumerate(act.tables[:2]):
+            tabs[n, m, :len(t)] = t
+    return kinds, params, tabs
+
+
+def _gaussian_diverges(act):
+    return ValueError(f"{act!r}: the dual diverges at these inputs (I − 2bΣ is not positive "
+                      "definite)")
+
+
 def _dual_closed(act, q1, q12, q2):
-    """(k, k̇) of a closed-form activation with jet arguments (formulas of
-    ``_duals.py`` evaluated in jet arithmetic)."""
-    kind, p = act.kind, act.params
-    if kind == P.K_ERF:
-        a, b, c = p
-        b2 = b * b
-        r = jmul(jadd(2 * b2 * q1, 1.0), jadd(2 * b2 * q2, 1.0))
-        z = 2 * b2 * jmul(q12, jpow(r, -0.5))
-        k = a * a * (2 / math.pi) * jasin(z) + _const(z, c * c)
-        kd = a * a * (4 / math.pi) * b2 * jpow(r - 4 * b2 * b2 * jmul(q12, q12), -0.5)
-        return k, kd
-    if kind == P.K_GELU:
-        p1, p2 = jadd(q1, 1.0), jadd(q2, 1.0)
-        pp = jmul(p1, p2)
-        z = jmul(q12, jpow(pp, -0.5))
-        dd = pp - jmul(q12, q12)
-        delta, idelta = jpow(dd, 0.5), jpow(dd, -0.5)
-        h = jmul(jmul(q1, jpow(p1, -1.0)), jmul(q2, jpow(p2, -1.0)))
-        angle = jasin(z)
-        k = 0.25 * q12 + INV_2PI * (jmul(jmul(z, z), idelta) + jmul(h, delta)
-                                   + jmul(q12, angle))
-        bracket = jpow(dd, -1.0) + jpow(pp, -1.0) - h + _const(h, 1.0)
-        kd = _const(k, 0.25) + INV_2PI * (angle + jmul(jmul(q12, idelta), bracket))
-        return k, kd
-    if kind == P.K_SIN:
-        a, b, c = p
-        b2 = b * b
-        em = jexp(-0.5 * b2 * (q1 + q2 - 2 * q12))
-        ep = jexp(-0.5 * b2 * (q1 + q2 + 2 * q12)) * math.cos(2 * c)
-        return 0.5 * a * a * (em - ep), 0.5 * a * a * b2 * (em + ep)
-    if kind == P.K_RBF:
-        g = p[0]
-        k = jexp(-g * (q1 + q2 - 2 * q12))
-        return k, 2 * g * k
-    if kind == P.K_EXP:
-        a, b = p
-        k = a * a * jexp(b * b * (0.5 * (q1 + q2) + q12))
-        return k, b * b * k
-    if kind == P.K_GAUSSIAN:
-        a, b = p
-        D = jmul(jadd(-2 * b * q1, 1.0), jadd(-2 * b * q2, 1.0)) - 4 * b * b * jmul(q12, q12)
-        if b > 0 and np.any(D[0, 0] <= 0):
-            raise ValueError("Gaussian(b > 0): the dual diverges at these inputs "
-                             "(I − 2bΣ is not positive definite)")
-        return a * a * jpow(D, -0.5), 4 * a * a * b * b * jmul(q12, jpow(D, -1.5))
-    if kind == P.K_MONOMIAL:
-        n = int(p[0])
-        from ._duals import monomial_coefficients
+    """(k, k̇) of a closed-form activation with jet arguments (arrays
+    a[i, j, ...], broadcast): ``_jets.dual`` on each entry."""
+    shape = np.broadcast_shapes(q1.shape, q12.shape, q2.shape)
+    I, J = shape[0] - 1, shape[1] - 1
 
-        def mono(m):
-            coef = monomial_coefficients(m)
-            out = np.zeros(np.broadcast_shapes(q1.shape, q12.shape, q2.shape))
-            q1q2 = jmul(q1, q2)
-            for j in range(m % 2, m + 1, 2):
-                term = _const(out, coef[j])
-                for _ in range(j):
-                    term = jmul(term, q12)
-                for _ in range((m - j) // 2):
-                    term = jmul(term, q1q2)
-                out = out + term
-            return out
-        k = mono(n)
-        kd = n * n * mono(n - 1) if n else np.zeros_like(k)
-        return k, kd
-    if kind == P.K_GABOR:
-        s = q1 + q2
-        delta = 4 * (jmul(q1, q2) - jmul(q12, q12))
-        d = jadd(2 * s + delta, 1.0)
-        inv_d = jpow(d, -1.0)
-        e = jexp(-0.5 * jmul(s + delta, inv_d))
-        b = jmul(q12, inv_d)
-        up, down = jexp(b), jexp(-b)
-        sh, ch = 0.5 * (up - down), 0.5 * (up + down)
-        k = jmul(jmul(e, sh), jpow(d, -0.5))
-        inner = 4 * jmul(jmul(q12, jadd(d + s, 1.0)), sh) + jmul(d + 8 * jmul(q12, q12), ch)
-        return k, jmul(jmul(e, jpow(d, -2.5)), inner)
-    if kind == P.K_POLYNOMIAL:
-        n, q0 = int(p[0]), p[1]
-        x1, x2 = jadd(q1, -q0), jadd(q2, -q0)
-        zero = np.zeros(np.broadcast_shapes(q1.shape, q12.shape, q2.shape))
-
-        def b_l(row, x):     # B_l(x) by Horner in jet arithmetic
-            out = _const(zero, row[-1])
-            for c in row[-2::-1]:
-                out = jadd(jmul(out, x), c)
-            return out
-
-        def poly_sum(table, m):
-            out = zero
-            if m < 0:
-                return out
-            t = np.asarray(table).reshape(m + 1, m // 2 + 1)
-            for l in range(m, -1, -1):
-                out = jmul(out, q12) + jmul(b_l(t[l], x1), b_l(t[l], x2))
-            return out
-        return poly_sum(act.tables[0], n), poly_sum(act.tables[1], n - 1)
-    raise AssertionError(kind)
+    def rows(q):       # (I+1, J+1, ...) -> (entries, 9), coefficient 3i + j
+        out = np.zeros((int(np.prod(shape[2:])), 3, 3))
+        out[:, :I + 1, :J + 1] = np.moveaxis(np.broadcast_to(q, shape).reshape(
+            I + 1, J + 1, -1), -1, 0)
+        return out.reshape(-1, _jets.NJ)
+    kinds, params, tabs = _closed_arrays([act])
+    k, kd = np.zeros((2,) + rows(q12).shape)
+    if _jets.dual_entries(kinds[0], params[0], tabs[0], rows(q1), rows(q12), rows(q2), k, kd):
+        raise _gaussian_diverges(act)
+    return tuple(np.moveaxis(v.reshape(-1, 3, 3)[:, :I + 1, :J + 1], 0, -1).reshape(shape)
+                 for v in (k, kd))
 
 
 # --- numeric activations: derivatives of φ and their Gaussian expectations ---
@@ -996,33 +888,37 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     # K(x, x') = K(x', x) when both sides are the same points and operator:
     # rows lo .. hi need only the columns from lo on (the upper triangle)
     sym = same and op1 == op2
-    # row chunks of at most _ROW_ENTRIES jet entries: (first row, rows, first
-    # column); with quadrature activations (costly per entry) at least one per
-    # thread, else whole (small NumPy operations on threads contend for the GIL)
+    # row chunks of at most _ROW_ENTRIES jet entries, at least one per thread:
+    # (first row, rows, first column)
     per_entry = npair * (I + 1) * (J + 1)
     n1, n2 = x1.shape[0], x2.shape[0]
     total = (n1 * (n1 + 1) // 2 if sym else n1 * n2) * per_entry
-    target = (max(min(_ROW_ENTRIES, -(-total // numba.get_num_threads())), _MIN_CHUNK)
-              if numeric else _ROW_ENTRIES)
+    target = max(min(_ROW_ENTRIES, -(-total // numba.get_num_threads())), _MIN_CHUNK)
     chunks = []
     lo = 0
     while lo < n1:
         c0 = lo if sym else 0
-        rows = max(1, target // max(1, (n2 - c0) * per_entry))
+        rows = min(max(1, target // max(1, (n2 - c0) * per_entry)), n1 - lo)
         chunks.append((lo, rows, c0))
         lo += rows
     errs = np.zeros((len(chunks), len(names)))
+    if not numeric:
+        closed = _ClosedJets(net, x1, x2, g1, g2, I, J, sym)
+        out = {n: np.zeros((n1, n2)) for n in ("nngp", "ntk")}
 
     def run(first, last):
         for c in range(first, last):
             lo, rows, c0 = chunks[c]
+            if not numeric:
+                closed.block(lo, rows, c0, sym, out["nngp"], out["ntk"])
+                continue
             a, b = x1[lo:lo + rows], x2[c0:]
             cache = {}
             with np.errstate(over="ignore", invalid="ignore"):   # overflow: an error below
                 part = _jet_kernel(net, a, b, g1, g2, I, J, names, cache)
             # the same series from expectations perturbed at their accuracy (where
             # the variances are small, the series cannot cancel much: skipped)
-            check = numeric and cache.get("qmax", 0.0) > _QUIET_VARIANCE
+            check = cache.get("qmax", 0.0) > _QUIET_VARIANCE
             if check:
                 with np.errstate(over="ignore", invalid="ignore"):
                     moved = _jet_kernel(net, a, b, g1, g2, I, J, names, cache,
@@ -1031,7 +927,10 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
                 out[n][lo:lo + rows, c0:] = part[n]
                 if check:
                     errs[c, m] = np.abs(moved[n] - part[n]).max(initial=0.0)
-    in_parallel(run, len(chunks))
+    with _single_threaded_blas():
+        in_parallel(run, len(chunks))
+    if not numeric and closed.diverged:
+        raise _gaussian_diverges(closed.diverged)
     err = dict(zip(names, errs.max(axis=0, initial=0.0)))
     for n in names:
         if not np.isfinite(out[n]).all():
@@ -1064,6 +963,81 @@ _EXPECTATION_ACCURACY = 2e-13
 #: largest entry, W_std = 3).
 _ACCURACY_WARN = 1e-9
 _QUIET_VARIANCE = 2.0
+
+
+class _ClosedJets:
+    """The operator kernel of a network whose activations are all closed
+    forms, on ``_jets.operator_block``: the network as rows of affine maps
+    and activations, the input jets of both point sets, and the variance jets
+    at every activation (``_jets.variance_jets``), range-checked before any
+    entry is computed."""
+
+    def __init__(self, net, x1, x2, g1, g2, I, J, sym):
+        self.I, self.J = I, J
+        self.g1j = _input_jets(net, x1, np.array([v for v, _ in g1]), I)
+        self.g2j = self.g1j if sym else _input_jets(net, x2, np.array([w for w, _ in g2]), J)
+        self.D = D = self.g1j[0].shape[-1]
+        self.c1, self.c2 = (np.array([[c[i] * math.factorial(i) for i in range(n + 1)]
+                                      for _, c in g]) for g, n in ((g1, I), (g2, J)))
+        self.nonzero1 = [bool(g.any()) for g in self.g1j]
+        self.nonzero2 = [bool(g.any()) for g in self.g2j]
+        ops, acts, width = [], [], D
+        from .combinators import Scale
+        for layer in net.body.layers:
+            if isinstance(layer, Scale):
+                ops.append((_jets.OP_AFFINE, layer.a * layer.a, 0.0, 0.0, 0.0))
+            elif isinstance(layer, Dense):
+                w2 = layer.W_std ** 2
+                b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
+                if layer.parameterization == "ntk":    # θ' = q' + w2 θ
+                    ops.append((_jets.OP_AFFINE, w2, b2, w2, b2))
+                else:                                   # θ' = (fan-in/s) q + w2 θ + [bias]
+                    ops.append((_jets.OP_AFFINE, w2, b2, width / layer.s[0],
+                                float(layer.b_std is not None)))
+                width = layer.width
+            elif isinstance(layer, Activation):
+                ops.append((_jets.OP_ACT, float(len(acts)), 0.0, 0.0, 0.0))
+                acts.append(layer)
+        self.ops = np.array(ops, dtype=float).reshape(-1, 5)
+        self.kinds, self.params, self.tabs = _closed_arrays(acts)
+        self.diverged = None
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow: an error later
+            self.S1 = self._variance(self.g1j, I, acts)
+            self.S2 = self.S1 if sym else self._variance(self.g2j, J, acts)
+        for l, act in enumerate(acts):
+            _check_closed_range(act, max(self.S1[l, ..., 0].max(initial=0.0),
+                                         self.S2[l, ..., 0].max(initial=0.0)))
+        if self.diverged is not None:
+            raise _gaussian_diverges(self.diverged)
+        self.acts = acts
+
+    def _variance(self, gj, order, acts):
+        """S[l, a, n, 3i]: the s-jet of q(x_n + s v_a) before the l-th activation."""
+        G, N = gj[0].shape[:2]
+        Q = np.zeros((G * N, _jets.NJ))
+        for i in range(order + 1):
+            Q[:, 3 * i] = sum(np.sum(gj[k] * gj[i - k], axis=-1)
+                              for k in range(i + 1)).ravel() / self.D
+        S = np.zeros((len(acts), G * N, _jets.NJ))
+        if _jets.variance_jets(self.ops, self.kinds, self.params, self.tabs, Q, S):
+            self.diverged = next(a for a in acts if a.kind == P.K_GAUSSIAN)
+        return S.reshape(len(acts), G, N, _jets.NJ)
+
+    def block(self, lo, rows, c0, upper, nngp, ntk):
+        """Rows lo .. lo + rows − 1, columns c0 .. of ``nngp``, ``ntk``
+        (from the diagonal on when ``upper``)."""
+        I, J, D = self.I, self.J, self.D
+        G1, G2, C = self.g1j[0].shape[0], self.g2j[0].shape[0], self.g2j[0].shape[1] - c0
+        Q12 = np.zeros((I + 1, J + 1, G1, rows, G2, C))
+        for i in range(I + 1):
+            for j in range(J + 1):
+                if self.nonzero1[i] and self.nonzero2[j]:
+                    A = self.g1j[i][:, lo:lo + rows].reshape(G1 * rows, D)
+                    B = self.g2j[j][:, c0:].reshape(G2 * C, D)
+                    np.matmul(A / D, B.T, out=Q12[i, j].reshape(G1 * rows, G2 * C))
+        if _jets.operator_block(self.ops, self.kinds, self.params, self.tabs, Q12, self.S1,
+                                self.S2, self.c1, self.c2, I, J, lo, c0, upper, nngp, ntk):
+            self.diverged = next(a for a in self.acts if a.kind == P.K_GAUSSIAN)
 
 
 class PinnAccuracyWarning(UserWarning):
@@ -1122,7 +1096,7 @@ def _jet_kernel(net, x1, x2, g1, g2, I, J, names, cache, eta=0.0):
                 k1, _ = _dual_numeric(layer, q1, q1, q1, cache, (li, "1"), eta)
                 k2, _ = _dual_numeric(layer, q2, q2, q2, cache, (li, "2"), eta)
             else:
-                _check_closed_range(layer, q1, q2)
+                _check_closed_range(layer, max(float(q1[0, 0].max()), float(q2[0, 0].max())))
                 k, kd = _dual_closed(layer, q1, q12, q2)
                 k1, _ = _dual_closed(layer, q1, q1, q1)
                 k2, _ = _dual_closed(layer, q2, q2, q2)

@@ -307,6 +307,35 @@ def test_numeric_first_derivatives_vs_finite_differences(act):
     assert np.abs(K - R).max() <= 1e-6 * np.abs(R).max()
 
 
+@pytest.mark.parametrize("acts", [(ik.Tanh(), ik.Gelu()), (ik.Erf(), ik.Softplus())],
+                         ids=repr)
+def test_closed_forms_beside_quadrature_activations(acts):
+    """A network with a closed-form and a quadrature activation (the closed
+    form's jets then run entry-wise inside the quadrature path's series):
+    ∂_x∂_x' Θ against finite differences of ``net.kernel``, as above."""
+    net = ik.serial(ik.Dense(8, 1.1, 0.3), acts[0], ik.Dense(8, 1.0, 0.2), acts[1],
+                    ik.Dense(1))
+    x1 = np.array([[0.2], [0.7]])
+    x2 = np.array([[0.2], [-0.4], [0.5]])
+    K = pinn.kernel(net, x1, x2, pinn.partial(0), pinn.partial(0), "ntk")
+    R = _fd_mixed(lambda a, b: net.kernel(a, b, "ntk"), x1, x2, 0.02)
+    assert np.abs(K - R).max() <= 1e-6 * np.abs(R).max()
+
+
+@pytest.mark.parametrize("second", [ik.Erf(), ik.Tanh()], ids=repr)
+def test_divergent_gaussian_dual_is_an_error(second):
+    """Gaussian(b > 0) has no dual where 1 − 4bq ≤ 0: a derivative kernel
+    there is a ValueError (closed-form and quadrature paths alike), and it is
+    computed where the variances are below 1/(4b)."""
+    net = ik.serial(ik.Dense(8, 1.5, 0.1), ik.Gaussian(1.0, 0.3), ik.Dense(8, 0.5, 0.1),
+                    second, ik.Dense(1))
+    L = pinn.laplacian(2)
+    with pytest.raises(ValueError, match="diverges"):
+        pinn.kernel(net, np.array([[1.0, 1.0], [0.1, 0.2]]), None, L, L)
+    K = pinn.kernel(net, np.array([[0.3, 0.2], [0.1, -0.2]]), None, L, L)
+    assert np.isfinite(K).all() and np.array_equal(K, K.T)
+
+
 def test_second_order_consistent_with_first_order():
     """∂²∂² Θ of a two-layer Tanh net equals the extrapolated finite difference
     of the ∂∂ Θ kernel (h = 0.01: the plain 4th-order differences err by
