@@ -1,9 +1,16 @@
-"""PINN NTK blocks of quadrature activations: the moment form of the inner
-integral (tanh, logistic, SiLU) against the general per-node evaluation.
+"""PINN NTK blocks: closed forms by per-entry jets against the array path, and
+quadrature activations by the moment form of the inner integral (tanh,
+logistic, SiLU) against the general per-node evaluation.
 
     python benchmarks/bench_pinn.py [--n 100,200] [--nt-python PY]
 
-1-D Poisson problem as in ``examples/pinn_poisson.py``: two boundary points
+Closed forms (first table): the symmetric Laplacian–Laplacian block (NNGP and
+NTK) of a 2-D network with two hidden layers, ``pinn.kernel`` warm (best of
+2), against the same block from ``_jet_kernel``, the NumPy recursion on
+arrays of jets that networks with quadrature activations use (row chunks of
+the upper triangle, one thread).
+
+Quadrature activations: 1-D Poisson problem as in ``examples/pinn_poisson.py``: two boundary points
 (identity) and n collocation points (second derivative), two hidden layers of
 the activation, ``pinn.ntk_blocks`` warm (best of 2).  The baseline forces the
 general path (``_tanh_coefficients`` returning no coefficients).  Prints
@@ -12,7 +19,7 @@ the largest entry.
 
 With ``--nt-python`` (a neural-tangents 0.6.5 environment) a second table: the
 blocks of a 2-D Poisson problem (boundary values, Laplacian residuals) for
-closed-form activations (Erf, Gelu), against JAX autodiff of neural-tangents'
+closed-form activations (Erf, Gelu, Sin), against JAX autodiff of neural-tangents'
 ``kernel_fn`` (nested Hessians, vmapped, jit-compiled; warm best of 2 and the
 first call with its compilation).
 """
@@ -50,7 +57,7 @@ NT_SCRIPT = textwrap.dedent("""
     config.update("jax_enable_x64", True)
     from neural_tangents import stax
     data = np.load(sys.argv[1])
-    act = {"Erf": stax.Erf(), "Gelu": stax.Gelu()}[sys.argv[2]]
+    act = {"Erf": stax.Erf(), "Gelu": stax.Gelu(), "Sin": stax.Sin()}[sys.argv[2]]
     _, _, kernel_fn = stax.serial(stax.Dense(512, 1.0, 1.0), act, stax.Dense(512, 1.0, 1.0),
                                   act, stax.Dense(1, 1.0, 1.0))
     k = lambda a, b: kernel_fn(a[None], b[None], "ntk")[0, 0]
@@ -70,6 +77,31 @@ NT_SCRIPT = textwrap.dedent("""
     np.save(sys.argv[3], out)
     print(best, first)
 """)
+
+
+def laplacian_block(act, n):
+    """(per-entry jets s, array path s, max diff) for the 2-D Laplacian block."""
+    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), act,
+                    ik.Dense(512, W_std=1.0, b_std=1.0), act,
+                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    x = np.random.default_rng(0).uniform(-0.7, 0.7, (n, 2))
+    L = pinn.laplacian(2)
+    pinn.kernel(net, x[:3], None, L, L)    # compile
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        ours = pinn.kernel(net, x, None, L, L, get=None)
+        best = min(best, time.perf_counter() - t0)
+    g = L.directional(2)
+    t0 = time.perf_counter()
+    ref = np.zeros((2, n, n))
+    for lo in range(0, n, 25):
+        part = pinn._jet_kernel(net, x[lo:lo + 25], x[lo:], g, g, 2, 2, ("nngp", "ntk"), {})
+        ref[0, lo:lo + 25, lo:], ref[1, lo:lo + 25, lo:] = part["nngp"], part["ntk"]
+    array = time.perf_counter() - t0
+    diff = max(np.abs(np.triu(a) - np.triu(b)).max() / np.abs(b).max()
+               for a, b in zip(ours, ref))
+    return best, array, diff
 
 
 def poisson_2d(act, n, nt_python):
@@ -103,10 +135,19 @@ def main():
     ap.add_argument("--n", default="100,200")
     ap.add_argument("--nt-python", help="python of a neural-tangents 0.6.5 environment")
     args = ap.parse_args()
+    sizes = [2 * int(n) for n in args.n.split(",")]
+    print("| activation | N | entries/s | jets s | array path s | speed-up | max diff |")
+    print("|---|---|---|---|---|---|---|")
+    for act in (ik.Erf(), ik.Gelu(), ik.Sin(), ik.Gaussian(), ik.Gabor()):
+        for n in sizes:
+            ours, array, diff = laplacian_block(act, n)
+            print(f"| {act!r} | {n} | {n * (n + 1) / 2 / ours:.3g} | {ours:.3f} | {array:.3f} | "
+                  f"{array / ours:.1f} | {diff:.1e} |", flush=True)
+    print()
     if args.nt_python:
         print("| activation | n + n | infkernel s | NT jit s | NT / ik | NT 1st s | max diff |")
         print("|---|---|---|---|---|---|---|")
-        for act in (ik.Erf(), ik.Gelu()):
+        for act in (ik.Erf(), ik.Gelu(), ik.Sin()):
             for n in map(int, args.n.split(",")):
                 ours, warm, first, diff = poisson_2d(act, n, args.nt_python)
                 print(f"| {act.name} | {n} + {n} | {ours:.3f} | {warm:.3f} | {warm / ours:.1f} | "

@@ -1,22 +1,21 @@
 """Truncated bivariate Taylor series ("jets") for the PINN kernels, in numba.
 
 A jet holds the Taylor coefficients of a function of (s, t): a[3i + j] is the
-coefficient of sⁱtʲ, i, j ≤ 2 (operators of order ≤ 2 in each argument; all
-nine are always formed, as fixed-size loops compile to straight-line code,
-and those beyond the operators' orders (I, J) are not read: a truncated
-product's coefficient (i, j) depends only on coefficients up to (i, j)).
-Products follow the Cauchy rule, and a function
-of a jet is f(a) = Σₙ f⁽ⁿ⁾(a₀) δⁿ/n! with δ = a − a₀, which is nilpotent
-(δ^(I+J+1) = 0): the coefficients are exact up to rounding.  The closed-form
-duals k(q1, q12, q2), k̇ of ``_duals.py`` are evaluated here in jet arithmetic
-(same formulas), and :func:`operator_block` runs the whole layer recursion per
-kernel entry and direction pair.
+coefficient of sⁱtʲ, i, j ≤ 2 (operators of order ≤ 2 in each argument).  All
+nine are always formed (fixed-size loops compile to straight-line code); those
+beyond the operators' orders are not read, as a truncated product's
+coefficient (i, j) depends only on coefficients up to (i, j).  Products follow
+the Cauchy rule; a function of a jet is f(a) = Σₘ f⁽ᵐ⁾(a₀) δᵐ/m! with
+δ = a − a₀, nilpotent (δ⁵ = 0), so the coefficients are exact up to rounding.
+The closed-form duals k(q1, q12, q2), k̇ of ``_duals.py`` are evaluated here
+in jet arithmetic (the same formulas), and :func:`operator_block` runs the
+whole layer recursion per kernel entry and direction pair.
 
-Every jet lives in a row of one workspace ``R`` (NSLOT × 9), and functions
-take row numbers ("registers"), not arrays: numba counts the references of
-every array view it makes, which cost more than the arithmetic here.  Rows
-0-3 belong to :func:`jcompose`; a dual reads Q1, Q12, Q2 and writes K, KD,
-with temporaries from TMP on.
+Every jet lives in a row of one workspace ``R`` (NSLOT × 9) and functions take
+row numbers ("registers"), not arrays: numba counts the references of each
+array view it makes, which would cost more than the arithmetic.  Row DV holds
+the derivatives f⁽ᵐ⁾(a₀) for :func:`jcompose`; a dual reads rows Q1, Q12, Q2
+and writes K, KD, with temporaries from TMP on.
 """
 import math
 
@@ -27,15 +26,26 @@ from . import _program as P
 from ._config import JIT
 
 NJ = 9          # 3 × 3 coefficients
-NSLOT = 24
-Q1, Q12, Q2, K, KD, TMP = 4, 5, 6, 7, 8, 9
-TH, T = 21, 22   # operator_block's θ and a temporary
+DV, Q1, Q12, Q2, K, KD = 0, 1, 2, 3, 4, 5
+TMP = 6          # the duals' temporaries: TMP .. TMP + 10
+TH, T = 17, 18   # operator_block's θ and a temporary
+NSLOT = 19
 INV_2PI = 0.5 / math.pi
 
 #: ``operator_block``'s program rows: (OP_AFFINE, w2, b2, α, β) maps
 #: q12 → w2 q12 + b2, θ → α q12 + w2 θ + β (Dense in either parameterization,
 #: Scale); (OP_ACT, index of the activation, 0, 0, 0).
 OP_AFFINE, OP_ACT = 0.0, 1.0
+
+
+@njit(**JIT)
+def registers(R):
+    """(Q1, Q12, Q2, K, KD, TMP, TH, T) as run-time integers: functions that
+    pass register numbers start with this, so that numba compiles each helper
+    once instead of once per combination of literal arguments (a 3× longer
+    first call)."""
+    o = R.shape[0] - NSLOT          # 0
+    return o + Q1, o + Q12, o + Q2, o + K, o + KD, o + TMP, o + TH, o + T
 
 
 @njit(**JIT)
@@ -81,12 +91,12 @@ def copy(R, a, out):
 @njit(**JIT)
 def jcompose(R, a, out):
     """R[out] = f(R[a]) = Σ_{m ≤ 4} f⁽ᵐ⁾(a₀) δᵐ/m!, δ = R[a] − a₀, with the
-    derivatives f⁽ᵐ⁾(a₀) in R[3] and the coefficients of δ², δ³, δ⁴ (zero
+    derivatives f⁽ᵐ⁾(a₀) in R[DV] and the coefficients of δ², δ³, δ⁴ (zero
     below total degree m) written out; ``out`` may be ``a``."""
     d10, d01, d20, d11, d02 = R[a, 3], R[a, 1], R[a, 6], R[a, 4], R[a, 2]
     d21, d12, d22 = R[a, 7], R[a, 5], R[a, 8]
-    f1, f2, f3, f4 = R[3, 1], R[3, 2] / 2, R[3, 3] / 6, R[3, 4] / 24
-    R[out, 0] = R[3, 0]
+    f1, f2, f3, f4 = R[DV, 1], R[DV, 2] / 2, R[DV, 3] / 6, R[DV, 4] / 24
+    R[out, 0] = R[DV, 0]
     R[out, 3] = f1 * d10
     R[out, 1] = f1 * d01
     R[out, 6] = f1 * d20 + f2 * d10 * d10
@@ -105,7 +115,7 @@ def jpow(R, a, alpha, out):
     x = R[a, 0]
     v, inv = x ** alpha, 1.0 / x        # x^(α−m) = x^α (1/x)^m: one pow
     for m in range(5):
-        R[3, m] = v
+        R[DV, m] = v
         v *= (alpha - m) * inv
     jcompose(R, a, out)
 
@@ -115,7 +125,7 @@ def jexp(R, a, out):
     """R[out] = exp(R[a]) (``out`` may be ``a``)."""
     e = math.exp(R[a, 0])
     for m in range(5):
-        R[3, m] = e
+        R[DV, m] = e
     jcompose(R, a, out)
 
 
@@ -125,11 +135,11 @@ def jasin(R, a, out):
     x = R[a, 0]
     w = 1.0 - x * x
     r = 1.0 / math.sqrt(w) if w >= 0.0 else math.nan     # w^(-1/2)
-    R[3, 0] = math.asin(x) if abs(x) <= 1.0 else math.nan
-    R[3, 1] = r
-    R[3, 2] = x * r * r * r
-    R[3, 3] = (1 + 2 * x * x) * r ** 5
-    R[3, 4] = (9 * x + 6 * x * x * x) * r ** 7
+    R[DV, 0] = math.asin(x) if abs(x) <= 1.0 else math.nan
+    R[DV, 1] = r
+    R[DV, 2] = x * r * r * r
+    R[DV, 3] = (1 + 2 * x * x) * r ** 5
+    R[DV, 4] = (9 * x + 6 * x * x * x) * r ** 7
     jcompose(R, a, out)
 
 
@@ -137,6 +147,7 @@ def jasin(R, a, out):
 def _monomial(coef, m, R, out):
     """Σ_{j ≡ m (2)} coef[j] q12ʲ (q1 q2)^((m−j)/2) (``_duals.dual_monomial``):
     with y = q12², P = q1 q2, S_k = y S_{k−1} + coef[m − 2k] Pᵏ."""
+    Q1, Q12, Q2, K, KD, TMP, TH, T = registers(R)
     y, pp, pk, t = TMP, TMP + 1, TMP + 2, TMP + 3
     jmul(R, Q12, Q12, y)
     jmul(R, Q1, Q2, pp)
@@ -169,6 +180,7 @@ def _polynomial(coef, m, q0, R, out):
     """Σ_l q12ˡ B_l(q1 − q0) B_l(q2 − q0), B_l the l-th row of ``coef``
     ((m + 1) × (m // 2 + 1), ``_duals.dual_polynomial``), by Horner in q12
     and in the variances."""
+    Q1, Q12, Q2, K, KD, TMP, TH, T = registers(R)
     x1, x2, b1, b2, t = TMP, TMP + 1, TMP + 2, TMP + 3, TMP + 4
     ncol = m // 2 + 1
     lin(R, Q1, 1.0, -q0, x1)
@@ -189,6 +201,7 @@ def dual(kind, p, tab, R):
     ``p``: the activation's parameters; ``tab``: its two coefficient tables.
     Returns 1 where Gaussian(b > 0) diverges (I − 2bΣ not positive definite),
     else 0."""
+    Q1, Q12, Q2, K, KD, TMP, TH, T = registers(R)
     t1, t2, t3, t4, t5, t6 = TMP, TMP + 1, TMP + 2, TMP + 3, TMP + 4, TMP + 5
     if kind == P.K_ERF:
         a, b, c = p[0], p[1], p[2]
@@ -336,6 +349,7 @@ def dual_entries(kind, p, tab, S1, S12, S2, k, kd):
     """``dual`` for each row of S1, S12, S2 (M × 9) into k, kd; returns the
     number of rows where it diverges."""
     R = np.zeros((NSLOT, NJ))
+    Q1, Q12, Q2, K, KD, TMP, TH, T = registers(R)
     bad = 0
     for m in range(S12.shape[0]):
         for c in range(NJ):
@@ -352,6 +366,7 @@ def variance_jets(ops, kinds, params, tabs, Q, S):
     ``S[l, n]`` for the l-th activation, from the input jets ``Q[n]`` (n over
     points × directions).  Returns the number of divergent duals."""
     R = np.zeros((NSLOT, NJ))
+    Q1, Q12, Q2, K, KD, TMP, TH, T = registers(R)
     bad = 0
     for n in range(Q.shape[0]):
         for c in range(NJ):
@@ -372,13 +387,16 @@ def variance_jets(ops, kinds, params, tabs, Q, S):
 def operator_block(ops, kinds, params, tabs, Q12in, S1, S2, c1, c2, I, J, row0, col0, upper,
                    nngp, ntk):
     """Operator kernels Σ c1[a, i] c2[b, j] ∂ˢⁱ∂ᵗʲ K for the rows row0 + r and
-    columns col0 + c of ``nngp``/``ntk`` (only c ≥ r − (col0 − row0) when
-    ``upper``), one entry at a time: for each direction pair (a, b) the jets
+    columns col0 + c of ``nngp``/``ntk`` (either may be empty: not wanted),
+    one entry at a time: for each direction pair (a, b) the jets
     q12 = Q12in[:, :, a, r, b, c] (input layer) and θ = 0 run through ``ops``
     with the variance jets S1[l, a, row], S2[l, b, column] (``variance_jets``)
-    at the l-th activation.  Returns the number of divergent duals."""
+    at the l-th activation.  With ``upper`` only the columns from the
+    diagonal on, each also written to its mirror image.  Returns the number
+    of divergent duals."""
     G1, R_, G2, C = Q12in.shape[2], Q12in.shape[3], Q12in.shape[4], Q12in.shape[5]
     R = np.zeros((NSLOT, NJ))
+    Q1, Q12, Q2, K, KD, TMP, TH, T = registers(R)
     bad = 0
     for r in range(R_):
         first = max(0, row0 + r - col0) if upper else 0
@@ -412,6 +430,9 @@ def operator_block(ops, kinds, params, tabs, Q12in, S1, S2, c1, c2, I, J, row0, 
                             f = c1[a, i] * c2[b, j]
                             acc_n += f * R[Q12, 3 * i + j]
                             acc_t += f * R[TH, 3 * i + j]
-            nngp[row0 + r, col0 + c] = acc_n
-            ntk[row0 + r, col0 + c] = acc_t
+            for out, acc in ((nngp, acc_n), (ntk, acc_t)):
+                if out.size:
+                    out[row0 + r, col0 + c] = acc
+                    if upper:
+                        out[col0 + c, row0 + r] = acc
     return bad

@@ -21,10 +21,11 @@ keeping sⁱtʲ for i ≤ I, j ≤ J (the operators' orders).  Dense layers act
 linearly on the jets.  An activation's dual k(q11, q12, q22) is composed
 with the jets:
 
-* closed forms (Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussian, Monomial) are
-  evaluated in jet arithmetic, i.e. by the exact Taylor coefficients of
-  their elementary functions (exp, √, asin, powers), so the result is
-  exact up to rounding;
+* closed forms (Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussian, Gabor, Monomial,
+  Polynomial) are evaluated in jet arithmetic, i.e. by the exact Taylor
+  coefficients of their elementary functions (exp, √, asin, powers), so the
+  result is exact up to rounding (``_jets.py``, numba; when every activation
+  is a closed form, the whole recursion runs there, one entry at a time);
 * quadrature activations (Tanh, Sigmoid, Softplus, Silu, Mish, analytic
   ``Elementwise``) use the multivariate Taylor series of k, whose partial
   derivatives are Gaussian expectations of derivatives of φ by Price's
@@ -86,7 +87,7 @@ __all__ = ["Operator", "identity", "partial", "laplacian", "kernel", "ntk_blocks
 
 MAX_ORDER = 2          # per argument
 _ROW_ENTRIES = 1 << 18  # jet entries per row chunk (bounds the temporaries: ~2 MB each)
-_MIN_CHUNK = 1 << 12    # jet entries below which a quadrature chunk is not split
+_MIN_CHUNK = 1 << 12    # jet entries below which a chunk is not split
 
 
 # ---------------------------------------------------------------------------
@@ -904,13 +905,14 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     errs = np.zeros((len(chunks), len(names)))
     if not numeric:
         closed = _ClosedJets(net, x1, x2, g1, g2, I, J, sym)
-        out = {n: np.zeros((n1, n2)) for n in ("nngp", "ntk")}
+        # both in one pass; written in place, mirrored with ``sym``
+        dest = [out.get(n, np.zeros((0, 0))) for n in ("nngp", "ntk")]
 
     def run(first, last):
         for c in range(first, last):
             lo, rows, c0 = chunks[c]
             if not numeric:
-                closed.block(lo, rows, c0, sym, out["nngp"], out["ntk"])
+                closed.block(lo, rows, c0, sym, *dest)
                 continue
             a, b = x1[lo:lo + rows], x2[c0:]
             cache = {}
@@ -929,7 +931,7 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
                     errs[c, m] = np.abs(moved[n] - part[n]).max(initial=0.0)
     with _single_threaded_blas():
         in_parallel(run, len(chunks))
-    if not numeric and closed.diverged:
+    if not numeric and closed.diverged is not None:
         raise _gaussian_diverges(closed.diverged)
     err = dict(zip(names, errs.max(axis=0, initial=0.0)))
     for n in names:
@@ -946,7 +948,7 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
                 "quadrature activations cancels at large pre-activation variance); normalise "
                 "the inputs (shift/scale) or reduce W_std to keep the variances small",
                 PinnAccuracyWarning, stacklevel=2)
-    if sym:
+    if sym and numeric:      # (the closed-form path mirrors as it writes)
         for n in names:
             out[n] = np.triu(out[n]) + np.triu(out[n], 1).T
     return _pack(out, names, single)
