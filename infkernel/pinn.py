@@ -983,23 +983,13 @@ class _ClosedJets:
                                       for _, c in g]) for g, n in ((g1, I), (g2, J)))
         self.nonzero1 = [bool(g.any()) for g in self.g1j]
         self.nonzero2 = [bool(g.any()) for g in self.g2j]
-        ops, acts, width = [], [], D
-        from .combinators import Scale
-        for layer in net.body.layers:
-            if isinstance(layer, Scale):
-                ops.append((_jets.OP_AFFINE, layer.a * layer.a, 0.0, 0.0, 0.0))
-            elif isinstance(layer, Dense):
-                w2 = layer.W_std ** 2
-                b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
-                if layer.parameterization == "ntk":    # θ' = q' + w2 θ
-                    ops.append((_jets.OP_AFFINE, w2, b2, w2, b2))
-                else:                                   # θ' = (fan-in/s) q + w2 θ + [bias]
-                    ops.append((_jets.OP_AFFINE, w2, b2, width / layer.s[0],
-                                float(layer.b_std is not None)))
-                width = layer.width
-            elif isinstance(layer, Activation):
+        ops, acts = [], []
+        for kind, *step in _steps(net, D):
+            if kind == "affine":
+                ops.append((_jets.OP_AFFINE, *step))
+            else:
                 ops.append((_jets.OP_ACT, float(len(acts)), 0.0, 0.0, 0.0))
-                acts.append(layer)
+                acts += step
         self.ops = np.array(ops, dtype=float).reshape(-1, 5)
         self.kinds, self.params, self.tabs = _closed_arrays(acts)
         self.diverged = None
@@ -1053,6 +1043,28 @@ def _pack(out, names, single):
     return _kernel_type(names)(*(out[n] for n in names))
 
 
+def _steps(net, width):
+    """The body of ``net`` as the steps of the jet recursions, for inputs of
+    ``width`` features: ("affine", w2, b2, α, β), mapping q → w2 q + b2 and
+    θ → α q + w2 θ + β (Dense: α = w2, β = b2 in the NTK parameterization,
+    α = fan-in/s, β = [bias] in the standard one; Scale: w2 = a², b2 = α =
+    β = 0), or ("act", activation)."""
+    from .combinators import Scale
+    for layer in net.body.layers:
+        if isinstance(layer, Scale):
+            yield "affine", layer.a * layer.a, 0.0, 0.0, 0.0
+        elif isinstance(layer, Dense):
+            w2 = layer.W_std ** 2
+            b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
+            if layer.parameterization == "ntk":
+                yield "affine", w2, b2, w2, b2
+            else:
+                yield "affine", w2, b2, width / layer.s[0], float(layer.b_std is not None)
+            width = layer.width
+        elif isinstance(layer, Activation):
+            yield "act", layer
+
+
 def _jet_kernel(net, x1, x2, g1, g2, I, J, names, cache, eta=0.0):
     V = np.array([v for v, _ in g1])          # (G1, d)
     W = np.array([w for w, _ in g2])          # (G2, d)
@@ -1072,27 +1084,16 @@ def _jet_kernel(net, x1, x2, g1, g2, I, J, names, cache, eta=0.0):
         q2[0, j] = sum(np.sum(g2j[k] * g2j[j - k], axis=-1)
                        for k in range(j + 1))[None, :, None, :] / D
     th = np.zeros_like(q12)
-    width = D
-    from .combinators import Scale
-    for li, layer in enumerate(net.body.layers):
-        if isinstance(layer, Scale):
-            a2 = layer.a * layer.a
-            q12, q1, q2, th = a2 * q12, a2 * q1, a2 * q2, a2 * th
-        elif isinstance(layer, Dense):
-            w2 = layer.W_std ** 2
-            b2 = 0.0 if layer.b_std is None else layer.b_std ** 2
-            new12, new1, new2 = w2 * q12, w2 * q1, w2 * q2
-            for q in (new12, new1, new2):
+    for li, (kind, *step) in enumerate(_steps(net, D)):
+        if kind == "affine":
+            w2, b2, alpha, beta = step
+            th = alpha * q12 + w2 * th
+            th[0, 0] += beta
+            q12, q1, q2 = w2 * q12, w2 * q1, w2 * q2
+            for q in (q12, q1, q2):
                 q[0, 0] += b2
-            if layer.parameterization == "ntk":
-                th = new12 + w2 * th
-            else:
-                th = (width / layer.s[0]) * q12 + w2 * th
-                if layer.b_std is not None:
-                    th[0, 0] += 1.0
-            q12, q1, q2 = new12, new1, new2
-            width = layer.width
-        elif isinstance(layer, Activation):
+        else:
+            (layer,) = step
             if isinstance(layer, NumericActivation):
                 k, kd = _dual_numeric(layer, q1, q12, q2, cache, (li, "x"), eta)
                 k1, _ = _dual_numeric(layer, q1, q1, q1, cache, (li, "1"), eta)
