@@ -5,23 +5,25 @@ logistic, SiLU) against the general per-node evaluation.
     python benchmarks/bench_pinn.py [--n 100,200] [--nt-python PY]
 
 Closed forms (first table): the symmetric Laplacian–Laplacian block (NNGP and
-NTK) of a 2-D network with two hidden layers, ``pinn.kernel`` warm (best of
-2), against the same block from ``_jet_kernel``, the NumPy recursion on
-arrays of jets that networks with quadrature activations use (row chunks of
-the upper triangle, one thread).
+NTK) of N = 2n points for a 2-D network with two hidden layers,
+``pinn.kernel`` warm (best of 2), against the same block from
+``_jet_kernel``, the NumPy recursion on arrays of jets that networks with
+quadrature activations use (row chunks of the upper triangle, one thread).
 
-Quadrature activations: 1-D Poisson problem as in ``examples/pinn_poisson.py``: two boundary points
-(identity) and n collocation points (second derivative), two hidden layers of
-the activation, ``pinn.ntk_blocks`` warm (best of 2).  The baseline forces the
-general path (``_tanh_coefficients`` returning no coefficients).  Prints
-seconds, the speed-up and the largest difference of the blocks relative to
-the largest entry.
+With ``--nt-python`` (a neural-tangents 0.6.5 environment) a middle table:
+the blocks of a 2-D Poisson problem (boundary values, Laplacian residuals) for
+closed-form activations (Erf, Gelu, Sin), against JAX autodiff of
+neural-tangents' ``kernel_fn`` (nested Hessians, vmapped, jit-compiled; warm
+best of 2 and the first call with its compilation).
 
-With ``--nt-python`` (a neural-tangents 0.6.5 environment) a second table: the
-blocks of a 2-D Poisson problem (boundary values, Laplacian residuals) for
-closed-form activations (Erf, Gelu, Sin), against JAX autodiff of neural-tangents'
-``kernel_fn`` (nested Hessians, vmapped, jit-compiled; warm best of 2 and the
-first call with its compilation).
+Quadrature activations (last table): 1-D Poisson problem as in
+``examples/pinn_poisson.py``: two boundary points (identity) and n collocation
+points (second derivative), two hidden layers of the activation,
+``pinn.ntk_blocks`` warm (best of 2).  The baseline forces the general path
+(``_tanh_coefficients`` returning no coefficients).
+
+Each table prints seconds, the speed-up and the largest difference of the
+blocks relative to the largest entry.
 """
 import argparse
 import os

@@ -180,10 +180,10 @@ _OPERATORS = [pinn.identity(), pinn.partial(0), pinn.partial(1, 2), pinn.laplaci
        n2=st.integers(1, 5), seed=st.integers(0, 2 ** 16),
        standard=st.booleans())
 def test_operator_kernels_transpose(act, o1, o2, depth, n1, n2, seed, standard):
-    """(op1)_x (op2)_x' K(x, x') = [(op2)_x' (op1)_x K(x', x)]ᵀ for random
-    closed-form networks, operators and points (both parameterizations):
-    the per-entry recursion treats its two arguments alike up to rounding;
-    and the symmetric call (x2 = None) is exactly symmetric."""
+    """kernel(x1, x2, op1, op2) = kernel(x2, x1, op2, op1)ᵀ for random
+    closed-form networks, operators and points (both parameterizations), up
+    to rounding (the recursion treats its two arguments alike); the
+    symmetric call (x2 = None) is exactly symmetric."""
     rng = np.random.default_rng(seed)
     p = "standard" if standard else "ntk"
     layers = []
