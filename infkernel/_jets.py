@@ -64,9 +64,8 @@ def jmul(R, a, b, out):
 def comb(R, a, alpha, b, beta, c, out):
     """R[out] = α R[a] + β R[b] + c (c on the constant term); ``out`` may be
     ``a`` or ``b``."""
-    for i in range(3):
-        for j in range(3):
-            R[out, 3 * i + j] = alpha * R[a, 3 * i + j] + beta * R[b, 3 * i + j]
+    for k in range(NJ):
+        R[out, k] = alpha * R[a, k] + beta * R[b, k]
     R[out, 0] += c
 
 
@@ -77,9 +76,11 @@ def lin(R, a, alpha, c, out):
 
 
 @njit(**JIT)
-def clear(R, a):
+def const(R, c, out):
+    """R[out] = c."""
     for k in range(NJ):
-        R[a, k] = 0.0
+        R[out, k] = 0.0
+    R[out, 0] = c
 
 
 @njit(**JIT)
@@ -151,10 +152,8 @@ def _monomial(coef, m, R, out):
     y, pp, pk, t = TMP, TMP + 1, TMP + 2, TMP + 3
     jmul(R, Q12, Q12, y)
     jmul(R, Q1, Q2, pp)
-    clear(R, out)
-    R[out, 0] = coef[m]
-    clear(R, pk)
-    R[pk, 0] = 1.0
+    const(R, coef[m], out)
+    const(R, 1.0, pk)
     for k in range(1, m // 2 + 1):
         jmul(R, pk, pp, t)
         copy(R, t, pk)
@@ -168,8 +167,7 @@ def _monomial(coef, m, R, out):
 @njit(**JIT)
 def _horner(coef, lo, n, x, out, t, R):
     """R[out] = Σ_{c < n} coef[lo + c] R[x]ᶜ."""
-    clear(R, out)
-    R[out, 0] = coef[lo + n - 1]
+    const(R, coef[lo + n - 1], out)
     for c in range(n - 2, -1, -1):
         jmul(R, out, x, t)
         lin(R, t, 1.0, coef[lo + c], out)
@@ -185,7 +183,7 @@ def _polynomial(coef, m, q0, R, out):
     ncol = m // 2 + 1
     lin(R, Q1, 1.0, -q0, x1)
     lin(R, Q2, 1.0, -q0, x2)
-    clear(R, out)
+    const(R, 0.0, out)
     for l in range(m, -1, -1):
         _horner(coef, l * ncol, ncol, x1, b1, t, R)
         _horner(coef, l * ncol, ncol, x2, b2, t, R)
@@ -254,12 +252,10 @@ def dual(kind, p, tab, R):
         # Sin: ½a²(e₋ − cos 2c e₊), k̇ = ½a²b²(e₋ + cos 2c e₊), e∓ = exp(−½b²(q1 + q2 ∓ 2q12));
         # Rbf: k = exp(−γ(q1 + q2 − 2q12)), k̇ = 2γk
         g = 0.5 * p[1] * p[1] if kind == P.K_SIN else p[0]
-        for i in range(3):
-            for j in range(3):
-                m = 3 * i + j
-                s = R[Q1, m] + R[Q2, m]
-                R[t1, m] = -g * (s - 2 * R[Q12, m])
-                R[t2, m] = -g * (s + 2 * R[Q12, m])
+        for m in range(NJ):
+            s = R[Q1, m] + R[Q2, m]
+            R[t1, m] = -g * (s - 2 * R[Q12, m])
+            R[t2, m] = -g * (s + 2 * R[Q12, m])
         jexp(R, t1, t1)
         if kind == P.K_RBF:
             copy(R, t1, K)
@@ -272,10 +268,8 @@ def dual(kind, p, tab, R):
     elif kind == P.K_EXP:
         a, b = p[0], p[1]
         b2 = b * b
-        for i in range(3):
-            for j in range(3):
-                m = 3 * i + j
-                R[K, m] = b2 * (0.5 * (R[Q1, m] + R[Q2, m]) + R[Q12, m])
+        for m in range(NJ):
+            R[K, m] = b2 * (0.5 * (R[Q1, m] + R[Q2, m]) + R[Q12, m])
         jexp(R, K, K)
         lin(R, K, a * a, 0.0, K)
         lin(R, K, b2, 0.0, KD)
@@ -299,14 +293,14 @@ def dual(kind, p, tab, R):
         if n:
             _monomial(tab[1], n - 1, R, KD)
         else:
-            clear(R, KD)
+            const(R, 0.0, KD)
     elif kind == P.K_POLYNOMIAL:
         n = int(p[0])
         _polynomial(tab[0], n, p[1], R, K)
         if n:
             _polynomial(tab[1], n - 1, p[1], R, KD)
         else:
-            clear(R, KD)
+            const(R, 0.0, KD)
     elif kind == P.K_GABOR:
         s, dl, d, idl, e, bb = t1, t2, t3, t4, t5, t6
         sh, ch, t, u = TMP + 6, TMP + 7, TMP + 8, TMP + 9
@@ -404,8 +398,8 @@ def operator_block(ops, kinds, params, tabs, Q12in, S1, S2, c1, c2, I, J, row0, 
             acc_n, acc_t = 0.0, 0.0
             for a in range(G1):
                 for b in range(G2):
-                    clear(R, Q12)
-                    clear(R, TH)
+                    const(R, 0.0, Q12)
+                    const(R, 0.0, TH)
                     for i in range(I + 1):
                         for j in range(J + 1):
                             R[Q12, 3 * i + j] = Q12in[i, j, a, r, b, c]
@@ -415,8 +409,8 @@ def operator_block(ops, kinds, params, tabs, Q12in, S1, S2, c1, c2, I, J, row0, 
                             lin(R, Q12, ops[o, 1], ops[o, 2], Q12)
                         else:
                             l = int(ops[o, 1])
-                            clear(R, Q1)
-                            clear(R, Q2)
+                            const(R, 0.0, Q1)
+                            const(R, 0.0, Q2)
                             for i in range(I + 1):
                                 R[Q1, 3 * i] = S1[l, a, row0 + r, 3 * i]
                             for j in range(J + 1):

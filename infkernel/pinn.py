@@ -343,8 +343,9 @@ def _dual_closed(act, q1, q12, q2):
             I + 1, J + 1, -1), -1, 0)
         return out.reshape(-1, _jets.NJ)
     kinds, params, tabs = _closed_arrays([act])
-    k, kd = np.zeros((2,) + rows(q12).shape)
-    if _jets.dual_entries(kinds[0], params[0], tabs[0], rows(q1), rows(q12), rows(q2), k, kd):
+    r12 = rows(q12)
+    k, kd = np.zeros((2,) + r12.shape)
+    if _jets.dual_entries(kinds[0], params[0], tabs[0], rows(q1), r12, rows(q2), k, kd):
         raise _gaussian_diverges(act)
     return tuple(np.moveaxis(v.reshape(-1, 3, 3)[:, :I + 1, :J + 1], 0, -1).reshape(shape)
                  for v in (k, kd))
@@ -1021,12 +1022,12 @@ class _ClosedJets:
         I, J, D = self.I, self.J, self.D
         G1, G2, C = self.g1j[0].shape[0], self.g2j[0].shape[0], self.g2j[0].shape[1] - c0
         Q12 = np.zeros((I + 1, J + 1, G1, rows, G2, C))
-        for i in range(I + 1):
-            for j in range(J + 1):
+        A = [self.g1j[i][:, lo:lo + rows].reshape(G1 * rows, D) / D for i in range(I + 1)]
+        for j in range(J + 1):
+            B = self.g2j[j][:, c0:].reshape(G2 * C, D).T
+            for i in range(I + 1):
                 if self.nonzero1[i] and self.nonzero2[j]:
-                    A = self.g1j[i][:, lo:lo + rows].reshape(G1 * rows, D)
-                    B = self.g2j[j][:, c0:].reshape(G2 * C, D)
-                    np.matmul(A / D, B.T, out=Q12[i, j].reshape(G1 * rows, G2 * C))
+                    np.matmul(A[i], B, out=Q12[i, j].reshape(G1 * rows, G2 * C))
         if _jets.operator_block(self.ops, self.kinds, self.params, self.tabs, Q12, self.S1,
                                 self.S2, self.c1, self.c2, I, J, lo, c0, upper, nngp, ntk):
             self.diverged = next(a for a in self.acts if a.kind == P.K_GAUSSIAN)
