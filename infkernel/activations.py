@@ -40,6 +40,9 @@ class Activation(Layer):
     shown: str = field(default=None, repr=False)
 
     def __repr__(self):
+        alias = self.__dict__.get("_alias")
+        if alias is not None:       # made by a shorthand such as Relu(): shown as called
+            return alias
         args = self.shown if self.shown is not None else ", ".join(f"{v:g}" for v in self.params)
         return f"{self.name}({args})"
 
@@ -79,11 +82,16 @@ def _call(factory, args, kwargs):
 
 def factory(make):
     """Decorator for activation factories: the result remembers the call, so
-    that it pickles (``Activation.__reduce__``)."""
+    that it pickles (``Activation.__reduce__``); one made by a shorthand for
+    another (``Relu()`` is ``ABRelu(0, 1)``) is shown as the shorthand's call."""
     @functools.wraps(make)
     def wrapper(*args, **kwargs):
         act = make(*args, **kwargs)
         object.__setattr__(act, "_made_by", (wrapper, args, kwargs))
+        if act.name != make.__name__:
+            shown = [f"{a:g}" if isinstance(a, (float, int)) and not isinstance(a, bool)
+                     else repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+            object.__setattr__(act, "_alias", f"{make.__name__}({', '.join(shown)})")
         return act
     return wrapper
 

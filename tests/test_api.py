@@ -87,6 +87,25 @@ def test_flatten_and_repeat():
         ik.repeat(ik.Relu(), 0)
 
 
+def test_shorthand_activations_are_shown_as_called():
+    """Relu(), LeakyRelu(α), Abs(), Sigmoid_like(), Cos(...) are stored as the
+    general kind (ABRelu, Erf, Sin) but read as the user wrote them, and
+    compute the same kernel as the general call."""
+    cases = [(ik.Relu(), "Relu()", ik.ABRelu(0, 1)),
+             (ik.LeakyRelu(0.1), "LeakyRelu(0.1)", ik.ABRelu(0.1, 1)),
+             (ik.LeakyRelu(alpha=0.2), "LeakyRelu(alpha=0.2)", ik.ABRelu(0.2, 1)),
+             (ik.Abs(), "Abs()", ik.ABRelu(-1, 1)),
+             (ik.Sigmoid_like(), "Sigmoid_like()", ik.Erf(0.5, 1 / 2.4020563531719796, 0.5)),
+             (ik.Cos(1.1, 0.7, 0.2), "Cos(1.1, 0.7, 0.2)", ik.Sin(1.1, 0.7, 0.2 + np.pi / 2))]
+    for short, shown, general in cases:
+        assert repr(short) == shown
+        k1 = ik.serial(ik.Dense(4, 1.3, 0.2), short, ik.Dense(1)).kernel(X1, None, "ntk")
+        k2 = ik.serial(ik.Dense(4, 1.3, 0.2), general, ik.Dense(1)).kernel(X1, None, "ntk")
+        np.testing.assert_allclose(k1, k2, rtol=1e-14, atol=0)
+    assert repr(ik.ABRelu(0, 1)) == "ABRelu(0, 1)"
+    assert repr(ik.Erf()) == "Erf(1, 1, 0)"
+
+
 def test_batch_is_accepted_for_porting():
     """nt.batch(kernel_fn, batch_size, ...) spellings: the same kernels (any
     batch size, no divisibility), emulated device arrays brought to host with
@@ -187,7 +206,8 @@ def test_empty_and_integer_inputs():
     (lambda: ik.Dense(0), ValueError, "out_dim"),
     (lambda: ik.Dense(2.0), TypeError, "out_dim must be a positive integer, got 2.0"),
     (lambda: ik.Dense(3, parameterization="mup"), ValueError, "parameterization"),
-    (lambda: ik.serial(ik.Relu(), ik.Dense(1)).kernel(X1), ValueError, "must follow a Dense"),
+    (lambda: ik.serial(ik.Relu(), ik.Dense(1)).kernel(X1), ValueError,
+     "Relu() is applied to the network input, which is not Gaussian: an activation must follow a Dense"),
     (lambda: ik.serial(ik.Dense(2), ik.Relu(), ik.Erf()).kernel(X1), ValueError, "another activation"),
     (lambda: ik.Monomial(-1), ValueError, "degree"),
     (lambda: ik.Erf(a=float("nan")), ValueError, "finite"),
