@@ -5,7 +5,10 @@
 Both libraries get a ``kernel_fn`` that looks the precomputed NNGP/NTK
 matrices up by point index, so only the prediction itself is timed: GP
 inference (means, covariances), the gradient-descent ensemble at t = ∞ and at
-finite times (test and training set, with covariances), warm, best of
+finite times (test and training set, with covariances), and one network's
+softmax cross-entropy flow with momentum 0.9 (``gradient_descent``, an ODE:
+neural-tangents' ``odeint`` at its tolerance 1.4e-8, infkernel's DOP853 at its
+default 1e-10), warm, best of
 ``--repeats``.  Prints seconds per case, the ratio neural-tangents / infkernel
 (> 1: infkernel faster) and the largest relative difference of the results.
 Without ``--nt-python`` only infkernel's times are printed.
@@ -28,6 +31,13 @@ CASES = textwrap.dedent("""
         ens(t=1.0, x_test=xt[:2], compute_cov=True)      # eigendecompositions, cached
         ens(t=None, x_test=xt[:2], compute_cov=True)     # Cholesky factors, cached
         gp = predict.gp_inference(k_dd, y, diag_reg=1e-4)
+        onehot = (y == y.max(axis=1, keepdims=True)).astype(float)
+        if predict.__name__.startswith("neural_tangents"):
+            import jax
+            loss = lambda fx, yh: -jax.numpy.mean(jax.nn.log_softmax(fx) * yh)
+        else:
+            loss = "cross_entropy"
+        gd = predict.gradient_descent(loss, k_dd.ntk, onehot, 1.0, 0.9)
         return {
             "gp_inference mean": lambda: gp("ntk", k_td),
             "gp_inference nngp+ntk cov": lambda: gp(("nngp", "ntk"), k_td, k_tt),
@@ -38,10 +48,13 @@ CASES = textwrap.dedent("""
                                              compute_cov=True),
             "train set 3 t cov": lambda: ens(t=[1.0, 10.0, 100.0], x_test=None,
                                              compute_cov=True),
+            "gradient_descent CE momentum 3 t": lambda: gd(np.array([1.0, 10.0, 50.0]), 0.0,
+                                                           np.zeros((len(xt), y.shape[1])),
+                                                           k_td.ntk),
         }
 
     def flat(res):
-        if isinstance(res, np.ndarray) or not hasattr(res, "_fields"):
+        if not isinstance(res, tuple):
             return [np.asarray(res)]
         return [a for f in res for a in flat(f)]
 

@@ -18,6 +18,9 @@ changing an import:
   linear models under gradient descent", eqs. 15-16).
 * ``gradient_descent_mse``: the function-space trajectory of one network
   from given initial outputs.
+* ``gradient_descent``: the same trajectory for any loss (cross-entropy, …),
+  with or without momentum, by integrating the function-space ODE
+  df/dt = -η K ∂loss/∂f (Lee et al. 2019, eq. 8).
 
 Times are continuous and in units of ``learning_rate`` (absolute time
 ``learning_rate * t``); ``t=None`` means t = ∞ and uses a Cholesky solve
@@ -37,15 +40,19 @@ import math
 import types
 import warnings
 from collections import namedtuple
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 import scipy.linalg as sla
+from scipy import special
+from scipy.integrate import solve_ivp
 
 from ._checks import flag, real
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
-           "Gaussian", "JitterWarning", "max_learning_rate"]
+           "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "max_learning_rate"]
 
 #: A Gaussian: ``mean`` and ``covariance`` (an (M, M) matrix, or (M,)
 #: variances for ``compute_cov="diag"``).
@@ -990,6 +997,207 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
         if fx_test is None:
             return fx_train
         return fx_test if fx_train_0 is None else (fx_train, fx_test)
+
+    return predict_fn
+
+
+# ---------------------------------------------------------------------------
+# gradient_descent (any loss, optional momentum)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class ODEState:
+    """State of :func:`gradient_descent`'s flow (neural-tangents' ``ODEState``):
+    outputs on the training and test sets and, with momentum, their
+    velocities ``qx_train``, ``qx_test`` (None: zero)."""
+    fx_train: Optional[np.ndarray] = None
+    fx_test: Optional[np.ndarray] = None
+    qx_train: Optional[np.ndarray] = None
+    qx_test: Optional[np.ndarray] = None
+
+
+def _mse_grad(f, y):
+    return (f - y) / max(f.size, 1)
+
+
+def _cross_entropy_grad(f, y):
+    return (special.softmax(f, axis=-1) * y.sum(axis=-1, keepdims=True) - y) / max(f.size, 1)
+
+
+#: Built-in losses (as neural-tangents writes them): name -> (loss, ∂loss/∂f).
+LOSSES = {
+    "mse": (lambda f, y: 0.5 * np.mean((f - y) ** 2), _mse_grad),
+    "cross_entropy": (lambda f, y: -np.mean(special.log_softmax(f, axis=-1) * y),
+                      _cross_entropy_grad),
+}
+
+
+def _loss_gradient(loss, loss_grad, f0, y):
+    """∂loss/∂f as a function of f, checked once at ``f0``: the right shape,
+    finite, and (for a user's gradient) the derivative of ``loss`` along a
+    random direction to central-difference accuracy."""
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable "
+                             f"loss(fx, y_train), got {loss!r}")
+        if loss_grad is not None:
+            raise ValueError(f"loss={loss!r} has its own gradient: pass loss_grad only "
+                             "with a loss function of your own")
+        if loss == "cross_entropy" and y.ndim != 2:
+            raise ValueError(f"loss='cross_entropy' needs y_train of shape (N, C) (softmax "
+                             f"over the C outputs), got {y.shape}")
+        loss, loss_grad = LOSSES[loss]
+    elif not callable(loss):
+        raise TypeError(f"loss must be a callable loss(fx, y_train) or a name, got "
+                        f"{type(loss).__name__}")
+    elif loss_grad is None:
+        raise TypeError("gradient_descent needs ∂loss/∂fx of a loss function of your own: "
+                        "pass loss_grad(fx, y_train) (e.g. jax.grad(loss)), or use "
+                        f"loss={sorted(LOSSES)}")
+    elif not callable(loss_grad):
+        raise TypeError(f"loss_grad must be callable, got {type(loss_grad).__name__}")
+
+    def grad(f):
+        return np.asarray(loss_grad(f, y), dtype=np.float64)
+
+    g = grad(f0)
+    if g.shape != y.shape or not np.isfinite(g).all():
+        raise ValueError(f"loss_grad(fx, y_train) must return a finite array of shape "
+                         f"{y.shape} (that of y_train), got shape {g.shape}"
+                         + ("" if g.shape != y.shape else " with NaN or Inf"))
+    if y.size and loss_grad not in (_mse_grad, _cross_entropy_grad):
+        d = np.random.default_rng(0).standard_normal(y.shape)
+        h = 1e-4 * max(1.0, float(np.abs(f0).max()))
+        num = (float(loss(f0 + h * d, y)) - float(loss(f0 - h * d, y))) / (2 * h)
+        ana = float(np.sum(g * d))
+        scale = float(np.linalg.norm(g) * np.linalg.norm(d)) + abs(num)
+        if not abs(num - ana) <= 1e-5 * scale + 1e-300:
+            raise ValueError(f"loss_grad does not match loss: along a random direction "
+                             f"at fx_train_0 the loss changes at rate {num:.6g}, loss_grad "
+                             f"gives {ana:.6g}")
+    return grad
+
+
+def _state_part(value, shape, name):
+    return np.zeros(shape) if value is None else _check_outputs(value, shape, name)
+
+
+def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=None,
+                     trace_axes=(-1,), *, loss_grad=None, method="DOP853", rtol=1e-10,
+                     atol=1e-12):
+    """Function-space gradient descent of one (linearised) network on any
+    loss, as neural-tangents' ``predict.gradient_descent``:
+
+        df_train/dt = -K ∂loss/∂f_train,   df_test/dt = -K_td ∂loss/∂f_train
+
+    in units of ``learning_rate`` (Lee et al. 2019, eq. 8); with ``momentum``
+    μ (heavy ball, continuous time in units of √η):
+    d²f/dt² = (μ - 1)/√η · df/dt - K ∂loss/∂f.
+
+    ``loss`` is "mse" (½ mean (f - y)², as :func:`gradient_descent_mse`),
+    "cross_entropy" (-mean(log_softmax(f) · y), softmax over the last axis)
+    or a function ``loss(fx, y_train)`` with its gradient ``loss_grad(fx,
+    y_train)`` (e.g. ``jax.grad(loss)``; checked against ``loss`` at the
+    start).  The ODE is solved by ``scipy.integrate.solve_ivp`` (``method``,
+    ``rtol``, ``atol``; Dormand–Prince 8(5,3) by default; for long times on
+    stiff kernels "LSODA").  Test outputs are not integrated: they are linear
+    in the training gradients' history, f_test(t) = f_test(0) - K_td ∫g dt
+    (with momentum through two more integrals), so any number of test points
+    costs one product per time.
+
+    Returns ``predict_fn(t, fx_train_or_state_0=0., fx_test_0=None,
+    k_test_train=None)`` → ``fx_train_t``, ``(fx_train_t, fx_test_t)`` or
+    ``fx_test_t`` alone (``fx_train_or_state_0=None``), with ``t``'s shape as
+    leading axes; an :class:`ODEState` in gives an ``ODEState`` out.  ``t``
+    must be finite (a general loss's flow need not converge).
+    """
+    _check_trace_axes(trace_axes)
+    lr = _check_lr(learning_rate)
+    if momentum is not None:
+        momentum = real("momentum", momentum, lower=0)
+        if momentum > 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    rtol, atol = real("rtol", rtol, lower=0, strict=True), real("atol", atol, lower=0)
+    k = _check_square(k_train_train, "k_train_train")
+    _check_symmetric(k, "k_train_train")
+    n = k.shape[0]
+    y = _check_y(y_train, n)
+    scale = math.sqrt(lr) if momentum is not None else lr   # time unit
+    friction = None if momentum is None else (momentum - 1.0) / scale
+
+    def predict_fn(t=None, fx_train_or_state_0=0., fx_test_0=None, k_test_train=None):
+        ts = _check_t(t)
+        if ts is None or np.isinf(ts).any():
+            raise ValueError("t must be finite: the flow of a general loss need not converge "
+                             "(use gradient_descent_mse for t = ∞ under MSE)")
+        state = fx_train_or_state_0 if isinstance(fx_train_or_state_0, ODEState) else None
+        if state is not None:
+            f_in, ft_in, q_in, qt_in = (state.fx_train, state.fx_test, state.qx_train,
+                                        state.qx_test)
+            if momentum is None and (q_in is not None or qt_in is not None):
+                raise ValueError("the ODEState has velocities (qx_train / qx_test) but "
+                                 "momentum is None")
+        else:
+            f_in, ft_in, q_in, qt_in = fx_train_or_state_0, fx_test_0, None, None
+        if f_in is None and ft_in is None:
+            raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
+        if ft_in is not None and k_test_train is None:
+            raise ValueError("fx_test_0 is given but k_test_train is None: pass the "
+                             "(M, N) test-train kernel to predict test outputs")
+        f0 = _state_part(f_in, y.shape, "fx_train_0")
+        q0 = _state_part(q_in, y.shape, "qx_train")
+        k_td = None if ft_in is None else _as_cross(k_test_train, n, "k_test_train")
+        grad = _loss_gradient(loss, loss_grad, f0, y)
+        y2, restore = _prep_y(y)
+        shape2 = y2.shape
+        size = y2.size
+
+        def rhs(_, s):   # state: f, ∫g  |  f, q, u, v  (u' = g + friction u, v' = u)
+            f = s[:size].reshape(y.shape)
+            g = grad(f).reshape(shape2)
+            kg = -(k @ g).ravel()
+            if momentum is None:
+                return np.concatenate([kg, g.ravel()])
+            q, u = s[size:2 * size], s[2 * size:3 * size]
+            return np.concatenate([q, kg + friction * q, g.ravel() + friction * u, u])
+
+        start = [f0] if momentum is None else [f0, q0, np.zeros(y.shape)]
+        s0 = np.concatenate([a.ravel() for a in start] + [np.zeros(size)])
+        times = ts.ravel() * scale
+        grid, where = np.unique(times, return_inverse=True)
+        if size == 0 or grid[-1] == 0.0:
+            path = np.broadcast_to(s0, (len(grid), s0.size))
+        else:
+            sol = solve_ivp(rhs, (0.0, grid[-1]), s0, method=method, t_eval=grid,
+                            rtol=rtol, atol=atol)
+            if sol.status != 0:
+                raise RuntimeError(f"gradient_descent: the ODE solver failed ({sol.message}); "
+                                   "for stiff problems try method='LSODA'")
+            path = sol.y.T
+        path = path[where].reshape((len(times), len(start) + 1) + shape2)   # (T, parts, N, C)
+
+        def shaped(a):
+            return restore(a).reshape(ts.shape + restore(a[0]).shape)
+        out = {"fx_train": shaped(path[:, 0])}
+        if momentum is not None:
+            out["qx_train"] = shaped(path[:, 1])
+        if k_td is not None:
+            m = k_td.shape[0]
+            ft0 = _check_outputs(ft_in, (m,) + y.shape[1:], "fx_test_0").reshape(m, -1)
+            kv = k_td @ path[:, -1]        # K_td ∫g  |  K_td v
+            if momentum is None:
+                out["fx_test"] = shaped(ft0 - kv)
+            else:
+                qt0 = _state_part(qt_in, (m,) + y.shape[1:], "qx_test").reshape(m, -1)
+                tt = times[:, None, None]
+                drift = tt if friction == 0 else np.expm1(friction * tt) / friction
+                out["fx_test"] = shaped(ft0 + qt0 * drift - kv)
+                out["qx_test"] = shaped(qt0 * np.exp(friction * tt) - k_td @ path[:, 2])
+        if state is not None:
+            return ODEState(**out)
+        if k_td is None:
+            return out["fx_train"]
+        return out["fx_test"] if f_in is None else (out["fx_train"], out["fx_test"])
 
     return predict_fn
 

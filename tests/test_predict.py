@@ -7,6 +7,8 @@ two correct float64 solves agree to ~1e-16 · 1e5 ≈ 1e-11 relative; we allow
 eigendecomposition vs CG at tol 1e-12).
 """
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg as sla
@@ -417,3 +419,153 @@ def test_overwrite_keeps_the_nngp_kernel_the_ntk_covariance_reads(data):
     out = P.gp_inference(k2, ytr, 1e-3, overwrite_k_train_train=True)(None, kt, kee)
     for g in ("nngp", "ntk"):
         close(getattr(out, g).covariance, getattr(ref, g).covariance, 1e-12)
+
+
+# ---------------------------------------------------------------------------
+# gradient_descent: any loss, optional momentum (ODE solution)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flow():
+    """A well-conditioned NTK pair, one-hot targets and small initial outputs."""
+    rng = np.random.default_rng(3)
+    net = ik.serial(ik.Dense(64, 1.5, 0.1), ik.Relu(), ik.Dense(1))
+    x, xt = rng.standard_normal((25, 4)), rng.standard_normal((6, 4))
+    k, ktd = net.kernel(x, None, "ntk"), net.kernel(xt, x, "ntk")
+    y = np.eye(3)[rng.integers(0, 3, 25)]
+    return k, ktd, y, 0.1 * rng.standard_normal(y.shape), 0.1 * rng.standard_normal((6, 3))
+
+
+def _linear_flow(k, ktd, y, f0, ft0, lr, momentum, t):
+    """MSE flow as one linear ODE z' = A z + c on (f_train, f_test[, velocities]),
+    solved by a matrix exponential of the augmented system (independent of the
+    eigenbasis and ODE-solver paths)."""
+    n, m = k.shape[0], ktd.shape[0]
+    c = y.size
+    G = np.vstack([k, ktd]) / c                       # f' = -[K; K_td] (f_train - y) / n
+    N = n + m
+    if momentum is None:
+        A = np.zeros((N + 1, N + 1))
+        A[:N, :n] = -G * lr
+        outs = []                                     # constant term: z = (f, 1)
+        for col in range(y.shape[1]):
+            A[:N, N] = G @ y[:, col] * lr
+            z0 = np.concatenate([f0[:, col], ft0[:, col], [1.0]])
+            outs.append(sla.expm(A * t) @ z0)
+        z = np.stack(outs, axis=-1)
+        return z[:n], z[n:N]
+    s = math.sqrt(lr)
+    fr = (momentum - 1) / s
+    A = np.zeros((2 * N + 1, 2 * N + 1))
+    A[:N, N:2 * N] = np.eye(N)                        # f' = q
+    A[N:2 * N, :n] = -G                               # q' = -G (f - y) + fr q
+    A[N:2 * N, N:2 * N] = fr * np.eye(N)
+    outs = []
+    for col in range(y.shape[1]):
+        A[N:2 * N, 2 * N] = G @ y[:, col]
+        z0 = np.concatenate([f0[:, col], ft0[:, col], np.zeros(N), [1.0]])
+        outs.append(sla.expm(A * t * s) @ z0)
+    z = np.stack(outs, axis=-1)
+    return z[:n], z[n:N]
+
+
+@pytest.mark.parametrize("momentum", [None, 0.0, 0.9, 1.0])
+def test_gradient_descent_mse_loss_is_the_linear_flow(flow, momentum):
+    k, ktd, y, f0, ft0 = flow
+    ts = np.array([[0.0, 0.3], [2.0, 15.0]])
+    got = P.gradient_descent("mse", k, y, 0.7, momentum)(ts, f0, ft0, ktd)
+    assert got[0].shape == (2, 2) + y.shape and got[1].shape == (2, 2) + ft0.shape
+    for idx in np.ndindex(ts.shape):
+        ref = _linear_flow(k, ktd, y, f0, ft0, 0.7, momentum, ts[idx])
+        close(got[0][idx], ref[0], 1e-8)
+        close(got[1][idx], ref[1], 1e-8)
+    if momentum is None:   # and the closed form of gradient_descent_mse
+        mse = P.gradient_descent_mse(k, y, 0.7)(ts, f0, ft0, ktd)
+        close(got[0], mse[0], 1e-9)
+        close(got[1], mse[1], 1e-9)
+
+
+def test_gradient_descent_cross_entropy_against_rk4(flow):
+    """Softmax cross-entropy, with and without momentum, against classical
+    RK4 with 4000 fixed steps integrating train and test outputs together
+    (h = 2.5e-3 and 3.5e-3 in ODE time, λ_max(K)/n ≈ 0.5: h λ ~ 1e-3, global
+    error ~1e-12)."""
+    k, ktd, y, f0, ft0 = flow
+    n = y.size
+
+    def grad(f):
+        p = np.exp(f - f.max(axis=1, keepdims=True))
+        return (p / p.sum(axis=1, keepdims=True) - y) / n
+
+    for momentum in (None, 0.8):
+        lr, T = 0.5, 20.0
+        s = math.sqrt(lr) if momentum is not None else lr
+        fr = 0.0 if momentum is None else (momentum - 1) / s
+
+        def rhs(z):
+            f, ft, q, qt = z
+            g = grad(f)
+            if momentum is None:
+                return np.array([-k @ g, -ktd @ g, 0 * q, 0 * qt], dtype=object)
+            return np.array([q, qt, -k @ g + fr * q, -ktd @ g + fr * qt], dtype=object)
+
+        z = np.array([f0.copy(), ft0.copy(), np.zeros_like(f0), np.zeros_like(ft0)],
+                     dtype=object)
+        steps = 4000
+        h = T * s / steps
+        for _ in range(steps):
+            a = rhs(z)
+            b = rhs(z + h / 2 * a)
+            c = rhs(z + h / 2 * b)
+            d = rhs(z + h * c)
+            z = z + h / 6 * (a + 2 * b + 2 * c + d)
+        got = P.gradient_descent("cross_entropy", k, y, lr, momentum)(T, f0, ft0, ktd)
+        close(got[0], z[0], 1e-8)
+        close(got[1], z[1], 1e-8)
+        ce = lambda f, yy: -np.mean(np.log(np.exp(f) / np.exp(f).sum(1, keepdims=True)) * yy)
+        own = P.gradient_descent(ce, k, y, lr, momentum,
+                                 loss_grad=lambda f, yy: grad(f))(T, f0, ft0, ktd)
+        close(own[0], got[0], 1e-12)
+
+
+def test_gradient_descent_state_resumes(flow):
+    """An ODEState out at t1, fed back in, continues the same trajectory."""
+    k, ktd, y, f0, ft0 = flow
+    pf = P.gradient_descent("cross_entropy", k, y, 0.5, 0.9)
+    mid = pf(1.5, P.ODEState(f0, ft0), None, ktd)
+    assert isinstance(mid, P.ODEState) and mid.qx_train.shape == y.shape
+    end = pf(2.5, mid, None, ktd)
+    direct = pf(4.0, P.ODEState(f0, ft0), None, ktd)
+    for a, b in ((end.fx_train, direct.fx_train), (end.fx_test, direct.fx_test),
+                 (end.qx_train, direct.qx_train), (end.qx_test, direct.qx_test)):
+        close(a, b, 1e-8)
+    only_test = pf(4.0, None, ft0, ktd)        # training outputs start at 0
+    close(only_test, pf(4.0, P.ODEState(0 * f0, ft0), None, ktd).fx_test, 1e-12)
+    one_d = P.gradient_descent("mse", k, y[:, 0], 0.5)(np.array([1.0, 2.0]), f0[:, 0])
+    assert one_d.shape == (2, y.shape[0])
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda k, y: P.gradient_descent("hinge", k, y)(1.0), ValueError, "loss must be one of"),
+    (lambda k, y: P.gradient_descent(lambda f, yy: 0.0, k, y)(1.0), TypeError, "loss_grad"),
+    (lambda k, y: P.gradient_descent(lambda f, yy: np.sum((f - yy) ** 2), k, y,
+                                     loss_grad=lambda f, yy: f - yy)(1.0),
+     ValueError, "loss_grad does not match loss"),
+    (lambda k, y: P.gradient_descent("mse", k, y, loss_grad=lambda f, yy: f)(1.0),
+     ValueError, "has its own gradient"),
+    (lambda k, y: P.gradient_descent("cross_entropy", k, y[:, 0])(1.0), ValueError, "(N, C)"),
+    (lambda k, y: P.gradient_descent("mse", k, y)(None), ValueError, "t must be finite"),
+    (lambda k, y: P.gradient_descent("mse", k, y)(np.inf), ValueError, "t must be finite"),
+    (lambda k, y: P.gradient_descent("mse", k, y, momentum=1.5), ValueError, "momentum"),
+    (lambda k, y: P.gradient_descent("mse", k, y)(1.0, 0.0, np.zeros((6, 3))), ValueError,
+     "k_test_train is None"),
+    (lambda k, y: P.gradient_descent("mse", k, y)(1.0, P.ODEState(qx_train=np.zeros(y.shape))),
+     ValueError, "momentum is None"),
+    (lambda k, y: P.gradient_descent("mse", k, y[:-1]), ValueError, "y_train has 24 rows"),
+    (lambda k, y: P.gradient_descent("mse", k, y, loss_grad=None, rtol=0), ValueError, "rtol"),
+])
+def test_gradient_descent_bad_input(flow, call, exc, words):
+    k, _, y, _, _ = flow
+    with pytest.raises(exc) as info:
+        call(k, y)
+    assert words in str(info.value)
