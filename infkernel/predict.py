@@ -1036,7 +1036,8 @@ def _loss_gradient(loss, loss_grad, f0, y):
     """∂loss/∂f as a function of f, checked once at ``f0``: the right shape,
     finite, and (for a user's gradient) the derivative of ``loss`` along a
     random direction to central-difference accuracy."""
-    if isinstance(loss, str):
+    builtin = isinstance(loss, str)
+    if builtin:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable "
                              f"loss(fx, y_train), got {loss!r}")
@@ -1065,7 +1066,7 @@ def _loss_gradient(loss, loss_grad, f0, y):
         raise ValueError(f"loss_grad(fx, y_train) must return a finite array of shape "
                          f"{y.shape} (that of y_train), got shape {g.shape}"
                          + ("" if g.shape != y.shape else " with NaN or Inf"))
-    if y.size and loss_grad not in (_mse_grad, _cross_entropy_grad):
+    if y.size and not builtin:
         d = np.random.default_rng(0).standard_normal(y.shape)
         h = 1e-4 * max(1.0, float(np.abs(f0).max()))
         num = (float(loss(f0 + h * d, y)) - float(loss(f0 - h * d, y))) / (2 * h)
