@@ -1032,12 +1032,9 @@ LOSSES = {
 }
 
 
-def _loss_gradient(loss, loss_grad, f0, y):
-    """∂loss/∂f as a function of f, checked once at ``f0``: the right shape,
-    finite, and (for a user's gradient) the derivative of ``loss`` along a
-    random direction to central-difference accuracy."""
-    builtin = isinstance(loss, str)
-    if builtin:
+def _resolve_loss(loss, loss_grad, y):
+    """(loss, ∂loss/∂f, built in?) for :func:`gradient_descent`'s arguments."""
+    if isinstance(loss, str):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable "
                              f"loss(fx, y_train), got {loss!r}")
@@ -1047,20 +1044,23 @@ def _loss_gradient(loss, loss_grad, f0, y):
         if loss == "cross_entropy" and y.ndim != 2:
             raise ValueError(f"loss='cross_entropy' needs y_train of shape (N, C) (softmax "
                              f"over the C outputs), got {y.shape}")
-        loss, loss_grad = LOSSES[loss]
-    elif not callable(loss):
+        return LOSSES[loss] + (True,)
+    if not callable(loss):
         raise TypeError(f"loss must be a callable loss(fx, y_train) or a name, got "
                         f"{type(loss).__name__}")
-    elif loss_grad is None:
+    if loss_grad is None:
         raise TypeError("gradient_descent needs ∂loss/∂fx of a loss function of your own: "
                         "pass loss_grad(fx, y_train) (e.g. jax.grad(loss)), or use "
                         f"loss={sorted(LOSSES)}")
-    elif not callable(loss_grad):
+    if not callable(loss_grad):
         raise TypeError(f"loss_grad must be callable, got {type(loss_grad).__name__}")
+    return loss, loss_grad, False
 
-    def grad(f):
-        return np.asarray(loss_grad(f, y), dtype=np.float64)
 
+def _check_gradient(loss, grad, builtin, f0, y):
+    """``grad`` at ``f0``: the shape of y, finite, and (for a user's gradient)
+    the derivative of ``loss`` along a random direction to central-difference
+    accuracy."""
     g = grad(f0)
     if g.shape != y.shape or not np.isfinite(g).all():
         raise ValueError(f"loss_grad(fx, y_train) must return a finite array of shape "
@@ -1076,7 +1076,6 @@ def _loss_gradient(loss, loss_grad, f0, y):
             raise ValueError(f"loss_grad does not match loss: along a random direction "
                              f"at fx_train_0 the loss changes at rate {num:.6g}, loss_grad "
                              f"gives {ana:.6g}")
-    return grad
 
 
 def _state_part(value, shape, name):
@@ -1123,6 +1122,10 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
     _check_symmetric(k, "k_train_train")
     n = k.shape[0]
     y = _check_y(y_train, n)
+    loss, loss_grad, builtin = _resolve_loss(loss, loss_grad, y)
+
+    def grad(f):
+        return np.asarray(loss_grad(f, y), dtype=np.float64)
     scale = math.sqrt(lr) if momentum is not None else lr   # time unit
     friction = None if momentum is None else (momentum - 1.0) / scale
 
@@ -1148,7 +1151,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
         f0 = _state_part(f_in, y.shape, "fx_train_0")
         q0 = _state_part(q_in, y.shape, "qx_train")
         k_td = None if ft_in is None else _as_cross(k_test_train, n, "k_test_train")
-        grad = _loss_gradient(loss, loss_grad, f0, y)
+        _check_gradient(loss, grad, builtin, f0, y)
         y2, restore = _prep_y(y)
         shape2 = y2.shape
         size = y2.size

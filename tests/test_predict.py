@@ -546,14 +546,16 @@ def test_gradient_descent_state_resumes(flow):
 
 
 @pytest.mark.parametrize("call, exc, words", [
-    (lambda k, y: P.gradient_descent("hinge", k, y)(1.0), ValueError, "loss must be one of"),
-    (lambda k, y: P.gradient_descent(lambda f, yy: 0.0, k, y)(1.0), TypeError, "loss_grad"),
+    (lambda k, y: P.gradient_descent("hinge", k, y), ValueError, "loss must be one of"),
+    (lambda k, y: P.gradient_descent(lambda f, yy: 0.0, k, y), TypeError, "loss_grad"),
     (lambda k, y: P.gradient_descent(lambda f, yy: np.sum((f - yy) ** 2), k, y,
                                      loss_grad=lambda f, yy: f - yy)(1.0),
      ValueError, "loss_grad does not match loss"),
-    (lambda k, y: P.gradient_descent("mse", k, y, loss_grad=lambda f, yy: f)(1.0),
+    (lambda k, y: P.gradient_descent("mse", k, y, loss_grad=lambda f, yy: f),
      ValueError, "has its own gradient"),
-    (lambda k, y: P.gradient_descent("cross_entropy", k, y[:, 0])(1.0), ValueError, "(N, C)"),
+    (lambda k, y: P.gradient_descent("cross_entropy", k, y[:, 0]), ValueError, "(N, C)"),
+    (lambda k, y: P.gradient_descent(lambda f, yy: 0.0, k, y, loss_grad=lambda f, yy: f[0])(1.0),
+     ValueError, "must return a finite array of shape (25, 3)"),
     (lambda k, y: P.gradient_descent("mse", k, y)(None), ValueError, "t must be finite"),
     (lambda k, y: P.gradient_descent("mse", k, y)(np.inf), ValueError, "t must be finite"),
     (lambda k, y: P.gradient_descent("mse", k, y, momentum=1.5), ValueError, "momentum"),
