@@ -22,6 +22,16 @@ points (second derivative), two hidden layers of the activation,
 ``pinn.ntk_blocks`` warm (best of 2).  The baseline forces the general path
 (``_tanh_coefficients`` returning no coefficients).
 
+Finite width (last table): the empirical PINN NTK K_rr of one tanh network
+(2-D, Dense(512)-Tanh-Dense(512)-Tanh-Dense(1), Laplacian residuals at n
+points), ``pinn.empirical_kernel`` warm (best of 2), against the same kernel
+with φ's derivatives from Cauchy integrals (the general path, which the
+built-in tanh, logistic, softplus and SiLU used before), and with
+``--nt-python`` against JAX (that environment's jax): the Jacobian of the
+Laplacian of the network output with respect to all parameters
+(``vmap(grad(trace(hessian)))``), then J Jᵀ, jit-compiled, the same
+parameters.
+
 Each table prints seconds, the speed-up and the largest difference of the
 blocks relative to the largest entry.
 """
@@ -132,6 +142,73 @@ def poisson_2d(act, n, nt_python):
     return best, nt_warm, nt_first, np.abs(ours - theirs).max() / np.abs(theirs).max()
 
 
+JAX_EMPIRICAL = textwrap.dedent("""
+    import sys, time, numpy as np, jax, jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    d = np.load(sys.argv[1])
+    p = [(jnp.asarray(d[f"W{i}"]), jnp.asarray(d[f"b{i}"])) for i in range(3)]
+    def f(p, z):
+        h = z
+        for i, (W, b) in enumerate(p):
+            h = h @ W / jnp.sqrt(W.shape[0]) + b       # W_std = b_std = 1, NTK parameterization
+            h = jnp.tanh(h) if i < len(p) - 1 else h
+        return h[0]
+    lap = lambda p, z: jnp.trace(jax.hessian(f, 1)(p, z))
+    @jax.jit
+    def K(p, xs):
+        J = jax.vmap(jax.grad(lap), (None, 0))(p, xs)
+        J = jnp.concatenate([a.reshape(xs.shape[0], -1) for a in jax.tree_util.tree_leaves(J)], 1)
+        return J @ J.T
+    t0 = time.perf_counter(); np.asarray(K(p, d["x"])); first = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter(); k = np.asarray(K(p, d["x"])); best = min(best, time.perf_counter() - t0)
+    np.save(sys.argv[2], k)
+    print(best, first)
+""")
+
+
+def empirical(n, nt_python):
+    """(s, Cauchy-derivative s, JAX warm s, JAX first s, max diffs) for the
+    finite-width tanh K_rr at n points."""
+    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), ik.Tanh(),
+                    ik.Dense(512, W_std=1.0, b_std=1.0), ik.Tanh(),
+                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    _, params = net.init_fn(0, (-1, 2))
+    x = np.random.default_rng(0).uniform(-1.0, 1.0, (n, 2))
+    L = pinn.laplacian(2)
+
+    def timed():
+        pinn.empirical_kernel(net, params, x[:3], None, L, L)
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            k = pinn.empirical_kernel(net, params, x, None, L, L)
+            best = min(best, time.perf_counter() - t0)
+        return best, k
+    ours, k = timed()
+    fast, pinn._FAST = pinn._FAST, {}
+    try:
+        cauchy, k_cauchy = timed()
+    finally:
+        pinn._FAST = fast
+    diffs = [np.abs(k - k_cauchy).max() / np.abs(k).max()]
+    jax_warm = jax_first = None
+    if nt_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            dense = [p for p in params if p]
+            np.savez(os.path.join(tmp, "p.npz"), x=x,
+                     **{f"W{i}": W for i, (W, _) in enumerate(dense)},
+                     **{f"b{i}": b for i, (_, b) in enumerate(dense)})
+            res = subprocess.run([nt_python, "-c", JAX_EMPIRICAL, os.path.join(tmp, "p.npz"),
+                                  os.path.join(tmp, "k.npy")],
+                                 capture_output=True, text=True, check=True)
+            jax_warm, jax_first = map(float, res.stdout.split()[-2:])
+            theirs = np.load(os.path.join(tmp, "k.npy"))
+        diffs.append(np.abs(k - theirs).max() / np.abs(theirs).max())
+    return ours, cauchy, jax_warm, jax_first, diffs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="100,200")
@@ -169,6 +246,15 @@ def main():
             diff = np.abs(k_fast - k_plain).max() / np.abs(k_plain).max()
             print(f"| {act!r} | {n} | {fast:.3f} | {plain:.3f} | {plain / fast:.1f} | "
                   f"{diff:.1e} |", flush=True)
+    print()
+    print("| n | empirical s | Cauchy derivatives s | speed-up | JAX jit s | JAX / ik "
+          "| JAX 1st s | max diff (Cauchy, JAX) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in (2 * int(n) for n in args.n.split(",")):
+        ours, cauchy, jw, jf, diffs = empirical(n, args.nt_python)
+        jax_cols = "— | — | —" if jw is None else f"{jw:.3f} | {jw / ours:.1f} | {jf:.1f}"
+        print(f"| {n} | {ours:.3f} | {cauchy:.3f} | {cauchy / ours:.1f} | {jax_cols} | "
+              + ", ".join(f"{d:.1e}" for d in diffs) + " |", flush=True)
 
 
 if __name__ == "__main__":

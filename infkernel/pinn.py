@@ -494,6 +494,18 @@ def _phi_all(kind, tab, tp, u, out, tmp):
 
 
 @njit(cache=True, nogil=True)
+def _fast_derivs(kind, tp, z, out):
+    """out[k, i] = φ⁽ᵏ⁾(z[i]), k < len(out), by an exact evaluator (kind ≥ 1)."""
+    n = out.shape[0]
+    val, tmp = np.empty(n), np.empty(n)
+    no_table = np.zeros((1, 1, 1))
+    for i in range(z.shape[0]):
+        _phi_all(kind, no_table, tp, z[i], val, tmp)
+        for k in range(n):
+            out[k, i] = val[k]
+
+
+@njit(cache=True, nogil=True)
 def _tab_all(tab, u, out):
     nd, npan, nc = tab.shape
     t = (u + _TAB_U) / _TAB_H
@@ -1261,6 +1273,12 @@ def _act_derivs(act, z, higher, nmax=3):
         ds = np.zeros((nmax + 1,) + np.shape(z))
         ds[0], ds[1] = act.fn(z), act.dfn(z)
         return ds
+    kind = _FAST.get(act.name, 0) if isinstance(act, NumericActivation) else 0
+    if kind:    # tanh, logistic, softplus, SiLU: exact, through P_k(tanh)
+        flat = np.ascontiguousarray(z, dtype=np.float64).ravel()
+        ds = np.empty((nmax + 1, flat.size))
+        _fast_derivs(kind, _TP, flat, ds)
+        return ds.reshape((nmax + 1,) + np.shape(z))
     f, _ = _complex_fn(act)
     try:
         return _cauchy(f, z, nmax)

@@ -474,6 +474,25 @@ def test_empirical_operator_ntk_vs_finite_differences():
     assert np.abs(K - R).max() <= 1e-7 * np.abs(R).max()
 
 
+@pytest.mark.parametrize("act", [ik.Tanh(), ik.Sigmoid(), ik.Softplus(), ik.Silu()],
+                         ids=repr)
+def test_finite_width_derivatives_of_builtin_activations(act):
+    """φ and its first three derivatives for the built-in smooth activations
+    (exact, through the polynomials P_k(tanh)) equal Cauchy-integral
+    derivatives of φ's complex extension, out to |z| = 700 where the
+    exponentials saturate; the Cauchy values carry rounding of ~1e-16 |φ| on
+    the circle of radius 1/2, amplified by up to 2³ for φ'''."""
+    z = np.concatenate([np.random.default_rng(4).normal(size=(40, 3)).ravel() * 4,
+                        [0.0, 1e-9, 25.0, -25.0, 300.0, -300.0, 700.0, -700.0]])
+    got = pinn._act_derivs(act, z.reshape(2, -1), True)
+    assert got.shape == (4, 2, z.size // 2)
+    f, _ = pinn._complex_fn(act)
+    with np.errstate(all="ignore"):
+        ref = pinn._cauchy(f, z, 3).reshape(got.shape)
+    scale = np.maximum(np.abs(ref), 1.0) + np.abs(z.reshape(2, -1))   # |φ| ≤ |z| + 1
+    assert np.all(np.abs(got - ref) <= 1e-14 * scale)
+
+
 def test_empirical_converges_to_analytic():
     """One hidden layer (after Fourier features; a Scale before the readout),
     ntk parameterization: the empirical operator kernels
