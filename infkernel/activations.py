@@ -38,6 +38,9 @@ class Activation(Layer):
     tables: Tuple[Tuple[float, ...], ...] = field(default=(), repr=False)
     #: the arguments as shown by repr (default: ``params``)
     shown: str = field(default=None, repr=False)
+    #: x ↦ (φ, φ′, φ″, φ‴)(x) stacked, where written out (finite-width PINN
+    #: kernels; None: Cauchy integrals of φ's complex extension)
+    derivs: Callable = field(default=None, repr=False)
 
     def __repr__(self):
         alias = self.__dict__.get("_alias")
@@ -150,10 +153,17 @@ def Abs(do_stabilize=False):
 def Erf(a=1.0, b=1.0, c=0.0):
     """φ(x) = a erf(bx) + c (Williams 1997)."""
     a, b, c = _finite("Erf", a=a, b=b, c=c)
-    return Activation(
-        "Erf", P.K_ERF, (a, b, c),
-        fn=lambda x: a * special.erf(b * x) + c,
-        dfn=lambda x: a * b * 2.0 / math.sqrt(math.pi) * np.exp(-(b * x) ** 2))
+
+    def fn(x):
+        return a * special.erf(b * x) + c
+
+    def dfn(x):
+        return a * b * 2.0 / math.sqrt(math.pi) * np.exp(-(b * x) ** 2)
+
+    def derivs(x):          # φ″ = −2b²x φ′, φ‴ = (4b⁴x² − 2b²) φ′
+        g, b2 = dfn(x), 2 * b * b
+        return np.stack([fn(x), g, -b2 * x * g, (b2 * b2 * x * x - b2) * g])
+    return Activation("Erf", P.K_ERF, (a, b, c), fn=fn, dfn=dfn, derivs=derivs)
 
 
 @factory
@@ -168,6 +178,7 @@ def Gelu(approximate=False):
     finite-width forward pass (tanh approximation), as in neural-tangents."""
     approximate = flag("Gelu: approximate", approximate)
     c = math.sqrt(2 / math.pi)
+    derivs = None
     if approximate:
         def fn(x):
             return 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x ** 3)))
@@ -182,7 +193,19 @@ def Gelu(approximate=False):
         def dfn(x):
             return (0.5 * (1 + special.erf(x / math.sqrt(2)))
                     + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
-    return Activation("Gelu", P.K_GELU, (), fn=fn, dfn=dfn)
+
+        def derivs(x):      # φ″ = (2 − x²)ϕ, φ‴ = (x³ − 4x)ϕ, ϕ the normal density
+            pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+            return np.stack([fn(x), dfn(x), (2 - x * x) * pdf, (x * x - 4) * x * pdf])
+    return Activation("Gelu", P.K_GELU, (), fn=fn, dfn=dfn, derivs=derivs)
+
+
+def _sine_derivs(a, b, c):
+    """x ↦ (φ, φ′, φ″, φ‴) of φ = a sin(bx + c): a bᵏ sin(bx + c + kπ/2)."""
+    def derivs(x):
+        s, co = a * np.sin(b * x + c), a * b * np.cos(b * x + c)
+        return np.stack([s, co, -b * b * s, -b * b * co])
+    return derivs
 
 
 @factory
@@ -192,7 +215,7 @@ def Sin(a=1.0, b=1.0, c=0.0):
     return Activation(
         "Sin", P.K_SIN, (a, b, c),
         fn=lambda x: a * np.sin(b * x + c),
-        dfn=lambda x: a * b * np.cos(b * x + c))
+        dfn=lambda x: a * b * np.cos(b * x + c), derivs=_sine_derivs(a, b, c))
 
 
 @factory
@@ -212,7 +235,8 @@ def Rbf(gamma=1.0):
     return Activation(
         "Rbf", P.K_RBF, (gamma,),
         fn=lambda x: math.sqrt(2) * np.sin(w * x + math.pi / 4),
-        dfn=lambda x: math.sqrt(2) * w * np.cos(w * x + math.pi / 4))
+        dfn=lambda x: math.sqrt(2) * w * np.cos(w * x + math.pi / 4),
+        derivs=_sine_derivs(math.sqrt(2), w, math.pi / 4))
 
 
 @factory
@@ -222,7 +246,8 @@ def Exp(a=1.0, b=1.0):
     return Activation(
         "Exp", P.K_EXP, (a, b),
         fn=lambda x: a * np.exp(b * x),
-        dfn=lambda x: a * b * np.exp(b * x))
+        dfn=lambda x: a * b * np.exp(b * x),
+        derivs=lambda x: np.multiply.outer([1.0, b, b * b, b ** 3], a * np.exp(b * x)))
 
 
 @factory
@@ -232,7 +257,14 @@ def Gaussian(a=1.0, b=-1.0):
     return Activation(
         "Gaussian", P.K_GAUSSIAN, (a, b),
         fn=lambda x: a * np.exp(b * x * x),
-        dfn=lambda x: 2 * a * b * x * np.exp(b * x * x))
+        dfn=lambda x: 2 * a * b * x * np.exp(b * x * x),
+        derivs=lambda x: _gaussian_derivs(b, x) * (a * np.exp(b * x * x)))
+
+
+def _gaussian_derivs(b, x):
+    """(φ, φ′, φ″, φ‴)/φ for φ = exp(b x²)."""
+    return np.stack([np.ones_like(x), 2 * b * x, 2 * b + 4 * b * b * x * x,
+                     (12 * b * b + 8 * b ** 3 * x * x) * x])
 
 
 @factory
@@ -248,7 +280,16 @@ def Gabor():
     return Activation(
         "Gabor", P.K_GABOR, (),
         fn=lambda x: np.exp(-x * x) * np.sin(x),
-        dfn=lambda x: np.exp(-x * x) * (np.cos(x) - 2 * x * np.sin(x)))
+        dfn=lambda x: np.exp(-x * x) * (np.cos(x) - 2 * x * np.sin(x)),
+        derivs=_gabor_derivs)
+
+
+def _gabor_derivs(x):
+    """(φ, φ′, φ″, φ‴) of exp(−x²) sin x by Leibniz's rule."""
+    e = _gaussian_derivs(-1.0, x) * np.exp(-x * x)
+    s = _sine_derivs(1.0, 1.0, 0.0)(x)
+    return np.stack([sum(math.comb(k, j) * e[j] * s[k - j] for j in range(k + 1))
+                     for k in range(4)])
 
 
 @factory

@@ -1258,7 +1258,9 @@ def _piecewise_linear(act):
 
 
 def _act_derivs(act, z, higher, nmax=3):
-    """φ, φ', ..., φ⁽ⁿᵐᵃˣ⁾ at real z: Cauchy's formula for an analytic φ; for
+    """φ, φ', ..., φ⁽ⁿᵐᵃˣ⁾ at real z: exact formulas where the activation
+    has them (tanh, logistic, softplus, SiLU through P_k(tanh); the closed
+    forms' ``derivs``), else Cauchy's formula for an analytic φ; for
     a kinked one φ and φ' from the activation itself and higher derivatives
     0, which holds almost everywhere for piecewise-linear φ, or is never used
     when the jets carry no derivatives (``higher`` False: the identity
@@ -1279,6 +1281,8 @@ def _act_derivs(act, z, higher, nmax=3):
         ds = np.empty((nmax + 1, flat.size))
         _fast_derivs(kind, _TP, flat, ds)
         return ds.reshape((nmax + 1,) + np.shape(z))
+    if act.derivs is not None and nmax == 3:
+        return act.derivs(np.asarray(z, dtype=np.float64))
     f, _ = _complex_fn(act)
     try:
         return _cauchy(f, z, nmax)

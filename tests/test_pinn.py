@@ -474,23 +474,29 @@ def test_empirical_operator_ntk_vs_finite_differences():
     assert np.abs(K - R).max() <= 1e-7 * np.abs(R).max()
 
 
-@pytest.mark.parametrize("act", [ik.Tanh(), ik.Sigmoid(), ik.Softplus(), ik.Silu()],
-                         ids=repr)
-def test_finite_width_derivatives_of_builtin_activations(act):
-    """φ and its first three derivatives for the built-in smooth activations
-    (exact, through the polynomials P_k(tanh)) equal Cauchy-integral
-    derivatives of φ's complex extension, out to |z| = 700 where the
-    exponentials saturate; the Cauchy values carry rounding of ~1e-16 |φ| on
-    the circle of radius 1/2, amplified by up to 2³ for φ'''."""
-    z = np.concatenate([np.random.default_rng(4).normal(size=(40, 3)).ravel() * 4,
-                        [0.0, 1e-9, 25.0, -25.0, 300.0, -300.0, 700.0, -700.0]])
+@pytest.mark.parametrize("act, zmax", [
+    (ik.Tanh(), 700), (ik.Sigmoid(), 700), (ik.Softplus(), 700), (ik.Silu(), 700),
+    (ik.Erf(1.2, 0.8, 0.3), 700), (ik.Sigmoid_like(), 700), (ik.Gelu(), 700),
+    (ik.Sin(0.9, 1.1, 0.4), 700), (ik.Cos(1.1, 0.7, 0.2), 700), (ik.Rbf(0.7), 700),
+    (ik.Exp(0.8, 0.5), 25), (ik.Gaussian(1.1, -0.6), 25), (ik.Gabor(), 25),
+    (ik.Gelu(approximate=True), 25)], ids=repr)
+def test_finite_width_derivatives_of_activations(act, zmax):
+    """φ and its first three derivatives as the finite-width PINN kernels
+    take them (exact formulas: P_k(tanh) for tanh, the logistic function,
+    softplus and SiLU; written out for the closed forms) equal Cauchy-integral
+    derivatives of φ's complex extension out to |z| = zmax; the Cauchy value
+    of φ⁽ᵏ⁾ carries rounding of ~1e-16 k! max|φ| / rᵏ over its circle of
+    radius r = 1/2 (≤ 48e-16 max|φ| for k ≤ 3)."""
+    z = np.concatenate([np.random.default_rng(4).normal(size=120) * 4,
+                        [0.0, 1e-9, 25.0, -25.0, zmax, -zmax]])
     got = pinn._act_derivs(act, z.reshape(2, -1), True)
     assert got.shape == (4, 2, z.size // 2)
     f, _ = pinn._complex_fn(act)
     with np.errstate(all="ignore"):
         ref = pinn._cauchy(f, z, 3).reshape(got.shape)
-    scale = np.maximum(np.abs(ref), 1.0) + np.abs(z.reshape(2, -1))   # |φ| ≤ |z| + 1
-    assert np.all(np.abs(got - ref) <= 1e-14 * scale)
+        circle = np.abs(f(z[:, None] + 0.5 * np.exp(2j * np.pi * np.arange(64) / 64)))
+    scale = np.maximum(circle.max(axis=1), 1.0).reshape(2, -1)
+    assert np.all(np.abs(got - ref) <= 1e-14 * (np.abs(ref) + 48 * scale))
 
 
 def test_empirical_converges_to_analytic():
