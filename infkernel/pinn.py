@@ -373,10 +373,17 @@ _COMPLEX = {"Tanh": np.tanh, "Sigmoid": _sigmoid_c, "Softplus": _softplus_c,
             "Mish": lambda z: z * np.tanh(_softplus_c(z))}
 
 
+def _builtin(act):
+    """The name of a built-in activation made by its own factory (``Tanh()``,
+    ``Silu()``, …), or None (a user's function, whatever its ``name``)."""
+    made = act.__dict__.get("_made_by")
+    return act.name if made is not None and made[0].__name__ == act.name else None
+
+
 def _complex_fn(act):
     """φ extended to complex arguments (needed for Cauchy derivatives)."""
     if isinstance(act, NumericActivation):
-        f = _COMPLEX.get(act.name)
+        f = _COMPLEX.get(_builtin(act))
         if f is not None:
             return f, True
         return act.fn, False
@@ -696,7 +703,7 @@ _LAMBDA = {"Tanh": math.pi / 2, "Sigmoid": math.pi, "Softplus": math.pi, "Silu":
 def _singularity_distance(act):
     """λ for the panel widths: known for built-ins; 0.5 for a user's function,
     whose derivatives were checked to be analytic on discs of radius 1/2."""
-    return _LAMBDA.get(act.name, 0.5)
+    return _LAMBDA.get(_builtin(act), 0.5)
 
 
 def _expectations(act, q1, q12, q2, amax):
@@ -717,7 +724,7 @@ def _expectations(act, q1, q12, q2, amax):
     swap = s1 > s2
     lo_s, hi_s = np.where(swap, s2, s1), np.where(swap, s1, s2)
     uniq, inv = np.unique(np.stack([lo_s, hi_s, rho], axis=1), axis=0, return_inverse=True)
-    kind = _FAST.get(act.name, 0)
+    kind = _FAST.get(_builtin(act), 0)
     tab = _deriv_table(act) if kind == 0 else np.zeros((1, 1, 1))
     Mu = _expect(kind, tab, _TP, _tanh_coefficients(kind, amax + 1),
                  _singularity_distance(act), uniq[:, 0].copy(),
@@ -1275,7 +1282,7 @@ def _act_derivs(act, z, higher, nmax=3):
         ds = np.zeros((nmax + 1,) + np.shape(z))
         ds[0], ds[1] = act.fn(z), act.dfn(z)
         return ds
-    kind = _FAST.get(act.name, 0) if isinstance(act, NumericActivation) else 0
+    kind = _FAST.get(_builtin(act), 0) if isinstance(act, NumericActivation) else 0
     if kind:    # tanh, logistic, softplus, SiLU: exact, through P_k(tanh)
         flat = np.ascontiguousarray(z, dtype=np.float64).ravel()
         ds = np.empty((nmax + 1, flat.size))

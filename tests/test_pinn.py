@@ -822,3 +822,17 @@ def test_test_mode_dropout_is_the_identity():
     with pytest.raises(TypeError, match=r"Dropout\(mode='test'\).* layer 2 is Dropout"):
         pinn.kernel(ik.serial(ik.Dense(8), ik.Tanh(), ik.Dropout(0.8), ik.Dense(1)), x, None,
                     lap, lap)
+
+
+def test_user_function_named_like_a_builtin_is_not_taken_for_it():
+    """A user's φ = sin labelled "Tanh" gets sin's kernels, analytic (the
+    quadrature, to its accuracy, against the closed form) and finite-width
+    (its own derivatives), not tanh's fast evaluators."""
+    fake = ik.Elementwise(np.sin, name="Tanh")
+    x = np.array([[0.1], [0.5], [0.9]])
+    L = pinn.partial(0, 2)
+    k_fake = pinn.kernel(ik.serial(ik.Dense(8, 1.0, 0.5), fake, ik.Dense(1)), x, None, L, L)
+    k_sin = pinn.kernel(ik.serial(ik.Dense(8, 1.0, 0.5), ik.Sin(), ik.Dense(1)), x, None, L, L)
+    assert np.abs(k_fake - k_sin).max() <= 1e-10 * np.abs(k_sin).max()
+    z = np.linspace(-3.0, 3.0, 7)
+    assert np.allclose(pinn._act_derivs(fake, z, True), ik.Sin().derivs(z), rtol=0, atol=1e-13)
