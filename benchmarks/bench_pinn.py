@@ -48,10 +48,15 @@ import infkernel as ik
 from infkernel import pinn
 
 
+def network(act):
+    """The benchmarks' network: Dense(512)-φ-Dense(512)-φ-Dense(1), W_std = b_std = 1."""
+    return ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), act,
+                     ik.Dense(512, W_std=1.0, b_std=1.0), act,
+                     ik.Dense(1, W_std=1.0, b_std=1.0))
+
+
 def blocks(act, n):
-    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), act,
-                    ik.Dense(512, W_std=1.0, b_std=1.0), act,
-                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    net = network(act)
     ops = {"u": (np.array([[0.0], [1.0]]), pinn.identity()),
            "r": (np.linspace(0.0, 1.0, n)[:, None], pinn.partial(0, 2))}
     best, out = float("inf"), None
@@ -93,9 +98,7 @@ NT_SCRIPT = textwrap.dedent("""
 
 def laplacian_block(act, n):
     """(per-entry jets s, array path s, max diff) for the 2-D Laplacian block."""
-    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), act,
-                    ik.Dense(512, W_std=1.0, b_std=1.0), act,
-                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    net = network(act)
     x = np.random.default_rng(0).uniform(-0.7, 0.7, (n, 2))
     L = pinn.laplacian(2)
     pinn.kernel(net, x[:3], None, L, L)    # compile
@@ -119,9 +122,7 @@ def laplacian_block(act, n):
 def poisson_2d(act, n, nt_python):
     """(infkernel s, neural-tangents warm s, first s, max diff) for the 2-D
     Poisson blocks with n boundary and n residual points."""
-    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), act,
-                    ik.Dense(512, W_std=1.0, b_std=1.0), act,
-                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    net = network(act)
     rng = np.random.default_rng(0)
     t = rng.uniform(0.0, 2.0 * np.pi, n)
     xb, xr = np.column_stack([np.cos(t), np.sin(t)]), rng.uniform(-0.7, 0.7, (n, 2))
@@ -171,9 +172,7 @@ JAX_EMPIRICAL = textwrap.dedent("""
 def empirical(n, nt_python):
     """(s, Cauchy-derivative s, JAX warm s, JAX first s, max diffs) for the
     finite-width tanh K_rr at n points."""
-    net = ik.serial(ik.Dense(512, W_std=1.0, b_std=1.0), ik.Tanh(),
-                    ik.Dense(512, W_std=1.0, b_std=1.0), ik.Tanh(),
-                    ik.Dense(1, W_std=1.0, b_std=1.0))
+    net = network(ik.Tanh())
     _, params = net.init_fn(0, (-1, 2))
     x = np.random.default_rng(0).uniform(-1.0, 1.0, (n, 2))
     L = pinn.laplacian(2)
