@@ -501,13 +501,14 @@ def _phi_all(kind, tab, tp, u, out, tmp):
 
 
 @njit(cache=True, nogil=True)
-def _fast_derivs(kind, tp, z, out):
-    """out[k, i] = φ⁽ᵏ⁾(z[i]), k < len(out), by an exact evaluator (kind ≥ 1)."""
+def _derivs_at(kind, tab, tp, z, out):
+    """out[k, i] = φ⁽ᵏ⁾(z[i]), k < len(out), by the evaluator ``kind``
+    (``_phi_all``; a table gives all its orders, so room for them)."""
     n = out.shape[0]
-    val, tmp = np.empty(n), np.empty(n)
-    no_table = np.zeros((1, 1, 1))
+    m = max(n, tab.shape[0])
+    val, tmp = np.empty(m), np.empty(m)
     for i in range(z.shape[0]):
-        _phi_all(kind, no_table, tp, z[i], val, tmp)
+        _phi_all(kind, tab, tp, z[i], val, tmp)
         for k in range(n):
             out[k, i] = val[k]
 
@@ -1267,7 +1268,9 @@ def _piecewise_linear(act):
 def _act_derivs(act, z, higher, nmax=3):
     """φ, φ', ..., φ⁽ⁿᵐᵃˣ⁾ at real z: exact formulas where the activation
     has them (tanh, logistic, softplus, SiLU through P_k(tanh); the closed
-    forms' ``derivs``), else Cauchy's formula for an analytic φ; for
+    forms' ``derivs``), the Chebyshev derivative tables of the other
+    quadrature activations (``_deriv_table``, ~5e-14 relative), else
+    Cauchy's formula for an analytic φ; for
     a kinked one φ and φ' from the activation itself and higher derivatives
     0, which holds almost everywhere for piecewise-linear φ, or is never used
     when the jets carry no derivatives (``higher`` False: the identity
@@ -1282,15 +1285,21 @@ def _act_derivs(act, z, higher, nmax=3):
         ds = np.zeros((nmax + 1,) + np.shape(z))
         ds[0], ds[1] = act.fn(z), act.dfn(z)
         return ds
-    kind = _FAST.get(_builtin(act), 0) if isinstance(act, NumericActivation) else 0
-    if kind:    # tanh, logistic, softplus, SiLU: exact, through P_k(tanh)
+    f, _ = _complex_fn(act)
+    if isinstance(act, NumericActivation):
+        # tanh, logistic, softplus, SiLU: exact through P_k(tanh); others: φ's
+        # derivative table (as the analytic kernels), Cauchy beyond its range
+        kind = _FAST.get(_builtin(act), 0)
+        tab = _deriv_table(act) if kind == 0 else np.zeros((1, 1, 1))
         flat = np.ascontiguousarray(z, dtype=np.float64).ravel()
         ds = np.empty((nmax + 1, flat.size))
-        _fast_derivs(kind, _TP, flat, ds)
+        _derivs_at(kind, tab, _TP, flat, ds)
+        far = np.abs(flat) > _TAB_U if kind == 0 else np.zeros(0, bool)
+        if far.any():
+            ds[:, far] = _cauchy(f, flat[far], nmax)
         return ds.reshape((nmax + 1,) + np.shape(z))
     if act.derivs is not None and nmax == 3:
         return act.derivs(np.asarray(z, dtype=np.float64))
-    f, _ = _complex_fn(act)
     try:
         return _cauchy(f, z, nmax)
     except Exception as exc:

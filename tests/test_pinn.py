@@ -479,11 +479,13 @@ def test_empirical_operator_ntk_vs_finite_differences():
     (ik.Erf(1.2, 0.8, 0.3), 700), (ik.Sigmoid_like(), 700), (ik.Gelu(), 700),
     (ik.Sin(0.9, 1.1, 0.4), 700), (ik.Cos(1.1, 0.7, 0.2), 700), (ik.Rbf(0.7), 700),
     (ik.Exp(0.8, 0.5), 25), (ik.Gaussian(1.1, -0.6), 25), (ik.Gabor(), 25),
-    (ik.Gelu(approximate=True), 25)], ids=repr)
+    (ik.Gelu(approximate=True), 25), (ik.Mish(), 700), (ik.Elementwise(np.tanh), 700)],
+    ids=repr)
 def test_finite_width_derivatives_of_activations(act, zmax):
     """φ and its first three derivatives as the finite-width PINN kernels
     take them (exact formulas: P_k(tanh) for tanh, the logistic function,
-    softplus and SiLU; written out for the closed forms) equal Cauchy-integral
+    softplus and SiLU; written out for the closed forms; Chebyshev tables,
+    ~5e-14 relative, for other quadrature activations) equal Cauchy-integral
     derivatives of φ's complex extension out to |z| = zmax; the Cauchy value
     of φ⁽ᵏ⁾ carries rounding of ~1e-16 k! max|φ| / rᵏ over its circle of
     radius r = 1/2 (≤ 48e-16 max|φ| for k ≤ 3)."""
