@@ -441,8 +441,7 @@ def _linear_flow(k, ktd, y, f0, ft0, lr, momentum, t):
     solved by a matrix exponential of the augmented system (independent of the
     eigenbasis and ODE-solver paths)."""
     n, m = k.shape[0], ktd.shape[0]
-    c = y.size
-    G = np.vstack([k, ktd]) / c                       # f' = -[K; K_td] (f_train - y) / n
+    G = np.vstack([k, ktd]) / y.size                  # f' = -[K; K_td] (f_train - y) / y.size
     N = n + m
     if momentum is None:
         A = np.zeros((N + 1, N + 1))
