@@ -129,11 +129,17 @@ def _check_t(t):
     return a
 
 
-def _check_square(k, name, n=None):
+def _one_kernel(k, name, shape):
+    """``k`` as float64, refusing a Kernel namedtuple (NumPy would stack its
+    fields into one array)."""
     if hasattr(k, "_fields"):
-        raise TypeError(f"{name} must be one (N, N) array, got a {type(k).__name__} with "
+        raise TypeError(f"{name} must be one {shape} array, got a {type(k).__name__} with "
                         f"fields {k._fields}: pass one of them (e.g. .ntk)")
-    a = _real_array(k, name)
+    return _real_array(k, name)
+
+
+def _check_square(k, name, n=None):
+    a = _one_kernel(k, name, "(N, N)")
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square (N, N) matrix, got shape {a.shape}")
     if n is not None and a.shape[0] != n:
@@ -639,7 +645,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
 
 
 def _as_cross(k, n, name):
-    a = _real_array(k, name)
+    a = _one_kernel(k, name, "(M, N)")
     if a.ndim != 2 or a.shape[1] != n:
         raise ValueError(f"{name} must have shape (M, {n}), got {a.shape}")
     if not np.isfinite(a).all():

@@ -564,6 +564,12 @@ def test_gradient_descent_state_resumes(flow):
      ValueError, "momentum is None"),
     (lambda k, y: P.gradient_descent("mse", k, y[:-1]), ValueError, "y_train has 24 rows"),
     (lambda k, y: P.gradient_descent("mse", k, y, loss_grad=None, rtol=0), ValueError, "rtol"),
+    (lambda k, y: P.gradient_descent("mse", k, y)(1.0, 0.0, np.zeros((1, 3)),
+                                                 ik.Kernel(k[:1], k[:1])),
+     TypeError, "k_test_train must be one (M, N) array, got a Kernel"),
+    (lambda k, y: P.gradient_descent_mse(k, y)(1.0, 0.0, np.zeros((1, 3)),
+                                               ik.Kernel(k[:1], k[:1])),
+     TypeError, "k_test_train must be one (M, N) array, got a Kernel"),
 ])
 def test_gradient_descent_bad_input(flow, call, exc, words):
     k, _, y, _, _ = flow
