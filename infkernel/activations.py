@@ -194,9 +194,10 @@ def Gelu(approximate=False):
             return (0.5 * (1 + special.erf(x / math.sqrt(2)))
                     + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
 
-        def derivs(x):      # φ″ = (2 − x²)ϕ, φ‴ = (x³ − 4x)ϕ, ϕ the normal density
+        def derivs(x):      # φ′ = Φ + xϕ, φ″ = (2 − x²)ϕ, φ‴ = (x³ − 4x)ϕ
+            cdf = 0.5 * (1 + special.erf(x / math.sqrt(2)))
             pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-            return np.stack([fn(x), dfn(x), (2 - x * x) * pdf, (x * x - 4) * x * pdf])
+            return np.stack([x * cdf, cdf + x * pdf, (2 - x * x) * pdf, (x * x - 4) * x * pdf])
     return Activation("Gelu", P.K_GELU, (), fn=fn, dfn=dfn, derivs=derivs)
 
 

@@ -1285,7 +1285,6 @@ def _act_derivs(act, z, higher, nmax=3):
         ds = np.zeros((nmax + 1,) + np.shape(z))
         ds[0], ds[1] = act.fn(z), act.dfn(z)
         return ds
-    f, _ = _complex_fn(act)
     if isinstance(act, NumericActivation):
         # tanh, logistic, softplus, SiLU: exact through P_k(tanh); others: φ's
         # derivative table (as the analytic kernels), Cauchy beyond its range
@@ -1296,12 +1295,12 @@ def _act_derivs(act, z, higher, nmax=3):
         _derivs_at(kind, tab, _TP, flat, ds)
         far = np.abs(flat) > _TAB_U if kind == 0 else np.zeros(0, bool)
         if far.any():
-            ds[:, far] = _cauchy(f, flat[far], nmax)
+            ds[:, far] = _cauchy(_complex_fn(act)[0], flat[far], nmax)
         return ds.reshape((nmax + 1,) + np.shape(z))
     if act.derivs is not None and nmax == 3:
         return act.derivs(np.asarray(z, dtype=np.float64))
     try:
-        return _cauchy(f, z, nmax)
+        return _cauchy(_complex_fn(act)[0], z, nmax)
     except Exception as exc:
         raise ValueError(f"{act!r}: derivatives need φ to accept complex arrays ({exc})"
                          ) from None

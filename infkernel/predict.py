@@ -1132,6 +1132,8 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
 
     def grad(f):
         return np.asarray(loss_grad(f, y), dtype=np.float64)
+    y2, restore = _prep_y(y)          # (N, C) inside
+    size = y2.size
     scale = math.sqrt(lr) if momentum is not None else lr   # time unit
     friction = None if momentum is None else (momentum - 1.0) / scale
 
@@ -1156,15 +1158,16 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
                              "(M, N) test-train kernel to predict test outputs")
         f0 = _state_part(f_in, y.shape, "fx_train_0")
         q0 = _state_part(q_in, y.shape, "qx_train")
-        k_td = None if ft_in is None else _as_cross(k_test_train, n, "k_test_train")
+        if ft_in is not None:
+            k_td = _as_cross(k_test_train, n, "k_test_train")
+            m = k_td.shape[0]
+            ft0 = _check_outputs(ft_in, (m,) + y.shape[1:], "fx_test_0").reshape(m, -1)
+            qt0 = _state_part(qt_in, (m,) + y.shape[1:], "qx_test").reshape(m, -1)
         _check_gradient(loss, grad, builtin, f0, y)
-        y2, restore = _prep_y(y)
-        shape2 = y2.shape
-        size = y2.size
 
         def rhs(_, s):   # state: f, ∫g  |  f, q, u, v  (u' = g + friction u, v' = u)
             f = s[:size].reshape(y.shape)
-            g = grad(f).reshape(shape2)
+            g = grad(f).reshape(y2.shape)
             kg = -(k @ g).ravel()
             if momentum is None:
                 return np.concatenate([kg, g.ravel()])
@@ -1184,28 +1187,25 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
                 raise RuntimeError(f"gradient_descent: the ODE solver failed ({sol.message}); "
                                    "for stiff problems try method='LSODA'")
             path = sol.y.T
-        path = path[where].reshape((len(times), len(start) + 1) + shape2)   # (T, parts, N, C)
+        path = path[where].reshape((len(times), len(start) + 1) + y2.shape)   # (T, parts, N, C)
 
         def shaped(a):
             return restore(a).reshape(ts.shape + restore(a[0]).shape)
         out = {"fx_train": shaped(path[:, 0])}
         if momentum is not None:
             out["qx_train"] = shaped(path[:, 1])
-        if k_td is not None:
-            m = k_td.shape[0]
-            ft0 = _check_outputs(ft_in, (m,) + y.shape[1:], "fx_test_0").reshape(m, -1)
+        if ft_in is not None:
             kv = k_td @ path[:, -1]        # K_td ∫g  |  K_td v
             if momentum is None:
                 out["fx_test"] = shaped(ft0 - kv)
             else:
-                qt0 = _state_part(qt_in, (m,) + y.shape[1:], "qx_test").reshape(m, -1)
                 tt = times[:, None, None]
                 drift = tt if friction == 0 else np.expm1(friction * tt) / friction
                 out["fx_test"] = shaped(ft0 + qt0 * drift - kv)
                 out["qx_test"] = shaped(qt0 * np.exp(friction * tt) - k_td @ path[:, 2])
         if state is not None:
             return ODEState(**out)
-        if k_td is None:
+        if ft_in is None:
             return out["fx_train"]
         return out["fx_test"] if f_in is None else (out["fx_train"], out["fx_test"])
 

@@ -564,6 +564,8 @@ def test_gradient_descent_state_resumes(flow):
      ValueError, "momentum is None"),
     (lambda k, y: P.gradient_descent("mse", k, y[:-1]), ValueError, "y_train has 24 rows"),
     (lambda k, y: P.gradient_descent("mse", k, y, loss_grad=None, rtol=0), ValueError, "rtol"),
+    (lambda k, y: P.gradient_descent("mse", k, y)(1.0, 0.0, np.zeros((2, 3)), k[:1]),
+     ValueError, "fx_test_0 must broadcast to shape (1, 3)"),
     (lambda k, y: P.gradient_descent("mse", k, y)(1.0, 0.0, np.zeros((1, 3)),
                                                  ik.Kernel(k[:1], k[:1])),
      TypeError, "k_test_train must be one (M, N) array, got a Kernel"),
