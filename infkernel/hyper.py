@@ -288,13 +288,15 @@ def _dual(kind, p, q1, q12, q2, partials=True):
                 return k, kd
             return (k, kd, g / (2 * q1) * (s - gamma * q12), kd,
                     -gamma * gamma * g * rho / (2 * q1), gamma * gamma * g / s)
-        elif kind == P.K_LAYERNORM:
+        elif kind == P.K_LAYERNORM:    # r = 1/√(q + ε), 0 where q + ε = 0 (as the kernels)
             e1, e2 = q1 + p[0], q2 + p[0]
-            kd = 1.0 / (np.sqrt(e1) * np.sqrt(e2))
+            r1 = np.where(e1 > 0, 1.0 / np.sqrt(np.where(e1 > 0, e1, 1.0)), 0.0)
+            r2 = np.where(e2 > 0, 1.0 / np.sqrt(np.where(e2 > 0, e2, 1.0)), 0.0)
+            kd = r1 * r2
             k = q12 * kd
             if not partials:
                 return k, kd
-            return k, kd, -0.5 * k / e1, kd, -0.5 * kd / e1, np.zeros_like(k)
+            return k, kd, -0.5 * k * r1 * r1, kd, -0.5 * kd * r1 * r1, np.zeros_like(k)
         elif kind == P.K_ERF:
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
@@ -385,7 +387,10 @@ def _dual_diag(kind, p, q):
             dk = n * k1 * q ** (n - 1) if n else np.zeros_like(q)
             kd = kd1 * q ** (n - 1) if n else np.zeros_like(q)
             dkd = (n - 1) * kd1 * q ** (n - 2) if n >= 2 else np.zeros_like(q)
-        return k, kd, dk, dkd
+        # at q = 0 the kernels' own values (correlation 0 there: sign(0) = 0)
+        k0, kd0 = dual_values(kind, p, 0.0, 0.0, 0.0)
+        zero = q == 0
+        return np.where(zero, k0, k), np.where(zero, kd0, kd), dk, dkd
     if kind in _BY_DIFFERENCES:
         f = _BY_DIFFERENCES[kind]
         k, kd = f(q, q, q)
@@ -759,22 +764,22 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q1, Q, q2)
             _, _, k2, _, kd2, _ = _dual(kind, p, q2, Q, q1)
             dTH0 = dTH
-            with np.errstate(invalid="ignore", over="ignore"):
-                dQn = k1 * dv[:, :, None] + k12 * dQ + k2 * dv[:, None, :]
-                dTH = kd * dTH + TH * (kd1 * dv[:, :, None] + kd12 * dQ
-                                       + kd2 * dv[:, None, :])
+            dv1, dv2 = dv[:, :, None], dv[:, None, :]
+            dQn = _times(k1, dv1) + _times(k12, dQ) + _times(k2, dv2)
+            dTH = _times(kd, dTH) + TH * (_times(kd1, dv1) + _times(kd12, dQ)
+                                          + _times(kd2, dv2))
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
             th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()
             TH = kd * TH
             TH[ii] = kddg * th_diag
-            dTH[:, ii[0], ii[1]] = dkdg * dv * th_diag + kddg * dth_diag
+            dTH[:, ii[0], ii[1]] = _times(dkdg, dv) * th_diag + _times(kddg, dth_diag)
             Q = k
             Q[ii] = kdg
-            dQn[:, ii[0], ii[1]] = dkg * dv
+            dQn[:, ii[0], ii[1]] = _times(dkg, dv)
             dQ = dQn
-            dv = dkg * dv
+            dv = _times(dkg, dv)
             if li in act_slot:
                 # the parameter enters here only: its incoming tangents are 0,
                 # so the local partial at fixed covariances is the whole tangent
@@ -811,10 +816,21 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     ws = np.array([l.W_std for l in dense])
     bs = np.array([0.0 if l.b_std is None else l.b_std for l in dense])
     scale = np.concatenate([2.0 * ws, 2.0 * bs, np.ones(M)])
-    dK = dK * scale[:, None, None]
+    # a zero W_std / b_std: the kernel is even in it, its derivative there 0
+    # (the tangent in w², b² may be infinite at a zero-variance point)
+    dK = _times(dK, scale[:, None, None])
     if shared:
         dK = np.concatenate([dK[:L].sum(0)[None], dK[L:2 * L].sum(0)[None], dK[2 * L:]])
     return K, dK
+
+
+def _times(partial, tangent):
+    """partial · tangent, and 0 where the tangent is 0: at a point of zero
+    variance (a zero input without bias, W_std = 0) a partial such as
+    ∂k/∂q11 ∝ q11^(-1/2) is infinite or 0/0, and its tangent vanishes (q11 is
+    a smooth function >= 0 of the hyperparameters, at its minimum)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(tangent == 0, 0.0, partial * tangent)
 
 
 def _kernel_grad_by_differences(net, x, get, shared):

@@ -386,6 +386,29 @@ def test_gradient_through_branches(par, x):
             call()
 
 
+@pytest.mark.parametrize("b_std", [None, 0.0])
+@pytest.mark.parametrize("act", ACTS + [ik.LayerNorm(eps=0.0)], ids=repr)
+def test_zero_variance_points(act, b_std):
+    """A zero input row without bias has variance 0 in every layer, where
+    partials such as ∂k/∂q11 ∝ q11^(-1/2) are infinite or 0/0: K equals the
+    kernels (LayerNorm(eps=0): 0 there, sign(0) = 0) and dK is finite and
+    matches central differences of W_std; the b_std slots are 0, the
+    symmetric derivative of a kernel even in b_std (used by sklearn's GP)."""
+    x = np.r_[np.zeros((1, 3)), np.random.default_rng(4).standard_normal((5, 3))]
+    net = ik.serial(ik.Dense(3, 1.3, b_std), act, ik.Dense(3, 1.1, b_std), ik.Relu(),
+                    ik.Dense(1, 0.9, b_std))
+    for get in ("nngp", "ntk"):
+        K, dK = H.kernel_and_grad(net, x, get, shared=False)
+        ref = net.kernel(x, None, get)
+        assert np.abs(K - ref).max() <= 1e-12 * np.abs(ref).max()
+        assert np.isfinite(dK).all()
+        np.testing.assert_array_equal(dK[3:], 0.0)
+        scale = np.abs(ref).max()
+        for p in range(3):
+            fd = _fd(net, x, get, p, 3)
+            assert np.abs(fd - dK[p]).max() <= 1e-6 * scale, (get, p)
+
+
 def test_bias_free_layers_stay_bias_free(x):
     """b_std=None is no bias, as in Dense (in the standard parameterization
     not the same as b_std=0, whose NTK gets 1 per layer); fitting keeps
