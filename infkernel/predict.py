@@ -101,14 +101,21 @@ def _check_reg(diag_reg):
     return real("diag_reg", diag_reg, lower=0)
 
 
-def _check_trace_axes(trace_axes):
+def _check_trace_axes(trace_axes, y):
+    """neural-tangents' ``trace_axes``, the output axes that share one kernel:
+    here every output channel shares it, so the targets' channel axis, (-1,)
+    or (1,) for (N, C) targets, () or (-1,) for (N,) targets."""
     try:
-        ok = tuple(trace_axes) == (-1,)
+        axes = tuple(trace_axes)
+        ok = all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                 for a in axes) and (axes == (-1,) or axes == ((1,) if y.ndim == 2 else ()))
     except TypeError:
         ok = False
     if not ok:
-        raise ValueError(f"trace_axes must be (-1,) (one kernel shared by the output "
-                         f"channels), got {trace_axes!r}")
+        raise ValueError(f"trace_axes must be the targets' channel axis (one kernel shared by "
+                         f"the output channels): (-1,) or (1,) for (N, C) targets, () or "
+                         f"(-1,) for (N,) targets; got {trace_axes!r} for y_train of shape "
+                         f"{y.shape}")
 
 
 def _check_lr(learning_rate):
@@ -553,8 +560,9 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
       y_train: (N,) or (N, C) targets.
       diag_reg: regulariser; K + diag_reg·mean(diag K)·I (or diag_reg·I when
         ``diag_reg_absolute_scale``).
-      trace_axes: neural-tangents' argument; only (-1,) (one kernel shared by
-        the output channels) applies.
+      trace_axes: neural-tangents' argument: the targets' channel axis, (-1,)
+        or (1,) ((N,) targets: () or (-1,)); one kernel is shared by the output
+        channels.
       solver: "cholesky" (default) or "cg" (preconditioned conjugate gradients
         to relative residual ``tol``; no copy of K).
       overwrite_k_train_train: let the Cholesky factorisation overwrite the
@@ -577,7 +585,6 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     diag_reg = _check_reg(diag_reg)
     diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
     overwrite_k_train_train = flag("overwrite_k_train_train", overwrite_k_train_train)
-    _check_trace_axes(trace_axes)
     first = k_train_train
     for g in _GETS:
         if hasattr(k_train_train, g) and getattr(k_train_train, g) is not None:
@@ -588,6 +595,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
         raise ValueError(f"k_train_train must be a square (N, N) matrix, got shape {first.shape}")
     n = first.shape[0]
     y = _check_y(y_train, n)
+    _check_trace_axes(trace_axes, y)
     y2, restore = _prep_y(y)
     if solver not in ("cholesky", "cg"):
         raise ValueError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
@@ -736,11 +744,11 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
     kfn = _kernel_callable(kernel_fn)
     diag_reg = _check_reg(diag_reg)
     diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
-    _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     from .kernel import check_inputs
     xd = check_inputs(x_train, "x_train")
     y = _check_y(y_train, None)
+    _check_trace_axes(trace_axes, y)
     if y.shape[0] != xd.shape[0]:
         raise ValueError(f"y_train has {y.shape[0]} rows but x_train has {xd.shape[0]}: "
                          "expected one target row per training input")
@@ -961,12 +969,12 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0.,
     """
     diag_reg = _check_reg(diag_reg)
     diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
-    _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     k = _check_square(k_train_train, "k_train_train")
     _check_symmetric(k, "k_train_train")
     n = k.shape[0]
     y = _check_y(y_train, n)
+    _check_trace_axes(trace_axes, y)
     y2, restore = _prep_y(y)
     norm = float(max(y.size, 1))   # MSE over the training outputs (none: nothing decays)
     sv = _Solver(k, diag_reg, diag_reg_absolute_scale, "k_train_train")
@@ -1117,7 +1125,6 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
     leading axes; an :class:`ODEState` in gives an ``ODEState`` out.  ``t``
     must be finite (a general loss's flow need not converge).
     """
-    _check_trace_axes(trace_axes)
     lr = _check_lr(learning_rate)
     if momentum is not None:
         momentum = real("momentum", momentum, lower=0)
@@ -1128,6 +1135,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
     _check_symmetric(k, "k_train_train")
     n = k.shape[0]
     y = _check_y(y_train, n)
+    _check_trace_axes(trace_axes, y)
     loss, loss_grad, builtin = _resolve_loss(loss, loss_grad, y)
 
     def grad(f):
@@ -1144,6 +1152,9 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
                              "(use gradient_descent_mse for t = ∞ under MSE)")
         state = fx_train_or_state_0 if isinstance(fx_train_or_state_0, ODEState) else None
         if state is not None:
+            if fx_test_0 is not None:
+                raise ValueError("fx_test_0 must be None when an ODEState is passed: the "
+                                 "state's fx_test holds the initial test outputs")
             f_in, ft_in, q_in, qt_in = (state.fx_train, state.fx_test, state.qx_train,
                                         state.qx_test)
             if momentum is None and (q_in is not None or qt_in is not None):
@@ -1178,7 +1189,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
         s0 = np.concatenate([a.ravel() for a in start] + [np.zeros(size)])
         times = ts.ravel() * scale
         grid, where = np.unique(times, return_inverse=True)
-        if size == 0 or grid[-1] == 0.0:
+        if size == 0 or grid.size == 0 or grid[-1] == 0.0:
             path = np.broadcast_to(s0, (len(grid), s0.size))
         else:
             sol = solve_ivp(rhs, (0.0, grid[-1]), s0, method=method, t_eval=grid,
@@ -1189,8 +1200,8 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
             path = sol.y.T
         path = path[where].reshape((len(times), len(start) + 1) + y2.shape)   # (T, parts, N, C)
 
-        def shaped(a):
-            return restore(a).reshape(ts.shape + restore(a[0]).shape)
+        def shaped(a):    # (T, N, C) -> t's shape + the outputs' shape
+            return restore(a).reshape(ts.shape + restore(a).shape[1:])
         out = {"fx_train": shaped(path[:, 0])}
         if momentum is not None:
             out["qx_train"] = shaped(path[:, 1])
@@ -1231,9 +1242,8 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0., eps=1e-12
     k = _check_square(ntk_train_train, "ntk_train_train")
     if k.shape[0] == 0:
         raise ValueError("ntk_train_train is empty (0 training points)")
-    n = k.shape[0] if y_train_size is None else y_train_size
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")
+    n = k.shape[0] if y_train_size is None else real("y_train_size", y_train_size, lower=0,
+                                                     strict=True)
     _check_symmetric(k, "ntk_train_train")
     momentum = real("momentum", momentum, lower=0)
     eps = real("eps", eps, lower=0)

@@ -542,6 +542,35 @@ def test_gradient_descent_state_resumes(flow):
     close(only_test, pf(4.0, P.ODEState(0 * f0, ft0), None, ktd).fx_test, 1e-12)
     one_d = P.gradient_descent("mse", k, y[:, 0], 0.5)(np.array([1.0, 2.0]), f0[:, 0])
     assert one_d.shape == (2, y.shape[0])
+    none = pf(np.zeros((0, 2)), P.ODEState(f0, ft0), None, ktd)   # no times: empty results
+    assert none.fx_train.shape == (0, 2) + y.shape and none.fx_test.shape == (0, 2) + ft0.shape
+
+
+def test_trace_axes_as_in_neural_tangents():
+    """Every spelling of "the targets' channel axis" is accepted, and gives the
+    same predictions: (-1,) or (1,) for (N, C) targets, () or (-1,) for (N,)
+    targets; other axes are refused by every predictor."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 3))
+    k = x @ x.T / 3 + 0.5 * np.eye(12)
+    y = rng.standard_normal((12, 2))
+    for yy, axes in ((y, ((-1,), (1,), [1])), (y[:, 0], ((-1,), ()))):
+        means = [P.gp_inference(k, yy, 1e-3, False, a)("nngp", k[:4]) for a in axes]
+        flows = [P.gradient_descent_mse(k, yy, 1.0, 0.0, False, a)(2.0) for a in axes]
+        gd = [P.gradient_descent("mse", k, yy, 1.0, None, a)(2.0) for a in axes]
+        for a, b, c in zip(means, flows, gd):
+            np.testing.assert_array_equal(a, means[0])
+            np.testing.assert_array_equal(b, flows[0])
+            np.testing.assert_array_equal(c, gd[0])
+        for bad in ((0,), (2,), (-1, 1), (True,), "x", 1) + (((),) if yy.ndim == 2 else ((1,),)):
+            for call in (lambda: P.gp_inference(k, yy, 0.0, False, bad),
+                         lambda: P.gradient_descent_mse(k, yy, 1.0, 0.0, False, bad),
+                         lambda: P.gradient_descent("mse", k, yy, 1.0, None, bad),
+                         lambda: P.gradient_descent_mse_ensemble(ik.serial(ik.Dense(1)), x, yy,
+                                                                 trace_axes=bad)):
+                with pytest.raises(ValueError, match="trace_axes must be the targets' channel"):
+                    call()
+    assert P.max_learning_rate(k, 24.0) == P.max_learning_rate(k, 24)   # a float size
 
 
 @pytest.mark.parametrize("call, exc, words", [
@@ -572,6 +601,9 @@ def test_gradient_descent_state_resumes(flow):
     (lambda k, y: P.gradient_descent_mse(k, y)(1.0, 0.0, np.zeros((1, 3)),
                                                ik.Kernel(k[:1], k[:1])),
      TypeError, "k_test_train must be one (M, N) array, got a Kernel"),
+    (lambda k, y: P.gradient_descent("mse", k, y, 0.5, 0.8)(
+        1.0, P.ODEState(np.zeros(y.shape)), np.zeros((1, 3)), k[:1]),
+     ValueError, "fx_test_0 must be None when an ODEState is passed"),
 ])
 def test_gradient_descent_bad_input(flow, call, exc, words):
     k, _, y, _, _ = flow
