@@ -22,12 +22,26 @@ from ._checks import flag, real
 Spectrum = namedtuple("Spectrum", ["freqs", "eigvals"])
 
 
-def _square(K, name="K"):
-    K = np.asarray(K, dtype=np.float64)
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"{name} must be a square (N, N) matrix, got shape {K.shape}")
-    if not np.isfinite(K).all():
+def _numbers(name, value, finite=False):
+    """``value`` as a float64 array, or a TypeError naming ``name``: no strings
+    (not parsed), booleans or complex numbers (not cut to their real parts);
+    ``finite``: NaN or Inf entries are a ValueError."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as exc:    # ragged sequences
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if finite and not np.isfinite(a).all():
         raise ValueError(f"{name} has NaN or Inf entries")
+    return a
+
+
+def _square(K, name="K"):
+    K = _numbers(name, K, finite=True)
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+        raise ValueError(f"{name} must be a square (N, N) matrix, N >= 1, got shape {K.shape}")
     return K
 
 
@@ -38,6 +52,7 @@ def gram_eigh(K, symmetry_tol=1e-10):
     whose asymmetry max|K − Kᵀ| exceeds ``symmetry_tol``·max|K| is refused
     (a cross Gram matrix K(x1, x2) has no such decomposition)."""
     K = _square(K)
+    symmetry_tol = real("symmetry_tol", symmetry_tol, lower=0)
     scale = max(float(np.abs(K).max(initial=0.0)), np.finfo(float).tiny)
     asym = float(np.abs(K - K.T).max(initial=0.0))
     if asym > symmetry_tol * scale:
@@ -59,7 +74,8 @@ def check_uniform_grid(x, name="x", rtol=1e-9):
     domain (the end point x0 + n h is not part of it).  Spacings that differ
     from their mean by more than ``rtol``·h (rounding of the grid points) give
     a ValueError naming ``name``."""
-    a = np.asarray(x, dtype=np.float64)
+    rtol = real("rtol", rtol, lower=0)
+    a = _numbers(name, x, finite=True)
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 1:
@@ -67,10 +83,12 @@ def check_uniform_grid(x, name="x", rtol=1e-9):
                          f"{np.shape(x)}")
     if a.size < 2:
         raise ValueError(f"{name} must have at least 2 points, got {a.size}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} has NaN or Inf entries")
-    d = np.diff(a)
-    h = float(d.mean())
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = np.diff(a)
+        h = float(d.mean())
+    if not np.isfinite(h):
+        raise ValueError(f"{name}: the grid spacing overflows float64 (x from {a[0]:.3g} to "
+                         f"{a[-1]:.3g})")
     # grid points are rounded: allow rtol·h plus a few ulps of the coordinates
     slack = rtol * h + 4.0 * np.finfo(float).eps * float(np.abs(a).max())
     if not h > 0 or np.abs(d - h).max() > slack:
@@ -89,11 +107,10 @@ def fft_spectrum(row, x=None, stationarity_tol=1e-8):
     the frequency unit), or None for frequencies in cycles per period.  A row
     that is not symmetric to within ``stationarity_tol``·max|row| cannot come
     from a stationary kernel on a periodic grid: ValueError."""
-    r = np.asarray(row, dtype=np.float64)
+    r = _numbers("row", row, finite=True)
     if r.ndim != 1 or r.size < 2:
         raise ValueError(f"row must be a 1-D array of at least 2 values, got shape {r.shape}")
-    if not np.isfinite(r).all():
-        raise ValueError("row has NaN or Inf entries")
+    stationarity_tol = real("stationarity_tol", stationarity_tol, lower=0)
     n = r.size
     h = 1.0 / n
     if x is not None:
@@ -106,29 +123,39 @@ def fft_spectrum(row, x=None, stationarity_tol=1e-8):
         raise ValueError("row is not symmetric (row_j != row_{n-j}): the kernel is not "
                          "stationary on this periodic grid, so its Gram matrix is not "
                          "circulant; use gram_eigh(K)")
-    return Spectrum(np.fft.fftfreq(n, d=h), np.fft.fft(r).real)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lam = np.fft.fft(r).real
+    if not np.isfinite(lam).all():
+        raise ValueError("row: its Fourier transform overflows float64 (entries up to "
+                         f"{np.abs(r).max():.3g}); rescale the kernel")
+    return Spectrum(np.fft.fftfreq(n, d=h), lam)
 
 
-def stationary_spectrum(net, x, get="ntk", **kwargs):
+def stationary_spectrum(net, x, get="ntk", stationarity_tol=1e-8, **kwargs):
     """FFT spectrum of ``net``'s kernel on the uniform periodic grid ``x``
     (one row K(x_0, ·), O(N) kernel entries instead of O(N²) and an O(N³)
     eigendecomposition).  Exact when the kernel is stationary and periodic
-    with the grid's period (e.g. integer-frequency Fourier features on [0, 1))."""
+    with the grid's period (e.g. integer-frequency Fourier features on [0, 1)).
+
+    Stationarity is checked on four more rows: K(x_i, ·) must be K(x_0, ·)
+    shifted by i (to ``stationarity_tol``·max|K|), else a ValueError (a plain
+    MLP is not stationary: use :func:`kernel_eigh`)."""
     if get not in ("nngp", "ntk"):
         raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
-    check_uniform_grid(x, "x")
-    pts = np.asarray(x, dtype=np.float64).reshape(-1, 1)
-    row = net.kernel(pts[:1], pts, get, **kwargs)[0]
-    return fft_spectrum(row, pts)
-
-
-def _numbers(name, value):
-    """``value`` as a float64 array, or a TypeError naming ``name``: no strings
-    (not parsed), booleans or complex numbers."""
-    a = np.asarray(value)
-    if a.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be an array of real numbers, got dtype {a.dtype}")
-    return a.astype(np.float64)
+    stationarity_tol = real("stationarity_tol", stationarity_tol, lower=0)
+    _, _, n = check_uniform_grid(x, "x")
+    pts = _numbers("x", x).reshape(-1, 1)
+    rows = sorted({0, 1, n // 3, n // 2, (2 * n) // 3})
+    K = net.kernel(pts[rows], pts, get, **kwargs)
+    scale = max(float(np.abs(K).max()), np.finfo(float).tiny)
+    for r, k in zip(rows, K):
+        gap = float(np.abs(k - np.roll(K[0], r)).max())
+        if gap > stationarity_tol * scale:
+            raise ValueError(
+                f"the kernel is not stationary on this periodic grid: K(x_{r}, ·) differs from "
+                f"K(x_0, ·) shifted by {r} by up to {gap:.3g} (max |K| = {scale:.3g}), so its "
+                "Gram matrix is not circulant; use kernel_eigh(net, x)")
+    return fft_spectrum(K[0], pts, stationarity_tol)
 
 
 def _times(t):
@@ -213,11 +240,17 @@ def frequency_response(K, x, freqs):
     x ⊂ ℝ weighs frequency f; for a circulant K on its grid these are its
     eigenvalues."""
     K = _square(K)
-    pts = np.asarray(x, dtype=np.float64).reshape(-1)
+    pts = _numbers("x", x, finite=True).reshape(-1)
     if pts.size != K.shape[0]:
         raise ValueError(f"x has {pts.size} points but K is {K.shape}")
-    f = np.atleast_1d(np.asarray(freqs, dtype=np.float64))
-    U = np.exp(2j * np.pi * np.outer(pts, f))
+    f = np.atleast_1d(_numbers("freqs", freqs, finite=True))
+    if f.ndim != 1:
+        raise ValueError(f"freqs must be a number or a 1-D array, got shape {f.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        phase = 2 * np.pi * np.outer(pts, f)
+    if not np.isfinite(phase).all():
+        raise ValueError("x · freqs overflows float64: rescale x or freqs")
+    U = np.exp(1j * phase)
     return np.real(np.einsum("ik,ij,jk->k", U.conj(), K, U)) / pts.size
 
 

@@ -127,6 +127,12 @@ def test_non_stationary_row_is_refused():
     x = grid(16)
     with pytest.raises(ValueError, match="not stationary"):
         spectral.stationary_spectrum(mlp(), x)
+    # a grid from 0 and no bias: K(x_0, ·) = 0 is a symmetric row, but the
+    # kernel is not stationary (the other rows are not its shifts)
+    flat = ik.serial(ik.Dense(64, W_std=2 ** 0.5), ik.Relu(), ik.Dense(1))
+    assert not spectral.fft_spectrum(flat.kernel(x[:1], x, "ntk")[0]).eigvals.any()
+    with pytest.raises(ValueError, match=r"K\(x_1, ·\) differs from K\(x_0, ·\) shifted"):
+        spectral.stationary_spectrum(flat, x)
 
 
 def test_matrix_and_argument_checks():
@@ -142,6 +148,30 @@ def test_matrix_and_argument_checks():
         spectral.predicted_error_by_frequency(np.ones(4), np.ones(3), 1.0, 1.0)
     with pytest.raises(ValueError, match="get must be"):
         spectral.stationary_spectrum(mlp(), grid(4), get="both")
+    # complex, string and ragged arrays are refused by name, not cut or parsed
+    for call, name in ((lambda: spectral.gram_eigh(np.eye(2) + 1j), "K"),
+                       (lambda: spectral.gram_eigh(np.array([["1", "0"], ["0", "1"]])), "K"),
+                       (lambda: spectral.fft_spectrum(np.ones(4) + 1j), "row"),
+                       (lambda: spectral.check_uniform_grid(grid(4) + 1j), "x"),
+                       (lambda: spectral.frequency_response(np.eye(2), [0, 1], ["1"]), "freqs"),
+                       (lambda: spectral.frequency_response(np.eye(2), [[0], [1, 2]], [1]), "x")):
+        with pytest.raises(TypeError, match=f"^{name} must be an array of real numbers"):
+            call()
+    for tol in (np.nan, -1.0):
+        with pytest.raises(ValueError, match="symmetry_tol must be finite and >= 0"):
+            spectral.gram_eigh(np.array([[1.0, 0.5], [0.0, 1.0]]), symmetry_tol=tol)
+        with pytest.raises(ValueError, match="stationarity_tol must be finite and >= 0"):
+            spectral.fft_spectrum(np.arange(4.0), stationarity_tol=tol)
+    with pytest.raises(ValueError, match="x has NaN or Inf"):
+        spectral.frequency_response(np.eye(2), [0.0, np.nan], [1.0])
+    with pytest.raises(ValueError, match="overflows"):
+        spectral.frequency_response(np.eye(2), [0.0, 1e308], [10.0])
+    with pytest.raises(ValueError, match="overflows"):
+        spectral.fft_spectrum(np.full(4, 1e308))
+    with pytest.raises(ValueError, match="spacing overflows"):
+        spectral.check_uniform_grid([-1e308, 0.0, 1e308])
+    with pytest.raises(ValueError, match="square"):
+        spectral.gram_eigh(np.zeros((0, 0)))
 
 
 # --- the example scripts, small --------------------------------------------------------------
