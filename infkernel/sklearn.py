@@ -153,8 +153,10 @@ def _normalisation(y2, normalize):
     ``normalize_y`` (a zero std counts as 1); (0, 1) when not normalising."""
     if not normalize:
         return np.zeros(y2.shape[1]), np.ones(y2.shape[1])
-    std = y2.std(axis=0)
-    return y2.mean(axis=0), np.where(std > 0, std, 1.0)
+    top = np.abs(y2).max(axis=0, initial=0.0)
+    top = np.where(top > 0, top, 1.0)     # on y / max|y|: no overflow for |y| ~ 1e308
+    std = top * (y2 / top).std(axis=0)
+    return top * (y2 / top).mean(axis=0), np.where(std > 0, std, 1.0)
 
 
 def _n_dense(net):
@@ -386,7 +388,12 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         if return_std:
             std = np.sqrt(np.maximum(var, 0.0))[:, None] * self.y_std_
             return mean, std[:, 0] if one_d else std
-        cov = var[:, :, None] * self.y_std_ ** 2
+        with np.errstate(over="ignore"):
+            cov = var[:, :, None] * self.y_std_ ** 2
+        if not np.isfinite(cov).all():
+            raise ValueError(f"the predictive covariance overflows float64 (the targets' std "
+                             f"is up to {self.y_std_.max():.3g}, its square beyond 1.8e308): "
+                             "rescale y, or ask for return_std")
         return mean, cov[:, :, 0] if one_d else cov
 
 

@@ -117,6 +117,23 @@ def test_normalize_y_matches_gaussian_process_regressor():
             np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
 
 
+@pytest.mark.parametrize("Regressor", [NNGPRegressor, NTKRegressor])
+def test_normalize_y_at_extreme_scales(Regressor):
+    """Targets scaled by 1e±300 give the scaled predictions (the std of y is
+    taken on y / max|y|: y.std() overflows from |y| ~ 1e154); a covariance
+    beyond float64 is an error, not inf."""
+    rng = np.random.default_rng(7)
+    X, Xt = rng.standard_normal((20, 3)), rng.standard_normal((4, 3))
+    y = np.sin(X[:, 0]) + 2.0
+    m0, s0 = Regressor().fit(X, y).predict(Xt, return_std=True)
+    for f in (1e155, 1e300, 1e-300):
+        m, s = Regressor().fit(X, f * y).predict(Xt, return_std=True)
+        np.testing.assert_allclose(m / f, m0, rtol=1e-12)
+        np.testing.assert_allclose(s / f, s0, rtol=1e-12, atol=1e-14 * s0.max())
+    with pytest.raises(ValueError, match="predictive covariance overflows"):
+        Regressor().fit(X, 1e200 * y).predict(Xt, return_cov=True)
+
+
 def test_bias_free_network_stays_bias_free():
     """b_std=None means no bias, as in Dense: in the standard parameterization
     it differs from b_std=0 (whose NTK gets 1 per layer), and the wrappers
