@@ -157,6 +157,12 @@ def gram_main(args):
     x2 = None if args.x2 is None else load_features(args.x2)
     if x2 is not None and x2.shape[1] != x1.shape[1]:
         raise ValueError(f"{args.x2} has {x2.shape[1]} features, {source} has {x1.shape[1]}")
+    for g in ("nngp", "ntk"):      # the outputs must not replace (or, on failure, delete) an input
+        path = f"{args.output}_{g}.npy"
+        for src in (args.features, args.x2):
+            if src is not None and os.path.exists(path) and os.path.samefile(path, src):
+                raise ValueError(f"--output {args.output!r} would write {path}, which is the "
+                                 f"input file {src}: choose another output prefix")
     net = parse_arch(args.arch, args.W_std, args.b_std, args.parameterization)
     net.program(x1.shape[1])  # architecture errors before any output file exists
     dtype = np.float32 if args.float32 else np.float64

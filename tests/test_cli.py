@@ -143,3 +143,16 @@ def test_gram_csv_with_byte_order_mark(files):
     k = ik.serial(ik.Dense(4, 1.5, 0.05), ik.Relu(), ik.Dense(1, 1.5, 0.05)).kernel(
         np.array([[1.0, 2.0], [3.0, 4.0]]), None, "ntk")
     assert np.array_equal(np.load("gram_ntk.npy"), k)
+
+
+def test_gram_refuses_to_overwrite_its_input(files, capsys):
+    """An output prefix whose file is an input (``x_ntk.npy --output x``) is an
+    error before any work: the input would be replaced, or deleted on failure."""
+    np.save("p_nngp.npy", np.load("x.npy"))
+    before = np.load("p_nngp.npy")
+    for argv in (["gram", "p_nngp.npy", "--output", "p"],
+                 ["gram", "x.npy", "--x2", "p_nngp.npy", "--output", "./p"]):
+        assert main(argv + ["--quiet"]) == 2
+        assert "which is the input file" in capsys.readouterr().err
+        np.testing.assert_array_equal(np.load("p_nngp.npy"), before)
+        assert not (files / "p_ntk.npy").exists()
