@@ -900,10 +900,16 @@ def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
     differentiable activation parameter, followed by ∂/∂noise; the names are
     ``parameter_names(net, shared, activation_params) + ["noise"]``.
     """
+    from .kernel import check_inputs
     from .predict import _check_y
-    y = _check_y(y, None, "y")
-    if y.shape[0] != np.asarray(x).shape[0]:
-        raise ValueError(f"y has {y.shape[0]} rows but x has {np.asarray(x).shape[0]}")
+    if not isinstance(net, Network):
+        raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
+    if get not in ("nngp", "ntk"):
+        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    x = check_inputs(x, "x")
+    if len(x) == 0:
+        raise ValueError("x has no rows: the likelihood of no data is not defined")
+    y = _check_y(y, len(x), "y")
     noise = real("noise", noise, lower=0)
     shared = flag("shared", shared)
     activation_params = flag("activation_params", activation_params)
@@ -911,7 +917,13 @@ def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
         K, dK = kernel_and_grad(net, x, get, shared, activation_params)
     else:
         K, dK = np.asarray(net.kernel(x, None, get)), None
-    lml, grad, gnoise = _lml_from(K, dK, y, noise)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lml, grad, gnoise = _lml_from(K, dK, y, noise)
+    if not (np.isfinite(lml) and np.isfinite(gnoise) and (grad is None
+                                                         or np.isfinite(grad).all())):
+        raise KernelRangeError(
+            f"log_marginal_likelihood: the likelihood or its gradient overflows float64 "
+            f"(|y| up to {np.abs(y).max():.3g}, K up to {np.abs(K).max():.3g}); rescale y")
     if not eval_gradient:
         return lml
     return lml, np.append(grad, gnoise)

@@ -460,6 +460,19 @@ def test_bias_free_layers_stay_bias_free(x):
      "noise must be a real number, got bool"),
     (lambda n, x, y: H.log_marginal_likelihood(n, x, y, noise="0.1"), TypeError,
      "noise must be a real number, got str"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, "abc", y), TypeError,
+     "x must be an array, got the string 'abc'"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x[:, 0], y), ValueError,
+     "x must be 2-D (N, d)"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x[:0], y[:0]), ValueError, "x has no rows"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x[:3], y), ValueError,
+     "y has 10 rows, expected 3"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, y, get="cov1"), ValueError,
+     "get must be 'nngp' or 'ntk'"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, 1e200 * y), ValueError,
+     "overflows float64 (|y| up to"),
+    (lambda n, x, y: H.log_marginal_likelihood(n, x, 1e200 * y, eval_gradient=True), ValueError,
+     "overflows float64 (|y| up to"),
 ])
 def test_flags_and_noise_are_checked(call, exc, words, x):
     """Flags are booleans (the string "no" is truthy) and the noise a finite
