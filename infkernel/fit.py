@@ -80,6 +80,11 @@ def load_data(data=None, target=None):
     if np.ndim(x) == 0 or np.ndim(y) == 0:
         raise ValueError(f"{data}: x and y must be arrays with one row per sample, got "
                          f"shapes {np.shape(x)} and {np.shape(y)}")
+    if np.asarray(x).dtype.kind not in "biuf":
+        raise ValueError(f"{data}: the features must be real numbers, got dtype "
+                         f"{np.asarray(x).dtype}")
+    if len(x) == 0 or np.size(x) == 0:
+        raise ValueError(f"{data}: no samples (features of shape {np.shape(x)})")
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
@@ -119,9 +124,16 @@ def run_fit(args):
     if not 0 <= args.seed < 2 ** 32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     first = make_network(1, args.activation, args.W_std, args.b_std)   # --activation, stds
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a file, not a directory")
+    os.makedirs(args.out, exist_ok=True)       # unwritable: an error now, not after the fits
+    if not os.access(args.out, os.W_OK):
+        raise ValueError(f"--out {args.out!r} is not writable")
     x, y, name = load_data(args.data, args.target)
     if not np.isfinite(x).all():
         raise ValueError("the features contain NaN or Inf")
+    if y.dtype.kind in "biufc" and not np.isfinite(y).all():
+        raise ValueError("the targets contain NaN or Inf")
     clf = _is_classification(y, args.task)
     if clf:
         if y.ndim != 1:
@@ -134,13 +146,15 @@ def run_fit(args):
             raise ValueError(f"regression needs numeric targets, got {y.dtype} values; for "
                              "class labels use --task classification")
         Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        if not np.isfinite(Y).all():
-            raise ValueError("the targets contain NaN or Inf")
     strat = yi if clf and np.bincount(yi).min() >= 2 else None
     xtr, xte, ytr, yte = train_test_split(x, Y, test_size=args.test_size,
                                           random_state=args.seed, stratify=strat)
-    sc = StandardScaler().fit(xtr)
-    xtr, xte = sc.transform(xtr), sc.transform(xte)
+    # standardised on x / max|x| per column (the same result; StandardScaler's
+    # variance overflows for features beyond ~1e154)
+    top = np.abs(xtr).max(axis=0)
+    top = np.where(top > 0, top, 1.0)
+    sc = StandardScaler().fit(xtr / top)
+    xtr, xte = sc.transform(xtr / top), sc.transform(xte / top)
     ymean = ytr.mean(axis=0)
 
     n_jobs = len(depths) + (0 if args.no_baseline else 1)
@@ -178,7 +192,6 @@ def run_fit(args):
         if bar is not None:
             bar.close()
 
-    os.makedirs(args.out, exist_ok=True)
     for k, v in preds.items():
         np.save(os.path.join(args.out, f"pred_{k}.npy"), v)
     np.save(os.path.join(args.out, "y_test.npy"), yte)

@@ -111,3 +111,43 @@ def test_options_checked_before_data_and_kernels(tmp_path, monkeypatch, option, 
     with pytest.raises(ValueError, match=words):
         run_fit(_args(str(tmp_path / "missing.csv"), option, value, "--no-progress",
                       "--out", str(tmp_path / "o")))
+
+
+def test_bad_data_and_output_are_refused_before_any_kernel(tmp_path, monkeypatch):
+    """Complex features, empty data, NaN targets (also as class labels) and an
+    --out that is a file are errors before any kernel is computed."""
+    import infkernel as ik
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("a kernel was computed")
+    monkeypatch.setattr(ik.Network, "kernel", kernel)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20, 2))
+    cases = {"complex.npz": (dict(x=x + 1j, y=np.arange(20) % 2), "must be real numbers"),
+             "empty.npz": (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "no samples"),
+             "nan.npz": (dict(x=x, y=np.where(x[:, 0] > 0, 1.0, np.nan)),
+                         "targets contain NaN")}
+    for name, (arrays, words) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        for task in ("auto", "classification"):
+            with pytest.raises(ValueError, match=words):
+                run_fit(_args(str(tmp_path / name), "--task", task, "--no-progress",
+                              "--out", str(tmp_path / "o")))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        run_fit(_args("--no-progress", "--out", str(tmp_path / "file")))
+
+
+def test_huge_features_are_standardised(tmp_path):
+    """Features near 1e200 are standardised as x / max|x| (StandardScaler's
+    variance overflowed, reported as NaN inputs): the same table as at scale 1."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 3))
+    y = np.sin(x[:, 0])
+    rows = []
+    for scale in (1.0, 1e200):
+        np.savez(tmp_path / "d.npz", x=scale * x, y=y)
+        rows.append(run_fit(_args(str(tmp_path / "d.npz"), "--depths", "1", "--no-baseline",
+                                  "--no-progress", "--out", str(tmp_path / "o")))["rows"])
+    for a, b in zip(*rows):
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-10)
