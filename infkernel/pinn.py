@@ -851,6 +851,9 @@ def _norm(shift, scale, d):
     mu, sig = per_axis("shift", shift, 0.0), per_axis("scale", scale, 1.0)
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sig)) and np.all(sig > 0)):
         raise ValueError(f"shift must be finite and scale finite and > 0, got {shift}, {scale}")
+    if sig.min() < 1.0 / np.finfo(float).max:
+        raise ValueError(f"scale must be at least {1.0 / np.finfo(float).max:.3g} (1/scale "
+                         f"must be finite), got {scale}")
     return mu, 1.0 / sig
 
 
@@ -885,8 +888,18 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
         net.program(d)  # raises for activations not preceded by Dense
     mu, inv = _norm(shift, scale, d)
     if mu is not None:
-        x1, x2 = (x1 - mu) * inv, (x2 - mu) * inv
-        op1, op2 = op1.scaled_axes(inv), op2.scaled_axes(inv)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x1, x2 = (x1 - mu) * inv, (x2 - mu) * inv
+        if not (np.isfinite(x1).all() and np.isfinite(x2).all()):
+            raise ValueError("shift/scale: the normalised points (x - shift)/scale overflow "
+                             "float64; use a larger scale")
+        try:
+            with np.errstate(over="ignore"):
+                op1, op2 = op1.scaled_axes(inv), op2.scaled_axes(inv)
+        except ValueError:
+            raise ValueError("scale: the operators' coefficients in the normalised "
+                             "coordinates (∂_x = ∂_z / scale per derivative) overflow "
+                             "float64; use a larger scale") from None
     if op1.order + op2.order > 0:
         for layer in net.layers:
             if isinstance(layer, Activation) and _kinked(layer):
@@ -1232,6 +1245,9 @@ def weighted_spectrum(blocks, weights):
     gradient descent on Σ_a λ_a/2 ‖L_a u − g_a‖² (McClenny & Braga-Neto 2023).
     ``weights[a]`` is a scalar or one weight per point of term a (self-adaptive)."""
     blocks = _blocks(blocks)
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights must be a dict term name -> weight(s), got "
+                        f"{type(weights).__name__}")
     unknown = set(weights) - set(blocks.names)
     if unknown:
         raise ValueError(f"weights has entries {sorted(unknown)} that are not terms of the "
@@ -1252,7 +1268,12 @@ def weighted_spectrum(blocks, weights):
             raise ValueError(f"weights[{a!r}] must be finite and >= 0")
         lam[sl] = w
     r = np.sqrt(lam)
-    return _eigs(r[:, None] * blocks.matrix * r[None, :])
+    with np.errstate(over="ignore", invalid="ignore"):
+        M = r[:, None] * blocks.matrix * r[None, :]
+    if not np.isfinite(M).all():
+        raise ValueError("Λ^{1/2} K Λ^{1/2} overflows float64: scale the weights down "
+                         f"(largest {lam.max():.3g})")
+    return _eigs(M)
 
 
 # ---------------------------------------------------------------------------

@@ -672,6 +672,16 @@ def test_scale_and_weights_must_be_numbers():
         pinn.weighted_spectrum(blocks, {"u": 1.0, "r": 2.0})
     with pytest.raises(TypeError, match="weights\\['u'\\] must be a real number"):
         pinn.weighted_spectrum(blocks, {"u": "a"})
+    with pytest.raises(TypeError, match="weights must be a dict"):
+        pinn.weighted_spectrum(blocks, None)
+    with pytest.raises(ValueError, match="overflows float64: scale the weights down"):
+        pinn.weighted_spectrum(pinn.ntk_blocks(net, {"u": (x + 3.0, None)}), {"u": 1e308})
+    with pytest.raises(ValueError, match="^scale: the operators' coefficients"):
+        pinn.kernel(net, x, None, pinn.laplacian(2), scale=1e-300)
+    with pytest.raises(ValueError, match="^shift/scale: the normalised points"):
+        pinn.kernel(net, x, None, pinn.partial(0), shift=-1e300, scale=1e-10)
+    with pytest.raises(ValueError, match="scale must be at least"):
+        pinn.kernel(net, x, None, pinn.partial(0), scale=1e-310)
 
 
 def test_empirical_kernel_wrong_dimension():
