@@ -78,13 +78,20 @@ class FourierFeatures(InputMap):
         if normalize not in _NORMALIZE:
             raise ValueError(f"FourierFeatures: normalize must be one of {_NORMALIZE}, "
                              f"got {normalize!r}")
-        norm = float(np.linalg.norm(a))
+        top = float(np.abs(a).max())
+        norm = top * float(np.linalg.norm(a / top)) if top > 0 else 0.0   # no overflow
         if normalize is not None and norm == 0.0:
             raise ValueError("FourierFeatures: amplitudes are all zero, cannot normalize by ‖a‖")
         c = {None: 1.0, "norm": 1.0 / (norm or 1.0),
              "norm_sqrt_m": math.sqrt(m) / (norm or 1.0)}[normalize]
-        B.setflags(write=False)
         a = a * c
+        with np.errstate(over="ignore"):
+            square = np.dot(a, a)           # the features' squared norm, Σ a²
+        if not np.isfinite(square):
+            raise ValueError(f"FourierFeatures: amplitudes up to {np.abs(a).max():.3g}: the "
+                             "features' squared norm Σa² overflows float64; scale them down "
+                             "or normalize")
+        B.setflags(write=False)
         a.setflags(write=False)
         self.frequencies, self.amplitudes, self.normalize = B, a, normalize
         self.in_dim = B.shape[1]
@@ -98,7 +105,11 @@ class FourierFeatures(InputMap):
             raise ValueError(f"power_law: n_freqs must be a positive integer, got {n_freqs!r}")
         p = real("power_law: p", p, inf=True)
         j = np.arange(1, n_freqs + 1, dtype=np.float64)
-        a = (j == 1).astype(np.float64) if math.isinf(p) and p > 0 else j ** (-p)
+        with np.errstate(over="ignore"):
+            a = (j == 1).astype(np.float64) if math.isinf(p) and p > 0 else j ** (-p)
+        if not np.isfinite(a).all():
+            raise ValueError(f"power_law: p = {p:g} makes the amplitudes j^(-p) overflow "
+                             f"float64 for j up to {n_freqs}")
         return cls(j, a, normalize=normalize)
 
     def __repr__(self):
@@ -205,12 +216,15 @@ def _scales(name, scales):
 
 
 def _widths(name, hidden):
-    hidden = tuple(hidden)
-    if not hidden or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1
-                         for w in hidden):
+    try:
+        widths = tuple(hidden)
+    except TypeError:
+        widths = ()
+    if not widths or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1
+                         for w in widths):
         raise ValueError(f"{name}: hidden must be a non-empty sequence of positive integers, "
                          f"got {hidden!r}")
-    return hidden
+    return widths
 
 
 def _default_act(activation):

@@ -201,6 +201,14 @@ def test_bad_frequencies_and_amplitudes():
         ik.FourierFeatures([1.0], [0.0], normalize="norm")
     with pytest.raises(TypeError, match="frequencies must be a real array"):
         ik.FourierFeatures(["a"])
+    with pytest.raises(ValueError, match="features' squared norm Σa² overflows"):
+        ik.FourierFeatures([1.0], [1e160])
+    with pytest.raises(ValueError, match="power_law: p = -1000 makes the amplitudes"):
+        ik.FourierFeatures.power_law(300, -1000.0)
+    # normalising huge or tiny amplitudes: ‖a‖ without overflow or underflow
+    for a in (1e160, 1e-200):
+        ff = ik.FourierFeatures([1.0, 2.0], [a, a], normalize="norm")
+        np.testing.assert_allclose(ff.amplitudes, [0.5 ** 0.5] * 2, rtol=1e-15)
 
 
 def test_mapping_dimension_must_match_data():
@@ -240,6 +248,8 @@ def test_mscale_bad_input():
         ik.MscaleDNN1([1.0, 2.0, 4.0], hidden=(10,))
     with pytest.raises(ValueError, match="hidden must be a non-empty"):
         ik.MscaleDNN2([1.0], hidden=())
+    with pytest.raises(ValueError, match="hidden must be a non-empty .* got 5"):
+        ik.MscaleDNN2([1.0], hidden=5)
 
 
 def test_finite_width_fourier_network_matches_analytic_ntk():
