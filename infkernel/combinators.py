@@ -140,12 +140,7 @@ class parallel(Layer):
 
     _takes_rng = True   # a branch may hold Dropout
 
-    def _apply(self, params, h, rng=None):
-        if not isinstance(params, (tuple, list)) or len(params) != len(self.branches) or any(
-                not isinstance(ps, (tuple, list)) or len(ps) != len(layers)
-                for layers, ps in zip(self.branches, params)):
-            raise ValueError(f"apply_fn: the params of {self!r} must be one tuple per branch "
-                             "with one entry per layer of the branch, as init_fn returns")
+    def _apply(self, params, h, rng=None):     # params checked by empirical.check_params
         return [_apply_layers(layers, ps, x, rng)
                 for layers, ps, x in zip(self.branches, params, h)]
 

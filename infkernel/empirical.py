@@ -109,21 +109,29 @@ def _map_inputs(net, x1, x2):
     return net.map_inputs(a1, "x1"), None if a2 is None else net.map_inputs(a2, "x2")
 
 
-def check_params(net, params, d_in):
-    """Raises a ValueError/TypeError unless ``params`` fit ``net`` for inputs of
-    dimension ``d_in`` (the structure ``net.init_fn`` returns)."""
+def check_params(net, params, d_in, name="x", first=0):
+    """Raises a ValueError/TypeError unless ``params`` fit ``net`` for inputs
+    (``name``) of dimension ``d_in`` (the structure ``net.init_fn`` returns);
+    ``first``: the index of ``params[0]`` in the user's tuple (for messages)."""
     net = _as_network(net)
     if not isinstance(params, (tuple, list)):
         raise TypeError(f"params must be the tuple returned by init_fn, got {type(params).__name__}")
     if len(params) != len(net.layers):
         raise ValueError(f"params has {len(params)} entries, the network has "
                          f"{len(net.layers)} layers")
+    if net.input_maps:        # parameter-free maps; the body sees their outputs
+        fmap = net.input_maps[0]
+        fmap.check_dim(d_in, name)
+        n = len(net.input_maps)
+        check_params(net.body, tuple(params[n:]), fmap.out_dim(d_in), name, first + n)
+        return
     if _branched(net):
-        _check_structure(params, net.init_fn(0, (-1, d_in))[1], "params")
+        for i, (p, ref) in enumerate(zip(params, net.init_fn(0, (-1, d_in))[1])):
+            _check_structure(p, ref, f"params[{first + i}]")
         return
     width = d_in
     for i, (layer, p) in enumerate(zip(net.layers, params)):
-        where = f"params[{i}] ({layer!r})"
+        where = f"params[{first + i}] ({layer!r})"
         if isinstance(layer, Dense):
             if not isinstance(p, (tuple, list)) or len(p) != 2:
                 raise ValueError(f"{where} must be a pair (W, b), got {type(p).__name__}")

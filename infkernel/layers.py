@@ -206,10 +206,7 @@ class Dense(Layer):
         return self.width, (W, b)
 
     def _apply(self, params, h):
-        W, b = params
-        if h.shape[-1] != W.shape[0]:
-            raise ValueError(f"apply_fn: {self!r} receives {h.shape[-1]} features, its W "
-                             f"has {W.shape[0]} rows (input_shape given to init_fn)")
+        W, b = params                 # shapes checked by empirical.check_params
         c, s = self.coefs(h.shape[-1])
         out = h @ W if c == 1.0 else c * (h @ W)
         return out if b is None else out + s * b
@@ -598,7 +595,14 @@ class Network:
         h = np.asarray(x)
         if h.dtype.kind not in "biuf":
             raise TypeError(f"apply_fn: x must be a real numeric array, got dtype {h.dtype}")
-        return _apply_layers(self.layers, params, np.asarray(h, dtype=np.float64),
+        h = np.asarray(h, dtype=np.float64)
+        if h.ndim == 0:
+            raise ValueError("apply_fn: x must have a batch axis, (N, d), got a scalar")
+        if not np.isfinite(h).all():
+            raise ValueError("apply_fn: x has NaN or Inf entries")
+        from .empirical import check_params
+        check_params(self, params, self._flatten(h).shape[-1])
+        return _apply_layers(self.layers, params, h,
                              None if rng is None else _generator("apply_fn: rng", rng))
 
 

@@ -1362,12 +1362,8 @@ def _check_params(net, params, d, name):
     if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
         raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
                          f"per layer ({len(net.layers)})")
-    n_maps = len(net.input_maps)
-    if n_maps:
-        net.input_maps[0].check_dim(d, name)
-    d_in = net.input_maps[0].out_dim(d) if n_maps else d
     from .empirical import check_params
-    check_params(net.body, tuple(params[n_maps:]), d_in)
+    check_params(net, params, d, name)
 
 
 def operator_apply(net, params, x, op=None):

@@ -229,7 +229,8 @@ def test_empty_and_integer_inputs():
     (lambda: ik.Dense(3, s=(0, 1)), ValueError, "s must be a pair of positive integers"),
     (lambda: ik.Dense(3, s=2), ValueError, "s must be a pair of positive integers (width scalings), got 2"),
     (lambda: NET.init_fn(0, 4), TypeError, "input_shape must be a tuple"),
-    (lambda: NET.apply_fn(NET.init_fn(0, (-1, 3))[1], X1), ValueError, "receives 4 features"),
+    (lambda: NET.apply_fn(NET.init_fn(0, (-1, 3))[1], X1), ValueError,
+     "the inputs have 4 features, these params were made for 3"),
 ])
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=None) as info:

@@ -602,7 +602,8 @@ def test_branched_params_are_checked_against_init_fn():
                        ik.Dense(1))
     _, p = single.init_fn(0, (-1, 3))
     flat = (p[0], (p[1][0][0], ()), p[2], p[3])
-    with pytest.raises(ValueError, match="one tuple per branch with one entry per layer"):
+    with pytest.raises(ValueError, match=r"params\[1\]\[0\] must be a tuple of 1 entries, "
+                                         r"as init_fn returns, got tuple of 2"):
         single.apply_fn(flat, x)
 
 
@@ -727,3 +728,24 @@ def test_linearize_checks_params_and_takes_input_maps():
         f_lin((p0[0], (W[:15], b)) + p0[2:], x)
     with pytest.raises(TypeError, match="net must be an infkernel network"):
         ik.linearize(lambda p, x: x, p0)
+
+
+def test_apply_fn_checks_inputs_and_params():
+    """apply_fn refuses NaN inputs, NaN or misshapen parameters by name (a
+    misshapen W was numpy's broadcast error, NaN gave NaN outputs), for plain,
+    Fourier-feature and flattening networks alike."""
+    nets = [(ik.serial(ik.Dense(4, b_std=0.1), ik.Erf(), ik.Dense(1)), np.ones((3, 2))),
+            (ik.serial(ik.FourierFeatures([1.0, 2.0]), ik.Dense(4), ik.Relu(), ik.Dense(1)),
+             np.ones((3, 1))),
+            (ik.serial(ik.Flatten(), ik.Dense(4), ik.Relu(), ik.Dense(1)), np.ones((3, 2, 2)))]
+    for net, x in nets:
+        _, params = net.init_fn(0, x.shape)
+        assert np.isfinite(net.apply_fn(params, x)).all()
+        with pytest.raises(ValueError, match="apply_fn: x has NaN or Inf"):
+            net.apply_fn(params, np.full_like(x, np.nan))
+        i = next(i for i, l in enumerate(net.layers) if isinstance(l, ik.Dense))
+        W, b = params[i]
+        for bad, words in ((W[:1], r"W must have shape"), (np.full_like(W, np.nan), "NaN")):
+            p = params[:i] + ((bad, b),) + params[i + 1:]
+            with pytest.raises(ValueError, match=rf"params\[{i}\] \(Dense.*{words}"):
+                net.apply_fn(p, x)
