@@ -19,6 +19,33 @@ import numpy as np
 from . import activations, layers
 
 
+def _arch_tokens(spec):
+    """The comma-separated layers of an --arch string (commas inside
+    parentheses belong to the arguments); empty layers and unbalanced
+    parentheses are errors."""
+    if not spec.strip():
+        raise ValueError("--arch is empty")
+    tokens, depth, start = [], 0, 0
+    for i, ch in enumerate(spec + ","):
+        if ch == "(":
+            depth += 1
+            if depth > 1:
+                raise ValueError(f"--arch: nested parentheses at position {i}: {spec!r}")
+        elif ch == ")":
+            depth -= 1
+            if depth < 0 or spec[i + 1:].lstrip()[:1] not in ("", ","):
+                raise ValueError(f"--arch: unexpected ')' at position {i}: {spec!r}")
+        elif ch == "," and depth == 0:
+            token = spec[start:i].strip()
+            if not token:
+                raise ValueError(f"--arch: empty layer at position {start}: {spec!r}")
+            tokens.append(token)
+            start = i + 1
+    if depth:
+        raise ValueError(f"--arch: unclosed '(' in {spec!r}")
+    return tokens
+
+
 def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
     """Network from "dense:512,relu,dense:512,erf(a=1 b=2),dense:1".
 
@@ -28,9 +55,8 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
     ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``, ``layernorm(eps=0.1)``,
     ``dropout(0.9)``, ``expnormalized(gamma=2)``;
     ``polynomial(c0 c1 ... cn)`` takes its coefficients in numpy's order."""
-    tokens = re.findall(r"[^,(]+(?:\([^)]*\))?", spec)
     out = []
-    for token in (t.strip() for t in tokens if t.strip()):
+    for token in _arch_tokens(spec):
         name, _, rest = token.partition("(")
         name = name.strip().lower()
         if name.startswith("dense"):
@@ -60,8 +86,6 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
             out.append(factory(*args, **kwargs))
         except TypeError as exc:
             raise ValueError(f"--arch: {token!r}: {exc}") from None
-    if not out:
-        raise ValueError("--arch is empty")
     return layers.serial(*out)
 
 

@@ -145,13 +145,14 @@ def _one_kernel(k, name, shape):
     return _real_array(k, name)
 
 
-def _check_square(k, name, n=None):
+def _check_square(k, name, n=None, finite=True):
     a = _one_kernel(k, name, "(N, N)")
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square (N, N) matrix, got shape {a.shape}")
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} has shape {a.shape}, expected ({n}, {n})")
-    _check_finite_blocks(a, name)
+    if finite:
+        _check_finite_blocks(a, name)
     return a
 
 
@@ -394,9 +395,21 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
     (stating the residual reached) if ``maxiter`` is hit.
     """
     tol = real("tol", tol, lower=0, strict=True)
-    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
-        raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
+    reg = real("reg", reg, lower=0)
+    for arg, value in (("maxiter", maxiter), ("rank", rank)):
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    if maxiter is None:
+        raise ValueError("maxiter must be a positive integer, got None")
+    k = _check_square(k, name, finite=False)   # (the predictors check K's entries once)
     n = k.shape[0]
+    b = _real_array(b, "b")
+    if b.shape[:1] != (n,) or b.ndim > 2:
+        raise ValueError(f"b must have shape ({n},) or ({n}, C), as {name} is {k.shape}, "
+                         f"got {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError("b contains NaN or Inf")
     b2 = b.reshape(n, -1)
     rank = min(n, rank if rank is not None else max(64, min(1024, int(4 * math.sqrt(n)))))
     diag = np.ascontiguousarray(np.diagonal(k), dtype=np.float64)

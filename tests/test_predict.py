@@ -610,3 +610,17 @@ def test_gradient_descent_bad_input(flow, call, exc, words):
     with pytest.raises(exc) as info:
         call(k, y)
     assert words in str(info.value)
+
+
+def test_pcg_solve_checks_its_arguments():
+    """pcg_solve (gp_inference's "cg" solver) refuses NaN right-hand sides,
+    wrong lengths, negative regularisers and ranks by name (NaN b gave zeros)."""
+    K = 2.0 * np.eye(4)
+    np.testing.assert_allclose(P.pcg_solve(K, np.ones(4)), 0.5 * np.ones(4))
+    for kwargs, words in ((dict(b=np.array([np.nan, 0, 0, 0])), "b contains NaN"),
+                          (dict(b=np.ones(3)), r"b must have shape \(4,\) or \(4, C\)"),
+                          (dict(b=np.ones(4), reg=-1.0), "reg must be finite and >= 0"),
+                          (dict(b=np.ones(4), rank=-1), "rank must be a positive integer"),
+                          (dict(b=np.ones(4), maxiter=0), "maxiter must be a positive")):
+        with pytest.raises(ValueError, match=words):
+            P.pcg_solve(K, **kwargs)
