@@ -318,6 +318,9 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         keys = ("n_features_in_", "feature_names_in_")
         old = {k: getattr(self, k) for k in keys if hasattr(self, k)}
         try:
+            if np.asarray(y).dtype.kind in "USV":
+                raise ValueError(f"y must hold numbers (regression targets), got dtype "
+                                 f"{np.asarray(y).dtype}")
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
                                  dtype=np.float64)
             net = self._net()

@@ -265,9 +265,15 @@ def plot_spectra(path, curves, xlabel="frequency", ylabel="eigenvalue", title=No
     if not isinstance(curves, dict) or not all(
             isinstance(c, (tuple, list)) and len(c) == 2 for c in curves.values()):
         raise TypeError("curves must map each label to a pair (freqs, values)")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    checked = {}
     for label, (f, v) in curves.items():
-        f, v = np.asarray(f), np.asarray(v)
+        f, v = _numbers(f"curves[{label!r}] freqs", f), _numbers(f"curves[{label!r}] values", v)
+        if f.ndim != 1 or f.shape != v.shape:
+            raise ValueError(f"curves[{label!r}]: freqs and values must be 1-D of one length, "
+                             f"got shapes {f.shape} and {v.shape}")
+        checked[label] = f, v
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (f, v) in checked.items():
         keep = f >= 0
         order = np.argsort(f[keep])
         vals = np.abs(v[keep][order]) if logy else v[keep][order]

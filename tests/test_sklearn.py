@@ -132,6 +132,8 @@ def test_normalize_y_at_extreme_scales(Regressor):
         np.testing.assert_allclose(s / f, s0, rtol=1e-12, atol=1e-14 * s0.max())
     with pytest.raises(ValueError, match="predictive covariance overflows"):
         Regressor().fit(X, 1e200 * y).predict(Xt, return_cov=True)
+    with pytest.raises(ValueError, match="y must hold numbers"):
+        Regressor().fit(X, np.array(["a"] * 20))
 
 
 def test_bias_free_network_stays_bias_free():

@@ -172,6 +172,8 @@ def test_matrix_and_argument_checks():
         spectral.check_uniform_grid([-1e308, 0.0, 1e308])
     with pytest.raises(ValueError, match="square"):
         spectral.gram_eigh(np.zeros((0, 0)))
+    with pytest.raises(ValueError, match="freqs and values must be 1-D of one length"):
+        spectral.plot_spectra("unused.png", {"a": ([0, 1, 2], [1, 2])})
 
 
 # --- the example scripts, small --------------------------------------------------------------
