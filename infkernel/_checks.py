@@ -37,6 +37,16 @@ def real(name, value, lower=None, strict=False, squared=False, inf=False):
     return v
 
 
+def count(name, value, minimum=1):
+    """``value`` as an int, or an error naming ``name``: TypeError unless an
+    integer (bool excluded), ValueError below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
 def flag(name, value):
     """``value`` as a bool, or a TypeError naming ``name`` (no truthy strings)."""
     if not isinstance(value, (bool, np.bool_)):

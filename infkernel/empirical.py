@@ -31,7 +31,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import entropy, flag
+from ._checks import count, entropy, flag
 from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
@@ -180,14 +180,6 @@ def _check_structure(p, ref, where):
                              f"{None if p is None else shape}")
         if not np.all(np.isfinite(p)):
             raise ValueError(f"{where} has NaN or Inf entries")
-
-
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------
@@ -657,13 +649,13 @@ def sample_kernels(net, x1, x2, names, n_samples, seed, batch_size=None, mode="t
     ``np.random.SeedSequence(seed)``, so results do not depend on ``batch_size``."""
     net = _as_network(net)
     _check_layers(net)
-    n_samples = _check_count("n_samples", n_samples, 1)
+    n_samples = count("n_samples", n_samples, 1)
     a1 = check_inputs(x1, "x1")
     a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
     if batch_size is None:
         batch_size = _auto_batch(net, a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0],
                                  a1.shape[1], mode)
-    batch_size = _check_count("batch_size", batch_size, 1)
+    batch_size = count("batch_size", batch_size, 1)
     for params in param_batches(net, a1.shape[1], n_samples, seed, batch_size, stops):
         yield _kernels(net, params, a1[None], None if a2 is None else a2[None], names, mode)
 
@@ -754,10 +746,10 @@ def monte_carlo_kernel_fn(*args, **kwargs):
 def _monte_carlo_kernel_fn(net, n_samples, seed=0, batch_size=None):
     full = _as_network(net)
     _check_layers(full.body)
-    n_samples = _check_count("n_samples", n_samples, 2)
+    n_samples = count("n_samples", n_samples, 2)
     seed = entropy("seed", seed)
     if batch_size is not None:
-        _check_count("batch_size", batch_size, 1)
+        count("batch_size", batch_size, 1)
 
     def kernel_fn(x1, x2=None, get=None):
         names, single = parse_get(get)
@@ -784,8 +776,8 @@ def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, d
     _check_layers(full.body)
     mode = _output_mode(trace_axes, diagonal_axes)
     key = entropy("key", key)
-    _check_count("batch_size", batch_size, 0)      # neural-tangents' options: checked, unused
-    _check_count("device_count", device_count, -1)
+    count("batch_size", batch_size, 0)      # neural-tangents' options: checked, unused
+    count("device_count", device_count, -1)
     flag("store_on_device", store_on_device)
     several = not isinstance(n_samples, (int, np.integer))
     try:
@@ -793,7 +785,7 @@ def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, d
     except TypeError:
         raise TypeError(f"n_samples must be an int or an iterable of ints, got "
                         f"{type(n_samples).__name__}") from None
-    counts = [_check_count("n_samples", n, 1) for n in counts]
+    counts = [count("n_samples", n, 1) for n in counts]
     if not counts or counts != sorted(set(counts)):
         raise ValueError(f"n_samples must be a non-empty increasing list of counts, got {counts}")
 

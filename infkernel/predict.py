@@ -49,7 +49,7 @@ import scipy.linalg as sla
 from scipy import special
 from scipy.integrate import solve_ivp
 
-from ._checks import flag, real
+from ._checks import count, flag, real
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
            "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "max_learning_rate"]
@@ -396,12 +396,8 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
     """
     tol = real("tol", tol, lower=0, strict=True)
     reg = real("reg", reg, lower=0)
-    for arg, value in (("maxiter", maxiter), ("rank", rank)):
-        if value is not None and (isinstance(value, bool) or not isinstance(
-                value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-    if maxiter is None:
-        raise ValueError("maxiter must be a positive integer, got None")
+    maxiter = count("maxiter", maxiter)
+    rank = None if rank is None else count("rank", rank)
     k = _check_square(k, name, finite=False)   # (the predictors check K's entries once)
     n = k.shape[0]
     b = _real_array(b, "b")

@@ -620,7 +620,7 @@ def test_pcg_solve_checks_its_arguments():
     for kwargs, words in ((dict(b=np.array([np.nan, 0, 0, 0])), "b contains NaN"),
                           (dict(b=np.ones(3)), r"b must have shape \(4,\) or \(4, C\)"),
                           (dict(b=np.ones(4), reg=-1.0), "reg must be finite and >= 0"),
-                          (dict(b=np.ones(4), rank=-1), "rank must be a positive integer"),
-                          (dict(b=np.ones(4), maxiter=0), "maxiter must be a positive")):
+                          (dict(b=np.ones(4), rank=-1), "rank must be >= 1, got -1"),
+                          (dict(b=np.ones(4), maxiter=0), "maxiter must be >= 1, got 0")):
         with pytest.raises(ValueError, match=words):
             P.pcg_solve(K, **kwargs)
