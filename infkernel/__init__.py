@@ -9,8 +9,8 @@ from .activations import (ABRelu, Abs, Activation, Cos, Erf, Exp, Gabor, Gaussia
                           Relu, Sigmoid_like, Sign, Sin)
 from .activations_numeric import (S2ReLU, Elementwise, ElementwiseNumerical, Elu, Mish,
                                   Selu, Sigmoid, Silu, Softplus, SReLU, Swish, Tanh)
-from .empirical import (MonteCarloKernel, empirical_kernel_fn, empirical_nngp_fn,
-                        empirical_ntk_fn, empirical_ntk_vp_fn, linearize,
+from .empirical import (MonteCarloKernel, NtkImplementation, empirical_kernel_fn,
+                        empirical_nngp_fn, empirical_ntk_fn, empirical_ntk_vp_fn, linearize,
                         monte_carlo_kernel_fn)
 from ._checks import KernelRangeError
 from .kernel import Kernel, batch
@@ -31,7 +31,8 @@ __all__ = ["serial", "repeat", "Dense", "Identity", "Flatten", "LayerNorm", "Exp
            "Polynomial", "Hermite", "Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu",
            "Selu", "Mish", "SReLU", "S2ReLU", "Elementwise", "ElementwiseNumerical",
            "empirical_kernel_fn", "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn",
-           "monte_carlo_kernel_fn", "MonteCarloKernel", "linearize", "verify", "batch",
+           "monte_carlo_kernel_fn", "MonteCarloKernel", "NtkImplementation", "linearize",
+           "verify", "batch",
            "FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "Residual", "Scale",
            "FourierFeatures", "PositionalEncoding", "GaussianFourierFeatures",
            "GaussianFeatureLimit", "MscaleDNN1", "MscaleDNN2", "spectral", "pinn",

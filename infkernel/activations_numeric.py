@@ -188,11 +188,13 @@ def S2ReLU():
 
 
 @factory
-def Elementwise(fn=None, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
+def Elementwise(fn=None, df=None, d_nngp_fn=None, *, name=None, nngp_fn=None):
     """A user's own scalar activation φ = ``fn`` (a NumPy-vectorised callable
     such as ``scipy.special.erf``, or a scalar function such as ``math.tanh``
     or a numba-compiled one), with derivative ``df`` (same kinds), or None to
     differentiate φ's 20-point Chebyshev interpolants (error ~1e-13).
+    neural-tangents' positional order ``Elementwise(fn, nngp_fn, d_nngp_fn)``
+    works too: a second argument of three parameters is its ``nngp_fn``.
 
     φ is tabulated once on [-144, 144] in panels of width 1/8: it must be
     finite there and smooth between non-smooth points lying on multiples of
@@ -211,10 +213,11 @@ def Elementwise(fn=None, df=None, *, name=None, nngp_fn=None, d_nngp_fn=None):
         raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
     if df is not None and not callable(df):
         raise TypeError(f"Elementwise: df must be callable or None, got {type(df).__name__}")
-    if df is not None and _required_args(df) >= 3:
-        raise TypeError("Elementwise: df is the derivative φ'(x), a function of one argument; "
-                        "got a function of three, like neural-tangents' nngp_fn(cov12, var1, "
-                        "var2), which is not needed here (pass it as nngp_fn=... or drop it)")
+    if df is not None and _required_args(df) >= 3:    # neural-tangents' Elementwise(fn, nngp_fn)
+        if nngp_fn is not None:
+            raise TypeError("Elementwise: the second argument is a function of three "
+                            "arguments (neural-tangents' nngp_fn) and nngp_fn= is given too")
+        df, nngp_fn = None, df
     label = name or f"Elementwise({getattr(fn, '__name__', type(fn).__name__)})"
     table = build_table(label, fn, df, lam=0.5, soft=(0.0,))
     if df is None:
@@ -293,7 +296,8 @@ def ElementwiseNumerical(fn, deg=25, df=None):
     the accuracy is set by the certified quadrature, not by a grid."""
     if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 1:
         raise ValueError(f"ElementwiseNumerical: deg must be a positive integer, got {deg!r}")
-    return Elementwise(fn, df, name=f"ElementwiseNumerical({getattr(fn, '__name__', 'fn')})")
+    return Elementwise(fn, df=df,
+                       name=f"ElementwiseNumerical({getattr(fn, '__name__', 'fn')})")
 
 
 #: Numeric activations by lower-case name, merged into ``ACTIVATIONS`` here:

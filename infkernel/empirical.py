@@ -27,6 +27,7 @@ hidden layer (``Dense, φ, Dense``) with ntk parameterization they are unbiased
 at every width.  :func:`monte_carlo_kernel_fn` estimates these averages with
 standard errors.
 """
+import enum
 from collections import namedtuple
 
 import numpy as np
@@ -39,7 +40,7 @@ from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Scale, parall
 
 __all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
            "empirical_ntk_vp_fn", "monte_carlo_kernel_fn", "MonteCarloKernel", "check_params",
-           "linearize"]
+           "linearize", "NtkImplementation"]
 
 #: Doubles held by one batch of back-propagated signals (batch × N × outputs ×
 #: width); larger problems are processed in chunks of output channels.
@@ -48,6 +49,23 @@ _MAX_ENTRIES = 1 << 24
 #: ``mean`` and ``stderr`` have the layout of the analytic result (an array for
 #: a string ``get``, else a ``Kernel`` namedtuple); ``n_samples`` is an int.
 MonteCarloKernel = namedtuple("MonteCarloKernel", ["mean", "stderr", "n_samples"])
+
+
+class NtkImplementation(enum.IntEnum):
+    """neural-tangents' choices of how to contract Jacobians, for porting:
+    accepted as ``implementation`` and unused (the kernels here come from
+    per-layer Gram matrices, exactly, whichever is named)."""
+    AUTO = 0
+    JACOBIAN_CONTRACTION = 1
+    NTK_VECTOR_PRODUCTS = 2
+    STRUCTURED_DERIVATIVES = 3
+
+
+def _check_implementation(implementation):
+    if implementation is not None and (isinstance(implementation, bool) or implementation
+                                       not in set(NtkImplementation)):
+        raise ValueError(f"implementation must be None or a NtkImplementation (0-3), got "
+                         f"{implementation!r}")
 
 
 # --------------------------------------------------------------------------
@@ -581,6 +599,7 @@ def empirical_kernel_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     net = full.body        # leading input maps (Fourier features) act on the data
     _check_layers(net)
     mode = _output_mode(trace_axes, diagonal_axes)
+    _check_implementation(implementation)
 
     def kernel_fn(x1, x2=None, get=None, params=None):
         names, single = parse_get(get)
@@ -597,7 +616,7 @@ def empirical_ntk_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     """``ntk_fn(x1, x2, params)``: Θ(x, x') = (1/k) Σ_j ∇_θ f_j(x)·∇_θ f_j(x'),
     exact, via per-layer Gram matrices (see the module docstring); output
     layouts and options as in :func:`empirical_kernel_fn`."""
-    fn = empirical_kernel_fn(net, trace_axes, diagonal_axes)
+    fn = empirical_kernel_fn(net, trace_axes, diagonal_axes, vmap_axes, implementation)
     return lambda x1, x2, params: fn(x1, x2, "ntk", params)
 
 
@@ -775,6 +794,7 @@ def _nt_monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, d
                          "(init_fn, apply_fn, kernel_fn = net)")
     _check_layers(full.body)
     mode = _output_mode(trace_axes, diagonal_axes)
+    _check_implementation(implementation)
     key = entropy("key", key)
     count("batch_size", batch_size, 0)      # neural-tangents' options: checked, unused
     count("device_count", device_count, -1)

@@ -749,3 +749,22 @@ def test_apply_fn_checks_inputs_and_params():
             p = params[:i] + ((bad, b),) + params[i + 1:]
             with pytest.raises(ValueError, match=rf"params\[{i}\] \(Dense.*{words}"):
                 net.apply_fn(p, x)
+
+
+def test_ntk_implementation_as_in_neural_tangents():
+    """neural-tangents' ``implementation`` choices are accepted (by its enum or
+    value) and give the same exact kernel; anything else is refused by name."""
+    net = ik.serial(ik.Dense(6, b_std=0.1), ik.Erf(), ik.Dense(2))
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    _, params = net.init_fn(0, x.shape)
+    ref = ik.empirical_ntk_fn(net)(x, None, params)
+    for impl in (None, *ik.NtkImplementation, 2):
+        np.testing.assert_array_equal(
+            ik.empirical_ntk_fn(net, implementation=impl)(x, None, params), ref)
+    assert ik.NtkImplementation.STRUCTURED_DERIVATIVES == 3
+    for bad in (7, "fast", True):
+        with pytest.raises(ValueError, match="implementation must be None or a "
+                                             "NtkImplementation"):
+            ik.empirical_ntk_fn(net, implementation=bad)
+        with pytest.raises(ValueError, match="implementation must be"):
+            ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 2, implementation=bad)

@@ -325,9 +325,12 @@ def test_bad_user_functions():
         ik.Elu("1")
     with pytest.raises(ValueError, match="Elu: alpha must be at most 1e\\+150"):
         ik.Elu(1e200)         # alpha² would overflow, as Dense's W_std
-    # neural-tangents' Elementwise(fn, nngp_fn): the second argument here is φ'
-    with pytest.raises(TypeError, match="function of three"):
+    # neural-tangents' Elementwise(fn, nngp_fn) (a second argument of three
+    # parameters) is checked as nngp_fn: this one is wrong
+    with pytest.raises(ValueError, match="nngp_fn\\(cov12="):
         ik.Elementwise(np.tanh, lambda cov12, var1, var2: cov12)
+    with pytest.raises(TypeError, match="nngp_fn= is given too"):
+        ik.Elementwise(np.tanh, lambda cov12, var1, var2: cov12, nngp_fn=lambda c, a, b: c)
 
 
 def test_neural_tangents_closed_form_duals_are_checked():
@@ -343,6 +346,11 @@ def test_neural_tangents_closed_form_duals_are_checked():
     x = np.linspace(-1, 1, 7)
     ported = ik.Elementwise(special.erf, nngp_fn=nngp, d_nngp_fn=d_nngp)
     assert np.array_equal(ported.fn(x), special.erf(x))
+    # neural-tangents' positional order, as its docstring example writes it
+    positional = ik.Elementwise(special.erf, nngp, d_nngp)
+    xs = np.random.default_rng(0).standard_normal((4, 3))
+    net = [ik.serial(ik.Dense(5, 1.2, 0.1), a, ik.Dense(1)) for a in (ported, positional)]
+    np.testing.assert_array_equal(net[0].kernel(xs).ntk, net[1].kernel(xs).ntk)
     with pytest.raises(ValueError, match="nngp_fn\\(cov12=0.5, var1=1, var2=1\\) = 0.5, but"):
         ik.Elementwise(special.erf, nngp_fn=lambda c, v1, v2: c)
     with pytest.raises(ValueError, match="d_nngp_fn.*fix d_nngp_fn or drop it"):
