@@ -19,11 +19,35 @@ BACKENDS = ("auto", "cpu", "gpu")
 
 @lru_cache(maxsize=None)
 def _kernel_type(fields):
-    return namedtuple("Kernel", fields)
+    return Kernel if fields == GETS else namedtuple("Kernel", fields)
 
 
-#: The result type for ``get=None``: ``Kernel(nngp, ntk)``.
-Kernel = _kernel_type(GETS)
+class Kernel(namedtuple("Kernel", GETS)):
+    """The result type for ``get=None``: ``Kernel(nngp, ntk)``, a namedtuple.
+    As on neural-tangents' ``Kernel``, ``cov1`` and ``cov2`` are the NNGP
+    diagonals Σ(x1ᵢ, x1ᵢ) and Σ(x2ⱼ, x2ⱼ) (None without x2) of a result of
+    ``net.kernel``, computed on first access (O(N·(d + L)))."""
+    # no __slots__: a result of net.kernel carries how to compute its diagonals
+
+    @property
+    def cov1(self):
+        return self._cov(0)
+
+    @property
+    def cov2(self):
+        return self._cov(1)
+
+    def _cov(self, i):
+        covs = self.__dict__.get("_covs")
+        if covs is None:
+            raise AttributeError("cov1 / cov2 are known for results of net.kernel(x1, x2) "
+                                 "only, not for a Kernel built by hand")
+        if callable(covs[i]):
+            covs[i] = covs[i]()
+        return covs[i]
+
+    def __reduce__(self):          # pickled as the plain pair
+        return type(self), tuple(self)
 
 
 #: neural-tangents' diagonals of the NNGP: Σ(x1_i, x1_i) and Σ(x2_j, x2_j)
@@ -192,6 +216,15 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
                     net, x, None, "nngp", out=None, dtype=dt, backend=backend,
                     progress=False, diagonal=True)
         return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))
+    if get is None and not diagonal:     # Kernel(nngp, ntk) with neural-tangents' cov1, cov2
+        res = compute(net, x1, x2, GETS, out=out, dtype=dtype, backend=backend,
+                      progress=progress, diagonal=False)
+
+        def cov(x):
+            return lambda: compute(net, x, None, "nngp", out=None, dtype=dtype,
+                                   backend=backend, progress=False, diagonal=True)
+        res.__dict__["_covs"] = [cov(x1), None if x2 is None else cov(x2)]
+        return res
     if x2 is not None and x2 is not x1 and not diagonal and net.drops_out and _equal(x1, x2):
         x2 = x1   # neural-tangents' x1_is_x2: dropout's diagonal applies to K(x, x.copy())
     if net.input_maps:

@@ -41,6 +41,26 @@ def test_get_cov1_cov2_are_the_nngp_diagonals():
         NET.diag(X1, "cov1")
 
 
+def test_get_none_result_has_cov1_cov2():
+    """As neural-tangents' Kernel, the get=None result has .cov1 / .cov2 (on
+    first access); it stays the namedtuple Kernel(nngp, ntk): unpacks, pickles
+    as the pair, and a Kernel built by hand has no diagonals to give."""
+    import pickle
+    k = NET.kernel(X1, X2)
+    assert isinstance(k, ik.Kernel) and k._fields == ("nngp", "ntk")
+    nngp, ntk = k
+    assert np.array_equal(ntk, NET.kernel(X1, X2, "ntk"))
+    assert np.array_equal(k.cov1, NET.kernel(X1, X2, "cov1"))
+    assert np.array_equal(k.cov2, NET.diag(X2, "nngp"))
+    assert NET.kernel(X1).cov2 is None
+    assert np.array_equal(NET.kernel(X1, dtype=np.float32).cov1, NET.diag(X1, "nngp",
+                                                                        dtype=np.float32))
+    back = pickle.loads(pickle.dumps(k))
+    assert type(back) is ik.Kernel and all(np.array_equal(a, b) for a, b in zip(back, k))
+    with pytest.raises(AttributeError, match="built by hand"):
+        ik.Kernel(nngp, ntk).cov1
+
+
 def test_stax_triple():
     init_fn, apply_fn, kernel_fn = NET
     assert np.array_equal(kernel_fn(X1, X2, "nngp"), NET.kernel(X1, X2, "nngp"))
