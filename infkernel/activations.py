@@ -115,7 +115,9 @@ def _degree(name, degree):
 @factory
 def ABRelu(a, b, do_stabilize=False):
     """φ(x) = a min(x, 0) + b max(x, 0) (arc-cosine kernel, Cho & Saul 2009).
-    ``do_stabilize`` is accepted for porting; scales are always factored out."""
+    ``do_stabilize`` is accepted for porting; scales are always factored out.
+    Finite networks take φ'(0) = (a + b)/2, the value autodiff of
+    neural-tangents' min/max form gives (JAX splits their ties evenly)."""
     a, b = _finite("ABRelu", a=a, b=b)
     flag("ABRelu: do_stabilize", do_stabilize)
 
@@ -124,7 +126,8 @@ def ABRelu(a, b, do_stabilize=False):
         pos = pos if b == 1 else b * pos
         return pos if a == 0 else pos + a * np.minimum(x, 0)
     return Activation("ABRelu", P.K_ABRELU, (a, b), fn=fn,
-                      dfn=lambda x: np.where(x > 0, b, a) * np.ones_like(x))
+                      dfn=lambda x: np.where(x > 0, b, np.where(x < 0, a, 0.5 * (a + b)))
+                      * np.ones_like(x))
 
 
 @factory

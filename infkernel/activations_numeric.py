@@ -222,11 +222,25 @@ def Elementwise(fn=None, df=None, d_nngp_fn=None, *, name=None, nngp_fn=None):
     table = build_table(label, fn, df, lam=0.5, soft=(0.0,))
     if df is None:
         df = _tabulated_derivative(label, fn, table)
-    act = NumericActivation(label, P.K_NUMERIC, (), fn=fn, dfn=df, tables=(table,))
+    act = NumericActivation(label, P.K_NUMERIC, (), fn=_on_arrays(fn), dfn=_on_arrays(df),
+                            tables=(table,))
     object.__setattr__(act, "name", label)
     if nngp_fn is not None or d_nngp_fn is not None:
         _check_user_dual(act, nngp_fn, d_nngp_fn)
     return act
+
+
+def _on_arrays(f):
+    """``f`` if it maps arrays elementwise, else ``f`` applied entry by entry
+    (a scalar function such as ``math.tanh``), for the finite networks'
+    arrays of pre-activations."""
+    probe = np.array([[-0.5], [0.25], [1.0]])
+    try:
+        if np.shape(f(probe)) == probe.shape:
+            return f
+    except Exception:    # noqa: BLE001  (a scalar-only function raises on arrays)
+        pass
+    return np.vectorize(f, otypes=[float])
 
 
 def _tabulated_derivative(label, fn, table):

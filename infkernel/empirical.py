@@ -601,7 +601,9 @@ def empirical_kernel_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     mode = _output_mode(trace_axes, diagonal_axes)
     _check_implementation(implementation)
 
-    def kernel_fn(x1, x2=None, get=None, params=None):
+    def kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs):
+        # (neural-tangents passes apply_fn_kwargs on to apply_fn; the networks
+        # here are deterministic, train-mode Dropout refused: they change nothing)
         names, single = parse_get(get)
         x1, x2, params = _through_input_maps(full, x1, x2, params)
         a1, a2, p = _prepare(net, x1, x2, params)
@@ -617,14 +619,14 @@ def empirical_ntk_fn(net, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     exact, via per-layer Gram matrices (see the module docstring); output
     layouts and options as in :func:`empirical_kernel_fn`."""
     fn = empirical_kernel_fn(net, trace_axes, diagonal_axes, vmap_axes, implementation)
-    return lambda x1, x2, params: fn(x1, x2, "ntk", params)
+    return lambda x1, x2, params, **apply_fn_kwargs: fn(x1, x2, "ntk", params)
 
 
 def empirical_nngp_fn(net, trace_axes=(-1,), diagonal_axes=()):
     """``nngp_fn(x1, x2, params)``: K(x, x') = (1/k) f(x)·f(x') (layouts as in
     :func:`empirical_kernel_fn`)."""
     fn = empirical_kernel_fn(net, trace_axes, diagonal_axes)
-    return lambda x1, x2, params: fn(x1, x2, "nngp", params)
+    return lambda x1, x2, params, **apply_fn_kwargs: fn(x1, x2, "nngp", params)
 
 
 # --------------------------------------------------------------------------

@@ -762,9 +762,61 @@ def test_ntk_implementation_as_in_neural_tangents():
         np.testing.assert_array_equal(
             ik.empirical_ntk_fn(net, implementation=impl)(x, None, params), ref)
     assert ik.NtkImplementation.STRUCTURED_DERIVATIVES == 3
+    # neural-tangents' **apply_fn_kwargs (e.g. rng=) are accepted: the networks
+    # here are deterministic (train-mode Dropout is refused)
+    np.testing.assert_array_equal(ik.empirical_ntk_fn(net)(x, None, params, rng=0), ref)
+    np.testing.assert_array_equal(ik.empirical_kernel_fn(net)(x, None, "ntk", params, rng=0),
+                                  ref)
     for bad in (7, "fast", True):
         with pytest.raises(ValueError, match="implementation must be None or a "
                                              "NtkImplementation"):
             ik.empirical_ntk_fn(net, implementation=bad)
         with pytest.raises(ValueError, match="implementation must be"):
             ik.monte_carlo_kernel_fn(net.init_fn, net.apply_fn, 0, 2, implementation=bad)
+
+
+def test_scalar_elementwise_function_in_finite_networks():
+    """Elementwise(math.tanh), a scalar-only function (and its scalar derivative),
+    runs in finite networks entry by entry: apply_fn, the empirical and Monte
+    Carlo kernels equal Tanh's (they raised NumPy's scalar-conversion error)."""
+    import math
+    ref = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Tanh(), ik.Dense(1))
+    x = np.random.default_rng(1).standard_normal((4, 2))
+    _, p = ref.init_fn(0, x.shape)
+    for act in (ik.Elementwise(math.tanh),
+                ik.Elementwise(math.tanh, lambda v: 1.0 - math.tanh(v) ** 2)):
+        net = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(1))
+        np.testing.assert_allclose(net.apply_fn(p, x), ref.apply_fn(p, x), rtol=1e-15)
+        np.testing.assert_allclose(ik.empirical_ntk_fn(net)(x, None, p),
+                                   ik.empirical_ntk_fn(ref)(x, None, p), rtol=1e-12)
+        assert np.isfinite(ik.monte_carlo_kernel_fn(net, 3)(x, None, "ntk").mean).all()
+
+
+@pytest.mark.parametrize("act", [ik.Relu(), ik.Abs(), ik.LeakyRelu(0.1)], ids=repr)
+def test_relu_family_at_an_exact_tie(act):
+    """Where a pre-activation is exactly 0, φ'(0) = (a + b)/2, what autodiff of
+    neural-tangents' min/max form gives: the empirical NTK equals J Jᵀ from
+    central differences of apply_fn in the parameters (exact for this network,
+    piecewise linear in each parameter; at the kink the average slope)."""
+    net = ik.serial(ik.Dense(3, 1.0, None), act, ik.Dense(1, 1.0, None))
+    x = np.array([[1.0, 0.0], [0.5, 0.7]])
+    _, (p0, _, p2) = net.init_fn(0, x.shape)
+    W1 = p0[0].copy()
+    W1[0] = 0.0                      # x[0]'s pre-activations are exactly 0
+    params = [W1, p2[0].copy()]
+
+    def f(ps):
+        return net.apply_fn(((ps[0], None), (), (ps[1], None)), x)[:, 0]
+    J = []
+    for W in params:
+        for i in np.ndindex(W.shape):
+            old = W[i]
+            W[i] = old + 1e-3
+            up = f(params)
+            W[i] = old - 1e-3
+            down = f(params)
+            W[i] = old
+            J.append((up - down) / 2e-3)
+    J = np.array(J).T
+    got = ik.empirical_ntk_fn(net)(x, None, ((W1, None), (), (params[1], None)))
+    np.testing.assert_allclose(got, J @ J.T, rtol=1e-9, atol=1e-12)
