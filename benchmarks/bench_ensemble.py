@@ -143,7 +143,7 @@ def main(argv=None):
 
     print(f"N = {a.n} train, M = {a.m} test, C = {a.c} outputs, float64, warm, "
           f"best of {a.repeats}")
-    print(f"| case | infkernel s | neural-tangents s | NT / ik | max rel. diff |")
+    print("| case | infkernel s | neural-tangents s | NT / ik | max rel. diff |")
     print("|---|---|---|---|---|")
     for name, t in times.items():
         row = f"| {name} | {t:.3f} |"

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import empirical as E
-from ._checks import entropy, flag, real
+from ._checks import count, entropy, flag, real
 from .kernel import check_inputs
 from .layers import Dense, Network
 
@@ -72,10 +72,6 @@ class VerifyResult:
         slopes = ", ".join(f"{k} {v:+.3f}" for k, v in self.slopes.items())
         lines.append(f"fitted log-log slopes (expected ≈ -0.5): {slopes}")
         return "\n".join(lines)
-
-
-def _count(name, v, minimum):
-    return E._check_count(name, v, minimum)
 
 
 def with_width(net, width):
@@ -200,17 +196,17 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
         raise TypeError(f"verify: net must be an ik.serial(...) network, got {type(net).__name__}")
     if isinstance(widths, (int, np.integer)):
         widths = [widths]
-    widths = [_count("widths entry", w, 1) for w in widths]
+    widths = [count("widths entry", w, 1) for w in widths]
     if len(widths) < 1:
         raise ValueError("verify: widths must not be empty")
-    n_samples = _count("n_samples", n_samples, 2)
+    n_samples = count("n_samples", n_samples, 2)
     # a tuple of non-negative ints: (seed,) or a PRNG key's values
     key = entropy("verify: seed", seed)
     seed = tuple(key) if isinstance(key, list) else (key,)
     continuous = flag("verify: continuous", continuous)
-    steps = _count("steps", steps, 0)
-    train_seeds = _count("train_seeds", train_seeds, 1)
-    train_widths = widths if train_widths is None else [_count("train_widths entry", w, 1)
+    steps = count("steps", steps, 0)
+    train_seeds = count("train_seeds", train_seeds, 1)
+    train_widths = widths if train_widths is None else [count("train_widths entry", w, 1)
                                                         for w in train_widths]
     x = check_inputs(x, "x")
     x_test = None if x_test is None else check_inputs(x_test, "x_test", x.shape[1])
