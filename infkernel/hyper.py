@@ -765,21 +765,23 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             _, _, k2, _, kd2, _ = _dual(kind, p, q2, Q, q1)
             dTH0 = dTH
             dv1, dv2 = dv[:, :, None], dv[:, None, :]
-            dQn = _times(k1, dv1) + _times(k12, dQ) + _times(k2, dv2)
-            dTH = _times(kd, dTH) + TH * (_times(kd1, dv1) + _times(kd12, dQ)
-                                          + _times(kd2, dv2))
+            # zero-variance points only: partials infinite or 0/0 meet zero tangents
+            mul = _times if (v == 0).any() else np.multiply
+            with np.errstate(invalid="ignore", over="ignore"):
+                dQn = mul(k1, dv1) + mul(k12, dQ) + mul(k2, dv2)
+                dTH = mul(kd, dTH) + TH * (mul(kd1, dv1) + mul(kd12, dQ) + mul(kd2, dv2))
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
             th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()
             TH = kd * TH
             TH[ii] = kddg * th_diag
-            dTH[:, ii[0], ii[1]] = _times(dkdg, dv) * th_diag + _times(kddg, dth_diag)
+            dTH[:, ii[0], ii[1]] = mul(dkdg, dv) * th_diag + mul(kddg, dth_diag)
             Q = k
             Q[ii] = kdg
-            dQn[:, ii[0], ii[1]] = _times(dkg, dv)
+            dQn[:, ii[0], ii[1]] = mul(dkg, dv)
             dQ = dQn
-            dv = _times(dkg, dv)
+            dv = mul(dkg, dv)
             if li in act_slot:
                 # the parameter enters here only: its incoming tangents are 0,
                 # so the local partial at fixed covariances is the whole tangent
@@ -818,7 +820,7 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     scale = np.concatenate([2.0 * ws, 2.0 * bs, np.ones(M)])
     # a zero W_std / b_std: the kernel is even in it, its derivative there 0
     # (the tangent in w², b² may be infinite at a zero-variance point)
-    dK = _times(dK, scale[:, None, None])
+    dK = (_times if (scale == 0).any() else np.multiply)(dK, scale[:, None, None])
     if shared:
         dK = np.concatenate([dK[:L].sum(0)[None], dK[L:2 * L].sum(0)[None], dK[2 * L:]])
     return K, dK
