@@ -103,7 +103,7 @@ def load_features(path):
     checked as kernel inputs."""
     from .kernel import check_inputs
     if path.endswith(".npy"):
-        x = np.load(path)
+        x = load_npy(path)
     elif path.endswith(".csv"):
         x = load_csv(path)
     else:
@@ -111,6 +111,14 @@ def load_features(path):
     if x.size == 0:
         raise ValueError(f"{path}: no data")
     return check_inputs(x, path)
+
+
+def load_npy(path):
+    """A .npy array; object arrays (which would need pickle) are refused naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc} (the file holds Python objects, not numbers)") from None
 
 
 def _is_number(text):

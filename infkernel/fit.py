@@ -47,7 +47,8 @@ def add_fit_arguments(p):
 def _read(path):
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
-        return np.load(path, allow_pickle=False)
+        from .cli import load_npy
+        return load_npy(path)
     if ext == ".csv":
         from .cli import load_csv
         return load_csv(path)

@@ -160,3 +160,10 @@ def test_gram_refuses_to_overwrite_its_input(files, capsys):
         assert "which is the input file" in capsys.readouterr().err
         np.testing.assert_array_equal(np.load("p_nngp.npy"), before)
         assert not (files / "p_ntk.npy").exists()
+
+
+def test_object_npy_names_the_file(files, capsys):
+    """A .npy of Python objects (it would need pickle) is an error naming the file."""
+    np.save("obj.npy", np.array([1, "a", None], dtype=object))
+    assert main(["gram", "obj.npy", "--quiet"]) == 2
+    assert "obj.npy: Object arrays cannot be loaded" in capsys.readouterr().err
