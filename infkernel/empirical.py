@@ -715,26 +715,37 @@ def _running_moments(net, x1, x2, names, counts, seed, batch_size, mode):
 
 
 class _Moments:
-    """Running mean and sum of squared deviations (Chan et al. 1979 merge)."""
+    """Running mean and sum of squared deviations (Chan et al. 1979 merge), of
+    the samples divided by a power of two per entry (the first batch's
+    largest magnitude, rounded up): exact scaling, so the same numbers as
+    without it, but squares that cannot overflow for entries up to ~1e308."""
 
     def __init__(self):
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.n, self._mean, self._m2, self._scale = 0, 0.0, 0.0, 1.0
 
     def add(self, batch):
+        if self.n == 0:
+            top = np.abs(batch).max(axis=0)
+            self._scale = np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
+        batch = batch / self._scale
         nb = batch.shape[0]
         mb = batch.mean(axis=0)
         m2b = ((batch - mb) ** 2).sum(axis=0)
         if self.n == 0:
-            self.n, self.mean, self.m2 = nb, mb, m2b
+            self.n, self._mean, self._m2 = nb, mb, m2b
             return
         n = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta * delta * (self.n * nb / n)
+        delta = mb - self._mean
+        self._mean = self._mean + delta * (nb / n)
+        self._m2 = self._m2 + m2b + delta * delta * (self.n * nb / n)
         self.n = n
 
+    @property
+    def mean(self):
+        return self._mean * self._scale
+
     def stderr(self):
-        return np.sqrt(self.m2 / (self.n - 1) / self.n)
+        return self._scale * np.sqrt(self._m2 / (self.n - 1) / self.n)
 
 
 def monte_carlo_kernel_fn(*args, **kwargs):

@@ -820,3 +820,16 @@ def test_relu_family_at_an_exact_tie(act):
     J = np.array(J).T
     got = ik.empirical_ntk_fn(net)(x, None, ((W1, None), (), (params[1], None)))
     np.testing.assert_allclose(got, J @ J.T, rtol=1e-9, atol=1e-12)
+
+
+def test_monte_carlo_standard_errors_at_huge_scales():
+    """Sample moments are taken on samples divided by an exact power of two:
+    a bias-free ReLU network's Monte Carlo kernel of inputs scaled by 2^500 is
+    exactly 2^1000 times that of the inputs (its standard error too; the
+    squared deviations overflowed to inf before)."""
+    net = ik.serial(ik.Dense(16, 1.0, None), ik.Relu(), ik.Dense(1, 1.0, None))
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    a = ik.monte_carlo_kernel_fn(net, 6, 0)(x, None, "ntk")
+    b = ik.monte_carlo_kernel_fn(net, 6, 0)(x * 2.0 ** 500, None, "ntk")
+    np.testing.assert_array_equal(b.mean / 2.0 ** 1000, a.mean)
+    np.testing.assert_array_equal(b.stderr / 2.0 ** 1000, a.stderr)
