@@ -216,15 +216,12 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
                     net, x, None, "nngp", out=None, dtype=dt, backend=backend,
                     progress=False, diagonal=True)
         return res[names[0]] if single else _kernel_type(names)(*(res[g] for g in names))
+    covs = None
     if get is None and not diagonal:     # Kernel(nngp, ntk) with neural-tangents' cov1, cov2
-        res = compute(net, x1, x2, GETS, out=out, dtype=dtype, backend=backend,
-                      progress=progress, diagonal=False)
-
         def cov(x):
-            return lambda: compute(net, x, None, "nngp", out=None, dtype=dtype,
+            return lambda: compute(net, x, None, "nngp", out=None, dtype=dt,
                                    backend=backend, progress=False, diagonal=True)
-        res.__dict__["_covs"] = [cov(x1), None if x2 is None else cov(x2)]
-        return res
+        covs = [cov(x1), None if x2 is None else cov(x2)]
     if x2 is not None and x2 is not x1 and not diagonal and net.drops_out and _equal(x1, x2):
         x2 = x1   # neural-tangents' x1_is_x2: dropout's diagonal applies to K(x, x.copy())
     if net.input_maps:
@@ -242,8 +239,8 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         if d and not gpu.supports(net.program(d)):
             which = "cpu"  # a program the GPU kernels cannot run (too many registers)
     if which == "gpu":
-        return gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
-                           progress=progress, diagonal=diagonal)
+        return _with_covs(gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
+                                      progress=progress, diagonal=diagonal), covs)
     a1 = check_inputs(x1, "x" if diagonal else "x1")
     # K(x, x) for the very same array takes the symmetric path: half the work,
     # and identical points get a correlation of exactly 1.
@@ -266,7 +263,14 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
             _cpu.gram(prog, a1, a2, res.get("nngp"), res.get("ntk"), progress=callback)
         finally:
             close()
-    return arrays[0] if single else _kernel_type(names)(*arrays)
+    return _with_covs(arrays[0] if single else _kernel_type(names)(*arrays), covs)
+
+
+def _with_covs(result, covs):
+    """``result`` (a Kernel for get=None) knowing how to compute its cov1, cov2."""
+    if covs is not None:
+        result.__dict__["_covs"] = covs
+    return result
 
 
 def batch(kernel_fn, batch_size=0, device_count=-1, store_on_device=True):
