@@ -28,6 +28,7 @@ at every width.  :func:`monte_carlo_kernel_fn` estimates these averages with
 standard errors.
 """
 import enum
+import weakref
 from collections import namedtuple
 
 import numpy as np
@@ -144,7 +145,7 @@ def check_params(net, params, d_in, name="x", first=0):
         check_params(net.body, tuple(params[n:]), fmap.out_dim(d_in), name, first + n)
         return
     if _branched(net):
-        for i, (p, ref) in enumerate(zip(params, net.init_fn(0, (-1, d_in))[1])):
+        for i, (p, ref) in enumerate(zip(params, _param_shapes(net, d_in))):
             _check_structure(p, ref, f"params[{first + i}]")
         return
     width = d_in
@@ -178,8 +179,34 @@ def check_params(net, params, d_in, name="x", first=0):
             raise ValueError(f"{where}: a layer without parameters takes (), got {type(p).__name__}")
 
 
+class _ArrayShape:
+    """Stands in for a parameter array of ``init_fn`` in a reference structure."""
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+#: network -> {input width: init_fn's parameter structure, arrays as shapes}
+_PARAM_SHAPES = weakref.WeakKeyDictionary()
+
+
+def _param_shapes(net, d_in):
+    """``net.init_fn``'s parameters for inputs of ``d_in`` features with the
+    arrays replaced by their shapes, memoised per network (drawing them,
+    for each apply_fn call, cost more than the forward pass)."""
+    def shapes(p):
+        if isinstance(p, tuple):
+            return tuple(shapes(q) for q in p)
+        return None if p is None else _ArrayShape(np.shape(p))
+    per_net = _PARAM_SHAPES.setdefault(net, {})
+    if d_in not in per_net:
+        per_net[d_in] = shapes(net.init_fn(0, (-1, d_in))[1])
+    return per_net[d_in]
+
+
 def _check_structure(p, ref, where):
-    """``p`` has the nesting and array shapes of ``ref`` (init_fn's params; a
+    """``p`` has the nesting and array shapes of ``ref`` (``_param_shapes``; a
     bias may also have neural-tangents' shape (1, k)), with finite entries."""
     if isinstance(ref, tuple):
         if not isinstance(p, (tuple, list)) or len(p) != len(ref):
