@@ -40,11 +40,28 @@ def real(name, value, lower=None, strict=False, squared=False, inf=False):
 def count(name, value, minimum=1):
     """``value`` as an int, or an error naming ``name``: TypeError unless an
     integer (bool excluded), ValueError below ``minimum``."""
+    want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        raise TypeError(f"{name} must be {want}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be {want}, got {value!r}")
     return int(value)
+
+
+def real_array(name, value, finite=False, what="an array of real numbers"):
+    """``value`` as a float64 array, or a TypeError naming ``name``: no strings
+    (NumPy would parse them), booleans, complex numbers (cut to their real
+    parts) or ragged sequences; ``finite``: NaN or Inf is a ValueError."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as exc:    # ragged sequences
+        raise TypeError(f"{name} must be {what}: {exc}") from None
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be {what}, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    if finite and not np.isfinite(a).all():
+        raise ValueError(f"{name} has NaN or Inf entries")
+    return a
 
 
 def flag(name, value):

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import special
 
 from . import _program as P
-from ._checks import real
+from ._checks import count, real
 from ._numeric import build_table
 from .activations import ACTIVATIONS, Activation, factory
 
@@ -308,8 +308,7 @@ def ElementwiseNumerical(fn, deg=25, df=None):
     """neural-tangents' name, for porting: same as ``Elementwise(fn, df)``.
     ``deg`` (neural-tangents' Gauss–Hermite degree) is accepted and ignored:
     the accuracy is set by the certified quadrature, not by a grid."""
-    if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 1:
-        raise ValueError(f"ElementwiseNumerical: deg must be a positive integer, got {deg!r}")
+    count("ElementwiseNumerical: deg", deg)
     return Elementwise(fn, df=df,
                        name=f"ElementwiseNumerical({getattr(fn, '__name__', 'fn')})")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _program as P
-from ._checks import real
+from ._checks import count, real
 from .layers import (Layer, Network, _apply_layers, _Branches, _compile, serial,
                      unpacked_network)
 
@@ -70,9 +70,7 @@ class FanOut(Layer):
     _takes_branches = False
 
     def __post_init__(self):
-        if (isinstance(self.num, bool) or not isinstance(self.num, (int, np.integer))
-                or self.num < 1):
-            raise ValueError(f"FanOut: num must be a positive integer, got {self.num!r}")
+        object.__setattr__(self, "num", count("FanOut: num", self.num))
 
     def _emit(self, builder, state):
         split = len(builder.ops)

@@ -33,7 +33,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import count, entropy, flag
+from ._checks import count, entropy, flag, real_array
 from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
@@ -574,15 +574,10 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
     f2, inputs = _forward(net.layers, p, a2)
 
     def ntk_vp_fn(cotangents):
-        v = np.asarray(cotangents)
-        if v.dtype.kind not in "biuf":
-            raise TypeError(f"cotangents must be a real array, got dtype {v.dtype}")
+        v = real_array("cotangents", cotangents, finite=True)
         if v.shape != f2.shape:
             raise ValueError(f"cotangents must have the shape of f(x2), {f2.shape}, "
                              f"got {v.shape}")
-        if not np.isfinite(v).all():
-            raise ValueError("cotangents has NaN or Inf entries")
-        v = v.astype(np.float64)
         tangent = _vjp(net.layers, p, inputs, v)
         return _forward_jvp(net.layers, p, tangent, a1, np.zeros_like(a1))[1]
     return ntk_vp_fn

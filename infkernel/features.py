@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from . import _program as P
-from ._checks import entropy, real
+from ._checks import count, entropy, real, real_array
 from .combinators import FanInConcat, FanInSum, FanOut, Scale, parallel
 from .layers import Dense, InputMap, Layer, _Branches, serial
 
@@ -33,20 +33,13 @@ _NORMALIZE = (None, "norm", "norm_sqrt_m")
 
 
 def _real_array(name, value, ndim):
-    try:
-        a = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a real array: {exc}") from None
-    if a.dtype.kind not in "iuf":   # no strings (not parsed), booleans or complex numbers
-        raise TypeError(f"{name} must be a real array of numbers, got dtype {a.dtype}")
-    a = a.astype(np.float64)
+    """A finite, non-empty float64 array of ``ndim`` dimensions."""
+    a = real_array(name, value, finite=True)
     if a.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(f'{n}' for n in ndim)} dimension(s), "
                          f"got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} has NaN or Inf entries")
     return a
 
 
@@ -101,8 +94,7 @@ class FourierFeatures(InputMap):
     def power_law(cls, n_freqs, p, normalize="norm_sqrt_m"):
         """1-D features b_j = j, a_j = 1/j^p, j = 1..n_freqs (Tancik et al.
         2020, Fig. 2); p = inf keeps only j = 1 (the basic map [cos 2πv, sin 2πv])."""
-        if isinstance(n_freqs, bool) or not isinstance(n_freqs, (int, np.integer)) or n_freqs < 1:
-            raise ValueError(f"power_law: n_freqs must be a positive integer, got {n_freqs!r}")
+        n_freqs = count("power_law: n_freqs", n_freqs)
         p = real("power_law: p", p, inf=True)
         j = np.arange(1, n_freqs + 1, dtype=np.float64)
         with np.errstate(over="ignore"):
@@ -137,9 +129,8 @@ def PositionalEncoding(sigma, n_freqs, input_dim=1, normalize=None):
     """Per-coordinate log-linear frequencies b = σ^{j/m} e_k, j = 0..m-1,
     k = 1..d, a = 1 (Tancik et al. 2020, §6 "positional encoding"): 2·m·d features."""
     sigma = real("PositionalEncoding: sigma", sigma, lower=0, strict=True)
-    for name, v in (("n_freqs", n_freqs), ("input_dim", input_dim)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"PositionalEncoding: {name} must be a positive integer, got {v!r}")
+    n_freqs = count("PositionalEncoding: n_freqs", n_freqs)
+    input_dim = count("PositionalEncoding: input_dim", input_dim)
     levels = sigma ** (np.arange(n_freqs) / n_freqs)
     B = np.kron(levels[:, None], np.eye(input_dim))
     return FourierFeatures(B, None, normalize=normalize)
@@ -165,10 +156,8 @@ def GaussianFourierFeatures(sigma, n_features=None, input_dim=1, seed=0, normali
             raise ValueError(f"GaussianFourierFeatures: normalize must be one of {_NORMALIZE}, "
                              f"got {normalize!r}")
         return GaussianFeatureLimit(sigma)
-    for name, v in (("n_features", n_features), ("input_dim", input_dim)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"GaussianFourierFeatures: {name} must be a positive integer, "
-                             f"got {v!r}")
+    n_features = count("GaussianFourierFeatures: n_features", n_features)
+    input_dim = count("GaussianFourierFeatures: input_dim", input_dim)
     B = sigma * np.random.default_rng(seed).standard_normal((n_features, input_dim))
     return FourierFeatures(B, None, normalize=normalize)
 

@@ -59,7 +59,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from . import _program as P
-from ._checks import KernelRangeError, flag, real
+from ._checks import KernelRangeError, count, flag, real
 from ._duals import _RHO_ONE
 from .activations import Activation
 from .combinators import parallel
@@ -966,8 +966,7 @@ def fit_hyperparameters(net, x, y, noise=1e-2, get="nngp", shared=True, fit_nois
     W_bounds, b_bounds, noise_bounds = (_bounds(n, b) for n, b in (
         ("W_bounds", W_bounds), ("b_bounds", b_bounds), ("noise_bounds", noise_bounds)))
     noise = real("noise", noise, lower=0, strict=fit_noise)
-    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
-        raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
+    maxiter = count("maxiter", maxiter)
     dense = _dense(net)
     L = len(dense)
     if L == 0:

@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import _cpu, gpu
+from ._checks import count
 
 GETS = ("nngp", "ntk")
 BACKENDS = ("auto", "cpu", "gpu")
@@ -284,10 +285,8 @@ def batch(kernel_fn, batch_size=0, device_count=-1, store_on_device=True):
     Unlike neural-tangents, no input size needs to divide by ``batch_size``."""
     if not callable(kernel_fn):
         raise TypeError(f"batch: kernel_fn must be callable, got {type(kernel_fn).__name__}")
-    for name, value, lowest in (("batch_size", batch_size, 0),
-                                ("device_count", device_count, -1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
-            raise ValueError(f"batch: {name} must be an integer >= {lowest}, got {value!r}")
+    count("batch: batch_size", batch_size, 0)
+    count("batch: device_count", device_count, -1)
     if not isinstance(store_on_device, (bool, np.bool_)):
         raise TypeError(f"batch: store_on_device must be True or False, got {store_on_device!r}")
     if store_on_device:

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from . import _program as P
-from ._checks import entropy, flag, real
+from ._checks import count, entropy, flag, real
 
 
 class _State:
@@ -139,10 +139,7 @@ class Dense(Layer):
         return f"Dense({self.out_dim}, W_std={self.W_std:g}, b_std={self.b_std}{par}{scaled})"
 
     def __post_init__(self):
-        if isinstance(self.out_dim, bool) or not isinstance(self.out_dim, (int, np.integer)):
-            raise TypeError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
-        if self.out_dim < 1:
-            raise ValueError(f"Dense: out_dim must be a positive integer, got {self.out_dim!r}")
+        object.__setattr__(self, "out_dim", count("Dense: out_dim", self.out_dim))
         object.__setattr__(self, "W_std", _std("Dense: W_std", self.W_std))
         object.__setattr__(self, "b_std", _std("Dense: b_std", self.b_std, allow_none=True))
         if isinstance(self.batch_axis, str) and self.parameterization == "ntk":
@@ -628,9 +625,7 @@ def _apply_layers(layers, params, h, rng):
 
 def repeat(layer, n):
     """``serial(layer, ..., layer)`` with ``n`` copies (neural-tangents' ``repeat``)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"repeat: n must be a positive integer, got {n!r}")
-    return serial(*([layer] * int(n)))
+    return serial(*([layer] * count("repeat: n", n)))
 
 
 def unpacked_network(obj):

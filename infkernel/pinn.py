@@ -73,7 +73,7 @@ import numpy as np
 from numba import njit
 
 from . import _jets, _program as P
-from ._checks import KernelRangeError
+from ._checks import KernelRangeError, count, real_array
 from ._cpu import _single_threaded_blas, in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
@@ -239,9 +239,8 @@ def partial(axis, order=1):
 
 def laplacian(dim):
     """Δ = Σ_{a<dim} ∂²_a on ``dim``-dimensional inputs."""
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"laplacian: dim must be a positive integer, got {dim!r}")
-    return Operator({(a, a): 1.0 for a in range(int(dim))}, dim=int(dim))
+    dim = count("laplacian: dim", dim)
+    return Operator({(a, a): 1.0 for a in range(dim)}, dim=dim)
 
 
 def _as_operator(op, name):
@@ -1257,10 +1256,7 @@ def weighted_spectrum(blocks, weights):
         if a not in weights:
             raise ValueError(f"weights has no entry for term {a!r}")
         sl = blocks.slices[a]
-        w = np.asarray(weights[a])
-        if w.dtype.kind not in "iuf":
-            raise TypeError(f"weights[{a!r}] must be a real number or array, got {weights[a]!r}")
-        w = w.astype(float)
+        w = real_array(f"weights[{a!r}]", weights[a], what="a real number or array")
         if w.ndim and w.shape != (sl.stop - sl.start,):
             raise ValueError(f"weights[{a!r}] must be a scalar or have shape "
                              f"({sl.stop - sl.start},), got {w.shape}")

@@ -49,7 +49,7 @@ import scipy.linalg as sla
 from scipy import special
 from scipy.integrate import solve_ivp
 
-from ._checks import count, flag, real
+from ._checks import count, flag, real, real_array
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
            "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "max_learning_rate"]
@@ -72,20 +72,8 @@ class JitterWarning(UserWarning):
 # input checks
 # ---------------------------------------------------------------------------
 
-def _real_array(a, name, what="a numeric array"):
-    """``a`` as float64; strings, complex and object arrays are a TypeError
-    (NumPy would parse the strings and drop imaginary parts)."""
-    try:
-        raw = np.asarray(a)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be {what}: {exc}") from None
-    if raw.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be {what} of real numbers, got dtype {raw.dtype}")
-    return raw.astype(np.float64, copy=False)
-
-
 def _check_y(y, n=None, name="y_train"):
-    a = _real_array(y, name)
+    a = real_array(name, y)
     if a.ndim not in (1, 2):
         raise ValueError(f"{name} must have shape (N,) or (N, C), got {a.shape}")
     if n is not None and a.shape[0] != n:
@@ -126,9 +114,7 @@ def _check_t(t):
     """None (t = ∞) or a float64 array of times >= 0 (inf allowed)."""
     if t is None:
         return None
-    if np.asarray(t).dtype == bool:
-        raise TypeError(f"t must be None or a number / array of numbers, got {t!r}")
-    a = _real_array(t, "t", "None or a number / array of numbers")
+    a = real_array("t", t, what="None or a number / array of numbers")
     if np.isnan(a).any():
         raise ValueError("t must not contain NaN")
     if (a < 0).any():
@@ -142,7 +128,7 @@ def _one_kernel(k, name, shape):
     if hasattr(k, "_fields"):
         raise TypeError(f"{name} must be one {shape} array, got a {type(k).__name__} with "
                         f"fields {k._fields}: pass one of them (e.g. .ntk)")
-    return _real_array(k, name)
+    return real_array(name, k)
 
 
 def _check_square(k, name, n=None, finite=True):
@@ -400,7 +386,7 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
     rank = None if rank is None else count("rank", rank)
     k = _check_square(k, name, finite=False)   # (the predictors check K's entries once)
     n = k.shape[0]
-    b = _real_array(b, "b")
+    b = real_array("b", b)
     if b.shape[:1] != (n,) or b.ndim > 2:
         raise ValueError(f"b must have shape ({n},) or ({n}, C), as {name} is {k.shape}, "
                          f"got {b.shape}")
@@ -644,7 +630,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
                 out[g] = mean
                 continue
             g_init = "ntk" if g == "ntkgp" else "nngp"
-            k_tt = _real_array(_field(k_test_test, g_init, "k_test_test"), "k_test_test")
+            k_tt = real_array("k_test_test", _field(k_test_test, g_init, "k_test_test"))
             _check_tt(k_tt, k_td.shape[0])
             if g in ("nngp", "ntkgp"):
                 cov = _nngp_cov(k_tt, k_td, solver_for(kg))
@@ -764,9 +750,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
     n = xd.shape[0]
     y2, restore = _prep_y(y)
     norm = float(max(y.size, 1))   # MSE over the training outputs (none: nothing decays)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = count("chunk_size", chunk_size)
     if progress not in (False, None) and not callable(progress):
         raise TypeError(f"progress must be a callable(done, total) or False, got {progress!r}")
     cache = {}
@@ -817,7 +801,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
             ktd = _test_kernels(kfn(xc, xd, kg, **kw), kg, len(xc), n)
             ktt = None
             if compute_cov:
-                ktt = (_real_array(kfn(xc, None, "nngp", **kw), "the test nngp kernel") if full
+                ktt = (real_array("the test nngp kernel", kfn(xc, None, "nngp", **kw)) if full
                        else _diag_nngp(kernel_fn, kfn, xc, kw))
                 _check_tt(ktt, len(xc), "the test nngp kernel")
             for g in names:

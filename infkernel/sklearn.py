@@ -20,7 +20,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import predict as _predict
-from ._checks import KernelRangeError, flag, real
+from ._checks import KernelRangeError, count, flag, real
 from .activations import ACTIVATIONS, Activation
 from .hyper import dense_layers, kernel_and_grad, with_hyperparameters
 from .kernel import check_inputs
@@ -32,8 +32,7 @@ __all__ = ["NetworkKernel", "NNGPRegressor", "NTKRegressor", "make_network"]
 def make_network(depth=2, activation="relu", W_std=1.0, b_std=0.1):
     """serial(Dense, φ) × depth + Dense, with φ named as in ``ACTIVATIONS``
     ("relu", "erf", "gelu", ...)."""
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
-        raise ValueError(f"depth must be an integer >= 0, got {depth!r}")
+    depth = count("depth", depth, 0)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     try:

@@ -15,31 +15,15 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import flag, real
+from ._checks import flag, real, real_array
 
 #: ``freqs`` (cycles per unit length, ``np.fft.fftfreq`` order) and the
 #: matching eigenvalues ``eigvals`` of a circulant Gram matrix.
 Spectrum = namedtuple("Spectrum", ["freqs", "eigvals"])
 
 
-def _numbers(name, value, finite=False):
-    """``value`` as a float64 array, or a TypeError naming ``name``: no strings
-    (not parsed), booleans or complex numbers (not cut to their real parts);
-    ``finite``: NaN or Inf entries are a ValueError."""
-    try:
-        a = np.asarray(value)
-    except (TypeError, ValueError) as exc:    # ragged sequences
-        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
-    if a.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be an array of real numbers, got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if finite and not np.isfinite(a).all():
-        raise ValueError(f"{name} has NaN or Inf entries")
-    return a
-
-
 def _square(K, name="K"):
-    K = _numbers(name, K, finite=True)
+    K = real_array(name, K, finite=True)
     if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
         raise ValueError(f"{name} must be a square (N, N) matrix, N >= 1, got shape {K.shape}")
     return K
@@ -75,7 +59,7 @@ def check_uniform_grid(x, name="x", rtol=1e-9):
     from their mean by more than ``rtol``·h (rounding of the grid points) give
     a ValueError naming ``name``."""
     rtol = real("rtol", rtol, lower=0)
-    a = _numbers(name, x, finite=True)
+    a = real_array(name, x, finite=True)
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 1:
@@ -107,7 +91,7 @@ def fft_spectrum(row, x=None, stationarity_tol=1e-8):
     the frequency unit), or None for frequencies in cycles per period.  A row
     that is not symmetric to within ``stationarity_tol``·max|row| cannot come
     from a stationary kernel on a periodic grid: ValueError."""
-    r = _numbers("row", row, finite=True)
+    r = real_array("row", row, finite=True)
     if r.ndim != 1 or r.size < 2:
         raise ValueError(f"row must be a 1-D array of at least 2 values, got shape {r.shape}")
     stationarity_tol = real("stationarity_tol", stationarity_tol, lower=0)
@@ -144,7 +128,7 @@ def stationary_spectrum(net, x, get="ntk", stationarity_tol=1e-8, **kwargs):
         raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
     stationarity_tol = real("stationarity_tol", stationarity_tol, lower=0)
     _, _, n = check_uniform_grid(x, "x")
-    pts = _numbers("x", x).reshape(-1, 1)
+    pts = real_array("x", x).reshape(-1, 1)
     rows = sorted({0, 1, n // 3, n // 2, (2 * n) // 3})
     K = net.kernel(pts[rows], pts, get, **kwargs)
     scale = max(float(np.abs(K).max()), np.finfo(float).tiny)
@@ -159,7 +143,7 @@ def stationary_spectrum(net, x, get="ntk", stationarity_tol=1e-8, **kwargs):
 
 
 def _times(t):
-    t = np.atleast_1d(_numbers("t", t))
+    t = np.atleast_1d(real_array("t", t))
     if t.ndim != 1 or not np.isfinite(t).all() or (t < 0).any():
         raise ValueError("t must be a non-negative time or 1-D array of times")
     return t
@@ -170,7 +154,7 @@ def _lr(lr):
 
 
 def _eigvals(eigvals):
-    lam = _numbers("eigvals", eigvals)
+    lam = real_array("eigvals", eigvals)
     if lam.ndim != 1:
         raise ValueError(f"eigvals must be a 1-D array (one eigenvalue per mode), got shape "
                          f"{lam.shape}")
@@ -180,7 +164,7 @@ def _eigvals(eigvals):
 
 
 def _targets(y, n):
-    y = _numbers("y", y)
+    y = real_array("y", y)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) (one value per point), got {y.shape}")
     if not np.isfinite(y).all():
@@ -214,7 +198,7 @@ def predicted_residual(eigvals, eigvecs, y, lr, t, discrete=False):
     infinite ensemble).  eigvals (n,), eigvecs (n, n) (columns), y (n,)."""
     lam = _eigvals(eigvals)
     n = lam.size
-    V = _numbers("eigvecs", eigvecs)
+    V = real_array("eigvecs", eigvecs)
     if V.shape != (n, n):
         raise ValueError(f"eigvecs must have shape ({n}, {n}) (one column per eigenvalue), "
                          f"got {V.shape}")
@@ -240,10 +224,10 @@ def frequency_response(K, x, freqs):
     x ⊂ ℝ weighs frequency f; for a circulant K on its grid these are its
     eigenvalues."""
     K = _square(K)
-    pts = _numbers("x", x, finite=True).reshape(-1)
+    pts = real_array("x", x, finite=True).reshape(-1)
     if pts.size != K.shape[0]:
         raise ValueError(f"x has {pts.size} points but K is {K.shape}")
-    f = np.atleast_1d(_numbers("freqs", freqs, finite=True))
+    f = np.atleast_1d(real_array("freqs", freqs, finite=True))
     if f.ndim != 1:
         raise ValueError(f"freqs must be a number or a 1-D array, got shape {f.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
@@ -267,7 +251,7 @@ def plot_spectra(path, curves, xlabel="frequency", ylabel="eigenvalue", title=No
         raise TypeError("curves must map each label to a pair (freqs, values)")
     checked = {}
     for label, (f, v) in curves.items():
-        f, v = _numbers(f"curves[{label!r}] freqs", f), _numbers(f"curves[{label!r}] values", v)
+        f, v = real_array(f"curves[{label!r}] freqs", f), real_array(f"curves[{label!r}] values", v)
         if f.ndim != 1 or f.shape != v.shape:
             raise ValueError(f"curves[{label!r}]: freqs and values must be 1-D of one length, "
                              f"got shapes {f.shape} and {v.shape}")

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from ._checks import count
 from .activations import Gelu, LeakyRelu, Relu
 from .activations_numeric import Elu, Mish, Selu, Sigmoid, Silu, Softplus, Tanh
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, serial
@@ -180,8 +181,7 @@ def empirical_ntk_torch(module, x1, x2=None, chunk_size=64):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     a1 = check_inputs(x1, "x1")
     a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = count("chunk_size", chunk_size)
     random = [m for m in module.modules() if m.training
               and isinstance(m, (torch.nn.Dropout, torch.nn.AlphaDropout))]
     if random:

@@ -199,7 +199,7 @@ def test_bad_frequencies_and_amplitudes():
         ik.FourierFeatures([1.0], normalize="l2")
     with pytest.raises(ValueError, match="amplitudes are all zero"):
         ik.FourierFeatures([1.0], [0.0], normalize="norm")
-    with pytest.raises(TypeError, match="frequencies must be a real array"):
+    with pytest.raises(TypeError, match="frequencies must be an array of real numbers"):
         ik.FourierFeatures(["a"])
     with pytest.raises(ValueError, match="features' squared norm Σa² overflows"):
         ik.FourierFeatures([1.0], [1e160])
@@ -297,11 +297,11 @@ def test_seed_and_numeric_strings_are_refused():
     a = ik.GaussianFourierFeatures(1.0, 4, seed=np.array([0, 3], dtype=np.uint32))  # a PRNG key
     b = ik.GaussianFourierFeatures(1.0, 4, seed=np.array([0, 3], dtype=np.uint32))
     assert a == b
-    with pytest.raises(TypeError, match="FourierFeatures: frequencies must be a real array"):
+    with pytest.raises(TypeError, match="FourierFeatures: frequencies must be an array of real"):
         ik.FourierFeatures(["1", "2"])
-    with pytest.raises(TypeError, match="FourierFeatures: amplitudes must be a real array"):
+    with pytest.raises(TypeError, match="FourierFeatures: amplitudes must be an array of real"):
         ik.FourierFeatures([1.0, 2.0], "2")
-    with pytest.raises(TypeError, match="frequencies must be a real array of numbers, got "
+    with pytest.raises(TypeError, match="frequencies must be an array of real numbers, got "
                                         "dtype complex128"):
         ik.FourierFeatures([1.0 + 1j])
     with pytest.raises(TypeError, match="PositionalEncoding: sigma must be a real number"):
