@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -134,11 +133,11 @@ GRAM(gram_f32_4, float, 4)
 
 
 @pytest.fixture(scope="module")
-def lib():
+def lib(tmp_path_factory):
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None:
         pytest.skip("no host C++ compiler (g++) on PATH: cannot compile the CUDA header")
-    tmp = tempfile.mkdtemp(prefix="ik_host_")
+    tmp = str(tmp_path_factory.mktemp("ik_host"))
     header = os.path.join(tmp, "infkernel_math.cuh")
     with open(header, "w") as f:
         f.write(gpu.read_source("infkernel_math.cuh"))
@@ -497,9 +496,9 @@ NVCC = shutil.which("nvcc")
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-def test_cuda_sources_compile():
+def test_cuda_sources_compile(tmp_path):
     """The code string gpu.py hands to NVRTC (all variants) compiles for sm_80 and sm_90."""
-    tmp = tempfile.mkdtemp(prefix="ik_nvcc_")
+    tmp = str(tmp_path)
     src = os.path.join(tmp, "gram.cu")
     with open(src, "w") as f:
         f.write(gpu.source())
@@ -518,10 +517,10 @@ def test_cuda_sources_compile():
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("numeric", [False, True])
-def test_cuda_variant_compiles(numeric):
+def test_cuda_variant_compiles(numeric, tmp_path):
     """One variant as gpu.py compiles it at run time, with the numeric kind
     compiled out (closed-form programs) and in (IK_NUMERIC), for sm_90."""
-    tmp = tempfile.mkdtemp(prefix="ik_nvcc_")
+    tmp = str(tmp_path)
     src = os.path.join(tmp, "gram.cu")
     variant = gpu._variant(np.dtype(np.float64), np.dtype(np.float32), 4, numeric)
     with open(src, "w") as f:
