@@ -73,7 +73,7 @@ import numpy as np
 from numba import njit
 
 from . import _jets, _program as P
-from ._checks import KernelRangeError, count, real_array
+from ._checks import KernelRangeError, count, real, real_array
 from ._cpu import _single_threaded_blas, in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
@@ -101,19 +101,29 @@ class Operator:
     total order ≤ 2)."""
 
     def __init__(self, terms, dim=None):
+        if not isinstance(terms, dict):
+            raise TypeError("Operator: terms must be a dict {axes tuple: coefficient}, e.g. "
+                            f"{{(0,): 1.0, (1, 1): -1.0}}, got {type(terms).__name__}")
         clean = {}
         for axes, c in terms.items():
+            if not isinstance(axes, tuple) or not all(
+                    isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+                raise TypeError("Operator: each key of terms must be a tuple of integer axes "
+                                f"such as () (identity), (0,) or (0, 1), got {axes!r}")
             axes = tuple(sorted(int(a) for a in axes))
             if len(axes) > MAX_ORDER:
                 raise ValueError(f"operator of order {len(axes)}: at most {MAX_ORDER} "
                                  "derivatives per argument are supported")
             if any(a < 0 for a in axes):
                 raise ValueError(f"operator axes must be >= 0, got {axes}")
-            c = float(c)
-            if not math.isfinite(c):
-                raise ValueError(f"operator coefficient must be finite, got {c}")
+            c = real(f"Operator: the coefficient of {axes}", c)
             clean[axes] = clean.get(axes, 0.0) + c
         self.terms = {a: c for a, c in clean.items() if c != 0.0}
+        if dim is not None:
+            dim = count("Operator: dim", dim)
+            if self.min_dim > dim:
+                raise ValueError(f"Operator: axis {self.min_dim - 1} does not exist on "
+                                 f"dim={dim}-dimensional inputs")
         self.dim = dim
 
     @property
@@ -227,14 +237,11 @@ def identity():
 
 def partial(axis, order=1):
     """∂ⁿ/∂x_axisⁿ, n = ``order`` ∈ {0, 1, 2}."""
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis < 0:
-        raise ValueError(f"partial: axis must be a non-negative integer, got {axis!r}")
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0:
-        raise ValueError(f"partial: order must be a non-negative integer, got {order!r}")
+    axis, order = count("partial: axis", axis, 0), count("partial: order", order, 0)
     if order > MAX_ORDER:
         raise ValueError(f"partial: order {order} is not supported: at most {MAX_ORDER} "
                          "derivatives per argument")
-    return Operator({(int(axis),) * int(order): 1.0})
+    return Operator({(axis,) * order: 1.0})
 
 
 def laplacian(dim):

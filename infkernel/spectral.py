@@ -29,18 +29,24 @@ def _square(K, name="K"):
     return K
 
 
-def gram_eigh(K, symmetry_tol=1e-10):
-    """Eigendecomposition of a symmetric Gram matrix, eigenvalues descending.
-
-    Returns (eigvals (N,), eigvecs (N, N)) with K = V diag(λ) Vᵀ.  A matrix
-    whose asymmetry max|K − Kᵀ| exceeds ``symmetry_tol``·max|K| is refused
-    (a cross Gram matrix K(x1, x2) has no such decomposition)."""
+def _symmetric(K, symmetry_tol):
+    """``K`` checked square and symmetric to ``symmetry_tol``·max|K|."""
     K = _square(K)
     symmetry_tol = real("symmetry_tol", symmetry_tol, lower=0)
     scale = max(float(np.abs(K).max(initial=0.0)), np.finfo(float).tiny)
     asym = float(np.abs(K - K.T).max(initial=0.0))
     if asym > symmetry_tol * scale:
         raise ValueError(f"K is not symmetric (max |K - K^T| = {asym:.3g}); pass K(x, x)")
+    return K
+
+
+def gram_eigh(K, symmetry_tol=1e-10):
+    """Eigendecomposition of a symmetric Gram matrix, eigenvalues descending.
+
+    Returns (eigvals (N,), eigvecs (N, N)) with K = V diag(λ) Vᵀ.  A matrix
+    whose asymmetry max|K − Kᵀ| exceeds ``symmetry_tol``·max|K| is refused
+    (a cross Gram matrix K(x1, x2) has no such decomposition)."""
+    K = _symmetric(K, symmetry_tol)
     w, v = np.linalg.eigh(0.5 * (K + K.T))
     return w[::-1].copy(), v[:, ::-1].copy()
 
@@ -183,8 +189,15 @@ def decay(eigvals, lr, t, discrete=False):
             raise ValueError(f"discrete=True: t counts gradient-descent steps and must be "
                              f"integers where lr·λ > 1 (here up to {lr * lam.max():.3g}: the "
                              "factor 1 − lr·λ is negative), got non-integer t")
-        return base[None, :] ** t[:, None]
-    return np.exp(-lr * np.outer(t, lam))
+        with np.errstate(over="ignore"):   # lr·λ > 2: the mode diverges (to inf)
+            return base[None, :] ** t[:, None]
+    with np.errstate(over="ignore"):
+        out = np.exp(-lr * np.outer(t, lam))
+    if not np.isfinite(out).all():
+        raise ValueError("eigvals: exp(-lr·λ·t) overflows float64 for the negative eigenvalue "
+                         f"{lam.min():.3g} (a Gram matrix's eigenvalues are >= 0 up to "
+                         "rounding)")
+    return out
 
 
 def learning_speed(eigvals, lr, t):
@@ -218,13 +231,18 @@ def predicted_error_by_frequency(eigvals, y, lr, t, discrete=False):
     return np.abs(yhat)[None, :] * np.abs(decay(lam, lr, t, discrete))
 
 
-def frequency_response(K, x, freqs):
+def frequency_response(K, x, freqs, symmetry_tol=1e-10):
     """Rayleigh quotients uᴴ K u / uᴴ u of the modes u = exp(2πi f x) (f in
     ``freqs``): how strongly a (not necessarily stationary) kernel on points
-    x ⊂ ℝ weighs frequency f; for a circulant K on its grid these are its
-    eigenvalues."""
-    K = _square(K)
-    pts = real_array("x", x, finite=True).reshape(-1)
+    x ⊂ ℝ, shape (n,) or (n, 1), weighs frequency f; for a circulant K on
+    its grid these are its eigenvalues.  K = K(x, x) must be symmetric (to
+    ``symmetry_tol``·max|K|, as in :func:`gram_eigh`)."""
+    K = _symmetric(K, symmetry_tol)
+    pts = real_array("x", x, finite=True)
+    if pts.ndim == 2 and pts.shape[1] == 1:
+        pts = pts[:, 0]
+    if pts.ndim != 1:
+        raise ValueError(f"x must be 1-D points of shape (n,) or (n, 1), got shape {pts.shape}")
     if pts.size != K.shape[0]:
         raise ValueError(f"x has {pts.size} points but K is {K.shape}")
     f = np.atleast_1d(real_array("freqs", freqs, finite=True))

@@ -698,6 +698,31 @@ def test_empirical_kernel_wrong_dimension():
         pinn.empirical_kernel(net, bad, np.ones((2, 2)), None, pinn.partial(0))
 
 
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: pinn.Operator([((0,), 1.0)]), TypeError, "terms must be a dict"),
+    (lambda: pinn.Operator({0: 1.0}), TypeError, r"tuple of integer axes .*got 0"),
+    (lambda: pinn.Operator({(0.5,): 1.0}), TypeError, r"tuple of integer axes .*got \(0.5,\)"),
+    (lambda: pinn.Operator({("1",): 1.0}), TypeError, "tuple of integer axes"),
+    (lambda: pinn.Operator({(True,): 1.0}), TypeError, "tuple of integer axes"),
+    (lambda: pinn.Operator({(0,): "2"}), TypeError, r"coefficient of \(0,\) must be a real"),
+    (lambda: pinn.Operator({(0,): True}), TypeError, "coefficient"),
+    (lambda: pinn.Operator({(0,): np.inf}), ValueError, "coefficient.* must be finite"),
+    (lambda: pinn.Operator({(0,): 1.0}, dim=-1), ValueError, "dim must be a positive integer"),
+    (lambda: pinn.Operator({(0,): 1.0}, dim="2"), TypeError, "dim must be a positive integer"),
+    (lambda: pinn.Operator({(0,): 1.0}, dim=2.0), TypeError, "dim must be a positive integer"),
+    (lambda: pinn.Operator({(2,): 1.0}, dim=2), ValueError, "axis 2 does not exist on dim=2"),
+    (lambda: pinn.partial(0.0), TypeError, "partial: axis must be an integer >= 0"),
+    (lambda: pinn.partial(0, -1), ValueError, "partial: order must be an integer >= 0"),
+])
+def test_operator_arguments_are_checked(call, error, words):
+    """Axes, coefficients and dim were cast with int() / float(): (0.5,) was
+    read as axis 0, "2" as the coefficient 2, dim never checked."""
+    with pytest.raises(error, match=words):
+        call()
+    op = pinn.Operator({(1, np.int64(0)): np.float32(2.0), (): 1}, dim=np.int64(2))
+    assert op.terms == {(0, 1): 2.0, (): 1.0} and op.dim == 2
+
+
 def test_closed_form_variance_beyond_the_jets_range_is_an_error():
     """Derivative kernels of Erf (and the other closed forms whose jets cancel
     at x = x') lose accuracy as the pre-activation variance grows and are NaN

@@ -228,6 +228,28 @@ def test_discrete_decay_needs_integer_steps_past_the_stable_rate():
     spectral.decay(lam[:1], 1.0, [0.5], discrete=True)     # 1 − ηλ > 0: any t
 
 
+def test_frequency_response_arguments_are_checked():
+    """x of shape (n,) or (n, 1) only (a (2, 2) array was read as 4 points),
+    K symmetric (the real part of a non-symmetric quotient was returned)."""
+    x = np.arange(4) / 4.0
+    K = np.eye(4)
+    with pytest.raises(ValueError, match=r"x must be 1-D points of shape \(n,\) or \(n, 1\)"):
+        spectral.frequency_response(K, x.reshape(2, 2), [1.0])
+    with pytest.raises(ValueError, match="K is not symmetric"):
+        spectral.frequency_response([[1.0, 5.0], [0.0, 1.0]], x[:2], [1.0])
+    np.testing.assert_allclose(spectral.frequency_response(K, x[:, None], [0.0, 1.0]), [1, 1])
+
+
+def test_negative_eigenvalue_overflow_is_an_error():
+    """exp(-lr·λ·t) of a negative eigenvalue overflowed to inf with only
+    NumPy's warning; divergent discrete steps (lr·λ > 2) are inf, as training."""
+    with pytest.raises(ValueError, match="negative eigenvalue -1"):
+        spectral.decay([-1.0], 1.0, [1000.0])
+    with np.errstate(all="raise"):
+        got = spectral.decay([3.0], 1.0, [2000.0], discrete=True)
+    assert np.isposinf(got).all()
+
+
 def test_mode_arguments_are_checked():
     """eigvals (n,) finite, eigvecs (n, n), y (n,); lr and t numbers, not
     strings (2-D eigvals were flattened, NaN passed through, mismatched shapes
