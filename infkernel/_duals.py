@@ -446,7 +446,7 @@ def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
-def _poly_b(table, lo, m, l, x):
+def poly_b(table, lo, m, l, x):
     """B_l(x) = Σ_{i<m} table[lo + l m + i] xⁱ (Horner)."""
     r = 0.0
     for i in range(m - 1, -1, -1):
@@ -460,7 +460,7 @@ def _poly_sum(table, lo, n, x1, q12, x2):
     m = n // 2 + 1
     r = 0.0
     for l in range(n, -1, -1):
-        r = r * q12 + _poly_b(table, lo, m, l, x1) * _poly_b(table, lo, m, l, x2)
+        r = r * q12 + poly_b(table, lo, m, l, x1) * poly_b(table, lo, m, l, x2)
     return r
 
 
