@@ -603,30 +603,21 @@ def point_tables(program, x, features=True, start=0, name="x"):
 
     All of it depends on the point only through |x|²/d: with numerically
     integrated activations, whose runs are costly, points of equal norm
-    (inputs on a sphere, duplicates) share one run of the program.
+    (inputs on a sphere, duplicates) share one run of the program, and the
+    latest runs are kept (``_numeric_run``).
     """
     n = x.shape[0]
     sq = row_norms(x) / program.d_in
     numeric = program.numeric_ops
-    # shared runs pay off where a run is costly (the Mehler features)
-    uniq, where = np.unique(sq, return_inverse=True) if numeric else (sq, None)
-    shared = len(uniq) < n
-    m = len(uniq) if shared else n
     n_ops = program.n_ops
-    # one buffer: V, k, t first (checked together), then S, R
-    buf = np.zeros((3 * n_ops + 2, m))
+    buf, F, G = (_numeric_run if numeric else _diag_run)(program, sq, features)
+    # one buffer: V, k, t first (checked together), then S, R; a kept numeric
+    # run is shared by later calls: its diagonals k, t go out as copies
     V, k, t = buf[:n_ops], buf[n_ops], buf[n_ops + 1]
+    if numeric:
+        k, t = k.copy(), t.copy()
     S, R = buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:]
-    F = np.zeros((len(numeric), 4, NM if numeric and features else 0, m))
-    G = np.zeros((len(numeric), 2, m))
-    diag_pass, _ = _kernels(program)
-    in_parallel(diag_pass, m, uniq if shared else sq, program.ops, program.params,
-                program.aux, program.n_regs, V, S, R, k, t, F, G,
-                work=math.inf if numeric else m * n_ops)
     finite = np.isfinite(buf[:n_ops + 2]).all()   # all of V, k, t
-    if shared:
-        V, S, R, F, G, k, t = (np.ascontiguousarray(a[..., where])
-                               for a in (V, S, R, F, G, k, t))
     if not finite:
         check_finite_variances(program, V, k, t, start, name)
     for op in numeric:
@@ -634,6 +625,55 @@ def point_tables(program, x, features=True, start=0, name="x"):
             i = int(V[op].argmax())
             raise quadrature_range_error(program, op, V[op, i], f"{name} row {start + i}")
     return (V, S, R, F, G), k, t
+
+
+def _diag_run(program, sq, features):
+    """The diagonal pass on squared norms ``sq``: (buf, F, G) of point_tables,
+    buf holding V, k, t, S, R."""
+    m, n_ops, numeric = len(sq), program.n_ops, program.numeric_ops
+    buf = np.zeros((3 * n_ops + 2, m))
+    F = np.zeros((len(numeric), 4, NM if numeric and features else 0, m))
+    G = np.zeros((len(numeric), 2, m))
+    diag_pass, _ = _kernels(program)
+    in_parallel(diag_pass, m, sq, program.ops, program.params, program.aux, program.n_regs,
+                buf[:n_ops], buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:],
+                buf[n_ops], buf[n_ops + 1], F, G, work=math.inf if numeric else m * n_ops)
+    return buf, F, G
+
+
+#: program -> {(features, squared norms): (buf, F, G)}: the latest runs of
+#: programs with numeric activations (~64 µs per point and layer), so that
+#: repeated calls against the same points (one test point at a time against a
+#: training set) run the costly pass only for the new points
+_numeric_runs = weakref.WeakKeyDictionary()
+_numeric_runs_lock = threading.Lock()
+NUMERIC_RUNS = 4                  # runs kept per program
+NUMERIC_RUNS_BYTES = 2 ** 26      # and at most 64 MiB of them (~7000 points, 3 layers)
+
+
+def _numeric_run(program, sq, features):
+    """``_diag_run`` for a program with numeric activations: one run per
+    distinct norm, and the latest runs kept; the arrays returned may be
+    shared with later calls, so they are only read."""
+    key = (features, sq.tobytes())
+    with _numeric_runs_lock:
+        runs = _numeric_runs.setdefault(program, {})
+        hit = runs.pop(key, None)
+        if hit is not None:
+            runs[key] = hit          # the most recent last
+            return hit
+    uniq, where = np.unique(sq, return_inverse=True)
+    if len(uniq) == len(sq):
+        run = _diag_run(program, sq, features)
+    else:   # points of equal norm (inputs on a sphere, duplicates) share a run
+        run = tuple(np.ascontiguousarray(a[..., where])
+                    for a in _diag_run(program, uniq, features))
+    with _numeric_runs_lock:
+        runs[key] = run
+        while len(runs) > NUMERIC_RUNS or sum(
+                a.nbytes for r in runs.values() for a in r) > NUMERIC_RUNS_BYTES:
+            del runs[next(iter(runs))]       # the oldest (the new one, if too large)
+    return run
 
 
 def variance_limit(program, op):

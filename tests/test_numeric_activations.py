@@ -507,6 +507,39 @@ def test_points_of_equal_norm_share_the_diagonal_pass():
         assert d.nngp[i] == single.nngp[0] and d.ntk[i] == single.ntk[0]
 
 
+def test_numeric_runs_are_kept_bounded_and_never_shared_writably(monkeypatch):
+    """Repeated calls against the same points reuse the diagonal pass of the
+    numeric activations (one test point at a time against a training set):
+    the same numbers as a fresh network's; the diagonal given out is a copy
+    (writing to it changes no later result); at most NUMERIC_RUNS runs and
+    NUMERIC_RUNS_BYTES are kept per program."""
+    from infkernel import _cpu
+
+    def make():
+        return ik.serial(ik.Dense(32, 1.5, 0.05), ik.Tanh(), ik.Dense(32, 1.5, 0.05),
+                         ik.Softplus(), ik.Dense(1))
+    rng = np.random.default_rng(5)
+    X, xs = rng.standard_normal((300, 10)), rng.standard_normal((8, 10))
+    net = make()
+    got = [net.kernel(xs[i:i + 1], X) for i in range(8)] + [net.kernel(X, xs[:3])]
+    fresh = [make().kernel(xs[i:i + 1], X) for i in range(8)] + [make().kernel(X, xs[:3])]
+    for a, b in zip(got, fresh):
+        assert np.array_equal(a.nngp, b.nngp) and np.array_equal(a.ntk, b.ntk)
+    d = net.diag(X)
+    expected = d.ntk.copy()
+    d.ntk[:] = -1.0
+    d.nngp[:] = -1.0
+    assert np.array_equal(net.diag(X).ntk, expected)
+    assert np.array_equal(np.diag(net.kernel(X).ntk), expected)
+    prog = net.program(10)
+    runs = _cpu._numeric_runs[prog]
+    assert 0 < len(runs) <= _cpu.NUMERIC_RUNS
+    assert sum(a.nbytes for r in runs.values() for a in r) <= _cpu.NUMERIC_RUNS_BYTES
+    monkeypatch.setattr(_cpu, "NUMERIC_RUNS_BYTES", 4096)   # runs beyond it are not kept
+    net.kernel(xs[:2], X)
+    assert sum(a.nbytes for r in runs.values() for a in r) <= 4096
+
+
 def test_given_df_is_checked_against_fn():
     """A user's df is compared with the derivative of fn's interpolants inside
     every panel: a wrong derivative (a constant, sech instead of sech², an
