@@ -48,15 +48,16 @@ def count(name, value, minimum=1):
     return int(value)
 
 
-def real_array(name, value, finite=False, what="an array of real numbers"):
+def real_array(name, value, finite=False, what="an array of real numbers", bools=False):
     """``value`` as a float64 array, or a TypeError naming ``name``: no strings
-    (NumPy would parse them), booleans, complex numbers (cut to their real
-    parts) or ragged sequences; ``finite``: NaN or Inf is a ValueError."""
+    (NumPy would parse them), booleans (unless ``bools``: 0 / 1 targets),
+    complex numbers (cut to their real parts) or ragged sequences; ``finite``:
+    NaN or Inf is a ValueError."""
     try:
         a = np.asarray(value)
     except (TypeError, ValueError) as exc:    # ragged sequences
         raise TypeError(f"{name} must be {what}: {exc}") from None
-    if a.dtype.kind not in "iuf":
+    if a.dtype.kind not in ("biuf" if bools else "iuf"):
         raise TypeError(f"{name} must be {what}, got dtype {a.dtype}")
     a = a.astype(np.float64, copy=False)
     if finite and not np.isfinite(a).all():

@@ -74,10 +74,11 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
 
 @njit(**INLINE)
 def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n, W):
-    """``_monomial_tile`` for any degree, its loops over the degree outside
-    and those over the entries inside, so that these vectorise (ρ in ``W[0]``,
-    the sums in ρ or J_n, J_{n-1} in ``W[1]``, ``W[2]``, (s1 s2)^(n-1) in Q):
-    the operations of ``dual_monomial`` / ``dual_rectified_monomial``."""
+    """``_monomial_tile`` for any degree >= 1, its loops over the degree
+    outside and those over the entries inside, so that these vectorise (ρ in
+    ``W[0]``, the sums in ρ or J_n, J_{n-1} in ``W[1]``, ``W[2]``,
+    (s1 s2)^(n-1) in Q): the operations of ``dual_monomial`` /
+    ``dual_rectified_monomial``."""
     rho, w1, w2 = W[0, :n], W[1, :n], W[2, :n]
     for j in range(n):
         rho[j] = correlation(Q[j], _row(r1, j), R2[j])
@@ -88,7 +89,7 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n
     if kind == K_MONOMIAL:   # Horner sums in ρ of A_{n,·} and n² A_{n-1,·}
         for j in range(n):
             w1[j] = aux[lo + deg]
-            w2[j] = aux[hi + deg - 1] if deg > 0 else 0.0
+            w2[j] = aux[hi + deg - 1]
         for k in range(deg - 1, -1, -1):
             for j in range(n):
                 w1[j] = w1[j] * rho[j] + aux[lo + k]
@@ -98,9 +99,7 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n
         c, cd = 1.0, 1
     else:                    # J_n, J_{n-1} by the upward recurrence (arccos_j)
         for j in range(n):
-            psi, _, f_psi, _ = arc_cosine(rho[j])
-            w1[j] = f_psi if deg > 0 else psi
-            w2[j] = psi if deg > 0 else 0.0
+            w2[j], _, w1[j], _ = arc_cosine(rho[j])      # J_0 = ψ, J_1 = F(ψ)
         for m in range(2, deg + 1):
             a, b = 2 * m - 1, (m - 1) * (m - 1)
             for j in range(n):
@@ -112,14 +111,9 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n
             w1[j] = max(w1[j], 0.0)
             w2[j] = max(w2[j], 0.0)
         c, cd = INV_2PI, deg * deg
-    if deg == 0:
-        for j in range(n):
-            Q[j] = w1[j] * c
-            TH[j] *= 0.0
-    else:
-        for j in range(n):
-            TH[j] *= cd * Q[j] * w2[j] * c
-            Q[j] = Q[j] * (_row(s1, j) * S2[j]) * w1[j] * c
+    for j in range(n):
+        TH[j] *= cd * Q[j] * w2[j] * c
+        Q[j] = Q[j] * (_row(s1, j) * S2[j]) * w1[j] * c
 
 
 @njit(**JIT)

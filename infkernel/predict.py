@@ -73,7 +73,7 @@ class JitterWarning(UserWarning):
 # ---------------------------------------------------------------------------
 
 def _check_y(y, n=None, name="y_train"):
-    a = real_array(name, y)
+    a = real_array(name, y, bools=True)     # one-hot targets may come as booleans
     if a.ndim not in (1, 2):
         raise ValueError(f"{name} must have shape (N,) or (N, C), got {a.shape}")
     if n is not None and a.shape[0] != n:

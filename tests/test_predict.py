@@ -365,6 +365,16 @@ def test_duplicated_training_point_is_singular_even_when_cholesky_succeeds(data)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3 * np.abs(ref).max())
 
 
+def test_boolean_targets_are_zero_one():
+    """One-hot targets as booleans are the 0 / 1 targets (kernels are not)."""
+    k = np.eye(3) * 2 + 0.5
+    y = np.array([[True, False], [False, True], [True, True]])
+    np.testing.assert_array_equal(P.gradient_descent_mse(k, y)(1.0, 0.0),
+                                  P.gradient_descent_mse(k, y.astype(float))(1.0, 0.0))
+    with pytest.raises(TypeError, match="k_train_train must be an array of real"):
+        P.gradient_descent_mse(k > 1, y)
+
+
 def test_strings_and_complex_numbers_are_refused():
     """NumPy would parse "1" and drop imaginary parts; the predictors refuse."""
     k = np.eye(2)
