@@ -28,15 +28,8 @@ import infkernel as ik
 from infkernel import _cpu
 
 W_STD, B_STD, DEPTH = 1.5, 0.05, 3
-
-
-def fresh(fn):
-    """``fn`` with the kept diagonal passes of earlier calls dropped first
-    (``_cpu._numeric_run``), so that repeated timings pay for their own."""
-    def call():
-        _cpu._numeric_runs.clear()
-        return fn()
-    return call
+# Every timed call first drops the diagonal passes that earlier calls kept
+# (``_cpu._numeric_run``), so that it pays for its own: _cpu._numeric_runs.clear().
 
 
 def network():
@@ -250,13 +243,15 @@ def diagonal_and_tall(n=20000, d=100, short=100):
     def best(fn):
         ts = []
         for _ in range(3):
+            _cpu._numeric_runs.clear()
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
         return min(ts)
-    t_diag = best(fresh(lambda: net.diag(x)))
-    t_pass = best(fresh(lambda: _cpu.point_tables(prog, x)))
+    t_diag = best(lambda: net.diag(x))
+    t_pass = best(lambda: _cpu.point_tables(prog, x))
     net.kernel(x[:8], x[:short])
+    _cpu._numeric_runs.clear()
     tracemalloc.start()
     t = time.perf_counter()
     k = net.kernel(x, x[:short])

@@ -583,7 +583,7 @@ def row_norms(x):
     return out
 
 
-def point_tables(program, x, features=True, start=0, name="x"):
+def point_tables(program, x, features=True, start=0, name="x", keep=True):
     """Run the program on the diagonal of ``x``.
 
     Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
@@ -598,13 +598,16 @@ def point_tables(program, x, features=True, start=0, name="x"):
     All of it depends on the point only through |x|²/d: with numerically
     integrated activations, whose runs are costly, points of equal norm
     (inputs on a sphere, duplicates) share one run of the program, and the
-    latest runs are kept (``_numeric_run``).
+    latest runs are kept (``_numeric_run``; ``keep=False``: this one is not,
+    as for the row blocks of a Gram matrix, whose features are freed block
+    by block).
     """
     n = x.shape[0]
     sq = row_norms(x) / program.d_in
     numeric = program.numeric_ops
     n_ops = program.n_ops
-    buf, F, G = (_numeric_run if numeric else _diag_run)(program, sq, features)
+    buf, F, G = (_numeric_run(program, sq, features, keep) if numeric
+                 else _diag_run(program, sq, features))
     # one buffer: V, k, t first (checked together), then S, R; a kept numeric
     # run is shared by later calls: its diagonals k, t go out as copies
     V, k, t = buf[:n_ops], buf[n_ops], buf[n_ops + 1]
@@ -645,10 +648,10 @@ NUMERIC_RUNS = 4                  # runs kept per program
 NUMERIC_RUNS_BYTES = 2 ** 26      # and at most 64 MiB of them (~7000 points, 3 layers)
 
 
-def _numeric_run(program, sq, features):
+def _numeric_run(program, sq, features, keep=True):
     """``_diag_run`` for a program with numeric activations: one run per
-    distinct norm, and the latest runs kept; the arrays returned may be
-    shared with later calls, so they are only read."""
+    distinct norm, and the latest runs kept (this one too if ``keep``); the
+    arrays returned may be shared with later calls, so they are only read."""
     key = (features, sq.tobytes())
     with _numeric_runs_lock:
         runs = _numeric_runs.setdefault(program, {})
@@ -662,6 +665,8 @@ def _numeric_run(program, sq, features):
     else:   # points of equal norm (inputs on a sphere, duplicates) share a run
         run = tuple(np.ascontiguousarray(a[..., where])
                     for a in _diag_run(program, uniq, features))
+    if not keep:
+        return run
     with _numeric_runs_lock:
         runs[key] = run
         while len(runs) > NUMERIC_RUNS or sum(
@@ -781,7 +786,8 @@ def gram(program, x1, x2, K, T, progress=None):
             if sym:
                 tables1 = tables2
             else:
-                tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name=names[0])
+                tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name=names[0],
+                                               keep=False)
                 in_range(k1, t1, names[0], r0)
             n_groups = -(-(r1 - r0) // rows)
             in_parallel(gram_tiles, (n_groups + 1) // 2 if sym else n_groups,

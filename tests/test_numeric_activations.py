@@ -536,7 +536,7 @@ def test_numeric_runs_are_kept_bounded_and_never_shared_writably(monkeypatch):
     assert 0 < len(runs) <= _cpu.NUMERIC_RUNS
     assert sum(a.nbytes for r in runs.values() for a in r) <= _cpu.NUMERIC_RUNS_BYTES
     monkeypatch.setattr(_cpu, "NUMERIC_RUNS_BYTES", 4096)   # runs beyond it are not kept
-    net.kernel(xs[:2], X)
+    net.kernel(xs[:2], X[:7])          # a new column side: kept, then evicted
     assert sum(a.nbytes for r in runs.values() for a in r) <= 4096
 
 
