@@ -719,6 +719,10 @@ def test_operator_arguments_are_checked(call, error, words):
     read as axis 0, "2" as the coefficient 2, dim never checked."""
     with pytest.raises(error, match=words):
         call()
+
+
+def test_operator_takes_numpy_integers_and_reals():
+    """The checks accept NumPy scalars as the plain ones (axes sorted)."""
     op = pinn.Operator({(1, np.int64(0)): np.float32(2.0), (): 1}, dim=np.int64(2))
     assert op.terms == {(0, 1): 2.0, (): 1.0} and op.dim == 2
 
