@@ -517,7 +517,7 @@ class Network:
             x = np.asarray(x)
         return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim > 2 else x
 
-    def kernel(self, x1, x2=None, get=None, *, out=None, dtype=np.float64,
+    def kernel(self, x1, x2=None, get=None, *, out=None, dtype=None,
                backend="auto", progress=False):
         """NNGP and/or NTK Gram matrices of the infinitely wide network.
 
@@ -530,8 +530,10 @@ class Network:
           out: preallocated output(s) (e.g. ``np.memmap``) of shape (N1, N2)
             and dtype ``dtype``: one array for a string ``get``, else a tuple in
             ``get`` order.
-          dtype: np.float64 (default) or np.float32 (computed in float64,
-            rounded once on store: relative error ≤ 2⁻²⁴ ≈ 6e-8).
+          dtype: np.float64 or np.float32 (computed in float64, rounded once on
+            store: relative error ≤ 2⁻²⁴ ≈ 6e-8).  None (default): ``out``'s
+            dtype, else float32 when the inputs are float32 arrays (as in
+            neural-tangents), else float64.
           backend: "auto", "cpu" or "gpu".
           progress: True for a progress bar, or a callable(done, total).
 
@@ -544,7 +546,7 @@ class Network:
 
     kernel_fn = kernel
 
-    def diag(self, x, get=None, *, dtype=np.float64, backend="auto"):
+    def diag(self, x, get=None, *, dtype=None, backend="auto"):
         """Diagonals K(x_i, x_i) of the NNGP/NTK in O(N·(d + L)); same ``get``
         conventions as :meth:`kernel`, with (N,) arrays."""
         from .kernel import compute

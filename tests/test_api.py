@@ -181,6 +181,31 @@ def test_float32_and_out_and_memmap(tmp_path):
     assert np.array_equal(o1, ref.ntk) and np.array_equal(o2, ref.nngp)
 
 
+def test_result_dtype_follows_float32_inputs_or_out():
+    """dtype=None: float32 results for float32 inputs (neural-tangents keeps the
+    inputs' precision), float64 for float64, integer, list or mixed inputs,
+    out='s dtype when given; float32 results are the float64 ones rounded once."""
+    x1, x2 = X1.astype(np.float32), X2.astype(np.float32)
+    ref = NET.kernel(x1.astype(np.float64), x2.astype(np.float64))
+    k = NET.kernel(x1, x2)
+    assert k.nngp.dtype == k.ntk.dtype == np.float32
+    assert np.array_equal(k.ntk, ref.ntk.astype(np.float32))
+    assert NET.kernel(x1, None, "ntk").dtype == np.float32
+    assert NET.kernel(x1.astype(np.float16), None, "ntk").dtype == np.float32
+    assert NET.diag(x1, "ntk").dtype == np.float32
+    assert NET.kernel(x1, x2, get=None).cov1.dtype == np.float32
+    for a, b in ((x1, X2), (X1, x2), (X1, None), (x1.tolist(), None),
+                 (np.arange(8).reshape(2, 4), None)):
+        assert NET.kernel(a, b, "nngp").dtype == np.float64
+    assert NET.kernel(x1, x2, "nngp", dtype=np.float64).dtype == np.float64
+    out = np.empty((9, 6))
+    assert NET.kernel(x1, x2, "ntk", out=out) is out
+    assert np.array_equal(out, ref.ntk)
+    out = np.empty((9, 6), np.float32)
+    assert NET.kernel(X1, X2, "ntk", out=out) is out
+    assert np.array_equal(out, NET.kernel(X1, X2, "ntk").astype(np.float32))
+
+
 def test_out_strided_and_fortran_views():
     """out= may be any writable view: strided, Fortran-ordered, mixed with C arrays."""
     ref = NET.kernel(X1, X2)
@@ -218,7 +243,11 @@ def test_empty_and_integer_inputs():
     (lambda: NET.kernel(X1, get=5), TypeError, "get"),
     (lambda: NET.kernel(X1, dtype=np.int32), ValueError, "dtype"),
     (lambda: NET.kernel(X1, out=np.empty((9, 8)), get="ntk"), ValueError, "shape (9, 9)"),
-    (lambda: NET.kernel(X1, out=np.empty((9, 9), np.float32), get="ntk"), ValueError, "float64"),
+    (lambda: NET.kernel(X1, out=np.empty((9, 9), np.float32), get="ntk", dtype=np.float64),
+     ValueError, "float64"),
+    (lambda: NET.kernel(X1, out=(np.empty((9, 9), np.float32), np.empty((9, 9)))), ValueError,
+     "dtype float32"),
+    (lambda: NET.kernel(X1, out=np.empty((9, 9), np.int64), get="ntk"), ValueError, "dtype"),
     (lambda: NET.kernel(X1, backend="tpu"), ValueError, "backend"),
     (lambda: NET.kernel(np.array([["a"]])), TypeError, "numeric"),
     (lambda: ik.Dense(3, W_std=-1.0), ValueError, "W_std"),
