@@ -125,20 +125,14 @@ def norm_overflow(name, rows, first):
                       f"double (|x| = {norm:.3g} in row {rows[0]}); rescale the inputs")
 
 
-def output_dtype(dtype, out, *inputs):
-    """The results' dtype: ``dtype`` when given; else that of ``out`` (a
-    first array); else float32 when every input is a float32 (or float16)
-    array, as neural-tangents and NumPy keep the inputs' precision, and
-    float64 otherwise (lists, integers, float64, mixed precisions)."""
+def output_dtype(dtype, out):
+    """The results' dtype: ``dtype`` when given, else that of ``out`` (a first
+    array), else float64 (as neural-tangents with x64 enabled, whatever the
+    inputs' precision)."""
     if dtype is None and out is not None:
         first = out[0] if isinstance(out, (tuple, list)) and out else out
         dtype = getattr(first, "dtype", np.float64)
-    if dtype is None:
-        given = [getattr(x, "dtype", None) for x in inputs if x is not None]
-        low = given and all(isinstance(t, np.dtype) and t.kind == "f" and t.itemsize <= 4
-                            for t in given)
-        dtype = np.float32 if low else np.float64
-    return check_dtype(dtype)
+    return check_dtype(np.float64 if dtype is None else dtype)
 
 
 def check_dtype(dtype):
@@ -219,7 +213,7 @@ def _equal(x1, x2):
 def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     """Shared implementation of ``Network.kernel`` and ``Network.diag``."""
     names, single = parse_get(get, GETS if diagonal else GETS + COVS)
-    dt = output_dtype(dtype, out, x1, x2)
+    dt = output_dtype(dtype, out)
     if any(g in COVS for g in names):
         if out is not None:
             raise ValueError("out= holds Gram matrices only: request 'cov1'/'cov2' "

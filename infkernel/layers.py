@@ -532,8 +532,7 @@ class Network:
             ``get`` order.
           dtype: np.float64 or np.float32 (computed in float64, rounded once on
             store: relative error ≤ 2⁻²⁴ ≈ 6e-8).  None (default): ``out``'s
-            dtype, else float32 when the inputs are float32 arrays (as in
-            neural-tangents), else float64.
+            dtype, else float64 whatever the inputs' precision.
           backend: "auto", "cpu" or "gpu".
           progress: True for a progress bar, or a callable(done, total).
 
