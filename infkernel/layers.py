@@ -102,6 +102,13 @@ class Layer:
     def __iter__(self):
         return iter(serial(self))
 
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        """``layer[0], layer[1], layer[2]``: the stax triple of ``serial(layer)``."""
+        return serial(self)[i]
+
 
 def _std(name, value, allow_none=False):
     return None if (value is None and allow_none) else real(name, value, lower=0, squared=True)
@@ -543,7 +550,24 @@ class Network:
         return compute(self, self._flatten(x1), self._flatten(x2), get, out=out, dtype=dtype,
                        backend=backend, progress=progress, diagonal=False)
 
-    kernel_fn = kernel
+    def kernel_fn(self, x1, x2=None, get=None, *, pattern=None, mask_constant=None,
+                  diagonal_batch=None, diagonal_spatial=None, **kwargs):
+        """:meth:`kernel` with neural-tangents' ``kernel_fn`` options, accepted
+        where they change nothing for fully-connected networks on (N, d)
+        inputs: ``pattern`` and ``mask_constant`` None (no graph aggregation,
+        no masked inputs), ``diagonal_batch`` None or True ((N,) ``cov1``),
+        ``diagonal_spatial`` a bool or None (no spatial axes); the other
+        keywords (``out``, ``dtype``, ...) are :meth:`kernel`'s."""
+        for name, value, ok, allowed in (
+                ("pattern", pattern, pattern is None, "None"),
+                ("mask_constant", mask_constant, mask_constant is None, "None"),
+                ("diagonal_batch", diagonal_batch, diagonal_batch in (None, True), "None or True"),
+                ("diagonal_spatial", diagonal_spatial, diagonal_spatial in (None, True, False),
+                 "None or a bool")):
+            if not ok:
+                raise ValueError(f"kernel_fn: {name} must be {allowed} for fully-connected "
+                                 f"networks on (N, d) inputs, got {value!r}")
+        return self.kernel(x1, x2, get, **kwargs)
 
     def diag(self, x, get=None, *, dtype=None, backend="auto"):
         """Diagonals K(x_i, x_i) of the NNGP/NTK in O(N·(d + L)); same ``get``

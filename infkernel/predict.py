@@ -143,9 +143,13 @@ def _check_square(k, name, n=None, finite=True):
 
 
 def _check_finite_blocks(a, name, rows=2048):
+    """NaN or Inf is an error naming the first bad entry (blocked: no N×N temp)."""
     for r in range(0, a.shape[0], rows):
-        if not np.isfinite(a[r:r + rows]).all():
-            raise ValueError(f"{name} contains NaN or Inf (rows {r}..{r + rows})")
+        bad = ~np.isfinite(a[r:r + rows])
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(f"{name} contains NaN or Inf ({a[r + i, j]} at row {r + i}, "
+                             f"column {j})")
 
 
 def _check_symmetric(a, name, rows=1024):

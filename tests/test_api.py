@@ -66,6 +66,18 @@ def test_stax_triple():
     assert np.array_equal(kernel_fn(X1, X2, "nngp"), NET.kernel(X1, X2, "nngp"))
     shape, params = init_fn(0, (-1, 4))
     assert shape == (-1, 1) and apply_fn(params, X1).shape == (9, 1)
+    # neural-tangents' kernel_fn options that change nothing here are accepted
+    assert np.array_equal(kernel_fn(X1, X2, "nngp", pattern=None, mask_constant=None,
+                                    diagonal_batch=True, diagonal_spatial=False),
+                          NET.kernel(X1, X2, "nngp"))
+    for bad in (dict(mask_constant=0.0), dict(diagonal_batch=False), dict(pattern=(X1, X2))):
+        with pytest.raises(ValueError, match=f"kernel_fn: {next(iter(bad))} must be"):
+            kernel_fn(X1, X2, "nngp", **bad)
+    with pytest.raises(TypeError, match="foo"):
+        kernel_fn(X1, X2, "nngp", foo=1)
+    dense = ik.Dense(3, W_std=2.0)          # one layer is a triple too, as in neural-tangents
+    assert len(dense) == 3 and list(dense)[0](0, (-1, 4))[0] == (-1, 3)
+    assert np.array_equal(dense[2](X1, X2, "nngp"), 4.0 * X1 @ X2.T / 4)
 
 
 def test_neural_tangents_spellings():

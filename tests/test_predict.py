@@ -163,6 +163,10 @@ def test_bad_input(data):
         P.gradient_descent_mse_ensemble(net, xtr, bad)
     with pytest.raises(ValueError, match="diag_reg"):
         P.gp_inference(np.eye(3), np.ones(3), diag_reg=-1.0)
+    k = np.eye(3)
+    k[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"contains NaN or Inf \(inf at row 2, column 1\)"):
+        P.gp_inference(k, np.ones(3))(k_test_train=np.ones((1, 3)))
     pf = P.gradient_descent_mse_ensemble(net, xtr, ytr)
     with pytest.raises(ValueError, match="t must be >= 0"):
         pf(t=-1.0, x_test=xte)
