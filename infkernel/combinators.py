@@ -98,6 +98,9 @@ class parallel(Layer):
             raise ValueError("parallel: expected at least one layer")
         self.branches = tuple(_as_layers(l, f"parallel: argument {i}")
                               for i, l in enumerate(layers))
+        #: per branch: None for a single layer, else its network's nesting
+        self.branch_nesting = tuple(getattr(unpacked_network(l), "nesting", None)
+                                    for l in layers)
         self._reprs = tuple(repr(unpacked_network(l)) for l in layers)
 
     def __repr__(self):

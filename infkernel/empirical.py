@@ -435,6 +435,7 @@ def _body_params(full, params):
 
 
 def _prepare(net, x1, x2, params, name1="x1"):
+    params = net._flat_params(params)
     a1 = check_inputs(net._flatten(x1), name1)
     a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
     check_params(net, params, a1.shape[1])

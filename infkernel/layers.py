@@ -444,8 +444,12 @@ class Network:
     :meth:`kernel`; :meth:`diag` gives the kernels' diagonals in O(N·(d + L)).
     """
 
-    def __init__(self, layers):
+    def __init__(self, layers, nesting=None):
         self.layers = tuple(layers)
+        #: how ``serial`` was called: per argument, None for a layer or the
+        #: nesting of a network (neural-tangents' params follow it, see
+        #: :meth:`_flat_params`)
+        self.nesting = (None,) * len(self.layers) if nesting is None else nesting
         self._programs = {}
         n_maps = 0
         while n_maps < len(self.layers) and isinstance(self.layers[n_maps], InputMap):
@@ -469,6 +473,22 @@ class Network:
                        or any(any_dropout(b) for b in getattr(l, "branches", ()))
                        for l in layers)
         return any_dropout(self.layers)
+
+    def _flat_params(self, params):
+        """``params`` in ``init_fn``'s layout: one entry per layer, a tuple per
+        parallel branch.  neural-tangents' layout (a tuple per ``serial``
+        argument that is itself a network, a parallel branch's single layer
+        not wrapped in a tuple) is converted; anything else comes back as
+        given, for the parameter checks to report."""
+        if all(n is None for n in self.nesting) and not any(
+                hasattr(l, "branches") for l in self.layers):
+            return params              # the two layouts coincide
+        try:
+            layers = iter(self.layers)
+            flat = tuple(_unnest(params, self.nesting, layers))
+        except _NotNested:
+            return params
+        return params if next(layers, None) is not None else flat
 
     def map_inputs(self, x, name="x"):
         """γ(x): the inputs after the network's leading input maps.  ``x`` is a
@@ -608,6 +628,7 @@ class Network:
         ``rng`` (as in ``init_fn``) draws the masks of ``Dropout`` layers in
         train mode; other keywords of neural-tangents' ``apply_fn`` are
         accepted and unused."""
+        params = self._flat_params(params)
         if not isinstance(params, (tuple, list)):
             raise TypeError(f"apply_fn: params must be the tuple returned by init_fn, got "
                             f"{type(params).__name__}")
@@ -666,12 +687,54 @@ def unpacked_network(obj):
 
 def serial(*layers):
     """Compose layers (or networks, or their stax triples) in sequence."""
-    flat = []
+    flat, nesting = [], []
     for layer in map(unpacked_network, layers):
         if isinstance(layer, Network):
             flat.extend(layer.layers)
+            nesting.append(layer.nesting)
         elif isinstance(layer, Layer):
             flat.append(layer)
+            nesting.append(None)
         else:
             raise TypeError(f"serial: expected layers, got {type(layer).__name__}")
-    return Network(flat)
+    return Network(flat, tuple(nesting))
+
+
+class _NotNested(Exception):
+    """Parameters that are not in neural-tangents' nested layout."""
+
+
+def _unnest(params, nesting, layers):
+    """The per-layer params of the layers (an iterator) that ``nesting``
+    describes, from neural-tangents' nested ``params``."""
+    if not isinstance(params, (tuple, list)) or len(params) != len(nesting):
+        raise _NotNested
+    flat = []
+    for p, sub in zip(params, nesting):
+        if sub is None:
+            flat.append(_unnest_layer(p, next(layers, None)))
+        else:
+            flat.extend(_unnest(p, sub, layers))
+    return flat
+
+
+def _unnest_layer(p, layer):
+    branches = getattr(layer, "branches", None)
+    if branches is not None:                      # parallel: a tuple per branch
+        if not isinstance(p, (tuple, list)) or len(p) != len(branches):
+            raise _NotNested
+        out = []
+        for q, branch, sub in zip(p, branches, layer.branch_nesting):
+            it = iter(branch)
+            out.append(tuple(_unnest((q,) if sub is None else q, (None,) if sub is None
+                                     else sub, it)))
+            if next(it, None) is not None:
+                raise _NotNested
+        return tuple(out)
+    if isinstance(layer, Dense):
+        ok = isinstance(p, (tuple, list)) and len(p) == 2 and hasattr(p[0], "shape")
+    else:
+        ok = layer is not None and (p is None or isinstance(p, (tuple, list)) and not p)
+    if not ok:
+        raise _NotNested
+    return p

@@ -1361,12 +1361,15 @@ def _forward_jets(net, params, x, groups):
 
 
 def _check_params(net, params, d, name):
-    """``params`` from ``net.init_fn`` for inputs of d features (``name``)."""
+    """``params`` from ``net.init_fn`` (or in neural-tangents' layout) for
+    inputs of d features (``name``), in init_fn's layout."""
+    params = net._flat_params(params)
     if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
         raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
                          f"per layer ({len(net.layers)})")
     from .empirical import check_params
     check_params(net, params, d, name)
+    return params
 
 
 def operator_apply(net, params, x, op=None):
@@ -1375,7 +1378,7 @@ def operator_apply(net, params, x, op=None):
     op = _as_operator(op, "op")
     x = check_inputs(x, "x")
     op.check_dim(x.shape[1], "op")
-    _check_params(net, params, x.shape[1], "x")
+    params = _check_params(net, params, x.shape[1], "x")
     groups = op.directional(x.shape[1])
     h, _ = _forward_jets(net, params, x, groups)
     cf = np.array([[c[n] * math.factorial(n) for n in range(3)] for _, c in groups])
@@ -1423,7 +1426,7 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     x2 = x1 if x2 is None else check_inputs(x2, "x2", d)
     op1.check_dim(d, "op1")
     op2.check_dim(d, "op2")
-    _check_params(net, params, d, "x1")
+    params = _check_params(net, params, d, "x1")
     g1, g2 = op1.directional(d), op2.directional(d)
     h1, t1 = _forward_jets(net, params, x1, g1)
     h2, t2 = _forward_jets(net, params, x2, g2)

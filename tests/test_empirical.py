@@ -597,14 +597,40 @@ def test_branched_params_are_checked_against_init_fn():
         ik.empirical_ntk_fn(net)(x, None, bad)
     with pytest.raises(ValueError, match=r"params\[1\] must be a tuple of 2 entries"):
         ik.empirical_ntk_fn(net)(x, None, (params[0], params[1][:1]) + params[2:])
-    # neural-tangents nests a single-layer branch's params one level less
-    single = ik.serial(ik.FanOut(2), ik.parallel(ik.Dense(8), ik.Identity()), ik.FanInConcat(),
-                       ik.Dense(1))
-    _, p = single.init_fn(0, (-1, 3))
-    flat = (p[0], (p[1][0][0], ()), p[2], p[3])
-    with pytest.raises(ValueError, match=r"params\[1\]\[0\] must be a tuple of 1 entries, "
-                                         r"as init_fn returns, got tuple of 2"):
-        single.apply_fn(flat, x)
+
+
+def test_neural_tangents_nested_params_layout_is_accepted():
+    """neural-tangents' params keep a tuple per serial(...) argument that is a
+    network and do not wrap a parallel branch's single layer: apply_fn, the
+    empirical kernels, linearize and the PINN operators take that layout too,
+    with the same results; a layout that is neither is refused as before."""
+    block = ik.serial(ik.FanOut(2), ik.parallel(ik.serial(ik.Dense(6, 1.3, 0.1), ik.Relu(),
+                                                          ik.Dense(6)), ik.Identity()),
+                      ik.FanInSum())
+    net = ik.serial(ik.serial(ik.Dense(6, 1.5, 0.05), ik.Erf()), block, ik.Tanh(), ik.FanOut(2),
+                    ik.parallel(ik.Dense(2, b_std=0.2), ik.serial(ik.Dense(2), ik.Erf())),
+                    ik.FanInConcat(), ik.Dense(3))
+    x = np.random.default_rng(3).standard_normal((5, 4))
+    _, p = net.init_fn(0, (-1, 4))
+    (d1, a1, fan, par, fin, tanh, fan2, par2, cat, out) = p
+    nested = ((d1, a1), (fan, ((par[0][0], par[0][1], par[0][2]), par[1][0]), fin), tanh,
+              fan2, (par2[0][0], par2[1]), cat, out)
+    assert net._flat_params(nested) == p
+    assert np.array_equal(net.apply_fn(nested, x), net.apply_fn(p, x))
+    ntk = ik.empirical_ntk_fn(net)
+    assert np.array_equal(ntk(x, None, nested), ntk(x, None, p))
+    shifted = (((d1[0] + 0.1, d1[1]), a1),) + nested[1:]
+    assert np.array_equal(ik.linearize(net, nested)(shifted, x),
+                          ik.linearize(net, p)(net._flat_params(shifted), x))
+    chain = ik.serial(*[ik.serial(ik.Dense(5), ik.Tanh())] * 2, ik.Dense(1))
+    _, q = chain.init_fn(0, (-1, 4))
+    lap = ik.pinn.laplacian(4)
+    assert np.array_equal(ik.pinn.operator_apply(chain, (q[:2], q[2:4], q[4]), x, lap),
+                          ik.pinn.operator_apply(chain, q, x, lap))
+    with pytest.raises(ValueError, match=r"params has 9 entries, the network has 10 layers"):
+        net.apply_fn(p[:9], x)
+    with pytest.raises(ValueError, match=r"params has 7 entries"):
+        net.apply_fn(nested[:6] + (nested[6][0],), x)
 
 
 def test_branched_networks_monte_carlo_agrees_with_analytic():
