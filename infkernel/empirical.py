@@ -457,7 +457,7 @@ def _as_float(layers, params):
 def value_and_grad(net, params, x, cotangent_fn):
     """Output F = f(x; params) and the gradient of a loss L(F) with respect to
     the parameters, given ``cotangent_fn(F) = ∂L/∂F`` (reverse mode, exact).
-    The gradient has the structure of ``params``."""
+    The gradient has the structure of ``init_fn``'s params."""
     net = _as_network(net)
     _check_layers(net)
     a, _, params = _prepare(net, x, None, params)

@@ -725,9 +725,10 @@ def _unnest_layer(p, layer):
             raise _NotNested
         out = []
         for q, branch, sub in zip(p, branches, layer.branch_nesting):
+            if sub is None:               # a single layer's params, not wrapped
+                q, sub = (q,), (None,)
             it = iter(branch)
-            out.append(tuple(_unnest((q,) if sub is None else q, (None,) if sub is None
-                                     else sub, it)))
+            out.append(tuple(_unnest(q, sub, it)))
             if next(it, None) is not None:
                 raise _NotNested
         return tuple(out)
