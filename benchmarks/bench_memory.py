@@ -44,8 +44,9 @@ CHILD = textwrap.dedent("""
         from infkernel import stax
         ready = lambda a: a
     act = stax.Erf() if op == "erf" else stax.Relu()
+    outputs = 10 if op == "empirical" else 1
     init_fn, apply_fn, kernel_fn = stax.serial(*[stax.Dense(512, 1.5, 0.05), act] * 3,
-                                               stax.Dense(1, 1.5, 0.05))
+                                               stax.Dense(outputs, 1.5, 0.05))
     if lib == "nt":
         kernel_fn = jax.jit(kernel_fn, static_argnames="get")
     rng = np.random.default_rng(0)
@@ -68,9 +69,7 @@ CHILD = textwrap.dedent("""
                 return getattr(k, get) if isinstance(get, str) else k
             call = lambda: ready(lib_.predict.gradient_descent_mse_ensemble(
                 lookup, x1, y, diag_reg=1e-4)(None, x2, "ntk", compute_cov=True))
-    else:
-        init_fn, apply_fn, _ = stax.serial(*[stax.Dense(512, 1.5, 0.05), stax.Relu()] * 3,
-                                           stax.Dense(10, 1.5, 0.05))
+    else:   # the finite network's empirical NTK
         if lib == "nt":
             _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
             ntk = jax.jit(lib_.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=3))
