@@ -354,6 +354,24 @@ def dual_entries(kind, p, tab, S1, S12, S2, k, kd):
     return bad
 
 
+def dual_derivatives(kind, params, q1, q12, q2, ds, dt):
+    """(k, k̇) of a closed-form ``kind`` without coefficient tables (not
+    Monomial / Polynomial; parameters ``params``) at (q1, q12,
+    q2), arrays broadcast, and their derivatives along the directions ``ds``
+    and ``dt`` (each the coefficients of q1, q12, q2): returns k, k̇, ∂ₛk,
+    ∂ₜk, ∂ₛk̇, ∂ₜk̇.  ``dual`` on first-order jets: exact up to rounding."""
+    q = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (q1, q12, q2)))
+    rows = np.zeros((3, q[0].size, NJ))
+    for row, value, s, t in zip(rows, q, ds, dt):
+        row[:, 0], row[:, 3], row[:, 1] = value.ravel(), s, t
+    p = np.zeros(P.N_PARAMS)
+    p[:len(params)] = params
+    k, kd = np.zeros((2, q[0].size, NJ))
+    dual_entries(kind, p, np.zeros((2, 1)), rows[0], rows[1], rows[2], k, kd)
+    return tuple(v[:, c].reshape(q[0].shape)
+                 for v, c in ((k, 0), (kd, 0), (k, 3), (k, 1), (kd, 3), (kd, 1)))
+
+
 @njit(**JIT)
 def variance_jets(ops, kinds, params, tabs, Q, S):
     """The variance jets q(x + s v) (s-jets, J = 0) before each activation:

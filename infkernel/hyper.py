@@ -61,6 +61,7 @@ from scipy.optimize import minimize
 from . import _program as P
 from ._checks import KernelRangeError, count, flag, real
 from ._duals import _RHO_ONE
+from ._jets import dual_derivatives
 from .activations import Activation
 from .combinators import parallel
 from .layers import Dense, Dropout, ExpNormalized, Flatten, Identity, LayerNorm, Network
@@ -87,10 +88,13 @@ def _homog_degree(kind, p):
 
 
 def _angle(q1, q12, q2):
+    """s = √(q11 q22), ρ, θ = acos ρ, sin θ and q11 q22 − q12² (bounded below)
+    for the kinked kinds; ρ within 4 ulps of ±1 is ±1, as in the kernels
+    (``_duals.correlation``)."""
     s = np.sqrt(q1) * np.sqrt(q2)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(s > 0, q12 / np.where(s > 0, s, 1.0), 0.0)
-    rho = np.clip(rho, -1.0, 1.0)
+    rho = np.where(np.abs(rho) < _RHO_ONE, rho, np.sign(rho))
     det = np.maximum(q1 * q2 - q12 * q12, 1e-300 + 1e-15 * q1 * q2)
     return s, rho, np.arccos(rho), np.sqrt((1 - rho) * (1 + rho)), det
 
@@ -159,7 +163,6 @@ def _gelu_k(q1, q12, q2):
     p1, p2 = 1 + q1, 1 + q2
     r = np.sqrt(p1 * p2)
     z = np.clip(q12 / r, -1, 1)
-    # no lower clamp but 1e-300: the difference quotients step q12 past ±√(q1 q2)
     delta = np.sqrt(np.maximum(_det(p1 * p2 - q12 * q12, 1 + q1 + q2, q1, q12, q2), 1e-300))
     angle = np.arctan2(q12, delta)          # asin z, accurate near |z| = 1
     h = (q1 / p1) * (q2 / p2)
@@ -170,8 +173,7 @@ def _gelu_k(q1, q12, q2):
 
 
 def _gabor_k(q1, q12, q2):
-    """``_duals.dual_gabor`` in NumPy (without the clamp of δ, so that it
-    stays smooth across ρ = ±1 for the difference quotients)."""
+    """``_duals.dual_gabor`` in NumPy (δ = 4(q11 q22 − q12²) unclamped)."""
     s = q1 + q2
     delta = 4 * (q1 * q2 - q12 * q12)
     d = 1 + 2 * s + delta
@@ -182,15 +184,10 @@ def _gabor_k(q1, q12, q2):
     return k, kd
 
 
-#: kinds whose partial derivatives come from Richardson-extrapolated central
-#: differences of their (k, k̇) (error ~h⁴ with h = 1e-3 of the scale)
-_BY_DIFFERENCES = {P.K_GELU: _gelu_k, P.K_GABOR: _gabor_k}
-
-
-def _richardson(f, x, h):
-    def d(hh):
-        return (f(x + hh) - f(x - hh)) / (2 * hh)
-    return (4 * d(h / 2) - d(h)) / 3
+#: kinds whose (k, k̇) come from these NumPy forms and whose partial
+#: derivatives come from the kernels' formulas in jet arithmetic
+#: (``_jets.dual_derivatives``: exact up to rounding)
+_BY_JETS = {P.K_GELU: _gelu_k, P.K_GABOR: _gabor_k}
 
 
 def _layer_params(layer):
@@ -355,20 +352,24 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             kd1 = 12 * a * a * b ** 3 * q12 * t2 * D ** -2.5
             kd12 = 4 * a * a * b * b * D ** -2.5 * (D + 12 * b * b * q12 * q12)
             return k, kd, k1, kd, kd1, kd12
-        elif kind in _BY_DIFFERENCES:
-            f = _BY_DIFFERENCES[kind]
-            k, kd = f(q1, q12, q2)
+        elif kind in _BY_JETS:
+            k, kd = _BY_JETS[kind](q1, q12, q2)
             if not partials:
                 return k, kd
-            h1 = 1e-3 * (1 + np.abs(q1))
-            k1 = _richardson(lambda x: f(x, q12, q2)[0], q1, h1)
-            kd1 = _richardson(lambda x: f(x, q12, q2)[1], q1, h1)
-            kd12 = _richardson(lambda x: f(q1, x, q2)[1], q12,
-                               1e-3 * (1 + np.sqrt(np.abs(q1 * q2))))
+            _, _, k1, _, kd1, kd12 = dual_derivatives(kind, p, q1, q12, q2, (1, 0, 0),
+                                                      (0, 1, 0))
             return k, kd, k1, kd, kd1, kd12
         else:
             raise NotImplementedError(f"no derivative rule for activation kind {kind}")
-        # homogeneous kinds: Euler's relation for the variance derivatives
+        # kinked kinds, k = (q11 q22)^(n/2) f(ρ): not differentiable in q12 at
+        # |ρ| = 1 (f' infinite); the pairs there (identical, antipodal or
+        # parallel points) keep |ρ| = 1 as the hyperparameters change (biased
+        # layers move them off it only from b_std = 0, whose derivative the
+        # chain rule's factor 2 b_std zeroes), so along their tangents dρ = 0
+        # and the partials are those of (q11 q22)^(n/2) f(±1): k12 = kd12 = 0
+        edge = np.abs(rho) == 1
+        k12, kd12 = np.where(edge, 0.0, k12), np.where(edge, 0.0, kd12)
+        # Euler's relation for the variance derivatives (homogeneous of degree n)
         n = _homog_degree(kind, p)
         k1 = (n * k - q12 * k12) / (2 * q1)
         kd1 = ((n - 1) * kd - q12 * kd12) / (2 * q1)
@@ -391,10 +392,9 @@ def _dual_diag(kind, p, q):
         k0, kd0 = dual_values(kind, p, 0.0, 0.0, 0.0)
         zero = q == 0
         return np.where(zero, k0, k), np.where(zero, kd0, kd), dk, dkd
-    if kind in _BY_DIFFERENCES:
-        f = _BY_DIFFERENCES[kind]
-        k, kd = f(q, q, q)
-        dk, dkd = _richardson(lambda x: np.stack(f(x, x, x)), q, 1e-3 * (1 + np.abs(q)))
+    if kind in _BY_JETS:
+        k, kd = _BY_JETS[kind](q, q, q)
+        _, _, dk, _, dkd, _ = dual_derivatives(kind, p, q, q, q, (1, 1, 1), (0, 0, 0))
         return k, kd, dk, dkd
     k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
     return k, kd, 2 * k1 + k12, 2 * kd1 + kd12
@@ -823,6 +823,12 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     dK = (_times if (scale == 0).any() else np.multiply)(dK, scale[:, None, None])
     if shared:
         dK = np.concatenate([dK[:L].sum(0)[None], dK[L:2 * L].sum(0)[None], dK[2 * L:]])
+    if not (np.isfinite(K).all() and np.isfinite(dK).all()):
+        raise KernelRangeError(
+            f"kernel_and_grad: the {get} kernel or its derivatives overflow float64 "
+            f"({np.count_nonzero(~np.isfinite(K))} of {K.size} kernel entries, "
+            f"{np.count_nonzero(~np.isfinite(dK))} of {dK.size} derivative entries not "
+            "finite): reduce W_std / b_std or rescale x")
     return K, dK
 
 

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import predict as _predict
 from ._checks import KernelRangeError, count, flag, real
 from .activations import ACTIVATIONS, Activation
+from .combinators import parallel
 from .hyper import dense_layers, kernel_and_grad, with_hyperparameters
 from .kernel import check_inputs
 from .layers import Dense, Network, serial
@@ -129,6 +130,8 @@ def _same(a, b):
         return False
     if isinstance(a, Network):
         return _same(a.layers, b.layers)
+    if isinstance(a, parallel):
+        return _same(a.branches, b.branches)
     if isinstance(a, Activation):
         made = a.__dict__.get("_made_by")
         return made is not None and _same(made, b.__dict__.get("_made_by"))
@@ -224,12 +227,13 @@ class NetworkKernel(Kernel):
         X = check_inputs(net._flatten(X), "X")
         if Y is not None:
             Y = check_inputs(net._flatten(Y), "Y", X.shape[1], like="X")
-        if not flag("eval_gradient", eval_gradient):
-            return np.asarray(net.kernel(X, Y, self.get))
-        if Y is not None:
+        eval_gradient = flag("eval_gradient", eval_gradient)
+        if eval_gradient and Y is not None:
             raise ValueError("eval_gradient=True is only supported when Y is None")
         shared = np.size(self.W_std) == 1 and np.size(self.b_std) == 1
         try:
+            if not eval_gradient:
+                return np.asarray(net.kernel(X, Y, self.get))
             K, dK = kernel_and_grad(net, X, self.get, shared=shared)
         except KernelRangeError as exc:
             # an optimiser (GaussianProcessRegressor's) explored hyperparameters

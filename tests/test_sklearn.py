@@ -341,6 +341,27 @@ def test_network_kernel_equality_compares_the_networks():
         ik.serial(ik.Dense(3), ik.Tanh(), ik.Dense(3), ik.LeakyRelu(0.2), ik.Dense(1)),
         W_std=[1.0, 1.1, 1.2])
     assert k != NetworkKernel(net, W_std=[1.0, 1.1, 1.3])
+    # networks with parallel branches: equal to their clones and copies too
+    import copy
+    for net in (ik.serial(ik.Dense(3), ik.Residual(ik.serial(ik.Dense(3), ik.Relu(),
+                                                             ik.Dense(3))), ik.Dense(1)),
+                ik.MscaleDNN2([1.0, 2.0], hidden=(4,))):
+        k = NetworkKernel(net)
+        assert k == clone(k) == copy.deepcopy(k) == pickle.loads(pickle.dumps(k))
+    assert NetworkKernel(ik.MscaleDNN2([1.0, 2.0], hidden=(4,))) != NetworkKernel(
+        ik.MscaleDNN2([1.0, 3.0], hidden=(4,)))
+
+
+def test_network_kernel_gradient_overflow_is_an_error():
+    """Hyperparameters at which the kernel overflows are refused with and
+    without eval_gradient (the gradient path returned inf / NaN before)."""
+    X = np.random.default_rng(5).standard_normal((5, 3))
+    for get in ("nngp", "ntk"):
+        for W in (1e60, 1e100):
+            k = NetworkKernel(W_std=W, W_std_bounds=(1e-2, 1e200), get=get)
+            for grad in (False, True):
+                with pytest.raises(ik.KernelRangeError, match=r"W_std=1e\+"):
+                    k(X, eval_gradient=grad)
 
 
 def test_numeric_activation_by_name():
