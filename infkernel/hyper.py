@@ -17,11 +17,13 @@ variance derivatives ∂₁₁, ∂₂₂ are closed forms per activation: for p
 homogeneous φ of degree n (ReLU family, Monomial, RectifiedMonomial, Sign)
 Euler's relation k(a²q11, a q12, q22) = aⁿ k gives
 ∂₁₁k = (n k − q12 ∂₁₂k) / (2 q11); the others (Erf, Sin, Rbf, Exp,
-Gaussian) are differentiated directly.  Gelu's variance derivatives use a
-Richardson-extrapolated central difference of its closed form (4th order,
-relative step 1e-3: truncation ~1e-12, rounding ~1e-13).  Diagonal entries
-follow the one-variable map q ↦ k(q, q, q), whose derivative is finite even
-where ∂₁₂k̇ is not (ReLU at correlation 1).
+Gaussian) are differentiated directly, Gelu and Gabor by evaluating the
+kernels' formulas on first-order jets (``_jets.dual_derivatives``; exact up
+to rounding).  Diagonal entries follow the one-variable map q ↦ k(q, q, q),
+whose derivative is finite even where ∂₁₂k̇ is not (ReLU at correlation 1);
+so do other pairs at correlation ±1 of the kinked kinds (identical,
+antipodal or parallel points, which stay there: their derivative is taken
+along |ρ| = 1).
 
 Activation parameters (``activation_params=True``): each continuous
 parameter p of an activation layer gets its own tangent slot.  It enters the

@@ -4,7 +4,9 @@ Under gradient flow on the squared loss, an infinitely wide network's training
 residual evolves as r(t) = exp(−η Θ t) r(0) (Jacot et al. 2018), so the
 component of the target along an eigenvector v_k of the NTK Gram matrix Θ
 (eigenvalue λ_k) is learned as 1 − exp(−η λ_k t); with gradient descent steps
-the factor is (1 − η λ_k)^t.  For a stationary kernel on a uniform periodic
+the factor is (1 − η λ_k)^t.  This is the loss ½‖f − y‖² (a sum over the
+n training points); ``predict`` and ``NTKRegressor`` follow neural-tangents'
+mean ½‖f − y‖²/n, whose time t is t/n here.  For a stationary kernel on a uniform periodic
 1-D grid, Θ is circulant: its eigenvectors are the Fourier modes and its
 eigenvalues the discrete Fourier transform of one row (Tancik et al. 2020, §4).
 
