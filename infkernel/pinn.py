@@ -719,8 +719,10 @@ def _expectations(act, q1, q12, q2, amax):
     shape = q1.shape
     qmax = max(float(q1.max()), float(q2.max()))
     if qmax > 128.0:
-        raise KernelRangeError(f"{act!r}: pre-activation variance {qmax:g} exceeds 128, the "
-                         "range of the PINN quadrature")
+        raise KernelRangeError(
+            f"{act!r}: pre-activation variance {qmax:g} exceeds 128, the range of the PINN "
+            "quadrature for numerically integrated activations: rescale the inputs "
+            "(pinn.kernel(..., shift=, scale=), e.g. to [-1, 1]) or reduce W_std / b_std")
     s1, s2 = np.sqrt(q1).ravel(), np.sqrt(q2).ravel()
     ss = s1 * s2
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -379,10 +379,17 @@ def _pivoted_cholesky(diag, column, rank, tol=1e-12):
 
 def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_train"):
     """Solve (K + reg·I) X = B by conjugate gradients, one CG recursion per
-    column of B, preconditioned by P = L Lᵀ + diag(K - L Lᵀ) + reg·I with L a
-    pivoted partial Cholesky factor (applied by Woodbury).  Memory: K plus
-    O(N·(rank + C)).  Stops when every column has ‖r‖ ≤ tol·‖b‖; warns
-    (stating the residual reached) if ``maxiter`` is hit.
+    column of B, preconditioned by P = L Lᵀ + D + reg·I with L a pivoted
+    partial Cholesky factor and D the residual diagonal diag(K − L Lᵀ), at
+    least its mean (it is 0 at the pivots, where P⁻¹ applied by Woodbury
+    would cancel catastrophically).  Memory: K plus O(N·(rank + C)).
+
+    Stops when every column's true residual ‖B − (K + reg I) X‖ is at most
+    tol·‖B‖ (the recursive residual that CG updates drifts from it on
+    ill-conditioned K: it is recomputed, and CG restarted from it, up to 3
+    times); otherwise, after ``maxiter`` iterations, returns for each column
+    the iterate with the smallest residual (X = 0 at worst) and warns with the
+    residual reached.
     """
     tol = real("tol", tol, lower=0, strict=True)
     reg = real("reg", reg, lower=0)
@@ -401,7 +408,7 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
     diag = np.ascontiguousarray(np.diagonal(k), dtype=np.float64)
     # K is symmetric: row i (contiguous) is column i
     L, dres = _pivoted_cholesky(diag, lambda i: np.asarray(k[i], dtype=np.float64), rank)
-    D = dres + reg + 1e-14 * max(diag.mean(), 1e-300)
+    D = np.maximum(dres, dres.mean()) + reg + 1e-14 * max(diag.mean(), 1e-300)
     DiL = L / D[:, None]
     inner = np.eye(L.shape[1]) + L.T @ DiL
     ci = sla.cho_factor(inner, lower=True, check_finite=False)
@@ -415,34 +422,44 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
             out += reg * v
         return out
 
-    x = np.zeros_like(b2)
-    r = b2.copy()
     bnorm = np.linalg.norm(b2, axis=0)
     bnorm[bnorm == 0] = 1.0
-    z = prec(r)
-    p = z.copy()
-    rz = np.einsum("ij,ij->j", r, z)
-    res = np.linalg.norm(r, axis=0) / bnorm
+    x = np.zeros_like(b2)
+    best, best_res = x.copy(), np.ones(b2.shape[1])    # X = 0: residual ‖B‖
     it = 0
-    while it < maxiter and (res > tol).any():
-        q = matvec(p)
-        pq = np.einsum("ij,ij->j", p, q)
-        alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)
-        x += p * alpha
-        r -= q * alpha
+    for _ in range(4):                   # the first run and up to 3 restarts
+        r = b2 - matvec(x) if it else b2.copy()
         res = np.linalg.norm(r, axis=0) / bnorm
         z = prec(r)
-        rz_new = np.einsum("ij,ij->j", r, z)
-        beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
-        p = z + p * beta
-        rz = rz_new
-        it += 1
-    if (res > tol).any():
+        p = z.copy()
+        rz = np.einsum("ij,ij->j", r, z)
+        while it < maxiter and (res > tol).any():
+            q = matvec(p)
+            pq = np.einsum("ij,ij->j", p, q)
+            alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)
+            x += p * alpha
+            r -= q * alpha
+            res = np.linalg.norm(r, axis=0) / bnorm
+            better = res < best_res
+            if better.any():
+                best[:, better], best_res[better] = x[:, better], res[better]
+            z = prec(r)
+            rz_new = np.einsum("ij,ij->j", r, z)
+            beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
+            p = z + p * beta
+            rz = rz_new
+            it += 1
+        true_res = np.linalg.norm(b2 - matvec(best), axis=0) / bnorm
+        if (true_res <= tol).all() or it >= maxiter:
+            break
+        x = best.copy()
+    if (true_res > tol).any():
         warnings.warn(f"{name}: conjugate gradients stopped after {it} iterations at "
-                      f"relative residual {res.max():.3g} (asked for {tol:g}); "
-                      "increase diag_reg or maxiter", RuntimeWarning, stacklevel=3)
+                      f"relative residual {true_res.max():.3g} (asked for {tol:g}); "
+                      "increase diag_reg or maxiter, or use solver='cholesky'",
+                      RuntimeWarning, stacklevel=3)
     pcg_solve.last_iterations = it
-    return x.reshape(b.shape)
+    return best.reshape(b.shape)
 
 
 pcg_solve.last_iterations = 0
@@ -592,6 +609,11 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     first = np.asarray(first)
     if first.ndim != 2 or first.shape[0] != first.shape[1]:
         raise ValueError(f"k_train_train must be a square (N, N) matrix, got shape {first.shape}")
+    shapes = {g: np.shape(getattr(k_train_train, g)) for g in _GETS
+              if getattr(k_train_train, g, None) is not None}
+    if len(set(shapes.values())) > 1:
+        raise ValueError("k_train_train's fields must be kernels of the same training points, "
+                         "got shapes " + ", ".join(f"{g} {v}" for g, v in shapes.items()))
     n = first.shape[0]
     y = _check_y(y_train, n)
     _check_trace_axes(trace_axes, y)
@@ -767,6 +789,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
                 raise ValueError(f"kernel_fn returned shape {k.shape} for the training "
                                  f"kernel, expected ({n}, {n})")
             _check_finite_blocks(k, f"training {g} kernel")
+            _check_symmetric(k, f"training {g} kernel")
             cache[g] = k
         return cache[g]
 

@@ -877,3 +877,15 @@ def test_user_function_named_like_a_builtin_is_not_taken_for_it():
     assert np.abs(k_fake - k_sin).max() <= 1e-10 * np.abs(k_sin).max()
     z = np.linspace(-3.0, 3.0, 7)
     assert np.allclose(pinn._act_derivs(fake, z, True), ik.Sin().derivs(z), rtol=0, atol=1e-13)
+
+
+def test_quadrature_range_error_says_how_to_rescale():
+    """Numerically integrated activations take pre-activation variances up to
+    128: beyond, the error says how to rescale, and shift/scale to the unit
+    box then work (a [0, 20]² domain, first derivatives)."""
+    net = ik.serial(ik.Dense(16, W_std=1.3, b_std=0.5), ik.Tanh(), ik.Dense(1))
+    x = np.random.RandomState(0).uniform(0, 20, (4, 2))
+    with pytest.raises(ik.KernelRangeError, match=r"exceeds 128.*shift=, scale="):
+        pinn.kernel(net, x, None, pinn.partial(0), None)
+    k = pinn.kernel(net, x, None, pinn.partial(0), None, shift=10, scale=10)
+    assert k.shape == (4, 4) and np.isfinite(k).all()
