@@ -356,10 +356,10 @@ def dual_entries(kind, p, tab, S1, S12, S2, k, kd):
 
 def dual_derivatives(kind, params, q1, q12, q2, ds, dt):
     """(k, k̇) of a closed-form ``kind`` without coefficient tables (not
-    Monomial / Polynomial; parameters ``params``) at (q1, q12,
-    q2), arrays broadcast, and their derivatives along the directions ``ds``
-    and ``dt`` (each the coefficients of q1, q12, q2): returns k, k̇, ∂ₛk,
-    ∂ₜk, ∂ₛk̇, ∂ₜk̇.  ``dual`` on first-order jets: exact up to rounding."""
+    Monomial / Polynomial; parameters ``params``) at (q1, q12, q2), arrays
+    broadcast, and their derivatives along the directions ``ds`` and ``dt``
+    (each the coefficients of q1, q12, q2): returns k, k̇, ∂ₛk, ∂ₜk, ∂ₛk̇,
+    ∂ₜk̇.  ``dual`` on first-order jets: exact up to rounding."""
     q = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (q1, q12, q2)))
     rows = np.zeros((3, q[0].size, NJ))
     for row, value, s, t in zip(rows, q, ds, dt):

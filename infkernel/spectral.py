@@ -6,9 +6,10 @@ component of the target along an eigenvector v_k of the NTK Gram matrix Θ
 (eigenvalue λ_k) is learned as 1 − exp(−η λ_k t); with gradient descent steps
 the factor is (1 − η λ_k)^t.  This is the loss ½‖f − y‖² (a sum over the
 n training points); ``predict`` and ``NTKRegressor`` follow neural-tangents'
-mean ½‖f − y‖²/n, whose time t is t/n here.  For a stationary kernel on a uniform periodic
-1-D grid, Θ is circulant: its eigenvectors are the Fourier modes and its
-eigenvalues the discrete Fourier transform of one row (Tancik et al. 2020, §4).
+mean ½‖f − y‖²/n, whose time t is t/n here.  For a stationary kernel on a
+uniform periodic 1-D grid, Θ is circulant: its eigenvectors are the Fourier
+modes and its eigenvalues the discrete Fourier transform of one row (Tancik
+et al. 2020, §4).
 
     spec = spectral.stationary_spectrum(net, x)            # x: uniform grid on [0, 1)
     err = spectral.predicted_error_by_frequency(spec.eigvals, y, lr, steps)
