@@ -77,8 +77,7 @@ def parse_get(get, valid=GETS):
 def check_inputs(x, name, d=None, like="x1"):
     """Inputs as a C-contiguous float64 (N, d) array, or a clear error
     (``d``: the required feature count, that of the input named ``like``)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        x = x.get()
+    x = host_array(x)
     if isinstance(x, str):
         raise TypeError(f"{name} must be an array, got the string {x!r}"
                         + (f" (get is the third argument: kernel(x1, None, {x!r}))"
@@ -113,6 +112,17 @@ def check_inputs(x, name, d=None, like="x1"):
         rows = np.flatnonzero(bad)
         raise norm_overflow(name, rows, a[rows[0]])
     return a
+
+
+def host_array(x):
+    """A CuPy array or a torch tensor (any device; requires_grad or not) as a
+    NumPy array; anything else as it is."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):     # torch
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "get"):   # CuPy
+        return x.get()
+    return x
 
 
 def norm_overflow(name, rows, first):

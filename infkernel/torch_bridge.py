@@ -96,9 +96,39 @@ def _modules(module):
             why = f" ({layer})" if isinstance(layer, str) else ""
             raise TypeError(f"from_torch: layer {i} ({m.__class__.__name__}: {m!r}) is not "
                             f"supported{why}; supported: {_SUPPORTED}")
-    if not any(isinstance(m, nn.Linear) for m in mods):
+    linear = [(i, m) for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+    if not linear:
         raise ValueError("from_torch: the module has no nn.Linear layer")
+    for (_, a), (j, b) in zip(linear, linear[1:]):
+        if b.in_features != a.out_features:
+            raise ValueError(f"from_torch: layer {j} ({b!r}) takes {b.in_features} features but "
+                             f"the Linear layer before it gives {a.out_features}")
     return mods, nn
+
+
+def _check_default_init(i, m, W, b, fan_in):
+    """A ValueError unless layer ``i``'s weights and biases look drawn from
+    torch's default U(±1/√fan_in): within the bound, biases not all zero, and
+    mean squares within 6 standard errors of 1/(3 fan_in) (for U(±a), x² has
+    mean a²/3 and standard deviation 0.894 a²/3: no false alarm in practice,
+    and zeroed or rescaled initialisations of more than ~30 values caught)."""
+    a2 = 1.0 / fan_in
+    why = None
+    for name, v in (("weight", W), ("bias", b)):
+        if v is None or v.size == 0:
+            continue
+        big = np.abs(v).max()
+        z = (np.mean(v * v) - a2 / 3) / (0.894 * a2 / 3 / math.sqrt(v.size))
+        if big > math.sqrt(a2) * (1 + 1e-6):
+            why = f"|{name}| up to {big:.3g} > 1/sqrt(fan_in) = {math.sqrt(a2):.3g}"
+        elif big == 0:
+            why = f"all {name} entries are 0"
+        elif abs(z) > 6:
+            why = (f"the {name} entries' mean square {np.mean(v * v):.3g} is {abs(z):.0f} "
+                   f"standard errors from 1/(3 fan_in) = {a2 / 3:.3g}")
+        if why:
+            raise ValueError(f"from_torch: layer {i} ({m!r}): {why}, so it does not have "
+                             "torch's default initialisation: pass scale='measured'")
 
 
 def from_torch(module, scale="default"):
@@ -111,8 +141,9 @@ def from_torch(module, scale="default"):
         follows the module's train/eval state).
       scale: ``"default"``: torch's default ``nn.Linear`` initialisation,
         W_std = 1/√3, b_std = 1/√(3·fan_in) (exact variances of U(±1/√fan_in));
-        the current weights are checked to lie within ±1/√fan_in, which a
-        custom initialisation usually breaks.  ``"measured"``: variances
+        the current weights and biases are checked to look drawn from
+        U(±1/√fan_in) (within the bound, mean squares near 1/(3 fan_in), biases
+        not all zero), which a custom initialisation breaks.  ``"measured"``: variances
         estimated from the module's current parameters, W_std² = fan_in·mean(W²),
         b_std² = mean(b²), for custom zero-mean initialisations (noisy for
         small layers: one output unit gives b_std = |b|).
@@ -130,13 +161,7 @@ def from_torch(module, scale="default"):
             b = None if m.bias is None else m.bias.detach().cpu().double().numpy()
             fan_in = m.in_features
             if scale == "default":
-                bound = 1.0 / math.sqrt(fan_in) * (1 + 1e-6)
-                big = max(np.abs(W).max(), 0.0 if b is None else np.abs(b).max())
-                if big > bound:
-                    raise ValueError(
-                        f"from_torch: layer {i} ({m!r}) has |weight| up to {big:.3g} > "
-                        f"1/sqrt(fan_in) = {1 / math.sqrt(fan_in):.3g}, so it does not have "
-                        "torch's default initialisation: pass scale='measured'")
+                _check_default_init(i, m, W, b, fan_in)
                 w_std, b_std = _DEFAULT_W_STD, (None if b is None else 1 / math.sqrt(3 * fan_in))
             else:
                 w_std = math.sqrt(fan_in * float(np.mean(W * W)))
@@ -165,13 +190,17 @@ def torch_params(module):
 
 def empirical_ntk_torch(module, x1, x2=None, chunk_size=64):
     """Empirical NTK of a torch model, traced over outputs as neural-tangents
-    does: Θ(x, x') = (1/k) Σ_j Σ_p ∂f_j(x)/∂θ_p ∂f_j(x')/∂θ_p.
+    does: Θ(x, x') = (1/k) Σ_j Σ_p ∂f_j(x)/∂θ_p ∂f_j(x')/∂θ_p, over the
+    trainable parameters θ (``requires_grad``; frozen ones are not trained,
+    so they are not in the NTK) and the k entries of each example's output
+    (any shape: (N,), (N, k), (N, a, b), ...).
 
     Per-example Jacobians come from ``torch.func.vmap(jacrev(...))`` on
-    ``chunk_size`` inputs at a time (memory chunk_size·k·P numbers).  Works for
-    any module mapping (N, d) to (N, k), not only the ones ``from_torch``
-    maps.  Computed in the module's dtype; returns a float64 NumPy (N1, N2)
-    array.
+    ``chunk_size`` inputs at a time; all are kept, (N1 + N2)·k·P numbers (N·k·P
+    for x2=None).  Works for any module applied to (N, d) inputs, not only
+    the ones ``from_torch`` maps; inputs may be NumPy arrays or tensors (any
+    device, requires_grad or not).  Computed in the module's dtype; returns a
+    float64 NumPy (N1, N2) array.
     """
     torch = _torch()
     from torch.func import functional_call, jacrev, vmap
@@ -182,18 +211,26 @@ def empirical_ntk_torch(module, x1, x2=None, chunk_size=64):
     a1 = check_inputs(x1, "x1")
     a2 = None if x2 is None else check_inputs(x2, "x2", a1.shape[1])
     chunk_size = count("chunk_size", chunk_size)
-    random = [m for m in module.modules() if m.training
-              and isinstance(m, (torch.nn.Dropout, torch.nn.AlphaDropout))]
-    if random:
-        raise TypeError(f"empirical NTKs need a fixed network; {random[0]!r} is in train "
-                        "mode and draws new masks on every call (call module.eval())")
-    params = {k: v.detach() for k, v in module.named_parameters()}
+    varying = [m for m in module.modules() if m.training and isinstance(
+        m, (torch.nn.Dropout, torch.nn.AlphaDropout, torch.nn.modules.batchnorm._BatchNorm))]
+    if varying:
+        raise TypeError(f"empirical NTKs need a fixed function of each input; {varying[0]!r} "
+                        "is in train mode (dropout draws new masks on every call, batch "
+                        "normalisation uses the batch's statistics): call module.eval()")
+    params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
     if not params:
-        raise ValueError("module has no parameters, so its NTK is 0")
+        raise ValueError("module has no trainable parameters (requires_grad), so its NTK "
+                         "is 0")
     ref = next(iter(params.values()))
+    try:
+        with torch.no_grad():
+            module(torch.as_tensor(a1[:1], dtype=ref.dtype, device=ref.device))
+    except Exception as exc:
+        raise ValueError(f"module cannot be applied to x1 of shape {a1.shape}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
-    def f(p, x):
-        return functional_call(module, p, (x[None],))[0]
+    def f(p, x):    # one example's output, flattened: its k entries
+        return functional_call(module, p, (x[None],))[0].reshape(-1)
 
     jac_fn = vmap(jacrev(f), in_dims=(None, 0))
 

@@ -149,3 +149,77 @@ def test_unsupported_layers_are_named():
     with pytest.raises(TypeError, match="train mode .* module.eval"):
         empirical_ntk_torch(dropping, np.ones((2, 2)))
     empirical_ntk_torch(dropping.eval(), np.ones((2, 2)))
+
+
+def _autograd_ntk(m, x1, x2):
+    """Θ(x, x') = (1/k) Σ_j ∇θ f_j(x)·∇θ f_j(x') by plain autograd, one
+    example and output entry at a time, over the trainable parameters."""
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    def grads(x):
+        out = m(torch.as_tensor(x[None], dtype=torch.float64))[0].reshape(-1)
+        return torch.stack([torch.cat([g.reshape(-1) for g in
+                                       torch.autograd.grad(o, params, retain_graph=True)])
+                            for o in out])                    # (k, P)
+    g1, g2 = [grads(x) for x in x1], [grads(x) for x in x2]
+    k = g1[0].shape[0]
+    return np.array([[float((a * b).sum()) / k for b in g2] for a in g1])
+
+
+def test_empirical_ntk_torch_outputs_of_any_shape_and_trainable_parameters():
+    """Outputs of shape (N,) and (N, 2, 3) are traced over all their entries
+    (an (N, a, b) output was b times too large, an (N,) one crashed), and
+    frozen parameters are left out; both against plain autograd."""
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    for head, reshape in ((nn.Linear(6, 1), lambda t: t[:, 0]),
+                          (nn.Linear(6, 6), lambda t: t.reshape(-1, 2, 3))):
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+                self.head = head
+
+            def forward(self, t):
+                return reshape(self.head(self.body(t)))
+        m = Model().double()
+        np.testing.assert_allclose(empirical_ntk_torch(m, x), _autograd_ntk(m, x, x),
+                                   rtol=1e-12, atol=1e-14)
+        m.body[0].weight.requires_grad_(False)
+        np.testing.assert_allclose(empirical_ntk_torch(m, x, x[:2]), _autograd_ntk(m, x, x[:2]),
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_bridge_inputs_and_checks():
+    """Tensors that require grad, bfloat16 tensors are accepted (detached,
+    widened); zeroed biases, non-chaining Linear layers, a wrong input width
+    and BatchNorm in train mode are refused by name."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    ref = from_torch(m).kernel(x.numpy(), None, "ntk")
+    np.testing.assert_array_equal(from_torch(m).kernel(x.clone().requires_grad_(), None, "ntk"),
+                                  ref)
+    np.testing.assert_array_equal(empirical_ntk_torch(m, x.clone().requires_grad_()),
+                                  empirical_ntk_torch(m, x.numpy()))
+    xb = x.to(torch.bfloat16)
+    np.testing.assert_array_equal(from_torch(m).kernel(xb, None, "ntk"),
+                                  from_torch(m).kernel(xb.double().numpy(), None, "ntk"))
+    with torch.no_grad():
+        nn.init.zeros_(m[0].bias)
+    with pytest.raises(ValueError, match="layer 0 .*all bias entries are 0.*scale='measured'"):
+        from_torch(m)
+    wide = nn.Sequential(nn.Linear(50, 400), nn.ReLU(), nn.Linear(400, 1))
+    with torch.no_grad():
+        wide[0].weight.mul_(0.5)
+    with pytest.raises(ValueError, match="mean square .* standard errors"):
+        from_torch(wide)
+    with pytest.raises(ValueError, match=r"layer 2 .*takes 7 features but the Linear layer "
+                                         r"before it gives 8"):
+        from_torch(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(7, 1)))
+    with pytest.raises(ValueError, match=r"cannot be applied to x1 of shape \(4, 5\)"):
+        empirical_ntk_torch(m, np.ones((4, 5)))
+    bn = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    with pytest.raises(TypeError, match="BatchNorm1d.*train mode.*module.eval"):
+        empirical_ntk_torch(bn, x.numpy())
+    assert empirical_ntk_torch(bn.eval(), x.numpy()).shape == (4, 4)
