@@ -46,56 +46,87 @@ def _arch_tokens(spec):
     return tokens
 
 
+#: Layers named in --arch and --activation besides the activations.
+_NAMED_LAYERS = {"identity": layers.Identity, "layernorm": layers.LayerNorm,
+                 "dropout": layers.Dropout, "expnormalized": layers.ExpNormalized}
+
+
+def parse_layer(token, option="--arch", names=None):
+    """One layer from its name (case-insensitive) with optional arguments in
+    parentheses, positional or ``key=value``, separated by spaces, commas or
+    semicolons: ``relu``, ``leakyrelu(0.2)``, ``erf(a=1, b=2)``,
+    ``monomial(3)``; ``polynomial(c0 c1 ... cn)`` takes its coefficients in
+    numpy's order.  ``names``: the valid names (default: activations and
+    the layers of ``_NAMED_LAYERS``)."""
+    named = names if names is not None else {**_NAMED_LAYERS, **activations.ACTIVATIONS}
+    name, paren, rest = token.partition("(")
+    name = name.strip().lower()
+    if paren and not rest.rstrip().endswith(")"):
+        raise ValueError(f"{option}: unclosed '(' in {token!r}")
+    factory = named.get(name)
+    if factory is None:
+        valid = ", ".join(sorted(named) + (["dense:N"] if option == "--arch" else []))
+        what = "layer" if names is None else "activation"
+        raise ValueError(f"{option}: unknown {what} {name!r}; valid: {valid}")
+    args, kwargs = [], {}
+    for item in re.split(r"[\s,;]+", rest.rstrip().rstrip(")")):
+        if item:
+            key, eq, value = item.rpartition("=")
+            if eq:
+                kwargs[key.strip()] = _number(value, token, option)
+            else:
+                args.append(_number(value, token, option))
+    if factory is activations.Polynomial and args:
+        args = [args]      # the coefficients are one argument
+    try:
+        return factory(*args, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{option}: {token!r}: {exc}") from None
+
+
+def parse_activation(text, option="--activation"):
+    """An activation for --activation: ``relu``, ``leakyrelu(0.1)``,
+    ``erf(a=1, b=2)``, as in --arch (``leakyrelu:0.1`` is read as
+    ``leakyrelu(0.1)``)."""
+    name, colon, args = text.partition(":")
+    return parse_layer(f"{name}({args})" if colon else text, option,
+                       activations.ACTIVATIONS)
+
+
+def activation_option(text):
+    """``parse_activation`` as an argparse ``type`` (its message shown as is)."""
+    try:
+        return parse_activation(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--activation: ")) from None
+
+
 def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
     """Network from "dense:512,relu,dense:512,erf(a=1 b=2),dense:1".
 
-    ``dense:N`` is a Dense layer of width N with the given stds; an activation
-    is its lower-case name with optional arguments in parentheses, positional
-    or ``key=value``, separated by spaces, commas or semicolons:
-    ``leakyrelu(0.2)``, ``erf(a=1, b=2)``, ``monomial(3)``, ``layernorm(eps=0.1)``,
-    ``dropout(0.9)``, ``expnormalized(gamma=2)``;
-    ``polynomial(c0 c1 ... cn)`` takes its coefficients in numpy's order."""
+    ``dense:N`` is a Dense layer of width N with the given stds; the other
+    layers are read by :func:`parse_layer` (activations, ``layernorm(eps=0.1)``,
+    ``dropout(0.9)``, ``expnormalized(gamma=2)``, ``identity``)."""
     out = []
     for token in _arch_tokens(spec):
-        name, _, rest = token.partition("(")
-        name = name.strip().lower()
+        name = token.partition("(")[0].strip().lower()
         if name.startswith("dense"):
             _, _, width = name.partition(":")
-            if not width.strip().isdigit() or rest:
+            if not width.strip().isdigit() or "(" in token:
                 raise ValueError(f"--arch: expected dense:WIDTH, got {token!r}")
             out.append(layers.Dense(int(width), W_std, b_std, parameterization))
-            continue
-        named = {"identity": layers.Identity, "layernorm": layers.LayerNorm,
-                 "dropout": layers.Dropout, "expnormalized": layers.ExpNormalized,
-                 **activations.ACTIVATIONS}
-        factory = named.get(name)
-        if factory is None:
-            valid = ", ".join(sorted(named) + ["dense:N"])
-            raise ValueError(f"--arch: unknown layer {name!r}; valid: {valid}")
-        args, kwargs = [], {}
-        for item in re.split(r"[\s,;]+", rest.rstrip(")")):
-            if item:
-                key, eq, value = item.rpartition("=")
-                if eq:
-                    kwargs[key.strip()] = _number(value, token)
-                else:
-                    args.append(_number(value, token))
-        if factory is activations.Polynomial and args:
-            args = [args]      # the coefficients are one argument
-        try:
-            out.append(factory(*args, **kwargs))
-        except TypeError as exc:
-            raise ValueError(f"--arch: {token!r}: {exc}") from None
+        else:
+            out.append(parse_layer(token))
     return layers.serial(*out)
 
 
-def _number(text, token):
+def _number(text, token, option="--arch"):
     for kind in (int, float):
         try:
             return kind(text)
         except ValueError:
             pass
-    raise ValueError(f"--arch: {token!r}: {text!r} is not a number")
+    raise ValueError(f"{option}: {token!r}: {text!r} is not a number")
 
 
 def load_features(path):
@@ -114,7 +145,11 @@ def load_features(path):
 
 
 def load_npy(path):
-    """A .npy array; object arrays (which would need pickle) are refused naming the file."""
+    """A .npy array; other files and object arrays (which would need pickle)
+    are refused naming the file."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{path}: not a .npy file (as np.save writes)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -247,13 +282,14 @@ def main(argv=None):
     g.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=gram_main)
-    for name, module, adder, runner in (("fit", "fit", "add_fit_arguments", "fit_command"),
-                                        ("verify", "verification", "add_verify_arguments", "run_verify")):
-        try:
-            mod = __import__(f"infkernel.{module}", fromlist=[adder])
-        except ImportError:
-            continue
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().split("\n")[0])
+    for name, module, adder, runner, summary in (
+            ("fit", "fit", "add_fit_arguments", "fit_command",
+             "the main job: NNGP / NTK regression of a dataset beside an RBF-kernel GP"),
+            ("verify", "verification", "add_verify_arguments", "run_verify",
+             "finite-width networks against the infinite-width kernels")):
+        mod = __import__(f"infkernel.{module}", fromlist=[adder])
+        p = sub.add_parser(name, help=summary, description=mod.__doc__.replace("``", "'"),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         getattr(mod, adder)(p)
         p.set_defaults(func=getattr(mod, runner))
     args = parser.parse_args(argv)

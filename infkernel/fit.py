@@ -7,9 +7,11 @@ With no data argument it uses scikit-learn's bundled digits dataset (1,797
 2018; Arora et al. 2019): targets e_c - 1/C, predicted class = argmax.
 """
 import argparse
+import glob
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -21,15 +23,20 @@ __all__ = ["add_fit_arguments", "run_fit", "fit_command", "load_data"]
 def add_fit_arguments(p):
     """Add the ``fit`` options to an argparse (sub)parser."""
     p.add_argument("data", nargs="?", default=None,
-                   help="features: .npy (with --target), .npz (arrays x, y) or .csv "
-                        "(last column is the target); default: scikit-learn's digits")
-    p.add_argument("--target", default=None, help=".npy or .csv file with the targets")
+                   help="features: .npy or .csv (the last column is the target unless "
+                        "--target is given) or .npz (arrays x, y); default: scikit-learn's "
+                        "digits")
+    p.add_argument("--target", default=None,
+                   help=".npy or .csv file with the targets (with .npy / .csv features)")
     p.add_argument("--task", choices=("auto", "classification", "regression"),
                    default="auto", help="auto: classification if the targets are "
                    "integers with at most 100 distinct values")
     p.add_argument("--depths", default="1,2,3",
                    help="comma-separated numbers of hidden layers (default 1,2,3)")
-    p.add_argument("--activation", default="relu", help="activation name (default relu)")
+    from .cli import activation_option
+    p.add_argument("--activation", type=activation_option, default="relu",
+                   help="activation of the hidden layers, as in --arch: relu (default), erf, "
+                        "gelu, leakyrelu(0.1), monomial(3), ...")
     p.add_argument("--W-std", type=float, default=1.5, dest="W_std")
     p.add_argument("--b-std", type=float, default=0.05, dest="b_std")
     p.add_argument("--diag-reg", type=float, default=1e-3, dest="diag_reg",
@@ -64,7 +71,16 @@ def load_data(data=None, target=None):
     if not os.path.exists(data):
         raise ValueError(f"data file {data!r} does not exist")
     if data.lower().endswith(".npz"):
-        with np.load(data, allow_pickle=False) as z:
+        if target is not None:
+            raise ValueError(f"--target is for .npy / .csv features; the .npz {data} holds "
+                             "its targets as array 'y'")
+        try:
+            z = np.load(data, allow_pickle=False)
+        except (zipfile.BadZipFile, ValueError):
+            raise ValueError(f"{data}: not a valid .npz file (as np.savez writes)") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f"{data}: not an .npz archive (an .npy array named .npz?)")
+        with z:
             if "x" not in z or "y" not in z:
                 raise ValueError(f"{data}: an .npz must hold arrays 'x' and 'y', got {list(z)}")
             x, y = z["x"], z["y"]
@@ -106,10 +122,6 @@ def _is_classification(y, task):
 def run_fit(args):
     """Run the job described by ``args`` (from :func:`add_fit_arguments`);
     prints the table and returns ``{"rows": [...], "out": dir}``."""
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    from . import predict
     from .sklearn import make_network
 
     try:
@@ -127,9 +139,26 @@ def run_fit(args):
     first = make_network(1, args.activation, args.W_std, args.b_std)   # --activation, stds
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file, not a directory")
+    new_out = not os.path.exists(args.out)
     os.makedirs(args.out, exist_ok=True)       # unwritable: an error now, not after the fits
-    if not os.access(args.out, os.W_OK):
-        raise ValueError(f"--out {args.out!r} is not writable")
+    try:
+        if not os.access(args.out, os.W_OK):
+            raise ValueError(f"--out {args.out!r} is not writable")
+        return _run(args, first, depths)
+    except BaseException:
+        if new_out and not os.listdir(args.out):   # nothing left behind by a failed run
+            os.rmdir(args.out)
+        raise
+
+
+def _run(args, first, depths):
+    """``run_fit`` once the options are checked and ``args.out`` exists."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    from . import predict
+    from .sklearn import make_network
+
     x, y, name = load_data(args.data, args.target)
     if not np.isfinite(x).all():
         raise ValueError("the features contain NaN or Inf")
@@ -193,9 +222,16 @@ def run_fit(args):
         if bar is not None:
             bar.close()
 
+    for stale in glob.glob(os.path.join(args.out, "pred_*.npy")):   # an earlier run's
+        if os.path.basename(stale)[5:-4] not in preds:
+            os.remove(stale)
     for k, v in preds.items():
         np.save(os.path.join(args.out, f"pred_{k}.npy"), v)
     np.save(os.path.join(args.out, "y_test.npy"), yte)
+    if clf:     # row c of the one-hot targets and predictions is class classes[c]
+        np.save(os.path.join(args.out, "classes.npy"), classes)
+    elif os.path.exists(os.path.join(args.out, "classes.npy")):
+        os.remove(os.path.join(args.out, "classes.npy"))
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump({"dataset": name, "n_train": len(xtr), "n_test": len(xte),
                    "classification": clf, "rows": rows}, f, indent=2)
@@ -240,7 +276,8 @@ def _print_table(name, ntr, nte, clf, rows, out):
         dep = "-" if r["depth"] is None else str(r["depth"])
         acc = f"{r['accuracy']:>9.4f} " if clf else ""
         print(f"{r['model']:<8} {dep:>5} {acc}{r['mse']:>10.5f} {r['seconds']:>8.2f}")
-    print(f"predictions saved in {out}/ (pred_*.npy, y_test.npy, metrics.json)")
+    print(f"predictions saved in {out}/ (pred_*.npy, y_test.npy, "
+          f"{'classes.npy, ' if clf else ''}metrics.json)")
 
 
 def fit_command(args):

@@ -31,17 +31,20 @@ __all__ = ["NetworkKernel", "NNGPRegressor", "NTKRegressor", "make_network"]
 
 
 def make_network(depth=2, activation="relu", W_std=1.0, b_std=0.1):
-    """serial(Dense, φ) × depth + Dense, with φ named as in ``ACTIVATIONS``
-    ("relu", "erf", "gelu", ...)."""
+    """serial(Dense, φ) × depth + Dense, with φ an activation (``ik.LeakyRelu(0.1)``)
+    or one named as in ``ACTIVATIONS`` ("relu", "erf", "gelu", ...)."""
     depth = count("depth", depth, 0)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    try:
-        phi = ACTIVATIONS[activation]()
-    except TypeError:
-        raise ValueError(f"activation {activation!r} needs parameters (e.g. "
-                         "ik.LeakyRelu(0.1)): build the network and pass it as "
-                         "network=ik.serial(...)") from None
+    if isinstance(activation, Activation):
+        phi = activation
+    elif activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be an activation (e.g. ik.LeakyRelu(0.1)) or one "
+                         f"of {sorted(ACTIVATIONS)}, got {activation!r}")
+    else:
+        try:
+            phi = ACTIVATIONS[activation]()
+        except TypeError:
+            raise ValueError(f"activation {activation!r} needs parameters: pass the "
+                             "activation itself, e.g. ik.LeakyRelu(0.1)") from None
     layers = []
     for _ in range(depth):
         layers += [Dense(1, 1.0, 0.0), phi]
@@ -407,7 +410,9 @@ class NNGPRegressor(_NetworkRegressor):
     """Exact GP regression with the NNGP of an infinitely wide network.
 
     Args:
-      depth, activation: the default network ``make_network(depth, activation)``.
+      depth, activation: the default network ``make_network(depth, activation)``
+        (``activation``: a name such as "relu", or an activation such as
+        ``ik.LeakyRelu(0.1)``).
       W_std, b_std: weight / bias standard deviations of every Dense layer
         (scalars, or one per Dense layer as in :class:`NetworkKernel`);
         ``b_std=None`` (or a None entry): no bias, as in ``Dense``.

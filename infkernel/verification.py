@@ -9,7 +9,12 @@ For hidden width n (every ``Dense`` but the last gets ``out_dim = n``):
     f(x)f(x') of one network is rank one and never converges), and
   - the empirical NTK Θ̂ (traced over outputs);
   both fluctuate as O(n^(−1/2)) (Hanin & Nica 2020), so the log-log slope of
-  the mean error against width should be ≈ −1/2.
+  the mean error against width should be ≈ −1/2.  The fluctuations hide a
+  wrong analytic kernel of a few per cent, so the mean kernel over the
+  networks, m, is tested too: ‖m − K‖_F against its noise level
+  ‖s‖_F (s the entries' standard errors: E‖m − E m‖² = ‖s‖²), which differs
+  from E m − K only by the finite-width bias O(depth/n) (Yaida 2020).  The
+  verdict ``consistent`` asks ‖m − K‖ ≤ 4‖s‖ at the largest width.
 * training: the finite network trained by full-batch gradient descent on
   L = ‖F − Y‖²/(2·Y.size) against the linearised (infinite-width) prediction
   from the same initial outputs F₀ (Lee et al. 2019):
@@ -34,6 +39,7 @@ import numpy as np
 from . import empirical as E
 from ._checks import count, entropy, flag, real
 from .kernel import check_inputs
+from .hyper import _map_dense, dense_layers
 from .layers import Dense, Network
 
 __all__ = ["verify", "VerifyResult", "add_verify_arguments", "run_verify"]
@@ -48,6 +54,12 @@ class VerifyResult:
     errors: Dict[str, np.ndarray]          # "nngp", "ntk": (len(widths),)
     errors_se: Dict[str, np.ndarray]
     slopes: Dict[str, float]               # "nngp", "ntk", "train_gap"
+    #: ‖m − K‖_F / ‖K‖_F of the mean kernel m over the networks, and its noise
+    #: level ‖s‖_F / ‖K‖_F (s: the entries' standard errors), per width
+    mean_errors: Dict[str, np.ndarray] = field(default_factory=dict)
+    mean_noise: Dict[str, np.ndarray] = field(default_factory=dict)
+    #: the mean kernels at the largest width within 4 noise levels of K
+    consistent: Optional[bool] = None
     train_widths: List[int] = field(default_factory=list)
     train_gap: Optional[np.ndarray] = None      # (len(train_widths),)
     train_gap_se: Optional[np.ndarray] = None
@@ -59,30 +71,47 @@ class VerifyResult:
 
     def table(self):
         """The results as a fixed-width text table."""
-        lines = [f"{'width':>7}  {'NNGP rel. err':>20}  {'NTK rel. err':>20}  {'train gap':>20}"]
+        lines = [f"{'width':>7}  {'NNGP rel. err':>20}  {'NTK rel. err':>20}  "
+                 f"{'mean NNGP (noise)':>19}  {'mean NTK (noise)':>19}  {'train gap':>20}"]
         gaps = dict(zip(self.train_widths, zip(
             self.train_gap if self.train_gap is not None else [],
             self.train_gap_se if self.train_gap_se is not None else [])))
-        for i, w in enumerate(self.widths):
-            g = gaps.get(w)
-            gs = f"{g[0]:.3e} ± {g[1]:.1e}" if g else "-"
-            lines.append(f"{w:>7}  {self.errors['nngp'][i]:.3e} ± {self.errors_se['nngp'][i]:.1e}"
-                         f"  {self.errors['ntk'][i]:.3e} ± {self.errors_se['ntk'][i]:.1e}"
-                         f"  {gs:>20}")
+        rows = dict((w, i) for i, w in enumerate(self.widths))
+        for w in sorted(set(self.widths) | set(gaps)):
+            i, g = rows.get(w), gaps.get(w)
+            cells = []
+            for name in ("nngp", "ntk"):
+                cells.append("-" if i is None else
+                             f"{self.errors[name][i]:.3e} ± {self.errors_se[name][i]:.1e}")
+            for name in ("nngp", "ntk"):
+                cells.append("-" if i is None or name not in self.mean_errors else
+                             f"{self.mean_errors[name][i]:.2e} ({self.mean_noise[name][i]:.1e})")
+            cells.append(f"{g[0]:.3e} ± {g[1]:.1e}" if g else "-")
+            lines.append(f"{w:>7}  {cells[0]:>20}  {cells[1]:>20}  {cells[2]:>19}  "
+                         f"{cells[3]:>19}  {cells[4]:>20}")
         slopes = ", ".join(f"{k} {v:+.3f}" for k, v in self.slopes.items())
         lines.append(f"fitted log-log slopes (expected ≈ -0.5): {slopes}")
+        if self.consistent is not None:
+            lines.append(f"mean kernels at width {max(self.widths)}: "
+                         + ("within 4 noise levels of the analytic kernels: consistent"
+                            if self.consistent else "beyond 4 noise levels of the analytic "
+                            "kernels: NOT consistent"))
         return "\n".join(lines)
 
 
 def with_width(net, width):
-    """``net`` with every ``Dense`` but the last given ``out_dim=width``."""
-    dense = [i for i, layer in enumerate(net.layers) if isinstance(layer, Dense)]
-    if len(dense) < 2:
+    """``net`` with every ``Dense`` but the output one (the last, outside any
+    ``parallel`` branch) given ``out_dim=width``, those in branches included."""
+    paths = dense_layers(net)
+    if not paths or not isinstance(paths[-1], (int, np.integer)):
+        raise ValueError("verify: the network must end with a Dense layer outside any "
+                         "parallel branch (its output layer)")
+    if len(paths) < 2:
         raise ValueError("verify: the network needs at least one hidden Dense layer "
                          "(a Dense before the output Dense) whose width can vary")
-    layers = [dataclasses.replace(layer, out_dim=width) if i in dense[:-1] else layer
-              for i, layer in enumerate(net.layers)]
-    return Network(layers)
+    left = iter(range(len(paths) - 1, -1, -1))     # Dense layers after this one
+    return Network(_map_dense(net.layers, lambda layer: dataclasses.replace(
+        layer, out_dim=width) if next(left) else layer))
 
 
 def _slope(widths, values):
@@ -101,6 +130,7 @@ def _kernel_errors(net, x, n_samples, seed, batch_size):
     ana = net.kernel(x, x, backend="cpu")
     norms = {g: np.linalg.norm(getattr(ana, g)) for g in ("nngp", "ntk")}
     errs = {"nngp": [], "ntk": []}
+    sums = {g: [0.0, 0.0] for g in errs}          # Σ (K̂ − K), Σ (K̂ − K)² entrywise
     if batch_size is None:
         batch_size = E._auto_batch(net, x.shape[0], x.shape[0], x.shape[1])
     for params in E.param_batches(net, x.shape[1], n_samples, seed, batch_size):
@@ -113,7 +143,16 @@ def _kernel_errors(net, x, n_samples, seed, batch_size):
         for g, k in (("nngp", nngp), ("ntk", ntk)):
             d = k - getattr(ana, g)
             errs[g].extend(np.sqrt((d * d).sum(axis=(1, 2))) / max(norms[g], 1e-300))
-    return {g: np.asarray(v) for g, v in errs.items()}
+            sums[g][0] = sums[g][0] + d.sum(axis=0)
+            sums[g][1] = sums[g][1] + (d * d).sum(axis=0)
+    mean, noise = {}, {}
+    for g, (s1, s2) in sums.items():
+        m = s1 / n_samples
+        var = np.maximum(s2 - n_samples * m * m, 0.0) / (n_samples - 1)
+        scale = max(norms[g], 1e-300)
+        mean[g] = np.linalg.norm(m) / scale
+        noise[g] = np.sqrt(var.sum() / n_samples) / scale
+    return {g: np.asarray(v) for g, v in errs.items()}, mean, noise
 
 
 def _linearised(theta, theta_test, f0, f0_test, y, eta, steps, continuous):
@@ -139,24 +178,35 @@ def _linearised(theta, theta_test, f0, f0_test, y, eta, steps, continuous):
     return f_train, f_test
 
 
+def _step(p, g, eta):
+    """p − η g over params nested as ``init_fn`` makes them (tuples of arrays,
+    None for a missing bias, () for layers without parameters)."""
+    if isinstance(p, tuple):
+        return tuple(_step(a, b, eta) for a, b in zip(p, g))
+    return None if p is None else p - eta * g
+
+
+def _finite(p):
+    if isinstance(p, tuple):
+        return all(_finite(a) for a in p)
+    return p is None or bool(np.isfinite(p).all())
+
+
 def _train(net, params, x, y, x_test, eta, steps):
     """Full-batch gradient descent on ‖F − Y‖²/(2·size); outputs at ``steps``."""
-    params = [tuple(None if a is None else a.copy() for a in p) if p else () for p in params]
+    params = tuple(params)
     record = set(int(s) for s in steps)
     f_tr, f_te = [], []
     size = y.size
     for step in range(int(max(steps)) + 1):
-        f, grads = E.value_and_grad(net, tuple(params), x, lambda F: (F - y) / size)
+        f, grads = E.value_and_grad(net, params, x, lambda F: (F - y) / size)
         if step in record:
             f_tr.append(f)
             if x_test is not None:
-                f_te.append(net.apply_fn(tuple(params), x_test))
-        if not np.all(np.isfinite(f)):
+                f_te.append(net.apply_fn(params, x_test))
+        params = _step(params, tuple(grads), eta)
+        if not (np.all(np.isfinite(f)) and _finite(params)):
             raise FloatingPointError("verify: training diverged; lower the learning rate")
-        for i, g in enumerate(grads):
-            if g:
-                W, b = params[i]
-                params[i] = (W - eta * g[0], None if b is None else b - eta * g[1])
     return np.array(f_tr), (np.array(f_te) if x_test is not None else None)
 
 
@@ -187,7 +237,8 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
         stability limit 2·size/λ_max, of the analytic NTK at each width).
       train_widths: widths trained (default ``widths``); train_seeds networks
         each.  continuous: compare with the continuous-time prediction.
-      plot: path of a PNG to write (None: no figure).
+      plot: path of the figure to write (PNG unless its extension says
+        otherwise; ".png" is added to a path without one; None: no figure).
 
     Returns:
       a :class:`VerifyResult`; ``print(result.table())`` for the table.
@@ -225,22 +276,32 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     if learning_rate is not None:
         learning_rate = real("verify: learning_rate", learning_rate, lower=0, strict=True)
     if plot is not None:
+        if not isinstance(plot, (str, os.PathLike)) or os.path.isdir(plot):
+            raise ValueError(f"verify: plot must be a file path, got {plot!r}")
+        plot = os.fspath(plot)
+        if not os.path.splitext(plot)[1]:
+            plot += ".png"
         d = os.path.dirname(os.path.abspath(plot))
         if not os.path.isdir(d):
             raise ValueError(f"verify: folder of plot={plot!r} does not exist")
 
     # --- kernels ------------------------------------------------------------
-    errs = {"nngp": [], "ntk": []}
-    errs_se = {"nngp": [], "ntk": []}
+    errs, errs_se, means, noises = ({"nngp": [], "ntk": []} for _ in range(4))
     for i, w in enumerate(widths):
-        e = _kernel_errors(nets[w], x, n_samples, (*seed, 1, w), batch_size)
+        e, mean, noise = _kernel_errors(nets[w], x, n_samples, (*seed, 1, w), batch_size)
         for g in errs:
             errs[g].append(e[g].mean())
             errs_se[g].append(e[g].std(ddof=1) / np.sqrt(e[g].size))
+            means[g].append(mean[g])
+            noises[g].append(noise[g])
+    top = int(np.argmax(widths))
     res = VerifyResult(widths=list(widths),
                        errors={g: np.array(v) for g, v in errs.items()},
                        errors_se={g: np.array(v) for g, v in errs_se.items()},
-                       slopes={g: _slope(widths, v) for g, v in errs.items()})
+                       slopes={g: _slope(widths, v) for g, v in errs.items()},
+                       mean_errors={g: np.array(v) for g, v in means.items()},
+                       mean_noise={g: np.array(v) for g, v in noises.items()},
+                       consistent=all(means[g][top] <= 4 * noises[g][top] for g in means))
 
     # --- training dynamics ---------------------------------------------------
     if steps > 0:
@@ -347,26 +408,12 @@ def _positive_ints(text):
     return vals
 
 
-def _activation(text):
-    """'relu', 'erf', 'leakyrelu:0.1', 'monomial:3', 'sin:1,2,0'."""
-    from .activations import ACTIVATIONS
-    name, _, args = text.partition(":")
-    fn = ACTIVATIONS.get(name.strip().lower())
-    if fn is None:
-        raise argparse.ArgumentTypeError(
-            f"unknown activation {name!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
-    try:
-        vals = [int(a) if a.strip().lstrip("-").isdigit() else float(a)
-                for a in args.split(",") if a.strip()]
-        return fn(*vals)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"activation {text!r}: {exc}")
-
-
 def add_verify_arguments(parser):
     """Options of ``infkernel verify`` on an argparse (sub)parser."""
-    parser.add_argument("--activation", type=_activation, default="relu",
-                        help="activation, e.g. relu, erf, gelu, leakyrelu:0.1, monomial:3")
+    from .cli import activation_option
+    parser.add_argument("--activation", type=activation_option, default="relu",
+                        help="activation, as in --arch: relu, erf, gelu, leakyrelu(0.1), "
+                             "monomial(3), ...")
     parser.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
     parser.add_argument("--W-std", dest="W_std", type=float, default=1.5)
     parser.add_argument("--b-std", dest="b_std", type=float, default=0.05)
@@ -375,7 +422,7 @@ def add_verify_arguments(parser):
                         help="comma-separated hidden widths (default 64,128,256,512,1024)")
     parser.add_argument("--n-samples", type=int, default=32,
                         help="random networks per width for the kernel errors (>= 2)")
-    parser.add_argument("--data", help=".npy file of (N, d) inputs (default: random points)")
+    parser.add_argument("--data", help=".npy or .csv file of (N, d) inputs (default: random points)")
     parser.add_argument("--n-points", type=int, default=16, help="random inputs (default 16)")
     parser.add_argument("--dim", type=int, default=8, help="input dimension of random inputs")
     parser.add_argument("--steps", type=int, default=200, help="gradient-descent steps (0: skip)")
@@ -390,12 +437,14 @@ def add_verify_arguments(parser):
 
 
 def run_verify(args):
-    """``infkernel verify``: prints the table, writes the figure; returns 0."""
+    """``infkernel verify``: prints the table, writes the figure; returns 0,
+    or 1 when the mean kernels are not consistent with the analytic ones."""
     from .layers import serial
     if args.depth < 1:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
     if args.data:
-        x = np.load(args.data)
+        from .cli import load_features
+        x = load_features(args.data)
     else:
         if args.n_points < 2 or args.dim < 1:
             raise ValueError("--n-points must be >= 2 and --dim >= 1")
@@ -414,4 +463,4 @@ def run_verify(args):
     print(res.table())
     if res.figure:
         print(f"figure written to {res.figure}")
-    return 0
+    return 0 if res.consistent else 1

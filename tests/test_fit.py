@@ -151,3 +151,51 @@ def test_huge_features_are_standardised(tmp_path):
                                   "--no-progress", "--out", str(tmp_path / "o")))["rows"])
     for a, b in zip(*rows):
         assert a["mse"] == pytest.approx(b["mse"], rel=1e-10)
+
+
+def test_outputs_of_one_run_only_and_class_labels(tmp_path):
+    """A second run into the same folder leaves no predictions of the first
+    behind; classification saves the class labels of the one-hot columns
+    (here 3, 5, 7), so argmax maps back to them; a failed run leaves no empty
+    folder; parametrised activations are written as in --arch."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 3))
+    y = np.array([3, 5, 7])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)]
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "o"
+    run_fit(_args(str(tmp_path / "d.npz"), "--depths", "1,2", "--out", str(out),
+                  "--no-progress"))
+    res = run_fit(_args(str(tmp_path / "d.npz"), "--depths", "1", "--no-baseline",
+                        "--activation", "LeakyRelu(0.2)", "--out", str(out), "--no-progress"))
+    assert sorted(os.listdir(out)) == ["classes.npy", "metrics.json", "pred_nngp_depth1.npy",
+                                       "pred_ntk_depth1.npy", "y_test.npy"]
+    classes = np.load(out / "classes.npy")
+    np.testing.assert_array_equal(classes, [3, 5, 7])
+    pred = np.load(out / "pred_ntk_depth1.npy")
+    truth = classes[np.load(out / "y_test.npy").argmax(1)]
+    acc = np.mean(classes[pred.argmax(1)] == truth)
+    assert acc == pytest.approx(res["rows"][1]["accuracy"])
+    with pytest.raises(ValueError, match="does not exist"):
+        run_fit(_args(str(tmp_path / "missing.csv"), "--out", str(tmp_path / "new"),
+                      "--no-progress"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_archives_and_target_options(tmp_path):
+    """A corrupt .npz, an .npy named .npz and --target beside an .npz are
+    clear errors (a corrupt .npz gave zipfile's traceback, --target was
+    silently ignored)."""
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    np.save(tmp_path / "arr.npy", np.ones((4, 3)))
+    (tmp_path / "arr.npz").write_bytes((tmp_path / "arr.npy").read_bytes())
+    np.savez(tmp_path / "ok.npz", x=np.ones((4, 3)), y=np.ones(4))
+    for argv, words in (([str(tmp_path / "bad.npz")], "not a valid .npz file"),
+                        ([str(tmp_path / "arr.npz")], "not an .npz archive"),
+                        ([str(tmp_path / "ok.npz"), "--target", str(tmp_path / "arr.npy")],
+                         "--target is for .npy / .csv features"),
+                        ([str(tmp_path / "bad.npz").replace(".npz", ".npy")], "does not exist")):
+        with pytest.raises(ValueError, match=words):
+            run_fit(_args(*argv, "--no-progress", "--out", str(tmp_path / "o")))
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a .npy file"):
+        run_fit(_args(str(tmp_path / "bad.npy"), "--no-progress", "--out", str(tmp_path / "o")))

@@ -26,7 +26,8 @@ def test_verify_table_figure_and_rates(x, tmp_path):
                    x_test=x[:2] + 0.1, plot=str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = res.table()
-    assert "NTK rel. err" in table and "slopes" in table and len(table.splitlines()) == 5
+    assert "NTK rel. err" in table and "slopes" in table and len(table.splitlines()) == 6
+    assert res.consistent and table.endswith("consistent")
     # errors fall with width; with 24 networks per width the slope's s.e. is
     # ≈ 0.05, so ±0.25 around -1/2 is > 4 s.e.
     for g in ("nngp", "ntk"):
@@ -98,7 +99,7 @@ def test_seed_as_prng_key(x):
 
 def test_command_line(tmp_path, capsys):
     parser = V.add_verify_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--activation", "leakyrelu:0.1", "--depth", "1", "--widths",
+    args = parser.parse_args(["--activation", "leakyrelu(0.1)", "--depth", "1", "--widths",
                               "16,64", "--n-samples", "4", "--n-points", "5", "--dim", "3",
                               "--steps", "5", "--out", str(tmp_path / "v.png")])
     assert V.run_verify(args) == 0
@@ -109,3 +110,46 @@ def test_command_line(tmp_path, capsys):
         parser.parse_args(["--widths", "0,16"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--activation", "tanhh"])
+    assert parser.parse_args(["--activation", "leakyrelu:0.1"]).activation.params[0] == 0.1
+    np.savetxt(tmp_path / "x.csv", np.random.default_rng(0).normal(size=(5, 3)), delimiter=",")
+    args = parser.parse_args(["--data", str(tmp_path / "x.csv"), "--widths", "8", "--n-samples",
+                              "3", "--steps", "0", "--out", ""])
+    assert V.run_verify(args) in (0, 1) and "NNGP rel. err" in capsys.readouterr().out
+
+
+def test_mean_kernels_detect_a_wrong_analytic_kernel(x, monkeypatch):
+    """The mean kernel of the networks sits within its noise level of the
+    analytic kernel (ratio ~1 at every width, depth 3), and a kernel 20 %
+    too large is flagged, which the per-network errors and slopes do not
+    show clearly (their fluctuations are O(n^-1/2))."""
+    net = ik.serial(ik.Dense(8, 1.5, 0.05), ik.Relu(), ik.Dense(8, 1.5, 0.05), ik.Erf(),
+                    ik.Dense(8, 1.5, 0.05), ik.Relu(), ik.Dense(1, 1.5, 0.05))
+    res = V.verify(net, x, [64, 256, 1024], 32, steps=0)
+    for g in ("nngp", "ntk"):
+        ratio = res.mean_errors[g] / res.mean_noise[g]
+        assert np.all(ratio < 3), (g, ratio)
+    assert res.consistent
+    kernel = ik.Network.kernel
+    monkeypatch.setattr(ik.Network, "kernel", lambda self, *a, **k: type(
+        r := kernel(self, *a, **k))(*(1.2 * v for v in r)))
+    wrong = V.verify(net, x, [64, 256, 1024], 32, steps=0)
+    assert not wrong.consistent and "NOT consistent" in wrong.table()
+
+
+def test_branched_networks_plot_paths_and_train_widths(x, tmp_path):
+    """Dense layers inside parallel branches get the width too (a residual
+    block's widths must match); a plot path without an extension gets .png
+    and the result names the file written; widths trained but not in
+    ``widths`` have table rows."""
+    net = ik.serial(ik.Dense(4, 1.5, 0.1), ik.Relu(),
+                    ik.Residual(ik.serial(ik.Dense(4, 1.5, 0.1), ik.Relu(),
+                                          ik.Dense(4, 1.5, 0.1))), ik.Dense(1, 1.5, 0.1))
+    res = V.verify(net, x, [16, 64], 8, steps=3, train_widths=[16, 32], train_seeds=1,
+                   plot=str(tmp_path / "fig"))
+    assert res.figure == str(tmp_path / "fig.png") and (tmp_path / "fig.png").exists()
+    rows = [line.split()[0] for line in res.table().splitlines()[1:4]]
+    assert rows == ["16", "32", "64"]
+    with pytest.raises(ValueError, match="plot must be a file path"):
+        V.verify(net, x, [8], 2, steps=0, plot=str(tmp_path))
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        V.verify(_net(), x, [8], 2, steps=20, learning_rate=1e8, train_seeds=1)
