@@ -381,3 +381,18 @@ def test_thin_cross_kernels_out_dtype_and_errors():
                         (np.concatenate([x1[:7], [far], x1[8:]]), x2, "x1 row 7")):
         with pytest.raises(ik.KernelRangeError, match=where):
             net.kernel(a, b)
+
+
+def test_readme_code_blocks_run(tmp_path, monkeypatch):
+    """Every ```python block of the README runs as written (in a fresh
+    namespace; the first writes ntk.npy into the working directory)."""
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # PinnAccuracyWarning and the like
+            exec(compile(block, "README.md", "exec"), {})
