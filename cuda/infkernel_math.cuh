@@ -52,6 +52,10 @@ IK_FN double ik_exp(double x) { return exp(x); }
 IK_FN float ik_exp(float x) { return expf(x); }
 IK_FN double ik_cos(double x) { return cos(x); }
 IK_FN float ik_cos(float x) { return cosf(x); }
+IK_FN double ik_expm1(double x) { return expm1(x); }
+IK_FN float ik_expm1(float x) { return expm1f(x); }
+IK_FN double ik_sin(double x) { return sin(x); }
+IK_FN float ik_sin(float x) { return sinf(x); }
 IK_FN double ik_abs(double x) { return fabs(x); }
 IK_FN float ik_abs(float x) { return fabsf(x); }
 IK_FN double ik_min(double a, double b) { return fmin(a, b); }
@@ -315,16 +319,21 @@ IK_FN void ik_dual_layernorm(T q12, T r1, T r2, T& k, T& kd) {
 }
 
 /// phi = a sin(bx + c): k = a^2/2 [e- - e+ cos 2c], kd = a^2 b^2/2 [e- + e+ cos 2c],
-/// e-+ = exp(-b^2 (q11 + q22 -+ 2 q12) / 2).
+/// e-+ = exp(-b^2 (q11 + q22 -+ 2 q12) / 2), without their cancellation at small
+/// x = b^2 q12 (_duals.dual_sin): e- - e+ cos 2c = e^-A [sign(x)(1 - e^-2|x|)
+/// + 2 e^-(|x| + x) sin^2 c], A = b^2 (q11 + q22 - 2|q12|)/2, 1 - e^-2|x| = -expm1(-2|x|).
 template <typename T>
 IK_FN void ik_dual_sin(T a, T b, T c, T q11, T q12, T q22, T& k, T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
   T b2 = b * b;
-  T em = ik_exp(T(-0.5) * b2 * ik_max(q11 + q22 - T(2) * q12, T(0)));
-  T ep = ik_exp(T(-0.5) * b2 * (q11 + q22 + T(2) * q12)) * ik_cos(T(2) * c);
-  T h = T(0.5) * a * a;
-  k = h * (em - ep);
-  kd = h * b2 * (em + ep);
+  T x = b2 * q12;
+  T e = ik_exp(T(-0.5) * b2 * ik_max(q11 + q22 - T(2) * ik_abs(q12), T(0)));
+  T m = ik_expm1(T(-2) * ik_abs(x));
+  T odd = x >= T(0) ? T(-0.5) * m : T(0.5) * m;
+  T even = x >= T(0) ? T(1) + m : T(1);
+  T sc = ik_sin(c), cc = ik_cos(c);
+  k = a * a * e * (odd + even * sc * sc);
+  kd = a * a * b2 * e * (odd + even * cc * cc);
 }
 
 /// k = exp(-gamma (q11 + q22 - 2 q12)), kd = 2 gamma k.

@@ -285,14 +285,23 @@ def dual_sin(a, b, c, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = a sin(bx + c).
 
       k    = a²/2 [e⁻ - e⁺ cos 2c],  kdot = a²b²/2 [e⁻ + e⁺ cos 2c],
-      e∓ = exp(-b² (q11 + q22 ∓ 2 q12) / 2)
+      e∓ = exp(-b² (q11 + q22 ∓ 2 q12) / 2),
+
+    evaluated without the cancellation of e⁻ and e⁺ where x = b² q12 is small
+    (Sin's k, Cos's k̇, relative error ε/|x| before): with cos 2c = 1 − 2 sin²c,
+    e⁻ − e⁺ cos 2c = e^(−A) [sign(x) (1 − e^(−2|x|)) + 2 e^(−(|x| + x)) sin²c],
+    A = b² (q11 + q22 − 2|q12|) / 2 ≥ 0, and 1 − e^(−2|x|) = −expm1(−2|x|)
+    (no overflow: every exponent is ≤ 0); the same with cos²c for k̇.
     """
     q12 = snap_q12(q11, q12, q22)
     b2 = b * b
-    em = math.exp(-0.5 * b2 * max(q11 + q22 - 2.0 * q12, 0.0))
-    ep = math.exp(-0.5 * b2 * (q11 + q22 + 2.0 * q12)) * math.cos(2.0 * c)
-    h = 0.5 * a * a
-    return h * (em - ep), h * b2 * (em + ep)
+    x = b2 * q12
+    e = math.exp(-0.5 * b2 * max(q11 + q22 - 2.0 * abs(q12), 0.0))
+    m = math.expm1(-2.0 * abs(x))                  # e^(−2|x|) − 1
+    odd = -0.5 * m if x >= 0.0 else 0.5 * m       # sign(x) (1 − e^(−2|x|)) / 2
+    even = 1.0 + m if x >= 0.0 else 1.0           # e^(−(|x| + x))
+    sc, cc = math.sin(c), math.cos(c)
+    return a * a * e * (odd + even * sc * sc), a * a * b2 * e * (odd + even * cc * cc)
 
 
 @njit(**INLINE)

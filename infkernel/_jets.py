@@ -131,6 +131,16 @@ def jexp(R, a, out):
 
 
 @njit(**JIT)
+def jexpm1(R, a, out):
+    """R[out] = exp(R[a]) − 1, its value by expm1 (``out`` may be ``a``)."""
+    e = math.exp(R[a, 0])
+    for m in range(1, 5):
+        R[DV, m] = e
+    R[DV, 0] = math.expm1(R[a, 0])
+    jcompose(R, a, out)
+
+
+@njit(**JIT)
 def jasin(R, a, out):
     """R[out] = arcsin(R[a]) (orders ≤ 4; ``out`` may be ``a``)."""
     x = R[a, 0]
@@ -249,22 +259,30 @@ def dual(kind, p, tab, R):
         jmul(R, u, t, p2)
         comb(R, ang, INV_2PI, p2, INV_2PI, 0.25, KD)
     elif kind == P.K_SIN or kind == P.K_RBF:
-        # Sin: ½a²(e₋ − cos 2c e₊), k̇ = ½a²b²(e₋ + cos 2c e₊), e∓ = exp(−½b²(q1 + q2 ∓ 2q12));
+        # Sin: ½a²(e₋ − cos 2c e₊), k̇ = ½a²b²(e₋ + cos 2c e₊), e∓ = exp(−½b²(q1 + q2 ∓ 2q12)),
+        # as _duals.dual_sin without the cancellation at small x = b²q12:
+        # e^(−A) [∓½ m + (1 + m or 1) w], m = expm1(∓2x), w = sin²c (k) or cos²c (k̇);
         # Rbf: k = exp(−γ(q1 + q2 − 2q12)), k̇ = 2γk
         g = 0.5 * p[1] * p[1] if kind == P.K_SIN else p[0]
+        up = kind == P.K_RBF or R[Q12, 0] >= 0.0
         for m in range(NJ):
             s = R[Q1, m] + R[Q2, m]
-            R[t1, m] = -g * (s - 2 * R[Q12, m])
-            R[t2, m] = -g * (s + 2 * R[Q12, m])
+            R[t1, m] = -g * (s - 2 * R[Q12, m] if up else s + 2 * R[Q12, m])   # −A
+            R[t2, m] = (-4.0 if up else 4.0) * g * R[Q12, m]                    # ∓2x
         jexp(R, t1, t1)
         if kind == P.K_RBF:
             copy(R, t1, K)
             lin(R, t1, 2 * g, 0.0, KD)
         else:
-            jexp(R, t2, t2)
-            a2, cc = p[0] * p[0], math.cos(2 * p[2])
-            comb(R, t1, 0.5 * a2, t2, -0.5 * a2 * cc, 0.0, K)
-            comb(R, t1, a2 * g, t2, a2 * g * cc, 0.0, KD)
+            jexpm1(R, t2, t2)
+            a2 = p[0] * p[0]
+            for w, out, scale in ((math.sin(p[2]) ** 2, K, a2), (math.cos(p[2]) ** 2, KD,
+                                                                 2 * g * a2)):
+                for m in range(NJ):
+                    R[t3, m] = (w - 0.5 if up else 0.5) * R[t2, m]
+                R[t3, 0] += w
+                jmul(R, t1, t3, out)
+                lin(R, out, scale, 0.0, out)
     elif kind == P.K_EXP:
         a, b = p[0], p[1]
         b2 = b * b

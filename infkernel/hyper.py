@@ -313,13 +313,15 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             kd1 = -C * b2 * r2s * D ** -1.5
             kd12 = 4 * C * b2 * b2 * q12 * D ** -1.5
             return k, kd, k1, k12, kd1, kd12
-        elif kind == P.K_SIN:
+        elif kind == P.K_SIN:        # as _duals.dual_sin: e∓ without their cancellation
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
-            em = np.exp(-0.5 * b2 * (q1 + q2 - 2 * q12))
-            ep = np.exp(-0.5 * b2 * (q1 + q2 + 2 * q12)) * math.cos(2 * c)
-            h = 0.5 * a * a
-            k, kd = h * (em - ep), h * b2 * (em + ep)
+            x = b2 * q12
+            e = np.exp(-0.5 * b2 * np.maximum(q1 + q2 - 2 * np.abs(q12), 0.0))
+            m = np.expm1(-2 * np.abs(x))
+            odd, even = np.where(x >= 0, -0.5 * m, 0.5 * m), np.where(x >= 0, 1 + m, 1.0)
+            k = a * a * e * (odd + even * math.sin(c) ** 2)
+            kd = a * a * b2 * e * (odd + even * math.cos(c) ** 2)
             if not partials:
                 return k, kd
             return k, kd, -0.5 * b2 * k, kd, -0.5 * b2 * kd, b2 * b2 * k

@@ -807,3 +807,34 @@ def test_row_norms():
     x = np.array([[np.nan, 1.0], [np.inf, -np.inf], [1e200, 1e200], [3.0, 4.0]])
     r = _cpu.row_norms(x)
     assert np.isnan(r[0]) and r[1] == r[2] == np.inf and r[3] == 25.0
+
+
+@pytest.mark.parametrize("a, b, c, q", [
+    (1e6, 1e-6, 0.0, (1.0, 0.6, 1.0)),            # a near-identity sine
+    (1.0, 1.0, 0.0, (1e-12, 3e-13, 1e-12)),       # tiny variances
+    (1.0, 1e-5, np.pi / 2, (1.0, 0.5, 2.0)),      # Cos: its k̇ cancelled
+    (2.0, 1.3, 0.4, (0.7, -0.2, 1.5)),
+    (1.0, 3.0, 0.2, (1.0, -0.99, 1.0))])
+def test_sin_dual_without_cancellation(a, b, c, q):
+    """Sin's k = a²/2 (e⁻ − e⁺ cos 2c) cancelled where b²q12 is small (3e-5
+    relative for Sin(1e6, 1e-6) at unit variance); now within a few ulps of
+    40-digit mpmath, through a one-layer network whose Dense output has the
+    covariances q, and in hyper's NumPy duals."""
+    import mpmath as mp
+    from infkernel import hyper
+    from infkernel import _program as P
+    q1, q12, q2 = q
+    x = np.sqrt(2.0) * np.array([[np.sqrt(q1), 0.0],
+                                 [q12 / np.sqrt(q1), np.sqrt(q2 - q12 * q12 / q1)]])
+    net = ik.serial(ik.Dense(1, 1.0, None), ik.Sin(a, b, c))
+    k = net.kernel(x, None, ("nngp", "ntk"))
+    with mp.workdps(40):
+        A, B, C, m1, m12, m2 = map(mp.mpf, (a, b, c, q1, q12, q2))
+        em = mp.exp(-B * B * (m1 + m2 - 2 * m12) / 2)
+        ep = mp.exp(-B * B * (m1 + m2 + 2 * m12) / 2) * mp.cos(2 * C)
+        exact_k, exact_kd = float(A * A / 2 * (em - ep)), float(A * A * B * B / 2 * (em + ep))
+    assert k.nngp[0, 1] == pytest.approx(exact_k, rel=1e-14, abs=0)
+    assert k.ntk[0, 1] == pytest.approx(exact_kd * q12, rel=1e-14, abs=0)
+    hk, hkd = hyper.dual_values(P.K_SIN, (a, b, c), q1, q12, q2)
+    assert hk == pytest.approx(exact_k, rel=1e-14, abs=0)
+    assert hkd == pytest.approx(exact_kd, rel=1e-14, abs=0)
