@@ -38,8 +38,8 @@ import numpy as np
 
 from . import empirical as E
 from ._checks import count, entropy, flag, real
-from .kernel import check_inputs
 from .hyper import _map_dense, dense_layers
+from .kernel import check_inputs
 from .layers import Dense, Network
 
 __all__ = ["verify", "VerifyResult", "add_verify_arguments", "run_verify"]
