@@ -691,7 +691,7 @@ def quadrature_range_error(program, op, v, where):
            "linear at the points checked, or could not be evaluated there: it raised or was "
            "not finite, so larger variances would need values that are not known)")
     return KernelRangeError(
-        f"{act}: its input variance reaches {v:.4g} ({where}), outside the guaranteed "
+        f"{act}: its input variance reaches {float(v)!r} ({where}), outside the guaranteed "
         f"range [0, {q_max:g}] of the quadrature{why}; rescale the inputs or reduce W_std / "
         "b_std of the Dense layer before it")
 
