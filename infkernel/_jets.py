@@ -265,10 +265,10 @@ def dual(kind, p, tab, R):
         # Rbf: k = exp(−γ(q1 + q2 − 2q12)), k̇ = 2γk
         g = 0.5 * p[1] * p[1] if kind == P.K_SIN else p[0]
         up = kind == P.K_RBF or R[Q12, 0] >= 0.0
+        sign = 1.0 if up else -1.0                      # sign(x)
         for m in range(NJ):
-            s = R[Q1, m] + R[Q2, m]
-            R[t1, m] = -g * (s - 2 * R[Q12, m] if up else s + 2 * R[Q12, m])   # −A
-            R[t2, m] = (-4.0 if up else 4.0) * g * R[Q12, m]                    # ∓2x
+            R[t1, m] = -g * (R[Q1, m] + R[Q2, m] - 2 * sign * R[Q12, m])   # −A
+            R[t2, m] = -4.0 * sign * g * R[Q12, m]                          # ∓2x
         jexp(R, t1, t1)
         if kind == P.K_RBF:
             copy(R, t1, K)

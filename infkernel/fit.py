@@ -222,16 +222,17 @@ def _run(args, first, depths):
         if bar is not None:
             bar.close()
 
-    for stale in glob.glob(os.path.join(args.out, "pred_*.npy")):   # an earlier run's
-        if os.path.basename(stale)[5:-4] not in preds:
-            os.remove(stale)
+    written = {os.path.join(args.out, f"pred_{k}.npy") for k in preds}
+    for stale in set(glob.glob(os.path.join(args.out, "pred_*.npy"))) - written:
+        os.remove(stale)                         # an earlier run's predictions
     for k, v in preds.items():
         np.save(os.path.join(args.out, f"pred_{k}.npy"), v)
     np.save(os.path.join(args.out, "y_test.npy"), yte)
+    classes_path = os.path.join(args.out, "classes.npy")
     if clf:     # row c of the one-hot targets and predictions is class classes[c]
-        np.save(os.path.join(args.out, "classes.npy"), classes)
-    elif os.path.exists(os.path.join(args.out, "classes.npy")):
-        os.remove(os.path.join(args.out, "classes.npy"))
+        np.save(classes_path, classes)
+    elif os.path.exists(classes_path):
+        os.remove(classes_path)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump({"dataset": name, "n_train": len(xtr), "n_test": len(xte),
                    "classification": clf, "rows": rows}, f, indent=2)

@@ -601,19 +601,15 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     diag_reg = _check_reg(diag_reg)
     diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
     overwrite_k_train_train = flag("overwrite_k_train_train", overwrite_k_train_train)
-    first = k_train_train
-    for g in _GETS:
-        if hasattr(k_train_train, g) and getattr(k_train_train, g) is not None:
-            first = getattr(k_train_train, g)
-            break
-    first = np.asarray(first)
-    if first.ndim != 2 or first.shape[0] != first.shape[1]:
-        raise ValueError(f"k_train_train must be a square (N, N) matrix, got shape {first.shape}")
-    shapes = {g: np.shape(getattr(k_train_train, g)) for g in _GETS
+    fields = {g: getattr(k_train_train, g) for g in _GETS
               if getattr(k_train_train, g, None) is not None}
+    shapes = {g: np.shape(k) for g, k in fields.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError("k_train_train's fields must be kernels of the same training points, "
                          "got shapes " + ", ".join(f"{g} {v}" for g, v in shapes.items()))
+    first = np.asarray(next(iter(fields.values()), k_train_train))
+    if first.ndim != 2 or first.shape[0] != first.shape[1]:
+        raise ValueError(f"k_train_train must be a square (N, N) matrix, got shape {first.shape}")
     n = first.shape[0]
     y = _check_y(y_train, n)
     _check_trace_axes(trace_axes, y)
