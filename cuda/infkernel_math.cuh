@@ -556,13 +556,30 @@ IK_FN double ik_estrin(const double* c, double y, double y2, double y4, double y
 
 /// (phi(x), phi'(x)) from the table at aux[lo] (per panel the powers of the
 /// panel coordinate y, phi's then phi''s); beyond +-U the lines of the tails
-/// (header entries IK_NUM_HDR_TAILS + 0..3).
+/// (header entries IK_NUM_HDR_TAILS + 0..3); within +-H/2 the graded panels,
+/// y = 4m - 3 for |x| = m 2^e, and below IK_NUM_X_ZERO the values at 0.
 IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& df) {
   const double u = IK_NUM_U;
   if (x < -u || x > u) {
     const int e = IK_NUM_HDR_TAILS + (x < -u ? 0 : 2);
     df = aux[lo + e + 1];
     f = aux[lo + e] + df * (x < -u ? x + u : x - u);
+    return;
+  }
+  if (fabs(x) < IK_NUM_X_GRADED) {  // the graded panels toward 0, then the values at 0
+    const double* c = aux + lo + IK_NUM_HDR + IK_NUM_MAX_BREAKS + 2LL * IK_NUM_NC * IK_NUM_P;
+    if (fabs(x) < IK_NUM_X_ZERO) {
+      const int z = 4 * IK_NUM_NC * IK_NUM_J + (x == 0.0 ? 0 : x > 0.0 ? 2 : 4);
+      df = c[z + 1];
+      f = c[z] + df * x;
+      return;
+    }
+    int e;
+    const double m = frexp(fabs(x), &e);
+    c += 2LL * IK_NUM_NC * ((-4 - e) + (x > 0.0 ? 0 : IK_NUM_J));
+    const double y = 4.0 * m - 3.0, y2 = y * y, y4 = y2 * y2, y8 = y4 * y4;
+    f = ik_estrin(c, y, y2, y4, y8);
+    df = ik_estrin(c + IK_NUM_NC, y, y2, y4, y8);
     return;
   }
   const double t = (x + u) * IK_NUM_INV_H;

@@ -25,6 +25,19 @@ at offset ``lo`` of ``aux``::
     base = lo+13+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
                         base + 2 p NC, then φ''s at base + 2 p NC + NC
                         (a fixed base: no header read on the way to them)
+    base + 2 P NC       the graded panels toward 0, as the others (2 J of
+                        them, ``_graded_panels``), then 6 values at 0:
+                        φ(0), φ'(0), φ(0⁺), φ'(0⁺), φ(0⁻), φ'(0⁻)
+
+Near 0 the panels are graded: |x| ∈ [2^-(5+j), 2^-(4+j)), j < J, on each
+side, so that φ(x) is relatively accurate for tiny x (the uniform panels'
+coordinate y = 16x - 1 would round x to ~1e-17 absolutely: a relative error
+1e-17/s in a kernel at input scale s, 1e-7 for tanh at variance 1e-16).  The
+coordinate of |x| = m 2^e (``frexp``) is y = 4m - 3, exact.  Below
+|x| = 2^-(4+J) ≈ 3e-160 (beyond the reach of any nonzero float64 variance)
+φ is its limit line at 0⁺ or 0⁻, and at x = 0 exactly φ(0) and the given
+φ'(0) (as the finite networks evaluate them; a kink's right derivative when
+φ' is the differentiated fit).
 
 λ is the distance from the real axis to φ's nearest complex singularity (or a
 feature scale); the quadrature grades its panels from width λ at each centre.
@@ -110,6 +123,9 @@ ZF = 9.0                       # fallback truncation |x|, |w| <= ZF
 DMAX = 1.5                     # fallback: widest panel
 NG = 12                        # fallback: Gauss-Legendre nodes per panel
 MAX_BREAKS = 16                # kinks + soft centres per activation
+J = 526                        # graded panels per side toward 0 (layout above)
+X_GRADED = H / 2               # |x| below: the graded panels ...
+X_ZERO = 2.0 ** -(4 + J)       # ... and below those the lines at 0±
 
 # fallback: Gauss-Hermite rules for the inner integral, rule t of 8·2^t nodes
 # at σ <= GH_SIGS[t] λ (t = 0 … 3: 8 … 64 nodes; each errs by ≤ 6e-16 of
@@ -204,23 +220,10 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
         cd = _cheb_der(cf, 0.5 * H)
     else:
         cd = _cheb_fit(_call(name + " derivative", dfn, x)[:, ::-1])
-    # certify: dropped coefficients must be negligible on every panel
     core = np.abs(edges[:-1]) <= 8.0
     scale = max(np.abs(y[core]).max(), 1e-300)
     dscale = max(np.abs(cd[core, :]).sum(axis=1).max(), scale)
-    # a derivative obtained by differentiating φ's interpolants is smooth where
-    # φ is, up to rounding amplified by ~NFIT²/H: it is not re-checked
-    checks = [(cf, scale, "function")] + ([(cd, dscale, "derivative")] if dfn else [])
-    for c, sc, what in checks:
-        local = np.abs(c).sum(axis=1) + sc
-        err = np.abs(c[:, NC:]).sum(axis=1)
-        badp = np.flatnonzero(err > 1e-13 * local)
-        if badp.size:
-            a = edges[badp[0]]
-            raise ValueError(
-                f"{name}: the {what} is not smooth on [{a:g}, {a + H:g}]: activations "
-                f"computed by quadrature must be smooth between non-smooth points that lie "
-                f"on multiples of {H:g} (e.g. 0, 1, -0.5)")
+    _certify(name, cf, cd if dfn else None, scale, dscale, edges[:-1], H)
     if dfn is not None:
         _check_derivative(name, x, t, cf, cd, scale)
     cf, cd = cf[:, :NC].copy(), cd[:, :NC].copy()
@@ -251,7 +254,75 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
                     Q_TAIL_MAX if linear else Q_MAX, *tails, parity])
     mono = np.stack([cf @ _CHEB_TO_POWERS, cd @ _CHEB_TO_POWERS], axis=1)   # (P, 2, NC)
     pad = np.zeros(MAX_BREAKS - kinks.size - soft.size)
-    return np.concatenate([hdr, kinks, soft, pad, mono.ravel()])
+    graded, at_zero = _graded_panels(name, fn, dfn, t, parity, scale, dscale,
+                                     cf[P // 2 - 1: P // 2 + 1], cd[P // 2 - 1: P // 2 + 1])
+    return np.concatenate([hdr, kinks, soft, pad, mono.ravel(), graded.ravel(), at_zero])
+
+
+def _certify(name, cf, cd, scale, dscale, lefts, widths):
+    """A ValueError unless the dropped Chebyshev coefficients of φ's fits
+    ``cf`` (and of the given φ''s ``cd``, unless None) are below 1e-13 of the
+    local coefficients plus φ's (φ''s) scale on every panel [left, left +
+    width].  A derivative obtained by differentiating φ's interpolants is
+    smooth where φ is, up to rounding amplified by ~NFIT²/H: not re-checked."""
+    checks = [(cf, scale, "function")] + ([(cd, dscale, "derivative")] if cd is not None else [])
+    for c, sc, what in checks:
+        local = np.abs(c).sum(axis=1) + sc
+        err = np.abs(c[:, NC:]).sum(axis=1)
+        badp = np.flatnonzero(err > 1e-13 * local)
+        if badp.size:
+            a, w = lefts[badp[0]], np.broadcast_to(widths, lefts.shape)[badp[0]]
+            raise ValueError(
+                f"{name}: the {what} is not smooth on [{a:g}, {a + w:g}]: activations "
+                f"computed by quadrature must be smooth between non-smooth points that lie "
+                f"on multiples of {H:g} (e.g. 0, 1, -0.5)")
+
+
+def _graded_panels(name, fn, dfn, t, parity, scale, dscale, cf_mid, cd_mid):
+    """The graded panels toward 0 (module docstring): powers of y for φ and φ'
+    on |x| ∈ [a, 2a], a = 2^-(5+j), per side (+, then -) and j < J, shape
+    (2, J, 2, NC), fitted as the uniform panels are (y increasing with |x| on
+    both sides); and the 6 values at 0: φ(0), φ'(0) (``fn``, ``dfn`` at 0,
+    where they are finite; else the limits from the right), then φ and φ' at
+    0⁺ and 0⁻ (the innermost panels at y = -1).
+
+    Without ``dfn``, φ' is the derivative of the graded fit where that is the
+    more accurate one (φ's rounding, amplified by 1/a, against the uniform
+    panel's by 1/H: where φ's size on the panel shrinks like a, as for
+    φ(0) = 0), else the uniform panels' derivative ``cd_mid`` (Chebyshev
+    coefficients on [-H, 0] and [0, H], with ``cf_mid`` φ's)."""
+    a = 2.0 ** -(5 + np.arange(J))
+    fits = []
+    for side, mid in ((1.0, 1), (-1.0, 0)):
+        x = side * (a[:, None] + 0.5 * a[:, None] * (1.0 + t[None, :]))
+        cf = _cheb_fit(_call(name, fn, x)[:, ::-1])
+        if dfn is None:
+            cd = side * _cheb_der(cf, 0.5 * a[:, None])
+            uniform = _cheb_fit(np.polynomial.chebyshev.chebval(
+                x[:, ::-1] * (2.0 / H) - side, cd_mid[mid]))
+            use = np.abs(cf).sum(axis=1) / a > np.abs(cf_mid[mid]).sum() / H
+            cd[use] = uniform[use]
+        else:
+            cd = _cheb_fit(_call(name + " derivative", dfn, x)[:, ::-1])
+        _certify(name, cf, cd if dfn else None, scale, dscale, a if side > 0 else -2 * a, a)
+        fits.append([cf[:, :NC], cd[:, :NC]])
+    (pf, pd), (mf, md) = fits
+    if parity:   # exact, as the uniform panels: φ(-x) = parity φ(x), φ'(-x) = -parity φ'(x)
+        pf, pd = 0.5 * (pf + parity * mf), 0.5 * (pd - parity * md)
+        mf, md = parity * pf, -parity * pd
+    graded = np.stack([np.stack([f, d], axis=1) for f, d in ((pf, pd), (mf, md))]) @ _CHEB_TO_POWERS
+    ends = graded[:, -1] @ (-1.0) ** np.arange(NC)            # (side, φ/φ') at y = -1
+    at_zero = [ends[0, 0], ends[0, 1]]
+    for k, f in enumerate((fn, dfn)):
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                v = float(_call("", f, np.zeros(1))[0]) if f is not None else None
+        except (ValueError, TypeError, ArithmeticError):
+            v = None
+        if v is not None:
+            at_zero[k] = v
+    return graded, np.array([*at_zero, *ends[0], *ends[1]])
 
 
 def _parity(y_minus, y, tails, scale):
@@ -350,19 +421,28 @@ def _estrin(c, i, y, y2, y4, y8):
 @njit(**INLINE)
 def tab_eval(aux, lo, x):
     """(φ(x), φ'(x)) from the table at ``aux[lo]``; beyond ±U the lines of
-    the tails."""
+    the tails; within ±H/2 the graded panels, |x| = m 2^e, y = 4m - 3, and
+    below X_ZERO the values at 0 (module docstring)."""
     if x < -U or x > U:
         e = lo + HDR_TAILS + (0 if x < -U else 2)
         return aux[e] + aux[e + 1] * (x + U if x < -U else x - U), aux[e + 1]
-    t = (x + U) * (1.0 / H)
-    p = int(math.floor(t))
-    p = min(max(p, 0), P - 1)
-    y = 2.0 * (t - p) - 1.0
-    y = min(max(y, -1.0), 1.0)
+    c = aux[lo + HDR + MAX_BREAKS:]  # indices below provably >= 0: no wrap-around
+    if abs(x) < X_GRADED:
+        if abs(x) < X_ZERO:
+            z = 2 * NC * (P + 2 * J) + (0 if x == 0.0 else 2 if x > 0.0 else 4)
+            return c[z] + c[z + 1] * x, c[z + 1]
+        m, e = math.frexp(abs(x))
+        p = P + (-4 - e) + (0 if x > 0.0 else J)
+        y = 4.0 * m - 3.0
+    else:
+        t = (x + U) * (1.0 / H)
+        p = int(math.floor(t))
+        p = min(max(p, 0), P - 1)
+        y = 2.0 * (t - p) - 1.0
+        y = min(max(y, -1.0), 1.0)
     y2 = y * y
     y4 = y2 * y2
     y8 = y4 * y4
-    c = aux[lo + HDR + MAX_BREAKS:]  # indices below provably >= 0: no wrap-around
     i = 2 * NC * p
     return _estrin(c, i, y, y2, y4, y8), _estrin(c, i + NC, y, y2, y4, y8)
 

@@ -8,7 +8,8 @@ certify the result (``_numeric.py``).  Accuracy (tests/test_numeric_activations.
 error ≤ 1e-10 √(E[φ(u)²] E[φ(v)²]) for smooth φ and ≤ 1e-7 with kinks, for
 all correlations and input variances in [0, 1e20] (the built-ins, and user
 functions that are constant or linear beyond ±144) or [0, 128] (other user
-functions); an error is raised beyond.
+functions), tiny variances included (graded panels keep φ relatively
+accurate near 0); an error is raised beyond.
 """
 import functools
 import inspect

@@ -130,8 +130,9 @@ def defines():
     out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "HDR_QMAX": N.HDR_QMAX,
             "HDR_TAILS": N.HDR_TAILS, "HDR_PARITY": N.HDR_PARITY, "NG": N.NG, "NGH": N.NGH,
-            "GH_RULES": len(N.GH_SIGS), "MAX_BREAKS": N.MAX_BREAKS}
-    floats = {"U": N.U, "INV_H": 1.0 / N.H, "TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF,
+            "GH_RULES": len(N.GH_SIGS), "MAX_BREAKS": N.MAX_BREAKS, "J": N.J}
+    floats = {"U": N.U, "INV_H": 1.0 / N.H, "X_GRADED": N.X_GRADED, "X_ZERO": N.X_ZERO,
+              "TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF,
               "DMAX": N.DMAX, "GH_SIG": N.GH_SIG,
               "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
     out += "".join(f"#define IK_NUM_{k} {int(v)}\n" for k, v in ints.items())

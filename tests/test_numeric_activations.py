@@ -423,6 +423,66 @@ def test_large_variances_against_reference(act, kinks):
             assert abs(val - r) <= tol * scale, (act, q1, q2, rho, val, r)
 
 
+def _cubic_bump(x):
+    return x ** 3 * np.exp(-x * x)
+
+
+def _cubic_bump_df(x):
+    return (3 * x * x - 2 * x ** 4) * np.exp(-x * x)
+
+
+#: built-ins and a user function vanishing like x³ at 0 (its dual like q³)
+TINY_ACTS = BUILTINS + [(ik.Elementwise(_cubic_bump, df=_cubic_bump_df), ())]
+
+
+@pytest.mark.parametrize("act,kinks", TINY_ACTS, ids=lambda a: repr(a) if a else "")
+def test_tiny_variances_against_reference(act, kinks):
+    """Input variances down to 1e-60 (tiny inputs without biases): the
+    table's graded panels keep φ relatively accurate near 0, so the duals
+    are relatively accurate too, against ``ref_large`` (adaptive quadrature
+    in φ's own variables, relatively accurate at any scale): 1e-12 of the
+    Cauchy–Schwarz scale, kinks included (measured ≤ 1e-13).  The uniform
+    panels alone rounded x to ~1e-17 absolutely: Tanh 1.4e-7 at q = 1e-16,
+    S2ReLU 2e-2, the x³ bump wrong by orders of magnitude at q = 1e-12."""
+    fn = lambda x: float(act.fn(np.float64(x)))      # noqa: E731
+    dfn = lambda x: float(act.dfn(np.float64(x)))    # noqa: E731
+    for q1, q2, rho in [(1e-12, 1e-12, 0.3), (1e-16, 4e-16, -0.6), (1e-60, 3e-60, 0.5),
+                        (1e-12, 1.0, 0.7), (1e-30, 2e-30, -0.2)]:
+        q12 = rho * math.sqrt(q1) * math.sqrt(q2)     # q1 q2 underflows
+        rho = correlation(q12, 1.0 / math.sqrt(q1), 1.0 / math.sqrt(q2))
+        k, kd = _numeric.duals(act.tables[0], q1, q12, q2)[:, 0]
+        for val, g in ((k, fn), (kd, dfn)):
+            scale = (math.sqrt(ref_large(g, q1, q1, 1.0, kinks))
+                     * math.sqrt(ref_large(g, q2, q2, 1.0, kinks)))
+            r = ref_large(g, q1, q2, rho, kinks)
+            assert abs(val - r) <= 1e-12 * scale, (act, q1, q2, rho, val, r)
+
+
+@pytest.mark.parametrize("act", [a for a, _ in TINY_ACTS] + [
+    ik.Elementwise(lambda x: np.clip(x, 0, 6), df=lambda x: ((x > 0) & (x < 6)) * 1.0)],
+    ids=repr)
+def test_table_near_zero_is_relative_and_exact_at_zero(act):
+    """Within ±H/2 (the graded panels) φ and φ' from the table against the
+    given fn, df relatively: 1e-13 of |φ(x)| + |x φ'(x)| (the panel's
+    rounding, a few ulps of φ's size on [|x|/2, 2|x|]); at x = 0 exactly
+    fn(0) and df(0), the values the finite networks use (a kink's side
+    derivative as df gives it: Elu's α, clip's 0), so that a dual at zero
+    variance is (fn(0)², df(0)²) (to the rounding of the quadrature weights)."""
+    tab = act.tables[0]
+    mags = 10.0 ** -np.linspace(1.3, 158, 60)
+    x = np.concatenate([mags, -mags])
+    got = np.array([_numeric.tab_eval(tab, 0, v) for v in x])
+    phi, dphi = np.asarray(act.fn(x), dtype=float), np.asarray(act.dfn(x), dtype=float)
+    assert np.all(np.abs(got[:, 0] - phi) <= 1e-13 * (np.abs(phi) + np.abs(x * dphi)))
+    d2 = np.abs(act.dfn(2 * x) - act.dfn(x / 2))     # φ'' |x| within a few ulps' margin
+    assert np.all(np.abs(got[:, 1] - dphi) <= 1e-13 * (np.abs(dphi) + d2) + 1e-300)
+    zero = np.zeros(1)
+    f0, df0 = float(act.fn(zero)[0]), float(act.dfn(zero)[0])
+    assert _numeric.tab_eval(tab, 0, 0.0) == (f0, df0)
+    k, kd = _numeric.duals(tab, 0.0, 0.0, 0.0)[:, 0]    # weights summing to 1 - 2ε
+    assert (k, kd) == pytest.approx((f0 * f0, df0 * df0), rel=4e-16, abs=0)
+
+
 def test_unnormalised_inputs_through_a_network():
     """Raw features (first-layer variances ~1e2 … 1e6) through Tanh: entries
     of the one-hidden-layer NNGP against ``ref_large``; symmetric, PSD and
