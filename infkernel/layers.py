@@ -444,6 +444,10 @@ class Network:
     :meth:`kernel`; :meth:`diag` gives the kernels' diagonals in O(N·(d + L)).
     """
 
+    #: the input dimension the network was built for (``from_torch``: the first
+    #: Linear's in_features), checked by :meth:`program`; None: any
+    input_dim = None
+
     def __init__(self, layers, nesting=None):
         self.layers = tuple(layers)
         #: how ``serial`` was called: per argument, None for a layer or the
@@ -519,6 +523,9 @@ class Network:
             raise ValueError("this network starts with input maps, which act on the data: "
                              "compile net.body for the mapped dimension and feed it "
                              "net.map_inputs(x) (net.kernel does this)")
+        if self.input_dim is not None and d_in != self.input_dim:
+            raise ValueError(f"the network takes inputs of dimension {self.input_dim}, "
+                             f"got points of dimension {d_in}")
         prog = self._programs.get(d_in)
         if prog is None:
             builder, state = P.ProgramBuilder(d_in), _State(d_in)

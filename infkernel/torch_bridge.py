@@ -149,7 +149,9 @@ def from_torch(module, scale="default"):
         small layers: one output unit gives b_std = |b|).
 
     Returns:
-      an ``ik.serial`` network with standard-parameterization ``Dense`` layers.
+      an ``ik.serial`` network with standard-parameterization ``Dense`` layers,
+      whose ``input_dim`` is the first Linear's in_features (other input
+      widths are refused).
     """
     if scale not in ("default", "measured"):
         raise ValueError(f"from_torch: scale must be 'default' or 'measured', got {scale!r}")
@@ -170,7 +172,9 @@ def from_torch(module, scale="default"):
                                 parameterization="standard"))
         else:
             layers.append(_layer(m, nn))
-    return serial(*layers)
+    net = serial(*layers)
+    net.input_dim = next(m.in_features for m in mods if isinstance(m, nn.Linear))
+    return net
 
 
 def torch_params(module):

@@ -291,6 +291,21 @@ def test_bad_input(call, exc, words):
     assert words in str(info.value)
 
 
+def test_input_dim_is_checked_before_any_work():
+    """A network that knows its input width (``from_torch`` sets it) refuses
+    others in every entry point; None (the default) takes any width."""
+    net, free = (ik.serial(ik.Dense(3), ik.Relu(), ik.Dense(1)) for _ in range(2))
+    assert net.input_dim is None and net.kernel(X1[:, :2], None, "ntk").shape == (9, 9)
+    net.input_dim = X1.shape[1]
+    np.testing.assert_array_equal(net.kernel(X1, None, "ntk"), free.kernel(X1, None, "ntk"))
+    for call in (lambda: net.kernel(X1[:, :2]), lambda: net.diag(X1[:, :2]),
+                 lambda: net.kernel(X1[:, :2], X1[:, :2], "nngp"),
+                 lambda: ik.pinn.kernel(net, X1[:, :2])):
+        with pytest.raises(ValueError, match=f"takes inputs of dimension {X1.shape[1]}, "
+                                             "got points of dimension 2"):
+            call()
+
+
 def test_gpu_backend_without_device_says_why():
     from infkernel import gpu
     if gpu.available():

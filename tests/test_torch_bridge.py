@@ -193,7 +193,8 @@ def test_empirical_ntk_torch_outputs_of_any_shape_and_trainable_parameters():
 def test_bridge_inputs_and_checks():
     """Tensors that require grad, bfloat16 tensors are accepted (detached,
     widened); zeroed biases, non-chaining Linear layers, a wrong input width
-    and BatchNorm in train mode are refused by name."""
+    (empirical and analytic kernels) and BatchNorm in train mode are refused
+    by name."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)).double()
     x = torch.randn(4, 3, dtype=torch.float64)
@@ -219,6 +220,10 @@ def test_bridge_inputs_and_checks():
         from_torch(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(7, 1)))
     with pytest.raises(ValueError, match=r"cannot be applied to x1 of shape \(4, 5\)"):
         empirical_ntk_torch(m, np.ones((4, 5)))
+    with pytest.raises(ValueError, match="takes inputs of dimension 3, got points of dimension 5"):
+        from_torch(m, scale="measured").kernel(np.ones((4, 5)))
+    with pytest.raises(ValueError, match="takes inputs of dimension 3, got points of dimension 2"):
+        from_torch(m, scale="measured").diag(np.ones((4, 2)))
     bn = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
     with pytest.raises(TypeError, match="BatchNorm1d.*train mode.*module.eval"):
         empirical_ntk_torch(bn, x.numpy())
