@@ -37,7 +37,9 @@ coordinate of |x| = m 2^e (``frexp``) is y = 4m - 3, exact.  Below
 |x| = 2^-(4+J) ≈ 3e-160 (beyond the reach of any nonzero float64 variance)
 φ is its limit line at 0⁺ or 0⁻, and at x = 0 exactly φ(0) and the given
 φ'(0) (as the finite networks evaluate them; a kink's right derivative when
-φ' is the differentiated fit).
+φ' is the differentiated fit).  Where φ cannot be evaluated there (not
+finite, raising, or too rough to fit: a formula cancelling near 0) a graded
+panel keeps the uniform panel's polynomial (``_graded_panels``).
 
 λ is the distance from the real axis to φ's nearest complex singularity (or a
 feature scale); the quadrature grades its panels from width λ at each centre.
@@ -171,8 +173,9 @@ def _cheb_der(c, half_width):
     return d / half_width
 
 
-def _call(name, f, x):
-    """f on an array, vectorised if f accepts arrays, with clear errors."""
+def _call(name, f, x, strict=True):
+    """f on an array, vectorised if f accepts arrays, with clear errors
+    (``strict=False``: NaN where f raises or is not finite, no error)."""
     try:
         y = f(x)
         y = np.asarray(y, dtype=float) if not np.iscomplexobj(y) else None
@@ -188,6 +191,9 @@ def _call(name, f, x):
             try:
                 r = f(float(xv))
             except Exception as exc:
+                if not strict:
+                    out[idx] = math.nan
+                    continue
                 raise ValueError(f"{name}: the function raised {type(exc).__name__}: "
                                  f"{exc} at x = {xv!r}") from None
             r = np.asarray(r)
@@ -197,7 +203,7 @@ def _call(name, f, x):
             out[idx] = float(r)
         y = out.reshape(x.shape)
     bad = ~np.isfinite(y)
-    if bad.any():
+    if strict and bad.any():
         raise ValueError(f"{name}: the function returned {y[bad].flat[0]} at x = "
                          f"{x[bad].flat[0]!r}; it must be finite on [-{U:g}, {U:g}]")
     return y
@@ -223,7 +229,7 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
     core = np.abs(edges[:-1]) <= 8.0
     scale = max(np.abs(y[core]).max(), 1e-300)
     dscale = max(np.abs(cd[core, :]).sum(axis=1).max(), scale)
-    _certify(name, cf, cd if dfn else None, scale, dscale, edges[:-1], H)
+    _certify(name, cf, cd if dfn else None, scale, dscale, edges[:-1])
     if dfn is not None:
         _check_derivative(name, x, t, cf, cd, scale)
     cf, cd = cf[:, :NC].copy(), cd[:, :NC].copy()
@@ -259,21 +265,24 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
     return np.concatenate([hdr, kinks, soft, pad, mono.ravel(), graded.ravel(), at_zero])
 
 
-def _certify(name, cf, cd, scale, dscale, lefts, widths):
-    """A ValueError unless the dropped Chebyshev coefficients of φ's fits
-    ``cf`` (and of the given φ''s ``cd``, unless None) are below 1e-13 of the
-    local coefficients plus φ's (φ''s) scale on every panel [left, left +
-    width].  A derivative obtained by differentiating φ's interpolants is
-    smooth where φ is, up to rounding amplified by ~NFIT²/H: not re-checked."""
+def _rough(c, scale):
+    """Per panel: the dropped Chebyshev coefficients of the fits ``c`` exceed
+    1e-13 of the local coefficients plus the function's ``scale``."""
+    return np.abs(c[:, NC:]).sum(axis=1) > 1e-13 * (np.abs(c).sum(axis=1) + scale)
+
+
+def _certify(name, cf, cd, scale, dscale, lefts):
+    """A ValueError unless φ's fits ``cf`` (and the given φ''s ``cd``, unless
+    None) pass ``_rough`` on every panel [left, left + H].  A derivative
+    obtained by differentiating φ's interpolants is smooth where φ is, up to
+    rounding amplified by ~NFIT²/H: not re-checked."""
     checks = [(cf, scale, "function")] + ([(cd, dscale, "derivative")] if cd is not None else [])
     for c, sc, what in checks:
-        local = np.abs(c).sum(axis=1) + sc
-        err = np.abs(c[:, NC:]).sum(axis=1)
-        badp = np.flatnonzero(err > 1e-13 * local)
+        badp = np.flatnonzero(_rough(c, sc))
         if badp.size:
-            a, w = lefts[badp[0]], np.broadcast_to(widths, lefts.shape)[badp[0]]
+            a = lefts[badp[0]]
             raise ValueError(
-                f"{name}: the {what} is not smooth on [{a:g}, {a + w:g}]: activations "
+                f"{name}: the {what} is not smooth on [{a:g}, {a + H:g}]: activations "
                 f"computed by quadrature must be smooth between non-smooth points that lie "
                 f"on multiples of {H:g} (e.g. 0, 1, -0.5)")
 
@@ -286,25 +295,35 @@ def _graded_panels(name, fn, dfn, t, parity, scale, dscale, cf_mid, cd_mid):
     where they are finite; else the limits from the right), then φ and φ' at
     0⁺ and 0⁻ (the innermost panels at y = -1).
 
-    Without ``dfn``, φ' is the derivative of the graded fit where that is the
-    more accurate one (φ's rounding, amplified by 1/a, against the uniform
-    panel's by 1/H: where φ's size on the panel shrinks like a, as for
-    φ(0) = 0), else the uniform panels' derivative ``cd_mid`` (Chebyshev
-    coefficients on [-H, 0] and [0, H], with ``cf_mid`` φ's)."""
+    A panel where fn (dfn) is not finite, raises or does not fit as smoothly
+    as ``_rough`` asks (a formula that cancels near 0, e.g. (eˣ − 1)/x) keeps
+    the uniform panels' polynomial there (Chebyshev coefficients ``cf_mid``,
+    ``cd_mid`` on [-H, 0] and [0, H]): never less accurate than those, and no
+    function the uniform panels accept is refused.  Without ``dfn``, φ' is
+    the derivative of the graded fit where that is the more accurate one (φ's
+    rounding amplified by 1/a, against the uniform panel's by 1/H: where φ's
+    size on the panel shrinks like a, as for φ(0) = 0), else the uniform one."""
     a = 2.0 ** -(5 + np.arange(J))
+    cheb = np.polynomial.chebyshev.chebval
+
+    def fit(f, x, mid, sc):
+        with np.errstate(all="ignore"):
+            c = _cheb_fit(_call(name, f, x, strict=False)[:, ::-1])
+        bad = ~np.isfinite(c).all(axis=1) | _rough(c, sc)
+        c[bad] = _cheb_fit(cheb(x[bad, ::-1] * (2.0 / H) - np.sign(x[bad, :1]), mid))
+        return c, bad
+
     fits = []
-    for side, mid in ((1.0, 1), (-1.0, 0)):
+    for side, m in ((1.0, 1), (-1.0, 0)):
         x = side * (a[:, None] + 0.5 * a[:, None] * (1.0 + t[None, :]))
-        cf = _cheb_fit(_call(name, fn, x)[:, ::-1])
+        cf, bad = fit(fn, x, cf_mid[m], scale)
         if dfn is None:
             cd = side * _cheb_der(cf, 0.5 * a[:, None])
-            uniform = _cheb_fit(np.polynomial.chebyshev.chebval(
-                x[:, ::-1] * (2.0 / H) - side, cd_mid[mid]))
-            use = np.abs(cf).sum(axis=1) / a > np.abs(cf_mid[mid]).sum() / H
+            uniform = _cheb_fit(cheb(x[:, ::-1] * (2.0 / H) - side, cd_mid[m]))
+            use = bad | (np.abs(cf).sum(axis=1) / a > np.abs(cf_mid[m]).sum() / H)
             cd[use] = uniform[use]
         else:
-            cd = _cheb_fit(_call(name + " derivative", dfn, x)[:, ::-1])
-        _certify(name, cf, cd if dfn else None, scale, dscale, a if side > 0 else -2 * a, a)
+            cd = fit(dfn, x, cd_mid[m], dscale)[0]
         fits.append([cf[:, :NC], cd[:, :NC]])
     (pf, pd), (mf, md) = fits
     if parity:   # exact, as the uniform panels: φ(-x) = parity φ(x), φ'(-x) = -parity φ'(x)
@@ -312,17 +331,13 @@ def _graded_panels(name, fn, dfn, t, parity, scale, dscale, cf_mid, cd_mid):
         mf, md = parity * pf, -parity * pd
     graded = np.stack([np.stack([f, d], axis=1) for f, d in ((pf, pd), (mf, md))]) @ _CHEB_TO_POWERS
     ends = graded[:, -1] @ (-1.0) ** np.arange(NC)            # (side, φ/φ') at y = -1
-    at_zero = [ends[0, 0], ends[0, 1]]
+    at_zero = ends[0].copy()
     for k, f in enumerate((fn, dfn)):
-        try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                v = float(_call("", f, np.zeros(1))[0]) if f is not None else None
-        except (ValueError, TypeError, ArithmeticError):
-            v = None
-        if v is not None:
-            at_zero[k] = v
-    return graded, np.array([*at_zero, *ends[0], *ends[1]])
+        if f is not None:
+            with np.errstate(all="ignore"):
+                v = _call(name, f, np.zeros(1), strict=False)[0]
+            at_zero[k] = v if np.isfinite(v) else at_zero[k]
+    return graded, np.concatenate([at_zero, ends[0], ends[1]])
 
 
 def _parity(y_minus, y, tails, scale):

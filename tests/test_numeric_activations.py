@@ -483,6 +483,26 @@ def test_table_near_zero_is_relative_and_exact_at_zero(act):
     assert (k, kd) == pytest.approx((f0 * f0, df0 * df0), rel=4e-16, abs=0)
 
 
+def _log1p_x4_over_x3(x):
+    return math.log1p(x ** 4) / x ** 4 * x    # ZeroDivisionError once x⁴ underflows
+
+
+def test_functions_failing_near_zero_keep_the_uniform_panels():
+    """A function that raises (or is not finite) where a power of x
+    underflows was accepted before the tables had graded panels and still
+    is: those panels keep the uniform fit (absolute accuracy), the others
+    are relatively accurate (here φ(x) = x to 1e-24 for |x| < 1e-6)."""
+    act = ik.Elementwise(_log1p_x4_over_x3)
+    tab = act.tables[0]
+    for x in (1e-6, -3e-20, 2e-80):
+        assert _numeric.tab_eval(tab, 0, x)[0] == pytest.approx(x, rel=1e-14, abs=0)
+    assert abs(_numeric.tab_eval(tab, 0, 1e-90)[0]) <= 1e-15       # the uniform fit
+    assert _numeric.tab_eval(tab, 0, 0.0) == _numeric.tab_eval(tab, 0, 1e-300)  # limits
+    q = 1e-12
+    k = _numeric.duals(tab, q, 0.3 * q, q)[0, 0]
+    assert k == pytest.approx(0.3 * q, rel=1e-12, abs=0)
+
+
 def test_unnormalised_inputs_through_a_network():
     """Raw features (first-layer variances ~1e2 … 1e6) through Tanh: entries
     of the one-hidden-layer NNGP against ``ref_large``; symmetric, PSD and
