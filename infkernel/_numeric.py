@@ -306,24 +306,24 @@ def _graded_panels(name, fn, dfn, t, parity, scale, dscale, cf_mid, cd_mid):
     a = 2.0 ** -(5 + np.arange(J))
     cheb = np.polynomial.chebyshev.chebval
 
-    def fit(f, x, mid, sc):
-        with np.errstate(all="ignore"):
-            c = _cheb_fit(_call(name, f, x, strict=False)[:, ::-1])
-        bad = ~np.isfinite(c).all(axis=1) | _rough(c, sc)
-        c[bad] = _cheb_fit(cheb(x[bad, ::-1] * (2.0 / H) - np.sign(x[bad, :1]), mid))
-        return c, bad
-
     fits = []
     for side, m in ((1.0, 1), (-1.0, 0)):
         x = side * (a[:, None] + 0.5 * a[:, None] * (1.0 + t[None, :]))
-        cf, bad = fit(fn, x, cf_mid[m], scale)
+        y_mid = x[:, ::-1] * (2.0 / H) - side     # the nodes in the uniform panel's y
+
+        def fit(f, mid, sc):
+            with np.errstate(all="ignore"):
+                c = _cheb_fit(_call(name, f, x, strict=False)[:, ::-1])
+            bad = ~np.isfinite(c).all(axis=1) | _rough(c, sc)
+            c[bad] = _cheb_fit(cheb(y_mid[bad], mid))
+            return c, bad
+        cf, bad = fit(fn, cf_mid[m], scale)
         if dfn is None:
             cd = side * _cheb_der(cf, 0.5 * a[:, None])
-            uniform = _cheb_fit(cheb(x[:, ::-1] * (2.0 / H) - side, cd_mid[m]))
             use = bad | (np.abs(cf).sum(axis=1) / a > np.abs(cf_mid[m]).sum() / H)
-            cd[use] = uniform[use]
+            cd[use] = _cheb_fit(cheb(y_mid[use], cd_mid[m]))
         else:
-            cd = fit(dfn, x, cd_mid[m], dscale)[0]
+            cd = fit(dfn, cd_mid[m], dscale)[0]
         fits.append([cf[:, :NC], cd[:, :NC]])
     (pf, pd), (mf, md) = fits
     if parity:   # exact, as the uniform panels: φ(-x) = parity φ(x), φ'(-x) = -parity φ'(x)
