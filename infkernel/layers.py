@@ -693,9 +693,11 @@ def unpacked_network(obj):
 
 
 def serial(*layers):
-    """Compose layers (or networks, or their stax triples) in sequence."""
+    """Compose layers (or networks, or their stax triples) in sequence; the
+    first one's ``input_dim``, if it is a network that has one, is kept."""
     flat, nesting = [], []
-    for layer in map(unpacked_network, layers):
+    layers = [unpacked_network(layer) for layer in layers]
+    for layer in layers:
         if isinstance(layer, Network):
             flat.extend(layer.layers)
             nesting.append(layer.nesting)
@@ -704,7 +706,10 @@ def serial(*layers):
             nesting.append(None)
         else:
             raise TypeError(f"serial: expected layers, got {type(layer).__name__}")
-    return Network(flat, tuple(nesting))
+    net = Network(flat, tuple(nesting))
+    if layers and isinstance(layers[0], Network) and layers[0].input_dim is not None:
+        net.input_dim = layers[0].input_dim
+    return net
 
 
 class _NotNested(Exception):

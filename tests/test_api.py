@@ -298,9 +298,11 @@ def test_input_dim_is_checked_before_any_work():
     assert net.input_dim is None and net.kernel(X1[:, :2], None, "ntk").shape == (9, 9)
     net.input_dim = X1.shape[1]
     np.testing.assert_array_equal(net.kernel(X1, None, "ntk"), free.kernel(X1, None, "ntk"))
+    outer = ik.serial(net, ik.Relu(), ik.Dense(1))       # a network in front keeps its width
+    assert outer.input_dim == X1.shape[1] and ik.serial(ik.Dense(3), net).input_dim is None
     for call in (lambda: net.kernel(X1[:, :2]), lambda: net.diag(X1[:, :2]),
                  lambda: net.kernel(X1[:, :2], X1[:, :2], "nngp"),
-                 lambda: ik.pinn.kernel(net, X1[:, :2])):
+                 lambda: ik.pinn.kernel(net, X1[:, :2]), lambda: outer.kernel(X1[:, :2])):
         with pytest.raises(ValueError, match=f"takes inputs of dimension {X1.shape[1]}, "
                                              "got points of dimension 2"):
             call()
