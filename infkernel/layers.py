@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _program as P
 from ._checks import count, entropy, flag, real
+from .kernel import compute
 
 
 class _State:
@@ -573,7 +574,6 @@ class Network:
         Returns:
           an array for a string ``get``, else a ``Kernel`` namedtuple.
         """
-        from .kernel import compute
         return compute(self, self._flatten(x1), self._flatten(x2), get, out=out, dtype=dtype,
                        backend=backend, progress=progress, diagonal=False)
 
@@ -599,7 +599,6 @@ class Network:
     def diag(self, x, get=None, *, dtype=None, backend="auto"):
         """Diagonals K(x_i, x_i) of the NNGP/NTK in O(N·(d + L)); same ``get``
         conventions as :meth:`kernel`, with (N,) arrays."""
-        from .kernel import compute
         return compute(self, self._flatten(x), None, get, out=None, dtype=dtype,
                        backend=backend, progress=False, diagonal=True)
 
