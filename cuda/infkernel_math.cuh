@@ -787,13 +787,27 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
 /// still sums the nodes in the same order, so the values are the same.
 IK_FN void ik_mehler_moments(const double* aux, int lo, double s, double* f, double* g,
                              long long ld) {
+  if (s == 0.0) {
+    // u = 0 surely: a_0 = phi(0), a_n = 0 beyond, exactly (as numba)
+    double f0, d0;
+    ik_tab_eval(aux, lo, 0.0, f0, d0);
+    g[0] = f0 * f0;
+    g[ld] = d0 * d0;
+    if (!f) return;
+    for (int n = 0; n < IK_NUM_NM; ++n) {
+      f[n * ld] = n == 0 ? f0 : 0.0;
+      f[(IK_NUM_NM + n) * ld] = n == 0 ? d0 : 0.0;
+      f[(2 * IK_NUM_NM + n) * ld] = f0 != 0.0 ? sqrt(1e-15) : 0.0;
+      f[(3 * IK_NUM_NM + n) * ld] = d0 != 0.0 ? sqrt(1e-15) : 0.0;
+    }
+    return;
+  }
   const int nk = int(aux[lo + 4]);
   const int ns = int(aux[lo + 5]);
   const double lam = aux[lo + 6];
   IkEdges E;
   ik_edges_init(E, -IK_NUM_ZC, IK_NUM_ZC, 0.5);
-  if (s > 0.0)
-    for (int k = 0; k < nk + ns; ++k) ik_edges_add(E, aux[lo + IK_NUM_HDR + k] / s, lam / s);
+  for (int k = 0; k < nk + ns; ++k) ik_edges_add(E, aux[lo + IK_NUM_HDR + k] / s, lam / s);
   // sums over the nodes in 8 lanes (node m in lane m mod 8), combined in
   // _numeric._lane_sum's order: the numba path's result, bit for bit up to FMA
   double sa[IK_NUM_NM][8], sd[IK_NUM_NM][8];

@@ -624,14 +624,25 @@ def mehler_point(aux, lo, s, F, G, slot, i):
     count is a multiple of 16), combined by ``_lane_sum``: independent chains
     that LLVM vectorises, in an order the CUDA header reproduces exactly."""
     nm = F.shape[2]
+    if s == 0.0:
+        # u = 0 surely: a_0 = φ(0), a_n = 0 beyond, exactly (the rule's
+        # weights sum to 1 only to rounding)
+        f0, d0 = tab_eval(aux, lo, 0.0)
+        G[slot, 0, i] = f0 * f0
+        G[slot, 1, i] = d0 * d0
+        for n in range(nm):
+            F[slot, 0, n, i] = f0 if n == 0 else 0.0
+            F[slot, 1, n, i] = d0 if n == 0 else 0.0
+            F[slot, 2, n, i] = math.sqrt(1e-15) if f0 != 0.0 else 0.0
+            F[slot, 3, n, i] = math.sqrt(1e-15) if d0 != 0.0 else 0.0
+        return
     nk = int(aux[lo + 4])
     ns = int(aux[lo + 5])
     lam = aux[lo + 6]
     buf = np.empty(4 * MAX_BREAKS * 64 + 64)
     nb = 0
-    if s > 0.0:
-        for k in range(nk + ns):
-            nb = _add_centre(buf, nb, aux[lo + HDR + k] / s, lam / s, -ZC, ZC, 0.5)
+    for k in range(nk + ns):
+        nb = _add_centre(buf, nb, aux[lo + HDR + k] / s, lam / s, -ZC, ZC, 0.5)
     nb = _finish_edges(buf, nb, -ZC, ZC, 0.5)
     nn = 16 * (nb - 1)
     z = np.empty(nn)

@@ -467,7 +467,7 @@ def test_table_near_zero_is_relative_and_exact_at_zero(act):
     rounding, a few ulps of φ's size on [|x|/2, 2|x|]); at x = 0 exactly
     fn(0) and df(0), the values the finite networks use (a kink's side
     derivative as df gives it: Elu's α, clip's 0), so that a dual at zero
-    variance is (fn(0)², df(0)²) (to the rounding of the quadrature weights)."""
+    variance is (fn(0)², df(0)²) exactly."""
     tab = act.tables[0]
     mags = 10.0 ** -np.linspace(1.3, 158, 60)
     x = np.concatenate([mags, -mags])
@@ -479,8 +479,13 @@ def test_table_near_zero_is_relative_and_exact_at_zero(act):
     zero = np.zeros(1)
     f0, df0 = float(act.fn(zero)[0]), float(act.dfn(zero)[0])
     assert _numeric.tab_eval(tab, 0, 0.0) == (f0, df0)
-    k, kd = _numeric.duals(tab, 0.0, 0.0, 0.0)[:, 0]    # weights summing to 1 - 2ε
-    assert (k, kd) == pytest.approx((f0 * f0, df0 * df0), rel=4e-16, abs=0)
+    assert tuple(_numeric.duals(tab, 0.0, 0.0, 0.0)[:, 0]) == (f0 * f0, df0 * df0)
+    k, kd = _numeric.duals(tab, 0.0, 0.0, 1.0)[:, 0]     # φ(0) E[φ(v)], v ~ N(0, 1)
+    means = [integrate.quad(lambda v: float(g(np.array([v]))[0]) * math.exp(-v * v / 2),
+                            -40, 40, points=[0.0, 1.0], epsabs=1e-13, limit=200)[0]
+             / math.sqrt(2 * math.pi) for g in (act.fn, act.dfn)]
+    assert k == pytest.approx(f0 * means[0], rel=1e-12, abs=1e-13 * abs(f0))
+    assert kd == pytest.approx(df0 * means[1], rel=1e-12, abs=1e-13 * abs(df0))
 
 
 def _log1p_x4_over_x3(x):
