@@ -161,35 +161,10 @@ def _det(det, exact, q1, q12, q2):
     return np.where(_same_point(q1, q12, q2), exact, det)
 
 
-def _gelu_k(q1, q12, q2):
-    p1, p2 = 1 + q1, 1 + q2
-    r = np.sqrt(p1 * p2)
-    z = np.clip(q12 / r, -1, 1)
-    delta = np.sqrt(np.maximum(_det(p1 * p2 - q12 * q12, 1 + q1 + q2, q1, q12, q2), 1e-300))
-    angle = np.arctan2(q12, delta)          # asin z, accurate near |z| = 1
-    h = (q1 / p1) * (q2 / p2)
-    k = 0.25 * q12 + (z * z / delta + h * delta + q12 * angle) * INV_2PI
-    bracket = 1.0 / (delta * delta) + 1.0 / p1 / p2 - h + 1.0
-    kd = 0.25 + angle * INV_2PI + q12 / delta * bracket * INV_2PI
-    return k, kd
-
-
-def _gabor_k(q1, q12, q2):
-    """``_duals.dual_gabor`` in NumPy (δ = 4(q11 q22 − q12²) unclamped)."""
-    s = q1 + q2
-    delta = 4 * (q1 * q2 - q12 * q12)
-    d = 1 + 2 * s + delta
-    e = np.exp(-0.5 * (s + delta) / d)
-    b = q12 / d
-    k = e * np.sinh(b) / np.sqrt(d)
-    kd = e * d ** -2.5 * (4 * q12 * (d + 1 + s) * np.sinh(b) + (d + 8 * q12 * q12) * np.cosh(b))
-    return k, kd
-
-
-#: kinds whose (k, k̇) come from these NumPy forms and whose partial
-#: derivatives come from the kernels' formulas in jet arithmetic
-#: (``_jets.dual_derivatives``: exact up to rounding)
-_BY_JETS = {P.K_GELU: _gelu_k, P.K_GABOR: _gabor_k}
+#: kinds whose (k, k̇) and partial derivatives come from the kernels' own
+#: formulas evaluated in jet arithmetic (``_jets.dual_derivatives``: exact
+#: up to rounding)
+_BY_JETS = (P.K_GELU, P.K_GABOR)
 
 
 def _layer_params(layer):
@@ -357,11 +332,8 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             kd12 = 4 * a * a * b * b * D ** -2.5 * (D + 12 * b * b * q12 * q12)
             return k, kd, k1, kd, kd1, kd12
         elif kind in _BY_JETS:
-            k, kd = _BY_JETS[kind](q1, q12, q2)
-            if not partials:
-                return k, kd
-            _, _, k1, _, kd1, kd12 = dual_derivatives(kind, p, q1, q12, q2, (1, 0, 0),
-                                                      (0, 1, 0))
+            k, kd, k1, _, kd1, kd12 = dual_derivatives(kind, p, q1, q12, q2, (1, 0, 0),
+                                                       (0, 1, 0))
             return k, kd, k1, kd, kd1, kd12
         else:
             raise NotImplementedError(f"no derivative rule for activation kind {kind}")
@@ -397,8 +369,7 @@ def _dual_diag(kind, p, q):
         zero = q == 0
         return np.where(zero, k0, k), np.where(zero, kd0, kd), dk, dkd
     if kind in _BY_JETS:
-        k, kd = _BY_JETS[kind](q, q, q)
-        _, _, dk, _, dkd, _ = dual_derivatives(kind, p, q, q, q, (1, 1, 1), (0, 0, 0))
+        k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, q, q, (1, 1, 1), (0, 0, 0))
         return k, kd, dk, dkd
     k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
     return k, kd, 2 * k1 + k12, 2 * kd1 + kd12

@@ -1366,9 +1366,6 @@ def _check_params(net, params, d, name):
     """``params`` from ``net.init_fn`` (or in neural-tangents' layout) for
     inputs of d features (``name``), in init_fn's layout."""
     params = net._flat_params(params)
-    if not isinstance(params, (tuple, list)) or len(params) != len(net.layers):
-        raise ValueError(f"params must be the tuple returned by net.init_fn, with one entry "
-                         f"per layer ({len(net.layers)})")
     from .empirical import check_params
     check_params(net, params, d, name)
     return params

@@ -647,9 +647,9 @@ def test_operator_apply_checks_params_and_empty_inputs():
     net = ik.serial(ik.Dense(16, b_std=1.0), ik.Tanh(), ik.Dense(1))
     _, params = net.init_fn(0, (-1, 2))
     x = np.random.default_rng(0).uniform(-1, 1, (5, 2))
-    with pytest.raises(ValueError, match="one entry per layer \\(3\\)"):
+    with pytest.raises(ValueError, match="params has 2 entries, the network has 3 layers"):
         pinn.operator_apply(net, params[:2], x, pinn.partial(0))
-    with pytest.raises(ValueError, match="one entry per layer"):
+    with pytest.raises(TypeError, match="params must be the tuple returned by init_fn"):
         pinn.operator_apply(net, None, x, pinn.partial(0))
     with pytest.raises(ValueError, match="the inputs have 2 features, these params were "
                                          "made for 3"):
