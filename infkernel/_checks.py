@@ -39,12 +39,16 @@ def real(name, value, lower=None, strict=False, squared=False, inf=False):
 
 def count(name, value, minimum=1):
     """``value`` as an int, or an error naming ``name``: TypeError unless an
-    integer (bool excluded), ValueError below ``minimum``."""
+    integer (bool excluded), ValueError below ``minimum`` or beyond int64
+    (every count sizes or indexes arrays)."""
     want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be {want}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be {want}, got {value!r}")
+    if value > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must be below 2**63, got an integer of "
+                         f"{int(value).bit_length()} bits")
     return int(value)
 
 
@@ -88,3 +92,62 @@ def entropy(name, key):
         return [int(v) for v in a]
     raise TypeError(f"{name} must be a non-negative int or a PRNG key (a 1-D array of "
                     f"non-negative integers), got {key!r}")
+
+
+#: the kernels a ``get`` names
+KERNELS = ("nngp", "ntk")
+
+
+def parse_get(get, valid=KERNELS):
+    """(names, single) for a ``get`` argument: a name, a tuple of names (in
+    ``valid``; case-insensitive, as neural-tangents) or None (the kernels)."""
+    if get is None:
+        return KERNELS, False
+    if isinstance(get, str):
+        names, single = (get.lower(),), True
+    elif isinstance(get, (tuple, list)) and get and all(isinstance(g, str) for g in get):
+        names, single = tuple(g.lower() for g in get), False
+    else:
+        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
+    for g in names:
+        if g not in valid:
+            raise ValueError(f"unknown get={g!r}: valid values are {valid}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"get has repeated entries: {names}")
+    return names, single
+
+
+def one_kernel(get):
+    """'nngp' or 'ntk' from a single ``get`` (case-insensitive)."""
+    if not isinstance(get, str) or get.lower() not in KERNELS:
+        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    return get.lower()
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation without swapping
+    (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def new_outputs(shape, dtype, n):
+    """``n`` new arrays of ``shape`` and ``dtype`` for results, or a
+    MemoryError before any work where they would not fit in the memory
+    available (overcommitted allocations succeed and fail later, mid-run)."""
+    dtype = np.dtype(dtype)
+    need = math.prod(shape) * dtype.itemsize * n
+    free = available_memory() if need > 2 ** 30 else None
+    if free is not None and need > free:
+        raise MemoryError(
+            f"the result needs {need / 2 ** 30:.1f} GiB ({n} array(s) of shape {shape}, "
+            f"{dtype.name}) and {free / 2 ** 30:.1f} GiB of memory is available: ask for one "
+            "kernel (get='nngp' or 'ntk'), dtype=np.float32, or pass out= arrays on disk "
+            "(np.lib.format.open_memmap), which the kernels fill tile by tile")
+    return [np.empty(shape, dtype) for _ in range(n)]

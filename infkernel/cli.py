@@ -69,7 +69,7 @@ def parse_layer(token, option="--arch", names=None):
         what = "layer" if names is None else "activation"
         raise ValueError(f"{option}: unknown {what} {name!r}; valid: {valid}")
     args, kwargs = [], {}
-    for item in re.split(r"[\s,;]+", rest.rstrip().rstrip(")")):
+    for item in re.split(r"[\s,;\[\]]+", rest.rstrip().rstrip(")")):
         if item:
             key, eq, value = item.rpartition("=")
             if eq:
@@ -215,6 +215,9 @@ def _add_arch_arguments(p):
 
 
 def gram_main(args):
+    if not os.path.basename(args.output):
+        raise ValueError(f"--output must be a file prefix such as 'gram' or 'out/gram' "
+                         f"(PREFIX_nngp.npy, PREFIX_ntk.npy), got {args.output!r}")
     if args.features is None:
         x1, _ = _digits()
         source = "scikit-learn digits (1797 x 64)"

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _program as P
 from ._checks import count, entropy, real, real_array
+from .activations import Activation
 from .combinators import FanInConcat, FanInSum, FanOut, Scale, parallel
 from .layers import Dense, InputMap, Layer, _Branches, serial
 
@@ -216,10 +217,14 @@ def _widths(name, hidden):
     return widths
 
 
-def _default_act(activation):
+def _default_act(name, activation):
+    """``activation`` (an activation layer), by default S2ReLU()."""
     if activation is None:
         from .activations_numeric import S2ReLU
         return S2ReLU()
+    if not isinstance(activation, Activation):
+        raise TypeError(f"{name}: activation must be an activation layer such as "
+                        f"ik.Relu() or ik.Tanh(), got {activation!r}")
     return activation
 
 
@@ -230,7 +235,7 @@ def MscaleDNN2(scales, hidden=(256, 256), activation=None, W_std=1.0, b_std=None
     ``hidden``.  Kernel: Σ_i K_i(a_i x, a_i x') exactly.  Default φ: the
     compactly supported s2ReLU(x) = sin(2πx) ReLU(x) ReLU(1 − x)."""
     scales, hidden = _scales("MscaleDNN2", scales), _widths("MscaleDNN2", hidden)
-    act = _default_act(activation)
+    act = _default_act("MscaleDNN2", activation)
 
     def dense(n):
         return Dense(n, W_std=W_std, b_std=b_std, parameterization=parameterization)
@@ -252,7 +257,7 @@ def MscaleDNN1(scales, hidden=(256, 256), activation=None, W_std=1.0, b_std=None
     if hidden[0] % n:
         raise ValueError(f"MscaleDNN1: hidden[0]={hidden[0]} must be divisible by the number "
                          f"of scales ({n}) to split the first layer into equal groups")
-    act = _default_act(activation)
+    act = _default_act("MscaleDNN1", activation)
 
     def dense(w):
         return Dense(w, W_std=W_std, b_std=b_std, parameterization=parameterization)

@@ -9,6 +9,7 @@ With no data argument it uses scikit-learn's bundled digits dataset (1,797
 import argparse
 import glob
 import json
+import math
 import os
 import time
 import zipfile
@@ -176,6 +177,11 @@ def _run(args, first, depths):
             raise ValueError(f"regression needs numeric targets, got {y.dtype} values; for "
                              "class labels use --task classification")
         Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    n_test = math.ceil(args.test_size * len(x))
+    if len(x) - n_test < 2 or n_test < 1:
+        raise ValueError(f"the data has {len(x)} rows: with --test-size {args.test_size:g} that "
+                         f"leaves {len(x) - n_test} for training and {n_test} for testing; "
+                         "fitting needs at least 2 and testing at least 1")
     strat = yi if clf and np.bincount(yi).min() >= 2 else None
     xtr, xte, ytr, yte = train_test_split(x, Y, test_size=args.test_size,
                                           random_state=args.seed, stratify=strat)

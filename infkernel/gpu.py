@@ -51,6 +51,7 @@ import re
 import numpy as np
 
 from . import _program as P
+from ._checks import new_outputs
 
 #: Device-memory bound for one row block (its GEMM block and, when streaming
 #: to the host, its output buffers); two blocks are in flight.
@@ -425,7 +426,7 @@ def _outputs(cp, out, names, single, shape, dt, on_device, check_out):
     n_out = len(names)
     if out is None:
         if not on_device:
-            return [np.empty(shape, dt) for _ in names], True
+            return new_outputs(shape, dt, n_out), True
         need = shape[0] * shape[1] * dt.itemsize * n_out
         free = _free_bytes(cp)
         if need > 0.9 * free:

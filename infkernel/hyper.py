@@ -61,7 +61,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from . import _program as P
-from ._checks import KernelRangeError, count, flag, real
+from ._checks import KernelRangeError, count, flag, one_kernel, real
 from ._duals import _RHO_ONE
 from ._jets import dual_derivatives
 from .activations import Activation
@@ -510,16 +510,18 @@ def with_activation_parameters(net, values):
     """A copy of ``net`` whose differentiable activation parameters are
     ``values`` (flat, in the order of :func:`activation_parameters`)."""
     values = np.asarray(values, dtype=np.float64).ravel()
-    layers, o = list(net.layers), 0
-    for i in activation_layers(net):
-        m = len(_act_param_names(layers[i]))
+    layers = list(net.layers)
+    counts = {i: len(_act_param_names(layers[i])) for i in activation_layers(net)}
+    if sum(counts.values()) != values.size:
+        raise ValueError(f"values: expected {sum(counts.values())} activation parameters, "
+                         f"got {values.size}")
+    o = 0
+    for i, m in counts.items():
         new = list(layers[i].params)
         new[:m] = values[o:o + m]
         layers[i] = _rebuild_activation(layers[i], new)
         o += m
-    if o != values.size:
-        raise ValueError(f"expected {o} activation parameters, got {values.size}")
-    return Network(layers)
+    return net.with_layers(layers)
 
 
 def parameter_names(net, shared=True, activation_params=False):
@@ -612,7 +614,7 @@ def with_hyperparameters(net, W_std, b_std):
     def replace(layer):
         w, b = next(values)
         return dataclasses.replace(layer, W_std=w, b_std=b)
-    return Network(_map_dense(net.layers, replace))
+    return net.with_layers(_map_dense(net.layers, replace))
 
 
 def _per_layer(name, value, n, allow_none=False):
@@ -681,8 +683,7 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     (:func:`_kernel_grad_by_differences`), and no activation slots.
     """
     from .kernel import check_inputs
-    if get not in ("nngp", "ntk"):
-        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    get = one_kernel(get)
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
     shared = flag("shared", shared)
@@ -887,8 +888,7 @@ def log_marginal_likelihood(net, x, y, noise=1e-6, get="nngp", shared=True,
     from .predict import _check_y
     if not isinstance(net, Network):
         raise TypeError(f"net must be an infkernel Network, got {type(net).__name__}")
-    if get not in ("nngp", "ntk"):
-        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    get = one_kernel(get)
     x = check_inputs(x, "x")
     if len(x) == 0:
         raise ValueError("x has no rows: the likelihood of no data is not defined")

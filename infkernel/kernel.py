@@ -12,9 +12,8 @@ from functools import lru_cache
 import numpy as np
 
 from . import _cpu, gpu
-from ._checks import count
+from ._checks import KERNELS as GETS, count, new_outputs, parse_get
 
-GETS = ("nngp", "ntk")
 BACKENDS = ("auto", "cpu", "gpu")
 
 
@@ -47,31 +46,21 @@ class Kernel(namedtuple("Kernel", GETS)):
             covs[i] = covs[i]()
         return covs[i]
 
-    def __reduce__(self):          # pickled as the plain pair
-        return type(self), tuple(self)
+    def __reduce__(self):          # pickled with its diagonals, computed now
+        if self.__dict__.get("_covs") is None:
+            return type(self), tuple(self)
+        return _restore_kernel, (tuple(self), self.cov1, self.cov2)
+
+
+def _restore_kernel(fields, cov1, cov2):
+    k = Kernel(*fields)
+    k.__dict__["_covs"] = [cov1, cov2]
+    return k
 
 
 #: neural-tangents' diagonals of the NNGP: Σ(x1_i, x1_i) and Σ(x2_j, x2_j)
 #: (None without x2), valid in ``get`` of the analytic kernel.
 COVS = ("cov1", "cov2")
-
-
-def parse_get(get, valid=GETS):
-    """Returns (names, single) for a ``get`` argument."""
-    if get is None:
-        return GETS, False
-    if isinstance(get, str):
-        names, single = (get.lower(),), True
-    elif isinstance(get, (tuple, list)) and get and all(isinstance(g, str) for g in get):
-        names, single = tuple(g.lower() for g in get), False
-    else:
-        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
-    for g in names:
-        if g not in valid:
-            raise ValueError(f"unknown get={g!r}: valid values are {valid}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"get has repeated entries: {names}")
-    return names, single
 
 
 def check_inputs(x, name, d=None, like="x1"):
@@ -82,6 +71,13 @@ def check_inputs(x, name, d=None, like="x1"):
         raise TypeError(f"{name} must be an array, got the string {x!r}"
                         + (f" (get is the third argument: kernel(x1, None, {x!r}))"
                            if name == "x2" else ""))
+    if hasattr(x, "toarray") and hasattr(x, "nnz"):      # scipy.sparse
+        raise TypeError(f"{name} is a sparse matrix: the kernels need dense inputs "
+                        f"({name}.toarray())")
+    if np.ma.isMaskedArray(x) and np.ma.is_masked(x):
+        raise ValueError(f"{name} is a masked array with masked entries: the kernels "
+                         f"have no missing values; fill them ({name}.filled(value)) or "
+                         "drop those rows")
     try:
         a = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
@@ -277,7 +273,8 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     else:
         shape = (a1.shape[0], a1.shape[0] if a2 is None else a2.shape[0])
         outs = _check_out(out, names, single, shape, dt, [("x1", a1), ("x2", a2)])
-        arrays = [np.empty(shape, dt) if o is None else o for o in outs]
+        fresh = iter(new_outputs(shape, dt, sum(o is None for o in outs)))
+        arrays = [next(fresh) if o is None else o for o in outs]
         res = dict(zip(names, arrays))
         callback, close = _progress_callback(progress)
         try:

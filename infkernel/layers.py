@@ -138,7 +138,7 @@ class Dense(Layer):
     b_std: Optional[float] = None
     batch_axis: int = 0          # neural-tangents' field order, for positional calls
     channel_axis: int = -1
-    parameterization: str = "ntk"
+    parameterization: Optional[str] = None    # None: "ntk" (or the fourth argument)
     s: tuple = (1, 1)
 
     def __repr__(self):
@@ -150,11 +150,17 @@ class Dense(Layer):
         object.__setattr__(self, "out_dim", count("Dense: out_dim", self.out_dim))
         object.__setattr__(self, "W_std", _std("Dense: W_std", self.W_std))
         object.__setattr__(self, "b_std", _std("Dense: b_std", self.b_std, allow_none=True))
-        if isinstance(self.batch_axis, str) and self.parameterization == "ntk":
+        if isinstance(self.batch_axis, str):
             # Dense(n, W_std, b_std, "standard"): the parameterization in the
             # place of batch_axis (no axis is a string), as earlier versions took it
+            if self.parameterization is not None:
+                raise TypeError(f"Dense: parameterization given twice, as the fourth "
+                                f"argument ({self.batch_axis!r}) and as a keyword "
+                                f"({self.parameterization!r})")
             object.__setattr__(self, "parameterization", self.batch_axis)
             object.__setattr__(self, "batch_axis", 0)
+        if self.parameterization is None:
+            object.__setattr__(self, "parameterization", "ntk")
         if (self.batch_axis, self.channel_axis) not in ((0, -1), (0, 1)):
             raise ValueError("Dense: only batch_axis=0 and channel_axis=-1 apply to vector "
                              f"inputs (N, d), got batch_axis={self.batch_axis!r}, "
@@ -173,6 +179,10 @@ class Dense(Layer):
             raise ValueError(f"Dense: s must be a pair of positive integers (width scalings), "
                              f"got {self.s!r}")
         object.__setattr__(self, "s", tuple(int(v) for v in scales))
+        if par == "ntk" and self.s != (1, 1):
+            raise ValueError(f"Dense: s={self.s} scales the widths of the standard "
+                             "parameterization only; pass parameterization='standard' "
+                             "(the ntk parameterization's kernels do not depend on widths)")
 
     @property
     def width(self):
@@ -463,6 +473,16 @@ class Network:
         self.input_maps = self.layers[:n_maps]
         self._body = Network(self.layers[n_maps:]) if n_maps else self
 
+    def with_layers(self, layers):
+        """A network of the same structure (``serial`` nesting, input width)
+        whose layers are ``layers``, replacing its own one for one."""
+        layers = tuple(layers)
+        if len(layers) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} layers, got {len(layers)}")
+        net = Network(layers, self.nesting)
+        net.input_dim = self.input_dim
+        return net
+
     @property
     def body(self):
         """The network after its leading input maps (itself if it has none)."""
@@ -501,7 +521,13 @@ class Network:
         naming ``name``."""
         for m in self.input_maps:
             m.check_dim(x.shape[1], name)
-            x = np.ascontiguousarray(m.map(x), dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = np.ascontiguousarray(m.map(x), dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if bad.size:
+                raise ValueError(f"{name}: the input map {m!r} gives NaN or Inf features "
+                                 f"for row(s) {bad[:5].tolist()}" + (" ..." if bad.size > 5 else "")
+                                 + " (inputs or frequencies too large for float64)")
         return x
 
     def __repr__(self):

@@ -73,7 +73,7 @@ import numpy as np
 from numba import njit
 
 from . import _jets, _program as P
-from ._checks import KernelRangeError, count, real, real_array
+from ._checks import KernelRangeError, count, one_kernel, real, real_array
 from ._cpu import _single_threaded_blas, in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
@@ -1177,8 +1177,7 @@ def ntk_blocks(net, terms, get="ntk", *, shift=None, scale=None):
     """Every block K_ab = (L_a)_x (L_b)_{x'} K(x, x') of ``terms`` (a dict
     name -> (points, operator)) and the assembled symmetric matrix
     (Wang, Yu & Perdikaris 2020, eq. 3.11).  ``get`` is "ntk" or "nngp"."""
-    if get not in ("ntk", "nngp"):
-        raise ValueError(f"ntk_blocks: get must be 'ntk' or 'nngp', got {get!r}")
+    get = one_kernel(get)
     if not isinstance(terms, dict) or not terms:
         raise TypeError("terms must be a non-empty dict name -> (points, operator)")
     items = []

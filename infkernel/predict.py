@@ -47,9 +47,9 @@ from typing import Optional
 import numpy as np
 import scipy.linalg as sla
 from scipy import special
-from scipy.integrate import solve_ivp
+from scipy.integrate import OdeSolver, solve_ivp
 
-from ._checks import count, flag, real, real_array
+from ._checks import KERNELS, count, flag, parse_get, real, real_array
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
            "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "max_learning_rate"]
@@ -60,8 +60,6 @@ Gaussian = namedtuple("Gaussian", ["mean", "covariance"])
 
 #: Test rows processed together when streaming a test set.
 CHUNK = 4096
-
-_GETS = ("nngp", "ntk")
 
 
 class JitterWarning(UserWarning):
@@ -174,20 +172,6 @@ def _field(k, g, name):
                              f"{g!r} (e.g. kernel_fn(x1, x2, get=('nngp', 'ntk')))")
         return v
     return k
-
-
-def _parse_get(get):
-    if get is None:
-        return _GETS, False
-    if isinstance(get, str):
-        names, single = (get,), True
-    elif isinstance(get, (tuple, list)) and get:
-        names, single = tuple(get), False
-    else:
-        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"get has repeated entries: {names}")
-    return names, single
 
 
 def _pack(out, names, single):
@@ -601,7 +585,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     diag_reg = _check_reg(diag_reg)
     diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
     overwrite_k_train_train = flag("overwrite_k_train_train", overwrite_k_train_train)
-    fields = {g: getattr(k_train_train, g) for g in _GETS
+    fields = {g: getattr(k_train_train, g) for g in KERNELS
               if getattr(k_train_train, g, None) is not None}
     shapes = {g: np.shape(k) for g, k in fields.items()}
     if len(set(shapes.values())) > 1:
@@ -633,27 +617,25 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
         return solver_for(g).solve(y2)
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
-        names, single = _parse_get(get)
+        names, single = parse_get(get, KERNELS + ("ntkgp",))
         out = {}
         for g in names:
-            if g not in ("nngp", "ntk", "ntkgp"):
-                raise ValueError(f"unknown get={g!r}: valid values are 'nngp', 'ntk', 'ntkgp'")
             kg = "ntk" if g == "ntkgp" else g
-            if k_test_train is None:
+            k_td = (None if k_test_train is None else
+                    _as_cross(_field(k_test_train, kg, "k_test_train"), n, "k_test_train"))
+            k_tt = None
+            if k_test_test is not None:
+                g_init = "ntk" if g == "ntkgp" else "nngp"
+                k_tt = real_array("k_test_test", _field(k_test_test, g_init, "k_test_test"))
+                _check_tt(k_tt, n if k_td is None else k_td.shape[0])
+            if k_td is None:               # at the training points: y, surely
                 mean = y.copy()
-                if k_test_test is not None:
-                    out[g] = Gaussian(mean, np.zeros((n, n)))
-                else:
-                    out[g] = mean
+                out[g] = mean if k_tt is None else Gaussian(mean, np.zeros(k_tt.shape))
                 continue
-            k_td = _as_cross(_field(k_test_train, kg, "k_test_train"), n, "k_test_train")
             mean = restore(k_td @ k_inv_y(kg))
-            if k_test_test is None:
+            if k_tt is None:
                 out[g] = mean
                 continue
-            g_init = "ntk" if g == "ntkgp" else "nngp"
-            k_tt = real_array("k_test_test", _field(k_test_test, g_init, "k_test_test"))
-            _check_tt(k_tt, k_td.shape[0])
             if g in ("nngp", "ntkgp"):
                 cov = _nngp_cov(k_tt, k_td, solver_for(kg))
             else:
@@ -796,11 +778,12 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
         return solvers[g]
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **test_kwargs):
-        names, single = _parse_get(get)
-        for g in names:
-            if g not in _GETS:
-                raise ValueError(f"unknown get={g!r}: valid values are {_GETS}")
-        if compute_cov not in (False, True, "diag"):
+        names, single = parse_get(get)
+        if isinstance(compute_cov, str) and compute_cov == "diag":
+            compute_cov = "diag"
+        elif isinstance(compute_cov, (bool, np.bool_)):
+            compute_cov = bool(compute_cov)
+        else:
             raise ValueError(f"compute_cov must be False, True or 'diag', got {compute_cov!r}")
         ts = _check_t(t)
         tn = None if ts is None else ts * lr / norm
@@ -820,7 +803,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
         pieces = {g: ([], []) for g in names}
         for r0 in range(0, max(m, 1), step):
             xc = xt[r0:r0 + step]
-            kg = tuple(g for g in _GETS if g in need)
+            kg = tuple(g for g in KERNELS if g in need)
             ktd = _test_kernels(kfn(xc, xd, kg, **kw), kg, len(xc), n)
             ktt = None
             if compute_cov:
@@ -1112,8 +1095,12 @@ def _state_part(value, shape, name):
     return np.zeros(shape) if value is None else _check_outputs(value, shape, name)
 
 
+#: scipy.integrate.solve_ivp's methods
+_ODE_METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
+
+
 def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=None,
-                     trace_axes=(-1,), *, loss_grad=None, method="DOP853", rtol=1e-10,
+                     trace_axes=(-1,), *, loss_grad=None, method="LSODA", rtol=1e-10,
                      atol=1e-12):
     """Function-space gradient descent of one (linearised) network on any
     loss, as neural-tangents' ``predict.gradient_descent``:
@@ -1129,8 +1116,10 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
     or a function ``loss(fx, y_train)`` with its gradient ``loss_grad(fx,
     y_train)`` (e.g. ``jax.grad(loss)``; checked against ``loss`` at the
     start).  The ODE is solved by ``scipy.integrate.solve_ivp`` (``method``,
-    ``rtol``, ``atol``; Dormand–Prince 8(5,3) by default; for long times on
-    stiff kernels "LSODA").  Test outputs are not integrated: they are linear
+    ``rtol``, ``atol``; by default LSODA, which switches between Adams and
+    BDF steps as the flow becomes stiff: long times and large learning rates
+    cost no more steps, where an explicit method such as "DOP853" needs
+    ~lr·t·λ_max(K) of them).  Test outputs are not integrated: they are linear
     in the training gradients' history, f_test(t) = f_test(0) - K_td ∫g dt
     (with momentum through two more integrals), so any number of test points
     costs one product per time.
@@ -1142,6 +1131,10 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
     must be finite (a general loss's flow need not converge).
     """
     lr = _check_lr(learning_rate)
+    if not (isinstance(method, str) and method in _ODE_METHODS
+            or isinstance(method, type) and issubclass(method, OdeSolver)):
+        raise ValueError(f"method must be one of {', '.join(_ODE_METHODS)} or a "
+                         f"scipy.integrate.OdeSolver subclass, got {method!r}")
     if momentum is not None:
         momentum = real("momentum", momentum, lower=0)
         if momentum > 1:
@@ -1211,8 +1204,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
             sol = solve_ivp(rhs, (0.0, grid[-1]), s0, method=method, t_eval=grid,
                             rtol=rtol, atol=atol)
             if sol.status != 0:
-                raise RuntimeError(f"gradient_descent: the ODE solver failed ({sol.message}); "
-                                   "for stiff problems try method='LSODA'")
+                raise RuntimeError(f"gradient_descent: the ODE solver failed ({sol.message})")
             path = sol.y.T
         path = path[where].reshape((len(times), len(start) + 1) + y2.shape)   # (T, parts, N, C)
 

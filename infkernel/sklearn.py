@@ -20,7 +20,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import predict as _predict
-from ._checks import KernelRangeError, count, flag, real
+from ._checks import KernelRangeError, count, flag, one_kernel, real
 from .activations import ACTIVATIONS, Activation
 from .combinators import parallel
 from .hyper import dense_layers, kernel_and_grad, with_hyperparameters
@@ -217,8 +217,7 @@ class NetworkKernel(Kernel):
         return _hyperparameter("b_std", self.b_std, self.b_std_bounds)
 
     def _net(self):
-        if self.get not in ("nngp", "ntk"):
-            raise ValueError(f"get must be 'nngp' or 'ntk', got {self.get!r}")
+        one_kernel(self.get)
         base = make_network() if self.network is None else self.network
         if not isinstance(base, Network):
             raise TypeError(f"network must be an infkernel Network, got "
@@ -237,7 +236,7 @@ class NetworkKernel(Kernel):
         try:
             if not eval_gradient:
                 return np.asarray(net.kernel(X, Y, self.get))
-            K, dK = kernel_and_grad(net, X, self.get, shared=shared)
+            K, dK = kernel_and_grad(net, X, one_kernel(self.get), shared=shared)
         except KernelRangeError as exc:
             # an optimiser (GaussianProcessRegressor's) explored hyperparameters
             # where the kernel is not computable: say which, and the remedy
@@ -265,7 +264,7 @@ class NetworkKernel(Kernel):
 
     def diag(self, X):
         net = self._net()
-        return np.asarray(net.diag(check_inputs(net._flatten(X), "X"), self.get))
+        return np.asarray(net.diag(check_inputs(net._flatten(X), "X"), one_kernel(self.get)))
 
     def is_stationary(self):
         return False
@@ -334,11 +333,10 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
             flag("diag_reg_absolute_scale", self.diag_reg_absolute_scale)
             y2 = y.reshape(len(y), -1)
             mean, scale = _normalisation(y2, flag("normalize_y", self.normalize_y))
-            pf = _predict.gradient_descent_mse_ensemble(
-                net, X, (y2 - mean) / scale,
-                learning_rate=getattr(self, "learning_rate", 1.0),
-                diag_reg=self.diag_reg,
-                diag_reg_absolute_scale=self.diag_reg_absolute_scale)
+            solver = dict(learning_rate=getattr(self, "learning_rate", 1.0),
+                          diag_reg=self.diag_reg,
+                          diag_reg_absolute_scale=self.diag_reg_absolute_scale)
+            pf = _predict.gradient_descent_mse_ensemble(net, X, (y2 - mean) / scale, **solver)
             # compute the training kernel and its factorisation now, so that
             # errors surface in fit and the state only changes on success
             pf(t=t, x_test=X[:1], get=self._get)
@@ -349,14 +347,18 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
                 elif hasattr(self, k):
                     delattr(self, k)
             raise
-        self._commit(X, y, mean, scale, pf)
+        self._commit(X, y, mean, scale, net, solver, pf)
         return self
 
-    def _commit(self, X, y, mean, scale, pf):
+    def _commit(self, X, y, mean, scale, net, solver, pf):
         self.X_train_ = X
         self.y_train_ = y
         self.y_mean_ = mean
         self.y_std_ = scale
+        #: the fitted network and solver settings: predictions follow them
+        #: until the next fit, whatever set_params changes meanwhile
+        self.network_ = net
+        self._solver = solver
         self._predict_fn = pf
 
     def __getstate__(self):
@@ -369,9 +371,7 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         if pf is None:
             y2 = self.y_train_.reshape(len(self.y_train_), -1)
             pf = _predict.gradient_descent_mse_ensemble(
-                self._net(), self.X_train_, (y2 - self.y_mean_) / self.y_std_,
-                learning_rate=getattr(self, "learning_rate", 1.0), diag_reg=self.diag_reg,
-                diag_reg_absolute_scale=self.diag_reg_absolute_scale)
+                self.network_, self.X_train_, (y2 - self.y_mean_) / self.y_std_, **self._solver)
             self._predict_fn = pf
         return pf
 

@@ -18,7 +18,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import flag, real, real_array
+from ._checks import flag, one_kernel, real, real_array
 
 #: ``freqs`` (cycles per unit length, ``np.fft.fftfreq`` order) and the
 #: matching eigenvalues ``eigvals`` of a circulant Gram matrix.
@@ -56,8 +56,7 @@ def gram_eigh(K, symmetry_tol=1e-10):
 
 def kernel_eigh(net, x, get="ntk", **kwargs):
     """Eigendecomposition (descending) of ``net``'s Gram matrix on points ``x``."""
-    if get not in ("nngp", "ntk"):
-        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    get = one_kernel(get)
     return gram_eigh(net.kernel(x, None, get, **kwargs))
 
 
@@ -133,8 +132,7 @@ def stationary_spectrum(net, x, get="ntk", stationarity_tol=1e-8, **kwargs):
     Stationarity is checked on four more rows: K(x_i, ·) must be K(x_0, ·)
     shifted by i (to ``stationarity_tol``·max|K|), else a ValueError (a plain
     MLP is not stationary: use :func:`kernel_eigh`)."""
-    if get not in ("nngp", "ntk"):
-        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}")
+    get = one_kernel(get)
     stationarity_tol = real("stationarity_tol", stationarity_tol, lower=0)
     _, _, n = check_uniform_grid(x, "x")
     pts = real_array("x", x).reshape(-1, 1)

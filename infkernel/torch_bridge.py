@@ -226,6 +226,9 @@ def empirical_ntk_torch(module, x1, x2=None, chunk_size=64):
         raise ValueError("module has no trainable parameters (requires_grad), so its NTK "
                          "is 0")
     ref = next(iter(params.values()))
+    n1, n2 = a1.shape[0], (a1 if a2 is None else a2).shape[0]
+    if n1 == 0 or n2 == 0:
+        return np.zeros((n1, n2))
     try:
         with torch.no_grad():
             module(torch.as_tensor(a1[:1], dtype=ref.dtype, device=ref.device))

@@ -89,8 +89,9 @@ class VerifyResult:
             cells.append(f"{g[0]:.3e} ± {g[1]:.1e}" if g else "-")
             lines.append(f"{w:>7}  {cells[0]:>20}  {cells[1]:>20}  {cells[2]:>19}  "
                          f"{cells[3]:>19}  {cells[4]:>20}")
-        slopes = ", ".join(f"{k} {v:+.3f}" for k, v in self.slopes.items())
-        lines.append(f"fitted log-log slopes (expected ≈ -0.5): {slopes}")
+        slopes = ", ".join(f"{k} {v:+.3f}" for k, v in self.slopes.items() if np.isfinite(v))
+        lines.append(f"fitted log-log slopes (expected ≈ -0.5): {slopes}" if slopes else
+                     "fitted log-log slopes: none (they need two or more widths)")
         if self.consistent is not None:
             lines.append(f"mean kernels at width {max(self.widths)}: "
                          + ("within 4 noise levels of the analytic kernels: consistent"
@@ -110,7 +111,7 @@ def with_width(net, width):
         raise ValueError("verify: the network needs at least one hidden Dense layer "
                          "(a Dense before the output Dense) whose width can vary")
     left = iter(range(len(paths) - 1, -1, -1))     # Dense layers after this one
-    return Network(_map_dense(net.layers, lambda layer: dataclasses.replace(
+    return net.with_layers(_map_dense(net.layers, lambda layer: dataclasses.replace(
         layer, out_dim=width) if next(left) else layer))
 
 

@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 import infkernel as ik
 
@@ -44,7 +45,7 @@ def test_get_cov1_cov2_are_the_nngp_diagonals():
 def test_get_none_result_has_cov1_cov2():
     """As neural-tangents' Kernel, the get=None result has .cov1 / .cov2 (on
     first access); it stays the namedtuple Kernel(nngp, ntk): unpacks, pickles
-    as the pair, and a Kernel built by hand has no diagonals to give."""
+    with its diagonals, and a Kernel built by hand has no diagonals to give."""
     import pickle
     k = NET.kernel(X1, X2)
     assert isinstance(k, ik.Kernel) and k._fields == ("nngp", "ntk")
@@ -57,6 +58,8 @@ def test_get_none_result_has_cov1_cov2():
                                                                         dtype=np.float32))
     back = pickle.loads(pickle.dumps(k))
     assert type(back) is ik.Kernel and all(np.array_equal(a, b) for a, b in zip(back, k))
+    assert np.array_equal(back.cov1, k.cov1) and np.array_equal(back.cov2, k.cov2)
+    assert pickle.loads(pickle.dumps(NET.kernel(X1))).cov2 is None
     with pytest.raises(AttributeError, match="built by hand"):
         ik.Kernel(nngp, ntk).cov1
 
@@ -284,6 +287,19 @@ def test_empty_and_integer_inputs():
     (lambda: NET.init_fn(0, 4), TypeError, "input_shape must be a tuple"),
     (lambda: NET.apply_fn(NET.init_fn(0, (-1, 3))[1], X1), ValueError,
      "the inputs have 4 features, these params were made for 3"),
+    (lambda: ik.Dense(3, 1.0, 0.1, "standard", parameterization="ntk"), TypeError,
+     "parameterization given twice, as the fourth argument ('standard') and as a keyword"),
+    (lambda: ik.Dense(3, s=(2, 2)), ValueError, "s=(2, 2) scales the widths of the standard "
+     "parameterization only"),
+    (lambda: ik.Dense(10 ** 400, parameterization="standard"), ValueError,
+     "Dense: out_dim must be below 2**63"),
+    (lambda: NET.kernel(scipy.sparse.csr_matrix(X1)), TypeError, "x1 is a sparse matrix"),
+    (lambda: NET.kernel(X1, np.ma.masked_array(X2, X2 > 1)), ValueError,
+     "x2 is a masked array with masked entries"),
+    (lambda: ik.serial(ik.FourierFeatures(np.full((2, 4), 1e300)), ik.Dense(1)).kernel(X1 * 1e10),
+     ValueError, "x1: the input map FourierFeatures(m=2, d=4) gives NaN or Inf features"),
+    (lambda: ik.MscaleDNN2([1, 2], (8,), activation=ik.Dense(3)), TypeError,
+     "MscaleDNN2: activation must be an activation layer"),
 ])
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=None) as info:
@@ -306,6 +322,18 @@ def test_input_dim_is_checked_before_any_work():
         with pytest.raises(ValueError, match=f"takes inputs of dimension {X1.shape[1]}, "
                                              "got points of dimension 2"):
             call()
+
+
+def test_results_beyond_the_available_memory_are_refused(monkeypatch):
+    """New outputs larger than the memory available are refused before any
+    work (an overcommitted allocation would succeed, then fail mid-run)."""
+    from infkernel import _checks
+    monkeypatch.setattr(_checks, "available_memory", lambda: 3 * 2 ** 30)
+    x = np.zeros((16000, 4))         # 16000² float64 = 1.9 GiB per kernel
+    with pytest.raises(MemoryError, match=r"the result needs 3\.8 GiB \(2 array\(s\) of "
+                                          r"shape \(16000, 16000\), float64\) and 3\.0 GiB"):
+        NET.kernel(x, None, None)
+    assert NET.kernel(x, x[:1], "ntk").shape == (16000, 1)      # small results: no check
 
 
 def test_gpu_backend_without_device_says_why():

@@ -43,6 +43,8 @@ def test_gram_writes_the_kernels(files):
     (["gram", "x.npy", "--arch", " "], "--arch is empty"),
     (["gram", "x.txt"], "expected a .npy or .csv file"),
     (["gram", "missing.npy"], "missing.npy"),
+    (["gram", "x.npy", "--output", ""], "--output must be a file prefix such as 'gram'"),
+    (["gram", "x.npy", "--output", "out/"], "got 'out/'"),
 ])
 def test_gram_bad_input(files, capsys, argv, words):
     open("x.txt", "w").write("1 2\n")
@@ -58,6 +60,8 @@ def test_parse_arch_argument_forms():
     net = parse_arch("dense:4,layernorm(eps=0.1),polynomial(0.3 -1 0.5),dense:4,hermite(3),dense:1")
     assert [repr(l) for l in net.layers[1:3]] == [repr(ik.LayerNorm(eps=0.1)),
                                                   "Polynomial([0.3, -1, 0.5])"]
+    assert repr(parse_arch("dense:4,polynomial([0.3, -1, 0.5]),dense:1").layers[1]) == \
+        "Polynomial([0.3, -1, 0.5])"         # a Python list, as ik.Polynomial takes it
     assert repr(net.layers[4]) == "Hermite(3)"
     net = parse_arch("dense:4,gabor,dropout(0.9),dense:4,expnormalized(gamma=2),dense:1")
     assert [type(l).__name__ for l in net.layers[2:5]] == ["Dropout", "Dense", "ExpNormalized"]

@@ -133,6 +133,10 @@ def test_bad_data_and_output_are_refused_before_any_kernel(tmp_path, monkeypatch
             with pytest.raises(ValueError, match=words):
                 run_fit(_args(str(tmp_path / name), "--task", task, "--no-progress",
                               "--out", str(tmp_path / "o")))
+    np.savez(tmp_path / "two.npz", x=x[:2], y=np.arange(2.0))
+    with pytest.raises(ValueError, match="the data has 2 rows: with --test-size 0.33 that "
+                                         "leaves 1 for training and 1 for testing"):
+        run_fit(_args(str(tmp_path / "two.npz"), "--no-progress", "--out", str(tmp_path / "o")))
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         run_fit(_args("--no-progress", "--out", str(tmp_path / "file")))

@@ -542,3 +542,27 @@ def test_flags_and_noise_are_checked(call, exc, words, x):
     with pytest.raises(exc) as info:
         call(net, x, x[:, 0])
     assert words in str(info.value)
+
+
+def test_copies_keep_the_network_structure():
+    """with_hyperparameters / with_activation_parameters change values only:
+    the input width (``from_torch`` networks) and the nesting of ``serial``
+    (neural-tangents' params layout) stay; a wrong number of activation
+    parameters is refused before any layer is rebuilt."""
+    inner = ik.serial(ik.Dense(8, b_std=0.1), ik.LeakyRelu(0.1))
+    net = ik.serial(inner, ik.Dense(1, b_std=0.1))
+    net.input_dim = 3
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    _, nested = net.init_fn(0, (-1, 3))          # ((W, b), ()), (W, b)
+    from infkernel.verification import with_width
+    for copy in (H.with_hyperparameters(net, 1.3, 0.2),
+                 H.with_activation_parameters(net, [0.2, 1.0]), with_width(net, 16)):
+        assert copy.input_dim == 3 and copy.nesting == net.nesting
+        with pytest.raises(ValueError, match="takes inputs of dimension 3, got points of "
+                                             "dimension 2"):
+            copy.kernel(x[:, :2])
+    for copy in (H.with_hyperparameters(net, 1.3, 0.2),
+                 H.with_activation_parameters(net, [0.2, 1.0])):
+        assert copy.apply_fn(nested, x).shape == (4, 1)
+    with pytest.raises(ValueError, match="values: expected 2 activation parameters, got 1"):
+        H.with_activation_parameters(net, [0.2])

@@ -296,9 +296,12 @@ def test_finite_t_ntk_covariance_against_matrix_exponentials(data):
     k, kt, kee = net.kernel(xtr, None), net.kernel(xte, xtr), net.kernel(xte, None)
     Tr = k.ntk + reg * np.trace(k.ntk) / 40 * np.eye(40)
     ts = np.array([3.0, 60.0])
-    full = pf(t=ts, x_test=xte, get="ntk", compute_cov=True)
-    diag = pf(t=ts, x_test=xte, get="ntk", compute_cov="diag")
+    full = pf(t=ts, x_test=xte, get="ntk", compute_cov=np.True_)     # NumPy bools are bools
+    diag = pf(t=ts, x_test=xte, get="NTK", compute_cov="diag")     # get: any case, as NT
     train = pf(t=ts, x_test=None, get="ntk", compute_cov=True)
+    for bad in (1, 1.0, "full", None):
+        with pytest.raises(ValueError, match="compute_cov must be False, True or 'diag'"):
+            pf(t=ts, x_test=xte, get="ntk", compute_cov=bad)
     train_diag = pf(t=ts, x_test=None, get="ntk", compute_cov="diag")
     for i, t in enumerate(ts):
         E = sla.expm(-Tr * 0.8 * t / ytr.size)
@@ -541,6 +544,18 @@ def test_gradient_descent_cross_entropy_against_rk4(flow):
         close(own[0], got[0], 1e-12)
 
 
+def test_gradient_descent_stiff_flows_take_few_steps(flow):
+    """Large learning rates and long times (lr·t·λ_max ~ 1e12: an explicit
+    method would need that many steps) against the closed form; the default
+    LSODA turns to BDF steps as the flow becomes stiff."""
+    k, ktd, y, f0, ft0 = flow
+    for lr, t in ((1e12, 1.0), (1.0, 1e12), (1e3, np.array([0.0, 1e-4, 2.0]))):
+        got = P.gradient_descent("mse", k, y, lr)(t, f0, ft0, ktd)
+        ref = P.gradient_descent_mse(k, y, lr)(t, f0, ft0, ktd)
+        close(got[0], ref[0], 1e-8)
+        close(got[1], ref[1], 1e-8)
+
+
 def test_gradient_descent_state_resumes(flow):
     """An ODEState out at t1, fed back in, continues the same trajectory."""
     k, ktd, y, f0, ft0 = flow
@@ -618,6 +633,11 @@ def test_trace_axes_as_in_neural_tangents():
     (lambda k, y: P.gradient_descent("mse", k, y, 0.5, 0.8)(
         1.0, P.ODEState(np.zeros(y.shape)), np.zeros((1, 3)), k[:1]),
      ValueError, "fx_test_0 must be None when an ODEState is passed"),
+    (lambda k, y: P.gradient_descent("mse", k, y, method="foo"), ValueError,
+     "method must be one of RK23, RK45, DOP853, Radau, BDF, LSODA or a scipy.integrate."
+     "OdeSolver subclass, got 'foo'"),
+    (lambda k, y: P.gp_inference(k, y)("nngp", None, np.ones((7, 7))), ValueError,
+     "k_test_test must have shape (25, 25) or (25,), got (7, 7)"),
 ])
 def test_gradient_descent_bad_input(flow, call, exc, words):
     k, _, y, _, _ = flow

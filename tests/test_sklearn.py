@@ -42,6 +42,9 @@ def test_kernel_diag_and_cross():
     Y = np.random.default_rng(2).standard_normal((4, 2))
     k = NetworkKernel(W_std=1.4, b_std=0.1, get="ntk")
     assert np.allclose(k.diag(X), np.diag(k(X)), rtol=1e-12, atol=0)
+    upper = NetworkKernel(W_std=1.4, b_std=0.1, get="NTK")     # any case, as neural-tangents
+    assert np.array_equal(upper(X, eval_gradient=True)[1], k(X, eval_gradient=True)[1])
+    assert np.array_equal(upper.diag(X), k.diag(X)) and upper.get == "NTK"
     assert k(X, Y).shape == (7, 4)
     fixed = NetworkKernel(W_std_bounds="fixed")
     assert fixed.theta.size == 1 and fixed(X, eval_gradient=True)[1].shape == (7, 7, 1)
@@ -70,6 +73,13 @@ def test_regressor_std_cov_and_pickle():
         assert np.allclose(s[:, 0] ** 2, np.diag(c[:, :, 0]), rtol=1e-10, atol=1e-12)
         est2 = pickle.loads(pickle.dumps(est))
         assert np.allclose(est2.predict(Xt), m, rtol=1e-12, atol=0)
+        # parameters set after fit act at the next fit, on the live and the
+        # unpickled estimator alike (the unpickled one rebuilt its solver)
+        est.set_params(W_std=4.0, b_std=1.0)
+        est3 = pickle.loads(pickle.dumps(est))
+        assert np.allclose(est3.predict(Xt), m, rtol=1e-12, atol=0)
+        assert np.allclose(est.predict(Xt), m, rtol=1e-12, atol=0)
+        assert not np.allclose(est.fit(X, y).predict(Xt), m, rtol=1e-3, atol=0)
 
 
 def test_failed_fit_leaves_estimator_unchanged():

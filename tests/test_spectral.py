@@ -148,6 +148,8 @@ def test_matrix_and_argument_checks():
         spectral.predicted_error_by_frequency(np.ones(4), np.ones(3), 1.0, 1.0)
     with pytest.raises(ValueError, match="get must be"):
         spectral.stationary_spectrum(mlp(), grid(4), get="both")
+    np.testing.assert_array_equal(spectral.kernel_eigh(mlp(), grid(4), "NNGP")[0],
+                                  spectral.kernel_eigh(mlp(), grid(4), "nngp")[0])
     # complex, string and ragged arrays are refused by name, not cut or parsed
     for call, name in ((lambda: spectral.gram_eigh(np.eye(2) + 1j), "K"),
                        (lambda: spectral.gram_eigh(np.array([["1", "0"], ["0", "1"]])), "K"),

@@ -228,3 +228,14 @@ def test_bridge_inputs_and_checks():
     with pytest.raises(TypeError, match="BatchNorm1d.*train mode.*module.eval"):
         empirical_ntk_torch(bn, x.numpy())
     assert empirical_ntk_torch(bn.eval(), x.numpy()).shape == (4, 4)
+    assert empirical_ntk_torch(m, np.ones((0, 3))).shape == (0, 0)      # as net.kernel
+    assert empirical_ntk_torch(m, x.numpy(), np.ones((0, 3))).shape == (4, 0)
+    from infkernel.sklearn import NNGPRegressor
+    from infkernel import hyper
+    mapped = from_torch(m, scale="measured")
+    for copy in (hyper.with_hyperparameters(mapped, 1.2, 0.1),
+                 NNGPRegressor(network=mapped).fit(x.numpy(), np.ones(4)).network_):
+        with pytest.raises(ValueError, match="takes inputs of dimension 3"):
+            copy.kernel(np.ones((4, 7)))
+    with pytest.raises(ValueError, match="takes inputs of dimension 3"):
+        NNGPRegressor(network=mapped).fit(np.ones((4, 7)), np.ones(4))

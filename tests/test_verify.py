@@ -89,6 +89,13 @@ def test_bad_input(x, tmp_path):
         V.verify(net, x, [8], 4, continuous="no")
 
 
+def test_one_width_has_no_slopes(x):
+    res = V.verify(_net(), x, [16], 4, steps=5, train_seeds=1)
+    assert all(np.isnan(v) for v in res.slopes.values())
+    assert res.table().splitlines()[-2] == ("fitted log-log slopes: none (they need two or "
+                                            "more widths)")
+
+
 def test_seed_as_prng_key(x):
     """A PRNG key's values seed the networks: the same key, the same result."""
     key = np.array([0, 5], dtype=np.uint32)
