@@ -495,7 +495,9 @@ IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T& k
   T s = s1 * s2;
   T sn1 = T(1);
   for (int m = 1; m < n; ++m) sn1 *= s;
-  k = n == 0 ? jn * T(IK_INV_2PI) : sn1 * s * jn * T(IK_INV_2PI);
+  // step(0) = 0, as the finite networks use: k = 0 where a variance is 0
+  k = n == 0 ? (s1 == T(0) || s2 == T(0) ? T(0) : jn * T(IK_INV_2PI))
+             : sn1 * s * jn * T(IK_INV_2PI);
   kd = n == 0 ? T(0) : T(n * n) * sn1 * jn1 * T(IK_INV_2PI);
 }
 

@@ -437,7 +437,8 @@ def arccos_j(n, rho):
 def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = max(x, 0)^n (arc-cosine kernel of order n, Cho & Saul 2009):
       k = (s1 s2)^n J_n(θ) / (2π),  kdot = n² (s1 s2)^{n-1} J_{n-1}(θ) / (2π);
-    kdot = 0 for n = 0 (neural-tangents' convention for the step function).
+    kdot = 0 for n = 0 (neural-tangents' convention for the step function),
+    and k = 0 where a variance is 0: step(0) = 0, as the finite networks use.
     The upward recurrence loses relative accuracy where J_n is tiny (ρ → −1,
     large n): its error stays ~ε J_n(0), and J ≥ 0 is restored by clamping."""
     jn, jn1 = arccos_j(n, correlation(q12, r1, r2))
@@ -450,7 +451,7 @@ def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     for _ in range(n - 1):
         sn1 *= s
     if n == 0:
-        return jn * INV_2PI, 0.0
+        return (0.0 if s1 == 0.0 or s2 == 0.0 else jn * INV_2PI), 0.0
     return sn1 * s * jn * INV_2PI, n * n * sn1 * jn1 * INV_2PI
 
 

@@ -220,6 +220,8 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             n = int(p[0])
             s, rho, theta, sin_t, det = _angle(q1, q12, q2)
             k = s ** n * _rect_j(n, rho, theta, sin_t) * INV_2PI
+            if n == 0:      # step(0) = 0, as the kernels
+                k = np.where((q1 == 0) | (q2 == 0), 0.0, k)
             kd = (n * n * s ** (n - 1) * _rect_j(n - 1, rho, theta, sin_t) * INV_2PI
                   if n else np.zeros_like(k))
             if not partials:

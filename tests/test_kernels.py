@@ -838,3 +838,20 @@ def test_sin_dual_without_cancellation(a, b, c, q):
     hk, hkd = hyper.dual_values(P.K_SIN, (a, b, c), q1, q12, q2)
     assert hk == pytest.approx(exact_k, rel=1e-14, abs=0)
     assert hkd == pytest.approx(exact_kd, rel=1e-14, abs=0)
+
+
+def test_step_function_at_a_zero_input_is_its_finite_network():
+    """RectifiedMonomial(0) and Sign at a zero-variance point: φ(0) = 0 in
+    the finite networks (step(0) = 0, sign(0) = 0), so every finite output at
+    that point is 0 and so are its kernel entries (the step's dual gave
+    step(0) = 1/2: K(0, 0) = W_std²/4)."""
+    x = np.array([[0.0, 0.0], [1.0, 0.5], [-0.3, 2.0]])
+    for act in (ik.RectifiedMonomial(0), ik.Sign()):
+        net = ik.serial(ik.Dense(64, 1.3), act, ik.Dense(1, 0.9))
+        _, params = net.init_fn(0, (-1, 2))
+        assert net.apply_fn(params, x)[0, 0] == 0.0
+        for k in (net.kernel(x, None, "nngp"), net.kernel(x, x[:1], "nngp")):
+            assert np.all(k[0] == 0.0) and np.all(k[:, 0] == 0.0)
+        assert net.diag(x, "nngp")[0] == 0.0 and net.kernel(x, None, "nngp")[1, 1] > 0
+        from infkernel import hyper
+        assert hyper.dual_values(act.kind, act.params, 0.0, 0.0, 1.0)[0] == 0.0

@@ -423,6 +423,32 @@ def test_large_variances_against_reference(act, kinks):
             assert abs(val - r) <= tol * scale, (act, q1, q2, rho, val, r)
 
 
+@pytest.mark.parametrize("fn, dfn", [
+    (lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+     lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0.0)))),          # ELU(1)
+    (lambda x: np.maximum(x, 0.0) ** 2, lambda x: 2 * np.maximum(x, 0.0)),
+    (lambda x: x * np.abs(x), lambda x: 2 * np.abs(x)),
+    (lambda x: x / (1 + np.abs(x)), lambda x: 1 / (1 + np.abs(x)) ** 2),  # softsign
+    (lambda x: 100 * x + np.maximum(x, 0.0) ** 2, lambda x: 100 + 2 * np.maximum(x, 0.0)),
+], ids=["elu1", "relu2", "x_abs_x", "softsign", "linear_plus_relu2"])
+def test_user_functions_with_a_kinked_derivative(fn, dfn):
+    """φ continuous with φ' continuous but kinked at 0 (φ'' jumps): found
+    when the table is built, so that E[φ'φ'] is split there (without,
+    3e-4 off); against adaptive quadrature split at 0, 1e-10 of the CS scale."""
+    act = ik.Elementwise(fn)
+    assert 0.0 in act.tables[0][_numeric.HDR:_numeric.HDR + int(act.tables[0][4])]
+    f = lambda x: float(fn(np.float64(x)))      # noqa: E731
+    df = lambda x: float(dfn(np.float64(x)))    # noqa: E731
+    for q1, q2, rho in [(1.0, 0.5, 0.96), (1.0, 1e-4, 0.96), (30.0, 0.5, -0.5), (0.01, 100.0, 0.3)]:
+        q12 = rho * math.sqrt(q1 * q2)
+        rho = correlation(q12, 1.0 / math.sqrt(q1), 1.0 / math.sqrt(q2))
+        k, kd = _numeric.duals(act.tables[0], q1, q12, q2)[:, 0]
+        for val, g in ((k, f), (kd, df)):
+            scale = math.sqrt(ref_large(g, q1, q1, 1.0, (0.0,)) * ref_large(g, q2, q2, 1.0, (0.0,)))
+            r = ref_large(g, q1, q2, rho, (0.0,))
+            assert abs(val - r) <= 1e-10 * scale, (q1, q2, rho, val, r)
+
+
 def _cubic_bump(x):
     return x ** 3 * np.exp(-x * x)
 
