@@ -87,7 +87,8 @@ def check_inputs(x, name, d=None, like="x1"):
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
     if a.ndim != 2:
-        hint = " (use x.reshape(-1, 1) for 1-D features)" if a.ndim == 1 else ""
+        hint = (" (use x.reshape(-1, 1) for 1-D features)" if a.ndim == 1 else
+                " (start the network with Flatten() for (N, ...) inputs)" if a.ndim > 2 else "")
         raise ValueError(f"{name} must be 2-D (N, d), got shape {a.shape}{hint}")
     if a.shape[1] == 0:
         raise ValueError(f"{name} must have at least one feature, got shape {a.shape}")

@@ -246,6 +246,8 @@ def test_empty_and_integer_inputs():
     (lambda: NET.kernel(np.array([[1.0, np.nan, 0, 0], [0, 0, 0, 0]])), ValueError, "row(s) [0]"),
     (lambda: NET.kernel(X1, X2[:, :3]), ValueError, "3 features, expected 4"),
     (lambda: NET.kernel(X1[0]), ValueError, "2-D"),
+    (lambda: NET.kernel(X1.reshape(9, 2, 2)), ValueError,
+     "x1 must be 2-D (N, d), got shape (9, 2, 2) (start the network with Flatten()"),
     (lambda: NET.kernel(X1, get="nngpp"), ValueError, "unknown get"),
     (lambda: NET.kernel(X1, get=5), TypeError, "get"),
     (lambda: NET.kernel(X1, dtype=np.int32), ValueError, "dtype"),
