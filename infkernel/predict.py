@@ -1096,11 +1096,16 @@ def _state_part(value, shape, name):
 
 
 #: scipy.integrate.solve_ivp's methods
-_ODE_METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
+_ODE_METHODS = ("auto", "RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
+#: "auto" takes LSODA beyond this many explicit steps' worth of stiffness
+#: (t λ_max(K) ∂²loss), and beyond STIFF_PER_STATE per number of the state
+#: (each of its dense Jacobians costs as many evaluations of the flow), for
+#: states of at most STIFF_STATE numbers; else DOP853
+STIFF_STEPS, STIFF_PER_STATE, STIFF_STATE = 1e4, 100, 4096
 
 
 def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=None,
-                     trace_axes=(-1,), *, loss_grad=None, method="LSODA", rtol=1e-10,
+                     trace_axes=(-1,), *, loss_grad=None, method="auto", rtol=1e-10,
                      atol=1e-12):
     """Function-space gradient descent of one (linearised) network on any
     loss, as neural-tangents' ``predict.gradient_descent``:
@@ -1116,10 +1121,14 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
     or a function ``loss(fx, y_train)`` with its gradient ``loss_grad(fx,
     y_train)`` (e.g. ``jax.grad(loss)``; checked against ``loss`` at the
     start).  The ODE is solved by ``scipy.integrate.solve_ivp`` (``method``,
-    ``rtol``, ``atol``; by default LSODA, which switches between Adams and
-    BDF steps as the flow becomes stiff: long times and large learning rates
-    cost no more steps, where an explicit method such as "DOP853" needs
-    ~lr·t·λ_max(K) of them).  Test outputs are not integrated: they are linear
+    ``rtol``, ``atol``).  An explicit method such as "DOP853" needs ~S =
+    lr·t·λ_max(K)·∂²loss steps (λ_max bounded by K's largest absolute row
+    sum, the loss's curvature measured at the start); ``method="auto"`` takes
+    DOP853, or LSODA (implicit steps once the flow is stiff, their number
+    growing slowly with t) where S > 1e4 and S > 100 n for a state of n ≤
+    4096 numbers (its dense Jacobians cost n evaluations each).  A warning
+    says when an explicit method faces S > 1e7.  Test outputs are not
+    integrated: they are linear
     in the training gradients' history, f_test(t) = f_test(0) - K_td ∫g dt
     (with momentum through two more integrals), so any number of test points
     costs one product per time.
@@ -1201,7 +1210,8 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
         if size == 0 or grid.size == 0 or grid[-1] == 0.0:
             path = np.broadcast_to(s0, (len(grid), s0.size))
         else:
-            sol = solve_ivp(rhs, (0.0, grid[-1]), s0, method=method, t_eval=grid,
+            how = _ode_method(method, grid[-1], k, grad, f0, momentum is not None, s0.size)
+            sol = solve_ivp(rhs, (0.0, grid[-1]), s0, method=how, t_eval=grid,
                             rtol=rtol, atol=atol)
             if sol.status != 0:
                 raise RuntimeError(f"gradient_descent: the ODE solver failed ({sol.message})")
@@ -1229,6 +1239,26 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
         return out["fx_test"] if f_in is None else (out["fx_train"], out["fx_test"])
 
     return predict_fn
+
+
+def _ode_method(method, T, k, grad, f0, momentum, size):
+    """The solve_ivp method for ``method`` ("auto" chosen from the flow's
+    stiffness, see :func:`gradient_descent`); warns where an explicit method
+    faces a stiff flow."""
+    d = np.random.default_rng(0).standard_normal(f0.shape)
+    h = 1e-6 * max(1.0, float(np.abs(f0).max()))
+    curv = float(np.linalg.norm(grad(f0 + h * d) - grad(f0))) / (h * float(np.linalg.norm(d)))
+    rate = float(np.abs(k).sum(axis=1).max()) * curv if k.size else 0.0
+    steps = T * (math.sqrt(rate) if momentum else rate)
+    if method == "auto":
+        stiff = steps > max(STIFF_STEPS, STIFF_PER_STATE * size) and size <= STIFF_STATE
+        method = "LSODA" if stiff else "DOP853"
+    if method in ("RK23", "RK45", "DOP853") and steps > 1e7:
+        warnings.warn(f"gradient_descent: a stiff flow (lr·t·λ_max·∂²loss ≈ {steps:.1e}): "
+                      f"{method}, an explicit method, needs about that many steps; "
+                      "method='LSODA' takes implicit ones (a dense Jacobian of the "
+                      f"{size} state numbers)", RuntimeWarning, stacklevel=3)
+    return method
 
 
 def _check_outputs(f, shape, name):

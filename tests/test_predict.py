@@ -556,6 +556,19 @@ def test_gradient_descent_stiff_flows_take_few_steps(flow):
         close(got[1], ref[1], 1e-8)
 
 
+def test_gradient_descent_method_follows_the_stiffness(flow):
+    """"auto": DOP853 for short flows, LSODA for stiff ones of small states;
+    an explicit method asked for a stiff flow warns of its step count."""
+    k, _, y, f0, _ = flow
+    grad = lambda f: (f - y) / y.size     # noqa: E731   MSE: curvature 1/size
+    assert P._ode_method("auto", 1.0, k, grad, f0, False, 2 * y.size) == "DOP853"
+    assert P._ode_method("auto", 1e8, k, grad, f0, False, 2 * y.size) == "LSODA"
+    with pytest.warns(RuntimeWarning, match=r"a stiff flow \(lr·t·λ_max·∂²loss ≈ "):
+        assert P._ode_method("auto", 1e8, k, grad, f0, False, 10 ** 5) == "DOP853"
+    with pytest.warns(RuntimeWarning, match=r"RK45, an explicit method, needs about"):
+        assert P._ode_method("RK45", 1e10, k, grad, f0, True, 2 * y.size) == "RK45"
+
+
 def test_gradient_descent_state_resumes(flow):
     """An ODEState out at t1, fed back in, continues the same trajectory."""
     k, ktd, y, f0, ft0 = flow
@@ -634,7 +647,7 @@ def test_trace_axes_as_in_neural_tangents():
         1.0, P.ODEState(np.zeros(y.shape)), np.zeros((1, 3)), k[:1]),
      ValueError, "fx_test_0 must be None when an ODEState is passed"),
     (lambda k, y: P.gradient_descent("mse", k, y, method="foo"), ValueError,
-     "method must be one of RK23, RK45, DOP853, Radau, BDF, LSODA or a scipy.integrate."
+     "method must be one of auto, RK23, RK45, DOP853, Radau, BDF, LSODA or a scipy.integrate."
      "OdeSolver subclass, got 'foo'"),
     (lambda k, y: P.gp_inference(k, y)("nngp", None, np.ones((7, 7))), ValueError,
      "k_test_test must have shape (25, 25) or (25,), got (7, 7)"),
