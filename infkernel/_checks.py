@@ -143,7 +143,7 @@ def new_outputs(shape, dtype, n):
     available (overcommitted allocations succeed and fail later, mid-run)."""
     dtype = np.dtype(dtype)
     need = math.prod(shape) * dtype.itemsize * n
-    free = available_memory() if need > 2 ** 30 else None
+    free = available_memory() if need > 2 ** 30 else None    # small ones: no file read
     if free is not None and need > free:
         raise MemoryError(
             f"the result needs {need / 2 ** 30:.1f} GiB ({n} array(s) of shape {shape}, "

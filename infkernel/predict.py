@@ -779,12 +779,10 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1.,
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **test_kwargs):
         names, single = parse_get(get)
-        if isinstance(compute_cov, str) and compute_cov == "diag":
-            compute_cov = "diag"
-        elif isinstance(compute_cov, (bool, np.bool_)):
-            compute_cov = bool(compute_cov)
-        else:
+        if not (compute_cov == "diag" if isinstance(compute_cov, str)
+                else isinstance(compute_cov, (bool, np.bool_))):
             raise ValueError(f"compute_cov must be False, True or 'diag', got {compute_cov!r}")
+        compute_cov = compute_cov if isinstance(compute_cov, str) else bool(compute_cov)
         ts = _check_t(t)
         tn = None if ts is None else ts * lr / norm
         xt = None if x_test is None else check_inputs(x_test, "x_test", xd.shape[1], "x_train")
