@@ -126,15 +126,23 @@ def one_kernel(get):
 
 def available_memory():
     """Bytes of memory available to a new allocation without swapping
-    (Linux's MemAvailable), or None where unknown."""
+    (Linux's MemAvailable, and below a cgroup v2 limit, as in containers,
+    the limit less the group's usage), or None where unknown."""
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                left = int(limit) - int(f.read())
+            free = left if free is None else min(free, left)
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return free
 
 
 def new_outputs(shape, dtype, n):

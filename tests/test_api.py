@@ -338,6 +338,19 @@ def test_results_beyond_the_available_memory_are_refused(monkeypatch):
     assert NET.kernel(x, x[:1], "ntk").shape == (16000, 1)      # small results: no check
 
 
+def test_available_memory_honours_a_cgroup_limit(monkeypatch):
+    """MemAvailable, and in a container (cgroup v2) the limit less its usage."""
+    import io
+    from infkernel import _checks
+    files = {"/proc/meminfo": "MemTotal: 99 kB\nMemAvailable:   10485760 kB\n",
+             "/sys/fs/cgroup/memory.max": f"{4 * 2 ** 30}\n",
+             "/sys/fs/cgroup/memory.current": f"{2 ** 30}\n"}
+    monkeypatch.setattr(_checks, "open", lambda path: io.StringIO(files[path]), raising=False)
+    assert _checks.available_memory() == 3 * 2 ** 30
+    files["/sys/fs/cgroup/memory.max"] = "max\n"
+    assert _checks.available_memory() == 10 * 2 ** 30
+
+
 def test_gpu_backend_without_device_says_why():
     from infkernel import gpu
     if gpu.available():
