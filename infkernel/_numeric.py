@@ -234,24 +234,15 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
         _check_derivative(name, x, t, cf, cd, scale)
     cf, cd = cf[:, :NC].copy(), cd[:, :NC].copy()
     if kinks is None:
-        # values/derivatives at the two sides of each interior edge
-        right = cf.sum(axis=1)                     # T_k(1) = 1
-        left = (cf * (-1.0) ** np.arange(NC)).sum(axis=1)
-        dright = cd.sum(axis=1)
-        dleft = (cd * (-1.0) ** np.arange(NC)).sum(axis=1)
-        jump = np.abs(right[:-1] - left[1:]) > 1e-9 * (scale + np.abs(right[:-1]))
-        djump = np.abs(dright[:-1] - dleft[1:]) > 1e-7 * (dscale + np.abs(dright[:-1]))
-        # and kinks of φ' (φ'' jumps: ELU(1), x|x|, relu², softsign), whose
-        # E[φ'φ'] converges slowly without a break there (3e-4 off); rounding
-        # leaves relative jumps ≤ 5e-7 in smooth functions' φ'' (tanh,
-        # softplus, SiLU, GELU, Mish, atan, sin; with or without df), those
-        # examples' are 0.03 … 1
+        # jumps of φ, of φ', and of φ'' (kinks of φ': ELU(1), x|x|, relu²,
+        # softsign, whose E[φ'φ'] converges slowly without a break there:
+        # 3e-4 off); rounding leaves relative jumps ≤ 5e-7 in smooth
+        # functions' φ'' (tanh, softplus, SiLU, GELU, Mish, atan, sin; with or
+        # without df), those examples' are 0.03 … 1
         cdd = _cheb_der(cd, 0.5 * H)
-        ddright = cdd.sum(axis=1)
-        ddleft = (cdd * (-1.0) ** np.arange(NC)).sum(axis=1)
         ddscale = max(np.abs(cdd[core, :]).sum(axis=1).max(), dscale)
-        ddjump = np.abs(ddright[:-1] - ddleft[1:]) > 1e-4 * (ddscale + np.abs(ddright[:-1]))
-        kinks = edges[1:-1][jump | djump | ddjump]
+        kinks = edges[1:-1][_edge_jumps(cf, scale, 1e-9) | _edge_jumps(cd, dscale, 1e-7)
+                            | _edge_jumps(cdd, ddscale, 1e-4)]
     kinks = np.asarray(sorted(set(float(k) for k in kinks)), dtype=float)
     soft = np.asarray([s for s in soft if s not in kinks], dtype=float)
     if kinks.size + soft.size > MAX_BREAKS:
@@ -273,6 +264,14 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
     graded, at_zero = _graded_panels(name, fn, dfn, t, parity, scale, dscale,
                                      cf[P // 2 - 1: P // 2 + 1], cd[P // 2 - 1: P // 2 + 1])
     return np.concatenate([hdr, kinks, soft, pad, mono.ravel(), graded.ravel(), at_zero])
+
+
+def _edge_jumps(c, scale, tol):
+    """Per interior panel edge: the fits ``c`` of the panels on its two sides
+    differ there by more than ``tol`` (scale + |value|) (T_k(±1) = (±1)^k)."""
+    right = c.sum(axis=1)
+    left = (c * (-1.0) ** np.arange(c.shape[1])).sum(axis=1)
+    return np.abs(right[:-1] - left[1:]) > tol * (scale + np.abs(right[:-1]))
 
 
 def _rough(c, scale):

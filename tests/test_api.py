@@ -335,7 +335,7 @@ def test_results_beyond_the_available_memory_are_refused(monkeypatch):
     with pytest.raises(MemoryError, match=r"the result needs 3\.8 GiB \(2 array\(s\) of "
                                           r"shape \(16000, 16000\), float64\) and 3\.0 GiB"):
         NET.kernel(x, None, None)
-    assert NET.kernel(x, x[:1], "ntk").shape == (16000, 1)      # small results: no check
+    assert NET.kernel(x, x[:1], "ntk").shape == (16000, 1)      # a result that fits
 
 
 def test_available_memory_honours_a_cgroup_limit(monkeypatch):

@@ -845,6 +845,7 @@ def test_step_function_at_a_zero_input_is_its_finite_network():
     the finite networks (step(0) = 0, sign(0) = 0), so every finite output at
     that point is 0 and so are its kernel entries (the step's dual gave
     step(0) = 1/2: K(0, 0) = W_std²/4)."""
+    from infkernel import hyper
     x = np.array([[0.0, 0.0], [1.0, 0.5], [-0.3, 2.0]])
     for act in (ik.RectifiedMonomial(0), ik.Sign()):
         net = ik.serial(ik.Dense(64, 1.3), act, ik.Dense(1, 0.9))
@@ -853,5 +854,4 @@ def test_step_function_at_a_zero_input_is_its_finite_network():
         for k in (net.kernel(x, None, "nngp"), net.kernel(x, x[:1], "nngp")):
             assert np.all(k[0] == 0.0) and np.all(k[:, 0] == 0.0)
         assert net.diag(x, "nngp")[0] == 0.0 and net.kernel(x, None, "nngp")[1, 1] > 0
-        from infkernel import hyper
         assert hyper.dual_values(act.kind, act.params, 0.0, 0.0, 1.0)[0] == 0.0

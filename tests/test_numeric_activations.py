@@ -434,7 +434,9 @@ def test_large_variances_against_reference(act, kinks):
 def test_user_functions_with_a_kinked_derivative(fn, dfn):
     """φ continuous with φ' continuous but kinked at 0 (φ'' jumps): found
     when the table is built, so that E[φ'φ'] is split there (without,
-    3e-4 off); against adaptive quadrature split at 0, 1e-10 of the CS scale."""
+    3e-4 off); against adaptive quadrature split at 0, 1e-10 of the CS scale
+    (the smooth functions' bound: measured ≤ 1.4e-12 here, a kink split
+    exactly costs no accuracy)."""
     act = ik.Elementwise(fn)
     assert 0.0 in act.tables[0][_numeric.HDR:_numeric.HDR + int(act.tables[0][4])]
     f = lambda x: float(fn(np.float64(x)))      # noqa: E731

@@ -546,8 +546,8 @@ def test_gradient_descent_cross_entropy_against_rk4(flow):
 
 def test_gradient_descent_stiff_flows_take_few_steps(flow):
     """Large learning rates and long times (lr·t·λ_max ~ 1e12: an explicit
-    method would need that many steps) against the closed form; the default
-    LSODA turns to BDF steps as the flow becomes stiff."""
+    method would need that many steps) against the closed form; "auto"
+    takes LSODA there, which turns to BDF steps as the flow becomes stiff."""
     k, ktd, y, f0, ft0 = flow
     for lr, t in ((1e12, 1.0), (1.0, 1e12), (1e3, np.array([0.0, 1e-4, 2.0]))):
         got = P.gradient_descent("mse", k, y, lr)(t, f0, ft0, ktd)
