@@ -36,7 +36,7 @@ from ._duals import (INV_2PI, arc_cosine, correlation, dense_theta, dual_abrelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
                      poly_b, snap_q12)
-from ._numeric import HDR_QMAX, NM, Q_MAX, U, mehler_point, numeric_tile
+from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
                        K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT, OP_AXPY, OP_COPY,
@@ -686,14 +686,15 @@ def quadrature_range_error(program, op, v, where):
     variance v, at the point ``where``, leaves the quadrature's range."""
     act = (program.names or {}).get(op, "a numeric activation")
     q_max = variance_limit(program, op)
+    a = program.aux[program.ops[op, 4] + HDR_SCALE]    # v, q_max: of ψ(y) = φ(y/a)
     why = ("" if q_max > Q_MAX else
-           f" (the function is tabulated on [-{U:g}, {U:g}]; beyond, it was not constant or "
-           "linear at the points checked, or could not be evaluated there: it raised or was "
-           "not finite, so larger variances would need values that are not known)")
+           f" (the function is tabulated on [-{U / a:g}, {U / a:g}]; beyond, it was not "
+           "constant or linear at the points checked, or could not be evaluated there: it "
+           "raised or was not finite, so larger variances would need values that are not known)")
     return KernelRangeError(
-        f"{act}: its input variance reaches {float(v)!r} ({where}), outside the guaranteed "
-        f"range [0, {q_max:g}] of the quadrature{why}; rescale the inputs or reduce W_std / "
-        "b_std of the Dense layer before it")
+        f"{act}: its input variance reaches {float(v / (a * a))!r} ({where}), outside the "
+        f"guaranteed range [0, {q_max / (a * a):g}] of the quadrature{why}; rescale the inputs "
+        "or reduce W_std / b_std of the Dense layer before it")
 
 
 def check_finite_variances(program, V, k, t, start, name):

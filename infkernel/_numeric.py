@@ -12,17 +12,27 @@ the equivalent polynomial in the panel coordinate y ∈ [-1, 1] (exact integer
 change of basis, a few ulps), evaluated by Estrin's scheme: 2.3x faster than
 Clenshaw's recurrence, whose chain of dependent steps bounds its speed.
 Non-smooth points (kinks, jumps) must lie on panel edges (multiples of H);
-they are detected at build time and become quadrature breakpoints.  Layout
-at offset ``lo`` of ``aux``::
+they are detected at build time and become quadrature breakpoints.
+
+A function too sharp for these panels (its fits not certified: tanh(8x),
+sin(20x), a kink at 1/16) is tabulated as ψ(y) = φ(y/a) instead, with
+a = 2, 4, …, 2^SCALES_LOG2 the first that certifies: panels of width H/a in
+φ's variable, exactly (powers of 2).  Since φ(x) = ψ(ax), E[φ(u)φ(v)] is ψ's
+at the covariances times a², E[φ'(u)φ'(v)] a² times ψ's: the activation
+multiplies its input covariance by a² (an OP_SCALE before its OP_ACT, which
+also carries the a² of the NTK), and the kernels only ever see ψ.  The rest
+of this docstring speaks of the tabulated function, φ for a = 1.  Layout at
+offset ``lo`` of ``aux``::
 
     lo + 0..7           header: U, 1/H, P (panels), NC, nk, ns, λ, q_max
                         (U, H, P, NC: this module's constants, which the
                         lookups use; stored to make a table self-describing)
     lo + 8..11          the tails: φ(-U), slope left of -U, φ(U), slope right of U
     lo + 12             parity: -1 (φ odd), +1 (even), 0 (neither), to 1e-14
-    lo + 13 ..          nk kink positions, then ns "soft centres" (u-space),
+    lo + 13             a, the input scale (above; 1 but for sharp functions)
+    lo + 14 ..          nk kink positions, then ns "soft centres" (u-space),
                         in MAX_BREAKS entries (the rest zero)
-    base = lo+13+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
+    base = lo+14+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
                         base + 2 p NC, then φ''s at base + 2 p NC + NC
                         (a fixed base: no header read on the way to them)
     base + 2 P NC       the graded panels toward 0, as the others (2 J of
@@ -115,10 +125,12 @@ U_TAIL = 3e11                  # tails checked to |x| = U_TAIL >= the quadrature
 ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
 U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
 P = int(round(2 * U / H))      # number of panels
-HDR = 13                       # header entries (layout above); named ones:
+HDR = 14                       # header entries (layout above); named ones:
 HDR_QMAX = 7                   # q_max, the table's input-variance limit
 HDR_TAILS = 8                  # φ(-U), slope, φ(U), slope
 HDR_PARITY = 12                # -1 odd, +1 even, 0 neither
+HDR_SCALE = 13                 # a: the table is of ψ(y) = φ(y / a)
+SCALES_LOG2 = 6                # sharp functions: a = 2^k, k <= SCALES_LOG2
 NM = 96                        # Mehler terms available per point
 TOL = 1e-12                    # certified normalised truncation error
 ZF = 9.0                       # fallback truncation |x|, |w| <= ZF
@@ -209,14 +221,36 @@ def _call(name, f, x, strict=True):
     return y
 
 
+class _NotSmooth(ValueError):
+    """φ's fits on the panels are not certified (``_certify``)."""
+
+
 def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
     """The ``aux`` table of φ = ``fn`` (see module docstring).
 
     ``dfn``: φ' (NumPy); None differentiates the 20-point Chebyshev
     interpolant of φ on each panel (error ~ 1e-13 of φ's scale).
-    ``kinks``: None detects non-smooth points at panel edges; a kink inside a
-    panel is an error.
+    ``kinks``: None detects non-smooth points at panel edges, and tabulates a
+    function too sharp for the panels as ψ(y) = φ(y/a) (module docstring); a
+    kink inside the finest panels is an error.  Given ``kinks`` (the
+    built-ins') are used as they are, at a = 1.
     """
+    first = None
+    for k in range(SCALES_LOG2 + 1 if kinks is None else 1):
+        a = 2.0 ** k
+        psi = fn if k == 0 else (lambda y: fn(y / a))
+        dpsi = dfn if k == 0 or dfn is None else (lambda y: dfn(y / a) / a)
+        try:
+            return _build_table(name, psi, dpsi, lam, soft, kinks, a)
+        except _NotSmooth as exc:
+            first = first or exc
+    raise ValueError(f"{first}, or of 1/{round(2 ** SCALES_LOG2 / H)} for a sharper function "
+                     f"(tabulated on panels down to 1/{round(2 ** SCALES_LOG2 / H)} wide, as "
+                     "sharp as about tanh(250x): tried too)") from None
+
+
+def _build_table(name, fn, dfn, lam, soft, kinks, a):
+    """``build_table`` of ψ = ``fn`` tabulating φ(x) = ψ(ax) (``dfn`` = ψ')."""
     edges = -U + H * np.arange(P + 1)
     t = np.cos(np.pi * (np.arange(NFIT) + 0.5) / NFIT)[::-1]
     x = edges[:-1, None] + 0.5 * H * (1.0 + t[None, :])
@@ -229,9 +263,9 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
     core = np.abs(edges[:-1]) <= 8.0
     scale = max(np.abs(y[core]).max(), 1e-300)
     dscale = max(np.abs(cd[core, :]).sum(axis=1).max(), scale)
-    _certify(name, cf, cd if dfn else None, scale, dscale, edges[:-1])
+    _certify(name, cf, cd if dfn else None, scale, dscale, edges[:-1] / a, H / a)
     if dfn is not None:
-        _check_derivative(name, x, t, cf, cd, scale)
+        _check_derivative(name, x, t, cf, cd, scale, a)
     cf, cd = cf[:, :NC].copy(), cd[:, :NC].copy()
     if kinks is None:
         # jumps of φ, of φ', and of φ'' (kinks of φ': ELU(1), x|x|, relu²,
@@ -258,7 +292,7 @@ def build_table(name, fn, dfn=None, lam=0.5, soft=(0.0,), kinks=None):
         cd = 0.5 * (cd - parity * mirror * cd[::-1])
         tails = [parity * tails[2], -parity * tails[3], tails[2], tails[3]]
     hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam,
-                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity])
+                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity, a])
     mono = np.stack([cf @ _CHEB_TO_POWERS, cd @ _CHEB_TO_POWERS], axis=1)   # (P, 2, NC)
     pad = np.zeros(MAX_BREAKS - kinks.size - soft.size)
     graded, at_zero = _graded_panels(name, fn, dfn, t, parity, scale, dscale,
@@ -280,20 +314,20 @@ def _rough(c, scale):
     return np.abs(c[:, NC:]).sum(axis=1) > 1e-13 * (np.abs(c).sum(axis=1) + scale)
 
 
-def _certify(name, cf, cd, scale, dscale, lefts):
-    """A ValueError unless φ's fits ``cf`` (and the given φ''s ``cd``, unless
-    None) pass ``_rough`` on every panel [left, left + H].  A derivative
-    obtained by differentiating φ's interpolants is smooth where φ is, up to
-    rounding amplified by ~NFIT²/H: not re-checked."""
+def _certify(name, cf, cd, scale, dscale, lefts, width):
+    """A _NotSmooth error unless φ's fits ``cf`` (and the given φ''s ``cd``,
+    unless None) pass ``_rough`` on every panel [left, left + width] (in φ's
+    variable).  A derivative obtained by differentiating φ's interpolants is
+    smooth where φ is, up to rounding amplified by ~NFIT²/H: not re-checked."""
     checks = [(cf, scale, "function")] + ([(cd, dscale, "derivative")] if cd is not None else [])
     for c, sc, what in checks:
         badp = np.flatnonzero(_rough(c, sc))
         if badp.size:
             a = lefts[badp[0]]
-            raise ValueError(
-                f"{name}: the {what} is not smooth on [{a:g}, {a + H:g}]: activations "
+            raise _NotSmooth(
+                f"{name}: the {what} is not smooth on [{a:g}, {a + width:g}]: activations "
                 f"computed by quadrature must be smooth between non-smooth points that lie "
-                f"on multiples of {H:g} (e.g. 0, 1, -0.5)")
+                f"on multiples of {width:g} (e.g. 0, 1, -0.5)")
 
 
 def _graded_panels(name, fn, dfn, t, parity, scale, dscale, cf_mid, cd_mid):
@@ -394,7 +428,7 @@ def _tails(fn, dfn, scale):
     return lines, linear
 
 
-def _check_derivative(name, x, t, cf, cd, scale):
+def _check_derivative(name, x, t, cf, cd, scale, a):
     """A ValueError unless the given φ' (Chebyshev coefficients ``cd`` per
     panel, at nodes ``x`` = panel coordinates ``t``) is the derivative of φ
     (``cf``), compared panel by panel with the derivative of φ's interpolant.
@@ -407,7 +441,8 @@ def _check_derivative(name, x, t, cf, cd, scale):
     ≤ 1e-13 of |φ| + scale) multiplies its error by at most NFIT² = 400
     (|T_k'| ≤ k²), i.e. ≤ 4e-11 of that scale (measured ≤ 5e-12 for the
     built-in activations, sin 7x, x³, erf, ...); a wrong φ' is off by O(1)
-    of it.  1e-8 leaves a margin of 250 over the worst case."""
+    of it.  1e-8 leaves a margin of 250 over the worst case.  ``a``: the
+    table's input scale (the error names φ's variable, x / a, and φ' = a ψ')."""
     dphi = _cheb_der(cf, 0.5 * H)
     diff = np.abs(cd - dphi).sum(axis=1)        # >= max |difference| on the panel
     local = (np.abs(cd).sum(axis=1) + np.abs(dphi).sum(axis=1)
@@ -418,10 +453,11 @@ def _check_derivative(name, x, t, cf, cd, scale):
         cheb = np.polynomial.chebyshev.chebval
         given, slope = cheb(t, cd[p]), cheb(t, dphi[p])
         j = np.argmax(np.abs(given - slope))
-        a = x[p, 0] - 0.5 * H * (1.0 + t[0])
+        left = (x[p, 0] - 0.5 * H * (1.0 + t[0])) / a
         raise ValueError(
-            f"{name}: the derivative df disagrees with fn on [{a:g}, {a + H:g}]: at x = "
-            f"{x[p, j]:.6g}, df(x) = {given[j]:.8g} but fn's slope is {slope[j]:.8g} "
+            f"{name}: the derivative df disagrees with fn on [{left:g}, {left + H / a:g}]: "
+            f"at x = {x[p, j] / a:.6g}, df(x) = {a * given[j]:.8g} but fn's slope is "
+            f"{a * slope[j]:.8g} "
             f"(compared to 1e-8 of the local scale); pass the derivative of fn as df, or "
             f"df=None to differentiate fn")
 
@@ -478,12 +514,14 @@ def _tab_values(aux, x, out):
 
 
 def tab_values(table, x):
-    """(φ(x), φ'(x)) from ``table`` for an array x: ``tab_eval`` over x,
-    shape (2,) + x.shape."""
+    """(φ(x), φ'(x)) from ``table`` for an array x: ``tab_eval`` over a x
+    (φ' = a ψ', a the table's input scale), shape (2,) + x.shape."""
+    a = table[HDR_SCALE]
     x = np.asarray(x, dtype=float)
-    flat = np.ascontiguousarray(x.ravel())
+    flat = np.ascontiguousarray(x.ravel()) * a
     out = np.empty((2, flat.size))
     _tab_values(np.ascontiguousarray(table, dtype=float), flat, out)
+    out[1] *= a
     return out.reshape((2,) + x.shape)
 
 
@@ -824,12 +862,18 @@ def _duals_at(aux, q11, q12, q22, TM1):
 
 def duals(table, q11, q12, q22):
     """(E[φ(u)φ(v)], E[φ'(u)φ'(v)]) for arrays of covariances, φ given by its
-    ``aux`` table: the per-entry path of the Gram kernels, for tests/tools."""
-    q11, q12, q22 = (np.ascontiguousarray(np.broadcast_to(a, np.broadcast(q11, q12, q22).shape),
-                                          dtype=float).ravel() for a in (q11, q12, q22))
-    return _duals_at(np.ascontiguousarray(table, dtype=float), q11, q12, q22, True)
+    ``aux`` table: the per-entry path of the Gram kernels (ψ's duals at a²
+    times the covariances, E[φ'φ'] times a²), for tests/tools."""
+    a2 = table[HDR_SCALE] ** 2
+    q11, q12, q22 = (a2 * np.ascontiguousarray(np.broadcast_to(q, np.broadcast(q11, q12, q22).shape),
+                                               dtype=float).ravel() for q in (q11, q12, q22))
+    k = _duals_at(np.ascontiguousarray(table, dtype=float), q11, q12, q22, True)
+    k[1] *= a2
+    return k
 
 
 def duals_quadrature(table, s1, s2, rho):
     """The fallback quadrature alone (for tests and benchmarks)."""
-    return pair_quadrature(np.ascontiguousarray(table, dtype=float), 0, s1, s2, rho)
+    a = table[HDR_SCALE]
+    k, kd = pair_quadrature(np.ascontiguousarray(table, dtype=float), 0, a * s1, a * s2, rho)
+    return k, a * a * kd

@@ -21,7 +21,7 @@ from scipy import special
 
 from . import _program as P
 from ._checks import count, real
-from ._numeric import build_table
+from ._numeric import HDR_SCALE, build_table
 from .activations import ACTIVATIONS, Activation, factory
 
 __all__ = ["Tanh", "Sigmoid", "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish",
@@ -44,6 +44,9 @@ class NumericActivation(Activation):
 
     def _emit(self, builder, state):
         self._check_input(state)
+        a = self.tables[0][HDR_SCALE]
+        if a != 1.0:   # a sharp φ tabulated as ψ(y) = φ(y/a): φ(x) = ψ(ax) (_numeric)
+            builder.emit(P.OP_SCALE, state.reg, params=(a * a,))
         lo = builder.add_aux(self.tables[0])
         slot = getattr(builder, "n_numeric", 0)
         builder.n_numeric = slot + 1
@@ -199,7 +202,11 @@ def Elementwise(fn=None, df=None, d_nngp_fn=None, *, name=None, nngp_fn=None):
 
     φ is tabulated once on [-144, 144] in panels of width 1/8: it must be
     finite there and smooth between non-smooth points lying on multiples of
-    1/8 (these are detected); otherwise a ``ValueError`` names the place.
+    1/8 (these are detected); otherwise a ``ValueError`` names the place.  A
+    function too sharp for those panels (tanh(8x), sin(20x), a kink at 1/16)
+    is tabulated as ψ(y) = φ(y/a) for the first a = 2, 4, …, 64 that resolves
+    it: panels 1/(8a) wide on [-144/a, 144/a], input variances up to 128/a²
+    unless φ is constant or linear beyond.
     neural-tangents' ``nngp_fn(cov12, var1, var2)`` / ``d_nngp_fn`` give
     E[φ(u)φ(v)] / E[φ'(u)φ'(v)] in closed form; here the dual of ``fn`` is
     computed, certified, so they are only checked against it (a ``ValueError``
@@ -246,17 +253,18 @@ def _on_arrays(f):
 
 def _tabulated_derivative(label, fn, table):
     """φ' for finite-width networks when no df is given: the table's
-    derivative (``_numeric.tab_values``), which beyond ±U is the tails'
-    slope; where φ is not its tail lines (``_numeric._tails``) central
+    derivative (``_numeric.tab_values``), which beyond the table (±U/a) is
+    the tails' slope; where φ is not its tail lines (``_numeric._tails``) central
     differences of ``fn`` there instead (step 1e-6 |x|: relative error
     ~1e-10)."""
     from ._numeric import HDR_QMAX, Q_MAX, U, _call, tab_values
     linear = table[HDR_QMAX] > Q_MAX
+    reach = U / table[HDR_SCALE]
 
     def df(x):
         x = np.asarray(x, dtype=float)
         d = tab_values(table, x)[1]
-        out = np.abs(x) > U
+        out = np.abs(x) > reach
         if out.any() and not linear:
             xo = x[out]
             h = 1e-6 * np.abs(xo)

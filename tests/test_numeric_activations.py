@@ -451,6 +451,99 @@ def test_user_functions_with_a_kinked_derivative(fn, dfn):
             assert abs(val - r) <= 1e-10 * scale, (q1, q2, rho, val, r)
 
 
+#: sharp user functions, tabulated as ψ(y) = φ(y/a) on panels 1/(8a) wide:
+#: (φ, φ', kinks, a, (q1, q2, ρ) cases within the range of each)
+SHARP = [
+    (lambda x: np.tanh(8 * x), lambda x: 8 * (1 - np.tanh(8 * x) ** 2), (), 2.0,
+     [(1.0, 0.5, 0.96), (1e-3, 1e-2, -0.5), (30.0, 0.01, 0.3)]),
+    (lambda x: np.tanh(50 * x), lambda x: 50 * (1 - np.tanh(50 * x) ** 2), (), 16.0,
+     [(1.0, 0.5, 0.96), (1e-4, 1e-3, -0.5), (0.3, 0.3, 0.9999)]),
+    (lambda x: np.sin(20 * x), lambda x: 20 * np.cos(20 * x), (), 2.0,
+     [(0.05, 0.02, 0.7), (0.3, 0.3, -0.4), (1e-4, 1e-3, 0.9)]),
+    (lambda x: np.maximum(x - 1 / 16, 0.0), lambda x: np.where(x > 1 / 16, 1.0, 0.0),
+     (1 / 16,), 2.0, [(1.0, 0.5, 0.96), (0.01, 0.02, -0.3), (20.0, 4.0, 0.5)]),
+]
+
+
+def _sin20_duals(q1, q12, q2):
+    """E[sin(bu) sin(bv)], E[b² cos(bu) cos(bv)], b = 20, in closed form
+    (the product-to-sum formulas and E[cos(w)] = exp(-Var w / 2))."""
+    b2 = 400.0
+    minus, plus = math.exp(-b2 * (q1 + q2 - 2 * q12) / 2), math.exp(-b2 * (q1 + q2 + 2 * q12) / 2)
+    return (minus - plus) / 2, b2 * (minus + plus) / 2
+
+
+@pytest.mark.parametrize("fn,dfn,kinks,a,cases", SHARP,
+                         ids=["tanh8x", "tanh50x", "sin20x", "relu_x_minus_1_16"])
+def test_sharp_user_functions_against_reference(fn, dfn, kinks, a, cases):
+    """Features narrower than the 1/8 panels (refused before): φ(x) = ψ(ax)
+    with ψ tabulated, a the first power of 2 that certifies, and the duals
+    ψ's at a² times the covariances; against ``ref_large`` split at the
+    kinks (sin(20x): its closed form), to the bounds of the panel-wide
+    functions (1e-10 smooth, 1e-7 kinked); φ' from the table (no df) is φ'
+    itself."""
+    act = ik.Elementwise(fn)
+    assert act.tables[0][_numeric.HDR_SCALE] == a
+    x = np.linspace(-3, 3, 2001)
+    np.testing.assert_allclose(act.dfn(x[np.abs(x - 1 / 16) > 1e-6]),
+                               dfn(x[np.abs(x - 1 / 16) > 1e-6]), rtol=0, atol=1e-9 * a)
+    tol = 1e-7 if kinks else 1e-10
+    f = lambda x: float(fn(np.float64(x)))      # noqa: E731
+    df = lambda x: float(dfn(np.float64(x)))    # noqa: E731
+    for q1, q2, rho in cases:
+        q12 = rho * math.sqrt(q1 * q2)
+        rho = correlation(q12, 1.0 / math.sqrt(q1), 1.0 / math.sqrt(q2))
+        got = _numeric.duals(act.tables[0], q1, q12, q2)[:, 0]
+        if fn is SHARP[2][0]:
+            want = _sin20_duals(q1, q12, q2)
+            scales = np.sqrt(np.multiply(_sin20_duals(q1, q1, q1), _sin20_duals(q2, q2, q2)))
+        else:
+            want = [ref_large(g, q1, q2, rho, kinks) for g in (f, df)]
+            scales = [math.sqrt(ref_large(g, q1, q1, 1.0, kinks) * ref_large(g, q2, q2, 1.0, kinks))
+                      for g in (f, df)]
+        for val, r, scale in zip(got, want, scales):
+            assert abs(val - r) <= tol * scale, (q1, q2, rho, val, r)
+
+
+@pytest.mark.parametrize("c", [8.0, 50.0])
+def test_sharp_tanh_network_is_tanh_with_scaled_weights(c):
+    """tanh(c(Wx + b)) = tanh((cW)x + cb): a network of Elementwise(tanh(cx))
+    is, as a function of the same standard-normal parameters, the network of
+    Tanh() with W_std and b_std times c before each activation (ntk
+    parameterization), so NNGP and NTK agree to the 1e-10 of the duals."""
+    sharp = ik.Elementwise(lambda x: np.tanh(c * x))
+    x1, x2 = _inputs(20), _inputs(11, seed=1)
+    for w, b in [(1.0, 0.1), (0.3, 0.0)]:
+        a = ik.serial(ik.Dense(16, w, b), sharp, ik.Dense(16, 1.2, 0.2), sharp, ik.Dense(1))
+        t = ik.serial(ik.Dense(16, c * w, c * b), ik.Tanh(), ik.Dense(16, 1.2 * c, 0.2 * c),
+                      ik.Tanh(), ik.Dense(1))
+        for xa, xb in ((x1, x2), (x1, None)):
+            for got, want in zip(a.kernel(xa, xb), t.kernel(xa, xb)):
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * np.abs(want).max())
+        for got, want in zip(a.diag(x1), t.diag(x1)):
+            np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_sharp_functions_range_and_refusal():
+    """A sharp function with tails neither constant nor linear serves input
+    variances up to 128/a² (sin(64x): a = 8, 2), named in φ's variable; one
+    sharper than the finest panels (1/512) is refused, as is a kink off
+    every grid."""
+    act = ik.Elementwise(lambda x: np.sin(64 * x), name="Sin64")
+    assert act.tables[0][_numeric.HDR_SCALE] == 8.0
+    net = ik.serial(ik.Dense(4, 1.0, 0.0), act, ik.Dense(1))
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    k = net.kernel(x)       # variances 0.5, 0.5, 1: in range
+    assert np.isfinite(k).all()
+    with pytest.raises(ik.KernelRangeError, match=r"Sin64\(\): its input variance reaches "
+                       r"5\.0.*range \[0, 2\].*tabulated on \[-18, 18\]"):
+        net.kernel(np.sqrt(5.0) * x)
+    with pytest.raises(ValueError, match="not smooth on .*1/512"):
+        ik.Elementwise(lambda x: np.tanh(1000 * x))
+    with pytest.raises(ValueError, match="not smooth on .*1/512"):
+        ik.Elementwise(lambda x: np.abs(x - 0.3))
+
+
 def _cubic_bump(x):
     return x ** 3 * np.exp(-x * x)
 
