@@ -600,11 +600,16 @@ IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& d
 /// b the values b -+ w 2^j (j < J, w 2^j < dmax) and b, kept inside (lo, hi);
 /// then the uniform grid lo + (hi - lo) k / nu, k = 0..nu, nu = ceil((hi - lo) / dmax).
 /// The same multiset of doubles in nondecreasing order, so the same panels.
+/// Up to two panel caps (numba's _add_cap): the values (k W - mid) / sc for
+/// |k W| <= R, strictly inside (lo, hi), increasing with k (sc > 0).
 struct IkEdges {
   double lo, hi, dmax;
   double b[IK_NUM_MAXSEQ], w[IK_NUM_MAXSEQ], head[IK_NUM_MAXSEQ];
   int J[IK_NUM_MAXSEQ], t[IK_NUM_MAXSEQ];
   int n, nu, ku;
+  double cw, cr, cmid[2], csc[2], chead[2];
+  long long ck[2], ck1[2];
+  int nc;
 };
 
 IK_FN double ik_edge_value(const IkEdges& E, int c, int t) {
@@ -630,6 +635,42 @@ IK_FN void ik_edges_init(IkEdges& E, double lo, double hi, double dmax) {
   E.n = 0;
   E.nu = int(ceil((hi - lo) / dmax));
   E.ku = 0;
+  E.nc = 0;
+}
+
+/// Head of cap c at or after its cursor: the first value inside (lo, hi), or
+/// +inf.  k W is exact (W a power of 2, |k| small), so (k W - mid) / sc rounds
+/// as numba's, contracted to an FMA or not.
+IK_FN void ik_cap_head(IkEdges& E, int c) {
+  double v = ik_inf(0.0);
+  for (; E.ck[c] <= E.ck1[c]; ++E.ck[c]) {
+    const double k = double(E.ck[c]);
+    if (!(fabs(k) * E.cw <= E.cr)) continue;
+    const double t = (k * E.cw - E.cmid[c]) / E.csc[c];
+    if (t >= E.hi) break;
+    if (t > E.lo) {
+      v = t;
+      break;
+    }
+  }
+  E.chead[c] = v;
+}
+
+/// numba's _add_cap(mid, sc): the table's panel cap, if it has one.
+IK_FN void ik_edges_cap(IkEdges& E, const double* aux, int lo, double mid, double sc) {
+  const double w = aux[lo + IK_NUM_HDR_WCAP];
+  if (w == 0.0 || !(sc > 0.0)) return;
+  const double r = aux[lo + IK_NUM_HDR_RCAP];
+  const int c = E.nc++;
+  E.cw = w;
+  E.cr = r;
+  E.cmid[c] = mid;
+  E.csc[c] = sc;
+  const double ua = fmin(fmax(mid + E.lo * sc, -r - w), r + w);
+  const double ub = fmin(fmax(mid + E.hi * sc, -r - w), r + w);
+  E.ck[c] = (long long)floor(ua / w) - 1;
+  E.ck1[c] = (long long)ceil(ub / w) + 1;
+  ik_cap_head(E, c);
 }
 
 /// numba's _add_centre(b, lam): centre b, smallest half-width max(lam, 1e-13).
@@ -648,14 +689,23 @@ IK_FN void ik_edges_add(IkEdges& E, double b, double lam) {
 /// The next edge in nondecreasing order; false when all are out.
 IK_FN bool ik_edges_next(IkEdges& E, double& v) {
   double best = E.ku <= E.nu ? E.lo + (E.hi - E.lo) * E.ku / E.nu : ik_inf(0.0);
-  int arg = -1;
+  int arg = -1, cap = -1;
   for (int c = 0; c < E.n; ++c) {
     if (E.head[c] < best) {
       best = E.head[c];
       arg = c;
     }
   }
-  if (arg < 0) {
+  for (int c = 0; c < E.nc; ++c) {
+    if (E.chead[c] < best) {
+      best = E.chead[c];
+      cap = c;
+    }
+  }
+  if (cap >= 0) {
+    ++E.ck[cap];
+    ik_cap_head(E, cap);
+  } else if (arg < 0) {
     if (E.ku > E.nu) return false;
     ++E.ku;
   } else {
@@ -701,6 +751,7 @@ IK_FN void ik_num_inner(const double* aux, int lo, double m, double sig, double&
   ik_edges_init(E, -IK_NUM_ZF, IK_NUM_ZF, IK_NUM_DMAX);
   for (int k = 0; k < nk + ns; ++k)
     ik_edges_add(E, (aux[lo + IK_NUM_HDR + k] - m) / sig, lam / sig);
+  ik_edges_cap(E, aux, lo, m, sig);
   double acc = 0.0, accd = 0.0;
   double a, b;
   ik_edges_next(E, a);
@@ -758,6 +809,8 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
       ik_edges_add(E, half ? fabs(b) : b, w / (s2 * arho));
     }
   }
+  ik_edges_cap(E, aux, lo, 0.0, s1);
+  ik_edges_cap(E, aux, lo, 0.0, s2 * arho);
   double acc = 0.0, accd = 0.0;
   double a, b;
   ik_edges_next(E, a);
@@ -810,6 +863,7 @@ IK_FN void ik_mehler_moments(const double* aux, int lo, double s, double* f, dou
   IkEdges E;
   ik_edges_init(E, -IK_NUM_ZC, IK_NUM_ZC, 0.5);
   for (int k = 0; k < nk + ns; ++k) ik_edges_add(E, aux[lo + IK_NUM_HDR + k] / s, lam / s);
+  ik_edges_cap(E, aux, lo, 0.0, s);
   // sums over the nodes in 8 lanes (node m in lane m mod 8), combined in
   // _numeric._lane_sum's order: the numba path's result, bit for bit up to FMA
   double sa[IK_NUM_NM][8], sd[IK_NUM_NM][8];

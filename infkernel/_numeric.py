@@ -30,9 +30,10 @@ offset ``lo`` of ``aux``::
     lo + 8..11          the tails: φ(-U), slope left of -U, φ(U), slope right of U
     lo + 12             parity: -1 (φ odd), +1 (even), 0 (neither), to 1e-14
     lo + 13             a, the input scale (above; 1 but for sharp functions)
-    lo + 14 ..          nk kink positions, then ns "soft centres" (u-space),
+    lo + 14, 15         W, R: the quadratures' panel cap (below; 0, 0: none)
+    lo + 16 ..          nk kink positions, then ns "soft centres" (u-space),
                         in MAX_BREAKS entries (the rest zero)
-    base = lo+14+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
+    base = lo+16+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
                         base + 2 p NC, then φ''s at base + 2 p NC + NC
                         (a fixed base: no header read on the way to them)
     base + 2 P NC       the graded panels toward 0, as the others (2 J of
@@ -92,6 +93,25 @@ doubled: half the nodes (tanh).  The inner integral at σ = s2 c ≤ λ/2.5 with
 near m (correlations near ±1, common with low-dimensional inputs) takes a
 Gauss–Hermite rule of 8 to 64 nodes instead (``_inner``).
 
+Panel cap
+---------
+In φ's own variable u the graded panels are scale-free: [b + λ2^j, b + λ2^(j+1)]
+about each breakpoint b, as wide as they are far from it (cut by the uniform
+grids, DMAX s in u).  That suits functions whose features sit at the
+breakpoints (tanh, softplus, GELU: 12 Gauss–Legendre nodes resolve them on
+such panels to far below 1e-13), not φ with features elsewhere: sin x
+oscillates everywhere (at q = 120 the fallback was 1e-4 off), tanh(4(x - 3))
+has its transition away from the soft centre 0 (2e-2 off).  When the table is
+built (``_panel_cap``) every graded panel within ±U, split at the kinks, is
+tested: the Chebyshev coefficients of φ (NQ nodes) from degree 24 on, those
+that 12-point Gauss–Legendre does not integrate, must stay below 1e-12 of
+the local coefficients plus φ's scale.  If some fail, R is the largest |u|
+they reach and W the widest H 2^i at which all the aligned cells
+[kW, (k+1)W] within ±R pass (≥ H: the table's own panels are resolved); the
+quadratures (outer, inner and the Mehler coefficients') then add the edges
+u = kW, |kW| ≤ R (``_add_cap``), and λ becomes min(λ, W).  Built-ins have no
+cap; sin x has W = 8, R = U.
+
 Per-point feature arrays (filled by the diagonal pass, read by ``numeric_tile``)
 ------------------------------------------------------------------------------
     F[slot, 0, n, i]  a_n(s_i)              F[slot, 1, n, i]  d_n(s_i)
@@ -125,11 +145,14 @@ U_TAIL = 3e11                  # tails checked to |x| = U_TAIL >= the quadrature
 ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
 U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
 P = int(round(2 * U / H))      # number of panels
-HDR = 14                       # header entries (layout above); named ones:
+HDR = 16                       # header entries (layout above); named ones:
 HDR_QMAX = 7                   # q_max, the table's input-variance limit
 HDR_TAILS = 8                  # φ(-U), slope, φ(U), slope
 HDR_PARITY = 12                # -1 odd, +1 even, 0 neither
 HDR_SCALE = 13                 # a: the table is of ψ(y) = φ(y / a)
+HDR_WCAP = 14                  # W: widest quadrature panel within |u| <= R ...
+HDR_RCAP = 15                  # ... R (W = 0: no cap)
+NQ = 40                        # nodes of the panel-resolution test (_panel_cap)
 SCALES_LOG2 = 6                # sharp functions: a = 2^k, k <= SCALES_LOG2
 NM = 96                        # Mehler terms available per point
 TOL = 1e-12                    # certified normalised truncation error
@@ -292,12 +315,69 @@ def _build_table(name, fn, dfn, lam, soft, kinks, a):
         cd = 0.5 * (cd - parity * mirror * cd[::-1])
         tails = [parity * tails[2], -parity * tails[3], tails[2], tails[3]]
     hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam,
-                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity, a])
+                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity, a, 0.0, 0.0])
     mono = np.stack([cf @ _CHEB_TO_POWERS, cd @ _CHEB_TO_POWERS], axis=1)   # (P, 2, NC)
     pad = np.zeros(MAX_BREAKS - kinks.size - soft.size)
     graded, at_zero = _graded_panels(name, fn, dfn, t, parity, scale, dscale,
                                      cf[P // 2 - 1: P // 2 + 1], cd[P // 2 - 1: P // 2 + 1])
-    return np.concatenate([hdr, kinks, soft, pad, mono.ravel(), graded.ravel(), at_zero])
+    table = np.concatenate([hdr, kinks, soft, pad, mono.ravel(), graded.ravel(), at_zero])
+    w, r = _panel_cap(table, lam, kinks, soft, scale)
+    if w:
+        table[HDR_WCAP], table[HDR_RCAP], table[6] = w, r, min(lam, w)
+    return table
+
+
+def _resolved(table, a, b, scale):
+    """Per interval [a, b] (arrays): the table's φ² there has Chebyshev
+    coefficients (NQ nodes) from degree 24 on below 1e-12 of the local
+    coefficients plus ``scale``²: 12-point Gauss–Legendre integrates a
+    product of φ (or φ', which has φ's singularities) at two scales, each
+    within such a panel, times a smooth weight, to about that (the square:
+    the exponential types of entire functions such as sin add up in
+    products; module docstring, "Panel cap")."""
+    t = np.cos(np.pi * (np.arange(NQ) + 0.5) / NQ)
+    x = np.ascontiguousarray((0.5 * (a + b))[:, None] + (0.5 * (b - a))[:, None] * t)
+    y = np.empty((2, x.size))
+    _tab_values(table, x.ravel(), y)
+    c = _cheb_fit((y[0] * y[0]).reshape(x.shape))
+    return np.abs(c[:, 24:]).sum(axis=1) <= 1e-12 * (np.abs(c).sum(axis=1) + scale * scale)
+
+
+def _cut(a, b, kinks):
+    """The intervals [a, b] (arrays) cut at the kinks inside them, empty ones
+    dropped."""
+    for k in kinks:
+        inside = (a < k) & (k < b)
+        a, b = (np.concatenate([a, np.full(inside.sum(), k)]),
+                np.concatenate([np.where(inside, k, b), b[inside]]))
+    keep = b > a
+    return a[keep], b[keep]
+
+
+def _panel_cap(table, lam, kinks, soft, scale):
+    """(W, R) of the panel cap (module docstring), (0, 0) where every graded
+    panel within ±U is resolved."""
+    j = np.arange(-1, int(np.ceil(np.log2(2 * U / lam))) + 1)
+    near = np.where(j < 0, 0.0, lam * 2.0 ** np.maximum(j, 0))   # panel [b + near, b + far]
+    far = lam * 2.0 ** (j + 1)
+    a, b = [], []
+    for c in list(kinks) + list(soft):
+        a += [c + near, c - far]
+        b += [c + far, c - near]
+    a, b = np.clip(np.concatenate(a), -U, U), np.clip(np.concatenate(b), -U, U)
+    a, b = _cut(a, b, kinks)
+    bad = ~_resolved(table, a, b, scale)
+    if not bad.any():
+        return 0.0, 0.0
+    r = float(np.max(np.maximum(np.abs(a[bad]), np.abs(b[bad]))))
+    for i in range(int(np.log2(128 / H)), -1, -1):
+        w = H * 2.0 ** i
+        k = np.arange(np.floor(-r / w), np.ceil(r / w))
+        ca, cb = _cut(np.clip(k * w, -U, U), np.clip((k + 1) * w, -U, U), kinks)
+        if _resolved(table, ca, cb, scale).all():
+            break
+    return w, r
+
 
 
 def _edge_jumps(c, scale, tol):
@@ -544,6 +624,25 @@ def _add_centre(buf, m, b, lam, lo, hi, dmax):
 
 
 @njit(**JIT)
+def _add_cap(aux, lo, buf, m, mid, sc, a, b):
+    """Append the panel cap's edges (module docstring) for φ(mid + sc t),
+    t ∈ (a, b), sc > 0: t = (kW - mid)/sc for |kW| <= R, strictly inside."""
+    w = aux[lo + HDR_WCAP]
+    if w == 0.0 or not sc > 0.0:
+        return m
+    r = aux[lo + HDR_RCAP]
+    ua = min(max(mid + a * sc, -r - w), r + w)
+    ub = min(max(mid + b * sc, -r - w), r + w)
+    for k in range(int(math.floor(ua / w)) - 1, int(math.ceil(ub / w)) + 2):
+        if abs(k) * w <= r:
+            t = (k * w - mid) / sc
+            if t > a and t < b:
+                buf[m] = t
+                m += 1
+    return m
+
+
+@njit(**JIT)
 def _finish_edges(buf, m, lo, hi, dmax):
     """Add the ends and a uniform grid of spacing <= dmax; sort in place."""
     nu = int(math.ceil((hi - lo) / dmax))
@@ -587,6 +686,7 @@ def _inner(aux, lo, m, sig, buf):
     for k in range(nk + ns):
         t = aux[lo + HDR + k]
         nb = _add_centre(buf, nb, (t - m) / sig, lam / sig, -ZF, ZF, DMAX)
+    nb = _add_cap(aux, lo, buf, nb, m, sig, -ZF, ZF)
     nb = _finish_edges(buf, nb, -ZF, ZF, DMAX)
     acc = 0.0
     accd = 0.0
@@ -618,8 +718,8 @@ def pair_quadrature(aux, lo, s1, s2, rho):
     lam = aux[lo + 6]
     half = aux[lo + HDR_PARITY] != 0.0   # odd/even φ: x over [0, ZF], doubled
     x_lo = 0.0 if half else -ZF
-    buf = np.empty(8 * MAX_BREAKS * 64)
-    ibuf = np.empty(4 * MAX_BREAKS * 64)
+    buf = np.empty(8 * MAX_BREAKS * 64)     # breaks' grades, 2 caps <= 2 (2 U/H + 3)
+    ibuf = np.empty(4 * MAX_BREAKS * 64)    # and the uniform grid (_add_cap, ...)
     nb = 0
     arho = abs(rho)
     sig = s2 * c
@@ -635,6 +735,8 @@ def pair_quadrature(aux, lo, s1, s2, rho):
                 w = max(sig, lam)
             b = t / (s2 * rho)
             nb = _add_centre(buf, nb, abs(b) if half else b, w / (s2 * arho), x_lo, ZF, DMAX)
+    nb = _add_cap(aux, lo, buf, nb, 0.0, s1, x_lo, ZF)
+    nb = _add_cap(aux, lo, buf, nb, 0.0, s2 * arho, x_lo, ZF)
     nb = _finish_edges(buf, nb, x_lo, ZF, DMAX)
     acc = 0.0
     accd = 0.0
@@ -690,6 +792,7 @@ def mehler_point(aux, lo, s, F, G, slot, i):
     nb = 0
     for k in range(nk + ns):
         nb = _add_centre(buf, nb, aux[lo + HDR + k] / s, lam / s, -ZC, ZC, 0.5)
+    nb = _add_cap(aux, lo, buf, nb, 0.0, s, -ZC, ZC)
     nb = _finish_edges(buf, nb, -ZC, ZC, 0.5)
     nn = 16 * (nb - 1)
     z = np.empty(nn)
