@@ -103,14 +103,14 @@ such panels to far below 1e-13), not φ with features elsewhere: sin x
 oscillates everywhere (at q = 120 the fallback was 1e-4 off), tanh(4(x - 3))
 has its transition away from the soft centre 0 (2e-2 off).  When the table is
 built (``_panel_cap``) every graded panel within ±U, split at the kinks, is
-tested: the Chebyshev coefficients of φ (NQ nodes) from degree 24 on, those
+tested: the Chebyshev coefficients of φ² (NQ nodes) from degree 24 on, those
 that 12-point Gauss–Legendre does not integrate, must stay below 1e-12 of
-the local coefficients plus φ's scale.  If some fail, R is the largest |u|
+the local coefficients plus φ's scale squared (``_resolved``).  If some fail, R is the largest |u|
 they reach and W the widest H 2^i at which all the aligned cells
 [kW, (k+1)W] within ±R pass (≥ H: the table's own panels are resolved); the
 quadratures (outer, inner and the Mehler coefficients') then add the edges
 u = kW, |kW| ≤ R (``_add_cap``), and λ becomes min(λ, W).  Built-ins have no
-cap; sin x has W = 8, R = U.
+cap; sin x has W = 4, R = U; tanh(4(x - 3)) W = 1/2, R = 8.
 
 Per-point feature arrays (filled by the diagonal pass, read by ``numeric_tile``)
 ------------------------------------------------------------------------------
@@ -377,7 +377,6 @@ def _panel_cap(table, lam, kinks, soft, scale):
         if _resolved(table, ca, cb, scale).all():
             break
     return w, r
-
 
 
 def _edge_jumps(c, scale, tol):
@@ -968,8 +967,9 @@ def duals(table, q11, q12, q22):
     ``aux`` table: the per-entry path of the Gram kernels (ψ's duals at a²
     times the covariances, E[φ'φ'] times a²), for tests/tools."""
     a2 = table[HDR_SCALE] ** 2
-    q11, q12, q22 = (a2 * np.ascontiguousarray(np.broadcast_to(q, np.broadcast(q11, q12, q22).shape),
-                                               dtype=float).ravel() for q in (q11, q12, q22))
+    shape = np.broadcast(q11, q12, q22).shape
+    q11, q12, q22 = (a2 * np.ascontiguousarray(np.broadcast_to(q, shape), dtype=float).ravel()
+                     for q in (q11, q12, q22))
     k = _duals_at(np.ascontiguousarray(table, dtype=float), q11, q12, q22, True)
     k[1] *= a2
     return k
