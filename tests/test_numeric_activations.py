@@ -451,20 +451,6 @@ def test_user_functions_with_a_kinked_derivative(fn, dfn):
             assert abs(val - r) <= 1e-10 * scale, (q1, q2, rho, val, r)
 
 
-#: sharp user functions, tabulated as ψ(y) = φ(y/a) on panels 1/(8a) wide:
-#: (φ, φ', kinks, a, (q1, q2, ρ) cases within the range of each)
-SHARP = [
-    (lambda x: np.tanh(8 * x), lambda x: 8 * (1 - np.tanh(8 * x) ** 2), (), 2.0,
-     [(1.0, 0.5, 0.96), (1e-3, 1e-2, -0.5), (30.0, 0.01, 0.3)]),
-    (lambda x: np.tanh(50 * x), lambda x: 50 * (1 - np.tanh(50 * x) ** 2), (), 16.0,
-     [(1.0, 0.5, 0.96), (1e-4, 1e-3, -0.5), (0.3, 0.3, 0.9999)]),
-    (lambda x: np.sin(20 * x), lambda x: 20 * np.cos(20 * x), (), 2.0,
-     [(0.05, 0.02, 0.7), (0.3, 0.3, -0.4), (1e-4, 1e-3, 0.9), (20.0, 30.0, 0.999)]),
-    (lambda x: np.maximum(x - 1 / 16, 0.0), lambda x: np.where(x > 1 / 16, 1.0, 0.0),
-     (1 / 16,), 2.0, [(1.0, 0.5, 0.96), (0.01, 0.02, -0.3), (20.0, 4.0, 0.5)]),
-]
-
-
 def _sin20_duals(q1, q12, q2):
     """E[sin(bu) sin(bv)], E[b² cos(bu) cos(bv)], b = 20, in closed form
     (the product-to-sum formulas and E[cos(w)] = exp(-Var w / 2))."""
@@ -473,17 +459,35 @@ def _sin20_duals(q1, q12, q2):
     return (minus - plus) / 2, b2 * (minus + plus) / 2
 
 
-@pytest.mark.parametrize("fn,dfn,kinks,a,cases", SHARP,
+#: sharp user functions, tabulated as ψ(y) = φ(y/a) on panels 1/(8a) wide:
+#: (φ, φ', kinks, a, (q1, q2, ρ) cases within the range of each, the duals in
+#: closed form or None: adaptive quadrature)
+SHARP = [
+    (lambda x: np.tanh(8 * x), lambda x: 8 * (1 - np.tanh(8 * x) ** 2), (), 2.0,
+     [(1.0, 0.5, 0.96), (1e-3, 1e-2, -0.5), (30.0, 0.01, 0.3)], None),
+    (lambda x: np.tanh(50 * x), lambda x: 50 * (1 - np.tanh(50 * x) ** 2), (), 16.0,
+     [(1.0, 0.5, 0.96), (1e-4, 1e-3, -0.5), (0.3, 0.3, 0.9999)], None),
+    (lambda x: np.sin(20 * x), lambda x: 20 * np.cos(20 * x), (), 2.0,
+     [(0.05, 0.02, 0.7), (0.3, 0.3, -0.4), (1e-4, 1e-3, 0.9), (20.0, 30.0, 0.999)],
+     _sin20_duals),
+    (lambda x: np.maximum(x - 1 / 16, 0.0), lambda x: np.where(x > 1 / 16, 1.0, 0.0),
+     (1 / 16,), 2.0, [(1.0, 0.5, 0.96), (0.01, 0.02, -0.3), (20.0, 4.0, 0.5)], None),
+]
+
+
+@pytest.mark.parametrize("fn,dfn,kinks,a,cases,closed", SHARP,
                          ids=["tanh8x", "tanh50x", "sin20x", "relu_x_minus_1_16"])
-def test_sharp_user_functions_against_reference(fn, dfn, kinks, a, cases):
+def test_sharp_user_functions_against_reference(fn, dfn, kinks, a, cases, closed):
     """Features narrower than the 1/8 panels (refused before): φ(x) = ψ(ax)
     with ψ tabulated, a the first power of 2 that certifies, and the duals
     ψ's at a² times the covariances; against ``ref_large`` split at the
-    kinks (sin(20x): its closed form), to the bounds of the panel-wide
+    kinks or a closed form, to the bounds of the panel-wide
     functions (1e-10 smooth, 1e-7 kinked); φ' from the table (no df) is φ'
     itself."""
     act = ik.Elementwise(fn)
     assert act.tables[0][_numeric.HDR_SCALE] == a
+    # φ' = a ψ', ψ' the derivative of ψ's fit: ≤ 4e-11 of its local scale
+    # (``_check_derivative``), ~1e-10 a here; 1e-9 a leaves a margin of 10
     x = np.linspace(-3, 3, 2001)
     np.testing.assert_allclose(act.dfn(x[np.abs(x - 1 / 16) > 1e-6]),
                                dfn(x[np.abs(x - 1 / 16) > 1e-6]), rtol=0, atol=1e-9 * a)
@@ -494,9 +498,9 @@ def test_sharp_user_functions_against_reference(fn, dfn, kinks, a, cases):
         q12 = rho * math.sqrt(q1 * q2)
         rho = correlation(q12, 1.0 / math.sqrt(q1), 1.0 / math.sqrt(q2))
         got = _numeric.duals(act.tables[0], q1, q12, q2)[:, 0]
-        if fn is SHARP[2][0]:
-            want = _sin20_duals(q1, q12, q2)
-            scales = np.sqrt(np.multiply(_sin20_duals(q1, q1, q1), _sin20_duals(q2, q2, q2)))
+        if closed is not None:
+            want = closed(q1, q12, q2)
+            scales = np.sqrt(np.multiply(closed(q1, q1, q1), closed(q2, q2, q2)))
         else:
             want = [ref_large(g, q1, q2, rho, kinks) for g in (f, df)]
             scales = [math.sqrt(ref_large(g, q1, q1, 1.0, kinks) * ref_large(g, q2, q2, 1.0, kinks))
