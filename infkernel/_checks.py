@@ -1,5 +1,7 @@
 """Argument checks shared by every module: one message format for scalars."""
 import math
+from collections import namedtuple
+from functools import lru_cache
 
 import numpy as np
 
@@ -14,6 +16,21 @@ class KernelRangeError(ValueError):
 #: Largest magnitude of a parameter that the kernels square (a standard
 #: deviation, an activation's scale): its square must stay a finite double.
 SQUARED_MAX = 1e150
+
+
+@lru_cache(maxsize=None)
+def result_type(typename, fields):
+    """The namedtuple class ``typename`` with ``fields`` (a tuple), one per
+    field order, as results for a tuple ``get`` (``Kernel('ntk', 'nngp')``,
+    predict's ``Gaussians``): picklable although made at run time (joblib,
+    multiprocessing), rebuilt through this function."""
+    cls = namedtuple(typename, fields)
+    cls.__reduce__ = lambda self: (_rebuild_result, (typename, fields, tuple(self)))
+    return cls
+
+
+def _rebuild_result(typename, fields, values):
+    return result_type(typename, fields)(*values)
 
 
 def real(name, value, lower=None, strict=False, squared=False, inf=False):
@@ -55,8 +72,12 @@ def count(name, value, minimum=1):
 def real_array(name, value, finite=False, what="an array of real numbers", bools=False):
     """``value`` as a float64 array, or a TypeError naming ``name``: no strings
     (NumPy would parse them), booleans (unless ``bools``: 0 / 1 targets),
-    complex numbers (cut to their real parts) or ragged sequences; ``finite``:
-    NaN or Inf is a ValueError."""
+    complex numbers (cut to their real parts), ragged sequences or namedtuples
+    of arrays (a ``Kernel``: NumPy would stack its fields); ``finite``: NaN
+    or Inf is a ValueError."""
+    if hasattr(value, "_fields"):
+        raise TypeError(f"{name} must be {what}, got a {type(value).__name__} with fields "
+                        f"{value._fields}: pass one of them (e.g. .{value._fields[-1]})")
     try:
         a = np.asarray(value)
     except (TypeError, ValueError) as exc:    # ragged sequences

@@ -718,17 +718,30 @@ def check_finite_variances(program, V, k, t, start, name):
         "the depth or the input scale")
 
 
-def check_range(dtype, k, t, name, start=0):
+def check_range(dtype, k, t, name, start=0, other=None):
     """A ValueError before a Gram matrix is stored in ``dtype`` (float32) when
     its largest entry, bounded by the largest diagonal value (Cauchy–Schwarz:
-    both kernels are positive semi-definite), exceeds that type's range."""
-    top = np.finfo(dtype).max
-    for what, d in (("NNGP", k), ("NTK", t)):
-        if d is not None and d.size and np.abs(d).max() > top:
+    both kernels are positive semi-definite), exceeds that type's range, or
+    when every entry would fall below its smallest normal (|K(x, x')| ≤
+    sqrt(max k · max k'), k' the diagonal on the other side: ``other`` = (k',
+    t'); None: the same points, or the diagonal itself is stored)."""
+    info = np.finfo(dtype)
+    other = (k, t) if other is None else other
+    for what, d, d2 in (("NNGP", k, other[0]), ("NTK", t, other[1])):
+        if d is None or not d.size:
+            continue
+        top = np.abs(d).max()
+        if top > info.max:
             i = int(np.abs(d).argmax())
-            raise ValueError(f"dtype={np.dtype(dtype).name}: the {what} reaches {d[i]:.4g} at "
-                             f"{name} row {start + i}, beyond the largest {np.dtype(dtype).name} "
-                             f"({top:.4g}); compute in float64")
+            raise ValueError(f"dtype={info.dtype.name}: the {what} reaches {d[i]:.4g} at "
+                             f"{name} row {start + i}, beyond the largest {info.dtype.name} "
+                             f"({info.max:.4g}); compute in float64")
+        bound = np.sqrt(top * np.abs(d2).max(initial=0.0))
+        if 0 < bound < info.tiny:
+            raise ValueError(f"dtype={info.dtype.name}: every {what} entry is at most "
+                             f"{bound:.3g}, below the smallest normal {info.dtype.name} "
+                             f"({info.tiny:.4g}): stored, it would be zero or subnormal; "
+                             "compute in float64 or rescale the inputs")
 
 
 def _tail_max(F):
@@ -759,11 +772,13 @@ def gram(program, x1, x2, K, T, progress=None):
     _, gram_tiles = _kernels(program)
     narrow = next((A.dtype for A in (K, T) if A is not None and A.dtype != np.float64), None)
 
-    def in_range(k, t, name, start=0):
+    def in_range(k, t, name, start=0, other=None):
         if narrow is not None:
-            check_range(narrow, None if K is None else k, None if T is None else t, name, start)
+            check_range(narrow, None if K is None else k, None if T is None else t, name, start,
+                        other)
     tables2, k2, t2 = point_tables(program, x1 if sym else x2, name=names[0 if sym else 1])
-    in_range(k2, t2, names[0 if sym else 1])
+    # (underflow is known once both sides' diagonals are: with each row block)
+    in_range(k2, t2, names[0 if sym else 1], other=None if sym else (k2[:0], t2[:0]))
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]
@@ -789,7 +804,7 @@ def gram(program, x1, x2, K, T, progress=None):
             else:
                 tables1, k1, t1 = point_tables(program, x1[r0:r1], start=r0, name=names[0],
                                                keep=False)
-                in_range(k1, t1, names[0], r0)
+                in_range(k1, t1, names[0], r0, (k2, t2))
             n_groups = -(-(r1 - r0) // rows)
             in_parallel(gram_tiles, (n_groups + 1) // 2 if sym else n_groups,
                         x1, x1 if sym else x2, sym, flip, 1.0 / program.d_in, r0, r1, rows,

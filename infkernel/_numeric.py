@@ -406,7 +406,8 @@ def _certify(name, cf, cd, scale, dscale, lefts, width):
             raise _NotSmooth(
                 f"{name}: the {what} is not smooth on [{a:g}, {a + width:g}]: activations "
                 f"computed by quadrature must be smooth between non-smooth points that lie "
-                f"on multiples of {width:g} (e.g. 0, 1, -0.5)")
+                f"on multiples of {width:g} (e.g. 0, 1, -0.5), and analytic up to them from "
+                "each side (|x|, relu(x - 1) are; |x|^1.5, sqrt|x| are not)")
 
 
 def _graded_panels(name, fn, dfn, t, parity, scale, dscale, cf_mid, cd_mid):

@@ -198,7 +198,8 @@ def Elementwise(fn=None, df=None, d_nngp_fn=None, *, name=None, nngp_fn=None):
     or a numba-compiled one), with derivative ``df`` (same kinds), or None to
     differentiate φ's 20-point Chebyshev interpolants (error ~1e-13).
     neural-tangents' positional order ``Elementwise(fn, nngp_fn, d_nngp_fn)``
-    works too: a second argument of three parameters is its ``nngp_fn``.
+    works too: a second argument that needs two or more arguments (φ' needs
+    one) is its ``nngp_fn``.
 
     φ is tabulated once on [-144, 144] in panels of width 1/8: it must be
     finite there and smooth between non-smooth points lying on multiples of
@@ -221,9 +222,9 @@ def Elementwise(fn=None, df=None, d_nngp_fn=None, *, name=None, nngp_fn=None):
         raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
     if df is not None and not callable(df):
         raise TypeError(f"Elementwise: df must be callable or None, got {type(df).__name__}")
-    if df is not None and _required_args(df) >= 3:    # neural-tangents' Elementwise(fn, nngp_fn)
+    if df is not None and _required_args(df) >= 2:    # neural-tangents' Elementwise(fn, nngp_fn)
         if nngp_fn is not None:
-            raise TypeError("Elementwise: the second argument is a function of three "
+            raise TypeError("Elementwise: the second argument is a function of two or more "
                             "arguments (neural-tangents' nngp_fn) and nngp_fn= is given too")
         df, nngp_fn = None, df
     label = name or f"Elementwise({getattr(fn, '__name__', type(fn).__name__)})"

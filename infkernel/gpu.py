@@ -384,11 +384,14 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     variant = _variant(compute_dt, dt, prog.n_regs, bool(dev.numeric))
     k_diag, k_cross, k_sym = _kernels(cp.cuda.Device().id, variant)
 
-    def in_range(kd, td, name):
-        if dt != np.float64:
-            from ._cpu import check_range
-            check_range(dt, kd.get() if "nngp" in names else None,
-                        td.get() if "ntk" in names else None, name)
+    def in_range(kd, td, name, other=None):
+        """``_cpu.check_range`` (float32 results); returns the host diagonals (k, t)."""
+        if dt == np.float64:
+            return None
+        from ._cpu import check_range
+        k, t = kd.get() if "nngp" in names else None, td.get() if "ntk" in names else None
+        check_range(dt, k, t, name, other=other)
+        return k, t
 
     if diagonal:
         tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, features=False)
@@ -405,7 +408,7 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     shape = (n1, n2)
     outs, to_host = _outputs(cp, out, names, single, shape, dt, on_device, _check_out)
     tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, name="x1")
-    in_range(kd1, td1, "x1")
+    diag1 = in_range(kd1, td1, "x1", other=None if sym else (np.zeros(0), np.zeros(0)))
     res = dict(zip(names, outs))
     callback, close = _progress_callback(progress)
     try:
@@ -414,7 +417,7 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
                 tab2, feat2 = tab1, feat1
             else:
                 tab2, feat2, kd2, td2 = dev.diag(k_diag, a2, name="x2")
-                in_range(kd2, td2, "x2")
+                in_range(kd2, td2, "x2", other=diag1)
             _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1,
                   res.get("nngp"), res.get("ntk"), compute_dt, dt, to_host, callback)
     finally:

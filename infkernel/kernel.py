@@ -7,19 +7,17 @@ and ``ntk`` the neural tangent kernel Θ of the network output, each of shape
 (N1, N2) (or (N,) from ``Network.diag``).
 """
 from collections import namedtuple
-from functools import lru_cache
 
 import numpy as np
 
 from . import _cpu, gpu
-from ._checks import KERNELS as GETS, count, new_outputs, parse_get
+from ._checks import KERNELS as GETS, count, new_outputs, parse_get, result_type
 
 BACKENDS = ("auto", "cpu", "gpu")
 
 
-@lru_cache(maxsize=None)
 def _kernel_type(fields):
-    return Kernel if fields == GETS else namedtuple("Kernel", fields)
+    return Kernel if fields == GETS else result_type("Kernel", fields)
 
 
 class Kernel(namedtuple("Kernel", GETS)):
@@ -95,14 +93,17 @@ def check_inputs(x, name, d=None, like="x1"):
     if d is not None and a.shape[1] != d:
         raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
                          f"(the same as {like})")
-    a = np.ascontiguousarray(a, dtype=np.float64)
+    with np.errstate(over="ignore"):     # reported below
+        given, a = a, np.ascontiguousarray(a, dtype=np.float64)
     sq = _cpu.row_norms(a)   # finite: no NaN/Inf entry, no overflow
     if np.isfinite(sq).all():
         return a
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise ValueError(f"{name} has NaN or Inf in row(s) {rows[:5].tolist()}"
+        what = ("values beyond float64's range (±1.8e308)" if np.isfinite(given[rows]).all()
+                else "NaN or Inf")     # (finite long doubles can overflow float64)
+        raise ValueError(f"{name} has {what} in row(s) {rows[:5].tolist()}"
                          + (" ..." if len(rows) > 5 else ""))
     bad = ~np.isfinite(sq)
     if bad.any():

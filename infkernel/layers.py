@@ -519,8 +519,10 @@ class Network:
         """γ(x): the inputs after the network's leading input maps.  ``x`` is a
         checked (N, d) float64 array; a mismatched dimension is a ValueError
         naming ``name``."""
+        what = name
         for m in self.input_maps:
-            m.check_dim(x.shape[1], name)
+            m.check_dim(x.shape[1], what)
+            what = f"{name} mapped by {m!r}"      # the next map's input
             with np.errstate(over="ignore", invalid="ignore"):
                 x = np.ascontiguousarray(m.map(x), dtype=np.float64)
             bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
@@ -600,6 +602,11 @@ class Network:
         Returns:
           an array for a string ``get``, else a ``Kernel`` namedtuple.
         """
+        if self._flattens_inputs and x2 is not None:
+            s1, s2 = np.shape(x1)[1:], np.shape(x2)[1:]
+            if len(s1) > 1 and len(s2) > 1 and s1 != s2:
+                raise ValueError(f"x2 has samples of shape {s2}, x1 of shape {s1}: Flatten "
+                                 "needs the same per-sample shape on both sides")
         return compute(self, self._flatten(x1), self._flatten(x2), get, out=out, dtype=dtype,
                        backend=backend, progress=progress, diagonal=False)
 

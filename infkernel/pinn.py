@@ -923,7 +923,10 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     if op1.order + op2.order == 0:  # c1 c2 K: the ordinary kernel
         c = op1.terms[()] * op2.terms[()]
         k = net.kernel(x1, None if same else x2, names)
-        return _pack({n: c * getattr(k, n) for n in names}, names, single)
+        with np.errstate(over="ignore"):
+            out = {n: c * getattr(k, n) for n in names}
+        _check_finite(out)
+        return _pack(out, names, single)
     I = max(max((n for n in range(3) if c[n]), default=0) for _, c in g1)
     J = max(max((n for n in range(3) if c[n]), default=0) for _, c in g2)
     npair = len(g1) * len(g2)
@@ -975,13 +978,9 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
         in_parallel(run, len(chunks))
     if not numeric and closed.diverged is not None:
         raise _gaussian_diverges(closed.diverged)
+    _check_finite(out)
     err = dict(zip(names, errs.max(axis=0, initial=0.0)))
     for n in names:
-        if not np.isfinite(out[n]).all():
-            raise KernelRangeError(
-                f"pinn.kernel: the {n} derivative kernel overflows float64 (a variance or "
-                "one of its derivatives grows beyond 1.8e308 through the layers); reduce "
-                "W_std, b_std or the input scale (shift/scale)")
         top = np.abs(out[n]).max(initial=0.0)
         if err[n] > _ACCURACY_WARN * top:
             warnings.warn(
@@ -994,6 +993,17 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
         for n in names:
             out[n] = np.triu(out[n]) + np.triu(out[n], 1).T
     return _pack(out, names, single)
+
+
+def _check_finite(out):
+    """A KernelRangeError unless every derivative kernel in ``out`` is finite."""
+    for n, a in out.items():
+        if not np.isfinite(a).all():
+            raise KernelRangeError(
+                f"pinn.kernel: the {n} derivative kernel overflows float64 (a variance or "
+                "one of its derivatives grows beyond 1.8e308 through the layers, or the "
+                "operators' coefficients are too large); reduce W_std, b_std, the input "
+                "scale (shift/scale) or the coefficients")
 
 
 #: Relative accuracy of the quadrature expectations E[φ⁽ᵃ⁾φ⁽ᵇ⁾] (measured

@@ -49,7 +49,7 @@ import scipy.linalg as sla
 from scipy import special
 from scipy.integrate import OdeSolver, solve_ivp
 
-from ._checks import KERNELS, count, flag, parse_get, real, real_array
+from ._checks import KERNELS, count, flag, parse_get, real, real_array, result_type
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
            "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "max_learning_rate"]
@@ -120,17 +120,8 @@ def _check_t(t):
     return a
 
 
-def _one_kernel(k, name, shape):
-    """``k`` as float64, refusing a Kernel namedtuple (NumPy would stack its
-    fields into one array)."""
-    if hasattr(k, "_fields"):
-        raise TypeError(f"{name} must be one {shape} array, got a {type(k).__name__} with "
-                        f"fields {k._fields}: pass one of them (e.g. .ntk)")
-    return real_array(name, k)
-
-
 def _check_square(k, name, n=None, finite=True):
-    a = _one_kernel(k, name, "(N, N)")
+    a = real_array(name, k)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square (N, N) matrix, got shape {a.shape}")
     if n is not None and a.shape[0] != n:
@@ -177,7 +168,7 @@ def _field(k, g, name):
 def _pack(out, names, single):
     if single:
         return out[names[0]]
-    return namedtuple("Gaussians", names)(*(out[g] for g in names))
+    return result_type("Gaussians", tuple(names))(*(out[g] for g in names))
 
 
 # ---------------------------------------------------------------------------
@@ -652,7 +643,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
 
 
 def _as_cross(k, n, name):
-    a = _one_kernel(k, name, "(M, N)")
+    a = real_array(name, k)
     if a.ndim != 2 or a.shape[1] != n:
         raise ValueError(f"{name} must have shape (M, {n}), got {a.shape}")
     if not np.isfinite(a).all():

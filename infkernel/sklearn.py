@@ -347,18 +347,19 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
                 elif hasattr(self, k):
                     delattr(self, k)
             raise
-        self._commit(X, y, mean, scale, net, solver, pf)
+        self._commit(X, y, mean, scale, net, solver, t, pf)
         return self
 
-    def _commit(self, X, y, mean, scale, net, solver, pf):
+    def _commit(self, X, y, mean, scale, net, solver, t, pf):
         self.X_train_ = X
         self.y_train_ = y
         self.y_mean_ = mean
         self.y_std_ = scale
-        #: the fitted network and solver settings: predictions follow them
-        #: until the next fit, whatever set_params changes meanwhile
+        #: the fitted network, solver settings and training time: predictions
+        #: follow them until the next fit, whatever set_params changes meanwhile
         self.network_ = net
         self._solver = solver
+        self._fitted_t = t
         self._predict_fn = pf
 
     def __getstate__(self):
@@ -386,7 +387,7 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         pf = self._fn()
         cov = "diag" if return_std else bool(return_cov)
-        out = pf(t=self._t(), x_test=X, get=self._get, compute_cov=cov)
+        out = pf(t=self._fitted_t, x_test=X, get=self._get, compute_cov=cov)
         mean = (out.mean if cov else out) * self.y_std_ + self.y_mean_
         one_d = self.y_train_.ndim == 1
         if one_d:

@@ -49,7 +49,7 @@ __all__ = ["verify", "VerifyResult", "add_verify_arguments", "run_verify"]
 class VerifyResult:
     """Outcome of :func:`verify`.  Errors are means over networks, ``*_se``
     their standard errors; ``slopes`` are least-squares slopes of log(error)
-    against log(width)."""
+    against log(width) (NaN with fewer than two distinct widths)."""
     widths: List[int]
     errors: Dict[str, np.ndarray]          # "nngp", "ntk": (len(widths),)
     errors_se: Dict[str, np.ndarray]
@@ -91,7 +91,7 @@ class VerifyResult:
                          f"{cells[3]:>19}  {cells[4]:>20}")
         slopes = ", ".join(f"{k} {v:+.3f}" for k, v in self.slopes.items() if np.isfinite(v))
         lines.append(f"fitted log-log slopes (expected ≈ -0.5): {slopes}" if slopes else
-                     "fitted log-log slopes: none (they need two or more widths)")
+                     "fitted log-log slopes: none (they need two or more distinct widths)")
         if self.consistent is not None:
             lines.append(f"mean kernels at width {max(self.widths)}: "
                          + ("within 4 noise levels of the analytic kernels: consistent"
@@ -118,7 +118,7 @@ def with_width(net, width):
 def _slope(widths, values):
     w, v = np.asarray(widths, float), np.asarray(values, float)
     ok = v > 0
-    if ok.sum() < 2:
+    if len(np.unique(w[ok])) < 2:       # a slope needs two distinct widths
         return float("nan")
     return float(np.polyfit(np.log(w[ok]), np.log(v[ok]), 1)[0])
 

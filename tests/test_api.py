@@ -64,6 +64,26 @@ def test_get_none_result_has_cov1_cov2():
         ik.Kernel(nngp, ntk).cov1
 
 
+def test_results_of_any_get_pickle():
+    """Results for any tuple ``get`` (namedtuple types made at run time) and
+    predict's Gaussians pickle and come back with their fields and values,
+    as joblib and multiprocessing need."""
+    import pickle
+    k = NET.kernel(X1, None, ("ntk", "nngp"))
+    results = [NET.kernel(X1, X2, g) for g in (("ntk",), ("ntk", "nngp"), ("cov1", "ntk"))]
+    results += [NET.diag(X1, ("ntk",)), ik.pinn.kernel(NET, X1, X2, get=("ntk", "nngp"))]
+    results.append(ik.predict.gp_inference(k, X1[:, :1], diag_reg=1e-3)(
+        ("nngp", "ntk"), NET.kernel(X2, X1, ("ntk", "nngp")), NET.kernel(X2, None, None)))
+    for r in results:
+        back = pickle.loads(pickle.dumps(r))
+        assert type(back) is type(r) and back._fields == r._fields
+        for a, b in zip(back, r):
+            if hasattr(a, "_fields"):       # predict's Gaussian(mean, covariance)
+                a, b = np.concatenate([np.ravel(v) for v in a]), np.concatenate(
+                    [np.ravel(v) for v in b])
+            np.testing.assert_array_equal(a, b)
+
+
 def test_stax_triple():
     init_fn, apply_fn, kernel_fn = NET
     assert np.array_equal(kernel_fn(X1, X2, "nngp"), NET.kernel(X1, X2, "nngp"))
@@ -302,6 +322,16 @@ def test_empty_and_integer_inputs():
      ValueError, "x1: the input map FourierFeatures(m=2, d=4) gives NaN or Inf features"),
     (lambda: ik.MscaleDNN2([1, 2], (8,), activation=ik.Dense(3)), TypeError,
      "MscaleDNN2: activation must be an activation layer"),
+    (lambda: NET.kernel(np.full((3, 4), np.longdouble("1e400"))), ValueError,
+     "x1 has values beyond float64's range (±1.8e308) in row(s) [0, 1, 2]"),
+    (lambda: ik.serial(ik.FourierFeatures(np.ones((3, 4))), ik.FourierFeatures(np.ones((2, 4))),
+                       ik.Dense(1)).kernel(X1), ValueError,
+     "x1 mapped by FourierFeatures(m=3, d=4) has 6 features, but FourierFeatures(m=2, d=4) "
+     "maps inputs of dimension 4"),
+    (lambda: ik.spectral.gram_eigh(NET.kernel(X1)), TypeError,
+     "K must be an array of real numbers, got a Kernel with fields ('nngp', 'ntk'): pass one"),
+    (lambda: ik.serial(ik.Flatten(), ik.Dense(1)).kernel(np.ones((3, 4, 1)), np.ones((2, 1, 4))),
+     ValueError, "x2 has samples of shape (1, 4), x1 of shape (4, 1): Flatten needs the same"),
 ])
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=None) as info:

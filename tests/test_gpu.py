@@ -256,6 +256,10 @@ def test_overflow_and_float32_range_errors():
         big.kernel(x[:1] * 0.0, x, "ntk", dtype=np.float32, backend="gpu")
     with pytest.raises(ValueError, match="dtype=float32: the NNGP reaches .* at x row"):
         big.diag(x, dtype=np.float32, backend="gpu")
+    small = ik.serial(ik.Dense(4, 1.5, None), ik.Relu(), ik.Dense(1, 1.5, None))
+    with pytest.raises(ValueError, match="dtype=float32: every NTK entry is at most"):
+        small.kernel(x * 1e-25, x * 1e-25, "ntk", dtype=np.float32, backend="gpu")
+    assert small.kernel(x * 1e-25, x, "ntk", dtype=np.float32, backend="gpu").all()
 
 
 def test_auto_uses_gpu_for_numeric():

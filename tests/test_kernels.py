@@ -372,6 +372,28 @@ def test_float32_results_beyond_range_are_an_error():
         net.diag(x, dtype=np.float32)
 
 
+def test_float32_results_that_would_underflow_are_an_error():
+    """|K(x, x')| ≤ sqrt(max k · max k'): when that bound is below float32's
+    smallest normal every stored entry would be zero or subnormal (refused);
+    one side tiny against a normal one, or an exactly zero kernel, is fine."""
+    net = ik.serial(ik.Dense(8, 1.5, None), ik.Relu(), ik.Dense(1, 1.5, None))
+    x, y = RNG.standard_normal((4, 3)), RNG.standard_normal((3, 3))
+    tiny = np.finfo(np.float32).tiny
+    for call in (lambda: net.kernel(x * 1e-25, y * 1e-25, "ntk", dtype=np.float32),
+                 lambda: net.kernel(x * 1e-25, None, dtype=np.float32),
+                 lambda: net.diag(x * 1e-25, "nngp", dtype=np.float32)):
+        with pytest.raises(ValueError, match="dtype=float32: every N.* entry is at most .* "
+                                             "below the smallest normal"):
+            call()
+    for a, b in ((x * 1e-25, y), (x, y * 1e-25), (x * 1e-17, y * 1e-17)):
+        k = net.kernel(a, b, dtype=np.float32)
+        exact = net.kernel(a, b)
+        for got, want in zip(k, exact):
+            assert np.abs(want).max() > tiny
+            np.testing.assert_allclose(got, want, rtol=2 ** -24, atol=0)   # one rounding
+    assert not net.kernel(x * 0, y * 0, "ntk", dtype=np.float32).any()
+
+
 def test_lone_dense_is_linear_kernel():
     x = RNG.standard_normal((4, 3))
     k = ik.serial(ik.Dense(2, 2.0, 0.5)).kernel(x, x[:2])

@@ -841,6 +841,15 @@ def test_derivative_kernel_overflow_is_a_range_error():
         with warnings.catch_warnings():
             warnings.simplefilter("error")      # no NumPy overflow warnings either
             pinn.kernel(net, x, None, pinn.laplacian(2), pinn.laplacian(2))
+    # order 0 too: operators' coefficients that overflow the ordinary kernel
+    big, net = pinn.identity() * 1e200, ik.serial(ik.Dense(8), ik.Erf(), ik.Dense(1))
+    for call in (lambda: pinn.kernel(net, x, x[:2], big, big),
+                 lambda: pinn.ntk_blocks(net, {"u": (x, big)})):
+        with pytest.raises(ik.KernelRangeError, match="or the operators' coefficients are "
+                                                      "too large"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                call()
 
 
 def test_test_mode_dropout_is_the_identity():

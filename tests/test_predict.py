@@ -639,10 +639,10 @@ def test_trace_axes_as_in_neural_tangents():
      ValueError, "fx_test_0 must broadcast to shape (1, 3)"),
     (lambda k, y: P.gradient_descent("mse", k, y)(1.0, 0.0, np.zeros((1, 3)),
                                                  ik.Kernel(k[:1], k[:1])),
-     TypeError, "k_test_train must be one (M, N) array, got a Kernel"),
+     TypeError, "k_test_train must be an array of real numbers, got a Kernel"),
     (lambda k, y: P.gradient_descent_mse(k, y)(1.0, 0.0, np.zeros((1, 3)),
                                                ik.Kernel(k[:1], k[:1])),
-     TypeError, "k_test_train must be one (M, N) array, got a Kernel"),
+     TypeError, "k_test_train must be an array of real numbers, got a Kernel"),
     (lambda k, y: P.gradient_descent("mse", k, y, 0.5, 0.8)(
         1.0, P.ODEState(np.zeros(y.shape)), np.zeros((1, 3)), k[:1]),
      ValueError, "fx_test_0 must be None when an ODEState is passed"),

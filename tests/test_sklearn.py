@@ -76,6 +76,8 @@ def test_regressor_std_cov_and_pickle():
         # parameters set after fit act at the next fit, on the live and the
         # unpickled estimator alike (the unpickled one rebuilt its solver)
         est.set_params(W_std=4.0, b_std=1.0)
+        if isinstance(est, NTKRegressor):     # the training time, too
+            est.set_params(t=100.0, learning_rate=3.0)
         est3 = pickle.loads(pickle.dumps(est))
         assert np.allclose(est3.predict(Xt), m, rtol=1e-12, atol=0)
         assert np.allclose(est.predict(Xt), m, rtol=1e-12, atol=0)

@@ -89,11 +89,12 @@ def test_bad_input(x, tmp_path):
         V.verify(net, x, [8], 4, continuous="no")
 
 
-def test_one_width_has_no_slopes(x):
-    res = V.verify(_net(), x, [16], 4, steps=5, train_seeds=1)
+@pytest.mark.parametrize("widths", [[16], [16, 16]])
+def test_one_width_has_no_slopes(x, widths):
+    res = V.verify(_net(), x, widths, 4, steps=5, train_seeds=1)
     assert all(np.isnan(v) for v in res.slopes.values())
     assert res.table().splitlines()[-2] == ("fitted log-log slopes: none (they need two or "
-                                            "more widths)")
+                                            "more distinct widths)")
 
 
 def test_seed_as_prng_key(x):
