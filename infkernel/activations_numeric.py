@@ -304,9 +304,10 @@ def _check_user_dual(act, nngp_fn, d_nngp_fn):
 
 
 def _required_args(f):
-    """Positional parameters without defaults (0 when not introspectable)."""
+    """Positional parameters without defaults (0 when not introspectable);
+    of the function an ``np.vectorize`` wraps."""
     try:
-        params = inspect.signature(f).parameters.values()
+        params = inspect.signature(getattr(f, "pyfunc", f)).parameters.values()
     except (TypeError, ValueError):
         return 0
     return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)

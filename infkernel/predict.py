@@ -566,7 +566,8 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     the mean (no ``k_test_test``) or a ``Gaussian(mean, covariance)``, per
     ``get`` ("nngp", "ntk", "ntkgp" or a tuple).  ``k_test_test`` may be the
     (M, M) test kernel or its (M,) diagonal (variances returned).  With
-    ``k_test_train=None`` the training-set outputs N(y_train, 0) are returned.
+    ``k_test_train=None`` the training-set outputs N(y_train, 0) are returned
+    (the covariance (N, N) zeros for ``k_test_test=True``, as neural-tangents).
 
     NNGP: mean Σ_td K⁻¹y, cov Σ_tt - Σ_td K⁻¹ Σ_dt (Rasmussen & Williams 2006,
     eq. 2.19).  NTK: mean Θ_td Θ⁻¹y, cov Σ_tt + Θ_td Θ⁻¹ Σ Θ⁻¹ Θ_dt -
@@ -615,7 +616,9 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
             k_td = (None if k_test_train is None else
                     _as_cross(_field(k_test_train, kg, "k_test_train"), n, "k_test_train"))
             k_tt = None
-            if k_test_test is not None:
+            if k_td is None and isinstance(k_test_test, (bool, np.bool_)):
+                k_tt = np.zeros((n, n))    # neural-tangents' k_test_test=True: (N, N) zeros
+            elif k_test_test is not None:
                 g_init = "ntk" if g == "ntkgp" else "nngp"
                 k_tt = real_array("k_test_test", _field(k_test_test, g_init, "k_test_test"))
                 _check_tt(k_tt, n if k_td is None else k_td.shape[0])

@@ -327,7 +327,8 @@ def test_bad_user_functions():
         ik.Elu(1e200)         # alpha² would overflow, as Dense's W_std
     # neural-tangents' Elementwise(fn, nngp_fn) (a second argument of two or
     # more required parameters) is checked as nngp_fn: these are wrong
-    for wrong in (lambda cov12, var1, var2: cov12, lambda cov12, var1, var2=None: cov12):
+    for wrong in (lambda cov12, var1, var2: cov12, lambda cov12, var1, var2=None: cov12,
+                  np.vectorize(lambda cov12, var1, var2: cov12)):
         with pytest.raises(ValueError, match="nngp_fn\\(cov12="):
             ik.Elementwise(np.tanh, wrong)
     with pytest.raises(TypeError, match="nngp_fn= is given too"):

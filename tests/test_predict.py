@@ -97,6 +97,10 @@ def test_gp_inference_matches_direct_solve(data):
     diag = kee._replace(nngp=np.diag(kee.nngp), ntk=np.diag(kee.ntk))
     close(pf(get="ntk", k_test_train=kt, k_test_test=diag).covariance,
           np.diag(out.ntk.covariance))
+    # the training set (neural-tangents' k_test_test=True): N(y_train, 0), (N, N)
+    train = pf(get=("nngp", "ntk"), k_test_train=None, k_test_test=True)
+    for g in train:
+        assert np.array_equal(g.mean, ytr) and np.array_equal(g.covariance, np.zeros((40, 40)))
 
 
 def test_cg_matches_cholesky(data):
