@@ -227,6 +227,8 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
             raise ValueError("out= holds Gram matrices only: request 'cov1'/'cov2' "
                              "without out (they are (N,) diagonals)")
         grams = tuple(g for g in names if g in GETS)
+        if not grams and x2 is None and "cov1" not in names:
+            check_inputs(x1, "x1")             # checked even when only None comes back
         res = dict(zip(grams, compute(net, x1, x2, grams, out=None, dtype=dt, backend=backend,
                                       progress=progress, diagonal=False))) if grams else {}
         for g, x in (("cov1", x1), ("cov2", x2)):

@@ -322,6 +322,7 @@ def test_empty_and_integer_inputs():
      ValueError, "x1: the input map FourierFeatures(m=2, d=4) gives NaN or Inf features"),
     (lambda: ik.MscaleDNN2([1, 2], (8,), activation=ik.Dense(3)), TypeError,
      "MscaleDNN2: activation must be an activation layer"),
+    (lambda: NET.kernel(X1[0], None, "cov2"), ValueError, "x1 must be 2-D (N, d), got shape (4,)"),
     (lambda: NET.kernel(np.full((3, 4), np.longdouble("1e400"))), ValueError,
      "x1 has values beyond float64's range (±1.8e308) in row(s) [0, 1, 2]"),
     (lambda: ik.serial(ik.FourierFeatures(np.ones((3, 4))), ik.FourierFeatures(np.ones((2, 4))),
