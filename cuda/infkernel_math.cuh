@@ -601,13 +601,13 @@ IK_FN void ik_tab_eval(const double* aux, int lo, double x, double& f, double& d
 /// then the uniform grid lo + (hi - lo) k / nu, k = 0..nu, nu = ceil((hi - lo) / dmax).
 /// The same multiset of doubles in nondecreasing order, so the same panels.
 /// Up to two panel caps (numba's _add_cap): the values (k W - mid) / sc for
-/// |k W| <= R, strictly inside (lo, hi), increasing with k (sc > 0).
+/// L <= k W <= R, strictly inside (lo, hi), increasing with k (sc > 0).
 struct IkEdges {
   double lo, hi, dmax;
   double b[IK_NUM_MAXSEQ], w[IK_NUM_MAXSEQ], head[IK_NUM_MAXSEQ];
   int J[IK_NUM_MAXSEQ], t[IK_NUM_MAXSEQ];
   int n, nu, ku;
-  double cw, cr, cmid[2], csc[2], chead[2];
+  double cw, cl[2], cr[2], cmid[2], csc[2], chead[2];
   long long ck[2], ck1[2];
   int nc;
 };
@@ -645,7 +645,7 @@ IK_FN void ik_cap_head(IkEdges& E, int c) {
   double v = ik_inf(0.0);
   for (; E.ck[c] <= E.ck1[c]; ++E.ck[c]) {
     const double k = double(E.ck[c]);
-    if (!(fabs(k) * E.cw <= E.cr)) continue;
+    if (!(E.cl[c] <= k * E.cw && k * E.cw <= E.cr[c])) continue;
     const double t = (k * E.cw - E.cmid[c]) / E.csc[c];
     if (t >= E.hi) break;
     if (t > E.lo) {
@@ -656,18 +656,27 @@ IK_FN void ik_cap_head(IkEdges& E, int c) {
   E.chead[c] = v;
 }
 
-/// numba's _add_cap(mid, sc): the table's panel cap, if it has one.
+/// numba's _add_cap(mid, sc): the table's panel cap, if it has one (sc < 0:
+/// the mirrored cap [-R, -L] for -mid, |sc|, which gives the same doubles).
 IK_FN void ik_edges_cap(IkEdges& E, const double* aux, int lo, double mid, double sc) {
   const double w = aux[lo + IK_NUM_HDR_WCAP];
-  if (w == 0.0 || !(sc > 0.0)) return;
-  const double r = aux[lo + IK_NUM_HDR_RCAP];
+  if (w == 0.0 || sc == 0.0 || !(fabs(sc) < ik_inf(0.0))) return;
+  double l = aux[lo + IK_NUM_HDR_LCAP], r = aux[lo + IK_NUM_HDR_RCAP];
+  if (sc < 0.0) {
+    const double l0 = l;
+    l = -r;
+    r = -l0;
+    mid = -mid;
+    sc = -sc;
+  }
   const int c = E.nc++;
   E.cw = w;
-  E.cr = r;
+  E.cl[c] = l;
+  E.cr[c] = r;
   E.cmid[c] = mid;
   E.csc[c] = sc;
-  const double ua = fmin(fmax(mid + E.lo * sc, -r - w), r + w);
-  const double ub = fmin(fmax(mid + E.hi * sc, -r - w), r + w);
+  const double ua = fmin(fmax(mid + E.lo * sc, l - w), r + w);
+  const double ub = fmin(fmax(mid + E.hi * sc, l - w), r + w);
   E.ck[c] = (long long)floor(ua / w) - 1;
   E.ck1[c] = (long long)ceil(ub / w) + 1;
   ik_cap_head(E, c);
@@ -810,7 +819,7 @@ void ik_pair_quadrature(const double* aux, int lo, double s1, double s2, double 
     }
   }
   ik_edges_cap(E, aux, lo, 0.0, s1);
-  ik_edges_cap(E, aux, lo, 0.0, s2 * arho);
+  ik_edges_cap(E, aux, lo, 0.0, s2 * rho);
   double acc = 0.0, accd = 0.0;
   double a, b;
   ik_edges_next(E, a);

@@ -30,7 +30,7 @@ offset ``lo`` of ``aux``::
     lo + 8..11          the tails: φ(-U), slope left of -U, φ(U), slope right of U
     lo + 12             parity: -1 (φ odd), +1 (even), 0 (neither), to 1e-14
     lo + 13             a, the input scale (above; 1 but for sharp functions)
-    lo + 14, 15         W, R: the quadratures' panel cap (below; 0, 0: none)
+    lo + 14, 15, 16     W, L, R: the quadratures' panel cap (below; W = 0: none)
     lo + 16 ..          nk kink positions, then ns "soft centres" (u-space),
                         in MAX_BREAKS entries (the rest zero)
     base = lo+16+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
@@ -105,12 +105,13 @@ has its transition away from the soft centre 0 (2e-2 off).  When the table is
 built (``_panel_cap``) every graded panel within ±U, split at the kinks, is
 tested: the Chebyshev coefficients of φ² (NQ nodes) from degree 24 on, those
 that 12-point Gauss–Legendre does not integrate, must stay below 1e-12 of
-the local coefficients plus φ's scale squared (``_resolved``).  If some fail, R is the largest |u|
-they reach and W the widest H 2^i at which all the aligned cells
-[kW, (k+1)W] within ±R pass (≥ H: the table's own panels are resolved); the
-quadratures (outer, inner and the Mehler coefficients') then add the edges
-u = kW, |kW| ≤ R (``_add_cap``), and λ becomes min(λ, W).  Built-ins have no
-cap; sin x has W = 4, R = U; tanh(4(x - 3)) W = 1/2, R = 8.
+the local coefficients plus φ's scale squared (``_resolved``).  If some fail,
+[L, R] is the interval they span and W the widest H 2^i at which all the
+aligned cells [kW, (k+1)W] meeting it pass (≥ H: the table's own panels are
+resolved); the quadratures (outer, inner and the Mehler coefficients') then
+add the edges u = kW, L ≤ kW ≤ R (``_add_cap``), and λ becomes min(λ, W).
+Built-ins have no cap; sin x has W = 4 on [-U, U]; tanh(4(x - 3)) W = 1/2 on
+[2, 8] (one side: its transition's panels).
 
 Per-point feature arrays (filled by the diagonal pass, read by ``numeric_tile``)
 ------------------------------------------------------------------------------
@@ -145,13 +146,14 @@ U_TAIL = 3e11                  # tails checked to |x| = U_TAIL >= the quadrature
 ZC = 12.5                      # Mehler coefficient integrals over |z| <= ZC
 U = 144.0                      # table covers |u| <= U >= ZC sqrt(Q_MAX)
 P = int(round(2 * U / H))      # number of panels
-HDR = 16                       # header entries (layout above); named ones:
+HDR = 17                       # header entries (layout above); named ones:
 HDR_QMAX = 7                   # q_max, the table's input-variance limit
 HDR_TAILS = 8                  # φ(-U), slope, φ(U), slope
 HDR_PARITY = 12                # -1 odd, +1 even, 0 neither
 HDR_SCALE = 13                 # a: the table is of ψ(y) = φ(y / a)
-HDR_WCAP = 14                  # W: widest quadrature panel within |u| <= R ...
-HDR_RCAP = 15                  # ... R (W = 0: no cap)
+HDR_WCAP = 14                  # W: widest quadrature panel for u in [L, R] ...
+HDR_LCAP = 15                  # ... L
+HDR_RCAP = 16                  # ... R (W = 0: no cap)
 NQ = 40                        # nodes of the panel-resolution test (_panel_cap)
 SCALES_LOG2 = 6                # sharp functions: a = 2^k, k <= SCALES_LOG2
 NM = 96                        # Mehler terms available per point
@@ -315,15 +317,15 @@ def _build_table(name, fn, dfn, lam, soft, kinks, a):
         cd = 0.5 * (cd - parity * mirror * cd[::-1])
         tails = [parity * tails[2], -parity * tails[3], tails[2], tails[3]]
     hdr = np.array([U, 1.0 / H, P, NC, kinks.size, soft.size, lam,
-                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity, a, 0.0, 0.0])
+                    Q_TAIL_MAX if linear else Q_MAX, *tails, parity, a, 0.0, 0.0, 0.0])
     mono = np.stack([cf @ _CHEB_TO_POWERS, cd @ _CHEB_TO_POWERS], axis=1)   # (P, 2, NC)
     pad = np.zeros(MAX_BREAKS - kinks.size - soft.size)
     graded, at_zero = _graded_panels(name, fn, dfn, t, parity, scale, dscale,
                                      cf[P // 2 - 1: P // 2 + 1], cd[P // 2 - 1: P // 2 + 1])
     table = np.concatenate([hdr, kinks, soft, pad, mono.ravel(), graded.ravel(), at_zero])
-    w, r = _panel_cap(table, lam, kinks, soft, scale)
+    w, left, right = _panel_cap(table, lam, kinks, soft, scale)
     if w:
-        table[HDR_WCAP], table[HDR_RCAP], table[6] = w, r, min(lam, w)
+        table[[HDR_WCAP, HDR_LCAP, HDR_RCAP, 6]] = w, left, right, min(lam, w)
     return table
 
 
@@ -355,8 +357,8 @@ def _cut(a, b, kinks):
 
 
 def _panel_cap(table, lam, kinks, soft, scale):
-    """(W, R) of the panel cap (module docstring), (0, 0) where every graded
-    panel within ±U is resolved."""
+    """(W, L, R) of the panel cap (module docstring), (0, 0, 0) where every
+    graded panel within ±U is resolved."""
     j = np.arange(-1, int(np.ceil(np.log2(2 * U / lam))) + 1)
     near = np.where(j < 0, 0.0, lam * 2.0 ** np.maximum(j, 0))   # panel [b + near, b + far]
     far = lam * 2.0 ** (j + 1)
@@ -368,15 +370,15 @@ def _panel_cap(table, lam, kinks, soft, scale):
     a, b = _cut(a, b, kinks)
     bad = ~_resolved(table, a, b, scale)
     if not bad.any():
-        return 0.0, 0.0
-    r = float(np.max(np.maximum(np.abs(a[bad]), np.abs(b[bad]))))
+        return 0.0, 0.0, 0.0
+    left, right = float(a[bad].min()), float(b[bad].max())
     for i in range(int(np.log2(128 / H)), -1, -1):
         w = H * 2.0 ** i
-        k = np.arange(np.floor(-r / w), np.ceil(r / w))
+        k = np.arange(np.floor(left / w), np.ceil(right / w))
         ca, cb = _cut(np.clip(k * w, -U, U), np.clip((k + 1) * w, -U, U), kinks)
         if _resolved(table, ca, cb, scale).all():
             break
-    return w, r
+    return w, left, right
 
 
 def _edge_jumps(c, scale, tol):
@@ -626,15 +628,19 @@ def _add_centre(buf, m, b, lam, lo, hi, dmax):
 @njit(**JIT)
 def _add_cap(aux, lo, buf, m, mid, sc, a, b):
     """Append the panel cap's edges (module docstring) for φ(mid + sc t),
-    t ∈ (a, b), sc > 0: t = (kW - mid)/sc for |kW| <= R, strictly inside."""
+    t ∈ (a, b): t = (kW - mid)/sc for L <= kW <= R, strictly inside.  For
+    sc < 0 these are the edges of the mirrored cap [-R, -L] for φ(-mid + |sc| t)
+    (the same doubles: negations are exact)."""
     w = aux[lo + HDR_WCAP]
-    if w == 0.0 or not sc > 0.0:
+    if w == 0.0 or sc == 0.0 or not abs(sc) < math.inf:
         return m
-    r = aux[lo + HDR_RCAP]
-    ua = min(max(mid + a * sc, -r - w), r + w)
-    ub = min(max(mid + b * sc, -r - w), r + w)
+    left, right = aux[lo + HDR_LCAP], aux[lo + HDR_RCAP]
+    if sc < 0.0:
+        left, right, mid, sc = -right, -left, -mid, -sc
+    ua = min(max(mid + a * sc, left - w), right + w)
+    ub = min(max(mid + b * sc, left - w), right + w)
     for k in range(int(math.floor(ua / w)) - 1, int(math.ceil(ub / w)) + 2):
-        if abs(k) * w <= r:
+        if left <= k * w <= right:
             t = (k * w - mid) / sc
             if t > a and t < b:
                 buf[m] = t
@@ -736,7 +742,7 @@ def pair_quadrature(aux, lo, s1, s2, rho):
             b = t / (s2 * rho)
             nb = _add_centre(buf, nb, abs(b) if half else b, w / (s2 * arho), x_lo, ZF, DMAX)
     nb = _add_cap(aux, lo, buf, nb, 0.0, s1, x_lo, ZF)
-    nb = _add_cap(aux, lo, buf, nb, 0.0, s2 * arho, x_lo, ZF)
+    nb = _add_cap(aux, lo, buf, nb, 0.0, s2 * rho, x_lo, ZF)
     nb = _finish_edges(buf, nb, x_lo, ZF, DMAX)
     acc = 0.0
     accd = 0.0

@@ -131,7 +131,7 @@ def defines():
     out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "HDR_QMAX": N.HDR_QMAX,
             "HDR_TAILS": N.HDR_TAILS, "HDR_PARITY": N.HDR_PARITY, "HDR_WCAP": N.HDR_WCAP,
-            "HDR_RCAP": N.HDR_RCAP, "NG": N.NG, "NGH": N.NGH,
+            "HDR_LCAP": N.HDR_LCAP, "HDR_RCAP": N.HDR_RCAP, "NG": N.NG, "NGH": N.NGH,
             "GH_RULES": len(N.GH_SIGS), "MAX_BREAKS": N.MAX_BREAKS, "J": N.J}
     floats = {"U": N.U, "INV_H": 1.0 / N.H, "X_GRADED": N.X_GRADED, "X_ZERO": N.X_ZERO,
               "TOL": N.TOL, "ZC": N.ZC, "ZF": N.ZF,

@@ -620,7 +620,7 @@ def _off_centre(x):
 
 #: every numeric activation; the Elementwise ones: a kink (detected at 0) and a
 #: derivative differentiated from the table (df=None); with panel caps
-#: (``_numeric``: sin everywhere, W = 4; a transition away from 0, W = 1/2, R = 4)
+#: (``_numeric``: sin everywhere, W = 4; a transition away from 0, W = 1/2 on one side)
 NUMERIC = [ik.Tanh(), ik.Softplus(), ik.Sigmoid(), ik.Silu(), ik.Elu(0.7), ik.Selu(),
            ik.Mish(), ik.SReLU(), ik.S2ReLU(), ik.Elementwise(_kinked, name="Elementwise(kinked)"),
            ik.Elementwise(np.sin, np.cos, name="Elementwise(sin)"),

@@ -540,26 +540,29 @@ def ref_fine(g, q1, q2, rho):
                      for i in range(0, u.size, 2000)))
 
 
-@pytest.mark.parametrize("fn,dfn,w,r", [
-    (np.sin, np.cos, 4.0, _numeric.U),
-    (lambda x: np.tanh(4 * (x - 3)), lambda x: 4 * (1 - np.tanh(4 * (x - 3)) ** 2), 0.5, 8.0),
-    (lambda x: np.exp(-(x - 2) ** 2), lambda x: -2 * (x - 2) * np.exp(-(x - 2) ** 2), 2.0, 8.0),
+@pytest.mark.parametrize("fn,dfn,cap", [
+    (np.sin, np.cos, (4.0, -_numeric.U, _numeric.U)),
+    (lambda x: np.tanh(4 * (x - 3)), lambda x: 4 * (1 - np.tanh(4 * (x - 3)) ** 2),
+     (0.5, 2.0, 8.0)),
+    (lambda x: np.exp(-(x - 2) ** 2), lambda x: -2 * (x - 2) * np.exp(-(x - 2) ** 2),
+     (2.0, 4.0, 8.0)),
 ], ids=["sin", "tanh_4_x_minus_3", "bump_at_2"])
-def test_panel_cap_for_features_away_from_the_centres(fn, dfn, w, r):
+def test_panel_cap_for_features_away_from_the_centres(fn, dfn, cap):
     """φ with features where the graded panels are wide (``_numeric``, "Panel
     cap"): sin x oscillating everywhere (the fallback was 1e-4 off at q = 120,
     sin 8x 0.14), a transition or a bump away from the soft centre 0 (2e-2,
     2e-10 off): the table caps its quadrature panels (W within ±R), and the
     duals are within 1e-10 of the Cauchy–Schwarz scale up to q = 100 and
-    correlations near 1, where the Mehler series gives way to the
-    quadrature; against ``ref_fine``.  (W, R) in φ's variable: with its given
+    correlations near ±1, where the Mehler series gives way to the
+    quadrature (at ρ < 0 the mean of v moves against u: the cap mirrored);
+    against ``ref_fine``.  (W, L, R) in φ's variable: with its given
     derivative, tanh(4(x - 3)) is tabulated at a = 2."""
     act = ik.Elementwise(fn, dfn)
     tab = act.tables[0]
     a = tab[_numeric.HDR_SCALE]
-    assert (tab[_numeric.HDR_WCAP] / a, tab[_numeric.HDR_RCAP] / a) == (w, r)
+    assert tuple(tab[[_numeric.HDR_WCAP, _numeric.HDR_LCAP, _numeric.HDR_RCAP]] / a) == cap
     for q1, q2, rho in [(1.0, 0.5, 0.96), (4.0, 5.0, 0.999), (30.0, 20.0, 0.9999),
-                        (100.0, 100.0, 0.99999)]:
+                        (100.0, 100.0, 0.99999), (4.0, 5.0, -0.999), (30.0, 20.0, -0.9999)]:
         q12 = rho * math.sqrt(q1 * q2)
         rho = correlation(q12, 1.0 / math.sqrt(q1), 1.0 / math.sqrt(q2))
         got = _numeric.duals(tab, q1, q12, q2)[:, 0]
