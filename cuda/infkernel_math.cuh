@@ -262,13 +262,25 @@ IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r
   bool same = ik_same_point(q11, q12, q22);
   T b2 = b * b;
   T rr = r1 * r2;
-  T z = ik_min(ik_max(T(2) * b2 * q12 * rr, T(-1)), T(1));
+  // 2b^2 q may overflow where the results do not: then from b/s_i = b r_i (_duals.dual_erf)
+  const bool big = !(T(2) * b2 * (q11 + q22) < ik_inf(T(0)));
+  T z = ik_min(ik_max(big ? T(2) * (b * r1) * (b * r2) * q12 : T(2) * b2 * q12 * rr, T(-1)),
+               T(1));
   k = a * a * T(2.0 / IK_PI) * ik_asin_c(z, same ? rr : T(1) - ik_abs(z)) + c * c;
   // sqrt(det) = s1 s2 sqrt(1 - z^2), no product of two variances (overflow);
   // the lower bound is exact at the same point
+  if (big) {  // the bound is r1^2 + r2^2 - r1^2 r2^2 = m^2 l, formed without underflow
+    const T m = ik_max(r1, r2);
+    const T a1 = r1 / m, a2 = r2 / m;
+    const T l = a1 * a1 + a2 * a2 - (a1 * a2 * m) * (a1 * a2 * m);
+    const T gap = (T(1) - z) * (T(1) + z);
+    const T root = same || gap < m * m * l ? m * ik_sqrt(l) : ik_sqrt(gap);
+    kd = a * a * T(4.0 / IK_PI) * (b * r1) * (b * r2) / root;
+    return;
+  }
   T low = (T(1) + T(2) * b2 * (q11 + q22)) * rr * rr;
-  T root = s1 * s2 * ik_sqrt(same ? low : ik_max((T(1) - z) * (T(1) + z), low));
-  kd = a * a * T(4.0 / IK_PI) * b2 / root;
+  T root = ik_sqrt(same ? low : ik_max((T(1) - z) * (T(1) + z), low));
+  kd = a * a * T(4.0 / IK_PI) * b2 / (s1 * s2 * root);
 }
 
 /// phi = x Phi(x) (Tsuchida et al. 2021), p_i = 1 + q_ii = s_i^2 (ik_point_scale),
@@ -305,7 +317,10 @@ IK_FN T ik_dense_theta(T w2, T c_old, T c_new, T c_one, T q, T qn, T th) {
 /// sqrt(q) otherwise.
 template <typename T>
 IK_FN T ik_point_scale(int kind, const double* p, T q) {
-  if (kind == IK_K_ERF) return ik_sqrt(T(1) + T(2) * T(p[1]) * T(p[1]) * q);
+  if (kind == IK_K_ERF) {  // 2b^2 q may overflow where s does not
+    const T v = T(2) * T(p[1]) * T(p[1]) * q;
+    return v < ik_inf(T(0)) ? ik_sqrt(T(1) + v) : ik_abs(T(p[1])) * ik_sqrt(T(2)) * ik_sqrt(q);
+  }
   if (kind == IK_K_GELU) return ik_sqrt(T(1) + q);
   if (kind == IK_K_LAYERNORM) return ik_sqrt(q + T(p[0]));
   return ik_sqrt(q);
@@ -354,23 +369,29 @@ IK_FN void ik_dual_exp(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
 }
 
 /// phi = a exp(b x^2): t_i = 1 - 2b q_ii, D = t1 t2 - 4b^2 q12^2; k = a^2/sqrt(D),
-/// kd = 4a^2b^2 q12 / D^{3/2}; +inf where the integral diverges.
+/// kd = 4a^2b^2 q12 / D^{3/2}; +inf where the integral diverges (_duals.dual_gaussian,
+/// evaluated as D = t1 t2 (1 - z^2), z = 2b q12 / sqrt(t1 t2)).
 template <typename T>
 IK_FN void ik_dual_gaussian(T a, T b, T q11, T q12, T q22, T& k, T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
   T t1 = T(1) - T(2) * b * q11;
   T t2 = T(1) - T(2) * b * q22;
-  T det = t1 * t2 - T(4) * b * b * q12 * q12;
-  T low = T(1) - T(2) * b * (q11 + q22);  // det >= low for b < 0; equal at the same point
-  det = ik_same_point(q11, q12, q22) ? low : (b < T(0) ? ik_max(det, low) : det);
-  if (t1 <= T(0) || t2 <= T(0) || det <= T(0)) {
+  T i1 = T(1) / t1;
+  T i2 = T(1) / t2;
+  T g1 = ik_sqrt(ik_abs(i1));
+  T g2 = ik_sqrt(ik_abs(i2));
+  T z = (T(2) * b * g1) * (q12 * g2);  // D = t1 t2 (1 - z^2): no product of two variances
+  T low = i1 + i2 - i1 * i2;  // D / (t1 t2) >= low for b < 0; equal at the same point
+  T rel = ik_same_point(q11, q12, q22)
+              ? low
+              : (b < T(0) ? ik_max((T(1) - z) * (T(1) + z), low) : (T(1) - z) * (T(1) + z));
+  if (t1 <= T(0) || t2 <= T(0) || rel <= T(0)) {
     k = ik_inf(T(0));
     kd = k;
     return;
   }
-  T root = ik_sqrt(det);
-  k = a * a / root;
-  kd = T(4) * b * b * q12 * k / det;
+  k = a * a * (g1 * g2) / ik_sqrt(rel);
+  kd = T(2) * b * z * (g1 * g2) * k / rel;
 }
 
 IK_FN double ik_sinh(double x) { return sinh(x); }
@@ -379,21 +400,30 @@ IK_FN float ik_sinh(float x) { return sinhf(x); }
 /// phi = exp(-x^2) sin x (_duals.dual_gabor): D = 1 + 2(q11 + q22) + delta,
 /// delta = 4(q11 q22 - q12^2) (0 at correlation +-1), A = (q11 + q22 + delta)/(2D), B = q12/D:
 /// k = exp(-A) sinh(B)/sqrt(D), kd = exp(-A) D^{-5/2} [4 q12 (D + 1 + q11 + q22) sinh B
-/// + (D + 8 q12^2) cosh B].
+/// + (D + 8 q12^2) cosh B] (_duals.dual_gabor: finite where q11 q22 or D^2 overflow).
 template <typename T>
 IK_FN void ik_dual_gabor(T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
-  bool at_one = ik_abs(ik_correlation(q12, r1, r2)) == T(1);  // delta exactly 0 there
+  T rho = ik_correlation(q12, r1, r2);
   T s = q11 + q22;
-  T delta = at_one ? T(0) : T(4) * ik_max(q11 * q22 - q12 * q12, T(0));
+  T p = q11 * q22;
+  T delta;
+  if (ik_abs(rho) == T(1))
+    delta = T(0);  // exactly 0 at correlation +-1
+  else if (p < ik_inf(T(0)))
+    delta = T(4) * ik_max(p - q12 * q12, T(0));
+  else  // q11 q22 overflows: delta from the correlation, maybe inf
+    delta = T(4) * (q11 * (T(1) - rho)) * (q22 * (T(1) + rho));
   T d = T(1) + T(2) * s + delta;
-  T e = ik_exp(T(-0.5) * (s + delta) / d);
+  T rest = (T(1) + s) / d;  // (s + delta)/D = 1 - rest
+  T e = d < ik_inf(T(0)) ? ik_exp(T(-0.5) * (s + delta) / d) : ik_exp(T(-0.5));
   T b = q12 / d;
   T sh = ik_sinh(b);
   T root = ik_sqrt(d);
   k = e * sh / root;
   T ch = ik_sqrt(T(1) + sh * sh);  // cosh b
-  kd = e / (d * d * root) * (T(4) * q12 * (d + T(1) + s) * sh + (d + T(8) * q12 * q12) * ch);
+  // D^{-1/2} [4 B (1 + rest) sinh B + (1 + 8 q12 B) cosh B / D]: no D^2 or q12 D (overflow)
+  kd = e / root * (T(4) * b * (T(1) + rest) * sh + (T(1) + T(8) * q12 * b) * ch / d);
 }
 
 /// neural-tangents' ExpNormalized (_duals.dual_exp_normalized): rho = ik_correlation (in

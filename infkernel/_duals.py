@@ -211,7 +211,8 @@ def point_scale(kind, p, q):
     sqrt(1 + 2b²q) for Erf, sqrt(1 + q) for Gelu, sqrt(q + eps) for
     LayerNorm, sqrt(q) otherwise."""
     if kind == K_ERF:
-        return math.sqrt(1.0 + 2.0 * p[1] * p[1] * q)
+        v = 2.0 * p[1] * p[1] * q
+        return math.sqrt(1.0 + v) if v < math.inf else abs(p[1]) * math.sqrt(2.0) * math.sqrt(q)
     if kind == K_GELU:
         return math.sqrt(1.0 + q)
     if kind == K_LAYERNORM:
@@ -241,15 +242,25 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
     same = same_point(q11, q12, q22)
     b2 = b * b
     rr = r1 * r2
-    z = min(max(2.0 * b2 * q12 * rr, -1.0), 1.0)
+    # 2b²q overflows from q ~ 1e308/b² (e.g. b = 1e4, q ~ 1e300), the results do
+    # not: there z, the bound and k̇ are formed from b/s_i = b r_i (~1/√(2q))
+    big = not 2.0 * b2 * (q11 + q22) < math.inf
+    z = min(max(2.0 * (b * r1) * (b * r2) * q12 if big else 2.0 * b2 * q12 * rr, -1.0), 1.0)
     # at the same point 1 - |z| = 1/(1 + 2b²q) = r1 r2 exactly
     k = a * a * (2.0 / PI) * asin_c(z, rr if same else 1.0 - abs(z)) + c * c
     # sqrt(det) = s1 s2 sqrt(1 - z²) >= sqrt(1 + 2b²(q11 + q22)) (the bound keeps
     # rounding from below, and is exact at the same point); no product of two
     # variances, which would overflow long before the result does
+    if big:   # the bound is r1² + r2² - r1² r2² = m² l (s_i² = 1 + 2b²q_ii; m l >> 1e-308)
+        m = max(r1, r2)
+        a1, a2 = r1 / m, r2 / m
+        bound = a1 * a1 + a2 * a2 - (a1 * a2 * m) * (a1 * a2 * m)
+        gap = (1.0 - z) * (1.0 + z)
+        root = m * math.sqrt(bound) if same or gap < m * m * bound else math.sqrt(gap)
+        return k, a * a * (4.0 / PI) * (b * r1) * (b * r2) / root
     low = (1.0 + 2.0 * b2 * (q11 + q22)) * rr * rr
-    root = s1 * s2 * math.sqrt(low if same else max((1.0 - z) * (1.0 + z), low))
-    return k, a * a * (4.0 / PI) * b2 / root
+    root = math.sqrt(low if same else max((1.0 - z) * (1.0 + z), low))
+    return k, a * a * (4.0 / PI) * b2 / (s1 * s2 * root)
 
 
 @njit(**INLINE)
@@ -327,19 +338,26 @@ def dual_gaussian(a, b, q11, q12, q22, s1, s2, r1, r2):
 
     With t_i = 1 - 2b q_ii and D = t1 t2 - 4b² q12²:
       k = a² / sqrt(D),  kdot = 4 a² b² q12 / D^{3/2};  +inf where the integral
-    diverges (b > 0 and I - 2bΣ not positive definite).
+    diverges (b > 0 and I - 2bΣ not positive definite).  Evaluated as
+    D = t1 t2 (1 - z²), z = 2b q12 / sqrt(t1 t2), with no product of two
+    variances (for b < 0 they overflow at q ~ 1e154, where k, k̇ do not).
     """
     q12 = snap_q12(q11, q12, q22)
     t1 = 1.0 - 2.0 * b * q11
     t2 = 1.0 - 2.0 * b * q22
-    det = t1 * t2 - 4.0 * b * b * q12 * q12
-    # D >= 1 - 2b(q11 + q22) when b < 0 (keeps rounding from below), with
-    # equality at the same point, for either sign of b
-    low = 1.0 - 2.0 * b * (q11 + q22)
-    det = low if same_point(q11, q12, q22) else (max(det, low) if b < 0.0 else det)
-    diverges = (t1 <= 0.0) | (t2 <= 0.0) | (det <= 0.0)  # branch-free: vectorises
-    k = a * a / math.sqrt(det)
-    kdot = 4.0 * b * b * q12 * k / det
+    i1 = 1.0 / t1
+    i2 = 1.0 / t2
+    g1 = math.sqrt(abs(i1))
+    g2 = math.sqrt(abs(i2))
+    z = (2.0 * b * g1) * (q12 * g2)
+    # D / (t1 t2) >= (1 - 2b(q11 + q22)) / (t1 t2) = i1 + i2 - i1 i2 when b < 0
+    # (keeps rounding from below), with equality at the same point
+    low = i1 + i2 - i1 * i2
+    rel = low if same_point(q11, q12, q22) else (
+        max((1.0 - z) * (1.0 + z), low) if b < 0.0 else (1.0 - z) * (1.0 + z))
+    diverges = (t1 <= 0.0) | (t2 <= 0.0) | (rel <= 0.0)  # branch-free: vectorises
+    k = a * a * (g1 * g2) / math.sqrt(abs(rel))
+    kdot = 2.0 * b * z * (g1 * g2) * k / rel
     return (math.inf, math.inf) if diverges else (k, kdot)
 
 
@@ -371,17 +389,26 @@ def dual_gabor(q11, q12, q22, r1, r2):
     would leave the rounding of q² (one side of a fused multiply-add), which
     at q ~ 1e12 is 1e-4 of the result."""
     q12 = snap_q12(q11, q12, q22)
-    at_one = abs(correlation(q12, r1, r2)) == 1.0
+    rho = correlation(q12, r1, r2)
     s = q11 + q22
-    delta = 0.0 if at_one else 4.0 * max(q11 * q22 - q12 * q12, 0.0)
+    p = q11 * q22
+    if abs(rho) == 1.0:
+        delta = 0.0
+    elif p < math.inf:
+        delta = 4.0 * max(p - q12 * q12, 0.0)
+    else:     # q11 q22 overflows (q ~ 1e154): δ from the correlation, maybe inf
+        delta = 4.0 * (q11 * (1.0 - rho)) * (q22 * (1.0 + rho))
     d = 1.0 + 2.0 * s + delta
-    e = math.exp(-0.5 * (s + delta) / d)
+    rest = (1.0 + s) / d                           # (s + δ)/D = 1 - rest
+    e = math.exp(-0.5 * (s + delta) / d) if d < math.inf else math.exp(-0.5)
     b = q12 / d
     sh = math.sinh(b)
     root = math.sqrt(d)
     k = e * sh / root
     ch = math.sqrt(1.0 + sh * sh)   # cosh b, without a second libm call
-    kdot = e / (d * d * root) * (4.0 * q12 * (d + 1.0 + s) * sh + (d + 8.0 * q12 * q12) * ch)
+    # D^{-5/2} [...] as D^{-1/2} [4 B (1 + rest) sh + (1 + 8 q12 B) ch / D]: no D² or
+    # q12 D, which overflow from q ~ 1e77 (NaN), long before the result does
+    kdot = e / root * (4.0 * b * (1.0 + rest) * sh + (1.0 + 8.0 * q12 * b) * ch / d)
     return k, kdot
 
 

@@ -372,6 +372,65 @@ def test_float32_results_beyond_range_are_an_error():
         net.diag(x, dtype=np.float32)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e52, 1e78, 1e100])
+def test_gaussian_and_gabor_where_products_of_variances_overflow(scale):
+    """Gaussian(b < 0) and Gabor at variances q ~ 1e104 … 1e200: q11 q22, D² or
+    q12 D overflow float64 where the kernels do not (they were wrong by 100 %,
+    or NaN); against the closed forms at 40 digits.  One layer after
+    Dense(1, 1), so Σ' = k(q11, q12, q22) and Θ' = k̇ q12 (ρ = 0.6, 1);
+    entries whose k or k̇ is below 1e-290 are left out (subnormal or zero: a
+    product k̇ Θ whose first factor underflows loses its digits).  450 digits: the closed
+    forms subtract products of q ~ 1e200 that agree to 400 digits."""
+
+    def gaussian(a, b):
+        def k(q11, q12, q22):
+            d = (1 - 2 * b * q11) * (1 - 2 * b * q22) - 4 * b * b * q12 * q12
+            return a * a / mpmath.sqrt(d), 4 * a * a * b * b * q12 / d ** 1.5
+        return k
+
+    def gabor(q11, q12, q22):
+        s, delta = q11 + q22, 4 * (q11 * q22 - q12 * q12)
+        d = 1 + 2 * s + delta
+        e, b = mpmath.exp(-(s + delta) / (2 * d)), q12 / d
+        return (e * mpmath.sinh(b) / mpmath.sqrt(d),
+                e * d ** -2.5 * (4 * q12 * (d + 1 + s) * mpmath.sinh(b)
+                                 + (d + 8 * q12 * q12) * mpmath.cosh(b)))
+    x = scale * np.array([[1.0, 0.0], [0.6, 0.8]])
+    with mpmath.workdps(450):
+        q = [[mpmath.mpf(float(v)) for v in row] for row in x @ x.T / 2]
+        for act, closed in ((ik.Gaussian(1.0, -1.0), gaussian(1, -1)),
+                            (ik.Gaussian(0.8, -1e4), gaussian(mpmath.mpf("0.8"), -10 ** 4)),
+                            (ik.Gabor(), gabor)):
+            got = ik.serial(ik.Dense(1, 1.0), act).kernel(x)
+            for i, j in ((0, 0), (0, 1)):
+                k, kd = closed(q[i][i], q[i][j], q[j][j])
+                for value, want, factor in ((got.nngp[i, j], k, k),
+                                            (got.ntk[i, j], kd * q[i][j], kd)):
+                    if abs(factor) > 1e-290:
+                        # a few roundings of exp, sinh, sqrt: measured ≤ 7.6e-16
+                        assert abs(value - want) <= 2e-15 * abs(want), (act, i, j, value, want)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e150, 1e152])
+def test_erf_where_2b2q_overflows(scale):
+    """Erf(a, b, c) with b = 1e4 at q ~ 1e300 … 1e304: 2b²q overflows float64
+    (the NTK was 0, or a range error), the kernels do not; against Williams'
+    closed form at 700 digits (s_i² = 1 + 2b²q_ii ~ 1e312 and det subtracts
+    products of them).  One layer after Dense(1, 1): Θ' = k̇ q12."""
+    x = scale * np.array([[1.0, 0.0], [0.6, 0.8]])
+    with mpmath.workdps(700):
+        q = [[mpmath.mpf(float(v)) for v in row] for row in x @ x.T / 2]
+        for a, b, c in ((1.0, 1e4, 0.0), (2.0, 1e4, 0.5)):
+            got = ik.serial(ik.Dense(1, 1.0), ik.Erf(a, b, c)).kernel(x)
+            for i, j in ((0, 0), (0, 1)):
+                s1, s2 = (mpmath.sqrt(1 + 2 * b * b * q[n][n]) for n in (i, j))
+                k = a * a * 2 / mpmath.pi * mpmath.asin(2 * b * b * q[i][j] / (s1 * s2)) + c * c
+                kd = a * a * 4 / mpmath.pi * b * b / mpmath.sqrt(
+                    (s1 * s2) ** 2 - 4 * b ** 4 * q[i][j] ** 2)
+                assert abs(got.nngp[i, j] - k) <= 4e-16 * abs(k), (a, b, c, i, j)
+                assert abs(got.ntk[i, j] - kd * q[i][j]) <= 4e-16 * abs(kd * q[i][j])
+
+
 def test_float32_results_that_would_underflow_are_an_error():
     """|K(x, x')| ≤ sqrt(max k · max k'): when that bound is below float32's
     smallest normal every stored entry would be zero or subnormal (refused);
