@@ -415,7 +415,7 @@ IK_FN void ik_dual_gabor(T q11, T q12, T q22, T r1, T r2, T& k, T& kd) {
   else  // q11 q22 overflows: delta from the correlation, maybe inf
     delta = T(4) * (q11 * (T(1) - rho)) * (q22 * (T(1) + rho));
   T d = T(1) + T(2) * s + delta;
-  T rest = (T(1) + s) / d;  // (s + delta)/D = 1 - rest
+  T rest = (T(1) + s) / d;  // (D + 1 + s)/D = 1 + rest
   T e = d < ik_inf(T(0)) ? ik_exp(T(-0.5) * (s + delta) / d) : ik_exp(T(-0.5));
   T b = q12 / d;
   T sh = ik_sinh(b);

@@ -399,7 +399,7 @@ def dual_gabor(q11, q12, q22, r1, r2):
     else:     # q11 q22 overflows (q ~ 1e154): δ from the correlation, maybe inf
         delta = 4.0 * (q11 * (1.0 - rho)) * (q22 * (1.0 + rho))
     d = 1.0 + 2.0 * s + delta
-    rest = (1.0 + s) / d                           # (s + δ)/D = 1 - rest
+    rest = (1.0 + s) / d                           # (D + 1 + s)/D = 1 + rest
     e = math.exp(-0.5 * (s + delta) / d) if d < math.inf else math.exp(-0.5)
     b = q12 / d
     sh = math.sinh(b)

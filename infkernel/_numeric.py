@@ -31,9 +31,9 @@ offset ``lo`` of ``aux``::
     lo + 12             parity: -1 (φ odd), +1 (even), 0 (neither), to 1e-14
     lo + 13             a, the input scale (above; 1 but for sharp functions)
     lo + 14, 15, 16     W, L, R: the quadratures' panel cap (below; W = 0: none)
-    lo + 16 ..          nk kink positions, then ns "soft centres" (u-space),
+    lo + 17 ..          nk kink positions, then ns "soft centres" (u-space),
                         in MAX_BREAKS entries (the rest zero)
-    base = lo+16+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
+    base = lo+17+16     per panel p: φ's coefficients of y⁰ … y^(NC-1) at
                         base + 2 p NC, then φ''s at base + 2 p NC + NC
                         (a fixed base: no header read on the way to them)
     base + 2 P NC       the graded panels toward 0, as the others (2 J of
