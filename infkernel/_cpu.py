@@ -718,6 +718,11 @@ def check_finite_variances(program, V, k, t, start, name):
         "the depth or the input scale")
 
 
+#: ``check_range``'s ``other`` before the other side's diagonals are known:
+#: no underflow bound yet (the overflow check needs only this side's)
+OTHER_UNKNOWN = (np.zeros(0), np.zeros(0))
+
+
 def check_range(dtype, k, t, name, start=0, other=None):
     """A ValueError before a Gram matrix is stored in ``dtype`` (float32) when
     its largest entry, bounded by the largest diagonal value (Cauchy–Schwarz:
@@ -778,7 +783,7 @@ def gram(program, x1, x2, K, T, progress=None):
                         other)
     tables2, k2, t2 = point_tables(program, x1 if sym else x2, name=names[0 if sym else 1])
     # (underflow is known once both sides' diagonals are: with each row block)
-    in_range(k2, t2, names[0 if sym else 1], other=None if sym else (k2[:0], t2[:0]))
+    in_range(k2, t2, names[0 if sym else 1], other=None if sym else OTHER_UNKNOWN)
     TM = _tail_max(tables2[3])
     n1 = x1.shape[0]
     n2 = n1 if sym else x2.shape[0]

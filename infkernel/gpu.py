@@ -408,7 +408,8 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     shape = (n1, n2)
     outs, to_host = _outputs(cp, out, names, single, shape, dt, on_device, _check_out)
     tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, name="x1")
-    diag1 = in_range(kd1, td1, "x1", other=None if sym else (np.zeros(0), np.zeros(0)))
+    from ._cpu import OTHER_UNKNOWN
+    diag1 = in_range(kd1, td1, "x1", other=None if sym else OTHER_UNKNOWN)
     res = dict(zip(names, outs))
     callback, close = _progress_callback(progress)
     try:

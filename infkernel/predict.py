@@ -168,7 +168,7 @@ def _field(k, g, name):
 def _pack(out, names, single):
     if single:
         return out[names[0]]
-    return result_type("Gaussians", tuple(names))(*(out[g] for g in names))
+    return result_type("Gaussians", names)(*(out[g] for g in names))
 
 
 # ---------------------------------------------------------------------------
