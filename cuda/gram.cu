@@ -33,14 +33,15 @@ extern "C" __global__ void ik_diag(const double* __restrict__ x, long long n, in
   double s = 0.0;
   for (int c = 0; c < d; ++c) s += xi[c] * xi[c];
   double k, t;
-  ik_diag_point<double>(ops, params, aux, n_ops, s * inv_d, tab, feat, fr, n, i, k, t);
+  ik_diag_point<double>(ops, params, aux, n_ops, s, s * inv_d, tab, feat, fr, n, i, k, t);
   kd[i] = k;
   td[i] = t;
 }
 
 /// One thread's IK_E entries (i0 + IK_BY e, col) of a tile, through the whole
-/// program: q = G / d, theta = 0 (rows past `rows` repeat the last row and are
-/// not stored).  With `upper`, entries with i >= j start from q = 0 instead:
+/// program: q = G / d, theta = 0, the input versine from G or from the points
+/// x1 (row block), x2 (column block) themselves (ik_start_versine; rows past
+/// `rows` repeat the last row and are not stored).  With `upper`, entries with i >= j start from q = 0 instead:
 /// the symmetric kernel discards them (the diagonal comes from the diagonal
 /// pass, lower entries by transposition), so a numeric activation never runs
 /// its slow quadrature fallback on them.
@@ -51,19 +52,26 @@ __device__ __forceinline__ void ik_tile_entries(
     const T* __restrict__ tab2, long long ld2, const double* __restrict__ feat1,
     const double* __restrict__ feat2, const int* __restrict__ ops,
     const double* __restrict__ params, const double* __restrict__ aux, int n_ops,
+    const T* __restrict__ x1, const T* __restrict__ x2, int d,
     T (&q)[NR][IK_E], T (&th)[NR][IK_E]) {
   long long rw[IK_E];
+  T c[NR][IK_E];
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
     rw[e] = i < rows ? i : rows - 1;
-    q[0][e] = (!upper || i < j) ? G[rw[e] * ldg + col] * inv_d : T(0);
+    const bool live = !upper || i < j;
+    const T g = G[rw[e] * ldg + col];
+    q[0][e] = live ? g * inv_d : T(0);
     th[0][e] = T(0);
+    c[0][e] = live ? ik_start_versine(g, x1 + rw[e] * d, tab1[rw[e]], x2 + col * d,
+                                      tab2[col], d)
+                   : T(1);
     IK_UNROLL
-    for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
+    for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = c[m][e] = T(0);
   }
   ik_run_entries<T, NR, IK_E>(ops, params, aux, n_ops, tab1, ld1, rw, tab2, ld2, col, feat1,
-                              feat2, q, th);
+                              feat2, q, th, c);
 }
 
 /// Cross tile: out[i, j] for i < rows, j < cols from G[i, j] = x1_i . x2_j
@@ -77,7 +85,8 @@ __device__ __forceinline__ void ik_cross_impl(
     const T* __restrict__ tab1, long long ld1, const T* __restrict__ tab2, long long ld2,
     const double* __restrict__ feat1, const double* __restrict__ feat2,
     const int* __restrict__ ops, const double* __restrict__ params,
-    const double* __restrict__ aux, int n_ops, OutT* __restrict__ K,
+    const double* __restrict__ aux, int n_ops, const T* __restrict__ x1,
+    const T* __restrict__ x2, int d, OutT* __restrict__ K,
     OutT* __restrict__ TT, long long ldo) {
   const int tx = threadIdx.x, ty = threadIdx.y;
   const long long j = (long long)blockIdx.x * IK_BX + tx;
@@ -85,7 +94,7 @@ __device__ __forceinline__ void ik_cross_impl(
   const long long i0 = (long long)blockIdx.y * IK_TILE + ty;
   T q[NR][IK_E], th[NR][IK_E];
   ik_tile_entries<T, NR>(G, ldg, rows, i0, j, false, j, inv_d, tab1, ld1, tab2, ld2, feat1,
-                         feat2, ops, params, aux, n_ops, q, th);
+                         feat2, ops, params, aux, n_ops, x1, x2, d, q, th);
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
@@ -110,7 +119,8 @@ __device__ __forceinline__ void ik_sym_impl(
     const T* __restrict__ tab1, long long ld1, const T* __restrict__ tab2, long long ld2,
     const double* __restrict__ feat1, const double* __restrict__ feat2,
     const int* __restrict__ ops, const double* __restrict__ params,
-    const double* __restrict__ aux, int n_ops, const T* __restrict__ kdiag,
+    const double* __restrict__ aux, int n_ops, const T* __restrict__ x1,
+    const T* __restrict__ x2, int d, const T* __restrict__ kdiag,
     const T* __restrict__ tdiag, OutT* __restrict__ K, OutT* __restrict__ TT,
     long long ldo, int mirror) {
   __shared__ T sk[IK_TILE][IK_TILE + 1];
@@ -123,7 +133,7 @@ __device__ __forceinline__ void ik_sym_impl(
   const long long jc = j < cols ? j : cols - 1;
   T q[NR][IK_E], th[NR][IK_E];
   ik_tile_entries<T, NR>(G, ldg, rows, i0, jc, true, j, inv_d, tab1, ld1, tab2, ld2, feat1,
-                         feat2, ops, params, aux, n_ops, q, th);
+                         feat2, ops, params, aux, n_ops, x1, x2, d, q, th);
   IK_UNROLL
   for (int e = 0; e < IK_E; ++e) {
     long long i = i0 + IK_BY * e;
@@ -160,10 +170,10 @@ __device__ __forceinline__ void ik_sym_impl(
       const T* G, long long ldg, int rows, int cols, T inv_d, const T* tab1,           \
       long long ld1, const T* tab2, long long ld2, const double* feat1,                \
       const double* feat2, const int* ops, const double* params,                       \
-      const double* aux, int n_ops, OutT* K, OutT* TT, long long ldo) {               \
+      const double* aux, int n_ops, const T* x1, const T* x2, int d, OutT* K,         \
+      OutT* TT, long long ldo) {                                                       \
     ik_cross_impl<T, OutT, NR>(G, ldg, rows, cols, inv_d, tab1, ld1, tab2, ld2, feat1, \
-                               feat2, ops,                                             \
-                               params, aux, n_ops, K, TT, ldo);                        \
+                               feat2, ops, params, aux, n_ops, x1, x2, d, K, TT, ldo); \
   }
 
 #define IK_SYM(NAME, T, OutT, NR)                                                      \
@@ -171,11 +181,11 @@ __device__ __forceinline__ void ik_sym_impl(
       const T* G, long long ldg, int rows, int cols, T inv_d, const T* tab1,           \
       long long ld1, const T* tab2, long long ld2, const double* feat1,                \
       const double* feat2, const int* ops, const double* params,                       \
-      const double* aux, int n_ops, const T* kdiag, const T* tdiag, OutT* K, OutT* TT, \
-      long long ldo, int mirror) {                                                     \
+      const double* aux, int n_ops, const T* x1, const T* x2, int d, const T* kdiag,   \
+      const T* tdiag, OutT* K, OutT* TT, long long ldo, int mirror) {                  \
     ik_sym_impl<T, OutT, NR>(G, ldg, rows, cols, inv_d, tab1, ld1, tab2, ld2, feat1,  \
-                             feat2, ops,                                               \
-                             params, aux, n_ops, kdiag, tdiag, K, TT, ldo, mirror);    \
+                             feat2, ops, params, aux, n_ops, x1, x2, d, kdiag, tdiag, \
+                             K, TT, ldo, mirror);                                      \
   }
 
 // Instantiations: ik_{cross,sym}_<compute type>_<output type>_<register file size>.

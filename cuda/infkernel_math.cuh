@@ -201,12 +201,13 @@ IK_FN T ik_snap_q12(T q11, T q12, T q22) {
 /// u = rho if |rho| <= 1/2 else y = sqrt((1 - |rho|)/2), w = u^2;
 /// |rho| <= 1/2: F(psi), F(theta) = E +- pi rho / 2, E = 1 + w (1 + P + w R);
 /// otherwise the small angle 2 asin y has F = 2yw (2 + P - R (1 - 2w)), the
-/// large one that plus pi |rho|.
+/// large one that plus pi |rho|.  omt = 1 - |rho|, which a caller may know
+/// more accurately than it rounds to (_duals.arc_cosine_c).
 template <typename T>
-IK_FN void ik_arc_cosine(T rho, T& psi, T& theta, T& f_psi, T& f_theta) {
+IK_FN void ik_arc_cosine_c(T rho, T omt, T& psi, T& theta, T& f_psi, T& f_theta) {
   T t = ik_abs(rho);
   bool small = t <= T(0.5);
-  T y = ik_sqrt(T(0.5) * (T(1) - t));
+  T y = ik_sqrt(T(0.5) * omt);
   T u = small ? rho : y;
   T w = u * u;
   T r = ik_asin_r(w);
@@ -220,6 +221,72 @@ IK_FN void ik_arc_cosine(T rho, T& psi, T& theta, T& f_psi, T& f_theta) {
   theta = small ? T(IK_HALF_PI) - asin_u : (pos ? T(2) * asin_u : T(IK_PI) - T(2) * asin_u);
   f_psi = small ? e + T(IK_HALF_PI) * rho : (pos ? f_large : f_small);
   f_theta = small ? e - T(IK_HALF_PI) * rho : (pos ? f_small : f_large);
+}
+
+template <typename T>
+IK_FN void ik_arc_cosine(T rho, T& psi, T& theta, T& f_psi, T& f_theta) {
+  ik_arc_cosine_c(rho, T(1) - ik_abs(rho), psi, theta, f_psi, f_theta);
+}
+
+/// (rho, 1 - |rho|) from the carried versine c = 1 - rho, or where c is NaN
+/// (unknown) from ik_correlation (_duals.versine).
+template <typename T>
+IK_FN void ik_versine(T q12, T r1, T r2, T c, T& rho, T& omt) {
+  if (c == c) {  // antipodal within 4 ulps: exactly (as ik_correlation)
+    const bool pole = c > T(1) && !(T(2) - c > T(1) - ik_rho_one(T(0)));
+    rho = pole ? T(-1) : T(1) - c;
+    omt = c <= T(1) ? c : (pole ? T(0) : T(2) - c);
+  } else {
+    rho = ik_correlation(q12, r1, r2);
+    omt = T(1) - ik_abs(rho);
+  }
+}
+
+/// c' = c - m F(theta)/pi of ik_dual_abrelu, c = 1 - rho from omt, within [0, 2]
+/// (_duals._arc_versine).
+template <typename T>
+IK_FN T ik_arc_versine(T rho, T omt, T f_theta, T m) {
+  T c = rho >= T(0) ? omt : T(2) - omt;
+  return ik_min(ik_max(c - m * f_theta * T(1.0 / IK_PI), T(0)), T(2));
+}
+
+/// The versine after q' = w2 q + b2 (_duals.dense_versine): s = sqrt q before,
+/// i = 1/sqrt q' after (0 where q' = 0); with r = s1 s2, ii = i1 i2:
+/// 1 - rho' = w2 b2 (s1 - s2)^2 ii^2 / (1 + (w2 r + b2) ii) + w2 r c ii;
+/// NaN where the products overflow.
+template <typename T>
+IK_FN T ik_dense_versine(T w2, T b2, T s1, T s2, T i1, T i2, T q12, T c) {
+  const T r = s1 * s2;
+  const T ii = i1 * i2;
+  if (!(ii > T(0))) return T(1);
+  if (c != c) c = r > T(0) ? ik_min(ik_max(T(1) - q12 / r, T(0)), T(2)) : T(1);
+  c = r > T(0) ? w2 * r * c * ii : T(0);
+  if (b2 != T(0)) {
+    const T d = (s1 - s2) * ii;
+    c += w2 * b2 * d * d / (T(1) + (w2 * r + b2) * ii);
+  }
+  return c > T(2) ? T(2) : c;
+}
+
+/// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b|
+/// (_cpu._input_versine), at most 2.
+template <typename T>
+IK_FN T ik_input_versine(const T* a, T ua, const T* b, T ub, int d) {
+  T acc = T(0);
+  for (int k = 0; k < d; ++k) {
+    const T t = a[k] * ua - b[k] * ub;
+    acc += t * t;
+  }
+  return ik_min(T(0.5) * acc, T(2));
+}
+
+/// The input versine of an entry from its GEMM value g = a.b, or below
+/// IK_VERSINE_DIRECT (_cpu.VERSINE_DIRECT) from the points themselves.
+#define IK_VERSINE_DIRECT (1.0 / 64)
+template <typename T>
+IK_FN T ik_start_versine(T g, const T* a, T ua, const T* b, T ub, int d) {
+  const T c = T(1) - g * ua * ub;
+  return c < T(IK_VERSINE_DIRECT) && ua * ub > T(0) ? ik_input_versine(a, ua, b, ub, d) : c;
 }
 
 /// x^n by binary exponentiation (numba's algorithm for float ** int).
@@ -239,15 +306,18 @@ IK_FN T ik_ipow(T x, int n) {
 // ---------------------------------------------------------------------------
 
 /// phi = a min(x,0) + b max(x,0); theta = acos rho, psi = pi - theta:
-/// k = s1 s2 [(a^2+b^2) F(psi) - 2ab F(theta)] / 2pi, kd = [(a^2+b^2) psi + 2ab theta] / 2pi.
+/// k = s1 s2 [(a^2+b^2) F(psi) - 2ab F(theta)] / 2pi, kd = [(a^2+b^2) psi + 2ab theta] / 2pi,
+/// and the result's versine vc = c - (a-b)^2 F(theta) / ((a^2+b^2) pi) (_duals.dual_abrelu).
 template <typename T>
-IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2,
-                          T& k, T& kd) {
-  T psi, theta, f_psi, f_theta;
-  ik_arc_cosine(ik_correlation(q12, r1, r2), psi, theta, f_psi, f_theta);
+IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2, T c,
+                          T& k, T& kd, T& vc) {
+  T rho, omt, psi, theta, f_psi, f_theta;
+  ik_versine(q12, r1, r2, c, rho, omt);
+  ik_arc_cosine_c(rho, omt, psi, theta, f_psi, f_theta);
   T c2 = a * a + b * b;
   T kk = c2 * f_psi - T(2) * a * b * f_theta;
   T d = c2 * psi + T(2) * a * b * theta;
+  vc = ik_arc_versine(rho, omt, f_theta, c2 != T(0) ? (a - b) * (a - b) / c2 : T(0));
   k = s1 * s2 * kk * T(IK_INV_2PI);
   kd = d * T(IK_INV_2PI);
 }
@@ -1081,11 +1151,18 @@ IK_FN void ik_numeric_entries(const double* aux, int lo, int slot, const T* q11,
 template <typename T, int E>
 IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
                   const T* q11, const T* s1, const T* r1, T q22, T s2, T r2,
-                  T* Q, T* TH, const IkFeatures& nf) {
+                  T* Q, T* TH, T* C, const IkFeatures& nf) {
+  // the versine C = 1 - rho of the result: the kinked kinds' formula, unchanged
+  // by LayerNorm, else NaN (unknown: from q12 where needed; _cpu.act_tile)
+  if (kind != IK_K_ABRELU && kind != IK_K_LAYERNORM) {
+    IK_UNROLL
+    for (int e = 0; e < E; ++e) C[e] = ik_nan(T(0));
+  }
   switch (kind) {
     case IK_K_ABRELU: {
       T a = T(p[0]), b = T(p[1]);
-      IK_ACT_LOOP(ik_dual_abrelu(a, b, q11[e], Q[e], q22, s1[e], s2, r1[e], r2, k_, d_))
+      IK_ACT_LOOP(ik_dual_abrelu(a, b, q11[e], Q[e], q22, s1[e], s2, r1[e], r2, C[e], k_, d_,
+                                 C[e]))
       break;
     }
     case IK_K_ERF: {
@@ -1211,14 +1288,18 @@ IK_FN void ik_reg_set(T (&a)[NR][E], int r, const T* v) {
 }
 
 /// Run the program on E entries (row point rows[e], column point col): on entry
-/// q[0][e] = x_i.x_j / d and th[0][e] = 0; on exit register 0 holds (NNGP, NTK).
+/// q[0][e] = x_i.x_j / d, th[0][e] = 0 and c[0][e] = the input versine
+/// (ik_start_versine); on exit register 0 holds (NNGP, NTK).  c carries
+/// 1 - rho per register (NaN: unknown; _cpu._run_ops).
 /// ops: n_ops x 6 ints (opcode, reg, reg2, kind, aux_lo, aux_hi); params: n_ops x 6.
+/// Tables (ik_diag_point): row 0 is 1/|x|, then three rows per Dense or
+/// activation op (its slot, in program order).
 template <typename T, int NR, int E>
 IK_FN void ik_run_entries(const int* ops, const double* params, const double* aux, int n_ops,
                           const T* tab1, long long ld1, const long long* rows,
                           const T* tab2, long long ld2, long long col,
                           const double* feat1, const double* feat2,
-                          T (&q)[NR][E], T (&th)[NR][E]) {
+                          T (&q)[NR][E], T (&th)[NR][E], T (&c)[NR][E]) {
   const IkFeatures nf = {feat1, ld1, rows, feat2, ld2, col, false};
   int slot = 0;
   for (int k = 0; k < n_ops; ++k) {
@@ -1226,20 +1307,25 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
     const double* p = params + 6 * k;
     const int op = o[0];
     const int r = o[1];
-    T Q[E], TH[E];
+    T Q[E], TH[E], C[E];
     ik_reg_get<T, NR, E>(q, r, Q);
     ik_reg_get<T, NR, E>(th, r, TH);
+    ik_reg_get<T, NR, E>(c, r, C);
+    const T* t1 = tab1 + (1 + 3 * slot) * ld1;
+    const T* t2 = tab2 + (1 + 3 * slot) * ld2;
     if (op == IK_OP_DENSE) {
       T w2 = T(p[0]), b2 = T(p[1]), c_old = T(p[2]), c_new = T(p[3]), c_one = T(p[4]);
+      const T s2 = t2[ld2 + col], o2 = t2[2 * ld2 + col];
       IK_UNROLL
       for (int e = 0; e < E; ++e) {
         T qn = w2 * Q[e] + b2;
         TH[e] = ik_dense_theta(w2, c_old, c_new, c_one, Q[e], qn, TH[e]);
+        C[e] = ik_dense_versine(w2, b2, t1[ld1 + rows[e]], s2, t1[2 * ld1 + rows[e]], o2,
+                                Q[e], C[e]);
         Q[e] = qn;
       }
+      ++slot;
     } else if (op == IK_OP_ACT) {
-      const T* t1 = tab1 + 3 * slot * ld1;
-      const T* t2 = tab2 + 3 * slot * ld2;
       T v1[E], s1[E], r1[E];
       IK_UNROLL
       for (int e = 0; e < E; ++e) {
@@ -1248,7 +1334,7 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
         r1[e] = t1[2 * ld1 + rows[e]];
       }
       ik_act<T, E>(o[3], p, aux, o[4], o[5], v1, s1, r1, t2[col], t2[ld2 + col],
-                   t2[2 * ld2 + col], Q, TH, nf);
+                   t2[2 * ld2 + col], Q, TH, C, nf);
       ++slot;
     } else if (op == IK_OP_SCALE) {
       T w = T(p[0]);
@@ -1256,12 +1342,14 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
       for (int e = 0; e < E; ++e) {
         Q[e] *= w;
         TH[e] *= w;
+        C[e] = w != T(0) ? C[e] : T(1);  // zero variances: rho = 0
       }
     } else if (op == IK_OP_COPY) {
       ik_reg_set<T, NR, E>(q, o[2], Q);
       ik_reg_set<T, NR, E>(th, o[2], TH);
+      ik_reg_set<T, NR, E>(c, o[2], C);
       continue;
-    } else if (op == IK_OP_AXPY) {
+    } else if (op == IK_OP_AXPY) {  // the versine of a sum needs both branches' variances
       T Q2[E], TH2[E];
       ik_reg_get<T, NR, E>(q, o[2], Q2);
       ik_reg_get<T, NR, E>(th, o[2], TH2);
@@ -1270,19 +1358,23 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
       for (int e = 0; e < E; ++e) {
         Q[e] = x * Q[e] + y * Q2[e];
         TH[e] = x * TH[e] + y * TH2[e];
+        C[e] = ik_nan(T(0));
       }
-    } else if (op == IK_OP_MUL) {
-      T Q2[E], TH2[E];
+    } else if (op == IK_OP_MUL) {  // rho = rho1 rho2
+      T Q2[E], TH2[E], C2[E];
       ik_reg_get<T, NR, E>(q, o[2], Q2);
       ik_reg_get<T, NR, E>(th, o[2], TH2);
+      ik_reg_get<T, NR, E>(c, o[2], C2);
       IK_UNROLL
       for (int e = 0; e < E; ++e) {
         TH[e] = TH[e] * Q2[e] + Q[e] * TH2[e];
         Q[e] = Q[e] * Q2[e];
+        C[e] = C[e] + C2[e] - C[e] * C2[e];
       }
     }
     ik_reg_set<T, NR, E>(q, r, Q);
     ik_reg_set<T, NR, E>(th, r, TH);
+    ik_reg_set<T, NR, E>(c, r, C);
   }
 }
 
@@ -1294,27 +1386,34 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
 /// kernels read) or 2 (the moments alone, for the diagonal).
 template <typename T>
 IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux, int n_ops,
-                         T sq, T* tab, double* feat, int fr, long long ld, long long i,
+                         T norm2, T sq, T* tab, double* feat, int fr, long long ld, long long i,
                          T& k_out, T& t_out) {
   const IkFeatures nf = {feat, ld, &i, feat, ld, i, true};
   T q[IK_MAX_DIAG_REGS], th[IK_MAX_DIAG_REGS];
   q[0] = sq;
   th[0] = T(0);
+  const T u = T(1) / ik_sqrt(norm2);  // 1/|x| (0 for x = 0 or an overflowed norm)
+  tab[i] = u < ik_inf(T(0)) ? u : T(0);
   int slot = 0;
   for (int k = 0; k < n_ops; ++k) {
     const int* o = ops + 6 * k;
     const double* p = params + 6 * k;
     const int op = o[0];
     const int r = o[1];
-    if (op == IK_OP_DENSE) {
+    T* t = tab + (1 + 3 * slot) * ld;
+    if (op == IK_OP_DENSE) {  // s = sqrt q before, 1/sqrt q' after (ik_dense_versine)
       T qn = T(p[0]) * q[r] + T(p[1]);
       th[r] = ik_dense_theta(T(p[0]), T(p[2]), T(p[3]), T(p[4]), q[r], qn, th[r]);
+      t[i] = T(0);
+      t[ld + i] = ik_sqrt(q[r]);
+      t[2 * ld + i] = qn > T(0) ? T(1) / ik_sqrt(qn) : T(0);
       q[r] = qn;
+      ++slot;
     } else if (op == IK_OP_ACT) {
       T v = q[r];
       T s = ik_point_scale(o[3], p, v);
       T rs = s > T(0) ? T(1) / s : T(0);
-      T* t = tab + 3 * slot * ld;
+      T cz = T(0);  // a point against itself: versine 0
       t[i] = v;
       t[ld + i] = s;
       t[2 * ld + i] = rs;
@@ -1331,7 +1430,7 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
         continue;
       }
 #endif
-      ik_act<T, 1>(o[3], p, aux, o[4], o[5], &v, &s, &rs, v, s, rs, &q[r], &th[r], nf);
+      ik_act<T, 1>(o[3], p, aux, o[4], o[5], &v, &s, &rs, v, s, rs, &q[r], &th[r], &cz, nf);
       ++slot;
     } else if (op == IK_OP_SCALE || op == IK_OP_DIAG_SCALE) {
       q[r] *= T(p[0]);

@@ -31,7 +31,8 @@ from numba.extending import overload
 from ._checks import KernelRangeError
 from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
                       TILE)
-from ._duals import (INV_2PI, arc_cosine, correlation, dense_theta, dual_abrelu, dual_erf,
+from ._duals import (INV_2PI, arc_cosine, correlation, dense_theta, dense_versine, versine_of,
+                     dual_abrelu, dual_erf,
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
@@ -203,10 +204,12 @@ def polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n, W):
 
 
 @njit(**JIT)
-def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
+def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
              i, F1, G1, F2, G2, TM, W):
     """Apply activation ``kind`` (params ``p``) to the entries (i, c0 + j),
-    j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'].
+    j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'];
+    the kinked kinds also take the versine C[j] = 1 - ρ (NaN: the angle from
+    q12; ``_duals.versine``) and leave that of the result there.
 
     ``q11, s1, r1`` are the row point's variance, its scale
     (``_duals.point_scale``) and inverse scale: scalars in a Gram tile (one
@@ -225,12 +228,12 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
             c2 = a * a + b * b
             for j in range(n):
                 v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-                Q[j], d = dual_relu(c2, v1, Q[j], V2[j], s, S2[j], r, R2[j])
+                Q[j], d, C[j] = dual_relu(c2, v1, Q[j], V2[j], s, S2[j], r, R2[j], C[j])
                 TH[j] *= d
         else:
             for j in range(n):
                 v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-                Q[j], d = dual_abrelu(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j])
+                Q[j], d, C[j] = dual_abrelu(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j], C[j])
                 TH[j] *= d
     elif kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
@@ -302,59 +305,94 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, c0, n,
 
 
 @njit(**JIT)
-def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH,
+def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known,
              F1, G1, F2, G2, TM, W):
-    """Apply every op of the program to the tile of entries (i, c0 .. c0+n)."""
+    """Apply every op of the program to the tile of entries (i, c0 .. c0+n):
+    registers Q (q12), TH (θ) and C, the versine 1 - ρ (``_duals.versine``)
+    where ``known[r]`` (the same for all entries: it is lost by activations
+    without a versine formula and by sums, and regained by a Dense layer; a
+    program without kinked activations, which alone read it, starts and stays
+    without: ``Program.carries_versine``)."""
     for k in range(ops.shape[0]):
         op = ops[k, 0]
         r = ops[k, 1]
         p = params[k]
         if op == OP_DENSE:
             w2, b2, c_old, c_new, c_one = p[0], p[1], p[2], p[3], p[4]
+            if known.size:  # (carried)
+                s1, i1 = S1[k, i], R1[k, i]
+                s2, i2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
+                if not known[r]:
+                    for j in range(n):
+                        C[r, j] = versine_of(Q[r, j], s1, s2[j])
+                for j in range(n):
+                    C[r, j] = dense_versine(w2, b2, s1, s2[j], i1, i2[j], C[r, j])
+                known[r] = True
             for j in range(n):
                 q = Q[r, j]
                 qn = w2 * q + b2
                 TH[r, j] = dense_theta(w2, c_old, c_new, c_one, q, qn, TH[r, j])
                 Q[r, j] = qn
         elif op == OP_ACT:
-            act_tile(ops[k, 3], p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
-                     R1[k, i], Q[r], TH[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
+            kind = ops[k, 3]
+            if kind == K_ABRELU and not (known.size and known[r]):
+                for j in range(n):
+                    C[r, j] = math.nan      # the dual's angle from q12
+            act_tile(kind, p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
+                     R1[k, i], Q[r], TH[r], C[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
                      R2[k, c0:c0 + n], c0, n,
                      i, F1, G1, F2, G2, TM, W)
+            if known.size:
+                known[r] = kind == K_ABRELU or (kind == K_LAYERNORM and known[r])
         elif op == OP_SCALE:
             for j in range(n):
                 Q[r, j] *= p[0]
                 TH[r, j] *= p[0]
+            if known.size and p[0] == 0.0:   # zero variances: ρ = 0
+                for j in range(n):
+                    C[r, j] = 1.0
         elif op == OP_COPY:
             r2 = ops[k, 2]
             for j in range(n):
                 Q[r2, j] = Q[r, j]
                 TH[r2, j] = TH[r, j]
-        elif op == OP_AXPY:
+            if known.size:
+                for j in range(n):
+                    C[r2, j] = C[r, j]
+                known[r2] = known[r]
+        elif op == OP_AXPY:   # the versine of a sum needs both branches' variances
             r2 = ops[k, 2]
             for j in range(n):
                 Q[r, j] = p[0] * Q[r, j] + p[1] * Q[r2, j]
                 TH[r, j] = p[0] * TH[r, j] + p[1] * TH[r2, j]
-        elif op == OP_MUL:
+            if known.size:
+                known[r] = False
+        elif op == OP_MUL:    # ρ = ρ1 ρ2
             r2 = ops[k, 2]
             for j in range(n):
                 TH[r, j] = TH[r, j] * Q[r2, j] + Q[r, j] * TH[r2, j]
                 Q[r, j] = Q[r, j] * Q[r2, j]
+            if known.size:
+                for j in range(n):
+                    C[r, j] = C[r, j] + C[r2, j] - C[r, j] * C[r2, j]
+                known[r] = known[r] and known[r2]
 
 
 @njit(**JIT)
 def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
     """Run the program on (x, x) for the points lo .. hi-1, TILE points at a
     time and op by op, as the Gram tiles run it (entry j is point j against
-    itself: ``act_rows`` gets the row values as arrays, and its loops
+    itself, versine 0: ``act_rows`` gets the row values as arrays, and its loops
     vectorise over the points; the costly kinds take act_tile per point);
-    record activation inputs, and the Mehler features F, G of numeric
-    activations."""
+    record activation inputs V, scales S and R = 1/S (a Dense layer's: S = √q
+    before it, R = 1/√q' after it, for ``dense_versine``), and the Mehler
+    features F, G of numeric activations."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
     one = np.int64(1)   # n of a single point, typed as _run_ops types it
     Q = np.empty((n_regs, TILE))
     TH = np.empty((n_regs, TILE))
     W = np.empty((3, TILE))
+    C = np.empty(TILE)
     for c0 in range(lo, hi, TILE):
         n = min(hi, c0 + TILE) - c0
         for j in range(n):
@@ -367,9 +405,12 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
             q = Q[r, :n]
             th = TH[r, :n]
             if op == OP_DENSE:
+                s, rs = S[k, c0:c0 + n], R[k, c0:c0 + n]
                 for j in range(n):
                     qn = p[0] * q[j] + p[1]
                     th[j] = dense_theta(p[0], p[2], p[3], p[4], q[j], qn, th[j])
+                    s[j] = math.sqrt(q[j])
+                    rs[j] = 1.0 / math.sqrt(qn) if qn > 0.0 else 0.0
                     q[j] = qn
             elif op == OP_ACT:
                 kind = ops[k, 3]
@@ -378,6 +419,7 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                     v[j] = q[j]
                     s[j] = point_scale(kind, p, q[j])
                     rs[j] = 1.0 / s[j] if s[j] > 0.0 else 0.0
+                    C[j] = 0.0
                 if kind == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
                     slot = ops[k, 5]
                     s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
@@ -388,11 +430,11 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 elif kind in _COSTLY_KINDS:  # act_tile's code for Gram tiles, point by point
                     for j in range(n):
                         act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v[j], s[j], rs[j],
-                                 q[j:j + 1], th[j:j + 1], v[j:j + 1], s[j:j + 1], rs[j:j + 1],
-                                 c0 + j, one, c0 + j, F, G, F, G, TM, W)
+                                 q[j:j + 1], th[j:j + 1], C[j:j + 1], v[j:j + 1], s[j:j + 1],
+                                 rs[j:j + 1], c0 + j, one, c0 + j, F, G, F, G, TM, W)
                 else:
-                    act_rows(kind, p, aux, ops[k, 4], ops[k, 5], v, s, rs, q, th, v, s, rs,
-                             c0, n, c0, F, G, F, G, TM, W)
+                    act_rows(kind, p, aux, ops[k, 4], ops[k, 5], v, s, rs, q, th, C, v, s,
+                             rs, c0, n, c0, F, G, F, G, TM, W)
             elif op == OP_SCALE or op == OP_DIAG_SCALE:
                 for j in range(n):
                     q[j] *= p[0]
@@ -441,7 +483,7 @@ def _store(A, values, i, j_lo, n, sym, flip):
 @njit(**JIT)
 def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, ops, params,
                 aux, n_regs, t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
-                F1, G1, F2, G2, TM):
+                F1, G1, F2, G2, TM, U1, U2, carry):
     """Tasks task_lo .. task_hi-1 of rows r_lo .. r_hi of the kernel (``sym``:
     strict upper triangle, x2 is x1; ``flip``: K, T hold the kernel of x2
     against x1, entry (i, j) is stored at (j, i)).  The row tables ``V1 ..
@@ -449,7 +491,10 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
 
     Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
-    in cache) and runs the whole program on each row of the tile.  In the
+    in cache) and runs the whole program on each row of the tile (the input
+    versine 1 - cos∠(x1, x2) from the GEMM, or below VERSINE_DIRECT from
+    |x̂1 - x̂2|²/2, x̂ = x U with U = 1/|x| per point, which keeps the small
+    angles that the GEMM's rounding blurs).  In the
     symmetric case each entry is also written to its mirror image, and a task
     is a pair of groups (g, last - g), so that all tasks cost the same.
     """
@@ -457,6 +502,8 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
     n_groups = (r_hi - r_lo + rows - 1) // rows
     Q = np.empty((n_regs, TILE))
     TH = np.empty((n_regs, TILE))
+    C = np.empty((n_regs, TILE))
+    known = np.empty(n_regs if carry else 0, np.bool_)
     W = np.empty((3, TILE))
     for first in range(task_lo, task_hi):
         for half in range(2 if sym else 1):
@@ -479,12 +526,36 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
                     for j in range(n):
                         Q[0, j] = g_row[j] * inv_d
                         TH[0, j] = 0.0
+                    if carry:
+                        u1, u2 = U1[i - t0], U2[j_lo:j_lo + n]
+                        for j in range(n):
+                            C[0, j] = 1.0 - g_row[j] * u1 * u2[j]
+                        for j in range(n):
+                            if C[0, j] < VERSINE_DIRECT and u1 * u2[j] > 0.0:
+                                C[0, j] = _input_versine(x1[i], u1, x2[j_lo + j], u2[j])
+                        for m in range(n_regs):
+                            known[m] = m == 0
                     _run_ops(ops, params, aux, i - t0, j_lo, n, V1, S1, R1, V2, S2, R2,
-                             Q, TH, F1, G1, F2, G2, TM, W)
+                             Q, TH, C, known, F1, G1, F2, G2, TM, W)
                     if want_k:
                         _store(K, Q[0], i, j_lo, n, sym, flip)
                     if want_t:
                         _store(T, TH[0], i, j_lo, n, sym, flip)
+
+
+#: Input versines below this come from the points themselves (``_gram_tiles``):
+#: the GEMM's rounding (~d ulps) is then at most ~1e-11 of them
+VERSINE_DIRECT = 1.0 / 64
+
+
+@njit(**INLINE)
+def _input_versine(a, ua, b, ub):
+    """1 - cos∠(a, b) = |a ua - b ub|²/2 (ua = 1/|a|, ub = 1/|b|), at most 2."""
+    acc = 0.0
+    for k in range(a.shape[0]):
+        t = a[k] * ua - b[k] * ub
+        acc += t * t
+    return min(0.5 * acc, 2.0)
 
 
 @njit(parallel=True, **JIT)
@@ -586,11 +657,13 @@ def row_norms(x):
 def point_tables(program, x, features=True, start=0, name="x", keep=True):
     """Run the program on the diagonal of ``x``.
 
-    Returns ``(V, S, R, F, G), k, t``: per activation op k and point i the
+    Returns ``(V, S, R, F, G, U), k, t``: per activation op k and point i the
     input variance V[k, i], its scale S = ``_duals.point_scale`` (sqrt(V) for
-    most kinds) and R = 1/S (0 where S = 0); the
+    most kinds) and R = 1/S (0 where S = 0), per Dense op S = √q before it
+    and R = 1/√q' after it; the
     per-point Mehler features F, G of numeric activations (``_numeric.py``;
     ``features=False``: G only, F has no terms, for the diagonal alone);
+    U = 1/|x_i| (0 for x_i = 0, for the input versine of ``_gram_tiles``);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
     ``start``, ``name``: the index of x's first point in the user's array
     and that array's name (for errors).
@@ -603,7 +676,8 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
     by block).
     """
     n = x.shape[0]
-    sq = row_norms(x) / program.d_in
+    norm2 = row_norms(x)
+    sq = norm2 / program.d_in
     numeric = program.numeric_ops
     n_ops = program.n_ops
     buf, F, G = (_numeric_run(program, sq, features, keep) if numeric
@@ -621,7 +695,10 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
         if n and V[op].max() > variance_limit(program, op):
             i = int(V[op].argmax())
             raise quadrature_range_error(program, op, V[op, i], f"{name} row {start + i}")
-    return (V, S, R, F, G), k, t
+    with np.errstate(divide="ignore"):
+        U = 1.0 / np.sqrt(norm2)
+    U[~(U < math.inf)] = 0.0
+    return (V, S, R, F, G, U), k, t
 
 
 def _diag_run(program, sq, features):
@@ -818,6 +895,7 @@ def gram(program, x1, x2, K, T, progress=None):
                         dummy if K is None else K, dummy if T is None else T,
                         K is not None, T is not None,
                         tables1[3], tables1[4], tables2[3], tables2[4], TM,
+                        tables1[5], tables2[5], program.carries_versine,
                         work=(r1 - r0) * (n2 - (r0 + r1) / 2 if sym else n2) * program.n_ops)
             del tables1  # before the next block's features are computed
             if progress is not None:

@@ -7,7 +7,8 @@ here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2, r1, r2)``
 and returns ``(k, kdot)``; ``s = point_scale(kind, params, q)`` and r = 1/s are
 precomputed per point (s = sqrt(q) for most kinds), so that per entry only what
 depends on both points is computed.  The same functions give the diagonal
-(q11 = q12 = q22).
+(q11 = q12 = q22).  The kinked duals (ABRelu) also take the entry's versine
+c = 1 - ρ and return the result's (``versine``): (k, kdot, c').
 
 Numerical conventions (see DESIGN.md):
 
@@ -34,6 +35,7 @@ from ._program import K_ERF, K_GELU, K_LAYERNORM
 PI = math.pi
 HALF_PI = 0.5 * math.pi
 INV_2PI = 0.5 / math.pi
+INV_PI = 1.0 / math.pi
 
 # asin(y) = y + y^3 R(y^2) on |y| <= 1/2; R is a degree-12 polynomial fitted at
 # Chebyshev nodes in 50-digit arithmetic: max error < 1 ulp on [0, 1/2].
@@ -86,7 +88,8 @@ def asin_c(x, omx):
     return a if small else big
 
 
-_RHO_ONE = 1.0 - 4 * np.finfo(np.float64).eps
+_EPS = np.finfo(np.float64).eps
+_RHO_ONE = 1.0 - 4 * _EPS
 
 
 @njit(**INLINE)
@@ -133,9 +136,17 @@ _SQRT_P = (-0.5, -0.12500000000000125, -0.06249999999967604, -0.0390625000329940
 
 @njit(**INLINE)
 def arc_cosine(rho):
+    """``arc_cosine_c`` with 1 - |ρ| as it rounds."""
+    return arc_cosine_c(rho, 1.0 - abs(rho))
+
+
+@njit(**INLINE)
+def arc_cosine_c(rho, omt):
     """The angles and the function F(t) = sin t - t cos t of the arc-cosine
     kernels at correlation ρ in [-1, 1]: returns ``(ψ, θ, F(ψ), F(θ))`` with
-    θ = acos ρ and ψ = π - θ, with one square root and no libm call.
+    θ = acos ρ and ψ = π - θ, with one square root and no libm call, given
+    omt = 1 - |ρ|, which a caller may know more accurately than it rounds to
+    (``versine``: the small angle depends on it alone).
 
     With t = |ρ|, u = ρ if t <= 1/2 else y = sqrt((1 - t)/2), w = u², both
     polynomials share w: asin u = u (1 + w R(w)) and sqrt(1 - w) = 1 + w P(w).
@@ -148,7 +159,7 @@ def arc_cosine(rho):
     """
     t = abs(rho)
     small = t <= 0.5
-    y = math.sqrt(0.5 * (1.0 - t))
+    y = math.sqrt(0.5 * omt)
     u = rho if small else y
     w = u * u
     r = _asin_r(w)
@@ -174,26 +185,91 @@ def arc_cosine(rho):
 # ----------------------------------------------------------------------------
 
 @njit(**INLINE)
-def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2):
+def versine(q12, r1, r2, c):
+    """(ρ, 1 - |ρ|) for the angle of an entry: from the carried versine
+    c = 1 - ρ where it is known, else (c NaN) from ``correlation``.
+
+    Near ρ = 1, q12 holds the angle only to ~1e-16/θ (its rounding, relative
+    to q11 q22, is all that separates it from the diagonal); the kernels carry
+    c alongside q12 through the ops that keep it accurate (``_program``), so
+    that nearly parallel inputs and deep networks, where ρ -> 1, keep their
+    digits in the kinked duals, whose derivatives are singular there."""
+    if c == c:
+        if c <= 1.0:
+            return 1.0 - c, c
+        # antipodal within 4 ulps: exactly (as ``correlation``): c carries
+        # 1 - ρ, and 1 + ρ only to its rounding
+        return (1.0 - c, 2.0 - c) if 2.0 - c > 4.0 * _EPS else (-1.0, 0.0)
+    rho = correlation(q12, r1, r2)
+    return rho, 1.0 - abs(rho)
+
+
+@njit(**INLINE)
+def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2, c):
     """φ(x) = a min(x, 0) + b max(x, 0).
 
     With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t (``arc_cosine``):
       k    = s1 s2 / (2π) [(a² + b²) F(ψ) - 2ab F(θ)]
       kdot = [(a² + b²) ψ + 2ab θ] / (2π)
+    and the versine of the result (F(ψ) = F(θ) + π cos θ; ``versine``):
+      c'   = c - (a - b)² F(θ) / ((a² + b²) π),
+    without the cancellation of 1 - k12/√(k11 k22).  Returns (k, kdot, c').
     """
-    psi, theta, f_psi, f_theta = arc_cosine(correlation(q12, r1, r2))
+    rho, omt = versine(q12, r1, r2, c)
+    psi, theta, f_psi, f_theta = arc_cosine_c(rho, omt)
     c2 = a * a + b * b
     k = c2 * f_psi - 2.0 * a * b * f_theta
     kdot = c2 * psi + 2.0 * a * b * theta
-    return s1 * s2 * k * INV_2PI, kdot * INV_2PI
+    m = (a - b) * (a - b) / c2 if c2 != 0.0 else 0.0
+    return s1 * s2 * k * INV_2PI, kdot * INV_2PI, _arc_versine(rho, omt, f_theta, m)
 
 
 @njit(**INLINE)
-def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2):
+def _arc_versine(rho, omt, f_theta, m):
+    """c' = c - m F(θ)/π of ``dual_abrelu`` (m = (a - b)²/(a² + b²)), in
+    [0, 2], with c = 1 - ρ from omt = 1 - |ρ| (1 - ρ rounded would lose it)."""
+    c = omt if rho >= 0.0 else 2.0 - omt
+    return min(max(c - m * f_theta * INV_PI, 0.0), 2.0)
+
+
+@njit(**INLINE)
+def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2, c):
     """``dual_abrelu`` when ab = 0 (ReLU, or any one-sided ABRelu), c2 = a² + b²:
-    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π)."""
-    psi, _, f_psi, _ = arc_cosine(correlation(q12, r1, r2))
-    return s1 * s2 * c2 * f_psi * INV_2PI, c2 * psi * INV_2PI
+    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π), c' = c - F(θ)/π."""
+    rho, omt = versine(q12, r1, r2, c)
+    psi, _, f_psi, f_theta = arc_cosine_c(rho, omt)
+    return (s1 * s2 * c2 * f_psi * INV_2PI, c2 * psi * INV_2PI,
+            _arc_versine(rho, omt, f_theta, 1.0))
+
+
+@njit(**INLINE)
+def versine_of(q12, s1, s2):
+    """1 - ρ from q12 and s = √q (1 for a zero variance), where no carried
+    versine is known: as accurate as q12 is."""
+    r = s1 * s2
+    return min(max(1.0 - q12 / r, 0.0), 2.0) if r > 0.0 else 1.0
+
+
+@njit(**INLINE)
+def dense_versine(w2, b2, s1, s2, i1, i2, c):
+    """The versine c = 1 - ρ after q' = w2 q + b2, from c before it, with
+    s = √q of the two points before the layer and i = 1/√q' after it (0
+    where q' = 0).  With r = s1 s2 and ρ̃ = (w2 r + b2) i1 i2, the correlation
+    of collinear points,
+
+      1 - ρ' = w2 b2 (s1 - s2)² (i1 i2)² / (1 + ρ̃) + w2 r c i1 i2
+
+    (1 - ρ̃ written without its cancellation).  NaN where the products
+    overflow (then the next kinked dual falls back to q12)."""
+    r = s1 * s2
+    ii = i1 * i2
+    if not ii > 0.0:
+        return 1.0             # an output variance zero: ρ = 0 by convention
+    c = w2 * r * c * ii if r > 0.0 else 0.0
+    if b2 != 0.0:
+        d = (s1 - s2) * ii
+        c += w2 * b2 * d * d / (1.0 + (w2 * r + b2) * ii)
+    return c if not c > 2.0 else 2.0
 
 
 @njit(**INLINE)

@@ -2,10 +2,13 @@
 
 Every backend runs the same program.  Per kernel entry (x, x') the state is a
 small register file; register r holds the cross covariance q12 = Σ(x, x') and
-the cross NTK θ = Θ(x, x') of one branch of the network.  Register 0 starts as
-the input kernel xᵀx'/d with θ = 0, and holds the output at the end.  The same
-program run on one point with q11 = q12 = q22 gives the diagonal, and records
-the per-point variances each activation needs (the ``V``/``S`` tables).
+the cross NTK θ = Θ(x, x') of one branch of the network, and in programs with
+kinked activations the versine 1 - ρ, which keeps small angles that q12's
+rounding blurs (``_duals.versine``).  Register 0 starts as the input kernel
+xᵀx'/d with θ = 0, and holds the output at the end.  The same program run on
+one point with q11 = q12 = q22 gives the diagonal, and records the per-point
+variances and scales each activation and Dense layer needs (the ``V``/``S``/``R``
+tables).
 
 ``ops`` rows are ``(opcode, reg, reg2, kind, aux_lo, aux_hi)``; ``params`` rows
 hold up to six floats per op.
@@ -76,6 +79,12 @@ class Program:
     def act_kinds(self):
         """The activation kinds the program uses (a frozenset)."""
         return frozenset(self.ops[self.ops[:, 0] == OP_ACT, 3].tolist())
+
+    @functools.cached_property
+    def carries_versine(self):
+        """Whether the kernels carry the versine 1 - ρ per entry (``_duals.versine``):
+        only the kinked activations (ABRelu: ReLU, LeakyRelu, Abs) read it."""
+        return K_ABRELU in self.act_kinds
 
     @functools.cached_property
     def numeric_ops(self):

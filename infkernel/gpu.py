@@ -3,8 +3,9 @@
 Data flow for K(X1, X2) (N1 x N2), everything on one device:
 
 1. diagonal pass ``ik_diag`` (one thread per point): q = |x|²/d, the program
-   on (x, x), per-point tables V, S (the kind's scale, √V for most kinds), R = 1/S
-   for every activation op, the
+   on (x, x), per-point tables 1/|x|, then V, S (the kind's scale, √V for most
+   kinds), R = 1/S for every activation op and (0, √q, √q') for every Dense op
+   (the kernels carry the versine 1 - ρ, ``_duals.versine``), the
    per-point Mehler features of numeric activations (``_numeric.mehler_point``:
    4·96 + 2 float64 per point and numeric op), and the diagonals K(x, x), Θ(x, x);
 2. row blocks of R rows: one cuBLAS GEMM G = X1[rows] X2ᵀ (``cupy.matmul``),
@@ -276,7 +277,6 @@ def _check_program(prog):
         names = ", ".join(_kind_name(k) for k in missing)
         raise NotImplementedError(f"activation kind(s) {names} have no GPU implementation "
                                   "yet: use backend='cpu'")
-    return int(np.count_nonzero(prog.ops[:, 0] == P.OP_ACT))
 
 
 def _free_bytes(cp):
@@ -294,13 +294,18 @@ class _Program:
     def __init__(self, cp, prog):
         self.cp = cp
         self.prog = prog
-        self.n_act = _check_program(prog)
+        _check_program(prog)
         self.ops = cp.asarray(prog.ops.astype(np.int32))
         self.params = cp.asarray(prog.params)
         self.aux = cp.asarray(prog.aux)
-        acts = np.flatnonzero(prog.ops[:, 0] == P.OP_ACT)
-        #: (op index, activation index) of the numeric activations, in slot order
-        self.numeric = [(int(k), a) for a, k in enumerate(acts)
+        #: the ops with per-point table rows (Dense and activations), in order:
+        #: table rows 1 + 3 slot .. 3 + 3 slot (row 0: 1/|x|; ik_diag_point)
+        self.slot_ops = np.flatnonzero(np.isin(prog.ops[:, 0], (P.OP_DENSE, P.OP_ACT)))
+        #: the table row of each activation's input variance, by op
+        self.v_rows = {int(k): 1 + 3 * a for a, k in enumerate(self.slot_ops)
+                       if prog.ops[k, 0] == P.OP_ACT}
+        #: (op index, table row of its input variance) of the numeric activations
+        self.numeric = [(k, row) for k, row in self.v_rows.items()
                         if prog.ops[k, 3] == P.K_NUMERIC]
         slots = [int(prog.ops[k, 5]) for k, _ in self.numeric]
         if slots != list(range(len(slots))):
@@ -308,14 +313,14 @@ class _Program:
                                "program order (a layer emitted them inconsistently)")
 
     def diag(self, diag_kernel, x, features=True, name="x"):
-        """(tables (3·n_act, N) float64, features (rows, N) float64, K(x,x),
+        """(tables (1 + 3·slots, N) float64, features (rows, N) float64, K(x,x),
         Θ(x,x)) of device points x (the user's array ``name``);
         ``features=False``: only what the diagonal needs.  Raises the CPU
         backend's ValueErrors when a variance overflows or a numeric
         activation's input variance leaves its guaranteed range."""
         cp = self.cp
         n = x.shape[0]
-        tab = cp.zeros((3 * max(self.n_act, 1), max(n, 1)))
+        tab = cp.zeros((1 + 3 * len(self.slot_ops), max(n, 1)))
         from ._numeric import NM
         fr = 4 * NM + 2 if features else 2   # IK_NUM_FR, or E[φ²], E[φ'²] alone
         rows = len(self.numeric) * fr
@@ -343,13 +348,15 @@ class _Program:
         """``_cpu.check_finite_variances`` on the device tables (the first
         offending point is brought to the host to name its layer)."""
         cp = self.cp
-        bad = ~(cp.isfinite(tab[0::3]).all(axis=0) & cp.isfinite(kd) & cp.isfinite(td))
+        bad = ~(cp.isfinite(tab[1::3]).all(axis=0) & cp.isfinite(kd) & cp.isfinite(td))
         if not bool(bad.any()):
             return
         from . import _cpu
         i = int(bad.argmax())
         V = np.zeros((self.prog.n_ops, 1))
-        V[self.prog.ops[:, 0] == P.OP_ACT, 0] = tab[0::3, i].get()[:self.n_act]
+        col = tab[:, i].get()
+        for k, row in self.v_rows.items():
+            V[k, 0] = col[row]
         _cpu.check_finite_variances(self.prog, V, kd[i:i + 1].get(), td[i:i + 1].get(), i,
                                     name)
 
@@ -358,11 +365,11 @@ class _Program:
         from ._cpu import quadrature_range_error, variance_limit
         if not self.numeric:
             return
-        idx = [3 * a for _, a in self.numeric]
+        idx = [row for _, row in self.numeric]
         vmax = tab[idx].max(axis=1).get()
-        for (op, a), v in zip(self.numeric, vmax):
+        for (op, row), v in zip(self.numeric, vmax):
             if v > variance_limit(self.prog, op):
-                i = int(tab[3 * a].argmax().get())
+                i = int(tab[row].argmax().get())
                 raise quadrature_range_error(self.prog, op, v, f"{name} row {i}")
 
 
@@ -561,10 +568,12 @@ def _gram(cp, dev, k_cross, k_sym, a1, a2, tab1, tab2, feat1, feat2, kd1, td1, K
                 kp = next(it) if K is not None else _NULL
                 tp = next(it) if T is not None else _NULL
                 grid = ((cols + _TILE - 1) // _TILE, (rows + _TILE - 1) // _TILE)
+                d = xa.shape[1]
                 common = (G, np.int64(cols), np.int32(rows), np.int32(cols), inv_d,
                           _ptr(t1, r0), np.int64(t1.shape[1]), _ptr(t2, c0), np.int64(t2.shape[1]),
                           _ptr(feat1, r0), _ptr(feat2, c0), dev.ops, dev.params, dev.aux,
-                          np.int32(dev.prog.n_ops))
+                          np.int32(dev.prog.n_ops), _ptr(xa, r0 * d), _ptr(xb, c0 * d),
+                          np.int32(d))
                 if sym:
                     k_sym(grid, _BLOCK, common + (_ptr(kdc, r0), _ptr(tdc, r0), kp, tp,
                                                   np.int64(ldo), np.int32(0 if to_host else 1)))

@@ -53,40 +53,44 @@ static void act_entries(int kind, const double* p, const double* aux, int lo, in
       ik_mehler_point(aux, lo, sqrt(q11[i]), feat, 2);
       ik_mehler_point(aux, lo, sqrt(q22[i]), feat + 1, 2);
     }
-    T Q = T(q12[i]), TH = T(1);
-    ik_act<T, 1>(kind, p, aux, lo, hi, &v1, &s1, &r1, v2, s2, r2, &Q, &TH, nf);
+    T Q = T(q12[i]), TH = T(1), C = ik_nan(T(0));  // versine unknown: from q12
+    ik_act<T, 1>(kind, p, aux, lo, hi, &v1, &s1, &r1, v2, s2, r2, &Q, &TH, &C, nf);
     k[i] = Q;
     kd[i] = TH;
   }
 }
 
 // Tables, numeric features (fr rows per numeric op) and diagonal outputs of n
-// points (float64, as ik_diag).
+// points of squared norms norm2, sq = norm2 / d (float64, as ik_diag).
 static void diag(const int* ops, const double* params, const double* aux, int n_ops,
-                 const double* sq, long n, double* tab, double* feat, int fr, double* kd,
-                 double* td) {
+                 const double* norm2, const double* sq, long n, double* tab, double* feat,
+                 int fr, double* kd, double* td) {
   for (long i = 0; i < n; ++i)
-    ik_diag_point<double>(ops, params, aux, n_ops, sq[i], tab, feat, fr, n, i, kd[i], td[i]);
+    ik_diag_point<double>(ops, params, aux, n_ops, norm2[i], sq[i], tab, feat, fr, n, i, kd[i],
+                          td[i]);
 }
 
-// Every entry (i, j) from G[i, j] = x_i . x_j, rows grouped by 4 as in the kernels.
+// Every entry (i, j) from G[i, j] = x1_i . x2_j, rows grouped by 4 as in the kernels.
 template <typename T, int NR>
 static void gram(const int* ops, const double* params, const double* aux, int n_ops,
                  const T* tab1, long n1, const T* tab2, long n2, const double* feat1,
-                 const double* feat2, const T* G, T inv_d, T* K, T* TT) {
+                 const double* feat2, const T* G, T inv_d, const T* x1, const T* x2, int d,
+                 T* K, T* TT) {
   const int E = 4;
   for (long j = 0; j < n2; ++j)
     for (long i0 = 0; i0 < n1; i0 += E) {
       long long rw[E];
-      T q[NR][E], th[NR][E];
+      T q[NR][E], th[NR][E], c[NR][E];
       for (int e = 0; e < E; ++e) {
         rw[e] = i0 + e < n1 ? i0 + e : n1 - 1;
         q[0][e] = G[rw[e] * n2 + j] * inv_d;
         th[0][e] = T(0);
-        for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = T(0);
+        c[0][e] = ik_start_versine(G[rw[e] * n2 + j], x1 + rw[e] * d, tab1[rw[e]], x2 + j * d,
+                                   tab2[j], d);
+        for (int m = 1; m < NR; ++m) q[m][e] = th[m][e] = c[m][e] = T(0);
       }
       ik_run_entries<T, NR, E>(ops, params, aux, n_ops, tab1, n1, rw, tab2, n2, j, feat1, feat2,
-                               q, th);
+                               q, th, c);
       for (int e = 0; e < E && i0 + e < n1; ++e) {
         K[(i0 + e) * n2 + j] = q[0][e];
         TT[(i0 + e) * n2 + j] = th[0][e];
@@ -104,9 +108,9 @@ void act_f32(int kind, const double* p, const double* aux, int lo, int hi, long 
   act_entries<float>(kind, p, aux, lo, hi, n, q11, q12, q22, k, kd);
 }
 void diag_f64(const int* ops, const double* params, const double* aux, int n_ops,
-              const double* sq, long n, double* tab, double* feat, int fr, double* kd,
-              double* td) {
-  diag(ops, params, aux, n_ops, sq, n, tab, feat, fr, kd, td);
+              const double* norm2, const double* sq, long n, double* tab, double* feat, int fr,
+              double* kd, double* td) {
+  diag(ops, params, aux, n_ops, norm2, sq, n, tab, feat, fr, kd, td);
 }
 // Features of points of scale s[i] into feat (IK_NUM_FR rows, leading dimension n).
 void mehler_f64(const double* aux, int lo, long n, const double* s, double* feat) {
@@ -119,9 +123,10 @@ void quad_f64(const double* aux, int lo, long n, const double* s1, const double*
 #define GRAM(NAME, T, NR)                                                                 \
   void NAME(const int* ops, const double* params, const double* aux, int n_ops,          \
             const T* tab1, long n1, const T* tab2, long n2, const double* feat1,          \
-            const double* feat2, const T* G, T inv_d, T* K, T* TT) {                     \
-    gram<T, NR>(ops, params, aux, n_ops, tab1, n1, tab2, n2, feat1, feat2, G, inv_d, K,   \
-                TT);                                                                      \
+            const double* feat2, const T* G, T inv_d, const T* x1, const T* x2, int d,    \
+            T* K, T* TT) {                                                                \
+    gram<T, NR>(ops, params, aux, n_ops, tab1, n1, tab2, n2, feat1, feat2, G, inv_d, x1,  \
+                x2, d, K, TT);                                                            \
   }
 GRAM(gram_f64_1, double, 1)
 GRAM(gram_f64_4, double, 4)
@@ -190,7 +195,7 @@ def _act_numba(act, q11, q12, q22):
         Q = np.array([q12[i]])
         TH = np.array([1.0])
         _cpu.act_tile(o[3], prog.params[1], prog.aux, o[4], o[5], q11[i], s1, r1,
-                      Q, TH, v, s, r, 0, 1, *_NO_FEATURES)
+                      Q, TH, np.array([np.nan]), v, s, r, 0, 1, *_NO_FEATURES)
         k[i], kd[i] = Q[0], TH[0]
     return k, kd
 
@@ -312,17 +317,18 @@ def _host_diag(lib, prog, x, fr):
     """(tables, features, k, t) of the header's diagonal pass alone, ``fr``
     feature rows per numeric op (FR, or 2: the moments alone)."""
     ops = np.ascontiguousarray(prog.ops.astype(np.int32))
-    n_act = int((prog.ops[:, 0] == P.OP_ACT).sum())
+    n_slots = int(np.isin(prog.ops[:, 0], (P.OP_ACT, P.OP_DENSE)).sum())
     n_num = int(((prog.ops[:, 0] == P.OP_ACT) & (prog.ops[:, 3] == P.K_NUMERIC)).sum())
     n = x.shape[0]
-    tab = np.zeros((3 * max(n_act, 1), n))
+    tab = np.zeros((1 + 3 * n_slots, n))
     feat = np.zeros((max(n_num * fr, 1), n))
     kd = np.empty(n)
     td = np.empty(n)
-    sq = np.einsum("ij,ij->i", x, x) / prog.d_in
+    norm2 = np.einsum("ij,ij->i", x, x)
     lib.diag_f64(_p(ops), _p(np.ascontiguousarray(prog.params)),
-                 _p(np.ascontiguousarray(prog.aux)), ctypes.c_int(prog.n_ops), _p(sq),
-                 ctypes.c_long(n), _p(tab), _p(feat), ctypes.c_int(fr), _p(kd), _p(td))
+                 _p(np.ascontiguousarray(prog.aux)), ctypes.c_int(prog.n_ops), _p(norm2),
+                 _p(norm2 / prog.d_in), ctypes.c_long(n), _p(tab), _p(feat),
+                 ctypes.c_int(fr), _p(kd), _p(td))
     return tab, feat, kd, td
 
 
@@ -346,9 +352,10 @@ def _host_gram(lib, prog, x1, x2, dtype=np.float64, nr=1, full=False):
     T = np.empty((n1, n2), dtype)
     ct = ctypes.c_double if dtype == np.float64 else ctypes.c_float
     fn = getattr(lib, f"gram_{'f64' if dtype == np.float64 else 'f32'}_{nr}")
+    xs = [np.ascontiguousarray(x, dtype) for x in (x1, x2)]
     fn(_p(ops), _p(params), _p(aux), ctypes.c_int(prog.n_ops), _p(tabs[0]), ctypes.c_long(n1),
        _p(tabs[1]), ctypes.c_long(n2), _p(feats[0]), _p(feats[1]), _p(G), ct(1.0 / prog.d_in),
-       _p(K), _p(T))
+       _p(xs[0]), _p(xs[1]), ctypes.c_int(x1.shape[1]), _p(K), _p(T))
     if full:
         return K, T, diags[0], feats[0], tabs[0]
     return K, T, diags[0]
@@ -426,6 +433,14 @@ def _branchy_program(d, n_regs):
     b.emit(P.OP_SCALE, 0, params=(1.7,))
     b.emit(P.OP_DENSE, 0, params=(1.0, 0.1, 0.0, 1.0, 0.0))
     b.emit(P.OP_ACT, 0, kind=P.K_GELU)
+    # the versine: unknown after Gelu and the sum, rebuilt by a Dense, carried
+    # through a copy, a kinked activation and a product
+    b.emit(P.OP_DENSE, 0, params=(0.9, 0.05, 0.0, 1.0, 0.0))
+    b.emit(P.OP_COPY, 0, n_regs - 1)
+    b.emit(P.OP_ACT, 0, kind=P.K_ABRELU, params=(-0.4, 1.0))
+    b.emit(P.OP_MUL, 0, n_regs - 1)
+    b.emit(P.OP_DENSE, 0, params=(1.1, 0.1, 0.0, 1.0, 0.0))
+    b.emit(P.OP_ACT, 0, kind=P.K_ABRELU, params=(0.0, 1.0))
     b.emit(P.OP_DENSE, 0, params=(0.8, 0.0, 0.0, 1.0, 0.0))
     return b.build()
 
@@ -438,6 +453,24 @@ def test_register_file(lib, n_regs, nr):
     x2 = rng.standard_normal((9, 5))
     K, T, d1 = _host_gram(lib, prog, x1, x2, nr=nr)
     _, _, d2 = _host_gram(lib, prog, x2, x2[:1], nr=nr)
+    Kc, Tc = _cpu_gram(prog, x1, x2)
+    ek, et = _compare(K, T, Kc, Tc, d1, d2)
+    assert ek <= 16 and et <= 16, (ek, et)
+
+
+@pytest.mark.parametrize("act", [ik.Relu(), ik.Abs(), ik.LeakyRelu(0.1)], ids=repr)
+def test_nearly_parallel_points_match_numba(lib, act):
+    """Points 1e-9 apart, parallel ones of another norm and duplicates: the
+    header starts and carries the versine 1 - ρ as numba does (without it the
+    two differ by ~1e-9 of the scale, ~1e7 ulps)."""
+    rng = np.random.default_rng(9)
+    x1 = rng.standard_normal((8, 5))
+    noise = rng.standard_normal((8, 5))
+    x2 = np.vstack([x1 + 1e-9 * noise, 2.5 * x1 + 1e-9 * noise, x1])
+    net = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(8, 1.1, 0.2), act, ik.Dense(1))
+    prog = net.program(5)
+    K, T, d1 = _host_gram(lib, prog, x1, x2)
+    _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
     Kc, Tc = _cpu_gram(prog, x1, x2)
     ek, et = _compare(K, T, Kc, Tc, d1, d2)
     assert ek <= 16 and et <= 16, (ek, et)
@@ -766,7 +799,7 @@ def test_numeric_fused_recursion_matches_numba(lib, act):
     prog = net.program(5)
     K, T, d1, feat, _ = _host_gram(lib, prog, x1, x2, full=True)
     _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
-    (_, _, _, F, G), kc, tc = _cpu.point_tables(prog, x1)
+    (_, _, _, F, G, _), kc, tc = _cpu.point_tables(prog, x1)
     assert _ulps(d1[0], kc, np.abs(kc).max()) <= 4
     assert _ulps(d1[1], tc, np.abs(tc).max()) <= 4
     nm = _numeric.NM

@@ -94,7 +94,9 @@ def dual(act, q11, q12, q22):
     r1, r2 = (1 / s if s > 0 else 0.0 for s in (s1, s2))
     Q, TH = np.array([q12]), np.array([1.0])
     none = np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1))
-    _cpu.act_tile(o[3], p, prog.aux, o[4], o[5], q11, s1, r1, Q, TH, np.array([q22]),
+    # versine NaN: the angle from q12, as for an entry whose ρ is not carried
+    _cpu.act_tile(o[3], p, prog.aux, o[4], o[5], q11, s1, r1, Q, TH, np.array([np.nan]),
+                  np.array([q22]),
                   np.array([s2]), np.array([r2]), 0, 1, 0, *none, *none,
                   np.ones((1, 2, 1)), np.empty((3, 1)))
     return Q[0], TH[0]
@@ -283,12 +285,91 @@ def test_depth_1000_relu_critical():
     assert np.allclose(np.diag(k.nngp), q, rtol=1e-12)
     assert np.allclose(np.diag(k.ntk), (L + 1) * q, rtol=1e-12)
     # Correlations approach 1 with depth (1 - ρ ~ 1/L²), where the ReLU
-    # derivative dual has a √(1-ρ) singularity: each layer's rounding is
-    # amplified ~1/√(1-ρ) ~ L, so 1000 layers agree to ~1e-9, not to ulps.
+    # derivative dual has a √(1-ρ) singularity: the float64 reference's
+    # rounding of q12 is amplified ~1/√(1-ρ) ~ L per layer, so it is good to
+    # ~1e-9 (the 40-digit check: test_depth_1000_relu_exact_off_the_diagonal).
     nngp, ntk = reference.kernels(net, x)
     off = ~np.eye(4, dtype=bool)
     assert _rel(k.nngp[off], nngp[off]) < 1e-8
     assert _rel(k.ntk[off], ntk[off]) < 1e-8
+
+
+def _kinked_reference(layers, x1, x2, dps=40):
+    """(NNGP, NTK) of Dense / ABRelu layers (NTK parameterization) on the rows
+    of x1 against x2, at ``dps`` digits: the arc-cosine closed forms with
+    θ = acos ρ of the exact inputs (Cho & Saul 2009)."""
+    mp = mpmath
+    with mp.workdps(dps):
+        pi = mp.pi
+        out = np.empty((2, len(x1), len(x2)))
+        for i, a in enumerate(x1):
+            for j, b in enumerate(x2):
+                u = [mp.mpf(float(v)) for v in a]
+                v = [mp.mpf(float(t)) for t in b]
+                d = len(u)
+                q11 = sum(t * t for t in u) / d
+                q22 = sum(t * t for t in v) / d
+                q12 = sum(s * t for s, t in zip(u, v)) / d
+                th12 = mp.mpf(0)
+                for layer in layers:
+                    if isinstance(layer, ik.Dense):
+                        w2 = mp.mpf(layer.W_std) ** 2
+                        b2 = mp.mpf(layer.b_std or 0.0) ** 2
+                        q11, q12, q22 = w2 * q11 + b2, w2 * q12 + b2, w2 * q22 + b2
+                        th12 = q12 + w2 * th12
+                    else:
+                        ca, cb = mp.mpf(layer.params[0]), mp.mpf(layer.params[1])
+                        c2 = ca * ca + cb * cb
+                        r = mp.sqrt(q11 * q22)
+                        t = mp.acos(max(min(q12 / r, 1), -1)) if r else pi / 2
+                        f_psi = mp.sin(t) + (pi - t) * mp.cos(t)
+                        f_th = mp.sin(t) - t * mp.cos(t)
+                        kd = (c2 * (pi - t) + 2 * ca * cb * t) / (2 * pi)
+                        q12 = r * (c2 * f_psi - 2 * ca * cb * f_th) / (2 * pi)
+                        q11, q22 = c2 * q11 / 2, c2 * q22 / 2
+                        th12 = th12 * kd
+                out[:, i, j] = float(q12), float(th12)
+    return out
+
+
+@pytest.mark.parametrize("act", [ik.Relu(), ik.LeakyRelu(0.1), ik.Abs(), ik.ABRelu(-0.3, 0.7)],
+                         ids=repr)
+@pytest.mark.parametrize("b_std", [0.2, None])
+def test_kinked_kernels_keep_small_angles(act, b_std):
+    """Nearly parallel inputs (x' = x + ε n, and x' = 2.5 x + ε n: parallel
+    but of other norm), cross and symmetric paths, against 40 digits: the
+    NTK's k̇ = (π - θ)/2π follows θ, which q12 alone holds only to ~1e-16/θ
+    (1e-9 of the kernel at ε ~ 1e-8); the carried versine 1 - ρ keeps it
+    (``_duals.versine``).  1e-14: a few ulps per operation over three layers."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 6))
+    noise = rng.standard_normal((4, 6))
+    x2 = np.vstack([x + eps * noise for eps in (1e-5, 1e-8, 1e-11)]
+                   + [2.5 * x + 1e-9 * noise])
+    net = ik.serial(ik.Dense(8, 1.3, b_std), act, ik.Dense(8, 0.9, b_std and 0.1), act,
+                    ik.Dense(1, 1.1, b_std and 0.05))
+    ref = _kinked_reference(net.layers, x, x2)
+    k = net.kernel(x, x2)
+    sym = net.kernel(np.vstack([x, x2]))
+    for got in ((k.nngp, k.ntk), (sym.nngp[:4, 4:], sym.ntk[:4, 4:])):
+        for g, r in zip(got, ref):
+            assert np.abs(g - r).max() <= 1e-14 * np.abs(r).max(), np.abs(g - r).max()
+
+
+def test_depth_1000_relu_exact_off_the_diagonal():
+    """ReLU at depth 1000 with and without bias, against 40 digits: 1 - ρ ~
+    1/L² there, where each layer's rounding of q12 used to be amplified ~1/θ
+    (4.6e-10 of the NTK); with the versine carried, what remains is the
+    rounding of 1000 layers (measured 1.4e-13)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 5))
+    for b in (0.0, 0.05):
+        net = ik.serial(*([ik.Dense(1, math.sqrt(2), b), ik.Relu()] * 1000),
+                        ik.Dense(1, math.sqrt(2), b))
+        ref = _kinked_reference(net.layers, x, x)
+        k = net.kernel(x)
+        for g, r in zip((k.nngp, k.ntk), ref):
+            assert np.abs(g - r).max() <= 1e-12 * np.abs(r).max(), (b, np.abs(g - r).max())
 
 
 def test_depth_1000_no_overflow_where_representable():
@@ -870,10 +951,10 @@ def test_diagonal_copy_of_the_tile_function(act):
         n = min(700, c0 + 512) - c0
         sl = slice(c0, c0 + n)
         _cpu.act_rows(kind, p, prog.aux, lo, hi, v[sl], s[sl], r[sl], rows_q[sl], rows_t[sl],
-                      v[sl], s[sl], r[sl], c0, n, c0, F, G, F, G, TM, W)
+                      np.zeros(n), v[sl], s[sl], r[sl], c0, n, c0, F, G, F, G, TM, W)
     for j in range(0, 700, 7):
         q, t = v[j:j + 1].copy(), np.ones(1)
-        _cpu.act_tile(kind, p, prog.aux, lo, hi, v[j], s[j], r[j], q, t, v[j:j + 1],
+        _cpu.act_tile(kind, p, prog.aux, lo, hi, v[j], s[j], r[j], q, t, np.zeros(1), v[j:j + 1],
                       s[j:j + 1], r[j:j + 1], j, 1, j, F, G, F, G, TM, W)
         assert (q[0], t[0]) == (rows_q[j], rows_t[j]), (j, v[j])
 
