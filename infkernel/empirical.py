@@ -139,10 +139,12 @@ def check_params(net, params, d_in, name="x", first=0):
         raise ValueError(f"params has {len(params)} entries, the network has "
                          f"{len(net.layers)} layers")
     if net.input_maps:        # parameter-free maps; the body sees their outputs
-        fmap = net.input_maps[0]
-        fmap.check_dim(d_in, name)
+        width = d_in
+        for fmap in net.input_maps:
+            fmap.check_dim(width, name)
+            width = fmap.out_dim(width)
         n = len(net.input_maps)
-        check_params(net.body, tuple(params[n:]), fmap.out_dim(d_in), name, first + n)
+        check_params(net.body, tuple(params[n:]), width, name, first + n)
         return
     if _branched(net):
         for i, (p, ref) in enumerate(zip(params, _param_shapes(net, d_in))):
@@ -155,7 +157,8 @@ def check_params(net, params, d_in, name="x", first=0):
             if not isinstance(p, (tuple, list)) or len(p) != 2:
                 raise ValueError(f"{where} must be a pair (W, b), got {type(p).__name__}")
             W, b = p
-            W = np.asarray(W)
+            W = _param_array(W, f"{where}: W")
+            b = None if b is None else _param_array(b, f"{where}: b")
             if W.shape != (width, layer.width):
                 first = (not any(isinstance(l, Dense) for l in net.layers[:i])
                          and W.ndim == 2 and W.shape[1] == layer.width)
@@ -219,12 +222,26 @@ def _check_structure(p, ref, where):
         if p is not None:
             raise ValueError(f"{where}: the layer has no bias (b_std=None) but one is given")
     else:
+        p = None if p is None else _param_array(p, where)
         shape = np.shape(p)
         if p is None or shape not in (ref.shape, (1,) + ref.shape):
             raise ValueError(f"{where} must have shape {ref.shape}, got "
                              f"{None if p is None else shape}")
         if not np.all(np.isfinite(p)):
             raise ValueError(f"{where} has NaN or Inf entries")
+
+
+def _param_array(a, where):
+    """``a`` as a real NumPy array, or a TypeError naming it (complex values
+    would lose their imaginary part, other dtypes are not numbers)."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:   # e.g. a torch tensor that requires grad
+        raise TypeError(f"{where} must be a real array (NumPy or array-like), got "
+                        f"{type(a).__name__}: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{where} must be a real numeric array, got dtype {arr.dtype}")
+    return arr
 
 
 # --------------------------------------------------------------------------
@@ -437,8 +454,8 @@ def _body_params(full, params):
 def _prepare(net, x1, x2, params, name1="x1"):
     params = net._flat_params(params)
     a1 = check_inputs(net._flatten(x1), name1)
+    check_params(net, params, a1.shape[1])     # before x2: x1 against the params
     a2 = None if x2 is None else check_inputs(net._flatten(x2), "x2", a1.shape[1])
-    check_params(net, params, a1.shape[1])
     return a1, a2, _as_float(net.layers, params)
 
 

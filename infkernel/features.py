@@ -149,6 +149,7 @@ def GaussianFourierFeatures(sigma, n_features=None, input_dim=1, seed=0, normali
     # the limit squares sigma (GaussianFeatureLimit)
     sigma = real("GaussianFourierFeatures: sigma", sigma, lower=0, squared=n_features is None)
     seed = entropy("GaussianFourierFeatures: seed", seed)
+    input_dim = count("GaussianFourierFeatures: input_dim", input_dim)  # (the limit: any)
     if n_features is None:
         if normalize == "norm":
             raise ValueError("GaussianFourierFeatures: normalize='norm' has no infinite-feature "
@@ -158,7 +159,6 @@ def GaussianFourierFeatures(sigma, n_features=None, input_dim=1, seed=0, normali
                              f"got {normalize!r}")
         return GaussianFeatureLimit(sigma)
     n_features = count("GaussianFourierFeatures: n_features", n_features)
-    input_dim = count("GaussianFourierFeatures: input_dim", input_dim)
     B = sigma * np.random.default_rng(seed).standard_normal((n_features, input_dim))
     return FourierFeatures(B, None, normalize=normalize)
 

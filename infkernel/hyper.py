@@ -66,6 +66,7 @@ from ._duals import _RHO_ONE
 from ._jets import dual_derivatives
 from .activations import Activation
 from .combinators import parallel
+from .empirical import _as_network
 from .layers import Dense, Dropout, ExpNormalized, Flatten, Identity, LayerNorm, Network
 
 __all__ = ["kernel_and_grad", "log_marginal_likelihood", "fit_hyperparameters",
@@ -496,6 +497,7 @@ def _rebuild_activation(layer, params):
 
 def activation_layers(net):
     """Indices of the activation layers with differentiable parameters."""
+    net = _as_network(net)
     return [i for i, l in enumerate(net.layers)
             if isinstance(l, Activation) and _act_param_names(l)]
 
@@ -503,6 +505,7 @@ def activation_layers(net):
 def activation_parameters(net):
     """Current values of the differentiable activation parameters, in the
     order of :func:`parameter_names` (after the Dense ones)."""
+    net = _as_network(net)
     return np.array([v for i in activation_layers(net)
                      for v in net.layers[i].params[:len(_act_param_names(net.layers[i]))]],
                     dtype=np.float64)
@@ -511,12 +514,20 @@ def activation_parameters(net):
 def with_activation_parameters(net, values):
     """A copy of ``net`` whose differentiable activation parameters are
     ``values`` (flat, in the order of :func:`activation_parameters`)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
+    net = _as_network(net)
     layers = list(net.layers)
     counts = {i: len(_act_param_names(layers[i])) for i in activation_layers(net)}
-    if sum(counts.values()) != values.size:
-        raise ValueError(f"values: expected {sum(counts.values())} activation parameters, "
-                         f"got {values.size}")
+    n = sum(counts.values())
+    given = values
+    try:
+        values = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = None
+    if given is None or values is None or not np.isfinite(values).all():
+        raise TypeError(f"values must be {n} finite numbers (activation_parameters' order), "
+                        f"got {given!r}")
+    if n != values.size:
+        raise ValueError(f"values: expected {n} activation parameters, got {values.size}")
     o = 0
     for i, m in counts.items():
         new = list(layers[i].params)
@@ -540,6 +551,7 @@ def parameter_names(net, shared=True, activation_params=False):
     ABRelu(a, b); Cos(a, b, c) is Sin(a, b, c + π/2); Sigmoid_like is
     Erf(a, b, c).
     """
+    net = _as_network(net)
     shared = flag("shared", shared)
     if flag("activation_params", activation_params):
         _check_activation_params(net)
@@ -564,6 +576,8 @@ def dense_layers(net):
     (i, b, j) for layer j of branch b of the parallel layer ``net.layers[i]``
     (deeper branches append further (b, j) pairs).  Per-layer W_std / b_std
     values and gradients follow this order."""
+    net = _as_network(net)
+
     def walk(layers, prefix):
         for i, layer in enumerate(layers):
             if isinstance(layer, Dense):
@@ -609,6 +623,7 @@ def with_hyperparameters(net, W_std, b_std):
     ``b_std=None`` (or a None entry) means no bias, as in ``Dense``; a number,
     0 included, gives the layer a bias (in the standard parameterization a
     bias of std 0 still adds 1 per layer to the NTK)."""
+    net = _as_network(net)
     n = len(dense_layers(net))
     values = iter(zip(_per_layer("W_std", W_std, n),
                       _per_layer("b_std", b_std, n, allow_none=True)))

@@ -682,9 +682,9 @@ class Network:
             raise ValueError("apply_fn: x must have a batch axis, (N, d), got a scalar")
         if not np.isfinite(h).all():
             raise ValueError("apply_fn: x has NaN or Inf entries")
-        from .empirical import check_params
+        from .empirical import _as_float, check_params
         check_params(self, params, self._flatten(h).shape[-1])
-        return _apply_layers(self.layers, params, h,
+        return _apply_layers(self.layers, _as_float(self.layers, params), h,
                              None if rng is None else _generator("apply_fn: rng", rng))
 
 

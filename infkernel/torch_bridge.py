@@ -147,6 +147,8 @@ def from_torch(module, scale="default"):
         estimated from the module's current parameters, W_std² = fan_in·mean(W²),
         b_std² = mean(b²), for custom zero-mean initialisations (noisy for
         small layers: one output unit gives b_std = |b|).
+        A Linear layer with frozen parameters (``requires_grad=False``) is
+        refused: a Dense layer's NTK counts its W and b.
 
     Returns:
       an ``ik.serial`` network with standard-parameterization ``Dense`` layers,
@@ -159,6 +161,13 @@ def from_torch(module, scale="default"):
     layers = []
     for i, m in enumerate(mods):
         if isinstance(m, nn.Linear):
+            frozen = [n for n, v in m.named_parameters() if not v.requires_grad]
+            if frozen:
+                raise ValueError(
+                    f"from_torch: layer {i} ({m!r}) has frozen parameters ({', '.join(frozen)}"
+                    " with requires_grad=False), which training leaves out of the NTK, while "
+                    "a Dense layer trains its W and b (the NNGP does not depend on it): "
+                    "call module.requires_grad_(True) for the mapping")
             W = m.weight.detach().cpu().double().numpy()
             b = None if m.bias is None else m.bias.detach().cpu().double().numpy()
             fan_in = m.in_features

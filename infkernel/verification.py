@@ -107,6 +107,11 @@ def with_width(net, width):
     if not paths or not isinstance(paths[-1], (int, np.integer)):
         raise ValueError("verify: the network must end with a Dense layer outside any "
                          "parallel branch (its output layer)")
+    if paths[-1] != len(net.layers) - 1:
+        after = ", ".join(repr(layer) for layer in net.layers[paths[-1] + 1:])
+        raise ValueError("verify: the network must end with its output Dense layer, whose "
+                         f"outputs the finite networks' kernels are measured on; {after} "
+                         "follows it")
     if len(paths) < 2:
         raise ValueError("verify: the network needs at least one hidden Dense layer "
                          "(a Dense before the output Dense) whose width can vary")
@@ -262,6 +267,10 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
                                                         for w in train_widths]
     x = check_inputs(x, "x")
     x_test = None if x_test is None else check_inputs(x_test, "x_test", x.shape[1])
+    if net.input_maps:   # parameter-free: the finite networks share them
+        x = net.map_inputs(x)
+        x_test = None if x_test is None else net.map_inputs(x_test, "x_test")
+        net = net.body
     nets = {w: with_width(net, w) for w in sorted(set(widths) | set(train_widths))}
     for w in nets.values():
         E._check_layers(w)

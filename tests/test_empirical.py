@@ -384,6 +384,14 @@ def test_bad_input_is_rejected_before_work():
     with pytest.raises(ValueError, match=r"W must have shape \(5, 4\), got \(3, 4\) \(the "
                                          r"inputs have 5 features, these params were made for 3"):
         fn(np.ones((2, 5)), None, params)
+    with pytest.raises(ValueError, match=r"W must have shape \(5, 4\)"):   # x1 is the odd one
+        fn(np.ones((2, 5)), x, params)
+    for W, kind in ((params[0][0] + 0.5j, "complex"), (params[0][0].astype(str), "<U")):
+        with pytest.raises(TypeError, match=r"params\[0\].*W must be a real numeric array, "
+                                            f"got dtype {kind}"):
+            fn(x, None, ((W, params[0][1]),) + params[1:])
+        with pytest.raises(TypeError, match="must be a real numeric array"):
+            net.apply_fn(((W, params[0][1]),) + params[1:], x)
     with pytest.raises(ValueError, match="b must have shape"):
         fn(x, None, ((params[0][0], None),) + params[1:])
     with pytest.raises(ValueError, match="no bias"):

@@ -237,6 +237,20 @@ def test_map_placement_and_limit_errors():
         ik.GaussianFourierFeatures(-1.0, 8)
     with pytest.raises(ValueError, match="n_features must be a positive integer"):
         ik.GaussianFourierFeatures(1.0, 0)
+    with pytest.raises(ValueError, match="input_dim must be a positive integer"):
+        ik.GaussianFourierFeatures(1.0, None, input_dim=0)
+
+
+def test_chained_maps_finite_networks():
+    """Two input maps in a row: init_fn's parameters fit apply_fn (the body
+    sees the second map's width), which equals the body on hand-mapped inputs."""
+    rng = np.random.default_rng(0)
+    f1, f2 = ik.FourierFeatures(rng.normal(size=(3, 2))), ik.FourierFeatures(rng.normal(size=(4, 6)))
+    net = ik.serial(f1, f2, ik.Dense(16, b_std=0.1), ik.Erf(), ik.Dense(1))
+    x = rng.normal(size=(5, 2))
+    _, p = net.init_fn(0, (-1, 2))
+    by_hand = net.body.apply_fn(p[2:], f2.map(f1.map(x)))
+    assert np.array_equal(net.apply_fn(p, x), by_hand)
     with pytest.raises(ValueError, match="compile net.body"):
         ik.serial(ik.FourierFeatures([1.0]), ik.Dense(1)).program(2)
 

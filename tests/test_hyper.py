@@ -319,6 +319,21 @@ def test_fit_hyperparameters_bad_input(kwargs, words):
     assert words in str(info.value)
 
 
+def test_helpers_bad_input():
+    net = ik.serial(ik.Dense(8, b_std=0.1), ik.Erf(), ik.Dense(1))
+    for call in (lambda: H.parameter_names("net"), lambda: H.dense_layers("net"),
+                 lambda: H.with_hyperparameters("net", 1.0, 0.1),
+                 lambda: H.activation_parameters("net"),
+                 lambda: H.with_activation_parameters("net", [1.0])):
+        with pytest.raises(TypeError, match="net must be an infkernel network"):
+            call()
+    for values in (["a", "b", "c"], None, [1.0, np.nan, 0.0]):
+        with pytest.raises(TypeError, match="values must be 3 finite numbers"):
+            H.with_activation_parameters(net, values)
+    with pytest.raises(ValueError, match="expected 3 activation parameters, got 2"):
+        H.with_activation_parameters(net, [1.0, 2.0])
+
+
 def test_identical_points_match_the_kernels_in_a_chaotic_deep_network():
     """kernel_and_grad snaps q12 like the kernels (``_duals.snap_q12``): with
     duplicate rows in a chaotic depth-300 Erf network both agree, and the

@@ -396,6 +396,23 @@ def test_elementwise_matches_closed_form():
     assert np.abs(K1 - K2).max() <= 1e-9 * np.abs(K1).max()
 
 
+def test_elementwise_polynomial_growth_matches_closed_form():
+    """Entire functions of polynomial growth pass the analyticity check, whose
+    two contour radii differ there by the rounding of φ's large values
+    (amplified n!/rⁿ), and x²/2 gives Polynomial([0, 0, 0.5])'s kernel: 1e-9,
+    as for Erf above."""
+    x = np.linspace(-1, 1, 4)[:, None]
+    d = pinn.partial(0)
+    net1 = ik.serial(ik.Dense(8, b_std=0.2), ik.Polynomial([0, 0, 0.5]), ik.Dense(1))
+    net2 = ik.serial(ik.Dense(8, b_std=0.2), ik.Elementwise(lambda z: 0.5 * z * z), ik.Dense(1))
+    K1 = pinn.kernel(net1, x, None, d, d)
+    K2 = pinn.kernel(net2, x, None, d, d)
+    assert np.abs(K1 - K2).max() <= 1e-9 * np.abs(K1).max()
+    net3 = ik.serial(ik.Dense(8, b_std=0.2), ik.Elementwise(lambda z: np.sin(z) + 0.1 * z * z),
+                     ik.Dense(1))
+    assert np.isfinite(pinn.kernel(net3, x, None, d, d)).all()
+
+
 def test_identity_operator_matches_network_kernel():
     """With identity operators the result is the ordinary kernel, for both
     parameterizations (closed form: 1e-13; quadrature: certified 1e-10)."""

@@ -139,6 +139,10 @@ def test_unsupported_layers_are_named():
         from_torch(nn.Sequential(nn.Linear(2, 3), nn.Softplus(beta=2.0), nn.Linear(3, 1)))
     with pytest.raises(ValueError, match="no nn.Linear"):
         from_torch(nn.Sequential(nn.ReLU()))
+    frozen = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    frozen[2].weight.requires_grad_(False)   # not trained: not in the NTK
+    with pytest.raises(ValueError, match=r"layer 2 .* frozen parameters \(weight with"):
+        from_torch(frozen)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         from_torch([nn.Linear(2, 3)])
     with pytest.raises(ValueError, match="scale"):

@@ -75,6 +75,8 @@ def test_bad_input(x, tmp_path):
         V.verify(net, x, [8], 1)
     with pytest.raises(ValueError, match="hidden Dense"):
         V.verify(ik.serial(ik.Dense(1)), x, [8], 4)
+    with pytest.raises(ValueError, match=r"end with its output Dense layer.* Erf\(1, 1, 0\) follows"):
+        V.verify(ik.serial(*net.layers, ik.Erf()), x, [8], 4)
     with pytest.raises(ValueError, match="y must be"):
         V.verify(net, x, [8], 4, y=np.ones((5, 1)))
     with pytest.raises(ValueError, match="folder"):
@@ -95,6 +97,15 @@ def test_one_width_has_no_slopes(x, widths):
     assert all(np.isnan(v) for v in res.slopes.values())
     assert res.table().splitlines()[-2] == ("fitted log-log slopes: none (they need two or "
                                             "more distinct widths)")
+
+
+def test_input_maps_go_first(x):
+    """A Fourier-feature network: its finite networks share the parameter-free
+    map, so verify runs on the mapped inputs and the network's body."""
+    B = np.random.default_rng(1).normal(size=(3, x.shape[1]))
+    net = ik.serial(ik.FourierFeatures(B), ik.Dense(64), ik.Erf(), ik.Dense(1))
+    res = V.verify(net, x, [16, 64], 8, steps=2, train_seeds=1)
+    assert np.isfinite(res.slopes["ntk"])
 
 
 def test_seed_as_prng_key(x):
