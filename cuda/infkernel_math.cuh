@@ -228,14 +228,15 @@ IK_FN void ik_arc_cosine(T rho, T& psi, T& theta, T& f_psi, T& f_theta) {
   ik_arc_cosine_c(rho, T(1) - ik_abs(rho), psi, theta, f_psi, f_theta);
 }
 
-/// (rho, 1 - |rho|) from the carried versine c = 1 - rho, or where c is NaN
-/// (unknown) from ik_correlation (_duals.versine).
+/// (rho, 1 - |rho|) from the carried versine c = 1 - rho (antipodes within 4
+/// ulps exact: c holds 1 + rho only to its rounding), or where c is NaN (not
+/// carried) from ik_correlation (_duals.versine, _duals.correlation_angle).
 template <typename T>
 IK_FN void ik_versine(T q12, T r1, T r2, T c, T& rho, T& omt) {
-  if (c == c) {  // antipodal within 4 ulps: exactly (as ik_correlation)
-    const bool pole = c > T(1) && !(T(2) - c > T(1) - ik_rho_one(T(0)));
+  if (c == c) {
+    const bool pole = T(2) - c <= T(1) - ik_rho_one(T(0));
     rho = pole ? T(-1) : T(1) - c;
-    omt = c <= T(1) ? c : (pole ? T(0) : T(2) - c);
+    omt = pole ? T(0) : ik_min(c, T(2) - c);
   } else {
     rho = ik_correlation(q12, r1, r2);
     omt = T(1) - ik_abs(rho);
@@ -250,22 +251,22 @@ IK_FN T ik_arc_versine(T rho, T omt, T f_theta, T m) {
   return ik_min(ik_max(c - m * f_theta * T(1.0 / IK_PI), T(0)), T(2));
 }
 
-/// The versine after q' = w2 q + b2 (_duals.dense_versine): s = sqrt q before,
-/// i = 1/sqrt q' after (0 where q' = 0); with r = s1 s2, ii = i1 i2:
-/// 1 - rho' = w2 b2 (s1 - s2)^2 ii^2 / (1 + (w2 r + b2) ii) + w2 r c ii;
-/// NaN where the products overflow.
+/// 1 - rho from q12 and r = 1/sqrt q (1 where a variance is zero), where no
+/// versine is carried (_duals.versine_of).
 template <typename T>
-IK_FN T ik_dense_versine(T w2, T b2, T s1, T s2, T i1, T i2, T q12, T c) {
-  const T r = s1 * s2;
-  const T ii = i1 * i2;
-  if (!(ii > T(0))) return T(1);
-  if (c != c) c = r > T(0) ? ik_min(ik_max(T(1) - q12 / r, T(0)), T(2)) : T(1);
-  c = r > T(0) ? w2 * r * c * ii : T(0);
-  if (b2 != T(0)) {
-    const T d = (s1 - s2) * ii;
-    c += w2 * b2 * d * d / (T(1) + (w2 * r + b2) * ii);
-  }
-  return c > T(2) ? T(2) : c;
+IK_FN T ik_versine_of(T q12, T r1, T r2) {
+  const T rr = r1 * r2;
+  return rr > T(0) ? ik_min(ik_max(T(1) - q12 * rr, T(0)), T(2)) : T(1);
+}
+
+/// The versine after q' = w2 q + b^2 (_duals.dense_versine): per point the unit
+/// vector (a, b) = (sqrt(w2 q), b) / sqrt q' ((0, 0) where q' = 0);
+/// 1 - rho' = a1 a2 c + ((a1 - a2)^2 + (b1 - b2)^2) / 2.
+template <typename T>
+IK_FN T ik_dense_versine(T a1, T a2, T b1, T b2, T c) {
+  if (a1 * a1 + b1 * b1 == T(0) || a2 * a2 + b2 * b2 == T(0)) return T(1);
+  const T da = a1 - a2, db = b1 - b2;
+  return ik_min(a1 * a2 * c + T(0.5) * (da * da + db * db), T(2));
 }
 
 /// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b|
@@ -1313,15 +1314,17 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
     ik_reg_get<T, NR, E>(c, r, C);
     const T* t1 = tab1 + (1 + 3 * slot) * ld1;
     const T* t2 = tab2 + (1 + 3 * slot) * ld2;
-    if (op == IK_OP_DENSE) {
+    if (op == IK_OP_DENSE) {  // tables: 1/sqrt q', the unit vector (a, b)
       T w2 = T(p[0]), b2 = T(p[1]), c_old = T(p[2]), c_new = T(p[3]), c_one = T(p[4]);
-      const T s2 = t2[ld2 + col], o2 = t2[2 * ld2 + col];
+      const T v2 = t2[col], a2 = t2[ld2 + col], bb2 = t2[2 * ld2 + col];
       IK_UNROLL
       for (int e = 0; e < E; ++e) {
         T qn = w2 * Q[e] + b2;
         TH[e] = ik_dense_theta(w2, c_old, c_new, c_one, Q[e], qn, TH[e]);
-        C[e] = ik_dense_versine(w2, b2, t1[ld1 + rows[e]], s2, t1[2 * ld1 + rows[e]], o2,
-                                Q[e], C[e]);
+        // carried: from c; else (NaN) from the new q12 (_cpu._run_ops)
+        C[e] = C[e] == C[e] ? ik_dense_versine(t1[ld1 + rows[e]], a2, t1[2 * ld1 + rows[e]],
+                                               bb2, C[e])
+                            : ik_versine_of(qn, t1[rows[e]], v2);
         Q[e] = qn;
       }
       ++slot;
@@ -1401,12 +1404,13 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
     const int op = o[0];
     const int r = o[1];
     T* t = tab + (1 + 3 * slot) * ld;
-    if (op == IK_OP_DENSE) {  // s = sqrt q before, 1/sqrt q' after (ik_dense_versine)
+    if (op == IK_OP_DENSE) {  // 1/sqrt q', (a, b) = (sqrt(w2 q), b)/sqrt q' (ik_dense_versine)
       T qn = T(p[0]) * q[r] + T(p[1]);
       th[r] = ik_dense_theta(T(p[0]), T(p[2]), T(p[3]), T(p[4]), q[r], qn, th[r]);
-      t[i] = T(0);
-      t[ld + i] = ik_sqrt(q[r]);
-      t[2 * ld + i] = qn > T(0) ? T(1) / ik_sqrt(qn) : T(0);
+      const T v = qn > T(0) ? T(1) / ik_sqrt(qn) : T(0);
+      t[i] = v;
+      t[ld + i] = ik_sqrt(T(p[0]) * q[r]) * v;
+      t[2 * ld + i] = ik_sqrt(T(p[1])) * v;
       q[r] = qn;
       ++slot;
     } else if (op == IK_OP_ACT) {

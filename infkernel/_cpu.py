@@ -31,12 +31,12 @@ from numba.extending import overload
 from ._checks import KernelRangeError
 from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
                       TILE)
-from ._duals import (INV_2PI, arc_cosine, correlation, dense_theta, dense_versine, versine_of,
-                     dual_abrelu, dual_erf,
+from ._duals import (INV_2PI, arc_cosine, correlation, correlation_angle, dense_theta,
+                     dense_versine, dual_abrelu, dual_erf,
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
-                     poly_b, snap_q12)
+                     poly_b, snap_q12, versine, versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
@@ -224,16 +224,28 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
     """
     if kind == K_ABRELU:
         a, b = p[0], p[1]
-        if a * b == 0.0:  # ReLU: one angle per entry
-            c2 = a * a + b * b
+        c2 = a * a + b * b
+        relu = a * b == 0.0           # one angle per entry
+        if n > 0 and C[0] == C[0]:    # the versine, carried (for all entries or none)
+            if relu:
+                for j in range(n):
+                    rho, omt = versine(C[j])
+                    Q[j], d, C[j] = dual_relu(c2, _row(s1, j), S2[j], rho, omt)
+                    TH[j] *= d
+            else:
+                for j in range(n):
+                    rho, omt = versine(C[j])
+                    Q[j], d, C[j] = dual_abrelu(a, b, _row(s1, j), S2[j], rho, omt)
+                    TH[j] *= d
+        elif relu:                    # the angle from q12
             for j in range(n):
-                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-                Q[j], d, C[j] = dual_relu(c2, v1, Q[j], V2[j], s, S2[j], r, R2[j], C[j])
+                rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+                Q[j], d, C[j] = dual_relu(c2, _row(s1, j), S2[j], rho, omt)
                 TH[j] *= d
         else:
             for j in range(n):
-                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-                Q[j], d, C[j] = dual_abrelu(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j], C[j])
+                rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+                Q[j], d, C[j] = dual_abrelu(a, b, _row(s1, j), S2[j], rho, omt)
                 TH[j] *= d
     elif kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
@@ -319,20 +331,21 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
         p = params[k]
         if op == OP_DENSE:
             w2, b2, c_old, c_new, c_one = p[0], p[1], p[2], p[3], p[4]
-            if known.size:  # (carried)
-                s1, i1 = S1[k, i], R1[k, i]
-                s2, i2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
-                if not known[r]:
-                    for j in range(n):
-                        C[r, j] = versine_of(Q[r, j], s1, s2[j])
+            if known.size and known[r]:   # the unit vectors (α, β) in S, R
+                al1, be1 = S1[k, i], R1[k, i]
+                al2, be2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
                 for j in range(n):
-                    C[r, j] = dense_versine(w2, b2, s1, s2[j], i1, i2[j], C[r, j])
-                known[r] = True
+                    C[r, j] = dense_versine(al1, al2[j], be1, be2[j], C[r, j])
             for j in range(n):
                 q = Q[r, j]
                 qn = w2 * q + b2
                 TH[r, j] = dense_theta(w2, c_old, c_new, c_one, q, qn, TH[r, j])
                 Q[r, j] = qn
+            if known.size and not known[r]:   # from the new q12: 1/√q' in V
+                v1, v2 = V1[k, i], V2[k, c0:c0 + n]
+                for j in range(n):
+                    C[r, j] = versine_of(Q[r, j], v1, v2[j])
+                known[r] = True
         elif op == OP_ACT:
             kind = ops[k, 3]
             if kind == K_ABRELU and not (known.size and known[r]):
@@ -384,9 +397,9 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
     time and op by op, as the Gram tiles run it (entry j is point j against
     itself, versine 0: ``act_rows`` gets the row values as arrays, and its loops
     vectorise over the points; the costly kinds take act_tile per point);
-    record activation inputs V, scales S and R = 1/S (a Dense layer's: S = √q
-    before it, R = 1/√q' after it, for ``dense_versine``), and the Mehler
-    features F, G of numeric activations."""
+    record activation inputs V, scales S and R = 1/S (a Dense layer's: V =
+    1/√q' and (S, R) = (√(w2 q), b)/√q', for ``dense_versine``), and the
+    Mehler features F, G of numeric activations."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
     one = np.int64(1)   # n of a single point, typed as _run_ops types it
     Q = np.empty((n_regs, TILE))
@@ -405,12 +418,13 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
             q = Q[r, :n]
             th = TH[r, :n]
             if op == OP_DENSE:
-                s, rs = S[k, c0:c0 + n], R[k, c0:c0 + n]
+                v, a, b = V[k, c0:c0 + n], S[k, c0:c0 + n], R[k, c0:c0 + n]
                 for j in range(n):
                     qn = p[0] * q[j] + p[1]
                     th[j] = dense_theta(p[0], p[2], p[3], p[4], q[j], qn, th[j])
-                    s[j] = math.sqrt(q[j])
-                    rs[j] = 1.0 / math.sqrt(qn) if qn > 0.0 else 0.0
+                    v[j] = 1.0 / math.sqrt(qn) if qn > 0.0 else 0.0
+                    a[j] = math.sqrt(p[0] * q[j]) * v[j]
+                    b[j] = math.sqrt(p[1]) * v[j]
                     q[j] = qn
             elif op == OP_ACT:
                 kind = ops[k, 3]
@@ -659,8 +673,8 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
 
     Returns ``(V, S, R, F, G, U), k, t``: per activation op k and point i the
     input variance V[k, i], its scale S = ``_duals.point_scale`` (sqrt(V) for
-    most kinds) and R = 1/S (0 where S = 0), per Dense op S = √q before it
-    and R = 1/√q' after it; the
+    most kinds) and R = 1/S (0 where S = 0), per Dense op (q' = w2 q + b²)
+    V = 1/√q' and the unit vector (S, R) = (√(w2 q), b)/√q' (0 where q' = 0); the
     per-point Mehler features F, G of numeric activations (``_numeric.py``;
     ``features=False``: G only, F has no terms, for the diagonal alone);
     U = 1/|x_i| (0 for x_i = 0, for the input versine of ``_gram_tiles``);

@@ -185,27 +185,29 @@ def arc_cosine_c(rho, omt):
 # ----------------------------------------------------------------------------
 
 @njit(**INLINE)
-def versine(q12, r1, r2, c):
-    """(ρ, 1 - |ρ|) for the angle of an entry: from the carried versine
-    c = 1 - ρ where it is known, else (c NaN) from ``correlation``.
+def versine(c):
+    """(ρ, 1 - |ρ|) of an entry from its versine c = 1 - ρ.
 
     Near ρ = 1, q12 holds the angle only to ~1e-16/θ (its rounding, relative
     to q11 q22, is all that separates it from the diagonal); the kernels carry
-    c alongside q12 through the ops that keep it accurate (``_program``), so
+    c beside q12 through the ops that keep it accurate (``_cpu._run_ops``), so
     that nearly parallel inputs and deep networks, where ρ -> 1, keep their
-    digits in the kinked duals, whose derivatives are singular there."""
-    if c == c:
-        if c <= 1.0:
-            return 1.0 - c, c
-        # antipodal within 4 ulps: exactly (as ``correlation``): c carries
-        # 1 - ρ, and 1 + ρ only to its rounding
-        return (1.0 - c, 2.0 - c) if 2.0 - c > 4.0 * _EPS else (-1.0, 0.0)
+    digits in the kinked duals, whose derivatives are singular there.  c holds
+    1 + ρ only to its rounding: antipodes within 4 ulps are exact, as in
+    ``correlation``."""
+    pole = 2.0 - c <= 4.0 * _EPS
+    return (-1.0 if pole else 1.0 - c), (0.0 if pole else min(c, 2.0 - c))
+
+
+@njit(**INLINE)
+def correlation_angle(q12, r1, r2):
+    """(ρ, 1 - |ρ|) of an entry whose versine is not carried (``correlation``)."""
     rho = correlation(q12, r1, r2)
     return rho, 1.0 - abs(rho)
 
 
 @njit(**INLINE)
-def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2, c):
+def dual_abrelu(a, b, s1, s2, rho, omt):
     """φ(x) = a min(x, 0) + b max(x, 0).
 
     With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t (``arc_cosine``):
@@ -213,9 +215,9 @@ def dual_abrelu(a, b, q11, q12, q22, s1, s2, r1, r2, c):
       kdot = [(a² + b²) ψ + 2ab θ] / (2π)
     and the versine of the result (F(ψ) = F(θ) + π cos θ; ``versine``):
       c'   = c - (a - b)² F(θ) / ((a² + b²) π),
-    without the cancellation of 1 - k12/√(k11 k22).  Returns (k, kdot, c').
+    without the cancellation of 1 - k12/√(k11 k22).  Takes the angle as
+    (ρ, 1 - |ρ|) (``versine`` or ``correlation_angle``); returns (k, kdot, c').
     """
-    rho, omt = versine(q12, r1, r2, c)
     psi, theta, f_psi, f_theta = arc_cosine_c(rho, omt)
     c2 = a * a + b * b
     k = c2 * f_psi - 2.0 * a * b * f_theta
@@ -233,43 +235,37 @@ def _arc_versine(rho, omt, f_theta, m):
 
 
 @njit(**INLINE)
-def dual_relu(c2, q11, q12, q22, s1, s2, r1, r2, c):
+def dual_relu(c2, s1, s2, rho, omt):
     """``dual_abrelu`` when ab = 0 (ReLU, or any one-sided ABRelu), c2 = a² + b²:
     k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π), c' = c - F(θ)/π."""
-    rho, omt = versine(q12, r1, r2, c)
     psi, _, f_psi, f_theta = arc_cosine_c(rho, omt)
     return (s1 * s2 * c2 * f_psi * INV_2PI, c2 * psi * INV_2PI,
             _arc_versine(rho, omt, f_theta, 1.0))
 
 
 @njit(**INLINE)
-def versine_of(q12, s1, s2):
-    """1 - ρ from q12 and s = √q (1 for a zero variance), where no carried
-    versine is known: as accurate as q12 is."""
-    r = s1 * s2
-    return min(max(1.0 - q12 / r, 0.0), 2.0) if r > 0.0 else 1.0
+def versine_of(q12, r1, r2):
+    """1 - ρ from q12 and r = 1/√q (1 where a variance is zero), where no
+    carried versine is known: as accurate as q12 is."""
+    rr = r1 * r2
+    return min(max(1.0 - q12 * rr, 0.0), 2.0) if rr > 0.0 else 1.0
 
 
 @njit(**INLINE)
-def dense_versine(w2, b2, s1, s2, i1, i2, c):
-    """The versine c = 1 - ρ after q' = w2 q + b2, from c before it, with
-    s = √q of the two points before the layer and i = 1/√q' after it (0
-    where q' = 0).  With r = s1 s2 and ρ̃ = (w2 r + b2) i1 i2, the correlation
-    of collinear points,
+def dense_versine(a1, a2, b1, b2, c):
+    """The versine c = 1 - ρ after q' = w2 q + b², from c before it.  Per
+    point, (α, β) = (√(w2 q), b)/√q' is a unit vector, and with Δ the angle
+    between the two points' vectors
 
-      1 - ρ' = w2 b2 (s1 - s2)² (i1 i2)² / (1 + ρ̃) + w2 r c i1 i2
+      ρ' = (w2 q12 + b²)/√(q'1 q'2) = α1 α2 ρ + β1 β2,
+      1 - ρ' = α1 α2 c + (1 - cos Δ) = α1 α2 c + ((α1 - α2)² + (β1 - β2)²)/2,
 
-    (1 - ρ̃ written without its cancellation).  NaN where the products
-    overflow (then the next kinked dual falls back to q12)."""
-    r = s1 * s2
-    ii = i1 * i2
-    if not ii > 0.0:
-        return 1.0             # an output variance zero: ρ = 0 by convention
-    c = w2 * r * c * ii if r > 0.0 else 0.0
-    if b2 != 0.0:
-        d = (s1 - s2) * ii
-        c += w2 * b2 * d * d / (1.0 + (w2 * r + b2) * ii)
-    return c if not c > 2.0 else 2.0
+    a sum of non-negative terms, each to a few ulps: no cancellation, no
+    division.  (α, β) = (0, 0) for a zero q' (ρ' = 0 by convention)."""
+    if a1 * a1 + b1 * b1 == 0.0 or a2 * a2 + b2 * b2 == 0.0:
+        return 1.0
+    da, db = a1 - a2, b1 - b2
+    return min(a1 * a2 * c + 0.5 * (da * da + db * db), 2.0)
 
 
 @njit(**INLINE)

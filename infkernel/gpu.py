@@ -4,7 +4,8 @@ Data flow for K(X1, X2) (N1 x N2), everything on one device:
 
 1. diagonal pass ``ik_diag`` (one thread per point): q = |x|²/d, the program
    on (x, x), per-point tables 1/|x|, then V, S (the kind's scale, √V for most
-   kinds), R = 1/S for every activation op and (0, √q, √q') for every Dense op
+   kinds), R = 1/S for every activation op and (1/√q', √(w2 q)/√q', b/√q') for every
+   Dense op q' = w2 q + b²
    (the kernels carry the versine 1 - ρ, ``_duals.versine``), the
    per-point Mehler features of numeric activations (``_numeric.mehler_point``:
    4·96 + 2 float64 per point and numeric op), and the diagonals K(x, x), Θ(x, x);
