@@ -259,14 +259,16 @@ IK_FN T ik_versine_of(T q12, T r1, T r2) {
   return rr > T(0) ? ik_min(ik_max(T(1) - q12 * rr, T(0)), T(2)) : T(1);
 }
 
-/// The versine after q' = w2 q + b^2 (_duals.dense_versine): per point the unit
-/// vector (a, b) = (sqrt(w2 q), b) / sqrt q' ((0, 0) where q' = 0);
-/// 1 - rho' = a1 a2 c + ((a1 - a2)^2 + (b1 - b2)^2) / 2.
+/// The versine of a sum of two independent signals A + B (a Dense layer's
+/// w h + bias, cb = 0; a fan-in sum; _duals.mixed_versine): per point the unit
+/// vector (a, b) = (sqrt qA, sqrt qB) / sqrt(qA + qB) ((0, 0) for a zero variance);
+/// 1 - rho = a1 a2 ca + b1 b2 cb + ((a1 - a2)^2 + (b1 - b2)^2) / 2.
 template <typename T>
-IK_FN T ik_dense_versine(T a1, T a2, T b1, T b2, T c) {
+IK_FN T ik_mixed_versine(T a1, T a2, T b1, T b2, T ca, T cb) {
   if (a1 * a1 + b1 * b1 == T(0) || a2 * a2 + b2 * b2 == T(0)) return T(1);
   const T da = a1 - a2, db = b1 - b2;
-  return ik_min(a1 * a2 * c + T(0.5) * (da * da + db * db), T(2));
+  const T c = a1 * a2 * ca + b1 * b2 * cb + T(0.5) * (da * da + db * db);
+  return c > T(2) ? T(2) : c;  // (a NaN c, not carried, stays NaN)
 }
 
 /// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b|
@@ -1322,8 +1324,8 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
         T qn = w2 * Q[e] + b2;
         TH[e] = ik_dense_theta(w2, c_old, c_new, c_one, Q[e], qn, TH[e]);
         // carried: from c; else (NaN) from the new q12 (_cpu._run_ops)
-        C[e] = C[e] == C[e] ? ik_dense_versine(t1[ld1 + rows[e]], a2, t1[2 * ld1 + rows[e]],
-                                               bb2, C[e])
+        C[e] = C[e] == C[e] ? ik_mixed_versine(t1[ld1 + rows[e]], a2, t1[2 * ld1 + rows[e]],
+                                               bb2, C[e], T(0))
                             : ik_versine_of(qn, t1[rows[e]], v2);
         Q[e] = qn;
       }
@@ -1352,17 +1354,21 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
       ik_reg_set<T, NR, E>(th, o[2], TH);
       ik_reg_set<T, NR, E>(c, o[2], C);
       continue;
-    } else if (op == IK_OP_AXPY) {  // the versine of a sum needs both branches' variances
-      T Q2[E], TH2[E];
+    } else if (op == IK_OP_AXPY) {  // tables: 1/sqrt q', the unit vector (a, b)
+      T Q2[E], TH2[E], C2[E];
       ik_reg_get<T, NR, E>(q, o[2], Q2);
       ik_reg_get<T, NR, E>(th, o[2], TH2);
+      ik_reg_get<T, NR, E>(c, o[2], C2);
       T x = T(p[0]), y = T(p[1]);
+      const T a2 = t2[ld2 + col], bb2 = t2[2 * ld2 + col];
       IK_UNROLL
       for (int e = 0; e < E; ++e) {
         Q[e] = x * Q[e] + y * Q2[e];
         TH[e] = x * TH[e] + y * TH2[e];
-        C[e] = ik_nan(T(0));
+        // NaN (not carried) if either branch's is
+        C[e] = ik_mixed_versine(t1[ld1 + rows[e]], a2, t1[2 * ld1 + rows[e]], bb2, C[e], C2[e]);
       }
+      ++slot;
     } else if (op == IK_OP_MUL) {  // rho = rho1 rho2
       T Q2[E], TH2[E], C2[E];
       ik_reg_get<T, NR, E>(q, o[2], Q2);
@@ -1442,9 +1448,15 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
     } else if (op == IK_OP_COPY) {
       q[o[2]] = q[r];
       th[o[2]] = th[r];
-    } else if (op == IK_OP_AXPY) {
-      q[r] = T(p[0]) * q[r] + T(p[1]) * q[o[2]];
+    } else if (op == IK_OP_AXPY) {  // 1/sqrt q', (a, b) = (sqrt qa, sqrt qb)/sqrt q'
+      const T qa = T(p[0]) * q[r], qb = T(p[1]) * q[o[2]];
+      q[r] = T(p[0]) * q[r] + T(p[1]) * q[o[2]];  // as the Gram kernels round it
       th[r] = T(p[0]) * th[r] + T(p[1]) * th[o[2]];
+      const T v = q[r] > T(0) ? T(1) / ik_sqrt(q[r]) : T(0);
+      t[i] = v;
+      t[ld + i] = ik_sqrt(qa) * v;
+      t[2 * ld + i] = ik_sqrt(qb) * v;
+      ++slot;
     } else if (op == IK_OP_MUL) {
       th[r] = th[r] * q[o[2]] + q[r] * th[o[2]];
       q[r] = q[r] * q[o[2]];

@@ -32,11 +32,11 @@ from ._checks import KernelRangeError
 from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
                       TILE)
 from ._duals import (INV_2PI, arc_cosine, correlation, correlation_angle, dense_theta,
-                     dense_versine, dual_abrelu, dual_erf,
+                     dual_abrelu, dual_erf,
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
-                     poly_b, snap_q12, versine, versine_of)
+                     mixed_versine, poly_b, snap_q12, versine, versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
@@ -331,11 +331,11 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
         p = params[k]
         if op == OP_DENSE:
             w2, b2, c_old, c_new, c_one = p[0], p[1], p[2], p[3], p[4]
-            if known.size and known[r]:   # the unit vectors (α, β) in S, R
+            if known.size and known[r]:   # w h + bias: the unit vectors (α, β) in S, R
                 al1, be1 = S1[k, i], R1[k, i]
                 al2, be2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
                 for j in range(n):
-                    C[r, j] = dense_versine(al1, al2[j], be1, be2[j], C[r, j])
+                    C[r, j] = mixed_versine(al1, al2[j], be1, be2[j], C[r, j], 0.0)
             for j in range(n):
                 q = Q[r, j]
                 qn = w2 * q + b2
@@ -373,13 +373,18 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
                 for j in range(n):
                     C[r2, j] = C[r, j]
                 known[r2] = known[r]
-        elif op == OP_AXPY:   # the versine of a sum needs both branches' variances
+        elif op == OP_AXPY:
             r2 = ops[k, 2]
+            if known.size and known[r] and known[r2]:  # the unit vectors (α, β) in S, R
+                al1, be1 = S1[k, i], R1[k, i]
+                al2, be2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
+                for j in range(n):
+                    C[r, j] = mixed_versine(al1, al2[j], be1, be2[j], C[r, j], C[r2, j])
+            elif known.size:
+                known[r] = False
             for j in range(n):
                 Q[r, j] = p[0] * Q[r, j] + p[1] * Q[r2, j]
                 TH[r, j] = p[0] * TH[r, j] + p[1] * TH[r2, j]
-            if known.size:
-                known[r] = False
         elif op == OP_MUL:    # ρ = ρ1 ρ2
             r2 = ops[k, 2]
             for j in range(n):
@@ -397,9 +402,9 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
     time and op by op, as the Gram tiles run it (entry j is point j against
     itself, versine 0: ``act_rows`` gets the row values as arrays, and its loops
     vectorise over the points; the costly kinds take act_tile per point);
-    record activation inputs V, scales S and R = 1/S (a Dense layer's: V =
-    1/√q' and (S, R) = (√(w2 q), b)/√q', for ``dense_versine``), and the
-    Mehler features F, G of numeric activations."""
+    record activation inputs V, scales S and R = 1/S (a Dense layer's or a
+    sum's: V = 1/√q' and the unit vector (S, R), for ``mixed_versine``), and
+    the Mehler features F, G of numeric activations."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
     one = np.int64(1)   # n of a single point, typed as _run_ops types it
     Q = np.empty((n_regs, TILE))
@@ -462,8 +467,13 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
             elif op == OP_AXPY:
                 q2 = Q[ops[k, 2], :n]
                 th2 = TH[ops[k, 2], :n]
+                v, a, b = V[k, c0:c0 + n], S[k, c0:c0 + n], R[k, c0:c0 + n]
                 for j in range(n):
-                    q[j] = p[0] * q[j] + p[1] * q2[j]
+                    qa, qb = p[0] * q[j], p[1] * q2[j]
+                    q[j] = p[0] * q[j] + p[1] * q2[j]     # as the Gram tiles round it
+                    v[j] = 1.0 / math.sqrt(q[j]) if q[j] > 0.0 else 0.0
+                    a[j] = math.sqrt(qa) * v[j]
+                    b[j] = math.sqrt(qb) * v[j]
                     th[j] = p[0] * th[j] + p[1] * th2[j]
             elif op == OP_MUL:
                 q2 = Q[ops[k, 2], :n]
@@ -673,8 +683,9 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
 
     Returns ``(V, S, R, F, G, U), k, t``: per activation op k and point i the
     input variance V[k, i], its scale S = ``_duals.point_scale`` (sqrt(V) for
-    most kinds) and R = 1/S (0 where S = 0), per Dense op (q' = w2 q + b²)
-    V = 1/√q' and the unit vector (S, R) = (√(w2 q), b)/√q' (0 where q' = 0); the
+    most kinds) and R = 1/S (0 where S = 0); per Dense op (q' = w2 q + b²) V =
+    1/√q' and the unit vector (S, R) = (√(w2 q), b)/√q' (0 where q' = 0), per
+    sum q' = a q + b q2 the same with (√(a q), √(b q2))/√q'; the
     per-point Mehler features F, G of numeric activations (``_numeric.py``;
     ``features=False``: G only, F has no terms, for the diagonal alone);
     U = 1/|x_i| (0 for x_i = 0, for the input versine of ``_gram_tiles``);

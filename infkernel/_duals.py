@@ -252,20 +252,24 @@ def versine_of(q12, r1, r2):
 
 
 @njit(**INLINE)
-def dense_versine(a1, a2, b1, b2, c):
-    """The versine c = 1 - ρ after q' = w2 q + b², from c before it.  Per
-    point, (α, β) = (√(w2 q), b)/√q' is a unit vector, and with Δ the angle
+def mixed_versine(a1, a2, b1, b2, ca, cb):
+    """The versine 1 - ρ of a sum of two independent signals A + B (a Dense
+    layer's w h + bias, a fan-in sum), from theirs, ca and cb.  Per point,
+    (α, β) = (√qA, √qB)/√(qA + qB) is a unit vector, and with Δ the angle
     between the two points' vectors
 
-      ρ' = (w2 q12 + b²)/√(q'1 q'2) = α1 α2 ρ + β1 β2,
-      1 - ρ' = α1 α2 c + (1 - cos Δ) = α1 α2 c + ((α1 - α2)² + (β1 - β2)²)/2,
+      ρ = α1 α2 ρA + β1 β2 ρB,
+      1 - ρ = α1 α2 ca + β1 β2 cb + (1 - cos Δ)
+            = α1 α2 ca + β1 β2 cb + ((α1 - α2)² + (β1 - β2)²)/2,
 
     a sum of non-negative terms, each to a few ulps: no cancellation, no
-    division.  (α, β) = (0, 0) for a zero q' (ρ' = 0 by convention)."""
+    division.  (α, β) = (0, 0) for a zero variance (ρ = 0 by convention).
+    A Dense layer's bias is the same for both points: cb = 0."""
     if a1 * a1 + b1 * b1 == 0.0 or a2 * a2 + b2 * b2 == 0.0:
         return 1.0
     da, db = a1 - a2, b1 - b2
-    return min(a1 * a2 * c + 0.5 * (da * da + db * db), 2.0)
+    c = a1 * a2 * ca + b1 * b2 * cb + 0.5 * (da * da + db * db)
+    return c if not c > 2.0 else 2.0
 
 
 @njit(**INLINE)

@@ -4,8 +4,8 @@ Data flow for K(X1, X2) (N1 x N2), everything on one device:
 
 1. diagonal pass ``ik_diag`` (one thread per point): q = |x|²/d, the program
    on (x, x), per-point tables 1/|x|, then V, S (the kind's scale, √V for most
-   kinds), R = 1/S for every activation op and (1/√q', √(w2 q)/√q', b/√q') for every
-   Dense op q' = w2 q + b²
+   kinds), R = 1/S for every activation op and (1/√q', √qA/√q', √qB/√q') for every
+   Dense op (q' = w2 q + b²) and sum of branches (q' = qA + qB)
    (the kernels carry the versine 1 - ρ, ``_duals.versine``), the
    per-point Mehler features of numeric activations (``_numeric.mehler_point``:
    4·96 + 2 float64 per point and numeric op), and the diagonals K(x, x), Θ(x, x);
@@ -225,6 +225,9 @@ def _variant(compute_dt, out_dt, n_regs, numeric=False):
 # The driver
 # ----------------------------------------------------------------------------
 
+#: the ops with a slot of per-point table rows (``ik_diag_point``)
+SLOT_OPS = (P.OP_DENSE, P.OP_ACT, P.OP_AXPY)
+
 def _ptr(a, offset_elems=0):
     """Device address of a CuPy array plus an element offset, as a kernel argument."""
     return np.uint64(a.data.ptr + offset_elems * a.itemsize)
@@ -299,9 +302,9 @@ class _Program:
         self.ops = cp.asarray(prog.ops.astype(np.int32))
         self.params = cp.asarray(prog.params)
         self.aux = cp.asarray(prog.aux)
-        #: the ops with per-point table rows (Dense and activations), in order:
+        #: the ops with per-point table rows (Dense, activations, sums), in order:
         #: table rows 1 + 3 slot .. 3 + 3 slot (row 0: 1/|x|; ik_diag_point)
-        self.slot_ops = np.flatnonzero(np.isin(prog.ops[:, 0], (P.OP_DENSE, P.OP_ACT)))
+        self.slot_ops = np.flatnonzero(np.isin(prog.ops[:, 0], SLOT_OPS))
         #: the table row of each activation's input variance, by op
         self.v_rows = {int(k): 1 + 3 * a for a, k in enumerate(self.slot_ops)
                        if prog.ops[k, 0] == P.OP_ACT}

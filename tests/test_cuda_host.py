@@ -317,7 +317,7 @@ def _host_diag(lib, prog, x, fr):
     """(tables, features, k, t) of the header's diagonal pass alone, ``fr``
     feature rows per numeric op (FR, or 2: the moments alone)."""
     ops = np.ascontiguousarray(prog.ops.astype(np.int32))
-    n_slots = int(np.isin(prog.ops[:, 0], (P.OP_ACT, P.OP_DENSE)).sum())
+    n_slots = int(np.isin(prog.ops[:, 0], gpu.SLOT_OPS).sum())
     n_num = int(((prog.ops[:, 0] == P.OP_ACT) & (prog.ops[:, 3] == P.K_NUMERIC)).sum())
     n = x.shape[0]
     tab = np.zeros((1 + 3 * n_slots, n))
@@ -460,20 +460,26 @@ def test_register_file(lib, n_regs, nr):
 
 @pytest.mark.parametrize("act", [ik.Relu(), ik.Abs(), ik.LeakyRelu(0.1)], ids=repr)
 def test_nearly_parallel_points_match_numba(lib, act):
-    """Points 1e-9 apart, parallel ones of another norm and duplicates: the
-    header starts and carries the versine 1 - ρ as numba does (without it the
-    two differ by ~1e-9 of the scale, ~1e7 ulps)."""
+    """Points 1e-9 apart, parallel ones of another norm and duplicates, through
+    a plain and a residual network: the header starts and carries the versine
+    1 - ρ as numba does (without it the two differ by ~1e-9 of the scale, ~1e7
+    ulps)."""
     rng = np.random.default_rng(9)
     x1 = rng.standard_normal((8, 5))
     noise = rng.standard_normal((8, 5))
     x2 = np.vstack([x1 + 1e-9 * noise, 2.5 * x1 + 1e-9 * noise, x1])
-    net = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(8, 1.1, 0.2), act, ik.Dense(1))
-    prog = net.program(5)
-    K, T, d1 = _host_gram(lib, prog, x1, x2)
-    _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
-    Kc, Tc = _cpu_gram(prog, x1, x2)
-    ek, et = _compare(K, T, Kc, Tc, d1, d2)
-    assert ek <= 16 and et <= 16, (ek, et)
+    plain = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(8, 1.1, 0.2), act, ik.Dense(1))
+    residual = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.FanOut(2),
+                         ik.parallel(ik.serial(ik.Dense(8, 1.1, 0.2), act, ik.Dense(8)),
+                                     ik.Dense(8, 0.7)),
+                         ik.FanInSum(), act, ik.Dense(1))
+    for net in (plain, residual):
+        prog = net.program(5)
+        K, T, d1 = _host_gram(lib, prog, x1, x2, nr=4)
+        _, _, d2 = _host_gram(lib, prog, x2, x2[:1], nr=4)
+        Kc, Tc = _cpu_gram(prog, x1, x2)
+        ek, et = _compare(K, T, Kc, Tc, d1, d2)
+        assert ek <= 16 and et <= 16, (ek, et)
 
 
 def test_diagonal_pass_matches_numba(lib):

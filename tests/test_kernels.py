@@ -294,41 +294,49 @@ def test_depth_1000_relu_critical():
     assert _rel(k.ntk[off], ntk[off]) < 1e-8
 
 
-def _kinked_reference(layers, x1, x2, dps=40):
-    """(NNGP, NTK) of Dense / ABRelu layers (NTK parameterization) on the rows
-    of x1 against x2, at ``dps`` digits: the arc-cosine closed forms with
-    θ = acos ρ of the exact inputs (Cho & Saul 2009)."""
+def _kinked_reference(net, x1, x2, dps=40):
+    """(NNGP, NTK) of the rows of x1 against x2, at ``dps`` digits, by running
+    the network's layer program (``_program``) with its only activations the
+    arc-cosine closed forms at θ = acos ρ of the exact inputs (ABRelu; Cho &
+    Saul 2009): registers of (q11, q12, q22, θ) per entry."""
     mp = mpmath
+    prog = net.program(x1.shape[1])
     with mp.workdps(dps):
         pi = mp.pi
         out = np.empty((2, len(x1), len(x2)))
-        for i, a in enumerate(x1):
-            for j, b in enumerate(x2):
-                u = [mp.mpf(float(v)) for v in a]
-                v = [mp.mpf(float(t)) for t in b]
-                d = len(u)
-                q11 = sum(t * t for t in u) / d
-                q22 = sum(t * t for t in v) / d
-                q12 = sum(s * t for s, t in zip(u, v)) / d
-                th12 = mp.mpf(0)
-                for layer in layers:
-                    if isinstance(layer, ik.Dense):
-                        w2 = mp.mpf(layer.W_std) ** 2
-                        b2 = mp.mpf(layer.b_std or 0.0) ** 2
-                        q11, q12, q22 = w2 * q11 + b2, w2 * q12 + b2, w2 * q22 + b2
-                        th12 = q12 + w2 * th12
-                    else:
-                        ca, cb = mp.mpf(layer.params[0]), mp.mpf(layer.params[1])
-                        c2 = ca * ca + cb * cb
-                        r = mp.sqrt(q11 * q22)
-                        t = mp.acos(max(min(q12 / r, 1), -1)) if r else pi / 2
+        for i, u in enumerate(x1):
+            for j, v in enumerate(x2):
+                u_, v_ = ([mp.mpf(float(t)) for t in z] for z in (u, v))
+                d = len(u_)
+                reg = {0: [sum(t * t for t in u_) / d, sum(s * t for s, t in zip(u_, v_)) / d,
+                           sum(t * t for t in v_) / d, mp.mpf(0)]}
+                for (op, r, r2, kind, _, _), p in zip(prog.ops, prog.params):
+                    p = [mp.mpf(float(t)) for t in p]
+                    q11, q12, q22, th = reg.get(r, [None] * 4)
+                    if op == P.OP_DENSE:
+                        w2, b2, c_old, c_new, c_one = p[:5]
+                        new = [w2 * q + b2 for q in (q11, q12, q22)]
+                        reg[r] = new + [c_old * q12 + c_new * new[1] + w2 * th + c_one]
+                    elif op == P.OP_ACT and kind == P.K_ABRELU:
+                        a, b = p[:2]
+                        c2 = a * a + b * b
+                        rr = mp.sqrt(q11 * q22)
+                        t = mp.acos(max(min(q12 / rr, 1), -1)) if rr else pi / 2
                         f_psi = mp.sin(t) + (pi - t) * mp.cos(t)
                         f_th = mp.sin(t) - t * mp.cos(t)
-                        kd = (c2 * (pi - t) + 2 * ca * cb * t) / (2 * pi)
-                        q12 = r * (c2 * f_psi - 2 * ca * cb * f_th) / (2 * pi)
-                        q11, q22 = c2 * q11 / 2, c2 * q22 / 2
-                        th12 = th12 * kd
-                out[:, i, j] = float(q12), float(th12)
+                        kd = (c2 * (pi - t) + 2 * a * b * t) / (2 * pi)
+                        reg[r] = [c2 * q11 / 2, rr * (c2 * f_psi - 2 * a * b * f_th) / (2 * pi),
+                                  c2 * q22 / 2, th * kd]
+                    elif op == P.OP_COPY:
+                        reg[r2] = list(reg[r])
+                    elif op == P.OP_AXPY:
+                        reg[r] = [p[0] * s + p[1] * t for s, t in zip(reg[r], reg[r2])]
+                    elif op == P.OP_MUL:
+                        o = reg[r2]
+                        reg[r] = [q11 * o[0], q12 * o[1], q22 * o[2], th * o[1] + q12 * o[3]]
+                    else:
+                        raise AssertionError(f"no reference for op {op}")
+                out[:, i, j] = float(reg[0][1]), float(reg[0][3])
     return out
 
 
@@ -348,12 +356,38 @@ def test_kinked_kernels_keep_small_angles(act, b_std):
                    + [2.5 * x + 1e-9 * noise])
     net = ik.serial(ik.Dense(8, 1.3, b_std), act, ik.Dense(8, 0.9, b_std and 0.1), act,
                     ik.Dense(1, 1.1, b_std and 0.05))
-    ref = _kinked_reference(net.layers, x, x2)
+    ref = _kinked_reference(net, x, x2)
     k = net.kernel(x, x2)
     sym = net.kernel(np.vstack([x, x2]))
     for got in ((k.nngp, k.ntk), (sym.nngp[:4, 4:], sym.ntk[:4, 4:])):
         for g, r in zip(got, ref):
             assert np.abs(g - r).max() <= 1e-14 * np.abs(r).max(), np.abs(g - r).max()
+
+
+def test_kinked_branches_keep_small_angles():
+    """The versine through fan-outs, sums (residual blocks, concatenations)
+    and products, both parameterizations: nearly parallel inputs against 40
+    digits, as above."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 5))
+    x2 = np.vstack([x + 1e-9 * rng.standard_normal((3, 5)), 2.5 * x])
+    for par in ("ntk", "standard"):
+        block = ik.serial(ik.Dense(8, 1.2, 0.1, parameterization=par), ik.Relu(),
+                          ik.Dense(8, 0.8, 0.05, parameterization=par))
+        net = ik.serial(ik.Dense(8, 1.1, 0.2, parameterization=par), ik.Relu(),
+                        ik.FanOut(2),
+                        ik.parallel(block, ik.Dense(8, 1.0, None, parameterization=par)),
+                        ik.FanInSum(), ik.Abs(), ik.Dense(8, 1.2, 0.1, parameterization=par),
+                        ik.FanOut(2), ik.parallel(ik.Relu(), ik.LeakyRelu(0.2)),
+                        ik.FanInConcat(), ik.Dense(8, 1.3, 0.1, parameterization=par),
+                        ik.Relu(), ik.FanOut(2),
+                        ik.parallel(ik.Dense(8, 1.1, 0.1, parameterization=par), ik.Identity()),
+                        ik.FanInProd(),
+                        ik.Dense(1, 0.9, 0.1, parameterization=par))
+        ref = _kinked_reference(net, x, x2)
+        k = net.kernel(x, x2)
+        for g, r in zip((k.nngp, k.ntk), ref):
+            assert np.abs(g - r).max() <= 1e-14 * np.abs(r).max(), (par, np.abs(g - r).max())
 
 
 def test_depth_1000_relu_exact_off_the_diagonal():
@@ -366,7 +400,7 @@ def test_depth_1000_relu_exact_off_the_diagonal():
     for b in (0.0, 0.05):
         net = ik.serial(*([ik.Dense(1, math.sqrt(2), b), ik.Relu()] * 1000),
                         ik.Dense(1, math.sqrt(2), b))
-        ref = _kinked_reference(net.layers, x, x)
+        ref = _kinked_reference(net, x, x)
         k = net.kernel(x)
         for g, r in zip((k.nngp, k.ntk), ref):
             assert np.abs(g - r).max() <= 1e-12 * np.abs(r).max(), (b, np.abs(g - r).max())
