@@ -284,8 +284,8 @@ IK_FN T ik_input_versine(const T* a, T ua, const T* b, T ub, int d) {
 }
 
 /// The input versine of an entry from its GEMM value g = a.b, or below
-/// IK_VERSINE_DIRECT (_cpu.VERSINE_DIRECT) from the points themselves.
-#define IK_VERSINE_DIRECT (1.0 / 64)
+/// IK_VERSINE_DIRECT (_cpu.VERSINE_DIRECT, defined by the includer) from the
+/// points themselves.
 template <typename T>
 IK_FN T ik_start_versine(T g, const T* a, T ua, const T* b, T ub, int d) {
   const T c = T(1) - g * ua * ub;

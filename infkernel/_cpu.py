@@ -321,10 +321,10 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
              F1, G1, F2, G2, TM, W):
     """Apply every op of the program to the tile of entries (i, c0 .. c0+n):
     registers Q (q12), TH (θ) and C, the versine 1 - ρ (``_duals.versine``)
-    where ``known[r]`` (the same for all entries: it is lost by activations
-    without a versine formula and by sums, and regained by a Dense layer; a
-    program without kinked activations, which alone read it, starts and stays
-    without: ``Program.carries_versine``)."""
+    where ``known[r]`` (the same for all entries: activations without a
+    versine formula lose it, as does a sum or product with a branch that has,
+    and a Dense layer regains it; a program without kinked activations, which
+    alone read it, starts and stays without: ``Program.carries_versine``)."""
     for k in range(ops.shape[0]):
         op = ops[k, 0]
         r = ops[k, 1]

@@ -7,8 +7,9 @@ here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2, r1, r2)``
 and returns ``(k, kdot)``; ``s = point_scale(kind, params, q)`` and r = 1/s are
 precomputed per point (s = sqrt(q) for most kinds), so that per entry only what
 depends on both points is computed.  The same functions give the diagonal
-(q11 = q12 = q22).  The kinked duals (ABRelu) also take the entry's versine
-c = 1 - ρ and return the result's (``versine``): (k, kdot, c').
+(q11 = q12 = q22).  The kinked duals (ABRelu) take the angle instead, as
+(ρ, 1 - |ρ|) from the carried versine c = 1 - ρ (``versine``) or from q12
+(``correlation_angle``), and return the result's versine: (k, kdot, c').
 
 Numerical conventions (see DESIGN.md):
 
