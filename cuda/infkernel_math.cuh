@@ -277,7 +277,8 @@ template <typename T>
 IK_FN T ik_input_versine(const T* a, T ua, const T* b, T ub, int d) {
   T acc = T(0);
   for (int k = 0; k < d; ++k) {
-    const T t = a[k] * ua - b[k] * ub;
+    const T a_hat = a[k] * ua;  // (numba scales the row first)
+    const T t = a_hat - b[k] * ub;
     acc += t * t;
   }
   return ik_min(T(0.5) * acc, T(2));

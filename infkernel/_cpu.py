@@ -528,6 +528,7 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
     TH = np.empty((n_regs, TILE))
     C = np.empty((n_regs, TILE))
     known = np.empty(n_regs if carry else 0, np.bool_)
+    X1 = np.empty(x1.shape[1] if carry else 0)
     W = np.empty((3, TILE))
     for first in range(task_lo, task_hi):
         for half in range(2 if sym else 1):
@@ -554,9 +555,14 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
                         u1, u2 = U1[i - t0], U2[j_lo:j_lo + n]
                         for j in range(n):
                             C[0, j] = 1.0 - g_row[j] * u1 * u2[j]
+                        scaled = False    # x̂1 in X1, made at the row's first use
                         for j in range(n):
                             if C[0, j] < VERSINE_DIRECT and u1 * u2[j] > 0.0:
-                                C[0, j] = _input_versine(x1[i], u1, x2[j_lo + j], u2[j])
+                                if not scaled:
+                                    for m in range(x1.shape[1]):
+                                        X1[m] = x1[i, m] * u1
+                                    scaled = True
+                                C[0, j] = _input_versine(X1, x2[j_lo + j], u2[j])
                         for m in range(n_regs):
                             known[m] = m == 0
                     _run_ops(ops, params, aux, i - t0, j_lo, n, V1, S1, R1, V2, S2, R2,
@@ -572,12 +578,14 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
 VERSINE_DIRECT = 1.0 / 64
 
 
-@njit(**INLINE)
-def _input_versine(a, ua, b, ub):
-    """1 - cos∠(a, b) = |a ua - b ub|²/2 (ua = 1/|a|, ub = 1/|b|), at most 2."""
+@njit(**dict(JIT, fastmath={"contract", "reassoc"}))
+def _input_versine(a_hat, b, ub):
+    """1 - cos∠(a, b) = |â - b ub|²/2 (â = a/|a|, ub = 1/|b|), at most 2.
+    Not inlined: its sum is reassociated (vectorised), which matters where
+    most pairs are nearly parallel (each costs O(d) here)."""
     acc = 0.0
-    for k in range(a.shape[0]):
-        t = a[k] * ua - b[k] * ub
+    for k in range(b.shape[0]):
+        t = a_hat[k] - b[k] * ub
         acc += t * t
     return min(0.5 * acc, 2.0)
 
