@@ -271,6 +271,17 @@ IK_FN T ik_mixed_versine(T a1, T a2, T b1, T b2, T ca, T cb) {
   return c > T(2) ? T(2) : c;  // (a NaN c, not carried, stays NaN)
 }
 
+/// A point's table entries for ik_mixed_versine, (1/sqrt q, a, b) with
+/// (a, b) = (ra, rb)/sqrt q, ra = sqrt qA and rb = sqrt qB given as products of
+/// square roots, zeros where q = 0 (_duals.mixed_scales), into t[0], t[ld], t[2 ld].
+template <typename T>
+IK_FN void ik_mixed_scales(T ra, T rb, T q, T* t, long long ld) {
+  const T v = q > T(0) ? T(1) / ik_sqrt(q) : T(0);
+  t[0] = v;
+  t[ld] = ra * v;
+  t[2 * ld] = rb * v;
+}
+
 /// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b|
 /// (_cpu._input_versine), at most 2.
 template <typename T>
@@ -1411,13 +1422,10 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
     const int op = o[0];
     const int r = o[1];
     T* t = tab + (1 + 3 * slot) * ld;
-    if (op == IK_OP_DENSE) {  // 1/sqrt q', (a, b) = (sqrt(w2 q), b)/sqrt q' (ik_dense_versine)
+    if (op == IK_OP_DENSE) {  // w h + bias (ik_mixed_versine)
       T qn = T(p[0]) * q[r] + T(p[1]);
       th[r] = ik_dense_theta(T(p[0]), T(p[2]), T(p[3]), T(p[4]), q[r], qn, th[r]);
-      const T v = qn > T(0) ? T(1) / ik_sqrt(qn) : T(0);
-      t[i] = v;
-      t[ld + i] = ik_sqrt(T(p[0]) * q[r]) * v;
-      t[2 * ld + i] = ik_sqrt(T(p[1])) * v;
+      ik_mixed_scales(ik_sqrt(T(p[0])) * ik_sqrt(q[r]), ik_sqrt(T(p[1])), qn, t + i, ld);
       q[r] = qn;
       ++slot;
     } else if (op == IK_OP_ACT) {
@@ -1449,14 +1457,12 @@ IK_FN void ik_diag_point(const int* ops, const double* params, const double* aux
     } else if (op == IK_OP_COPY) {
       q[o[2]] = q[r];
       th[o[2]] = th[r];
-    } else if (op == IK_OP_AXPY) {  // 1/sqrt q', (a, b) = (sqrt qa, sqrt qb)/sqrt q'
-      const T qa = T(p[0]) * q[r], qb = T(p[1]) * q[o[2]];
-      q[r] = T(p[0]) * q[r] + T(p[1]) * q[o[2]];  // as the Gram kernels round it
+    } else if (op == IK_OP_AXPY) {  // a sum (ik_mixed_versine)
+      const T qn = T(p[0]) * q[r] + T(p[1]) * q[o[2]];  // as the Gram kernels round it
+      ik_mixed_scales(ik_sqrt(T(p[0])) * ik_sqrt(q[r]), ik_sqrt(T(p[1])) * ik_sqrt(q[o[2]]), qn,
+                      t + i, ld);
+      q[r] = qn;
       th[r] = T(p[0]) * th[r] + T(p[1]) * th[o[2]];
-      const T v = q[r] > T(0) ? T(1) / ik_sqrt(q[r]) : T(0);
-      t[i] = v;
-      t[ld + i] = ik_sqrt(qa) * v;
-      t[2 * ld + i] = ik_sqrt(qb) * v;
       ++slot;
     } else if (op == IK_OP_MUL) {
       th[r] = th[r] * q[o[2]] + q[r] * th[o[2]];

@@ -36,7 +36,7 @@ from ._duals import (INV_2PI, arc_cosine, correlation, correlation_angle, dense_
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
-                     mixed_versine, poly_b, snap_q12, versine, versine_of)
+                     mixed_scales, mixed_versine, poly_b, snap_q12, versine, versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
@@ -316,6 +316,15 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             TH[j] = math.nan
 
 
+@njit(**INLINE)
+def _mix_tile(ca, cb, a1, b1, a2, b2, n):
+    """ca[j] = the versine of the sum A + B (``mixed_versine``) for entries
+    j < n of a tile: the row point's unit vector (a1, b1), the columns' in a2,
+    b2 (the op's S, R tables); cb the versines of B (0: a Dense layer's bias)."""
+    for j in range(n):
+        ca[j] = mixed_versine(a1, a2[j], b1, b2[j], ca[j], _row(cb, j))
+
+
 @njit(**JIT)
 def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known,
              F1, G1, F2, G2, TM, W):
@@ -331,11 +340,8 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
         p = params[k]
         if op == OP_DENSE:
             w2, b2, c_old, c_new, c_one = p[0], p[1], p[2], p[3], p[4]
-            if known.size and known[r]:   # w h + bias: the unit vectors (α, β) in S, R
-                al1, be1 = S1[k, i], R1[k, i]
-                al2, be2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
-                for j in range(n):
-                    C[r, j] = mixed_versine(al1, al2[j], be1, be2[j], C[r, j], 0.0)
+            if known.size and known[r]:   # w h + bias (the same for both points)
+                _mix_tile(C[r], 0.0, S1[k, i], R1[k, i], S2[k, c0:c0 + n], R2[k, c0:c0 + n], n)
             for j in range(n):
                 q = Q[r, j]
                 qn = w2 * q + b2
@@ -375,11 +381,9 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
                 known[r2] = known[r]
         elif op == OP_AXPY:
             r2 = ops[k, 2]
-            if known.size and known[r] and known[r2]:  # the unit vectors (α, β) in S, R
-                al1, be1 = S1[k, i], R1[k, i]
-                al2, be2 = S2[k, c0:c0 + n], R2[k, c0:c0 + n]
-                for j in range(n):
-                    C[r, j] = mixed_versine(al1, al2[j], be1, be2[j], C[r, j], C[r2, j])
+            if known.size and known[r] and known[r2]:
+                _mix_tile(C[r], C[r2], S1[k, i], R1[k, i], S2[k, c0:c0 + n], R2[k, c0:c0 + n],
+                          n)
             elif known.size:
                 known[r] = False
             for j in range(n):
@@ -427,9 +431,8 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 for j in range(n):
                     qn = p[0] * q[j] + p[1]
                     th[j] = dense_theta(p[0], p[2], p[3], p[4], q[j], qn, th[j])
-                    v[j] = 1.0 / math.sqrt(qn) if qn > 0.0 else 0.0
-                    a[j] = math.sqrt(p[0] * q[j]) * v[j]
-                    b[j] = math.sqrt(p[1]) * v[j]
+                    v[j], a[j], b[j] = mixed_scales(math.sqrt(p[0]) * math.sqrt(q[j]),
+                                                    math.sqrt(p[1]), qn)
                     q[j] = qn
             elif op == OP_ACT:
                 kind = ops[k, 3]
@@ -469,11 +472,10 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                 th2 = TH[ops[k, 2], :n]
                 v, a, b = V[k, c0:c0 + n], S[k, c0:c0 + n], R[k, c0:c0 + n]
                 for j in range(n):
-                    qa, qb = p[0] * q[j], p[1] * q2[j]
-                    q[j] = p[0] * q[j] + p[1] * q2[j]     # as the Gram tiles round it
-                    v[j] = 1.0 / math.sqrt(q[j]) if q[j] > 0.0 else 0.0
-                    a[j] = math.sqrt(qa) * v[j]
-                    b[j] = math.sqrt(qb) * v[j]
+                    qn = p[0] * q[j] + p[1] * q2[j]     # as the Gram tiles round it
+                    v[j], a[j], b[j] = mixed_scales(math.sqrt(p[0]) * math.sqrt(q[j]),
+                                                    math.sqrt(p[1]) * math.sqrt(q2[j]), qn)
+                    q[j] = qn
                     th[j] = p[0] * th[j] + p[1] * th2[j]
             elif op == OP_MUL:
                 q2 = Q[ops[k, 2], :n]

@@ -274,6 +274,16 @@ def mixed_versine(a1, a2, b1, b2, ca, cb):
 
 
 @njit(**INLINE)
+def mixed_scales(ra, rb, q):
+    """A point's (1/√q, α, β) for ``mixed_versine``: q = qA + qB as the
+    kernels round it, (α, β) = (ra, rb)/√q with ra = √qA, rb = √qB given as
+    products of square roots (w2 qA is not formed: a compiler would share it
+    with q's own product and round q differently); zeros where q = 0."""
+    v = 1.0 / math.sqrt(q) if q > 0.0 else 0.0
+    return v, ra * v, rb * v
+
+
+@njit(**INLINE)
 def dense_theta(w2, c_old, c_new, c_one, q, qn, th):
     """The NTK after a Dense layer, c_old q + c_new q' + w2 θ + c_one
     (``_program.OP_DENSE``), where a zero coefficient contributes exactly 0:
