@@ -669,14 +669,47 @@ act_rows = _rebound(act_tile, "_rows", **{f: _absent for _, _, functions in _COS
 
 
 @njit(**dict(JIT, fastmath={"contract", "reassoc"}))
+def _norm2(row):
+    """|row|², the sum reassociated: vectorised."""
+    acc = 0.0
+    for j in range(row.shape[0]):
+        acc += row[j] * row[j]
+    return acc
+
+
+@njit(**JIT)
 def _row_norms(x, out):
     """out[i] = |x_i|² (row_norms)."""
     for i in range(x.shape[0]):
-        row = x[i]
-        acc = 0.0
-        for j in range(row.shape[0]):  # reassociated: vectorised
-            acc += row[j] * row[j]
-        out[i] = acc
+        out[i] = _norm2(x[i])
+
+
+@njit(**JIT)
+def squared_norm_sum(x):
+    """Σ_i |x_i|² of a 2-D array: finite iff every entry and every squared
+    row norm is (and their sum does not overflow)."""
+    acc = 0.0
+    for i in range(x.shape[0]):
+        acc += _norm2(x[i])
+    return acc
+
+
+@njit(**JIT)
+def _all_finite(a):
+    """No NaN or ±inf in the 2-D C-contiguous array ``a``."""
+    for v in a.ravel():
+        if not math.isfinite(v):
+            return False
+    return True
+
+
+@njit(**JIT)
+def _point_norms(x, d_in, sq, U):
+    """sq[i] = |x_i|²/d_in and U[i] = 1/|x_i| (0 for x_i = 0) (point_tables)."""
+    for i in range(x.shape[0]):
+        norm2 = _norm2(x[i])
+        sq[i] = norm2 / d_in
+        U[i] = 1.0 / math.sqrt(norm2) if norm2 > 0.0 else 0.0
 
 
 def row_norms(x):
@@ -711,8 +744,8 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
     by block).
     """
     n = x.shape[0]
-    norm2 = row_norms(x)
-    sq = norm2 / program.d_in
+    sq, U = np.empty(n), np.empty(n)
+    _point_norms(x, program.d_in, sq, U)
     numeric = program.numeric_ops
     n_ops = program.n_ops
     buf, F, G = (_numeric_run(program, sq, features, keep) if numeric
@@ -723,16 +756,12 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
     if numeric:
         k, t = k.copy(), t.copy()
     S, R = buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:]
-    finite = np.isfinite(buf[:n_ops + 2]).all()   # all of V, k, t
-    if not finite:
+    if not _all_finite(buf[:n_ops + 2]):   # all of V, k, t
         check_finite_variances(program, V, k, t, start, name)
     for op in numeric:
         if n and V[op].max() > variance_limit(program, op):
             i = int(V[op].argmax())
             raise quadrature_range_error(program, op, V[op, i], f"{name} row {start + i}")
-    with np.errstate(divide="ignore"):
-        U = 1.0 / np.sqrt(norm2)
-    U[~(U < math.inf)] = 0.0
     return (V, S, R, F, G, U), k, t
 
 

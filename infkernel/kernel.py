@@ -6,6 +6,7 @@ in ``get`` order, as in neural-tangents: ``nngp`` is the NNGP covariance Σ
 and ``ntk`` the neural tangent kernel Θ of the network output, each of shape
 (N1, N2) (or (N,) from ``Network.diag``).
 """
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -80,7 +81,7 @@ def check_inputs(x, name, d=None, like="x1"):
         a = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be a 2-D numeric array: {exc}") from None
-    if np.iscomplexobj(a):
+    if a.dtype.kind == "c":
         raise TypeError(f"{name} must be real, got dtype {a.dtype}")
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
@@ -93,11 +94,14 @@ def check_inputs(x, name, d=None, like="x1"):
     if d is not None and a.shape[1] != d:
         raise ValueError(f"{name} has {a.shape[1]} features, expected {d} "
                          f"(the same as {like})")
-    with np.errstate(over="ignore"):     # reported below
-        given, a = a, np.ascontiguousarray(a, dtype=np.float64)
-    sq = _cpu.row_norms(a)   # finite: no NaN/Inf entry, no overflow
-    if np.isfinite(sq).all():
+    given = a
+    if a.dtype != np.float64:
+        with np.errstate(over="ignore"):     # reported below
+            a = a.astype(np.float64)
+    a = np.ascontiguousarray(a)
+    if math.isfinite(_cpu.squared_norm_sum(a)):   # no NaN/Inf entry, no overflow
         return a
+    sq = _cpu.row_norms(a)       # (a sum of finite norms that overflows: told apart here)
     bad = ~np.isfinite(a).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)

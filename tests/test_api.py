@@ -340,6 +340,15 @@ def test_bad_input(call, exc, words):
     assert words in str(info.value)
 
 
+def test_rows_whose_squared_norms_sum_past_float64_are_accepted():
+    """The input check sums all squared norms first; rows that are each fine
+    but whose sum overflows take the row-by-row check and are accepted."""
+    x = np.full((4, 1), 1e154)        # |x_i|² = 1e308 each, their sum overflows
+    net = ik.serial(ik.Dense(1, W_std=1e-10), ik.Relu(), ik.Dense(1))
+    k = net.kernel(x, None, "nngp")
+    np.testing.assert_allclose(k, np.full((4, 4), 1e308 * 1e-20 / 2), rtol=1e-14)
+
+
 def test_input_dim_is_checked_before_any_work():
     """A network that knows its input width (``from_torch`` sets it) refuses
     others in every entry point; None (the default) takes any width."""
