@@ -1,5 +1,8 @@
 """Argument checks shared by every module: one message format for scalars."""
 import math
+import os
+import sys
+import warnings
 from collections import namedtuple
 from functools import lru_cache
 
@@ -11,6 +14,16 @@ class KernelRangeError(ValueError):
     variance overflows float64 (or an expectation diverges), or leaves a
     quadrature's guaranteed range.  Optimisers treat such parameters as
     infeasible (``hyper.fit_hyperparameters``, ``sklearn.NetworkKernel``)."""
+
+
+def warn(message, category):
+    """``warnings.warn`` attributed to the first caller outside this package
+    (the user's line), however deep inside it the warning arises."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2      # stacklevel 2: the caller of warn()
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 #: Largest magnitude of a parameter that the kernels square (a standard

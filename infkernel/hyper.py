@@ -822,7 +822,9 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             f"({np.count_nonzero(~np.isfinite(K))} of {K.size} kernel entries, "
             f"{np.count_nonzero(~np.isfinite(dK))} of {dK.size} derivative entries not "
             "finite): reduce W_std / b_std or rescale x")
-    return K, dK
+    # K itself from net.kernel: the same values, exact near ρ = 1 where this
+    # recursion's kinked duals, their angle taken from q12, lose digits
+    return np.asarray(net.kernel(x, None, get)), dK
 
 
 def _times(partial, tangent):

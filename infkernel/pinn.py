@@ -64,7 +64,6 @@ Loss weights and spectra: :func:`trace_weights` (Wang et al. 2020),
 Braga-Neto 2023, self-adaptive PINNs).
 """
 import math
-import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -73,7 +72,7 @@ import numpy as np
 from numba import njit
 
 from . import _jets, _program as P
-from ._checks import KernelRangeError, count, one_kernel, real, real_array
+from ._checks import KernelRangeError, count, one_kernel, real, real_array, warn
 from ._cpu import _single_threaded_blas, in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
@@ -989,12 +988,12 @@ def kernel(net, x1, x2=None, op1=None, op2=None, get="ntk", *, shift=None, scale
     for n in names:
         top = np.abs(out[n]).max(initial=0.0)
         if err[n] > _ACCURACY_WARN * top:
-            warnings.warn(
+            warn(
                 f"pinn.kernel: the {n} kernel of {op1!r} x {op2!r} carries an estimated error "
                 f"of up to {err[n] / top:.1g} of its largest entry (the Taylor series of the "
                 "quadrature activations cancels at large pre-activation variance); normalise "
                 "the inputs (shift/scale) or reduce W_std to keep the variances small",
-                PinnAccuracyWarning, stacklevel=2)
+                PinnAccuracyWarning)
     if sym and numeric:      # (the closed-form path mirrors as it writes)
         for n in names:
             out[n] = np.triu(out[n]) + np.triu(out[n], 1).T

@@ -27,10 +27,12 @@ Times are continuous and in units of ``learning_rate`` (absolute time
 instead of an eigendecomposition.  ``diag_reg`` is relative to the mean
 diagonal of the training kernel unless ``diag_reg_absolute_scale=True``.
 
-Linear algebra is always float64.  Cholesky factorisations escalate a
-diagonal jitter (with a warning stating it) when the matrix is singular to
-working precision, and refuse matrices that are not positive semidefinite
-beyond rounding.  For very large training sets, ``solver="cg"`` solves with
+Linear algebra is always float64.  A training kernel singular to working
+precision (a duplicated point) is solved with its pseudo-inverse, the limit
+diag_reg → 0, as t = ∞ takes it (``_pinv_factors``; beyond ``_PINV_MAX``
+points Cholesky factorisations escalate a diagonal jitter, with a warning
+stating it); matrices that are not positive semidefinite beyond rounding are
+refused.  For very large training sets, ``solver="cg"`` solves with
 conjugate gradients preconditioned by a pivoted partial Cholesky factor
 (Gardner et al. 2018; Wang et al. 2019, "Exact Gaussian processes on a million
 data points") without a second N×N matrix.
@@ -38,7 +40,6 @@ data points") without a second N×N matrix.
 import ctypes
 import math
 import types
-import warnings
 from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
@@ -49,10 +50,11 @@ import scipy.linalg as sla
 from scipy import special
 from scipy.integrate import OdeSolver, solve_ivp
 
-from ._checks import KERNELS, count, flag, parse_get, real, real_array, result_type
+from ._checks import KERNELS, count, flag, parse_get, real, real_array, result_type, warn
 
 __all__ = ["gp_inference", "gradient_descent_mse_ensemble", "gradient_descent_mse",
-           "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "max_learning_rate"]
+           "gradient_descent", "ODEState", "Gaussian", "JitterWarning", "SingularKernelWarning",
+           "max_learning_rate"]
 
 #: A Gaussian: ``mean`` and ``covariance`` (an (M, M) matrix, or (M,)
 #: variances for ``compute_cov="diag"``).
@@ -64,6 +66,11 @@ CHUNK = 4096
 
 class JitterWarning(UserWarning):
     """A Cholesky factorisation needed a diagonal jitter to succeed."""
+
+
+class SingularKernelWarning(UserWarning):
+    """A training kernel singular to working precision was solved with its
+    pseudo-inverse (the limit diag_reg → 0)."""
 
 
 # ---------------------------------------------------------------------------
@@ -165,6 +172,17 @@ def _field(k, g, name):
     return k
 
 
+def _same_points(k, name):
+    """The nngp / ntk fields of a Kernel ``k`` ({} for an array), or a
+    ValueError when their shapes differ: they must be of the same points."""
+    fields = {g: getattr(k, g) for g in KERNELS if getattr(k, g, None) is not None}
+    shapes = {g: np.shape(v) for g, v in fields.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{name}'s fields must be kernels of the same points, got shapes "
+                         + ", ".join(f"{g} {v}" for g, v in shapes.items()))
+    return fields
+
+
 def _pack(out, names, single):
     if single:
         return out[names[0]]
@@ -186,7 +204,8 @@ def _regularizer(k, diag_reg, absolute):
 _MAX_JITTER = 1e-6
 
 
-def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER):
+def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER,
+               jitter=True):
     """Lower Cholesky factor of a symmetric PSD matrix, in scipy's
     ``(c, lower=True)`` convention (the strict upper triangle of ``c`` is not
     referenced).  ``overwrite=True`` factors a float64 F-ordered ``a`` in place.
@@ -194,7 +213,9 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER)
     On failure a jitter ε·mean(diag) is added, ε = 1e-12, 1e-11, ...,
     ``max_jitter``, with a ``JitterWarning`` that states the jitter used.  If
     that is not enough, the smallest eigenvalue is computed and a ValueError
-    says by how much the matrix fails to be PSD.
+    says by how much the matrix fails to be PSD.  ``jitter=False``: a
+    matrix singular to working precision raises ``np.linalg.LinAlgError``
+    instead, ``a`` intact (restored when factored in place).
     """
     n = a.shape[0]
     if n == 0:
@@ -225,6 +246,8 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER)
         except (np.linalg.LinAlgError, sla.LinAlgError):
             eps = 1e-12 if eps == 0.0 else eps * 10.0
             _restore_lower(work, d0)
+            if not jitter:
+                raise np.linalg.LinAlgError(f"{name} is singular to working precision") from None
             if eps > max_jitter * (1 + 1e-9):
                 lam = sla.eigvalsh(work, lower=False, subset_by_index=[0, 0])[0]
                 raise ValueError(
@@ -234,10 +257,10 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER)
                     "kernel or increase diag_reg.") from None
             work[np.diag_indices(n)] = d0 + eps * scale
     if eps > 0.0:
-        warnings.warn(f"{name} is singular to working precision: added jitter "
+        warn(f"{name} is singular to working precision: added jitter "
                       f"{eps * scale:.3g} (= {eps:g} x mean diagonal {scale:.3g}) to its "
                       "diagonal for the Cholesky factorisation; consider diag_reg > 0",
-                      JitterWarning, stacklevel=3)
+                      JitterWarning)
     return c
 
 
@@ -429,10 +452,10 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
             break
         x = best.copy()
     if (true_res > tol).any():
-        warnings.warn(f"{name}: conjugate gradients stopped after {it} iterations at "
+        warn(f"{name}: conjugate gradients stopped after {it} iterations at "
                       f"relative residual {true_res.max():.3g} (asked for {tol:g}); "
                       "increase diag_reg or maxiter, or use solver='cholesky'",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning)
     pcg_solve.last_iterations = it
     return best.reshape(b.shape)
 
@@ -461,23 +484,39 @@ class _Solver:
     def solve(self, b):
         if self.solver == "cg":
             return pcg_solve(self.k, b, self.reg, tol=self.tol, name=self.name)
-        return _cho_solve(self._factor(), b)
+        f = self._factor()
+        if isinstance(f, tuple):           # the pseudo-inverse F G⁻² Fᵀ
+            F, R = f
+            return F @ _cho_solve(R, _cho_solve(R, F.T @ b))
+        return _cho_solve(f, b)
 
     def whiten(self, b):
-        """L⁻¹ b for the Cholesky factor K + reg I = L Lᵀ (None for "cg"):
-        bᵀ (K + reg I)⁻¹ b = (L⁻¹b)ᵀ (L⁻¹b) with one triangular solve."""
+        """W b with Wᵀ W = (K + reg I)⁻¹ (None for "cg"), so that
+        bᵀ (K + reg I)⁻¹ b = (W b)ᵀ (W b): W = L⁻¹ for the Cholesky factor
+        K + reg I = L Lᵀ (one triangular solve), G⁻¹ Fᵀ for the pseudo-inverse."""
         if self.solver == "cg":
             return None
-        return sla.solve_triangular(self._factor(), b, lower=True, check_finite=False)
+        f = self._factor()
+        if isinstance(f, tuple):
+            F, R = f
+            return _cho_solve(R, F.T @ b)
+        return sla.solve_triangular(f, b, lower=True, check_finite=False)
 
     def _factor(self):
+        """The Cholesky factor of K + reg I; where that is singular to working
+        precision (a duplicated training point) and n <= ``_PINV_MAX``, the
+        factors (F, R) of its pseudo-inverse (``_pinv_factors``) instead."""
         if self._chol is None:
             a = self.k.T if self.k.flags.c_contiguous else self.k  # symmetric
             if not (self.overwrite and a.dtype == np.float64 and a.flags.f_contiguous
                     and a.flags.writeable):
                 a = np.array(self.k, dtype=np.float64, order="F")
             a[np.diag_indices_from(a)] += self.reg
-            self._chol = cho_factor(a, self.name, overwrite=True)
+            try:
+                self._chol = cho_factor(a, self.name, overwrite=True,
+                                        jitter=len(a) > _PINV_MAX)
+            except np.linalg.LinAlgError:  # singular; a is intact
+                self._chol = _pinv_factors(a, self.name)
             if self.overwrite:
                 self.k = None  # its memory now holds the factor
             del a
@@ -511,6 +550,46 @@ class _Solver:
             vecs = self.eig()[1]
             self._rotated = (a, vecs.T @ a @ vecs)
         return self._rotated[1]
+
+
+#: Largest training kernel that, singular to working precision, is solved with
+#: its pseudo-inverse (``_pinv_factors``: LAPACK's pivoted Cholesky, which the
+#: blocked ``_potrf_lower`` does not replace); larger ones get a stated jitter.
+_PINV_MAX = 8192
+
+
+def _pinv_factors(a, name):
+    """(F, R) with a⁺ = F G⁻² Fᵀ, G = FᵀF = R Rᵀ, for a PSD matrix ``a``
+    singular to working precision (e.g. with a duplicated training point).
+
+    A rank-revealing pivoted Cholesky a = F Fᵀ (LAPACK dpstrf; it stops at
+    pivots below n·ε·max diag) gives F of full column rank r, and then the
+    Moore–Penrose inverse of F Fᵀ is F (FᵀF)⁻² Fᵀ: the limit of (a + εI)⁻¹
+    on the range of a as ε → 0, where a jittered Cholesky is off by the
+    jitter and its rounding, amplified ~1/ε, and the pseudo-inverse that
+    t = ∞ takes too.  A remainder a − F Fᵀ beyond the Cholesky path's PSD
+    tolerance is an error, as there.  Cost: that of one Cholesky and FᵀF."""
+    n = len(a)
+    d = np.diagonal(a)
+    c, piv, r, info = sla.lapack.dpstrf(a, lower=1)
+    if info < 0:
+        raise np.linalg.LinAlgError(f"dpstrf: argument {-info} is invalid")
+    F = np.zeros((n, r))
+    F[piv - 1] = np.tril(c[:, :r])
+    rest = np.sort(piv[r:] - 1)           # the points that F explains
+    remainder = a[np.ix_(rest, rest)] - F[rest] @ F[rest].T   # a's upper triangle is intact
+    remainder = np.triu(remainder) + np.triu(remainder, 1).T
+    scale = float(d.mean())
+    if rest.size and np.abs(remainder).max() > _MAX_JITTER * scale:
+        lam = sla.eigvalsh(a, lower=False, subset_by_index=[0, 0])[0]
+        raise ValueError(
+            f"{name} is not positive semidefinite beyond rounding: smallest "
+            f"eigenvalue {lam:.3g} (relative {lam / scale:.3g} of the mean diagonal). "
+            "Check the kernel or increase diag_reg.")
+    warn(f"{name} is singular to working precision (numerical rank {r} of {n}, "
+                  "e.g. a duplicated point): solved with its pseudo-inverse, the limit "
+                  "diag_reg -> 0; consider diag_reg > 0", SingularKernelWarning)
+    return F, sla.cholesky(F.T @ F, lower=True, check_finite=False)
 
 
 def _decay(lam, tn):
@@ -577,12 +656,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
     diag_reg = _check_reg(diag_reg)
     diag_reg_absolute_scale = flag("diag_reg_absolute_scale", diag_reg_absolute_scale)
     overwrite_k_train_train = flag("overwrite_k_train_train", overwrite_k_train_train)
-    fields = {g: getattr(k_train_train, g) for g in KERNELS
-              if getattr(k_train_train, g, None) is not None}
-    shapes = {g: np.shape(k) for g, k in fields.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError("k_train_train's fields must be kernels of the same training points, "
-                         "got shapes " + ", ".join(f"{g} {v}" for g, v in shapes.items()))
+    fields = _same_points(k_train_train, "k_train_train")
     first = np.asarray(next(iter(fields.values()), k_train_train))
     if first.ndim != 2 or first.shape[0] != first.shape[1]:
         raise ValueError(f"k_train_train must be a square (N, N) matrix, got shape {first.shape}")
@@ -610,6 +684,8 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
         names, single = parse_get(get, KERNELS + ("ntkgp",))
+        _same_points(k_test_train, "k_test_train")
+        _same_points(k_test_test, "k_test_test")
         out = {}
         for g in names:
             kg = "ntk" if g == "ntkgp" else g
@@ -633,12 +709,14 @@ def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=Fa
             if g in ("nngp", "ntkgp"):
                 cov = _nngp_cov(k_tt, k_td, solver_for(kg))
             else:
-                if not (hasattr(k_test_train, "nngp") and hasattr(k_train_train, "nngp")):
+                if (getattr(k_test_train, "nngp", None) is None
+                        or getattr(k_train_train, "nngp", None) is None):
                     raise ValueError("the NTK posterior covariance needs both 'nngp' and 'ntk' "
                                      "in k_train_train and k_test_train (pass Kernel namedtuples)")
-                cov = _ntk_cov(k_tt, k_td, np.asarray(k_test_train.nngp, dtype=np.float64),
-                               np.asarray(k_train_train.nngp, dtype=np.float64),
-                               solver_for("ntk").solve)
+                s_dd = _check_square(k_train_train.nngp, "k_train_train.nngp", n)
+                _check_symmetric(s_dd, "k_train_train.nngp")
+                cov = _ntk_cov(k_tt, k_td, _as_cross(k_test_train.nngp, n, "k_test_train.nngp"),
+                               s_dd, solver_for("ntk").solve)
             out[g] = Gaussian(mean, cov)
         return _pack(out, names, single)
 
@@ -1246,10 +1324,10 @@ def _ode_method(method, T, k, grad, f0, momentum, size):
         stiff = steps > max(STIFF_STEPS, STIFF_PER_STATE * size) and size <= STIFF_STATE
         method = "LSODA" if stiff else "DOP853"
     if method in ("RK23", "RK45", "DOP853") and steps > 1e7:
-        warnings.warn(f"gradient_descent: a stiff flow (lr·t·λ_max·∂²loss ≈ {steps:.1e}): "
+        warn(f"gradient_descent: a stiff flow (lr·t·λ_max·∂²loss ≈ {steps:.1e}): "
                       f"{method}, an explicit method, needs about that many steps; "
                       "method='LSODA' takes implicit ones (a dense Jacobian of the "
-                      f"{size} state numbers)", RuntimeWarning, stacklevel=3)
+                      f"{size} state numbers)", RuntimeWarning)
     return method
 
 

@@ -239,19 +239,57 @@ def test_not_psd_is_an_error(A):
 
 
 @pytest.mark.parametrize("n", [8, 40])
-def test_singular_kernel_gets_jitter_warning(n):
-    """The jittered solve equals a direct solve of K + (stated jitter) I: the
-    retry factors the original matrix, not what the failed attempt left."""
+def test_singular_kernel_is_solved_with_its_pseudo_inverse(n):
+    """A singular training kernel (rank 3): mean and covariance from the
+    pseudo-inverse, the limit diag_reg → 0 (numpy's SVD-based pinv as the
+    reference), stated in a SingularKernelWarning at the caller's line; t =
+    None agrees with t = ∞ (eigendecomposition) to rounding."""
     rng = np.random.default_rng(1)
     B = rng.standard_normal((n, 3))
     k = B @ B.T                                    # PSD of rank 3: singular
     y = B @ rng.standard_normal(3) + 0.1 * rng.standard_normal(n)
+    kt = rng.standard_normal((2, 3)) @ B.T         # test points' kernel: in k's range
+    ktt = kt @ np.linalg.pinv(k) @ kt.T + np.eye(2)
+    with pytest.warns(P.SingularKernelWarning, match="numerical rank 3 of") as rec:
+        out = P.gp_inference(k, y)(get="nngp", k_test_train=kt, k_test_test=ktt)
+    assert rec[0].filename == __file__
+    pinv = np.linalg.pinv(k, rcond=1e-10)
+    scale = np.abs(kt @ pinv @ y).max()
+    np.testing.assert_allclose(out.mean, kt @ pinv @ y, rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(out.covariance, ktt - kt @ pinv @ kt.T, rtol=0, atol=1e-10)
+    flow = P.gradient_descent_mse(k, y)
+    with pytest.warns(P.SingularKernelWarning):
+        at_none = flow(None, 0.0, np.zeros(2), kt)[1]
+    np.testing.assert_allclose(at_none, flow(np.inf, 0.0, np.zeros(2), kt)[1],
+                               rtol=0, atol=1e-10 * scale)
+
+
+def test_singular_kernel_beyond_the_pseudo_inverse_size_gets_jitter(monkeypatch):
+    """Beyond ``_PINV_MAX`` points a stated jitter: the jittered solve equals a
+    direct solve of K + (stated jitter) I (the retry factors the original
+    matrix, not what the failed attempt left)."""
+    monkeypatch.setattr(P, "_PINV_MAX", 4)
+    rng = np.random.default_rng(1)
+    n = 8
+    B = rng.standard_normal((n, 3))
+    k = B @ B.T
+    y = B @ rng.standard_normal(3) + 0.1 * rng.standard_normal(n)
     with pytest.warns(P.JitterWarning, match="added jitter") as rec:
         out = P.gp_inference(k, y)(get="nngp", k_test_train=k[:2] + 0.5)
+    assert rec[0].filename == __file__
     eps = float(str(rec[0].message).split("added jitter ")[1].split(" ")[0])
     ref = (k[:2] + 0.5) @ np.linalg.solve(k + eps * np.eye(n), y)
     # cond(K + eps I) ~ |K| / eps ~ 1e12: agreement to ~1e-4 of the scale
     np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+def test_indefinite_kernel_is_refused_by_the_pseudo_inverse_path():
+    """A singular matrix that is not PSD (a remainder beyond rounding after
+    the pivoted factorisation) is refused, not solved."""
+    k = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="not positive semidefinite beyond rounding: "
+                                         "smallest eigenvalue -1"):
+        P.gp_inference(k, np.ones(3))(get="nngp", k_test_train=np.ones((1, 3)))
 
 
 def test_blocked_cholesky_matches_lapack_and_keeps_upper(monkeypatch):
@@ -361,19 +399,18 @@ def test_gradient_descent_mse_test_outputs_only():
 def test_duplicated_training_point_is_singular_even_when_cholesky_succeeds(data):
     """A duplicated training input with a different target: dpotrf succeeds on
     the rounding-level pivot, which would solve to garbage; the pivot check
-    treats it as singular (JitterWarning) and the result approaches the
-    pseudo-inverse limit, which averages the two targets.  The jitter (1e-12
-    of the scale) shifts eigen-components with λ ~ 1e-8 of the scale by
-    ~1e-4: agreement to 1e-3 of the largest prediction (without the check the
-    answer is off by O(1): -0.75 where the limit is -0.18)."""
+    treats it as singular and solves with the pseudo-inverse, the limit
+    diag_reg → 0, which averages the two targets (without the check the
+    answer is off by O(1): -0.75 where the limit is -0.18; a jitter of 1e-12
+    of the scale was off by ~1e-4)."""
     net, xtr, xte, ytr = data
     x = np.vstack([xtr[:20], xtr[:1]])
     y = np.vstack([ytr[:20], ytr[:1] + 1.0])
     k, kt = net.kernel(x, None, "nngp"), net.kernel(xte, x, "nngp")
-    with pytest.warns(P.JitterWarning, match="singular to working precision"):
+    with pytest.warns(P.SingularKernelWarning, match="singular to working precision"):
         got = P.gp_inference(k, y)("nngp", kt)
     ref = kt @ np.linalg.pinv(k, rcond=1e-10) @ y
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
 
 
 def test_boolean_targets_are_zero_one():
@@ -719,9 +756,22 @@ def test_kernel_fields_and_symmetry_are_checked():
     x, y = rng.standard_normal((6, 2)), rng.standard_normal((6, 1))
     net = ik.serial(ik.Dense(1, 1.5, 0.1), ik.Relu(), ik.Dense(1))
     k = net.kernel(x, None, None)
-    with pytest.raises(ValueError, match=r"same training points, got shapes nngp \(5, 5\), "
+    with pytest.raises(ValueError, match=r"same points, got shapes nngp \(5, 5\), "
                                          r"ntk \(6, 6\)"):
         P.gp_inference(type(k)(k.nngp[:5, :5], k.ntk), y)
+    # the test-side Kernels too, before any solve: their fields were used unchecked
+    xt = rng.standard_normal((4, 2))
+    ktd, ktt = net.kernel(xt, x, None), net.kernel(xt, None, None)
+    predict = P.gp_inference(k, y)
+    with pytest.raises(ValueError, match=r"k_test_train's fields must be kernels of the same "
+                                         r"points, got shapes nngp \(4, 6\), ntk \(3, 6\)"):
+        predict(None, type(k)(ktd.nngp, ktd.ntk[:3]))
+    with pytest.raises(ValueError, match="k_test_test's fields must be kernels of the same"):
+        predict("ntk", ktd, type(k)(ktt.nngp, ktt.ntk[:3, :3]))
+    with pytest.raises(ValueError, match="k_test_train.nngp contains NaN or Inf"):
+        predict("ntk", type(k)(np.full_like(ktd.nngp, np.nan), ktd.ntk), ktt)
+    with pytest.raises(ValueError, match="k_train_train.nngp is not symmetric"):
+        P.gp_inference(type(k)(k.nngp + np.triu(np.ones((6, 6)), 1), k.ntk), y)("ntk", ktd, ktt)
 
     def skewed(x1, x2=None, get=None, **kw):
         out = net.kernel(x1, x2, get)
