@@ -101,6 +101,22 @@ def test_kinked_duals_at_parallel_and_antipodal_points(act):
             assert np.abs(fd - dK[p]).max() <= 1e-7 * np.abs(dK).max(), (get, p)
 
 
+def test_kernel_is_exact_for_nearly_parallel_points():
+    """Points 1e-9 apart: the kinked duals of the gradient recursion take the
+    angle from q12 (~1e-8 off there); K comes from the kernels, which carry
+    the versine, so it matches a 50-digit evaluation of the recursion."""
+    from test_kernels import _kinked_reference
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3))
+    x[1] = x[0] + 1e-9 * rng.standard_normal(3)
+    net = ik.serial(ik.Dense(3, 1.3, 0.1), ik.Relu(), ik.Dense(3, 0.9, 0.2), ik.Relu(),
+                    ik.Dense(1, 1.1))
+    refs = _kinked_reference(net, x[:1], x[1:])
+    for get, ref in zip(("nngp", "ntk"), refs[:, 0, 0]):
+        K, _ = H.kernel_and_grad(net, x, get)
+        assert abs(K[0, 1] - ref) <= 4e-16 * abs(ref), (get, K[0, 1], ref)
+
+
 def test_overflowing_gradients_are_an_error():
     """Variances beyond float64 are refused by kernel_and_grad as by the
     kernels (KernelRangeError), not returned as inf / NaN."""
