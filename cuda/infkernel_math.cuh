@@ -251,12 +251,11 @@ IK_FN T ik_arc_versine(T rho, T omt, T f_theta, T m) {
   return ik_min(ik_max(c - m * f_theta * T(1.0 / IK_PI), T(0)), T(2));
 }
 
-/// 1 - rho from q12 and r = 1/sqrt q (1 where a variance is zero), where no
-/// versine is carried (_duals.versine_of).
+/// 1 - rho from q12 and r = 1/sqrt q (0 where a variance is zero: rho = 0), where
+/// no versine is carried, 0 for identical points (_duals.versine_of).
 template <typename T>
 IK_FN T ik_versine_of(T q12, T r1, T r2) {
-  const T rr = r1 * r2;
-  return rr > T(0) ? ik_min(ik_max(T(1) - q12 * rr, T(0)), T(2)) : T(1);
+  return T(1) - ik_correlation(q12, r1, r2);
 }
 
 /// The versine of a sum of two independent signals A + B (a Dense layer's
@@ -1361,6 +1360,9 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
         TH[e] *= w;
         C[e] = w != T(0) ? C[e] : T(1);  // zero variances: rho = 0
       }
+    } else if (op == IK_OP_DIAG_SCALE) {  // the diagonal only: rho of the others changes
+      IK_UNROLL
+      for (int e = 0; e < E; ++e) C[e] = ik_nan(T(0));
     } else if (op == IK_OP_COPY) {
       ik_reg_set<T, NR, E>(q, o[2], Q);
       ik_reg_set<T, NR, E>(th, o[2], TH);

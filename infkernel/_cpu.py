@@ -370,6 +370,9 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
             if known.size and p[0] == 0.0:   # zero variances: ρ = 0
                 for j in range(n):
                     C[r, j] = 1.0
+        elif op == OP_DIAG_SCALE:   # the diagonal only: ρ of the others changes
+            if known.size:
+                known[r] = False
         elif op == OP_COPY:
             r2 = ops[k, 2]
             for j in range(n):

@@ -246,10 +246,10 @@ def dual_relu(c2, s1, s2, rho, omt):
 
 @njit(**INLINE)
 def versine_of(q12, r1, r2):
-    """1 - ρ from q12 and r = 1/√q (1 where a variance is zero), where no
-    carried versine is known: as accurate as q12 is."""
-    rr = r1 * r2
-    return min(max(1.0 - q12 * rr, 0.0), 2.0) if rr > 0.0 else 1.0
+    """1 - ρ from q12 and r = 1/√q (0 where a variance is zero: ρ = 0), where
+    no carried versine is known: as accurate as q12 is, and 0 for identical
+    points (``correlation``: ρ within 4 ulps of ±1 is ±1)."""
+    return 1.0 - correlation(q12, r1, r2)
 
 
 @njit(**INLINE)

@@ -95,8 +95,10 @@ def duals(act, q11, q12, q22):
 
 
 def kernels(net, x1, x2=None):
-    """(nngp, ntk) of a serial network of Dense/activation/Identity layers."""
-    x2 = x1 if x2 is None else x2
+    """(nngp, ntk) of a serial network of Dense/activation/Identity/Dropout
+    layers (train-mode Dropout: a point's entry with itself times 1/rate)."""
+    same = x2 is None
+    x2 = x1 if same else x2
     d = x1.shape[1]
     Q = x1 @ x2.T / d
     q1 = (x1 * x1).sum(1) / d
@@ -123,6 +125,14 @@ def kernels(net, x1, x2=None):
             k2, kd2 = duals(layer, q2, q2, q2)
             Q, T = k, T * kd
             q1, t1, q2, t2 = k1, t1 * kd1, k2, t2 * kd2
+        elif isinstance(layer, ik.Dropout):
+            if layer.training:
+                f = 1.0 / layer.rate
+                q1, t1, q2, t2 = f * q1, f * t1, f * q2, f * t2
+                if same:
+                    Q, T = Q.copy(), T.copy()
+                    Q[np.diag_indices_from(Q)] *= f
+                    T[np.diag_indices_from(T)] *= f
         elif isinstance(layer, ik.Identity):
             pass
         else:

@@ -461,9 +461,10 @@ def test_register_file(lib, n_regs, nr):
 @pytest.mark.parametrize("act", [ik.Relu(), ik.Abs(), ik.LeakyRelu(0.1)], ids=repr)
 def test_nearly_parallel_points_match_numba(lib, act):
     """Points 1e-9 apart, parallel ones of another norm and duplicates, through
-    a plain and a residual network: the header starts and carries the versine
-    1 - ρ as numba does (without it the two differ by ~1e-9 of the scale, ~1e7
-    ulps)."""
+    a plain and a residual network, after a smooth activation and after
+    train-mode Dropout: the header starts, carries, takes from q12 and drops
+    the versine 1 - ρ as numba does (without it the two differ by ~1e-9 of
+    the scale, ~1e7 ulps; kept through Dropout, by 0.2)."""
     rng = np.random.default_rng(9)
     x1 = rng.standard_normal((8, 5))
     noise = rng.standard_normal((8, 5))
@@ -473,7 +474,10 @@ def test_nearly_parallel_points_match_numba(lib, act):
                          ik.parallel(ik.serial(ik.Dense(8, 1.1, 0.2), act, ik.Dense(8)),
                                      ik.Dense(8, 0.7)),
                          ik.FanInSum(), act, ik.Dense(1))
-    for net in (plain, residual):
+    smooth = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Erf(), ik.Dense(8, 1.1, 0.2), act, ik.Dense(1))
+    dropped = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dropout(0.5), ik.Dense(8, 1.1, 0.2), act,
+                        ik.Dense(1))
+    for net in (plain, residual, smooth, dropped):
         prog = net.program(5)
         K, T, d1 = _host_gram(lib, prog, x1, x2, nr=4)
         _, _, d2 = _host_gram(lib, prog, x2, x2[:1], nr=4)
