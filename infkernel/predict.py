@@ -204,6 +204,14 @@ def _regularizer(k, diag_reg, absolute):
 _MAX_JITTER = 1e-6
 
 
+def _not_psd(name, lam, scale, why=""):
+    """The ValueError for a matrix whose smallest eigenvalue ``lam`` is below
+    its PSD tolerance (``scale``: its mean diagonal)."""
+    return ValueError(f"{name} is not positive semidefinite beyond rounding: smallest "
+                      f"eigenvalue {lam:.3g} (relative {lam / scale:.3g} of the mean diagonal)"
+                      f"{why}. Check the kernel or increase diag_reg.")
+
+
 def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER,
                jitter=True):
     """Lower Cholesky factor of a symmetric PSD matrix, in scipy's
@@ -250,17 +258,13 @@ def cho_factor(a, name="k_train_train", overwrite=False, max_jitter=_MAX_JITTER,
                 raise np.linalg.LinAlgError(f"{name} is singular to working precision") from None
             if eps > max_jitter * (1 + 1e-9):
                 lam = sla.eigvalsh(work, lower=False, subset_by_index=[0, 0])[0]
-                raise ValueError(
-                    f"{name} is not positive semidefinite beyond rounding: smallest "
-                    f"eigenvalue {lam:.3g} (relative {lam / scale:.3g} of the mean diagonal); "
-                    f"a jitter up to {max_jitter:g} x mean(diag) did not help. Check the "
-                    "kernel or increase diag_reg.") from None
+                raise _not_psd(name, lam, scale, f"; a jitter up to {max_jitter:g} x "
+                               "mean(diag) did not help") from None
             work[np.diag_indices(n)] = d0 + eps * scale
     if eps > 0.0:
         warn(f"{name} is singular to working precision: added jitter "
-                      f"{eps * scale:.3g} (= {eps:g} x mean diagonal {scale:.3g}) to its "
-                      "diagonal for the Cholesky factorisation; consider diag_reg > 0",
-                      JitterWarning)
+             f"{eps * scale:.3g} (= {eps:g} x mean diagonal {scale:.3g}) to its "
+             "diagonal for the Cholesky factorisation; consider diag_reg > 0", JitterWarning)
     return c
 
 
@@ -453,9 +457,8 @@ def pcg_solve(k, b, reg=0.0, tol=1e-10, maxiter=1000, rank=None, name="k_train_t
         x = best.copy()
     if (true_res > tol).any():
         warn(f"{name}: conjugate gradients stopped after {it} iterations at "
-                      f"relative residual {true_res.max():.3g} (asked for {tol:g}); "
-                      "increase diag_reg or maxiter, or use solver='cholesky'",
-                      RuntimeWarning)
+             f"relative residual {true_res.max():.3g} (asked for {tol:g}); "
+             "increase diag_reg or maxiter, or use solver='cholesky'", RuntimeWarning)
     pcg_solve.last_iterations = it
     return best.reshape(b.shape)
 
@@ -536,10 +539,7 @@ class _Solver:
             scale = float(np.diagonal(a).mean()) if len(a) else 0.0
             lam, vecs = sla.eigh(a, overwrite_a=True, check_finite=False, driver="evd")
             if len(lam) and lam[0] < -_MAX_JITTER * abs(scale):
-                raise ValueError(
-                    f"{self.name} is not positive semidefinite beyond rounding: smallest "
-                    f"eigenvalue {lam[0]:.3g} (relative {lam[0] / scale:.3g} of the mean "
-                    "diagonal). Check the kernel or increase diag_reg.")
+                raise _not_psd(self.name, lam[0], scale)
             tol = len(lam) * np.finfo(np.float64).eps * (abs(lam).max() if len(lam) else 0.0)
             self._eig = (np.where(lam > tol, lam, 0.0), vecs)
         return self._eig
@@ -570,25 +570,19 @@ def _pinv_factors(a, name):
     t = ∞ takes too.  A remainder a − F Fᵀ beyond the Cholesky path's PSD
     tolerance is an error, as there.  Cost: that of one Cholesky and FᵀF."""
     n = len(a)
-    d = np.diagonal(a)
-    c, piv, r, info = sla.lapack.dpstrf(a, lower=1)
+    c, piv, r, info = sla.lapack.dpstrf(a, lower=1)     # on a copy: a stays as it is
     if info < 0:
         raise np.linalg.LinAlgError(f"dpstrf: argument {-info} is invalid")
     F = np.zeros((n, r))
     F[piv - 1] = np.tril(c[:, :r])
-    rest = np.sort(piv[r:] - 1)           # the points that F explains
-    remainder = a[np.ix_(rest, rest)] - F[rest] @ F[rest].T   # a's upper triangle is intact
-    remainder = np.triu(remainder) + np.triu(remainder, 1).T
-    scale = float(d.mean())
-    if rest.size and np.abs(remainder).max() > _MAX_JITTER * scale:
-        lam = sla.eigvalsh(a, lower=False, subset_by_index=[0, 0])[0]
-        raise ValueError(
-            f"{name} is not positive semidefinite beyond rounding: smallest "
-            f"eigenvalue {lam:.3g} (relative {lam / scale:.3g} of the mean diagonal). "
-            "Check the kernel or increase diag_reg.")
-    warn(f"{name} is singular to working precision (numerical rank {r} of {n}, "
-                  "e.g. a duplicated point): solved with its pseudo-inverse, the limit "
-                  "diag_reg -> 0; consider diag_reg > 0", SingularKernelWarning)
+    rest = piv[r:] - 1                    # the points that F explains
+    scale = float(np.diagonal(a).mean())
+    if rest.size and np.abs(a[np.ix_(rest, rest)] - F[rest] @ F[rest].T).max() > (
+            _MAX_JITTER * scale):
+        raise _not_psd(name, sla.eigvalsh(a, subset_by_index=[0, 0])[0], scale)
+    warn(f"{name} is singular to working precision (numerical rank {r} of {n}, e.g. a "
+         "duplicated point): solved with its pseudo-inverse, the limit diag_reg -> 0; "
+         "consider diag_reg > 0", SingularKernelWarning)
     return F, sla.cholesky(F.T @ F, lower=True, check_finite=False)
 
 
@@ -1325,9 +1319,9 @@ def _ode_method(method, T, k, grad, f0, momentum, size):
         method = "LSODA" if stiff else "DOP853"
     if method in ("RK23", "RK45", "DOP853") and steps > 1e7:
         warn(f"gradient_descent: a stiff flow (lr·t·λ_max·∂²loss ≈ {steps:.1e}): "
-                      f"{method}, an explicit method, needs about that many steps; "
-                      "method='LSODA' takes implicit ones (a dense Jacobian of the "
-                      f"{size} state numbers)", RuntimeWarning)
+             f"{method}, an explicit method, needs about that many steps; "
+             "method='LSODA' takes implicit ones (a dense Jacobian of the "
+             f"{size} state numbers)", RuntimeWarning)
     return method
 
 

@@ -255,6 +255,8 @@ def test_singular_kernel_is_solved_with_its_pseudo_inverse(n):
     assert rec[0].filename == __file__
     pinv = np.linalg.pinv(k, rcond=1e-10)
     scale = np.abs(kt @ pinv @ y).max()
+    # both sides round at ~cond · ε of the rank-3 part (cond ~ 10 here): 1e-10 is
+    # far below the 1e-5 that the old jitter left and far above rounding
     np.testing.assert_allclose(out.mean, kt @ pinv @ y, rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(out.covariance, ktt - kt @ pinv @ kt.T, rtol=0, atol=1e-10)
     flow = P.gradient_descent_mse(k, y)
@@ -410,6 +412,7 @@ def test_duplicated_training_point_is_singular_even_when_cholesky_succeeds(data)
     with pytest.warns(P.SingularKernelWarning, match="singular to working precision"):
         got = P.gp_inference(k, y)("nngp", kt)
     ref = kt @ np.linalg.pinv(k, rcond=1e-10) @ y
+    # the smallest kept eigenvalues are ~1e-8 of the scale: rounding ~cond · ε ~ 1e-8
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
 
 
