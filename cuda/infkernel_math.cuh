@@ -92,6 +92,24 @@ IK_FN float ik_nan(float) {
 #endif
 }
 
+/// a * b rounded, never fused into an FMA with what follows (ik_input_versine).
+IK_FN double ik_mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  volatile double p = a * b;
+  return p;
+#endif
+}
+IK_FN float ik_mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  volatile float p = a * b;
+  return p;
+#endif
+}
+
 #define IK_PI 3.141592653589793
 #define IK_HALF_PI 1.5707963267948966
 #define IK_INV_2PI 0.15915494309189535
@@ -166,11 +184,6 @@ IK_FN T ik_asin_c(T x, T omx) {  // asin x given omx = 1 - |x| (_duals.asin_c)
   return small ? a : big;
 }
 
-template <typename T>
-IK_FN T ik_asin(T x) {
-  return ik_asin_c(x, T(1) - ik_abs(x));
-}
-
 /// Identical or antipodal points after ik_snap_q12 (_duals.same_point).
 template <typename T>
 IK_FN bool ik_same_point(T q11, T q12, T q22) {
@@ -197,7 +210,7 @@ IK_FN T ik_snap_q12(T q11, T q12, T q22) {
 }
 
 /// The arc-cosine kernels' angles theta = acos rho, psi = pi - theta and
-/// F(t) = sin t - t cos t at both, with one square root (_duals.arc_cosine):
+/// F(t) = sin t - t cos t at both, with one square root (_duals.arc_cosine_c):
 /// u = rho if |rho| <= 1/2 else y = sqrt((1 - |rho|)/2), w = u^2;
 /// |rho| <= 1/2: F(psi), F(theta) = E +- pi rho / 2, E = 1 + w (1 + P + w R);
 /// otherwise the small angle 2 asin y has F = 2yw (2 + P - R (1 - 2w)), the
@@ -221,11 +234,6 @@ IK_FN void ik_arc_cosine_c(T rho, T omt, T& psi, T& theta, T& f_psi, T& f_theta)
   theta = small ? T(IK_HALF_PI) - asin_u : (pos ? T(2) * asin_u : T(IK_PI) - T(2) * asin_u);
   f_psi = small ? e + T(IK_HALF_PI) * rho : (pos ? f_large : f_small);
   f_theta = small ? e - T(IK_HALF_PI) * rho : (pos ? f_small : f_large);
-}
-
-template <typename T>
-IK_FN void ik_arc_cosine(T rho, T& psi, T& theta, T& f_psi, T& f_theta) {
-  ik_arc_cosine_c(rho, T(1) - ik_abs(rho), psi, theta, f_psi, f_theta);
 }
 
 /// (rho, 1 - |rho|) from the carried versine c = 1 - rho (antipodes within 4
@@ -282,13 +290,14 @@ IK_FN void ik_mixed_scales(T ra, T rb, T q, T* t, long long ld) {
 }
 
 /// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b|
-/// (_cpu._input_versine), at most 2.
+/// (_cpu._input_versine), at most 2.  Both products rounded: identical points
+/// give exactly 0 (an FMA would leave a product's rounding error, ~1e-33, which
+/// step activations raise to ~1e-8 two layers on).
 template <typename T>
 IK_FN T ik_input_versine(const T* a, T ua, const T* b, T ub, int d) {
   T acc = T(0);
   for (int k = 0; k < d; ++k) {
-    const T a_hat = a[k] * ua;  // (numba scales the row first)
-    const T t = a_hat - b[k] * ub;
+    const T t = ik_mul_rn(a[k], ua) - ik_mul_rn(b[k], ub);  // (numba scales the row first)
     acc += t * t;
   }
   return ik_min(T(0.5) * acc, T(2));
@@ -522,11 +531,18 @@ IK_FN void ik_dual_exp_normalized(T gamma, T shift, T q12, T s1, T s2, T r1, T r
   kd = gamma * g;
 }
 
-/// phi = sign x: k = (2/pi) asin rho, kd = 0.
+/// phi = sign x: k = (2/pi) asin rho = 1 - 2 theta/pi, kd = 0; a kinked dual
+/// (angle from ik_versine), the result's versine vc = 2 theta/pi; k = 0, vc = 1
+/// where a variance is 0 (_duals.dual_sign).
 template <typename T>
-IK_FN void ik_dual_sign(T q12, T r1, T r2, T& k, T& kd) {
-  k = T(2.0 / IK_PI) * ik_asin(ik_correlation(q12, r1, r2));
+IK_FN void ik_dual_sign(T q12, T s1, T s2, T r1, T r2, T c, T& k, T& kd, T& vc) {
+  T rho, omt, psi, theta, f_psi, f_theta;
+  ik_versine(q12, r1, r2, c, rho, omt);
+  ik_arc_cosine_c(rho, omt, psi, theta, f_psi, f_theta);
+  const bool zero = s1 == T(0) || s2 == T(0);
+  k = zero ? T(0) : T(2.0 / IK_PI) * ik_asin_c(rho, omt);
   kd = T(0);
+  vc = zero ? T(1) : T(2.0 / IK_PI) * theta;
 }
 
 /// sum_{k=0..n} coef[lo + k] rho^k (Horner).
@@ -577,11 +593,12 @@ IK_FN void ik_dual_polynomial(int n, T q0, const double* aux, int lo_k, int lo_k
 }
 
 /// Cho & Saul's J_n and J_{n-1} (_duals.arccos_j): J_0 = pi - theta, J_1 = F(pi - theta),
-/// J_m = (2m-1) cos(theta) J_{m-1} + (m-1)^2 sin^2(theta) J_{m-2}; J_{-1} = 0.
+/// J_m = (2m-1) cos(theta) J_{m-1} + (m-1)^2 sin^2(theta) J_{m-2}; J_{-1} = 0;
+/// also theta and F(theta), for the versine of the result.
 template <typename T>
-IK_FN void ik_arccos_j(int n, T rho, T& jn, T& jn1) {
-  T psi, theta, f_psi, f_theta;
-  ik_arc_cosine(rho, psi, theta, f_psi, f_theta);
+IK_FN void ik_arccos_j(int n, T rho, T omt, T& jn, T& jn1, T& theta, T& f_theta) {
+  T psi, f_psi;
+  ik_arc_cosine_c(rho, omt, psi, theta, f_psi, f_theta);
   if (n == 0) {
     jn = psi;
     jn1 = T(0);
@@ -598,12 +615,26 @@ IK_FN void ik_arccos_j(int n, T rho, T& jn, T& jn1) {
   jn1 = j0;
 }
 
-/// phi = max(x,0)^n: k = (s1 s2)^n J_n / 2pi, kd = n^2 (s1 s2)^{n-1} J_{n-1} / 2pi (0 for n = 0);
-/// the powers by multiplication, as _duals.dual_rectified_monomial.
+/// The versine of a rectified monomial's result (_duals.rectified_versine):
+/// theta/pi for n = 0, ik_arc_versine's for n = 1, 1 where a variance is 0,
+/// NaN (unknown) for n >= 2.
 template <typename T>
-IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T& k, T& kd) {
-  T jn, jn1;
-  ik_arccos_j(n, ik_correlation(q12, r1, r2), jn, jn1);
+IK_FN T ik_rectified_versine(int n, T s1, T s2, T rho, T omt, T theta, T f_theta) {
+  if (s1 == T(0) || s2 == T(0)) return T(1);
+  if (n == 0) return theta * T(1.0 / IK_PI);
+  return n == 1 ? ik_arc_versine(rho, omt, f_theta, T(1)) : ik_nan(T(0));
+}
+
+/// phi = max(x,0)^n: k = (s1 s2)^n J_n / 2pi, kd = n^2 (s1 s2)^{n-1} J_{n-1} / 2pi (0 for n = 0);
+/// the powers by multiplication, as _duals.dual_rectified_monomial; a kinked
+/// dual (angle from ik_versine, the result's versine in vc).
+template <typename T>
+IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T c, T& k, T& kd,
+                                      T& vc) {
+  T rho, omt, jn, jn1, theta, f_theta;
+  ik_versine(q12, r1, r2, c, rho, omt);
+  ik_arccos_j(n, rho, omt, jn, jn1, theta, f_theta);
+  vc = ik_rectified_versine(n, s1, s2, rho, omt, theta, f_theta);
   if (jn < T(0)) jn = T(0);    // J >= 0: rounding of the recurrence near rho = -1
   if (jn1 < T(0)) jn1 = T(0);
   T s = s1 * s2;
@@ -1168,7 +1199,8 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
                   T* Q, T* TH, T* C, const IkFeatures& nf) {
   // the versine C = 1 - rho of the result: the kinked kinds' formula, unchanged
   // by LayerNorm, else NaN (unknown: from q12 where needed; _cpu.act_tile)
-  if (kind != IK_K_ABRELU && kind != IK_K_LAYERNORM) {
+  if (kind != IK_K_ABRELU && kind != IK_K_SIGN && kind != IK_K_RECTIFIED_MONOMIAL &&
+      kind != IK_K_LAYERNORM) {
     IK_UNROLL
     for (int e = 0; e < E; ++e) C[e] = ik_nan(T(0));
   }
@@ -1218,7 +1250,7 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
       break;
     }
     case IK_K_SIGN: {
-      IK_ACT_LOOP(ik_dual_sign(Q[e], r1[e], r2, k_, d_))
+      IK_ACT_LOOP(ik_dual_sign(Q[e], s1[e], s2, r1[e], r2, C[e], k_, d_, C[e]))
       break;
     }
     case IK_K_MONOMIAL: {
@@ -1228,7 +1260,8 @@ IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
     }
     case IK_K_RECTIFIED_MONOMIAL: {
       int n = int(p[0]);
-      IK_ACT_LOOP(ik_dual_rectified_monomial(n, Q[e], s1[e], s2, r1[e], r2, k_, d_))
+      IK_ACT_LOOP(ik_dual_rectified_monomial(n, Q[e], s1[e], s2, r1[e], r2, C[e], k_, d_,
+                                             C[e]))
       break;
     }
     case IK_K_LAYERNORM: {

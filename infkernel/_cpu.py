@@ -31,7 +31,7 @@ from numba.extending import overload
 from ._checks import KernelRangeError
 from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
                       TILE)
-from ._duals import (INV_2PI, arc_cosine, correlation, correlation_angle, dense_theta,
+from ._duals import (INV_2PI, arc_cosine_c, correlation, correlation_angle, dense_theta,
                      dual_abrelu, dual_erf,
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
@@ -40,7 +40,7 @@ from ._duals import (INV_2PI, arc_cosine, correlation, correlation_angle, dense_
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
-                       K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, OP_ACT, OP_AXPY, OP_COPY,
+                       K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, KINKED, OP_ACT, OP_AXPY, OP_COPY,
                        OP_DENSE, OP_DIAG_SCALE, OP_MUL, OP_SCALE)
 
 
@@ -59,7 +59,21 @@ def _row_typed(values, j):
 
 
 @njit(**INLINE)
-def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
+def _angle(C, carried, j, q12, r1, r2):
+    """(ρ, 1 - |ρ|) of entry j for a kinked dual: from the carried versine
+    C[j] (``_duals.versine``) or, where none is carried, from q12."""
+    return versine(C[j]) if carried else correlation_angle(q12, r1, r2)
+
+
+@njit(**INLINE)
+def keeps_versine(kind, degree):
+    """Whether an activation's dual gives the versine of its result: ABRelu,
+    Sign and RectifiedMonomial of degree <= 1 (``_duals.rectified_versine``)."""
+    return kind == K_ABRELU or kind == K_SIGN or (kind == K_RECTIFIED_MONOMIAL and degree <= 1.0)
+
+
+@njit(**INLINE)
+def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n):
     """Monomial or RectifiedMonomial of degree ``deg`` on a tile (act_tile)."""
     if kind == K_MONOMIAL:
         for j in range(n):
@@ -67,22 +81,31 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n):
             Q[j], d = dual_monomial(deg, aux, lo, hi, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     else:
+        carried = n > 0 and C[0] == C[0]
         for j in range(n):
-            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-            Q[j], d = dual_rectified_monomial(deg, v1, Q[j], V2[j], s, S2[j], r, R2[j])
+            rho, omt = _angle(C, carried, j, Q[j], _row(r1, j), R2[j])
+            Q[j], d, C[j] = dual_rectified_monomial(deg, _row(s1, j), S2[j], rho, omt)
             TH[j] *= d
 
 
 @njit(**INLINE)
-def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n, W):
-    """``_monomial_tile`` for any degree >= 1, its loops over the degree
+def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W):
+    """``_monomial_tile`` for degrees >= 2, its loops over the degree
     outside and those over the entries inside, so that these vectorise (ρ in
     ``W[0]``, the sums in ρ or J_n, J_{n-1} in ``W[1]``, ``W[2]``,
     (s1 s2)^(n-1) in Q): the operations of ``dual_monomial`` /
-    ``dual_rectified_monomial``."""
+    ``dual_rectified_monomial`` (whose result's versine is unknown here:
+    NaN in C)."""
     rho, w1, w2 = W[0, :n], W[1, :n], W[2, :n]
+    rectified = kind == K_RECTIFIED_MONOMIAL
+    carried = rectified and n > 0 and C[0] == C[0]
     for j in range(n):
-        rho[j] = correlation(Q[j], _row(r1, j), R2[j])
+        if rectified:   # J_0 = ψ, J_1 = F(ψ)
+            rho[j], omt = _angle(C, carried, j, Q[j], _row(r1, j), R2[j])
+            w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
+            C[j] = math.nan
+        else:
+            rho[j] = correlation(Q[j], _row(r1, j), R2[j])
         Q[j] = 1.0
     for _ in range(deg - 1):
         for j in range(n):
@@ -99,8 +122,6 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n
                 w2[j] = w2[j] * rho[j] + aux[hi + k]
         c, cd = 1.0, 1
     else:                    # J_n, J_{n-1} by the upward recurrence (arccos_j)
-        for j in range(n):
-            w2[j], _, w1[j], _ = arc_cosine(rho[j])      # J_0 = ψ, J_1 = F(ψ)
         for m in range(2, deg + 1):
             a, b = 2 * m - 1, (m - 1) * (m - 1)
             for j in range(n):
@@ -118,22 +139,22 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n
 
 
 @njit(**JIT)
-def monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n, W):
+def monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W):
     """Monomial or RectifiedMonomial (params ``p``) on a tile (act_tile).  The
     common degrees as literals: LLVM unrolls the inner loops over the degree
     and vectorises the loop over the entries; higher degrees reordered so
     that the loops over the entries vectorise (2-3x the per-entry loop)."""
     deg = int(p[0])
     if deg == 0:
-        _monomial_tile(kind, 0, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        _monomial_tile(kind, 0, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
     elif deg == 1:
-        _monomial_tile(kind, 1, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        _monomial_tile(kind, 1, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
     elif deg == 2:
-        _monomial_tile(kind, 2, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        _monomial_tile(kind, 2, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
     elif deg == 3:
-        _monomial_tile(kind, 3, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n)
+        _monomial_tile(kind, 3, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
     else:
-        _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n, W)
+        _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W)
 
 
 @njit(**INLINE)
@@ -293,12 +314,13 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             Q[j], d = dual_gabor(_row(q11, j), Q[j], V2[j], _row(r1, j), R2[j])
             TH[j] *= d
     elif kind == K_SIGN:
+        carried = n > 0 and C[0] == C[0]
         for j in range(n):
-            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-            Q[j], d = dual_sign(v1, Q[j], V2[j], s, S2[j], r, R2[j])
+            rho, omt = _angle(C, carried, j, Q[j], _row(r1, j), R2[j])
+            Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
             TH[j] *= d
     elif kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL:
-        monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, V2, S2, R2, n, W)
+        monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W)
     elif kind == K_POLYNOMIAL:
         polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n, W)
     elif kind == K_LAYERNORM:
@@ -354,7 +376,7 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
                 known[r] = True
         elif op == OP_ACT:
             kind = ops[k, 3]
-            if kind == K_ABRELU and not (known.size and known[r]):
+            if kind in KINKED and not (known.size and known[r]):
                 for j in range(n):
                     C[r, j] = math.nan      # the dual's angle from q12
             act_tile(kind, p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
@@ -362,7 +384,7 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
                      R2[k, c0:c0 + n], c0, n,
                      i, F1, G1, F2, G2, TM, W)
             if known.size:
-                known[r] = kind == K_ABRELU or (kind == K_LAYERNORM and known[r])
+                known[r] = keeps_versine(kind, p[0]) or (kind == K_LAYERNORM and known[r])
         elif op == OP_SCALE:
             for j in range(n):
                 Q[r, j] *= p[0]
@@ -583,11 +605,14 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
 VERSINE_DIRECT = 1.0 / 64
 
 
-@njit(**dict(JIT, fastmath={"contract", "reassoc"}))
+@njit(**dict(JIT, fastmath={"reassoc"}))
 def _input_versine(a_hat, b, ub):
     """1 - cos∠(a, b) = |â - b ub|²/2 (â = a/|a|, ub = 1/|b|), at most 2.
     Not inlined: its sum is reassociated (vectorised), which matters where
-    most pairs are nearly parallel (each costs O(d) here)."""
+    most pairs are nearly parallel (each costs O(d) here).  Not contracted:
+    b ub rounded as â was, identical points give exactly 0 (an FMA would leave
+    the product's rounding error, ~1e-33, which step activations such as
+    Sign raise to ~1e-8 two layers on)."""
     acc = 0.0
     for k in range(b.shape[0]):
         t = a_hat[k] - b[k] * ub

@@ -7,9 +7,10 @@ here has the signature ``dual_<kind>(params..., q11, q12, q22, s1, s2, r1, r2)``
 and returns ``(k, kdot)``; ``s = point_scale(kind, params, q)`` and r = 1/s are
 precomputed per point (s = sqrt(q) for most kinds), so that per entry only what
 depends on both points is computed.  The same functions give the diagonal
-(q11 = q12 = q22).  The kinked duals (ABRelu) take the angle instead, as
-(ρ, 1 - |ρ|) from the carried versine c = 1 - ρ (``versine``) or from q12
-(``correlation_angle``), and return the result's versine: (k, kdot, c').
+(q11 = q12 = q22).  The kinked duals (ABRelu, Sign, RectifiedMonomial) take
+the angle instead, as (ρ, 1 - |ρ|) from the carried versine c = 1 - ρ
+(``versine``) or from q12 (``correlation_angle``), and return the result's
+versine: (k, kdot, c').
 
 Numerical conventions (see DESIGN.md):
 
@@ -17,7 +18,7 @@ Numerical conventions (see DESIGN.md):
   zero, ρ = 0 (the angle π/2, neural-tangents' ``fill_zero``), which is the
   symmetric sub-gradient convention for the derivative duals;
 * angles and the arc-cosine kernels' F(t) = sin t - t cos t come from
-  branch-free polynomials of full double precision (``arc_cosine``, one
+  branch-free polynomials of full double precision (``arc_cosine_c``, one
   square root per entry) that LLVM can vectorise;
 * products of scales are formed as s1*s2, never sqrt(q11*q22), so deep
   homogeneous networks do not overflow before their true value does.
@@ -68,12 +69,6 @@ def _asin_core(y):
     """asin(y) for |y| <= 1/2 (polynomial, vectorisable)."""
     z = y * y
     return y + y * z * _asin_r(z)
-
-
-@njit(**INLINE)
-def asin(x):
-    """arcsin(x) for x in [-1, 1], branch-free, within ~1 ulp."""
-    return asin_c(x, 1.0 - abs(x))
 
 
 @njit(**INLINE)
@@ -133,12 +128,6 @@ _SQRT_P = (-0.5, -0.12500000000000125, -0.06249999999967604, -0.0390625000329940
            -0.013107601450727433, -0.010761656527228766, -0.010260124848657546,
            -0.0034770511245371793, -0.02093027360248084, 0.020347018016311433,
            -0.03154768650454239)
-
-
-@njit(**INLINE)
-def arc_cosine(rho):
-    """``arc_cosine_c`` with 1 - |ρ| as it rounds."""
-    return arc_cosine_c(rho, 1.0 - abs(rho))
 
 
 @njit(**INLINE)
@@ -211,7 +200,7 @@ def correlation_angle(q12, r1, r2):
 def dual_abrelu(a, b, s1, s2, rho, omt):
     """φ(x) = a min(x, 0) + b max(x, 0).
 
-    With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t (``arc_cosine``):
+    With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t (``arc_cosine_c``):
       k    = s1 s2 / (2π) [(a² + b²) F(ψ) - 2ab F(θ)]
       kdot = [(a² + b²) ψ + 2ab θ] / (2π)
     and the versine of the result (F(ψ) = F(θ) + π cos θ; ``versine``):
@@ -500,10 +489,16 @@ def dual_gabor(q11, q12, q22, r1, r2):
 
 
 @njit(**INLINE)
-def dual_sign(q11, q12, q22, s1, s2, r1, r2):
-    """φ(x) = sign(x):  k = (2/π) asin ρ;  kdot = 0 (φ' = 0 almost everywhere,
-    neural-tangents' convention, which is what autodiff of a finite net gives)."""
-    return (2.0 / PI) * asin(correlation(q12, r1, r2)), 0.0
+def dual_sign(s1, s2, rho, omt):
+    """φ(x) = sign(x):  k = (2/π) asin ρ = 1 - 2θ/π;  kdot = 0 (φ' = 0 almost
+    everywhere, neural-tangents' convention, which is what autodiff of a
+    finite net gives); the result's versine c' = 1 - k = 2θ/π.  A kinked dual
+    (angle in, versine out: ``dual_abrelu``); k = 0, c' = 1 where a variance
+    is 0 (sign 0 = 0)."""
+    _, theta, _, _ = arc_cosine_c(rho, omt)
+    if s1 == 0.0 or s2 == 0.0:
+        return 0.0, 0.0, 1.0
+    return (2.0 / PI) * asin_c(rho, omt), 0.0, (2.0 / PI) * theta
 
 
 @njit(**INLINE)
@@ -533,29 +528,45 @@ def dual_monomial(n, coef, lo_k, lo_kdot, q11, q12, q22, s1, s2, r1, r2):
 
 
 @njit(**INLINE)
-def arccos_j(n, rho):
-    """Cho & Saul's (J_n(θ), J_{n-1}(θ)), θ = acos ρ, by the upward recurrence
+def arccos_j(n, rho, omt):
+    """Cho & Saul's (J_n(θ), J_{n-1}(θ)), θ = acos ρ (given as ``arc_cosine_c``
+    takes it), by the upward recurrence
     J_n = (2n-1) cos θ J_{n-1} + (n-1)² sin²θ J_{n-2},  J_0 = π - θ,  J_1 = F(π - θ)
-    (J_{-1} is returned as 0)."""
-    psi, _, f_psi, _ = arc_cosine(rho)
+    (J_{-1} is returned as 0); also θ and F(θ), for the versine of the result."""
+    psi, theta, f_psi, f_theta = arc_cosine_c(rho, omt)
     if n == 0:
-        return psi, 0.0
+        return psi, 0.0, theta, f_theta
     sin2 = (1.0 - rho) * (1.0 + rho)
     j0, j1 = psi, f_psi
     for m in range(2, n + 1):
         j0, j1 = j1, (2 * m - 1) * rho * j1 + (m - 1) * (m - 1) * sin2 * j0
-    return j1, j0
+    return j1, j0, theta, f_theta
 
 
 @njit(**INLINE)
-def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
+def rectified_versine(n, s1, s2, rho, omt, theta, f_theta):
+    """The versine 1 - ρ' of a rectified monomial's result (the kinked duals'
+    c'), known in closed form for n <= 1: the step function's J_0 = π - θ gives
+    c' = θ/π; n = 1 is ReLU's c - F(θ)/π (``_arc_versine``); 1 (ρ' = 0) where
+    a variance is 0.  NaN (unknown) for n >= 2."""
+    if s1 == 0.0 or s2 == 0.0:
+        return 1.0
+    if n == 0:
+        return theta * INV_PI
+    return _arc_versine(rho, omt, f_theta, 1.0) if n == 1 else math.nan
+
+
+@njit(**INLINE)
+def dual_rectified_monomial(n, s1, s2, rho, omt):
     """φ(x) = max(x, 0)^n (arc-cosine kernel of order n, Cho & Saul 2009):
       k = (s1 s2)^n J_n(θ) / (2π),  kdot = n² (s1 s2)^{n-1} J_{n-1}(θ) / (2π);
     kdot = 0 for n = 0 (neural-tangents' convention for the step function),
     and k = 0 where a variance is 0: step(0) = 0, as the finite networks use.
+    A kinked dual (angle in, versine out: ``dual_abrelu``, ``rectified_versine``).
     The upward recurrence loses relative accuracy where J_n is tiny (ρ → −1,
     large n): its error stays ~ε J_n(0), and J ≥ 0 is restored by clamping."""
-    jn, jn1 = arccos_j(n, correlation(q12, r1, r2))
+    jn, jn1, theta, f_theta = arccos_j(n, rho, omt)
+    c = rectified_versine(n, s1, s2, rho, omt, theta, f_theta)
     if jn < 0.0:
         jn = 0.0
     if jn1 < 0.0:
@@ -565,8 +576,8 @@ def dual_rectified_monomial(n, q11, q12, q22, s1, s2, r1, r2):
     for _ in range(n - 1):
         sn1 *= s
     if n == 0:
-        return (0.0 if s1 == 0.0 or s2 == 0.0 else jn * INV_2PI), 0.0
-    return sn1 * s * jn * INV_2PI, n * n * sn1 * jn1 * INV_2PI
+        return (0.0 if s1 == 0.0 or s2 == 0.0 else jn * INV_2PI), 0.0, c
+    return sn1 * s * jn * INV_2PI, n * n * sn1 * jn1 * INV_2PI, c
 
 
 @njit(**INLINE)

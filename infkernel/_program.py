@@ -36,6 +36,10 @@ OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY, OP_MUL, OP_DIAG_SCALE = range(7)
 (K_ABRELU, K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN, K_SIGN,
  K_MONOMIAL, K_RECTIFIED_MONOMIAL) = range(10)
 
+# The kinked kinds: their derivative duals are singular at ρ = 1, so they take
+# the angle from the versine 1 - ρ that the kernels carry beside q12 (``_cpu``).
+KINKED = (K_ABRELU, K_SIGN, K_RECTIFIED_MONOMIAL)
+
 # Activations without a closed form: Gaussian expectations by Mehler series
 # and quadrature over a tabulated φ (see _numeric.py); ops[k, 4] is the
 # table's offset in ``aux`` and ops[k, 5] the op's feature slot.
@@ -83,8 +87,8 @@ class Program:
     @functools.cached_property
     def carries_versine(self):
         """Whether the kernels carry the versine 1 - ρ per entry (``_duals.versine``):
-        only the kinked activations (ABRelu: ReLU, LeakyRelu, Abs) read it."""
-        return K_ABRELU in self.act_kinds
+        only the kinked activations (``KINKED``) read it."""
+        return not self.act_kinds.isdisjoint(KINKED)
 
     @functools.cached_property
     def numeric_ops(self):

@@ -8,7 +8,7 @@ import pytest
 import infkernel as ik
 import reference
 from infkernel import _cpu, _program as P
-from infkernel._duals import arc_cosine, dual_erf, dual_gelu, point_scale
+from infkernel._duals import arc_cosine_c, dual_erf, dual_gelu, point_scale
 from activation_list import CLOSED_FORMS
 
 RNG = np.random.default_rng(1234)
@@ -134,7 +134,8 @@ def test_polynomial_and_hermite_bad_input():
         ik.Hermite(-1)
     with pytest.raises(ValueError, match="n! exceeds the largest double"):
         ik.Hermite(171)
-    assert repr(ik.Polynomial([])) == "Polynomial([0])"     # φ = 0
+    with pytest.raises(ValueError, match="coef must be a non-empty"):  # as numpy's
+        ik.Polynomial([])
 
 
 @pytest.mark.parametrize("coef", [[0.3, -1.0, 0.5, 0.2], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
@@ -315,8 +316,9 @@ def test_depth_1000_relu_critical():
 def _kinked_reference(net, x1, x2, dps=40):
     """(NNGP, NTK) of the rows of x1 against x2, at ``dps`` digits, by running
     the network's layer program (``_program``) with its only activations the
-    arc-cosine closed forms at θ = acos ρ of the exact inputs (ABRelu; Cho &
-    Saul 2009): registers of (q11, q12, q22, θ) per entry."""
+    arc-cosine closed forms at θ = acos ρ of the exact inputs (ABRelu, Sign,
+    RectifiedMonomial; Cho & Saul 2009): registers of (q11, q12, q22, θ) per
+    entry."""
     mp = mpmath
     prog = net.program(x1.shape[1])
     with mp.workdps(dps):
@@ -345,6 +347,28 @@ def _kinked_reference(net, x1, x2, dps=40):
                         kd = (c2 * (pi - t) + 2 * a * b * t) / (2 * pi)
                         reg[r] = [c2 * q11 / 2, rr * (c2 * f_psi - 2 * a * b * f_th) / (2 * pi),
                                   c2 * q22 / 2, th * kd]
+                    elif op == P.OP_ACT and kind in (P.K_SIGN, P.K_RECTIFIED_MONOMIAL):
+                        rr = mp.sqrt(q11 * q22)
+                        t = mp.acos(max(min(q12 / rr, 1), -1)) if rr else pi / 2
+                        if kind == P.K_SIGN:    # (2/π) asin ρ, φ' = 0
+                            reg[r] = [mp.sign(q11), 1 - 2 * t / pi if rr else 0,
+                                      mp.sign(q22), 0]
+                            continue
+                        n = int(p[0])           # Cho & Saul's J_n by recurrence
+
+                        def j_n(m, t):
+                            j0, j1 = pi - t, mp.sin(t) + (pi - t) * mp.cos(t)
+                            for i in range(2, m + 1):
+                                j0, j1 = j1, ((2 * i - 1) * mp.cos(t) * j1
+                                              + (i - 1) ** 2 * mp.sin(t) ** 2 * j0)
+                            return j1 if m else j0
+
+                        def k(qa, qb, t):
+                            if n == 0 and not qa * qb:
+                                return mp.mpf(0)
+                            return mp.sqrt(qa * qb) ** n * j_n(n, t) / (2 * pi)
+                        kd = (n * n * rr ** (n - 1) * j_n(n - 1, t) / (2 * pi) if n else 0)
+                        reg[r] = [k(q11, q11, 0), k(q11, q22, t), k(q22, q22, 0), th * kd]
                     elif op == P.OP_COPY:
                         reg[r2] = list(reg[r])
                     elif op == P.OP_AXPY:
@@ -380,6 +404,40 @@ def test_kinked_kernels_keep_small_angles(act, b_std):
     for got in ((k.nngp, k.ntk), (sym.nngp[:4, 4:], sym.ntk[:4, 4:])):
         for g, r in zip(got, ref):
             assert np.abs(g - r).max() <= 1e-14 * np.abs(r).max(), np.abs(g - r).max()
+
+
+@pytest.mark.parametrize("act, b_std", [(ik.Sign(), None), (ik.Sign(), 0.1),
+                                        (ik.RectifiedMonomial(0), None),
+                                        (ik.RectifiedMonomial(0), 0.1),
+                                        (ik.RectifiedMonomial(1), None),
+                                        (ik.RectifiedMonomial(3), 0.1)], ids=repr)
+def test_step_kernels_keep_small_angles(act, b_std):
+    """Sign and the rectified monomials, nearly parallel, parallel of other
+    norm, antipodal and zero inputs, cross and symmetric paths, against 40
+    digits.  The step functions' k = 1 - 2θ/π feed the next layer an angle
+    θ' ~ √θ: a relative error δ of θ becomes δ/2 of θ', so their kernels are
+    ill-conditioned near ρ = 1 (the inputs' own rounding, which normalising
+    them adds, moves the result by ~1e-12 at ε = 1e-11).  The tolerance is
+    that: 1e-14 plus 8 times the reference's change when every input
+    coordinate moves by an ulp; q12 alone (before the versine was carried)
+    was 1e-8 off."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6))
+    noise = rng.standard_normal((2, 6))
+    x2 = np.vstack([x + eps * noise for eps in (1e-5, 1e-8, 1e-11)]
+                   + [2.5 * x + 1e-9 * noise, -x, np.zeros((1, 6))])
+    net = ik.serial(ik.Dense(8, 1.3, b_std), act, ik.Dense(8, 0.9, b_std and 0.1), act,
+                    ik.Dense(1, 1.1, b_std and 0.05))
+    ref = _kinked_reference(net, x, x2)
+    def ulp(z):
+        return z * (1 + 2.0 ** -52 * rng.choice([-1.0, 1.0], size=z.shape))
+    moved = _kinked_reference(net, ulp(x), ulp(x2))
+    k = net.kernel(x, x2)
+    sym = net.kernel(np.vstack([x, x2]))
+    for got in ((k.nngp, k.ntk), (sym.nngp[:2, 2:], sym.ntk[:2, 2:])):
+        for g, r, m in zip(got, ref, moved):
+            tol = 1e-14 * np.abs(r).max() + 8 * np.abs(m - r)
+            assert (np.abs(g - r) <= tol).all(), np.abs(g - r).max()
 
 
 def test_kinked_branches_keep_small_angles():
@@ -729,7 +787,7 @@ def _ulps(got, exact):
 
 
 def test_arc_cosine_within_a_few_ulps():
-    """_duals.arc_cosine (one square root, shared polynomials) against mpmath:
+    """_duals.arc_cosine_c (one square root, shared polynomials) against mpmath:
     θ = acos ρ, ψ = π - θ, F(t) = sin t - t cos t at both, over random ρ, ρ
     within 1e-16 .. 1 of ±1, at and next to the branch points ±1/2, and ±1, 0.
     F is where the t³/3 cancellation lives; 8 ulps (measured: 4.5)."""
@@ -745,7 +803,7 @@ def test_arc_cosine_within_a_few_ulps():
             psi = mpmath.pi - theta
             exact = (psi, theta, mpmath.sin(psi) - psi * mpmath.cos(psi),
                      mpmath.sin(theta) - theta * mpmath.cos(theta))
-            for got, ex in zip(arc_cosine(rho), exact):
+            for got, ex in zip(arc_cosine_c(rho, 1.0 - abs(rho)), exact):
                 if ex == 0:
                     assert got == 0.0
                 else:
