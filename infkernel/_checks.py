@@ -142,7 +142,8 @@ def parse_get(get, valid=KERNELS):
     elif isinstance(get, (tuple, list)) and get and all(isinstance(g, str) for g in get):
         names, single = tuple(g.lower() for g in get), False
     else:
-        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {get!r}")
+        got = f"an array of shape {get.shape}" if hasattr(get, "shape") else repr(get)
+        raise TypeError(f"get must be 'nngp', 'ntk', a tuple of them or None, got {got}")
     for g in names:
         if g not in valid:
             raise ValueError(f"unknown get={g!r}: valid values are {valid}")

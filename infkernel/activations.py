@@ -369,10 +369,10 @@ def Polynomial(coef):
         raise TypeError(f"Polynomial: coef must be a sequence of real numbers, got "
                         f"{coef!r}")
     c = c.astype(np.float64)
-    if c.ndim != 1:
-        raise ValueError(f"Polynomial: coef must be a 1-D sequence, got shape {c.shape}")
-    c = np.array([real(f"Polynomial: coef[{i}]", v, squared=True) for i, v in enumerate(c)]
-                 or [0.0])
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"Polynomial: coef must be a non-empty 1-D sequence (coef[0] the "
+                         f"constant term), got shape {c.shape}")
+    c = np.array([real(f"Polynomial: coef[{i}]", v, squared=True) for i, v in enumerate(c)])
     return _polynomial("Polynomial", c, False, "[" + ", ".join(f"{v:g}" for v in c) + "]")
 
 

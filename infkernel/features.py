@@ -137,19 +137,22 @@ def PositionalEncoding(sigma, n_freqs, input_dim=1, normalize=None):
     return FourierFeatures(B, None, normalize=normalize)
 
 
-def GaussianFourierFeatures(sigma, n_features=None, input_dim=1, seed=0, normalize=None):
+def GaussianFourierFeatures(sigma, n_features=None, input_dim=None, seed=0, normalize=None):
     """Random Fourier features b_j ~ N(0, σ² I), a_j = 1 (Tancik et al. 2020).
 
-    ``n_features=m`` samples B (m × input_dim) from ``seed`` and returns a
-    :class:`FourierFeatures`.  ``n_features=None`` returns the infinite-feature
-    limit :class:`GaussianFeatureLimit`: by the law of large numbers
+    ``n_features=m`` samples B (m × input_dim, input_dim 1 if None) from
+    ``seed`` and returns a :class:`FourierFeatures`.  ``n_features=None``
+    returns the infinite-feature limit :class:`GaussianFeatureLimit`, which is
+    deterministic (``seed`` plays no part) and takes inputs of ``input_dim``
+    (None: any): by the law of large numbers
     γ(v)ᵀγ(v')/(2m) = (1/2m) Σ_j cos(2π b_jᵀ(v − v')) → ½ exp(−2π²σ²‖v − v'‖²),
     with Monte Carlo error O(1/√m).
     """
     # the limit squares sigma (GaussianFeatureLimit)
     sigma = real("GaussianFourierFeatures: sigma", sigma, lower=0, squared=n_features is None)
     seed = entropy("GaussianFourierFeatures: seed", seed)
-    input_dim = count("GaussianFourierFeatures: input_dim", input_dim)  # (the limit: any)
+    if input_dim is not None:
+        input_dim = count("GaussianFourierFeatures: input_dim", input_dim)
     if n_features is None:
         if normalize == "norm":
             raise ValueError("GaussianFourierFeatures: normalize='norm' has no infinite-feature "
@@ -157,9 +160,9 @@ def GaussianFourierFeatures(sigma, n_features=None, input_dim=1, seed=0, normali
         if normalize not in _NORMALIZE:
             raise ValueError(f"GaussianFourierFeatures: normalize must be one of {_NORMALIZE}, "
                              f"got {normalize!r}")
-        return GaussianFeatureLimit(sigma)
+        return GaussianFeatureLimit(sigma, input_dim)
     n_features = count("GaussianFourierFeatures: n_features", n_features)
-    B = sigma * np.random.default_rng(seed).standard_normal((n_features, input_dim))
+    B = sigma * np.random.default_rng(seed).standard_normal((n_features, input_dim or 1))
     return FourierFeatures(B, None, normalize=normalize)
 
 
@@ -169,25 +172,33 @@ class GaussianFeatureLimit(Layer):
     limit of ``GaussianFourierFeatures(sigma, m)`` (Rahimi & Recht 2007;
     Tancik et al. 2020).  Computed per entry from the input kernel
     q = vᵀv'/d as exp(−2π²σ² d (q11 + q22 − 2 q12)) (the Rbf dual), so it must
-    act on the network input (optionally after ``Scale``), before any Dense.
+    act on the network input (optionally after ``Scale``), before any Dense;
+    inputs of dimension ``input_dim`` (None: any).
     """
 
-    def __init__(self, sigma):
+    def __init__(self, sigma, input_dim=None):
         self.sigma = real("GaussianFeatureLimit: sigma", sigma, lower=0, squared=True)
+        self.input_dim = (None if input_dim is None
+                          else count("GaussianFeatureLimit: input_dim", input_dim))
 
     def __repr__(self):
-        return f"GaussianFourierFeatures({self.sigma:g}, n_features=None)"
+        dim = "" if self.input_dim is None else f", input_dim={self.input_dim}"
+        return f"GaussianFourierFeatures({self.sigma:g}, n_features=None{dim})"
 
     def __eq__(self, other):
-        return isinstance(other, GaussianFeatureLimit) and other.sigma == self.sigma
+        return (isinstance(other, GaussianFeatureLimit) and other.sigma == self.sigma
+                and other.input_dim == self.input_dim)
 
     def __hash__(self):
-        return hash(("GaussianFeatureLimit", self.sigma))
+        return hash(("GaussianFeatureLimit", self.sigma, self.input_dim))
 
     def _emit(self, builder, state):
         if isinstance(state, _Branches) or not state.at_input or state.width is None:
             raise ValueError(f"{self!r} acts on the network input: put it before any Dense "
                              "layer and not after another infinite-feature map")
+        if self.input_dim is not None and state.width != self.input_dim:
+            raise ValueError(f"the input has {state.width} features, but {self!r} takes "
+                             f"inputs of dimension {self.input_dim}")
         gamma = 2.0 * math.pi ** 2 * self.sigma ** 2 * state.width
         builder.emit(P.OP_ACT, state.reg, kind=P.K_RBF, params=(gamma,))
         builder.emit(P.OP_SCALE, state.reg, params=(0.5,))

@@ -61,7 +61,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from . import _program as P
-from ._checks import KernelRangeError, count, flag, one_kernel, real
+from ._checks import KernelRangeError, count, flag, one_kernel, real, real_array
 from ._duals import _RHO_ONE
 from ._jets import dual_derivatives
 from .activations import Activation
@@ -518,14 +518,8 @@ def with_activation_parameters(net, values):
     layers = list(net.layers)
     counts = {i: len(_act_param_names(layers[i])) for i in activation_layers(net)}
     n = sum(counts.values())
-    given = values
-    try:
-        values = np.asarray(values, dtype=np.float64).ravel()
-    except (TypeError, ValueError):
-        values = None
-    if given is None or values is None or not np.isfinite(values).all():
-        raise TypeError(f"values must be {n} finite numbers (activation_parameters' order), "
-                        f"got {given!r}")
+    values = real_array("values", values, finite=True,
+                        what=f"{n} real numbers (activation_parameters' order)").ravel()
     if n != values.size:
         raise ValueError(f"values: expected {n} activation parameters, got {values.size}")
     o = 0

@@ -632,6 +632,9 @@ class Network:
     def diag(self, x, get=None, *, dtype=None, backend="auto"):
         """Diagonals K(x_i, x_i) of the NNGP/NTK in O(N·(d + L)); same ``get``
         conventions as :meth:`kernel`, with (N,) arrays."""
+        if hasattr(get, "shape"):   # diag(x1, x2)
+            raise TypeError(f"diag takes one input x (the diagonal of K(x, x)); its second "
+                            f"argument is get, a string, got an array of shape {get.shape}")
         return compute(self, self._flatten(x), None, get, out=None, dtype=dtype,
                        backend=backend, progress=False, diagonal=True)
 

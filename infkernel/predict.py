@@ -1209,9 +1209,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=No
         raise ValueError(f"method must be one of {', '.join(_ODE_METHODS)} or a "
                          f"scipy.integrate.OdeSolver subclass, got {method!r}")
     if momentum is not None:
-        momentum = real("momentum", momentum, lower=0)
-        if momentum > 1:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        momentum = _momentum(momentum)
     rtol, atol = real("rtol", rtol, lower=0, strict=True), real("atol", atol, lower=0)
     k = _check_square(k_train_train, "k_train_train")
     _check_symmetric(k, "k_train_train")
@@ -1325,11 +1323,20 @@ def _ode_method(method, T, k, grad, f0, momentum, size):
     return method
 
 
+def _momentum(value):
+    """The momentum mass as a float in [0, 1], or a clear error."""
+    momentum = real("momentum", value, lower=0)
+    if momentum > 1:
+        raise ValueError(f"momentum must be in [0, 1], got {value}")
+    return momentum
+
+
 def _check_outputs(f, shape, name):
     """Initial network outputs broadcast to ``shape``, or a clear error."""
+    a = real_array(name, f)
     try:
-        a = np.broadcast_to(np.asarray(f, dtype=np.float64), shape)
-    except (TypeError, ValueError):
+        a = np.broadcast_to(a, shape)
+    except ValueError:
         raise ValueError(f"{name} must broadcast to shape {shape}, got "
                          f"{np.shape(f)}") from None
     if not np.isfinite(a).all():
@@ -1347,7 +1354,7 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0., eps=1e-12
     n = k.shape[0] if y_train_size is None else real("y_train_size", y_train_size, lower=0,
                                                      strict=True)
     _check_symmetric(k, "ntk_train_train")
-    momentum = real("momentum", momentum, lower=0)
+    momentum = _momentum(momentum)
     eps = real("eps", eps, lower=0)
     lam = sla.eigvalsh(k, subset_by_index=[k.shape[0] - 1, k.shape[0] - 1])[0]
     if not lam > 0.0:

@@ -302,6 +302,8 @@ def test_empty_and_integer_inputs():
     (lambda: NET.kernel(X1, dtype="foo"), ValueError, "dtype must be float64 or float32, got 'foo'"),
     (lambda: NET.kernel(X1.astype("m8[s]")), TypeError, "numeric"),
     (lambda: NET.diag(X1[0]), ValueError, "x must be 2-D"),
+    (lambda: NET.diag(X1, X2), TypeError,
+     "diag takes one input x (the diagonal of K(x, x)); its second argument is get"),
     (lambda: ik.Dense(3, W_std=1e200), ValueError, "Dense: W_std must be at most 1e+150"),
     (lambda: ik.Dense(3, channel_axis=0), ValueError, "channel_axis"),
     (lambda: ik.Dense(3, s=(0, 1)), ValueError, "s must be a pair of positive integers"),

@@ -239,6 +239,10 @@ def test_map_placement_and_limit_errors():
         ik.GaussianFourierFeatures(1.0, 0)
     with pytest.raises(ValueError, match="input_dim must be a positive integer"):
         ik.GaussianFourierFeatures(1.0, None, input_dim=0)
+    with pytest.raises(ValueError, match="the input has 7 features, but GaussianFourierFeatures"
+                       r"\(2, n_features=None, input_dim=2\) takes inputs of dimension 2"):
+        ik.serial(ik.GaussianFourierFeatures(2.0, None, input_dim=2),
+                  ik.Dense(1)).kernel(np.ones((2, 7)))
 
 
 def test_chained_maps_finite_networks():

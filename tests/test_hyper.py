@@ -343,8 +343,11 @@ def test_helpers_bad_input():
                  lambda: H.with_activation_parameters("net", [1.0])):
         with pytest.raises(TypeError, match="net must be an infkernel network"):
             call()
-    for values in (["a", "b", "c"], None, [1.0, np.nan, 0.0]):
-        with pytest.raises(TypeError, match="values must be 3 finite numbers"):
+    for values in (["a", "b", "c"], None, [1.0, 1j, 0.0]):
+        with pytest.raises(TypeError, match="values must be 3 real numbers"):
+            H.with_activation_parameters(net, values)
+    for values in ([1.0, np.nan, 0.0], [np.inf, 1.0, 0.0]):
+        with pytest.raises(ValueError, match="values has NaN or Inf entries"):
             H.with_activation_parameters(net, values)
     with pytest.raises(ValueError, match="expected 3 activation parameters, got 2"):
         H.with_activation_parameters(net, [1.0, 2.0])

@@ -440,6 +440,19 @@ def test_step_kernels_keep_small_angles(act, b_std):
             assert (np.abs(g - r) <= tol).all(), np.abs(g - r).max()
 
 
+@pytest.mark.parametrize("act", [ik.Sign(), ik.RectifiedMonomial(0), ik.Relu()], ids=repr)
+def test_identical_points_through_step_activations(act):
+    """Identical points have versine exactly 0 (``_cpu._input_versine``):
+    each step activation takes a square root of the angle (θ' ~ √θ), so an
+    FMA's leftover rounding error (1e-33) became 1e-8 after two Sign layers
+    and 1e-4 after three.  K(X, X.copy()) has K(X)'s diagonal."""
+    x = np.random.default_rng(9).standard_normal((8, 5))
+    net = ik.serial(*[ik.Dense(8, 1.2, 0.1), act] * 3, ik.Dense(1))
+    cross, sym = net.kernel(x, x.copy()), net.kernel(x)
+    for c, s in zip(cross, sym):
+        np.testing.assert_allclose(np.diag(c), np.diag(s), rtol=1e-14, atol=0)
+
+
 def test_kinked_branches_keep_small_angles():
     """The versine through fan-outs, sums (residual blocks, concatenations)
     and products, both parameterizations: nearly parallel inputs against 40
