@@ -533,16 +533,20 @@ IK_FN void ik_dual_exp_normalized(T gamma, T shift, T q12, T s1, T s2, T r1, T r
 
 /// phi = sign x: k = (2/pi) asin rho = 1 - 2 theta/pi, kd = 0; a kinked dual
 /// (angle from ik_versine), the result's versine vc = 2 theta/pi; k = 0, vc = 1
-/// where a variance is 0 (_duals.dual_sign).
+/// where a variance is 0; one polynomial: for |rho| > 1/2 the small angle
+/// 2 asin sqrt(omt/2) gives vc (rho > 0) or 2 - vc (rho < 0) (_duals.dual_sign).
 template <typename T>
 IK_FN void ik_dual_sign(T q12, T s1, T s2, T r1, T r2, T c, T& k, T& kd, T& vc) {
-  T rho, omt, psi, theta, f_psi, f_theta;
+  T rho, omt;
   ik_versine(q12, r1, r2, c, rho, omt);
-  ik_arc_cosine_c(rho, omt, psi, theta, f_psi, f_theta);
+  const bool small = ik_abs(rho) <= T(0.5);
+  const T a = ik_asin_core(small ? rho : ik_sqrt(T(0.5) * omt));
+  const T t = T(4.0 / IK_PI) * a;  // |rho| > 1/2: 2 theta/pi (rho > 0), 2 psi/pi (rho < 0)
   const bool zero = s1 == T(0) || s2 == T(0);
-  k = zero ? T(0) : T(2.0 / IK_PI) * ik_asin_c(rho, omt);
+  const bool pos = rho > T(0);
+  vc = zero ? T(1) : small ? T(1) - T(2.0 / IK_PI) * a : (pos ? t : T(2) - t);
+  k = zero ? T(0) : small ? T(2.0 / IK_PI) * a : (pos ? T(1) - t : t - T(1));
   kd = T(0);
-  vc = zero ? T(1) : T(2.0 / IK_PI) * theta;
 }
 
 /// sum_{k=0..n} coef[lo + k] rho^k (Horner).

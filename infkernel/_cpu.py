@@ -59,13 +59,6 @@ def _row_typed(values, j):
 
 
 @njit(**INLINE)
-def _angle(C, carried, j, q12, r1, r2):
-    """(ρ, 1 - |ρ|) of entry j for a kinked dual: from the carried versine
-    C[j] (``_duals.versine``) or, where none is carried, from q12."""
-    return versine(C[j]) if carried else correlation_angle(q12, r1, r2)
-
-
-@njit(**INLINE)
 def keeps_versine(kind, degree):
     """Whether an activation's dual gives the versine of its result: ABRelu,
     Sign and RectifiedMonomial of degree <= 1 (``_duals.rectified_versine``)."""
@@ -80,10 +73,14 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_monomial(deg, aux, lo, hi, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    else:
-        carried = n > 0 and C[0] == C[0]
+    elif n > 0 and C[0] == C[0]:    # the versine, carried (as for ABRelu)
         for j in range(n):
-            rho, omt = _angle(C, carried, j, Q[j], _row(r1, j), R2[j])
+            rho, omt = versine(C[j])
+            Q[j], d, C[j] = dual_rectified_monomial(deg, _row(s1, j), S2[j], rho, omt)
+            TH[j] *= d
+    else:
+        for j in range(n):
+            rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
             Q[j], d, C[j] = dual_rectified_monomial(deg, _row(s1, j), S2[j], rho, omt)
             TH[j] *= d
 
@@ -97,16 +94,20 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2
     ``dual_rectified_monomial`` (whose result's versine is unknown here:
     NaN in C)."""
     rho, w1, w2 = W[0, :n], W[1, :n], W[2, :n]
-    rectified = kind == K_RECTIFIED_MONOMIAL
-    carried = rectified and n > 0 and C[0] == C[0]
-    for j in range(n):
-        if rectified:   # J_0 = ψ, J_1 = F(ψ)
-            rho[j], omt = _angle(C, carried, j, Q[j], _row(r1, j), R2[j])
-            w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
-            C[j] = math.nan
-        else:
+    if kind == K_MONOMIAL:
+        for j in range(n):
             rho[j] = correlation(Q[j], _row(r1, j), R2[j])
+    elif n > 0 and C[0] == C[0]:    # J_0 = ψ, J_1 = F(ψ) from the carried versine
+        for j in range(n):
+            rho[j], omt = versine(C[j])
+            w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
+    else:                           # or from q12
+        for j in range(n):
+            rho[j], omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+            w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
+    for j in range(n):
         Q[j] = 1.0
+        C[j] = math.nan
     for _ in range(deg - 1):
         for j in range(n):
             Q[j] *= _row(s1, j) * S2[j]
@@ -314,11 +315,16 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             Q[j], d = dual_gabor(_row(q11, j), Q[j], V2[j], _row(r1, j), R2[j])
             TH[j] *= d
     elif kind == K_SIGN:
-        carried = n > 0 and C[0] == C[0]
-        for j in range(n):
-            rho, omt = _angle(C, carried, j, Q[j], _row(r1, j), R2[j])
-            Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
-            TH[j] *= d
+        if n > 0 and C[0] == C[0]:    # the versine, carried (as for ABRelu)
+            for j in range(n):
+                rho, omt = versine(C[j])
+                Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
+                TH[j] *= d
+        else:
+            for j in range(n):
+                rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+                Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
+                TH[j] *= d
     elif kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL:
         monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W)
     elif kind == K_POLYNOMIAL:

@@ -494,11 +494,16 @@ def dual_sign(s1, s2, rho, omt):
     everywhere, neural-tangents' convention, which is what autodiff of a
     finite net gives); the result's versine c' = 1 - k = 2θ/π.  A kinked dual
     (angle in, versine out: ``dual_abrelu``); k = 0, c' = 1 where a variance
-    is 0 (sign 0 = 0)."""
-    _, theta, _, _ = arc_cosine_c(rho, omt)
+    is 0 (sign 0 = 0).  One polynomial, as ``asin_c``: for |ρ| > 1/2 the
+    small angle 2 asin √(omt/2) gives c' (ρ > 0) or 2 - c' (ρ < 0) exactly."""
+    small = abs(rho) <= 0.5
+    a = _asin_core(rho if small else math.sqrt(0.5 * omt))
+    t = (4.0 / PI) * a        # |ρ| > 1/2: 2θ/π (ρ > 0), 2ψ/π (ρ < 0)
+    c = 1.0 - (2.0 / PI) * a if small else (t if rho > 0.0 else 2.0 - t)
+    k = (2.0 / PI) * a if small else (1.0 - t if rho > 0.0 else t - 1.0)
     if s1 == 0.0 or s2 == 0.0:
         return 0.0, 0.0, 1.0
-    return (2.0 / PI) * asin_c(rho, omt), 0.0, (2.0 / PI) * theta
+    return k, 0.0, c
 
 
 @njit(**INLINE)
