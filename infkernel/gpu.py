@@ -420,7 +420,8 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     n1 = a1.shape[0]
     n2 = n1 if sym else a2.shape[0]
     shape = (n1, n2)
-    outs, to_host = _outputs(cp, out, names, single, shape, dt, on_device, _check_out)
+    outs, to_host = _outputs(cp, out, names, single, shape, dt, on_device, _check_out,
+                             [("x1", a1), ("x2", a2)])
     tab1, feat1, kd1, td1 = dev.diag(k_diag, a1, name="x1")
     from ._cpu import OTHER_UNKNOWN
     diag1 = in_range(kd1, td1, "x1", other=None if sym else OTHER_UNKNOWN)
@@ -440,8 +441,15 @@ def compute(net, x1, x2, names, single, *, out, dtype, progress, diagonal):
     return outs[0] if single else _kernel_type(names)(*outs)
 
 
-def _outputs(cp, out, names, single, shape, dt, on_device, check_out):
-    """(output arrays in ``names`` order, whether they are host arrays)."""
+def _overlap(a, b):
+    """Whether two CuPy arrays' memory spans overlap."""
+    return a.data.ptr < b.data.ptr + b.nbytes and b.data.ptr < a.data.ptr + a.nbytes
+
+
+def _outputs(cp, out, names, single, shape, dt, on_device, check_out, inputs):
+    """(output arrays in ``names`` order, whether they are host arrays); CuPy
+    ``out`` arrays must not overlap each other or the device ``inputs``
+    (read while the outputs are written; host inputs were copied)."""
     n_out = len(names)
     if out is None:
         if not on_device:
@@ -470,10 +478,14 @@ def _outputs(cp, out, names, single, shape, dt, on_device, check_out):
                                  f"got shape {a.shape} and dtype {a.dtype}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"out for {g!r} must be a C-contiguous CuPy array")
-        if n_out == 2 and (outs[0].data.ptr < outs[1].data.ptr + outs[1].nbytes
-                           and outs[1].data.ptr < outs[0].data.ptr + outs[0].nbytes):
+        if n_out == 2 and _overlap(*outs):
             raise ValueError("the out arrays for 'nngp' and 'ntk' share memory: pass two "
                              "distinct arrays")
+        for g, a in zip(names, outs):
+            for name, x in inputs:
+                if x is not None and _overlap(a, x):
+                    raise ValueError(f"out for {g!r} overlaps {name}: each output needs "
+                                     "memory of its own")
         return outs, False
     if any(on_gpu):
         raise TypeError("out arrays must be all NumPy or all CuPy arrays")

@@ -151,6 +151,9 @@ def test_bad_input():
     same = cp.empty((4, 4))
     with pytest.raises(ValueError, match="share memory"):
         net.kernel(cp.ones((4, 2)), out=(same, same), backend="gpu")
+    with pytest.raises(ValueError, match="out for 'ntk' overlaps x2"):    # read while written
+        x2 = cp.ones((4, 4))
+        net.kernel(cp.ones((4, 4)), x2, out=(cp.empty((4, 4)), x2), backend="gpu")
     with pytest.raises(ValueError, match=r"squared norm of row\(s\) \[1\]"):
         net.kernel(cp.asarray(np.r_[np.ones((1, 2)), np.full((1, 2), 1e160)]), backend="gpu")
 
