@@ -82,6 +82,17 @@ def count(name, value, minimum=1):
     return int(value)
 
 
+def no_overflow(what, *arrays):
+    """``arrays``, or a KernelRangeError: a finite network's parameters and
+    inputs are checked finite, so a NaN or Inf in its results (``what``) is
+    an overflow of float64."""
+    for a in arrays:
+        if a is not None and not np.isfinite(a).all():
+            raise KernelRangeError(f"the finite network's {what} overflow float64 at these "
+                                   "parameters and inputs: scale them down")
+    return arrays
+
+
 def real_array(name, value, finite=False, what="an array of real numbers", bools=False):
     """``value`` as a float64 array, or a TypeError naming ``name``: no strings
     (NumPy would parse them), booleans (unless ``bools``: 0 / 1 targets),

@@ -112,7 +112,7 @@ def parse_arch(spec, W_std=1.5, b_std=0.05, parameterization="ntk"):
         name = token.partition("(")[0].strip().lower()
         if name.startswith("dense"):
             _, _, width = name.partition(":")
-            if not width.strip().isdigit() or "(" in token:
+            if not (width.strip().isascii() and width.strip().isdigit()) or "(" in token:
                 raise ValueError(f"--arch: expected dense:WIDTH, got {token!r}")
             out.append(layers.Dense(int(width), W_std, b_std, parameterization))
         else:

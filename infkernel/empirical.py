@@ -33,7 +33,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import count, entropy, flag, real_array
+from ._checks import count, entropy, flag, no_overflow, real_array
 from .kernel import _kernel_type, check_inputs, parse_get
 from .layers import Dense, Dropout, Flatten, Identity, Layer, LayerNorm, Network, serial
 from .activations import Activation
@@ -416,18 +416,30 @@ def _output_kernel(f1, f2, mode):
     return a * b if mode == "diagonal" else a[..., :, None] * b[..., None, :]
 
 
+def _leaves(tree):
+    """The arrays of a nested params-like structure."""
+    if isinstance(tree, (tuple, list)):
+        for t in tree:
+            yield from _leaves(t)
+    elif tree is not None:
+        yield tree
+
+
 def _kernels(net, params, x1, x2, names, mode="trace"):
     """{name: array} of empirical kernels for (possibly stacked) params, in the
     output layout of ``mode`` (see :func:`_ntk`)."""
     layers = net.layers
     split = None if x2 is None else x1.shape[-2]
-    f, inputs = _forward(layers, params, x1 if x2 is None else np.concatenate((x1, x2), -2))
-    f1, f2 = (f, f) if x2 is None else (f[..., :split, :], f[..., split:, :])
     res = {}
-    if "nngp" in names:
-        res["nngp"] = _output_kernel(f1, f2, mode)
-    if "ntk" in names:
-        res["ntk"] = _ntk(layers, params, f.shape[-1], inputs, split, mode)
+    with np.errstate(over="ignore", invalid="ignore"):   # (checked below)
+        f, inputs = _forward(layers, params,
+                             x1 if x2 is None else np.concatenate((x1, x2), -2))
+        f1, f2 = (f, f) if x2 is None else (f[..., :split, :], f[..., split:, :])
+        if "nngp" in names:
+            res["nngp"] = _output_kernel(f1, f2, mode)
+        if "ntk" in names:
+            res["ntk"] = _ntk(layers, params, f.shape[-1], inputs, split, mode)
+    no_overflow("kernels", *res.values())
     return res
 
 
@@ -478,8 +490,12 @@ def value_and_grad(net, params, x, cotangent_fn):
     net = _as_network(net)
     _check_layers(net)
     a, _, params = _prepare(net, x, None, params)
-    f, inputs = _forward(net.layers, params, a)
-    return f, _vjp(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        f, inputs = _forward(net.layers, params, a)
+        no_overflow("outputs", f)
+        grads = _vjp(net.layers, params, inputs, np.asarray(cotangent_fn(f), dtype=np.float64))
+    no_overflow("gradients", *_leaves(grads))
+    return f, grads
 
 
 def _vjp(layers, params, inputs, cotangent):
@@ -569,9 +585,11 @@ def linearize(f, params):
         x, _, p = _through_input_maps(full, x, None, p)
         a, _, p = _prepare(net, x, None, p, "x")
         p0 = _prepare(net, x, None, params0, "x")[2]
-        f0, df = _forward_jvp(net.layers, p0, _difference(net.layers, p, p0), a,
-                              np.zeros_like(a))
-        return f0 + df
+        with np.errstate(over="ignore", invalid="ignore"):
+            f0, df = _forward_jvp(net.layers, p0, _difference(net.layers, p, p0), a,
+                                  np.zeros_like(a))
+            f = f0 + df
+        return no_overflow("linearized outputs", f)[0]
     return f_lin
 
 
@@ -596,8 +614,10 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
         if v.shape != f2.shape:
             raise ValueError(f"cotangents must have the shape of f(x2), {f2.shape}, "
                              f"got {v.shape}")
-        tangent = _vjp(net.layers, p, inputs, v)
-        return _forward_jvp(net.layers, p, tangent, a1, np.zeros_like(a1))[1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            tangent = _vjp(net.layers, p, inputs, v)
+            out = _forward_jvp(net.layers, p, tangent, a1, np.zeros_like(a1))[1]
+        return no_overflow("NTK-vector products", out)[0]
     return ntk_vp_fn
 
 

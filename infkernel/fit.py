@@ -84,7 +84,10 @@ def load_data(data=None, target=None):
         with z:
             if "x" not in z or "y" not in z:
                 raise ValueError(f"{data}: an .npz must hold arrays 'x' and 'y', got {list(z)}")
-            x, y = z["x"], z["y"]
+            try:
+                x, y = z["x"], z["y"]
+            except ValueError as exc:       # object arrays (pickles)
+                raise ValueError(f"{data}: {exc}") from None
     elif target is not None:
         x, y = _read(data), _read(target)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -106,6 +109,9 @@ def load_data(data=None, target=None):
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+    if np.asarray(y).dtype.kind not in "biufUS":
+        raise ValueError(f"{data}: the targets must be real numbers or class names, got "
+                         f"dtype {np.asarray(y).dtype}")
     return x, np.asarray(y), os.path.basename(data)
 
 
@@ -129,8 +135,9 @@ def run_fit(args):
         depths = [int(s) for s in str(args.depths).split(",") if s.strip()]
     except ValueError:
         depths = []
-    if not depths or min(depths) < 0:
-        raise ValueError(f"--depths must be non-negative integers, got {args.depths!r}")
+    if not depths or min(depths) < 0 or len(set(depths)) < len(depths):
+        raise ValueError(f"--depths must be distinct non-negative integers, got "
+                         f"{args.depths!r}")
     if not 0 < args.test_size < 1:
         raise ValueError(f"--test-size must be in (0, 1), got {args.test_size}")
     # the other options too, before the data are read or any kernel computed

@@ -70,6 +70,9 @@ def check_inputs(x, name, d=None, like="x1"):
         raise TypeError(f"{name} must be an array, got the string {x!r}"
                         + (f" (get is the third argument: kernel(x1, None, {x!r}))"
                            if name == "x2" else ""))
+    if hasattr(x, "_fields"):      # a Kernel: NumPy would stack its fields
+        raise TypeError(f"{name} must be an array of points, got a {type(x).__name__} with "
+                        f"fields {x._fields}")
     if hasattr(x, "toarray") and hasattr(x, "nnz"):      # scipy.sparse
         raise TypeError(f"{name} is a sparse matrix: the kernels need dense inputs "
                         f"({name}.toarray())")

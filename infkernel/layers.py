@@ -574,8 +574,8 @@ class Network:
 
     def _flatten(self, x):
         """(N, ...) inputs as (N, d) rows when the network starts with Flatten."""
-        if not self._flattens_inputs or x is None:
-            return x
+        if not self._flattens_inputs or x is None or hasattr(x, "_fields"):
+            return x        # (a namedtuple: refused by check_inputs)
         if not hasattr(x, "ndim"):      # nested lists
             x = np.asarray(x)
         return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim > 2 else x

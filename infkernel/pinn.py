@@ -72,7 +72,7 @@ import numpy as np
 from numba import njit
 
 from . import _jets, _program as P
-from ._checks import KernelRangeError, count, one_kernel, real, real_array, warn
+from ._checks import KernelRangeError, count, no_overflow, one_kernel, real, real_array, warn
 from ._cpu import _single_threaded_blas, in_parallel
 from ._numeric import _cheb_fit
 from .activations import Activation
@@ -85,6 +85,9 @@ __all__ = ["Operator", "identity", "partial", "laplacian", "kernel", "ntk_blocks
            "weighted_spectrum", "empirical_kernel", "operator_apply", "PinnAccuracyWarning"]
 
 MAX_ORDER = 2          # per argument
+#: Largest ``laplacian`` dimension: Δ has one term per axis, and the kernels
+#: pair every direction of one operator with every one of the other's.
+MAX_DIM = 10_000
 _ROW_ENTRIES = 1 << 18  # jet entries per row chunk (bounds the temporaries: ~2 MB each)
 _MIN_CHUNK = 1 << 12    # jet entries below which a chunk is not split
 
@@ -98,6 +101,8 @@ class Operator:
     coefficients: () is the identity, (a,) is ∂_a, (a, b) is ∂_a∂_b.
     Combine with +, −, scalar *, and * between operators (composition,
     total order ≤ 2)."""
+
+    __array_ufunc__ = None     # NumPy defers to the operators: no arrays of Operators
 
     def __init__(self, terms, dim=None):
         if not isinstance(terms, dict):
@@ -165,7 +170,8 @@ class Operator:
             return Operator(t, self._merge_dim(other))
         if isinstance(other, bool) or not isinstance(other, (int, float, np.integer,
                                                                np.floating)):
-            return NotImplemented
+            raise TypeError("an Operator multiplies another Operator or a real number, got "
+                            f"{type(other).__name__}")
         return Operator({a: c * float(other) for a, c in self.terms.items()}, self.dim)
 
     __rmul__ = __mul__
@@ -246,6 +252,9 @@ def partial(axis, order=1):
 def laplacian(dim):
     """Δ = Σ_{a<dim} ∂²_a on ``dim``-dimensional inputs."""
     dim = count("laplacian: dim", dim)
+    if dim > MAX_DIM:
+        raise ValueError(f"laplacian: dim must be at most {MAX_DIM} (one term per axis), "
+                         f"got {dim}")
     return Operator({(a, a): 1.0 for a in range(dim)}, dim=dim)
 
 
@@ -853,14 +862,12 @@ def _norm(shift, scale, d):
     def per_axis(name, value, default):
         if value is None:
             return np.full(d, default)
+        what = f"a real scalar or one value per input axis ({d})"
+        a = real_array(name, value, what=what)     # no strings, bools, complex
         try:
-            a = np.asarray(value)
-            if a.dtype.kind not in "iuf":    # no strings, bools, complex
-                raise TypeError
-            return np.broadcast_to(a.astype(float), (d,)).copy()
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a real scalar or have one value per input axis "
-                             f"({d}), got {value!r}") from None
+            return np.broadcast_to(a, (d,)).copy()
+        except ValueError:
+            raise ValueError(f"{name} must be {what}, got shape {a.shape}") from None
     mu, sig = per_axis("shift", shift, 0.0), per_axis("scale", scale, 1.0)
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sig)) and np.all(sig > 0)):
         raise ValueError(f"shift must be finite and scale finite and > 0, got {shift}, {scale}")
@@ -1223,15 +1230,21 @@ def ntk_blocks(net, terms, get="ntk", *, shift=None, scale=None):
     return PinnBlocks(tuple(n for n, _, _ in items), blocks, full, slices)
 
 
-def _blocks(obj):
+def _blocks(obj, needs_points=None):
+    """``obj`` checked to be ntk_blocks' result; ``needs_points``: what is
+    undefined for a term without points (a ValueError naming the term)."""
     if not isinstance(obj, PinnBlocks):
         raise TypeError(f"expected the result of ntk_blocks, got {type(obj).__name__}")
+    if needs_points:
+        for a, sl in obj.slices.items():
+            if sl.stop == sl.start:
+                raise ValueError(f"term {a!r} has no points: {needs_points} undefined")
     return obj
 
 
 def trace_weights(blocks):
     """λ_a = Σ_b Tr K_bb / Tr K_aa (Wang, Yu & Perdikaris 2020, Algorithm 1)."""
-    blocks = _blocks(blocks)
+    blocks = _blocks(blocks, "the trace weights are")
     tr = {a: float(np.trace(blocks.blocks[(a, a)])) for a in blocks.names}
     total = sum(tr.values())
     for a, t in tr.items():
@@ -1241,7 +1254,7 @@ def trace_weights(blocks):
 
 
 def _eigs(K):
-    return np.sort(np.linalg.eigvalsh(0.5 * (K + K.T)))[::-1]
+    return np.sort(np.linalg.eigvalsh(0.5 * K + 0.5 * K.T))[::-1]   # halves: no overflow
 
 
 def spectra(blocks):
@@ -1257,7 +1270,7 @@ def condition_numbers(blocks):
     """λ_max / λ_min of every diagonal block and of K (inf when λ_min ≤ 0,
     i.e. singular to rounding)."""
     out = {}
-    for a, e in spectra(blocks).items():
+    for a, e in spectra(_blocks(blocks, "condition numbers are")).items():
         out[a] = float(e[0] / e[-1]) if e[-1] > 0 else math.inf
     return out
 
@@ -1289,10 +1302,12 @@ def weighted_spectrum(blocks, weights):
     r = np.sqrt(lam)
     with np.errstate(over="ignore", invalid="ignore"):
         M = r[:, None] * blocks.matrix * r[None, :]
-    if not np.isfinite(M).all():
-        raise ValueError("Λ^{1/2} K Λ^{1/2} overflows float64: scale the weights down "
-                         f"(largest {lam.max():.3g})")
-    return _eigs(M)
+        finite = np.isfinite(M).all()
+        e = _eigs(M) if finite else None
+    if not (finite and np.isfinite(e).all()):
+        raise ValueError("Λ^{1/2} K Λ^{1/2} (or its eigenvalues) overflows float64: scale "
+                         f"the weights down (largest {lam.max():.3g})")
+    return e
 
 
 # ---------------------------------------------------------------------------
@@ -1393,9 +1408,11 @@ def operator_apply(net, params, x, op=None):
     op.check_dim(x.shape[1], "op")
     params = _check_params(net, params, x.shape[1], "x")
     groups = op.directional(x.shape[1])
-    h, _ = _forward_jets(net, params, x, groups)
     cf = np.array([[c[n] * math.factorial(n) for n in range(3)] for _, c in groups])
-    return np.einsum("gnxk,gn->xk", h, cf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h, _ = _forward_jets(net, params, x, groups)
+        out = np.einsum("gnxk,gn->xk", h, cf)
+    return no_overflow("outputs", out)[0]
 
 
 def _grads(net, tape, groups, j, n_points, n_out):
@@ -1441,6 +1458,14 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
     op2.check_dim(d, "op2")
     params = _check_params(net, params, d, "x1")
     g1, g2 = op1.directional(d), op2.directional(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = _empirical_blocks(net, params, x1, x2, g1, g2, names)
+    no_overflow("kernels", *out.values())
+    return _pack(out, names, single)
+
+
+def _empirical_blocks(net, params, x1, x2, g1, g2, names):
+    """{name: array} of ``empirical_kernel`` (directional groups g1, g2)."""
     h1, t1 = _forward_jets(net, params, x1, g1)
     h2, t2 = _forward_jets(net, params, x2, g2)
     k_out = h1.shape[-1]
@@ -1472,4 +1497,4 @@ def empirical_kernel(net, params, x1, x2=None, op1=None, op2=None, get="ntk"):
                     b2 = B2[:, 0].sum(axis=0)
                     th += s * s * (b1 @ b2.T)
         out["ntk"] = th / k_out
-    return _pack(out, names, single)
+    return out

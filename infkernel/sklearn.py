@@ -36,6 +36,9 @@ def make_network(depth=2, activation="relu", W_std=1.0, b_std=0.1):
     depth = count("depth", depth, 0)
     if isinstance(activation, Activation):
         phi = activation
+    elif not isinstance(activation, str):
+        raise TypeError(f"activation must be an activation (e.g. ik.LeakyRelu(0.1)) or its "
+                        f"name, got {activation!r}")
     elif activation not in ACTIVATIONS:
         raise ValueError(f"activation must be an activation (e.g. ik.LeakyRelu(0.1)) or one "
                          f"of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -381,12 +384,13 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
         deviation, with ``return_cov`` the (M, M) covariance (shared by all
         outputs; shape (M, M, C) for multi-output y, like
         GaussianProcessRegressor)."""
+        return_std, return_cov = flag("return_std", return_std), flag("return_cov", return_cov)
         if return_std and return_cov:
             raise ValueError("at most one of return_std and return_cov may be True")
         check_is_fitted(self, "X_train_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         pf = self._fn()
-        cov = "diag" if return_std else bool(return_cov)
+        cov = "diag" if return_std else return_cov
         out = pf(t=self._fitted_t, x_test=X, get=self._get, compute_cov=cov)
         mean = (out.mean if cov else out) * self.y_std_ + self.y_mean_
         one_d = self.y_train_.ndim == 1

@@ -14,11 +14,13 @@ et al. 2020, §4).
     spec = spectral.stationary_spectrum(net, x)            # x: uniform grid on [0, 1)
     err = spectral.predicted_error_by_frequency(spec.eigvals, y, lr, steps)
 """
+import os
 from collections import namedtuple
 
 import numpy as np
 
 from ._checks import flag, one_kernel, real, real_array
+from .empirical import _as_network
 
 #: ``freqs`` (cycles per unit length, ``np.fft.fftfreq`` order) and the
 #: matching eigenvalues ``eigvals`` of a circulant Gram matrix.
@@ -56,7 +58,7 @@ def gram_eigh(K, symmetry_tol=1e-10):
 
 def kernel_eigh(net, x, get="ntk", **kwargs):
     """Eigendecomposition (descending) of ``net``'s Gram matrix on points ``x``."""
-    get = one_kernel(get)
+    net, get = _as_network(net), one_kernel(get)
     return gram_eigh(net.kernel(x, None, get, **kwargs))
 
 
@@ -132,7 +134,7 @@ def stationary_spectrum(net, x, get="ntk", stationarity_tol=1e-8, **kwargs):
     Stationarity is checked on four more rows: K(x_i, ·) must be K(x_0, ·)
     shifted by i (to ``stationarity_tol``·max|K|), else a ValueError (a plain
     MLP is not stationary: use :func:`kernel_eigh`)."""
-    get = one_kernel(get)
+    net, get = _as_network(net), one_kernel(get)
     stationarity_tol = real("stationarity_tol", stationarity_tol, lower=0)
     _, _, n = check_uniform_grid(x, "x")
     pts = real_array("x", x).reshape(-1, 1)
@@ -259,12 +261,13 @@ def frequency_response(K, x, freqs, symmetry_tol=1e-10):
 
 def plot_spectra(path, curves, xlabel="frequency", ylabel="eigenvalue", title=None,
                  logy=True):
-    """Write a PNG of spectra: ``curves`` maps a label to (freqs, values);
-    negative frequencies are dropped."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    """Write a PNG of spectra to ``path`` (a file name or a binary file
+    object): ``curves`` maps a label to (freqs, values); negative frequencies
+    are dropped."""
+    if not (isinstance(path, (str, os.PathLike)) or hasattr(path, "write")):
+        raise TypeError("path must be a file name (str or os.PathLike) or a binary file "
+                        f"object, got {type(path).__name__}")
+    logy = flag("logy", logy)
     if not isinstance(curves, dict) or not all(
             isinstance(c, (tuple, list)) and len(c) == 2 for c in curves.values()):
         raise TypeError("curves must map each label to a pair (freqs, values)")
@@ -275,6 +278,10 @@ def plot_spectra(path, curves, xlabel="frequency", ylabel="eigenvalue", title=No
             raise ValueError(f"curves[{label!r}]: freqs and values must be 1-D of one length, "
                              f"got shapes {f.shape} and {v.shape}")
         checked[label] = f, v
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (f, v) in checked.items():
         keep = f >= 0

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import empirical as E
-from ._checks import count, entropy, flag, real
+from ._checks import KernelRangeError, count, entropy, flag, real, real_array
 from .hyper import _map_dense, dense_layers
 from .kernel import check_inputs
 from .layers import Dense, Network
@@ -204,16 +204,35 @@ def _train(net, params, x, y, x_test, eta, steps):
     record = set(int(s) for s in steps)
     f_tr, f_te = [], []
     size = y.size
+    diverged = ValueError(f"verify: training diverged at learning rate {eta:.3g}; pass a "
+                          "smaller learning_rate")
     for step in range(int(max(steps)) + 1):
-        f, grads = E.value_and_grad(net, params, x, lambda F: (F - y) / size)
+        try:
+            f, grads = E.value_and_grad(net, params, x, lambda F: (F - y) / size)
+        except KernelRangeError:
+            raise diverged from None
         if step in record:
             f_tr.append(f)
             if x_test is not None:
                 f_te.append(net.apply_fn(params, x_test))
-        params = _step(params, tuple(grads), eta)
-        if not (np.all(np.isfinite(f)) and _finite(params)):
-            raise FloatingPointError("verify: training diverged; lower the learning rate")
+        with np.errstate(over="ignore", invalid="ignore"):
+            params = _step(params, tuple(grads), eta)
+        if not _finite(params):
+            raise diverged
     return np.array(f_tr), (np.array(f_te) if x_test is not None else None)
+
+
+def _widths(name, widths):
+    """Hidden widths as a non-empty list of positive ints (an int: one)."""
+    if isinstance(widths, (int, np.integer)) and not isinstance(widths, bool):
+        widths = [widths]
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise TypeError(f"verify: {name} must be a positive integer or a sequence of them, "
+                        f"got {widths!r}")
+    widths = [count(f"{name} entry", w, 1) for w in widths]
+    if not widths:
+        raise ValueError(f"verify: {name} must not be empty")
+    return widths
 
 
 def _default_targets(x, k, seed):
@@ -251,11 +270,7 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     """
     if not isinstance(net, Network):
         raise TypeError(f"verify: net must be an ik.serial(...) network, got {type(net).__name__}")
-    if isinstance(widths, (int, np.integer)):
-        widths = [widths]
-    widths = [count("widths entry", w, 1) for w in widths]
-    if len(widths) < 1:
-        raise ValueError("verify: widths must not be empty")
+    widths = _widths("widths", widths)
     n_samples = count("n_samples", n_samples, 2)
     # a tuple of non-negative ints: (seed,) or a PRNG key's values
     key = entropy("verify: seed", seed)
@@ -263,9 +278,11 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     continuous = flag("verify: continuous", continuous)
     steps = count("steps", steps, 0)
     train_seeds = count("train_seeds", train_seeds, 1)
-    train_widths = widths if train_widths is None else [count("train_widths entry", w, 1)
-                                                        for w in train_widths]
+    train_widths = widths if train_widths is None else _widths("train_widths", train_widths)
+    batch_size = None if batch_size is None else count("batch_size", batch_size, 1)
     x = check_inputs(x, "x")
+    if len(x) == 0:
+        raise ValueError("verify: x has no points")
     x_test = None if x_test is None else check_inputs(x_test, "x_test", x.shape[1])
     if net.input_maps:   # parameter-free: the finite networks share them
         x = net.map_inputs(x)
@@ -277,11 +294,11 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     k_out = [L for L in net.layers if isinstance(L, Dense)][-1].width
     if y is None:
         y = _default_targets(x, k_out, seed)
-    y = np.asarray(y, dtype=np.float64)
+    y = real_array("verify: y", y, finite=True)
     if y.ndim == 1:
         y = y[:, None]
-    if y.shape != (x.shape[0], k_out) or not np.all(np.isfinite(y)):
-        raise ValueError(f"verify: y must be a finite ({x.shape[0]}, {k_out}) array, "
+    if y.shape != (x.shape[0], k_out):
+        raise ValueError(f"verify: y must be a ({x.shape[0]}, {k_out}) array, "
                          f"got shape {y.shape}")
     if learning_rate is not None:
         learning_rate = real("verify: learning_rate", learning_rate, lower=0, strict=True)
@@ -294,6 +311,17 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
         d = os.path.dirname(os.path.abspath(plot))
         if not os.path.isdir(d):
             raise ValueError(f"verify: folder of plot={plot!r} does not exist")
+
+    # the analytic NTKs of the trained widths, and the default step sizes
+    ths, etas = {}, {}
+    for w in train_widths if steps > 0 else ():
+        ths[w] = nets[w].kernel(x, x, get="ntk", backend="cpu")
+        lam_max = np.linalg.eigvalsh(ths[w])[-1]
+        if learning_rate is None and not lam_max > 0:
+            raise ValueError(f"verify: the NTK at width {w} is zero (largest eigenvalue "
+                             f"{lam_max:.3g}): the network does not train; give it nonzero "
+                             "weights or inputs")
+        etas[w] = learning_rate if learning_rate is not None else 0.5 * y.size / lam_max
 
     # --- kernels ------------------------------------------------------------
     errs, errs_se, means, noises = ({"nngp": [], "ntk": []} for _ in range(4))
@@ -317,15 +345,11 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
     if steps > 0:
         rec = np.unique(np.round(np.geomspace(1, steps, 60)).astype(int))
         rec = np.concatenate([[0], rec])
-        gaps, gaps_se, loss_nn, loss_th, etas = [], [], [], [], []
+        gaps, gaps_se, loss_nn, loss_th = [], [], [], []
         scale = np.sqrt(np.mean(y * y)) or 1.0
         for w in train_widths:
-            nw = nets[w]
-            th = nw.kernel(x, x, get="ntk", backend="cpu")
+            nw, th, eta = nets[w], ths[w], etas[w]
             th_test = None if x_test is None else nw.kernel(x_test, x, get="ntk", backend="cpu")
-            lam_max = np.linalg.eigvalsh(th)[-1]
-            eta = learning_rate if learning_rate is not None else 0.5 * y.size / lam_max
-            etas.append(eta)
             g_w = []
             for r in range(train_seeds):
                 rng = np.random.default_rng(np.random.SeedSequence((*seed, 2, w, r)))
@@ -347,7 +371,7 @@ def verify(net, x, widths, n_samples=32, *, seed=0, y=None, x_test=None, steps=2
         res.train_gap, res.train_gap_se = np.array(gaps), np.array(gaps_se)
         res.slopes["train_gap"] = _slope(train_widths, gaps)
         res.steps, res.loss_network, res.loss_theory = rec, np.array(loss_nn), np.array(loss_th)
-        res.learning_rate = float(etas[-1]) if learning_rate is None else float(learning_rate)
+        res.learning_rate = float(etas[train_widths[-1]])
 
     if plot is not None:
         _plot(res, plot)

@@ -37,6 +37,7 @@ def test_gram_writes_the_kernels(files):
     (["gram", "x.npy", "--arch", "dense:8,identity(3)"], "identity(3)"),
     (["gram", "x.npy", "--arch", "dense:8,leakyrelu(alpha=x)"], "'x' is not a number"),
     (["gram", "x.npy", "--arch", "dense:x"], "expected dense:WIDTH"),
+    (["gram", "x.npy", "--arch", "dense:²"], "expected dense:WIDTH"),
     (["gram", "x.npy", "--arch", "dense:8,relu(,dense:1"], "unclosed '('"),
     (["gram", "x.npy", "--arch", "dense:8,,relu,dense:1"], "empty layer at position 8"),
     (["gram", "x.npy", "--arch", "dense:8,relu)x,dense:1"], "unexpected ')' at position 12"),

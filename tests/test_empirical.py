@@ -1,5 +1,7 @@
 """Empirical kernels of finite networks against an explicit Jacobian, and Monte
 Carlo kernels against the analytic infinite-width kernels."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
@@ -867,3 +869,27 @@ def test_monte_carlo_standard_errors_at_huge_scales():
     b = ik.monte_carlo_kernel_fn(net, 6, 0)(x * 2.0 ** 500, None, "ntk")
     np.testing.assert_array_equal(b.mean / 2.0 ** 1000, a.mean)
     np.testing.assert_array_equal(b.stderr / 2.0 ** 1000, a.stderr)
+
+
+def test_overflowing_finite_networks_are_an_error():
+    """Parameters and inputs are checked finite, so a NaN or Inf in a finite
+    network's kernels, outputs or gradients is an overflow: a KernelRangeError
+    (as ``Network.kernel`` gives), not NaN with RuntimeWarnings."""
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    huge = ik.serial(ik.Dense(4, 1e100), ik.Relu(), ik.Dense(4, 1e100), ik.Relu(),
+                     ik.Dense(1, 1e100))
+    net = ik.serial(ik.Dense(4), ik.Relu(), ik.Dense(4), ik.Relu(), ik.Dense(1))
+    _, p = net.init_fn(0, (-1, 2))
+    big, p10 = (tuple(tuple(None if a is None else a * f for a in layer) for layer in p)
+                for f in (1e200, 10.0))
+    calls = [lambda: ik.monte_carlo_kernel_fn(huge, 3, 0)(x, None, "ntk"),
+             lambda: E.empirical_kernel_fn(net)(x, None, "ntk", big),
+             lambda: E.empirical_nngp_fn(net)(x, None, big),
+             lambda: E.linearize(net, big)(big, x),
+             lambda: E.value_and_grad(net, big, x, lambda f: f),
+             lambda: E.empirical_ntk_vp_fn(net, x, None, p10)(np.full((3, 1), 1e308))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # and no RuntimeWarning on the way
+        for call in calls:
+            with pytest.raises(ik.KernelRangeError, match="overflow float64"):
+                call()

@@ -98,6 +98,7 @@ def test_string_labels_are_classes(tmp_path):
     ("--diag-reg", "nan", "--diag-reg must be finite and >= 0, got nan"),
     ("--seed", "-1", r"--seed must be in \[0, 2\*\*32\), got -1"),
     ("--W-std", "-1", "W_std must be finite and >= 0"),
+    ("--depths", "1,1", "--depths must be distinct non-negative integers, got '1,1'"),
 ])
 def test_options_checked_before_data_and_kernels(tmp_path, monkeypatch, option, value, words):
     """Bad numeric options are refused before the data are read (a missing
@@ -193,7 +194,12 @@ def test_bad_archives_and_target_options(tmp_path):
     np.save(tmp_path / "arr.npy", np.ones((4, 3)))
     (tmp_path / "arr.npz").write_bytes((tmp_path / "arr.npy").read_bytes())
     np.savez(tmp_path / "ok.npz", x=np.ones((4, 3)), y=np.ones(4))
+    np.savez(tmp_path / "complex.npz", x=np.ones((4, 3)), y=np.ones(4) * 1j)
+    np.savez(tmp_path / "object.npz", x=np.ones((4, 3)), y=np.array([1, "a", None, 2], object))
     for argv, words in (([str(tmp_path / "bad.npz")], "not a valid .npz file"),
+                        ([str(tmp_path / "complex.npz")], "complex.npz: the targets must be "
+                         "real numbers or class names, got dtype complex128"),
+                        ([str(tmp_path / "object.npz")], "object.npz: Object arrays cannot"),
                         ([str(tmp_path / "arr.npz")], "not an .npz archive"),
                         ([str(tmp_path / "ok.npz"), "--target", str(tmp_path / "arr.npy")],
                          "--target is for .npy / .csv features"),

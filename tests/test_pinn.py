@@ -658,6 +658,14 @@ def test_bad_input():
         pinn.ntk_blocks(net, {"a": (x, None), "b": (np.zeros((2, 3)), None)})
     with pytest.raises(ValueError, match="weights"):
         pinn.weighted_spectrum(pinn.ntk_blocks(net, {"a": (x, None)}), {})
+    # a term without points: no condition number (was an IndexError), as no trace weight
+    empty = pinn.ntk_blocks(net, {"u": (x + 0.3, None), "r": (np.zeros((0, 2)),
+                                                              pinn.laplacian(2))})
+    with pytest.raises(ValueError, match="^term 'r' has no points: condition numbers are "
+                                         "undefined"):
+        pinn.condition_numbers(empty)
+    with pytest.raises(ValueError, match="^term 'r' has no points: the trace weights are"):
+        pinn.trace_weights(empty)
 
 
 def test_operator_apply_checks_params_and_empty_inputs():
@@ -682,8 +690,13 @@ def test_operator_apply_checks_params_and_empty_inputs():
 def test_scale_and_weights_must_be_numbers():
     net = ik.serial(ik.Dense(8), ik.Erf(), ik.Dense(1))
     x = np.zeros((3, 2))
-    with pytest.raises(ValueError, match="scale must be a real scalar"):
-        pinn.kernel(net, x, None, pinn.partial(0), scale="2")
+    for kw in ({"scale": "2"}, {"scale": True}, {"shift": True}, {"shift": [1 + 1j]}):
+        name = next(iter(kw))
+        with pytest.raises(TypeError, match=f"^{name} must be a real scalar or one value per "
+                                            r"input axis \(2\), got dtype"):
+            pinn.kernel(net, x, None, pinn.partial(0), **kw)
+    with pytest.raises(ValueError, match=r"^scale must be .*got shape \(3,\)"):
+        pinn.kernel(net, x, None, pinn.partial(0), scale=[1.0, 2.0, 3.0])
     blocks = pinn.ntk_blocks(net, {"u": (x, None)})
     with pytest.raises(ValueError, match="weights has entries \\['r'\\] that are not terms"):
         pinn.weighted_spectrum(blocks, {"u": 1.0, "r": 2.0})
@@ -693,6 +706,11 @@ def test_scale_and_weights_must_be_numbers():
         pinn.weighted_spectrum(blocks, None)
     with pytest.raises(ValueError, match="overflows float64: scale the weights down"):
         pinn.weighted_spectrum(pinn.ntk_blocks(net, {"u": (x + 3.0, None)}), {"u": 1e308})
+    # Λ^½KΛ^½ finite, its eigenvalues not (K's rows are equal: λ_max = 3 max M)
+    same = pinn.ntk_blocks(net, {"u": (x + 3.0, None)})
+    with pytest.raises(ValueError, match=r"\(or its eigenvalues\) overflows float64: scale the "
+                                         "weights down"):
+        pinn.weighted_spectrum(same, {"u": 1e308 / same.matrix.max()})
     with pytest.raises(ValueError, match="^scale: the operators' coefficients"):
         pinn.kernel(net, x, None, pinn.laplacian(2), scale=1e-300)
     with pytest.raises(ValueError, match="^shift/scale: the normalised points"):
@@ -730,6 +748,11 @@ def test_empirical_kernel_wrong_dimension():
     (lambda: pinn.Operator({(2,): 1.0}, dim=2), ValueError, "axis 2 does not exist on dim=2"),
     (lambda: pinn.partial(0.0), TypeError, "partial: axis must be an integer >= 0"),
     (lambda: pinn.partial(0, -1), ValueError, "partial: order must be an integer >= 0"),
+    (lambda: pinn.laplacian(10 ** 7), ValueError, "laplacian: dim must be at most 10000"),
+    (lambda: pinn.partial(0) * np.array([1.0, 2.0]), TypeError,
+     "an Operator multiplies another Operator or a real number, got ndarray"),
+    (lambda: np.array([1.0, 2.0]) * pinn.partial(0), TypeError,
+     "an Operator multiplies another Operator or a real number, got ndarray"),
 ])
 def test_operator_arguments_are_checked(call, error, words):
     """Axes, coefficients and dim were cast with int() / float(): (0.5,) was
@@ -915,3 +938,18 @@ def test_quadrature_range_error_says_how_to_rescale():
         pinn.kernel(net, x, None, pinn.partial(0), None)
     k = pinn.kernel(net, x, None, pinn.partial(0), None, shift=10, scale=10)
     assert k.shape == (4, 4) and np.isfinite(k).all()
+
+
+def test_overflowing_finite_networks_are_an_error():
+    """A finite network's jets that overflow float64 (its parameters are
+    checked finite) are a KernelRangeError, not NaN with RuntimeWarnings."""
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    net = ik.serial(ik.Dense(4), ik.Erf(), ik.Dense(4), ik.Erf(), ik.Dense(1))
+    _, p = net.init_fn(0, (-1, 2))
+    big = tuple(tuple(None if a is None else a * 1e200 for a in layer) for layer in p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in (lambda: pinn.empirical_kernel(net, big, x, None, pinn.laplacian(2)),
+                     lambda: pinn.operator_apply(net, big, x, pinn.laplacian(2))):
+            with pytest.raises(ik.KernelRangeError, match="overflow float64"):
+                call()

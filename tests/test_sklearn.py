@@ -98,6 +98,14 @@ def test_failed_fit_leaves_estimator_unchanged():
     est.set_params(diag_reg=1e-4)
     assert est.n_features_in_ == 3
     assert np.array_equal(est.predict(X[:4]), before)
+    for flags in ({"return_cov": "no"}, {"return_std": 1}):    # not truthiness
+        with pytest.raises(TypeError, match="must be True or False"):
+            est.predict(X[:4], **flags)
+    with pytest.raises(ValueError, match="at most one of return_std and return_cov"):
+        est.predict(X[:4], return_std=True, return_cov=True)
+    with pytest.raises(TypeError, match="activation must be an activation .* or its name, "
+                       r"got \['relu'\]"):
+        ik.sklearn.make_network(1, ["relu"])
 
 
 def test_custom_network():

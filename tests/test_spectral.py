@@ -176,6 +176,16 @@ def test_matrix_and_argument_checks():
         spectral.gram_eigh(np.zeros((0, 0)))
     with pytest.raises(ValueError, match="freqs and values must be 1-D of one length"):
         spectral.plot_spectra("unused.png", {"a": ([0, 1, 2], [1, 2])})
+    # the network, the path and logy are checked by name (were AttributeErrors, "no" true)
+    for call in (lambda: spectral.kernel_eigh(None, grid(4)),
+                 lambda: spectral.stationary_spectrum("relu", grid(4))):
+        with pytest.raises(TypeError, match="^net must be an infkernel network .*got"):
+            call()
+    curves = {"a": ([0, 1], [1, 2])}
+    with pytest.raises(TypeError, match="^path must be a file name .*got NoneType"):
+        spectral.plot_spectra(None, curves)
+    with pytest.raises(TypeError, match="^logy must be True or False, got 'no'"):
+        spectral.plot_spectra("unused.png", curves, logy="no")
 
 
 # --- the example scripts, small --------------------------------------------------------------

@@ -89,6 +89,20 @@ def test_bad_input(x, tmp_path):
         V.verify(net, x, [8], 4, seed="a")
     with pytest.raises(TypeError, match="verify: continuous must be True or False, got 'no'"):
         V.verify(net, x, [8], 4, continuous="no")
+    # checked before any work
+    with pytest.raises(TypeError, match="widths must be a positive integer or a sequence"):
+        V.verify(net, x, None, 4)
+    with pytest.raises(ValueError, match="train_widths must not be empty"):
+        V.verify(net, x, [8], 4, train_widths=[])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        V.verify(net, x, [8], 4, batch_size=0)
+    with pytest.raises(ValueError, match="x has no points"):
+        V.verify(net, np.zeros((0, 3)), [8], 4)
+    for y in (np.array(["1"] * len(x)), np.ones(len(x)) * 1j):
+        with pytest.raises(TypeError, match="y must be an array of real numbers"):
+            V.verify(net, x, [8], 4, y=y)
+    with pytest.raises(ValueError, match="NTK at width 8 is zero"):    # no default step
+        V.verify(ik.serial(ik.Dense(8, 0.0, 0.0), ik.Relu(), ik.Dense(1, 0.0, 0.0)), x, [8], 4)
 
 
 @pytest.mark.parametrize("widths", [[16], [16, 16]])
@@ -170,5 +184,5 @@ def test_branched_networks_plot_paths_and_train_widths(x, tmp_path):
     assert rows == ["16", "32", "64"]
     with pytest.raises(ValueError, match="plot must be a file path"):
         V.verify(net, x, [8], 2, steps=0, plot=str(tmp_path))
-    with pytest.raises(FloatingPointError, match="training diverged"):
+    with pytest.raises(ValueError, match="training diverged at learning rate 1e\\+08"):
         V.verify(_net(), x, [8], 2, steps=20, learning_rate=1e8, train_seeds=1)
