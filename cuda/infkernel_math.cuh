@@ -198,7 +198,7 @@ IK_FN double ik_copysign(double a, double b) { return copysign(a, b); }
 IK_FN float ik_copysign(float a, float b) { return copysignf(a, b); }
 template <typename T>
 IK_FN T ik_correlation(T q12, T r1, T r2) {
-  T rho = q12 * r1 * r2;
+  T rho = q12 * ik_min(r1, r2) * ik_max(r1, r2);  // (x, y) and (y, x) round alike
   return ik_abs(rho) < ik_rho_one(T(0)) ? rho : ik_copysign(T(1), rho);
 }
 

@@ -96,9 +96,11 @@ def correlation(q12, r1, r2):
     Values within 4 ulps of ±1 (the rounding of q r r itself) are set to ±1,
     so that identical and antipodal points get exactly ±1: the kinked duals'
     derivatives have a √(1-ρ) singularity there, which would otherwise turn
-    one ulp in ρ into ~1e-8 in the kernel.
+    one ulp in ρ into ~1e-8 in the kernel.  The smaller r first: (x, y) and
+    (y, x) round alike (K(X) is computed on one triangle, K(X, X') on both),
+    and q12 r_min cannot overflow.
     """
-    rho = q12 * r1 * r2
+    rho = q12 * min(r1, r2) * max(r1, r2)
     return rho if abs(rho) < _RHO_ONE else math.copysign(1.0, rho)
 
 

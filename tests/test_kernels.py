@@ -453,6 +453,22 @@ def test_identical_points_through_step_activations(act):
         np.testing.assert_allclose(np.diag(c), np.diag(s), rtol=1e-14, atol=0)
 
 
+def test_cross_and_symmetric_paths_round_alike():
+    """K(X) computes one triangle, K(X, X.copy()) both: each entry must round
+    the same either way (``_duals.correlation`` takes r1, r2 in a symmetric
+    order).  Tiny inputs behind biases make every pair nearly parallel, where
+    kinked and step activations raise an ulp of ρ to ~1e-10 (measured before
+    the fix: 2.5e-10)."""
+    rng = np.random.default_rng(56)
+    x = 1e-4 * rng.standard_normal((5, 5))
+    x[3] = 0.0
+    net = ik.serial(ik.Dense(8, 1.2, 0.6), ik.Monomial(1), ik.Dense(8, 2.0, 0.2),
+                    ik.LeakyRelu(-0.17), ik.Dense(8, 1.5, 0.76), ik.Gelu(),
+                    *[ik.Dense(8, 1.8, 0.54), ik.RectifiedMonomial(0)] * 3, ik.Dense(1))
+    for s, c in zip(net.kernel(x), net.kernel(x, x.copy())):
+        assert np.abs(s - c).max() <= 1e-15 * np.abs(s).max(), np.abs(s - c).max()
+
+
 def test_kinked_branches_keep_small_angles():
     """The versine through fan-outs, sums (residual blocks, concatenations)
     and products, both parameterizations: nearly parallel inputs against 40
