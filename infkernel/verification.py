@@ -192,12 +192,6 @@ def _step(p, g, eta):
     return None if p is None else p - eta * g
 
 
-def _finite(p):
-    if isinstance(p, tuple):
-        return all(_finite(a) for a in p)
-    return p is None or bool(np.isfinite(p).all())
-
-
 def _train(net, params, x, y, x_test, eta, steps):
     """Full-batch gradient descent on ‖F − Y‖²/(2·size); outputs at ``steps``."""
     params = tuple(params)
@@ -217,7 +211,7 @@ def _train(net, params, x, y, x_test, eta, steps):
                 f_te.append(net.apply_fn(params, x_test))
         with np.errstate(over="ignore", invalid="ignore"):
             params = _step(params, tuple(grads), eta)
-        if not _finite(params):
+        if not all(np.isfinite(a).all() for a in E._leaves(params)):
             raise diverged
     return np.array(f_tr), (np.array(f_te) if x_test is not None else None)
 
