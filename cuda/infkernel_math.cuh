@@ -236,46 +236,74 @@ IK_FN void ik_arc_cosine_c(T rho, T omt, T& psi, T& theta, T& f_psi, T& f_theta)
   f_theta = small ? e - T(IK_HALF_PI) * rho : (pos ? f_small : f_large);
 }
 
-/// (rho, 1 - |rho|) from the carried versine c = 1 - rho (antipodes within 4
-/// ulps exact: c holds 1 + rho only to its rounding), or where c is NaN (not
-/// carried) from ik_correlation (_duals.versine, _duals.correlation_angle).
+/// (rho, 1 - |rho|) from the carried signed versine c = sign(rho) (1 - |rho|),
+/// or where c is NaN (not carried) from ik_correlation (_duals.versine,
+/// _duals.correlation_angle).
 template <typename T>
 IK_FN void ik_versine(T q12, T r1, T r2, T c, T& rho, T& omt) {
   if (c == c) {
-    const bool pole = T(2) - c <= T(1) - ik_rho_one(T(0));
-    rho = pole ? T(-1) : T(1) - c;
-    omt = pole ? T(0) : ik_min(c, T(2) - c);
+    omt = ik_abs(c);
+    rho = ik_copysign(T(1), c) < T(0) ? omt - T(1) : T(1) - omt;
   } else {
     rho = ik_correlation(q12, r1, r2);
     omt = T(1) - ik_abs(rho);
   }
 }
 
-/// c' = c - m F(theta)/pi of ik_dual_abrelu, c = 1 - rho from omt, within [0, 2]
-/// (_duals._arc_versine).
+/// c = sign(rho) omt, omt = 1 - |rho| (_duals.signed_versine; -0 at rho = -1).
 template <typename T>
-IK_FN T ik_arc_versine(T rho, T omt, T f_theta, T m) {
-  T c = rho >= T(0) ? omt : T(2) - omt;
-  return ik_min(ik_max(c - m * f_theta * T(1.0 / IK_PI), T(0)), T(2));
+IK_FN T ik_signed_versine(T rho, T omt) {
+  return ik_copysign(omt, rho);
 }
 
-/// 1 - rho from q12 and r = 1/sqrt q (0 where a variance is zero: rho = 0), where
-/// no versine is carried, 0 for identical points (_duals.versine_of).
+/// (1 - rho, 1 + rho) from the signed versine c (_duals._poles).
+template <typename T>
+IK_FN void ik_poles(T c, T& minus, T& plus) {
+  const T omt = ik_abs(c);
+  const bool neg = ik_copysign(T(1), c) < T(0);
+  minus = neg ? T(2) - omt : omt;
+  plus = neg ? omt : T(2) - omt;
+}
+
+/// The signed versine of ik_dual_abrelu's result, rho' = rho + m F(theta)/pi,
+/// from omt = 1 - |rho| and f_small = F of the smaller angle (theta for
+/// rho >= 0, else psi), g = m f_small / pi: rho >= 0: 1 - rho' = omt - g,
+/// 1 + rho' = 2 - omt + g; rho < 0: 1 - rho' = 2 - m + (m - 1) omt - g,
+/// 1 + rho' = m + (1 - m) omt + g; the smaller kept (_duals._arc_versine).
+template <typename T>
+IK_FN T ik_arc_versine(T rho, T omt, T f_small, T m) {
+  const T g = m * f_small * T(1.0 / IK_PI);
+  const bool pos = rho >= T(0);
+  const T lo = pos ? omt - g : (T(2) - m) + (m - T(1)) * omt - g;
+  const T hi = pos ? T(2) - omt + g : m + (T(1) - m) * omt + g;
+  return lo <= hi ? ik_max(lo, T(0)) : -ik_max(hi, T(0));
+}
+
+/// The signed versine from q12 and r = 1/sqrt q (0 where a variance is zero:
+/// rho = 0), where none is carried; +-0 for identical and antipodal points
+/// (_duals.versine_of).
 template <typename T>
 IK_FN T ik_versine_of(T q12, T r1, T r2) {
-  return T(1) - ik_correlation(q12, r1, r2);
+  const T rho = ik_correlation(q12, r1, r2);
+  return ik_signed_versine(rho, T(1) - ik_abs(rho));
 }
 
-/// The versine of a sum of two independent signals A + B (a Dense layer's
-/// w h + bias, cb = 0; a fan-in sum; _duals.mixed_versine): per point the unit
-/// vector (a, b) = (sqrt qA, sqrt qB) / sqrt(qA + qB) ((0, 0) for a zero variance);
-/// 1 - rho = a1 a2 ca + b1 b2 cb + ((a1 - a2)^2 + (b1 - b2)^2) / 2.
+/// The signed versine of a sum of two independent signals A + B (a Dense
+/// layer's w h + bias, cb = 0; a fan-in sum; _duals.mixed_versine): per point
+/// the unit vector (a, b) = (sqrt qA, sqrt qB) / sqrt(qA + qB) ((0, 0) for a
+/// zero variance); 1 -+ rho = a1 a2 (1 -+ rhoA) + b1 b2 (1 -+ rhoB)
+/// + ((a1 - a2)^2 + (b1 - b2)^2) / 2, the smaller kept.
 template <typename T>
 IK_FN T ik_mixed_versine(T a1, T a2, T b1, T b2, T ca, T cb) {
   if (a1 * a1 + b1 * b1 == T(0) || a2 * a2 + b2 * b2 == T(0)) return T(1);
   const T da = a1 - a2, db = b1 - b2;
-  const T c = a1 * a2 * ca + b1 * b2 * cb + T(0.5) * (da * da + db * db);
-  return c > T(2) ? T(2) : c;  // (a NaN c, not carried, stays NaN)
+  const T d = T(0.5) * (da * da + db * db);
+  T ma, pa, mb, pb;
+  ik_poles(ca, ma, pa);
+  ik_poles(cb, mb, pb);
+  const T lo = a1 * a2 * ma + b1 * b2 * mb + d;
+  const T hi = a1 * a2 * pa + b1 * b2 * pb + d;
+  return lo <= hi ? lo : -hi;  // (a NaN, not carried, stays NaN)
 }
 
 /// A point's table entries for ik_mixed_versine, (1/sqrt q, a, b) with
@@ -289,8 +317,8 @@ IK_FN void ik_mixed_scales(T ra, T rb, T q, T* t, long long ld) {
   t[2 * ld] = rb * v;
 }
 
-/// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b|
-/// (_cpu._input_versine), at most 2.  Both products rounded: identical points
+/// 1 - cos angle(a, b) = |a ua - b ub|^2 / 2, ua = 1/|a|, ub = 1/|b| (ub = -1/|b|:
+/// 1 + cos angle(a, b)) (_cpu._input_versine), at most 2.  Both products rounded: identical points
 /// give exactly 0 (an FMA would leave a product's rounding error, ~1e-33, which
 /// step activations raise to ~1e-8 two layers on).
 template <typename T>
@@ -303,13 +331,16 @@ IK_FN T ik_input_versine(const T* a, T ua, const T* b, T ub, int d) {
   return ik_min(T(0.5) * acc, T(2));
 }
 
-/// The input versine of an entry from its GEMM value g = a.b, or below
+/// The input signed versine of an entry from its GEMM value g = a.b, or below
 /// IK_VERSINE_DIRECT (_cpu.VERSINE_DIRECT, defined by the includer) from the
-/// points themselves.
+/// points themselves, |a ua -+ b ub|^2 / 2 with rho's sign.
 template <typename T>
 IK_FN T ik_start_versine(T g, const T* a, T ua, const T* b, T ub, int d) {
-  const T c = T(1) - g * ua * ub;
-  return c < T(IK_VERSINE_DIRECT) && ua * ub > T(0) ? ik_input_versine(a, ua, b, ub, d) : c;
+  const T rho = g * ua * ub;
+  const T c = ik_signed_versine(rho, T(1) - ik_abs(rho));
+  return ik_abs(c) < T(IK_VERSINE_DIRECT) && ua * ub > T(0)
+             ? ik_signed_versine(c, ik_input_versine(a, ua, b, ik_copysign(ub, c), d))
+             : c;
 }
 
 /// x^n by binary exponentiation (numba's algorithm for float ** int).
@@ -330,17 +361,23 @@ IK_FN T ik_ipow(T x, int n) {
 
 /// phi = a min(x,0) + b max(x,0); theta = acos rho, psi = pi - theta:
 /// k = s1 s2 [(a^2+b^2) F(psi) - 2ab F(theta)] / 2pi, kd = [(a^2+b^2) psi + 2ab theta] / 2pi,
-/// and the result's versine vc = c - (a-b)^2 F(theta) / ((a^2+b^2) pi) (_duals.dual_abrelu).
+/// and the result's signed versine (ik_arc_versine, m = (a-b)^2 / (a^2+b^2);
+/// _duals.dual_abrelu).
 template <typename T>
 IK_FN void ik_dual_abrelu(T a, T b, T q11, T q12, T q22, T s1, T s2, T r1, T r2, T c,
                           T& k, T& kd, T& vc) {
   T rho, omt, psi, theta, f_psi, f_theta;
   ik_versine(q12, r1, r2, c, rho, omt);
+  const bool zero = s1 == T(0) || s2 == T(0);  // rho = 0 (_duals._zero_angle)
+  rho = zero ? T(0) : rho;
+  omt = zero ? T(1) : omt;
   ik_arc_cosine_c(rho, omt, psi, theta, f_psi, f_theta);
   T c2 = a * a + b * b;
   T kk = c2 * f_psi - T(2) * a * b * f_theta;
   T d = c2 * psi + T(2) * a * b * theta;
-  vc = ik_arc_versine(rho, omt, f_theta, c2 != T(0) ? (a - b) * (a - b) / c2 : T(0));
+  vc = zero ? T(1)
+            : ik_arc_versine(rho, omt, rho >= T(0) ? f_theta : f_psi,
+                             c2 != T(0) ? (a - b) * (a - b) / c2 : T(0));
   k = s1 * s2 * kk * T(IK_INV_2PI);
   kd = d * T(IK_INV_2PI);
 }
@@ -532,9 +569,9 @@ IK_FN void ik_dual_exp_normalized(T gamma, T shift, T q12, T s1, T s2, T r1, T r
 }
 
 /// phi = sign x: k = (2/pi) asin rho = 1 - 2 theta/pi, kd = 0; a kinked dual
-/// (angle from ik_versine), the result's versine vc = 2 theta/pi; k = 0, vc = 1
-/// where a variance is 0; one polynomial: for |rho| > 1/2 the small angle
-/// 2 asin sqrt(omt/2) gives vc (rho > 0) or 2 - vc (rho < 0) (_duals.dual_sign).
+/// (angle from ik_versine), the result's signed versine sign(k) (1 - |k|);
+/// k = 0, vc = 1 where a variance is 0; one polynomial: for |rho| > 1/2 the
+/// small angle 2 asin sqrt(omt/2) gives |vc| exactly (_duals.dual_sign).
 template <typename T>
 IK_FN void ik_dual_sign(T q12, T s1, T s2, T r1, T r2, T c, T& k, T& kd, T& vc) {
   T rho, omt;
@@ -543,9 +580,9 @@ IK_FN void ik_dual_sign(T q12, T s1, T s2, T r1, T r2, T c, T& k, T& kd, T& vc) 
   const T a = ik_asin_core(small ? rho : ik_sqrt(T(0.5) * omt));
   const T t = T(4.0 / IK_PI) * a;  // |rho| > 1/2: 2 theta/pi (rho > 0), 2 psi/pi (rho < 0)
   const bool zero = s1 == T(0) || s2 == T(0);
-  const bool pos = rho > T(0);
-  vc = zero ? T(1) : small ? T(1) - T(2.0 / IK_PI) * a : (pos ? t : T(2) - t);
-  k = zero ? T(0) : small ? T(2.0 / IK_PI) * a : (pos ? T(1) - t : t - T(1));
+  const T kk = small ? T(2.0 / IK_PI) * a : (rho > T(0) ? T(1) - t : t - T(1));
+  vc = zero ? T(1) : ik_signed_versine(rho, small ? T(1) - ik_abs(kk) : t);
+  k = zero ? T(0) : kk;
   kd = T(0);
 }
 
@@ -598,11 +635,13 @@ IK_FN void ik_dual_polynomial(int n, T q0, const double* aux, int lo_k, int lo_k
 
 /// Cho & Saul's J_n and J_{n-1} (_duals.arccos_j): J_0 = pi - theta, J_1 = F(pi - theta),
 /// J_m = (2m-1) cos(theta) J_{m-1} + (m-1)^2 sin^2(theta) J_{m-2}; J_{-1} = 0;
-/// also theta and F(theta), for the versine of the result.
+/// also theta and F of the smaller angle (theta for rho >= 0, else psi), for
+/// the versine of the result.
 template <typename T>
-IK_FN void ik_arccos_j(int n, T rho, T omt, T& jn, T& jn1, T& theta, T& f_theta) {
-  T psi, f_psi;
+IK_FN void ik_arccos_j(int n, T rho, T omt, T& jn, T& jn1, T& theta, T& f_small) {
+  T psi, f_psi, f_theta;
   ik_arc_cosine_c(rho, omt, psi, theta, f_psi, f_theta);
+  f_small = rho >= T(0) ? f_theta : f_psi;
   if (n == 0) {
     jn = psi;
     jn1 = T(0);
@@ -619,14 +658,14 @@ IK_FN void ik_arccos_j(int n, T rho, T omt, T& jn, T& jn1, T& theta, T& f_theta)
   jn1 = j0;
 }
 
-/// The versine of a rectified monomial's result (_duals.rectified_versine):
-/// theta/pi for n = 0, ik_arc_versine's for n = 1, 1 where a variance is 0,
-/// NaN (unknown) for n >= 2.
+/// The signed versine of a rectified monomial's result (_duals.rectified_versine):
+/// theta/pi for n = 0 (rho' >= 0), ik_arc_versine's for n = 1, 1 where a
+/// variance is 0, NaN (unknown) for n >= 2.
 template <typename T>
-IK_FN T ik_rectified_versine(int n, T s1, T s2, T rho, T omt, T theta, T f_theta) {
+IK_FN T ik_rectified_versine(int n, T s1, T s2, T rho, T omt, T theta, T f_small) {
   if (s1 == T(0) || s2 == T(0)) return T(1);
   if (n == 0) return theta * T(1.0 / IK_PI);
-  return n == 1 ? ik_arc_versine(rho, omt, f_theta, T(1)) : ik_nan(T(0));
+  return n == 1 ? ik_arc_versine(rho, omt, f_small, T(1)) : ik_nan(T(0));
 }
 
 /// phi = max(x,0)^n: k = (s1 s2)^n J_n / 2pi, kd = n^2 (s1 s2)^{n-1} J_{n-1} / 2pi (0 for n = 0);
@@ -635,10 +674,10 @@ IK_FN T ik_rectified_versine(int n, T s1, T s2, T rho, T omt, T theta, T f_theta
 template <typename T>
 IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T c, T& k, T& kd,
                                       T& vc) {
-  T rho, omt, jn, jn1, theta, f_theta;
+  T rho, omt, jn, jn1, theta, f_small;
   ik_versine(q12, r1, r2, c, rho, omt);
-  ik_arccos_j(n, rho, omt, jn, jn1, theta, f_theta);
-  vc = ik_rectified_versine(n, s1, s2, rho, omt, theta, f_theta);
+  ik_arccos_j(n, rho, omt, jn, jn1, theta, f_small);
+  vc = ik_rectified_versine(n, s1, s2, rho, omt, theta, f_small);
   if (jn < T(0)) jn = T(0);    // J >= 0: rounding of the recurrence near rho = -1
   if (jn1 < T(0)) jn1 = T(0);
   T s = s1 * s2;
@@ -647,7 +686,7 @@ IK_FN void ik_dual_rectified_monomial(int n, T q12, T s1, T s2, T r1, T r2, T c,
   // step(0) = 0, as the finite networks use: k = 0 where a variance is 0
   k = n == 0 ? (s1 == T(0) || s2 == T(0) ? T(0) : jn * T(IK_INV_2PI))
              : sn1 * s * jn * T(IK_INV_2PI);
-  kd = n == 0 ? T(0) : T(n * n) * sn1 * jn1 * T(IK_INV_2PI);
+  kd = n == 0 || s1 == T(0) || s2 == T(0) ? T(0) : T(n * n) * sn1 * jn1 * T(IK_INV_2PI);
 }
 
 // ---------------------------------------------------------------------------
@@ -1201,7 +1240,7 @@ template <typename T, int E>
 IK_FN void ik_act(int kind, const double* p, const double* aux, int lo, int hi,
                   const T* q11, const T* s1, const T* r1, T q22, T s2, T r2,
                   T* Q, T* TH, T* C, const IkFeatures& nf) {
-  // the versine C = 1 - rho of the result: the kinked kinds' formula, unchanged
+  // the signed versine C of the result: the kinked kinds' formula, unchanged
   // by LayerNorm, else NaN (unknown: from q12 where needed; _cpu.act_tile)
   if (kind != IK_K_ABRELU && kind != IK_K_SIGN && kind != IK_K_RECTIFIED_MONOMIAL &&
       kind != IK_K_LAYERNORM) {
@@ -1340,8 +1379,8 @@ IK_FN void ik_reg_set(T (&a)[NR][E], int r, const T* v) {
 
 /// Run the program on E entries (row point rows[e], column point col): on entry
 /// q[0][e] = x_i.x_j / d, th[0][e] = 0 and c[0][e] = the input versine
-/// (ik_start_versine); on exit register 0 holds (NNGP, NTK).  c carries
-/// 1 - rho per register (NaN: unknown; _cpu._run_ops).
+/// (ik_start_versine); on exit register 0 holds (NNGP, NTK).  c carries the
+/// signed versine sign(rho) (1 - |rho|) per register (NaN: unknown; _cpu._run_ops).
 /// ops: n_ops x 6 ints (opcode, reg, reg2, kind, aux_lo, aux_hi); params: n_ops x 6.
 /// Tables (ik_diag_point): row 0 is 1/|x|, then three rows per Dense or
 /// activation op (its slot, in program order).
@@ -1420,7 +1459,7 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
         C[e] = ik_mixed_versine(t1[ld1 + rows[e]], a2, t1[2 * ld1 + rows[e]], bb2, C[e], C2[e]);
       }
       ++slot;
-    } else if (op == IK_OP_MUL) {  // rho = rho1 rho2
+    } else if (op == IK_OP_MUL) {  // rho = rho1 rho2: 1 - |rho| = t1 + t2 - t1 t2
       T Q2[E], TH2[E], C2[E];
       ik_reg_get<T, NR, E>(q, o[2], Q2);
       ik_reg_get<T, NR, E>(th, o[2], TH2);
@@ -1429,7 +1468,8 @@ IK_FN void ik_run_entries(const int* ops, const double* params, const double* au
       for (int e = 0; e < E; ++e) {
         TH[e] = TH[e] * Q2[e] + Q[e] * TH2[e];
         Q[e] = Q[e] * Q2[e];
-        C[e] = C[e] + C2[e] - C[e] * C2[e];
+        const T t1 = ik_abs(C[e]), t2 = ik_abs(C2[e]);
+        C[e] = ik_copysign(t1 + t2 - t1 * t2, C[e] * C2[e]);
       }
     }
     ik_reg_set<T, NR, E>(q, r, Q);

@@ -36,7 +36,8 @@ from ._duals import (INV_2PI, arc_cosine_c, correlation, correlation_angle, dens
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
-                     mixed_scales, mixed_versine, poly_b, snap_q12, versine, versine_of)
+                     mixed_scales, mixed_versine, poly_b, signed_versine, snap_q12, versine,
+                     versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
@@ -230,8 +231,8 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
              i, F1, G1, F2, G2, TM, W):
     """Apply activation ``kind`` (params ``p``) to the entries (i, c0 + j),
     j < n, of one register: Q[j] = q12 becomes E[φφ], TH[j] *= E[φ'φ'];
-    the kinked kinds also take the versine C[j] = 1 - ρ (NaN: the angle from
-    q12; ``_duals.versine``) and leave that of the result there.
+    the kinked kinds also take the signed versine C[j] = sign(ρ)(1 - |ρ|) (NaN:
+    the angle from q12; ``_duals.versine``) and leave that of the result there.
 
     ``q11, s1, r1`` are the row point's variance, its scale
     (``_duals.point_scale``) and inverse scale: scalars in a Gram tile (one
@@ -346,9 +347,10 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
 
 @njit(**INLINE)
 def _mix_tile(ca, cb, a1, b1, a2, b2, n):
-    """ca[j] = the versine of the sum A + B (``mixed_versine``) for entries
-    j < n of a tile: the row point's unit vector (a1, b1), the columns' in a2,
-    b2 (the op's S, R tables); cb the versines of B (0: a Dense layer's bias)."""
+    """ca[j] = the signed versine of the sum A + B (``mixed_versine``) for
+    entries j < n of a tile: the row point's unit vector (a1, b1), the
+    columns' in a2, b2 (the op's S, R tables); cb the versines of B (0: a
+    Dense layer's bias)."""
     for j in range(n):
         ca[j] = mixed_versine(a1, a2[j], b1, b2[j], ca[j], _row(cb, j))
 
@@ -357,7 +359,7 @@ def _mix_tile(ca, cb, a1, b1, a2, b2, n):
 def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known,
              F1, G1, F2, G2, TM, W):
     """Apply every op of the program to the tile of entries (i, c0 .. c0+n):
-    registers Q (q12), TH (θ) and C, the versine 1 - ρ (``_duals.versine``)
+    registers Q (q12), TH (θ) and C, the signed versine (``_duals.versine``)
     where ``known[r]`` (the same for all entries: activations without a
     versine formula lose it, as does a sum or product with a branch that has,
     and a Dense layer regains it; a program without kinked activations, which
@@ -420,14 +422,15 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
             for j in range(n):
                 Q[r, j] = p[0] * Q[r, j] + p[1] * Q[r2, j]
                 TH[r, j] = p[0] * TH[r, j] + p[1] * TH[r2, j]
-        elif op == OP_MUL:    # ρ = ρ1 ρ2
+        elif op == OP_MUL:    # ρ = ρ1 ρ2: 1 - |ρ| = t1 + t2 - t1 t2, t = 1 - |ρi|
             r2 = ops[k, 2]
             for j in range(n):
                 TH[r, j] = TH[r, j] * Q[r2, j] + Q[r, j] * TH[r2, j]
                 Q[r, j] = Q[r, j] * Q[r2, j]
             if known.size:
                 for j in range(n):
-                    C[r, j] = C[r, j] + C[r2, j] - C[r, j] * C[r2, j]
+                    t1, t2 = abs(C[r, j]), abs(C[r2, j])
+                    C[r, j] = math.copysign(t1 + t2 - t1 * t2, C[r, j] * C[r2, j])
                 known[r] = known[r] and known[r2]
 
 
@@ -549,9 +552,9 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
     Each task takes a group of ``rows`` rows; per column tile it forms the
     inner products by one small single-threaded GEMM (x1[rows] x2[cols]ᵀ, kept
     in cache) and runs the whole program on each row of the tile (the input
-    versine 1 - cos∠(x1, x2) from the GEMM, or below VERSINE_DIRECT from
-    |x̂1 - x̂2|²/2, x̂ = x U with U = 1/|x| per point, which keeps the small
-    angles that the GEMM's rounding blurs).  In the
+    signed versine ±(1 - |cos∠(x1, x2)|) from the GEMM, or below VERSINE_DIRECT
+    from |x̂1 ∓ x̂2|²/2, x̂ = x U with U = 1/|x| per point, which keeps the
+    small angles to x2 or -x2 that the GEMM's rounding blurs).  In the
     symmetric case each entry is also written to its mirror image, and a task
     is a pair of groups (g, last - g), so that all tasks cost the same.
     """
@@ -587,15 +590,19 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
                     if carry:
                         u1, u2 = U1[i - t0], U2[j_lo:j_lo + n]
                         for j in range(n):
-                            C[0, j] = 1.0 - g_row[j] * u1 * u2[j]
+                            rho = g_row[j] * u1 * u2[j]
+                            C[0, j] = signed_versine(rho, 1.0 - abs(rho))
                         scaled = False    # x̂1 in X1, made at the row's first use
                         for j in range(n):
-                            if C[0, j] < VERSINE_DIRECT and u1 * u2[j] > 0.0:
+                            c = C[0, j]
+                            if abs(c) < VERSINE_DIRECT and u1 * u2[j] > 0.0:
                                 if not scaled:
                                     for m in range(x1.shape[1]):
                                         X1[m] = x1[i, m] * u1
                                     scaled = True
-                                C[0, j] = _input_versine(X1, x2[j_lo + j], u2[j])
+                                # |x̂1 ∓ x̂2|²/2, with ρ's sign
+                                C[0, j] = signed_versine(
+                                    c, _input_versine(X1, x2[j_lo + j], math.copysign(u2[j], c)))
                         for m in range(n_regs):
                             known[m] = m == 0
                     _run_ops(ops, params, aux, i - t0, j_lo, n, V1, S1, R1, V2, S2, R2,
@@ -613,7 +620,8 @@ VERSINE_DIRECT = 1.0 / 64
 
 @njit(**dict(JIT, fastmath={"reassoc"}))
 def _input_versine(a_hat, b, ub):
-    """1 - cos∠(a, b) = |â - b ub|²/2 (â = a/|a|, ub = 1/|b|), at most 2.
+    """1 - cos∠(a, b) = |â - b ub|²/2 (â = a/|a|, ub = 1/|b|; ub = -1/|b|
+    gives 1 + cos∠(a, b)), at most 2.
     Not inlined: its sum is reassociated (vectorised), which matters where
     most pairs are nearly parallel (each costs O(d) here).  Not contracted:
     b ub rounded as â was, identical points give exactly 0 (an FMA would leave

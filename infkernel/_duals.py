@@ -178,17 +178,33 @@ def arc_cosine_c(rho, omt):
 
 @njit(**INLINE)
 def versine(c):
-    """(ρ, 1 - |ρ|) of an entry from its versine c = 1 - ρ.
+    """(ρ, 1 - |ρ|) of an entry from its carried signed versine
+    c = sign(ρ) (1 - |ρ|) (``signed_versine``).
 
-    Near ρ = 1, q12 holds the angle only to ~1e-16/θ (its rounding, relative
+    Near ρ = ±1, q12 holds the angle only to ~1e-16/θ (its rounding, relative
     to q11 q22, is all that separates it from the diagonal); the kernels carry
     c beside q12 through the ops that keep it accurate (``_cpu._run_ops``), so
-    that nearly parallel inputs and deep networks, where ρ -> 1, keep their
-    digits in the kinked duals, whose derivatives are singular there.  c holds
-    1 + ρ only to its rounding: antipodes within 4 ulps are exact, as in
-    ``correlation``."""
-    pole = 2.0 - c <= 4.0 * _EPS
-    return (-1.0 if pole else 1.0 - c), (0.0 if pole else min(c, 2.0 - c))
+    that nearly parallel and nearly antipodal inputs and deep networks, where
+    ρ -> 1, keep their digits in the kinked duals, whose derivatives are
+    singular there.  |c| is the versine of the smaller of the angles θ and
+    π - θ (to x' and to -x'): 1 - ρ and 1 + ρ both follow to full relative
+    accuracy, the one near 0 as |c|, the other as 2 - |c|."""
+    omt = abs(c)
+    return (omt - 1.0 if math.copysign(1.0, c) < 0.0 else 1.0 - omt), omt
+
+
+@njit(**INLINE)
+def signed_versine(rho, omt):
+    """c = sign(ρ) (1 - |ρ|) from ρ and omt = 1 - |ρ| (``versine``'s inverse;
+    -0.0 at ρ = -1)."""
+    return math.copysign(omt, rho)
+
+
+@njit(**INLINE)
+def _poles(c):
+    """(1 - ρ, 1 + ρ) from the signed versine c, each to full relative accuracy."""
+    omt = abs(c)
+    return (2.0 - omt, omt) if math.copysign(1.0, c) < 0.0 else (omt, 2.0 - omt)
 
 
 @njit(**INLINE)
@@ -205,63 +221,98 @@ def dual_abrelu(a, b, s1, s2, rho, omt):
     With θ = acos ρ, ψ = π - θ and F(t) = sin t - t cos t (``arc_cosine_c``):
       k    = s1 s2 / (2π) [(a² + b²) F(ψ) - 2ab F(θ)]
       kdot = [(a² + b²) ψ + 2ab θ] / (2π)
-    and the versine of the result (F(ψ) = F(θ) + π cos θ; ``versine``):
-      c'   = c - (a - b)² F(θ) / ((a² + b²) π),
-    without the cancellation of 1 - k12/√(k11 k22).  Takes the angle as
-    (ρ, 1 - |ρ|) (``versine`` or ``correlation_angle``); returns (k, kdot, c').
+    and the signed versine of the result (``_arc_versine``).  Takes the angle
+    as (ρ, 1 - |ρ|) (``versine`` or ``correlation_angle``); returns
+    (k, kdot, c').  Where a variance is 0, ρ = 0 (``_zero_angle``).
     """
+    rho, omt, zero = _zero_angle(s1, s2, rho, omt)
     psi, theta, f_psi, f_theta = arc_cosine_c(rho, omt)
     c2 = a * a + b * b
     k = c2 * f_psi - 2.0 * a * b * f_theta
     kdot = c2 * psi + 2.0 * a * b * theta
     m = (a - b) * (a - b) / c2 if c2 != 0.0 else 0.0
-    return s1 * s2 * k * INV_2PI, kdot * INV_2PI, _arc_versine(rho, omt, f_theta, m)
+    return (s1 * s2 * k * INV_2PI, kdot * INV_2PI,
+            1.0 if zero else _arc_versine(rho, omt, f_theta if rho >= 0.0 else f_psi, m))
 
 
 @njit(**INLINE)
-def _arc_versine(rho, omt, f_theta, m):
-    """c' = c - m F(θ)/π of ``dual_abrelu`` (m = (a - b)²/(a² + b²)), in
-    [0, 2], with c = 1 - ρ from omt = 1 - |ρ| (1 - ρ rounded would lose it)."""
-    c = omt if rho >= 0.0 else 2.0 - omt
-    return min(max(c - m * f_theta * INV_PI, 0.0), 2.0)
+def _zero_angle(s1, s2, rho, omt):
+    """(ρ, 1 - |ρ|, zero): ρ = 0 where a variance is 0 (zero = True), as
+    ``correlation`` gives it, whatever angle was carried (a point against
+    itself in the diagonal pass has versine 0): the derivative duals are then
+    φ'(0)² with the finite networks' φ'(0) = (a + b)/2, on the diagonal too,
+    and the result's versine is 1 (ρ' = 0)."""
+    zero = s1 == 0.0 or s2 == 0.0
+    return (0.0 if zero else rho), (1.0 if zero else omt), zero
+
+
+@njit(**INLINE)
+def _arc_versine(rho, omt, f_small, m):
+    """The signed versine (``versine``) of ``dual_abrelu``'s result, whose
+    correlation is ρ' = ρ + m F(θ)/π, m = (a - b)²/(a² + b²) (F(ψ) = F(θ) +
+    π cos θ), without the cancellation of 1 - k12/√(k11 k22): from omt =
+    1 - |ρ| and f_small = F of the smaller angle (θ for ρ >= 0, else ψ, where
+    F(θ) = F(ψ) + π|ρ|), g = m f_small / π,
+
+      ρ >= 0:  1 - ρ' = omt - g,                      1 + ρ' = 2 - omt + g
+      ρ <  0:  1 - ρ' = 2 - m + (m - 1) omt - g,      1 + ρ' = m + (1 - m) omt + g
+
+    the smaller of the two kept (Abs maps nearly antipodal points to nearly
+    parallel ones: 1 - ρ' = omt - 2F(ψ)/π there)."""
+    g = m * f_small * INV_PI
+    if rho >= 0.0:
+        lo, hi = omt - g, 2.0 - omt + g
+    else:
+        lo, hi = (2.0 - m) + (m - 1.0) * omt - g, m + (1.0 - m) * omt + g
+    return max(lo, 0.0) if lo <= hi else -max(hi, 0.0)
 
 
 @njit(**INLINE)
 def dual_relu(c2, s1, s2, rho, omt):
     """``dual_abrelu`` when ab = 0 (ReLU, or any one-sided ABRelu), c2 = a² + b²:
-    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π), c' = c - F(θ)/π."""
+    k = c2 s1 s2 F(ψ) / (2π), kdot = c2 ψ / (2π), ρ' = ρ + F(θ)/π >= 0:
+    ``_arc_versine`` at m = 1, whose 1 - ρ' is omt - F(θ)/π (ρ >= 0) or
+    1 - F(ψ)/π (ρ < 0)."""
+    rho, omt, zero = _zero_angle(s1, s2, rho, omt)
     psi, _, f_psi, f_theta = arc_cosine_c(rho, omt)
-    return (s1 * s2 * c2 * f_psi * INV_2PI, c2 * psi * INV_2PI,
-            _arc_versine(rho, omt, f_theta, 1.0))
+    c = omt - f_theta * INV_PI if rho >= 0.0 else 1.0 - f_psi * INV_PI
+    return s1 * s2 * c2 * f_psi * INV_2PI, c2 * psi * INV_2PI, 1.0 if zero else max(c, 0.0)
 
 
 @njit(**INLINE)
 def versine_of(q12, r1, r2):
-    """1 - ρ from q12 and r = 1/√q (0 where a variance is zero: ρ = 0), where
-    no carried versine is known: as accurate as q12 is, and 0 for identical
-    points (``correlation``: ρ within 4 ulps of ±1 is ±1)."""
-    return 1.0 - correlation(q12, r1, r2)
+    """The signed versine (``versine``) from q12 and r = 1/√q (r = 0 where a
+    variance is zero: ρ = 0), where no carried one is known: as accurate as
+    q12 is, and ±0 for identical and antipodal points (``correlation``: ρ
+    within 4 ulps of ±1 is ±1)."""
+    rho = correlation(q12, r1, r2)
+    return signed_versine(rho, 1.0 - abs(rho))
 
 
 @njit(**INLINE)
 def mixed_versine(a1, a2, b1, b2, ca, cb):
-    """The versine 1 - ρ of a sum of two independent signals A + B (a Dense
-    layer's w h + bias, a fan-in sum), from theirs, ca and cb.  Per point,
-    (α, β) = (√qA, √qB)/√(qA + qB) is a unit vector, and with Δ the angle
-    between the two points' vectors
+    """The signed versine (``versine``) of a sum of two independent signals
+    A + B (a Dense layer's w h + bias, a fan-in sum), from theirs, ca and cb.
+    Per point, (α, β) = (√qA, √qB)/√(qA + qB) is a unit vector, and with Δ the
+    angle between the two points' vectors
 
       ρ = α1 α2 ρA + β1 β2 ρB,
-      1 - ρ = α1 α2 ca + β1 β2 cb + (1 - cos Δ)
-            = α1 α2 ca + β1 β2 cb + ((α1 - α2)² + (β1 - β2)²)/2,
+      1 ∓ ρ = α1 α2 (1 ∓ ρA) + β1 β2 (1 ∓ ρB) + (1 - cos Δ),
+      1 - cos Δ = ((α1 - α2)² + (β1 - β2)²)/2,
 
-    a sum of non-negative terms, each to a few ulps: no cancellation, no
-    division.  (α, β) = (0, 0) for a zero variance (ρ = 0 by convention).
-    A Dense layer's bias is the same for both points: cb = 0."""
+    sums of non-negative terms, each to a few ulps: no cancellation, no
+    division (the two add up to 2; the smaller is kept).  (α, β) = (0, 0) for
+    a zero variance (ρ = 0 by convention).  A Dense layer's bias is the same
+    for both points: cb = 0."""
     if a1 * a1 + b1 * b1 == 0.0 or a2 * a2 + b2 * b2 == 0.0:
         return 1.0
     da, db = a1 - a2, b1 - b2
-    c = a1 * a2 * ca + b1 * b2 * cb + 0.5 * (da * da + db * db)
-    return c if not c > 2.0 else 2.0
+    d = 0.5 * (da * da + db * db)
+    ma, pa = _poles(ca)
+    mb, pb = _poles(cb)
+    lo = a1 * a2 * ma + b1 * b2 * mb + d
+    hi = a1 * a2 * pa + b1 * b2 * pb + d
+    return lo if lo <= hi else -hi
 
 
 @njit(**INLINE)
@@ -494,18 +545,18 @@ def dual_gabor(q11, q12, q22, r1, r2):
 def dual_sign(s1, s2, rho, omt):
     """φ(x) = sign(x):  k = (2/π) asin ρ = 1 - 2θ/π;  kdot = 0 (φ' = 0 almost
     everywhere, neural-tangents' convention, which is what autodiff of a
-    finite net gives); the result's versine c' = 1 - k = 2θ/π.  A kinked dual
-    (angle in, versine out: ``dual_abrelu``); k = 0, c' = 1 where a variance
-    is 0 (sign 0 = 0).  One polynomial, as ``asin_c``: for |ρ| > 1/2 the
-    small angle 2 asin √(omt/2) gives c' (ρ > 0) or 2 - c' (ρ < 0) exactly."""
+    finite net gives); the result's 1 - k = 2θ/π, 1 + k = 2ψ/π.  A kinked dual
+    (angle in, signed versine out: ``dual_abrelu``); k = 0, c' = 1 where a
+    variance is 0 (sign 0 = 0).  One polynomial, as ``asin_c``: for |ρ| > 1/2
+    the small angle 2 asin √(omt/2) gives |c'| exactly (k has ρ's sign)."""
     small = abs(rho) <= 0.5
     a = _asin_core(rho if small else math.sqrt(0.5 * omt))
     t = (4.0 / PI) * a        # |ρ| > 1/2: 2θ/π (ρ > 0), 2ψ/π (ρ < 0)
-    c = 1.0 - (2.0 / PI) * a if small else (t if rho > 0.0 else 2.0 - t)
     k = (2.0 / PI) * a if small else (1.0 - t if rho > 0.0 else t - 1.0)
+    c = 1.0 - abs(k) if small else t
     if s1 == 0.0 or s2 == 0.0:
         return 0.0, 0.0, 1.0
-    return k, 0.0, c
+    return k, 0.0, signed_versine(rho, c)
 
 
 @njit(**INLINE)
@@ -539,28 +590,31 @@ def arccos_j(n, rho, omt):
     """Cho & Saul's (J_n(θ), J_{n-1}(θ)), θ = acos ρ (given as ``arc_cosine_c``
     takes it), by the upward recurrence
     J_n = (2n-1) cos θ J_{n-1} + (n-1)² sin²θ J_{n-2},  J_0 = π - θ,  J_1 = F(π - θ)
-    (J_{-1} is returned as 0); also θ and F(θ), for the versine of the result."""
+    (J_{-1} is returned as 0); also θ and F of the smaller angle (θ for ρ >= 0,
+    else π - θ), for the versine of the result (``rectified_versine``)."""
     psi, theta, f_psi, f_theta = arc_cosine_c(rho, omt)
+    f_small = f_theta if rho >= 0.0 else f_psi
     if n == 0:
-        return psi, 0.0, theta, f_theta
+        return psi, 0.0, theta, f_small
     sin2 = (1.0 - rho) * (1.0 + rho)
     j0, j1 = psi, f_psi
     for m in range(2, n + 1):
         j0, j1 = j1, (2 * m - 1) * rho * j1 + (m - 1) * (m - 1) * sin2 * j0
-    return j1, j0, theta, f_theta
+    return j1, j0, theta, f_small
 
 
 @njit(**INLINE)
-def rectified_versine(n, s1, s2, rho, omt, theta, f_theta):
-    """The versine 1 - ρ' of a rectified monomial's result (the kinked duals'
-    c'), known in closed form for n <= 1: the step function's J_0 = π - θ gives
-    c' = θ/π; n = 1 is ReLU's c - F(θ)/π (``_arc_versine``); 1 (ρ' = 0) where
-    a variance is 0.  NaN (unknown) for n >= 2."""
+def rectified_versine(n, s1, s2, rho, omt, theta, f_small):
+    """The signed versine (``versine``) of a rectified monomial's result (the
+    kinked duals' c'), known in closed form for n <= 1: the step function's
+    J_0 = π - θ gives ρ' = 1 - θ/π >= 0, c' = θ/π; n = 1 is ReLU's
+    (``_arc_versine``, f_small as ``arccos_j`` gives it); 1 (ρ' = 0) where a
+    variance is 0.  NaN (unknown) for n >= 2."""
     if s1 == 0.0 or s2 == 0.0:
         return 1.0
     if n == 0:
         return theta * INV_PI
-    return _arc_versine(rho, omt, f_theta, 1.0) if n == 1 else math.nan
+    return _arc_versine(rho, omt, f_small, 1.0) if n == 1 else math.nan
 
 
 @njit(**INLINE)
@@ -568,12 +622,13 @@ def dual_rectified_monomial(n, s1, s2, rho, omt):
     """φ(x) = max(x, 0)^n (arc-cosine kernel of order n, Cho & Saul 2009):
       k = (s1 s2)^n J_n(θ) / (2π),  kdot = n² (s1 s2)^{n-1} J_{n-1}(θ) / (2π);
     kdot = 0 for n = 0 (neural-tangents' convention for the step function),
-    and k = 0 where a variance is 0: step(0) = 0, as the finite networks use.
+    and k = 0 where a variance is 0: step(0) = 0, as the finite networks use
+    (so also kdot = 0 there for n = 1, whose φ' is the step).
     A kinked dual (angle in, versine out: ``dual_abrelu``, ``rectified_versine``).
     The upward recurrence loses relative accuracy where J_n is tiny (ρ → −1,
     large n): its error stays ~ε J_n(0), and J ≥ 0 is restored by clamping."""
-    jn, jn1, theta, f_theta = arccos_j(n, rho, omt)
-    c = rectified_versine(n, s1, s2, rho, omt, theta, f_theta)
+    jn, jn1, theta, f_small = arccos_j(n, rho, omt)
+    c = rectified_versine(n, s1, s2, rho, omt, theta, f_small)
     if jn < 0.0:
         jn = 0.0
     if jn1 < 0.0:
@@ -582,9 +637,10 @@ def dual_rectified_monomial(n, s1, s2, rho, omt):
     sn1 = 1.0  # (s1 s2)^(n-1) by multiplication (no libm pow)
     for _ in range(n - 1):
         sn1 *= s
+    zero = s1 == 0.0 or s2 == 0.0
     if n == 0:
-        return (0.0 if s1 == 0.0 or s2 == 0.0 else jn * INV_2PI), 0.0, c
-    return sn1 * s * jn * INV_2PI, n * n * sn1 * jn1 * INV_2PI, c
+        return (0.0 if zero else jn * INV_2PI), 0.0, c
+    return sn1 * s * jn * INV_2PI, (0.0 if zero else n * n * sn1 * jn1 * INV_2PI), c
 
 
 @njit(**INLINE)

@@ -3,9 +3,9 @@
 Every backend runs the same program.  Per kernel entry (x, x') the state is a
 small register file; register r holds the cross covariance q12 = Σ(x, x') and
 the cross NTK θ = Θ(x, x') of one branch of the network, and in programs with
-kinked activations the versine 1 - ρ, which keeps small angles that q12's
-rounding blurs (``_duals.versine``).  Register 0 starts as the input kernel
-xᵀx'/d with θ = 0, and holds the output at the end.  The same program run on
+kinked activations the signed versine sign(ρ)(1 - |ρ|), which keeps the small
+angles to x' or -x' that q12's rounding blurs (``_duals.versine``).  Register 0
+starts as the input kernel xᵀx'/d with θ = 0, and holds the output at the end.  The same program run on
 one point with q11 = q12 = q22 gives the diagonal, and records the per-point
 variances and scales each activation and Dense layer needs (the ``V``/``S``/``R``
 tables).
@@ -36,8 +36,8 @@ OP_DENSE, OP_ACT, OP_SCALE, OP_COPY, OP_AXPY, OP_MUL, OP_DIAG_SCALE = range(7)
 (K_ABRELU, K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN, K_SIGN,
  K_MONOMIAL, K_RECTIFIED_MONOMIAL) = range(10)
 
-# The kinked kinds: their derivative duals are singular at ρ = 1, so they take
-# the angle from the versine 1 - ρ that the kernels carry beside q12 (``_cpu``).
+# The kinked kinds: their derivative duals are singular at ρ = ±1, so they take
+# the angle from the signed versine that the kernels carry beside q12 (``_cpu``).
 KINKED = (K_ABRELU, K_SIGN, K_RECTIFIED_MONOMIAL)
 
 # Activations without a closed form: Gaussian expectations by Mehler series
@@ -86,7 +86,7 @@ class Program:
 
     @functools.cached_property
     def carries_versine(self):
-        """Whether the kernels carry the versine 1 - ρ per entry (``_duals.versine``):
+        """Whether the kernels carry the signed versine per entry (``_duals.versine``):
         only the kinked activations (``KINKED``) read it."""
         return not self.act_kinds.isdisjoint(KINKED)
 

@@ -6,7 +6,7 @@ Data flow for K(X1, X2) (N1 x N2), everything on one device:
    on (x, x), per-point tables 1/|x|, then V, S (the kind's scale, √V for most
    kinds), R = 1/S for every activation op and (1/√q', √qA/√q', √qB/√q') for every
    Dense op (q' = w2 q + b²) and sum of branches (q' = qA + qB)
-   (the kernels carry the versine 1 - ρ, ``_duals.versine``), the
+   (the kernels carry the signed versine, ``_duals.versine``), the
    per-point Mehler features of numeric activations (``_numeric.mehler_point``:
    4·96 + 2 float64 per point and numeric op), and the diagonals K(x, x), Θ(x, x);
 2. row blocks of R rows: one cuBLAS GEMM G = X1[rows] X2ᵀ (``cupy.matmul``),

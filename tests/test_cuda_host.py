@@ -380,9 +380,12 @@ def _compare(K, T, Kc, Tc, diag1, diag2):
 @pytest.mark.parametrize("par", ["ntk", "standard"])
 def test_fused_recursion_matches_numba(lib, act, par):
     """Depth-3 networks, every activation: the fused per-entry recursion of the
-    header agrees with ``_cpu.gram`` to a few ulps of the entry's scale."""
+    header agrees with ``_cpu.gram`` to a few ulps of the entry's scale (the
+    standard parameterization's zero first bias: the zero point's first
+    pre-activation has variance 0 and NTK 1)."""
     rng = np.random.default_rng(2)
-    net = ik.serial(ik.Dense(64, W_std=1.1, b_std=0.2, parameterization=par), act,
+    b0 = 0.2 if par == "ntk" else 0.0
+    net = ik.serial(ik.Dense(64, W_std=1.1, b_std=b0, parameterization=par), act,
                     ik.Dense(64, W_std=0.9, b_std=0.1, parameterization=par), act,
                     ik.Dense(64, W_std=1.2, parameterization=par), act,
                     ik.Dense(1, W_std=1.0, b_std=0.3, parameterization=par))
@@ -398,6 +401,10 @@ def test_fused_recursion_matches_numba(lib, act, par):
     ek, et = _compare(K, T, Kc, Tc, d1, d2)
     bound = 64 if act.name in ("Sign", "RectifiedMonomial", "ABRelu") else 16
     assert ek <= bound and et <= bound, f"NNGP {ek:.1f} ulps, NTK {et:.1f} ulps"
+    # the diagonals (Monomial(5) raises an ulp to the 5³: 23 ulps at q ~ 1e271)
+    _, kc, tc = _cpu.point_tables(prog, x1)
+    assert _ulps(d1[0], kc, np.abs(kc) + 1e-300) <= 64
+    assert _ulps(d1[1], tc, np.abs(tc) + 1e-300) <= 64
 
 
 @pytest.mark.parametrize("net", [
@@ -463,15 +470,16 @@ def test_register_file(lib, n_regs, nr):
                                  ik.RectifiedMonomial(0), ik.RectifiedMonomial(1),
                                  ik.RectifiedMonomial(2), ik.RectifiedMonomial(5)], ids=repr)
 def test_nearly_parallel_points_match_numba(lib, act):
-    """Points 1e-9 apart, parallel ones of another norm and duplicates, through
-    a plain and a residual network, after a smooth activation and after
-    train-mode Dropout: the header starts, carries, takes from q12 and drops
-    the versine 1 - ρ as numba does (without it the two differ by ~1e-9 of
-    the scale, ~1e7 ulps; kept through Dropout, by 0.2)."""
+    """Points 1e-9 apart, parallel ones of another norm, duplicates and their
+    near and exact antipodes, through a plain network with and without biases,
+    a residual one and a product of branches, after a smooth activation and
+    after train-mode Dropout: the header starts, carries, takes from q12 and
+    drops the signed versine as numba does (without it the two differ by ~1e-9
+    of the scale, ~1e7 ulps; kept through Dropout, by 0.2)."""
     rng = np.random.default_rng(9)
     x1 = rng.standard_normal((8, 5))
     noise = rng.standard_normal((8, 5))
-    x2 = np.vstack([x1 + 1e-9 * noise, 2.5 * x1 + 1e-9 * noise, x1])
+    x2 = np.vstack([x1 + 1e-9 * noise, 2.5 * x1 + 1e-9 * noise, x1, -x1 + 1e-9 * noise, -x1])
     plain = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(8, 1.1, 0.2), act, ik.Dense(1))
     residual = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.FanOut(2),
                          ik.parallel(ik.serial(ik.Dense(8, 1.1, 0.2), act, ik.Dense(8)),
@@ -480,7 +488,10 @@ def test_nearly_parallel_points_match_numba(lib, act):
     smooth = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Erf(), ik.Dense(8, 1.1, 0.2), act, ik.Dense(1))
     dropped = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dropout(0.5), ik.Dense(8, 1.1, 0.2), act,
                         ik.Dense(1))
-    for net in (plain, residual, smooth, dropped):
+    unbiased = ik.serial(ik.Dense(8, 1.2), act, ik.Dense(8, 1.1), act, ik.Dense(1))
+    product = ik.serial(ik.Dense(8, 1.2), ik.FanOut(2), ik.parallel(ik.Dense(8), ik.Dense(8, 0.7)),
+                        ik.FanInProd(), ik.Dense(8), act, ik.Dense(1))
+    for net in (plain, residual, smooth, dropped, unbiased, product):
         prog = net.program(5)
         K, T, d1 = _host_gram(lib, prog, x1, x2, nr=4)
         _, _, d2 = _host_gram(lib, prog, x2, x2[:1], nr=4)

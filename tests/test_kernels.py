@@ -387,15 +387,18 @@ def _kinked_reference(net, x1, x2, dps=40):
 @pytest.mark.parametrize("b_std", [0.2, None])
 def test_kinked_kernels_keep_small_angles(act, b_std):
     """Nearly parallel inputs (x' = x + ε n, and x' = 2.5 x + ε n: parallel
-    but of other norm), cross and symmetric paths, against 40 digits: the
-    NTK's k̇ = (π - θ)/2π follows θ, which q12 alone holds only to ~1e-16/θ
-    (1e-9 of the kernel at ε ~ 1e-8); the carried versine 1 - ρ keeps it
-    (``_duals.versine``).  1e-14: a few ulps per operation over three layers."""
+    but of other norm) and nearly antipodal ones (x' = -x + ε n, -2.5 x + ε n),
+    cross and symmetric paths, against 40 digits: the NTK's k̇ = (π - θ)/2π
+    follows θ, which q12 alone holds only to ~1e-16/θ near ρ = 1 and ~1e-16/ψ
+    near ρ = -1 (1e-9 of the kernel at ε ~ 1e-8); the carried signed versine
+    keeps both (``_duals.versine``).  1e-14: a few ulps per operation over
+    three layers."""
     rng = np.random.default_rng(11)
     x = rng.standard_normal((4, 6))
     noise = rng.standard_normal((4, 6))
     x2 = np.vstack([x + eps * noise for eps in (1e-5, 1e-8, 1e-11)]
-                   + [2.5 * x + 1e-9 * noise])
+                   + [2.5 * x + 1e-9 * noise]
+                   + [-x + eps * noise for eps in (1e-8, 1e-11)] + [-2.5 * x + 1e-9 * noise])
     net = ik.serial(ik.Dense(8, 1.3, b_std), act, ik.Dense(8, 0.9, b_std and 0.1), act,
                     ik.Dense(1, 1.1, b_std and 0.05))
     ref = _kinked_reference(net, x, x2)
@@ -413,7 +416,7 @@ def test_kinked_kernels_keep_small_angles(act, b_std):
                                         (ik.RectifiedMonomial(3), 0.1)], ids=repr)
 def test_step_kernels_keep_small_angles(act, b_std):
     """Sign and the rectified monomials, nearly parallel, parallel of other
-    norm, antipodal and zero inputs, cross and symmetric paths, against 40
+    norm, antipodal, nearly antipodal and zero inputs, cross and symmetric paths, against 40
     digits.  The step functions' k = 1 - 2θ/π feed the next layer an angle
     θ' ~ √θ: a relative error δ of θ becomes δ/2 of θ', so their kernels are
     ill-conditioned near ρ = 1 (the inputs' own rounding, which normalising
@@ -425,7 +428,7 @@ def test_step_kernels_keep_small_angles(act, b_std):
     x = rng.standard_normal((2, 6))
     noise = rng.standard_normal((2, 6))
     x2 = np.vstack([x + eps * noise for eps in (1e-5, 1e-8, 1e-11)]
-                   + [2.5 * x + 1e-9 * noise, -x, np.zeros((1, 6))])
+                   + [2.5 * x + 1e-9 * noise, -x, -x + 1e-11 * noise, np.zeros((1, 6))])
     net = ik.serial(ik.Dense(8, 1.3, b_std), act, ik.Dense(8, 0.9, b_std and 0.1), act,
                     ik.Dense(1, 1.1, b_std and 0.05))
     ref = _kinked_reference(net, x, x2)
@@ -493,6 +496,48 @@ def test_kinked_branches_keep_small_angles():
         k = net.kernel(x, x2)
         for g, r in zip((k.nngp, k.ntk), ref):
             assert np.abs(g - r).max() <= 1e-14 * np.abs(r).max(), (par, np.abs(g - r).max())
+
+
+def test_antipodal_branches_keep_small_angles():
+    """Nearly antipodal inputs (ρ near -1, where the kernels carry 1 + ρ) into
+    bias-free sums and products of branches: a sum keeps ρ near -1, a product
+    of two such branches brings it near +1 (the signs multiply); ReLU's k̇
+    reads the angle, LeakyRelu(0.9) keeps ρ near -1, Abs folds it to +1.
+    Against 40 digits, 1e-14 as above (from q12 alone: ~1e-9)."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 5))
+    x2 = np.vstack([-x + 1e-9 * rng.standard_normal((3, 5)), -2.5 * x])
+    two = ik.parallel(ik.Dense(8, 1.2), ik.Dense(8, 0.7))
+    for tail in (ik.FanInSum(), ik.FanInProd(), ik.FanInConcat()):
+        net = ik.serial(ik.Dense(8, 1.1), ik.FanOut(2), two, tail, ik.Dense(8), ik.Relu(),
+                        ik.Dense(8, 1.3),
+                        ik.LeakyRelu(0.9), ik.Dense(8, 0.9), ik.Abs(), ik.Dense(1, 0.8))
+        ref = _kinked_reference(net, x, x2)
+        k = net.kernel(x, x2)
+        for g, r in zip((k.nngp, k.ntk), ref):
+            assert np.abs(g - r).max() <= 1e-14 * np.abs(r).max(), (tail, np.abs(g - r).max())
+
+
+@pytest.mark.parametrize("act", [ik.Relu(), ik.Abs(), ik.LeakyRelu(-0.3), ik.ABRelu(0.2, 1.0),
+                                 ik.RectifiedMonomial(1), ik.Sign()], ids=repr)
+def test_zero_variance_takes_the_finite_networks_derivative(act):
+    """A pre-activation of variance 0 (a zero input, a zero bias: its NTK is
+    the bias's 1) has E[φ'(u)φ'(v)] = φ'(0) E[φ'(v)], and φ'(0)² against
+    itself, with φ'(0) the finite networks' (``act.dfn(0)``: (a + b)/2 for
+    ABRelu, 0 for the step that is RectifiedMonomial(1)'s φ'); K(X), K(X, X')
+    and ``diag`` agree on it (the diagonal took the ρ -> 1 limit (a² + b²)/2
+    before, 1e12 behind a LayerNorm)."""
+    x = np.array([[0.0, 0.0], [1.0, 0.5], [0.0, 0.0], [-0.3, 2.0]])
+    net = ik.serial(ik.Dense(8, 1.3, 0.0, parameterization="standard"), act)
+    d0 = float(act.dfn(np.zeros(1))[0])
+    mean = 0.5 * float(act.dfn(np.ones(1))[0] + act.dfn(-np.ones(1))[0])  # E[φ'(v)], v ≠ 0
+    zero = np.array([True, False, True, False])
+    want = np.where(zero, d0 * d0, d0 * mean)   # a zero row's entries
+    for got in (net.kernel(x, None, "ntk"), net.kernel(x, x.copy(), "ntk")):
+        for entries in (got[zero], got[:, zero].T):
+            np.testing.assert_allclose(entries, np.broadcast_to(want, entries.shape),
+                                       rtol=1e-15, atol=1e-300)
+    np.testing.assert_allclose(net.diag(x, "ntk")[zero], d0 * d0, rtol=1e-15, atol=1e-300)
 
 
 def test_depth_1000_relu_exact_off_the_diagonal():
