@@ -8,9 +8,9 @@ and returns ``(k, kdot)``; ``s = point_scale(kind, params, q)`` and r = 1/s are
 precomputed per point (s = sqrt(q) for most kinds), so that per entry only what
 depends on both points is computed.  The same functions give the diagonal
 (q11 = q12 = q22).  The kinked duals (ABRelu, Sign, RectifiedMonomial) take
-the angle instead, as (ρ, 1 - |ρ|) from the carried versine c = 1 - ρ
-(``versine``) or from q12 (``correlation_angle``), and return the result's
-versine: (k, kdot, c').
+the angle instead, as (ρ, 1 - |ρ|) from the carried signed versine
+c = sign(ρ)(1 - |ρ|) (``versine``) or from q12 (``correlation_angle``), and
+return the result's: (k, kdot, c').
 
 Numerical conventions (see DESIGN.md):
 
