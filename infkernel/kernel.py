@@ -23,10 +23,19 @@ def _kernel_type(fields):
 
 class Kernel(namedtuple("Kernel", GETS)):
     """The result type for ``get=None``: ``Kernel(nngp, ntk)``, a namedtuple.
-    As on neural-tangents' ``Kernel``, ``cov1`` and ``cov2`` are the NNGP
-    diagonals Σ(x1ᵢ, x1ᵢ) and Σ(x2ⱼ, x2ⱼ) (None without x2) of a result of
-    ``net.kernel``, computed on first access (O(N·(d + L)))."""
+    As on neural-tangents' ``Kernel``, a result of ``net.kernel`` also has
+    ``cov1`` and ``cov2``, the NNGP diagonals Σ(x1ᵢ, x1ᵢ) and Σ(x2ⱼ, x2ⱼ)
+    (None without x2), computed on first access (O(N·(d + L))); ``shape1``,
+    ``shape2`` (N, channels of the output), ``x1_is_x2``, ``is_gaussian`` (the
+    output is a Dense layer's, a Gaussian process), the constant layout fields
+    of a fully-connected kernel (``batch_axis`` 0, ``channel_axis`` 1,
+    ``diagonal_batch`` True, ``diagonal_spatial``, ``is_reversed``,
+    ``is_input`` False, ``mask1``, ``mask2`` None) and ``replace(**fields)``."""
     # no __slots__: a result of net.kernel carries how to compute its diagonals
+    batch_axis, channel_axis = 0, 1
+    diagonal_batch, diagonal_spatial = True, False
+    is_reversed = is_input = False
+    mask1 = mask2 = None
 
     @property
     def cov1(self):
@@ -37,23 +46,63 @@ class Kernel(namedtuple("Kernel", GETS)):
         return self._cov(1)
 
     def _cov(self, i):
-        covs = self.__dict__.get("_covs")
-        if covs is None:
-            raise AttributeError("cov1 / cov2 are known for results of net.kernel(x1, x2) "
-                                 "only, not for a Kernel built by hand")
+        covs = self._known("_covs", "cov1 / cov2")
         if callable(covs[i]):
             covs[i] = covs[i]()
         return covs[i]
 
+    def _known(self, key, what):
+        value = self.__dict__.get(key)
+        if value is None:
+            raise AttributeError(f"{what}: known for results of net.kernel(x1, x2) only, "
+                                 "not for a Kernel built by hand")
+        return value
+
+    def _field(self, name):
+        meta = self._known("_meta", name)
+        if callable(meta):
+            meta = self.__dict__["_meta"] = meta()
+        return meta[name]
+
+    shape1 = property(lambda self: self._field("shape1"))
+    shape2 = property(lambda self: self._field("shape2"))
+    x1_is_x2 = property(lambda self: self._field("x1_is_x2"))
+    is_gaussian = property(lambda self: self._field("is_gaussian"))
+
+    def replace(self, **fields):
+        """A copy with ``nngp``, ``ntk``, ``cov1`` or ``cov2`` replaced
+        (neural-tangents' ``Kernel.replace`` for the fields a fully-connected
+        kernel has); the other fields are kept."""
+        bad = sorted(set(fields) - set(GETS + COVS))
+        if bad:
+            raise TypeError(f"Kernel.replace: cannot replace {', '.join(bad)} (only "
+                            f"{', '.join(GETS + COVS)})")
+        new = self._replace(**{g: fields[g] for g in GETS if g in fields})
+        covs = self.__dict__.get("_covs")
+        if covs is not None or any(c in fields for c in COVS):
+            new.__dict__["_covs"] = [fields[c] if c in fields else
+                                     (None if covs is None else self._cov(i))
+                                     for i, c in enumerate(COVS)]
+        if "_meta" in self.__dict__:
+            new.__dict__["_meta"] = self.__dict__["_meta"]
+        return new
+
     def __reduce__(self):          # pickled with its diagonals, computed now
         if self.__dict__.get("_covs") is None:
             return type(self), tuple(self)
-        return _restore_kernel, (tuple(self), self.cov1, self.cov2)
+        return _restore_kernel, (tuple(self), self.cov1, self.cov2,
+                                 {f: self._field(f) for f in _META})
 
 
-def _restore_kernel(fields, cov1, cov2):
+#: the fields of ``_meta``
+_META = ("shape1", "shape2", "x1_is_x2", "is_gaussian")
+
+
+def _restore_kernel(fields, cov1, cov2, meta=None):
     k = Kernel(*fields)
     k.__dict__["_covs"] = [cov1, cov2]
+    if meta is not None:
+        k.__dict__["_meta"] = meta
     return k
 
 
@@ -268,7 +317,8 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
             which = "cpu"  # a program the GPU kernels cannot run (too many registers)
     if which == "gpu":
         return _with_covs(gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
-                                      progress=progress, diagonal=diagonal), covs)
+                                      progress=progress, diagonal=diagonal), covs,
+                          covs and _meta(net, x1, x2))
     a1 = check_inputs(x1, "x" if diagonal else "x1")
     # K(x, x) for the very same array takes the symmetric path: half the work,
     # and identical points get a correlation of exactly 1.
@@ -292,14 +342,30 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
             _cpu.gram(prog, a1, a2, res.get("nngp"), res.get("ntk"), progress=callback)
         finally:
             close()
-    return _with_covs(arrays[0] if single else _kernel_type(names)(*arrays), covs)
+    return _with_covs(arrays[0] if single else _kernel_type(names)(*arrays), covs,
+                      covs and _meta(net, a1, a2))
 
 
-def _with_covs(result, covs):
-    """``result`` (a Kernel for get=None) knowing how to compute its cov1, cov2."""
+def _with_covs(result, covs, meta=None):
+    """``result`` (a Kernel for get=None) knowing how to compute its cov1, cov2,
+    and neural-tangents' shape1, shape2, x1_is_x2, is_gaussian (``meta``)."""
     if covs is not None:
         result.__dict__["_covs"] = covs
+        result.__dict__["_meta"] = meta
     return result
+
+
+def _meta(net, x1, x2):
+    """The ``Kernel`` fields neural-tangents derives from the inputs and the
+    network's output, computed on first access (x1_is_x2 as neural-tangents
+    has it: x2 None or equal to x1)."""
+    def fields():
+        width, gaussian = net.output_signal(x1.shape[1])
+        return {"shape1": (x1.shape[0], width),
+                "shape2": ((x1 if x2 is None else x2).shape[0], width),
+                "x1_is_x2": x2 is None or x2 is x1 or _equal(x1, x2),
+                "is_gaussian": gaussian}
+    return fields
 
 
 def batch(kernel_fn, batch_size=0, device_count=-1, store_on_device=True):

@@ -466,6 +466,7 @@ class Network:
         #: :meth:`_flat_params`)
         self.nesting = (None,) * len(self.layers) if nesting is None else nesting
         self._programs = {}
+        self._signals = {}
         n_maps = 0
         while n_maps < len(self.layers) and isinstance(self.layers[n_maps], InputMap):
             n_maps += 1
@@ -565,7 +566,15 @@ class Network:
             if state.reg != 0:
                 builder.emit(P.OP_COPY, state.reg, 0)
             prog = self._programs[d_in] = builder.build()
+            self._signals[d_in] = (state.width, state.gaussian)
         return prog
+
+    def output_signal(self, d_in):
+        """(channels, Gaussian?) of the network's output for inputs of
+        dimension ``d_in``: neural-tangents' ``Kernel.shape1[1]`` and
+        ``is_gaussian`` (a Dense layer's output is a Gaussian process)."""
+        self.program(d_in)
+        return self._signals[d_in]
 
     @property
     def _flattens_inputs(self):

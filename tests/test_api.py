@@ -64,6 +64,34 @@ def test_get_none_result_has_cov1_cov2():
         ik.Kernel(nngp, ntk).cov1
 
 
+def test_get_none_result_has_neural_tangents_fields():
+    """neural-tangents' Kernel fields for a fully-connected network (values as
+    neural-tangents 0.6.5 gives them for the same networks): shape1, shape2
+    (N, the output's channels), x1_is_x2, is_gaussian (a Dense layer's output),
+    the constant layout fields, and replace(); they survive pickling."""
+    import pickle
+    k = NET.kernel(X1, X2)
+    assert (k.shape1, k.shape2, k.x1_is_x2, k.is_gaussian) == ((9, 1), (6, 1), False, True)
+    assert (k.batch_axis, k.channel_axis, k.diagonal_batch, k.diagonal_spatial) == (0, 1, True,
+                                                                                   False)
+    assert (k.is_reversed, k.is_input, k.mask1, k.mask2) == (False, False, None, None)
+    hidden = ik.serial(ik.Dense(7), ik.Relu())
+    for x2 in (None, X1.copy()):
+        h = hidden.kernel(X1, x2)
+        assert (h.shape1, h.shape2, h.x1_is_x2, h.is_gaussian) == ((9, 7), (9, 7), True, False)
+    r = k.replace(ntk=2 * k.ntk)
+    assert np.array_equal(r.ntk, 2 * k.ntk) and r.nngp is k.nngp
+    assert np.array_equal(r.cov1, k.cov1) and r.shape2 == (6, 1)
+    assert r.replace(cov2=None).cov2 is None
+    with pytest.raises(TypeError, match="cannot replace shape1"):
+        k.replace(shape1=(1, 1))
+    back = pickle.loads(pickle.dumps(k))
+    assert (back.shape1, back.shape2, back.x1_is_x2, back.is_gaussian) == ((9, 1), (6, 1),
+                                                                           False, True)
+    with pytest.raises(AttributeError, match="built by hand"):
+        ik.Kernel(k.nngp, k.ntk).shape1
+
+
 def test_results_of_any_get_pickle():
     """Results for any tuple ``get`` (namedtuple types made at run time) and
     predict's Gaussians pickle and come back with their fields and values,
