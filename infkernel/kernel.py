@@ -359,10 +359,10 @@ def _meta(net, x1, x2):
     """The ``Kernel`` fields neural-tangents derives from the inputs and the
     network's output, computed on first access (x1_is_x2 as neural-tangents
     has it: x2 None or equal to x1)."""
-    def fields():
-        width, gaussian = net.output_signal(x1.shape[1])
-        return {"shape1": (x1.shape[0], width),
-                "shape2": ((x1 if x2 is None else x2).shape[0], width),
+    def fields():   # (np.shape: the GPU path's inputs may be CuPy arrays or lists)
+        (n1, d), n2 = np.shape(x1), np.shape(x1 if x2 is None else x2)[0]
+        width, gaussian = net.output_signal(d)
+        return {"shape1": (n1, width), "shape2": (n2, width),
                 "x1_is_x2": x2 is None or x2 is x1 or _equal(x1, x2),
                 "is_gaussian": gaussian}
     return fields
