@@ -318,7 +318,7 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
     if which == "gpu":
         return _with_covs(gpu.compute(net, x1, x2, names, single, out=out, dtype=dt,
                                       progress=progress, diagonal=diagonal), covs,
-                          covs and _meta(net, x1, x2))
+                          _meta(net, x1, x2))
     a1 = check_inputs(x1, "x" if diagonal else "x1")
     # K(x, x) for the very same array takes the symmetric path: half the work,
     # and identical points get a correlation of exactly 1.
@@ -343,12 +343,13 @@ def compute(net, x1, x2, get, *, out, dtype, backend, progress, diagonal):
         finally:
             close()
     return _with_covs(arrays[0] if single else _kernel_type(names)(*arrays), covs,
-                      covs and _meta(net, a1, a2))
+                      _meta(net, a1, a2))
 
 
-def _with_covs(result, covs, meta=None):
-    """``result`` (a Kernel for get=None) knowing how to compute its cov1, cov2,
-    and neural-tangents' shape1, shape2, x1_is_x2, is_gaussian (``meta``)."""
+def _with_covs(result, covs, meta):
+    """``result`` (a Kernel for get=None: ``covs`` not None) knowing how to
+    compute its cov1, cov2 and neural-tangents' shape1, shape2, x1_is_x2,
+    is_gaussian (``meta``, ``_meta``'s lazy fields)."""
     if covs is not None:
         result.__dict__["_covs"] = covs
         result.__dict__["_meta"] = meta
