@@ -10,8 +10,9 @@ entry once.  The only temporaries are per-thread tiles.
 The symmetric path computes the strict upper triangle, writes each entry at
 (i, j) and (j, i), and takes the diagonal from the diagonal pass; a thin
 cross kernel (fewer than THIN columns) runs transposed.  Each
-program runs on copies of these kernels compiled without the costly kinds it
-does not use (``_kernels``), so a first call compiles only what it needs.
+program runs on copies of these kernels compiled with only the groups of
+activation kinds it uses (``_GROUPS``), so a first call compiles only what it
+needs.
 """
 import concurrent.futures
 import contextlib
@@ -31,18 +32,39 @@ from numba.extending import overload
 from ._checks import KernelRangeError
 from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
                       TILE)
-from ._duals import (INV_2PI, arc_cosine_c, correlation, correlation_angle, dense_theta,
-                     dual_abrelu, dual_erf,
+from ._duals import (INV_2PI, arc_cosine_c, correlation, dense_theta, dual_abrelu, dual_erf,
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
                      dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
-                     mixed_scales, mixed_versine, poly_b, signed_versine, snap_q12, versine,
+                     entry_angle, mixed_scales, mixed_versine, poly_b, signed_versine, snap_q12,
                      versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
                        K_RECTIFIED_MONOMIAL, K_SIGN, K_SIN, KINKED, OP_ACT, OP_AXPY, OP_COPY,
                        OP_DENSE, OP_DIAG_SCALE, OP_MUL, OP_SCALE)
+
+
+#: The groups of activation kinds: a program runs on copies of the kernels
+#: compiled with only the groups it uses (``_variant``), as most of the compile
+#: time is theirs.  Name, kinds, and the flag that compiles the group in.
+_GROUPS = (("arc", frozenset({K_ABRELU, K_SIGN}), "WITH_ARC"),
+           ("smooth", frozenset({K_ERF, K_GELU, K_SIN, K_RBF, K_EXP, K_GAUSSIAN,
+                                 K_EXP_NORMALIZED, K_GABOR, K_LAYERNORM}), "WITH_SMOOTH"),
+           ("polynomial", frozenset({K_MONOMIAL, K_RECTIFIED_MONOMIAL, K_POLYNOMIAL}),
+            "WITH_POLYNOMIAL"),
+           ("numeric", frozenset({K_NUMERIC}), "WITH_NUMERIC"))
+
+# The module's kernels compile every group in.  A copy made by ``_rebound``
+# with a flag False drops the group's branches before numba inlines their
+# functions (its dead-branch pruning treats globals as constants).
+WITH_ARC = WITH_SMOOTH = WITH_POLYNOMIAL = WITH_NUMERIC = True
+
+#: The groups whose code the diagonal pass takes from act_tile, point by point,
+#: rather than from ``act_rows``.
+_COSTLY = ("polynomial", "numeric")
+_COSTLY_KINDS = tuple(sorted(set().union(*(kinds for name, kinds, _ in _GROUPS
+                                           if name in _COSTLY))))
 
 
 def _row(values, j):
@@ -74,14 +96,10 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_monomial(deg, aux, lo, hi, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif n > 0 and C[0] == C[0]:    # the versine, carried (as for ABRelu)
-        for j in range(n):
-            rho, omt = versine(C[j])
-            Q[j], d, C[j] = dual_rectified_monomial(deg, _row(s1, j), S2[j], rho, omt)
-            TH[j] *= d
     else:
+        carried = n > 0 and C[0] == C[0]   # as for ABRelu
         for j in range(n):
-            rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+            rho, omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
             Q[j], d, C[j] = dual_rectified_monomial(deg, _row(s1, j), S2[j], rho, omt)
             TH[j] *= d
 
@@ -98,13 +116,10 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2
     if kind == K_MONOMIAL:
         for j in range(n):
             rho[j] = correlation(Q[j], _row(r1, j), R2[j])
-    elif n > 0 and C[0] == C[0]:    # J_0 = ψ, J_1 = F(ψ) from the carried versine
+    else:                           # J_0 = ψ, J_1 = F(ψ)
+        carried = n > 0 and C[0] == C[0]
         for j in range(n):
-            rho[j], omt = versine(C[j])
-            w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
-    else:                           # or from q12
-        for j in range(n):
-            rho[j], omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+            rho[j], omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
             w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
     for j in range(n):
         Q[j] = 1.0
@@ -241,105 +256,88 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
     tile and indexed by j alone (an offset index c0 + j could be negative as
     far as LLVM knows, which turns the loads into gathers).  The kind is
     dispatched once per tile, so each loop below is branch-free and
-    vectorised.  Kind K_NUMERIC (``_numeric.py``) also reads
+    vectorised; each branch names its group's flag (``_GROUPS``).  Kind K_NUMERIC (``_numeric.py``) also reads
     the per-point Mehler features ``F1/G1`` (row i), ``F2/G2`` (columns from
     c0) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
     """
-    if kind == K_ABRELU:
+    if WITH_ARC and kind == K_ABRELU:
         a, b = p[0], p[1]
-        c2 = a * a + b * b
-        relu = a * b == 0.0           # one angle per entry
-        if n > 0 and C[0] == C[0]:    # the versine, carried (for all entries or none)
-            if relu:
-                for j in range(n):
-                    rho, omt = versine(C[j])
-                    Q[j], d, C[j] = dual_relu(c2, _row(s1, j), S2[j], rho, omt)
-                    TH[j] *= d
-            else:
-                for j in range(n):
-                    rho, omt = versine(C[j])
-                    Q[j], d, C[j] = dual_abrelu(a, b, _row(s1, j), S2[j], rho, omt)
-                    TH[j] *= d
-        elif relu:                    # the angle from q12
+        carried = n > 0 and C[0] == C[0]   # the versine (for all entries or none)
+        if a * b == 0.0:                   # ReLU up to scale: one angle per entry
+            c2 = a * a + b * b
             for j in range(n):
-                rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+                rho, omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
                 Q[j], d, C[j] = dual_relu(c2, _row(s1, j), S2[j], rho, omt)
                 TH[j] *= d
         else:
             for j in range(n):
-                rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
+                rho, omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
                 Q[j], d, C[j] = dual_abrelu(a, b, _row(s1, j), S2[j], rho, omt)
                 TH[j] *= d
-    elif kind == K_ERF:
+    elif WITH_ARC and kind == K_SIGN:
+        carried = n > 0 and C[0] == C[0]
+        for j in range(n):
+            rho, omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
+            Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
+            TH[j] *= d
+    elif WITH_SMOOTH and kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_GELU:
+    elif WITH_SMOOTH and kind == K_GELU:
         for j in range(n):
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_gelu(v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_SIN:
+    elif WITH_SMOOTH and kind == K_SIN:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_sin(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_RBF:
+    elif WITH_SMOOTH and kind == K_RBF:
         gamma = p[0]
         for j in range(n):
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_rbf(gamma, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_EXP:
+    elif WITH_SMOOTH and kind == K_EXP:
         a, b = p[0], p[1]
         for j in range(n):
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_exp(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_GAUSSIAN:
+    elif WITH_SMOOTH and kind == K_GAUSSIAN:
         a, b = p[0], p[1]
         for j in range(n):
             v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
             Q[j], d = dual_gaussian(a, b, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_EXP_NORMALIZED:
+    elif WITH_SMOOTH and kind == K_EXP_NORMALIZED:
         gamma, shift = p[0], p[1]
         for j in range(n):
             s, r = _row(s1, j), _row(r1, j)
             Q[j], d = dual_exp_normalized(gamma, shift, Q[j], s, S2[j], r, R2[j])
             TH[j] *= d
-    elif kind == K_GABOR:
+    elif WITH_SMOOTH and kind == K_GABOR:
         for j in range(n):
             Q[j], d = dual_gabor(_row(q11, j), Q[j], V2[j], _row(r1, j), R2[j])
             TH[j] *= d
-    elif kind == K_SIGN:
-        if n > 0 and C[0] == C[0]:    # the versine, carried (as for ABRelu)
-            for j in range(n):
-                rho, omt = versine(C[j])
-                Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
-                TH[j] *= d
-        else:
-            for j in range(n):
-                rho, omt = correlation_angle(Q[j], _row(r1, j), R2[j])
-                Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
-                TH[j] *= d
-    elif kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL:
-        monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W)
-    elif kind == K_POLYNOMIAL:
-        polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n, W)
-    elif kind == K_LAYERNORM:
+    elif WITH_SMOOTH and kind == K_LAYERNORM:
         for j in range(n):
             Q[j], d = dual_layernorm(Q[j], _row(r1, j), R2[j])
             TH[j] *= d
-    elif kind == K_NUMERIC:
+    elif WITH_POLYNOMIAL and (kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL):
+        monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W)
+    elif WITH_POLYNOMIAL and kind == K_POLYNOMIAL:
+        polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n, W)
+    elif WITH_NUMERIC and kind == K_NUMERIC:
         # a Gram tile's row (the diagonal pass handles numeric kinds itself)
         numeric_tile(aux, lo, _row(q11, 0), _row(s1, 0), _row(r1, 0), Q, TH, V2, S2, R2,
-                     c0, n, i, hi,
-                     F1, G1, F2, G2, TM, W)
-    else:
+                     c0, n, i, hi, F1, G1, F2, G2, TM, W)
+    else:   # a kind this copy is not compiled for
         for j in range(n):
             Q[j] = math.nan
             TH[j] = math.nan
@@ -477,12 +475,13 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                     rs[j] = 1.0 / s[j] if s[j] > 0.0 else 0.0
                     C[j] = 0.0
                 if kind == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
-                    slot = ops[k, 5]
-                    s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
-                    for j in range(n):
-                        mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
-                        q[j] = G[slot, 0, c0 + j]
-                        th[j] *= G[slot, 1, c0 + j]
+                    if WITH_NUMERIC:
+                        slot = ops[k, 5]
+                        s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
+                        for j in range(n):
+                            mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
+                            q[j] = G[slot, 0, c0 + j]
+                            th[j] *= G[slot, 1, c0 + j]
                 elif kind in _COSTLY_KINDS:  # act_tile's code for Gram tiles, point by point
                     for j in range(n):
                         act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v[j], s[j], rs[j],
@@ -649,25 +648,13 @@ def _mirror(A, block):
                     A[i, j] = A[j, i]
 
 
-@njit(**JIT)
-def _absent(*args):
-    """Stands in for the tile code of kinds that a kernel variant leaves out."""
-
-
-#: The activation kinds whose code takes most of the compile time, by group:
-#: name, kinds, and the functions of ``act_tile`` / ``_diag_pass`` for them.
-_COSTLY = (("polynomial", frozenset({K_MONOMIAL, K_RECTIFIED_MONOMIAL, K_POLYNOMIAL}),
-            ("monomial_tiles", "polynomial_tiles")),
-           ("numeric", frozenset({K_NUMERIC}), ("numeric_tile", "mehler_point")))
-
-
 def _kernels(program):
-    """(diagonal pass, tile kernel) compiled for the costly groups of kinds
-    that ``program`` uses (first-call times: ``benchmarks/bench_cold.py``)."""
+    """(diagonal pass, tile kernel) compiled for the groups of kinds that
+    ``program`` uses (first-call times: ``benchmarks/bench_cold.py``)."""
     pair = _program_kernels.get(program)
     if pair is None:
         pair = _program_kernels[program] = _variant(
-            tuple(bool(program.act_kinds & group) for _, group, _ in _COSTLY))
+            frozenset(name for name, kinds, _ in _GROUPS if program.act_kinds & kinds))
     return pair
 
 
@@ -675,24 +662,28 @@ def _kernels(program):
 _program_kernels = weakref.WeakKeyDictionary()
 
 
+def _flags(used):
+    return {flag: name in used for name, _, flag in _GROUPS}
+
+
 @functools.lru_cache(maxsize=None)
 def _variant(used):
-    """Copies of ``act_tile``, ``_run_ops``, ``_diag_pass`` and ``_gram_tiles``
-    in which the functions of the unused costly groups are ``_absent``."""
-    if all(used):
+    """Copies of ``act_tile``, ``act_rows``, ``_run_ops``, ``_diag_pass`` and
+    ``_gram_tiles`` compiled with the groups named in ``used`` only."""
+    if len(used) == len(_GROUPS):
         return _diag_pass, _gram_tiles
-    unused = [group for group, u in zip(_COSTLY, used) if not u]
-    suffix = "_without_" + "_".join(name for name, _, _ in unused)
-    absent = {f: _absent for _, _, functions in unused for f in functions}
-    tile = _rebound(act_tile, suffix, **absent)
-    return (_rebound(_diag_pass, suffix, act_tile=tile, **absent),
+    flags = _flags(used)
+    suffix = "_with_" + ("_".join(name for name, _, _ in _GROUPS if name in used) or "none")
+    tile = _rebound(act_tile, suffix, **flags)
+    rows = _rebound(act_tile, suffix + "_rows", **_flags(used - set(_COSTLY)))
+    return (_rebound(_diag_pass, suffix, act_tile=tile, act_rows=rows, **flags),
             _rebound(_gram_tiles, suffix, _run_ops=_rebound(_run_ops, suffix, act_tile=tile)))
 
 
 def _rebound(fn, suffix, **names):
     """A copy of the numba function ``fn`` (named with ``suffix``, compiled
     and cached on its own) in which the module-level ``names`` are bound to
-    other functions."""
+    other values."""
     py = fn.py_func
     copy = types.FunctionType(py.__code__, {**py.__globals__, **names},
                               py.__name__ + suffix, py.__defaults__)
@@ -702,12 +693,10 @@ def _rebound(fn, suffix, **names):
 
 
 #: act_tile for the diagonal pass, whose row values are arrays (one point per
-#: entry): a second compiled copy, so the costly kinds (Mehler features,
-#: monomials, polynomials) are left out of it; the diagonal pass takes them
-#: from act_tile itself, compiled for the Gram tiles, one point at a time.
-_COSTLY_KINDS = tuple(sorted(set().union(*(kinds for _, kinds, _ in _COSTLY))))
-act_rows = _rebound(act_tile, "_rows", **{f: _absent for _, _, functions in _COSTLY
-                                         for f in functions})
+#: entry, loops vectorised over the points): a second compiled copy, without
+#: the costly groups (Mehler features, monomials, polynomials), which the
+#: diagonal pass takes from act_tile itself, one point at a time.
+act_rows = _rebound(act_tile, "_rows", **_flags({name for name, _, _ in _GROUPS} - set(_COSTLY)))
 
 
 @njit(**dict(JIT, fastmath={"contract", "reassoc"}))

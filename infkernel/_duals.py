@@ -215,6 +215,14 @@ def correlation_angle(q12, r1, r2):
 
 
 @njit(**INLINE)
+def entry_angle(carried, c, q12, r1, r2):
+    """(ρ, 1 - |ρ|) of an entry: from its signed versine c where it is
+    carried (``versine``), else from q12 (``correlation_angle``).  One
+    loop for both cases: each dual is inlined once per call site."""
+    return versine(c) if carried else correlation_angle(q12, r1, r2)
+
+
+@njit(**INLINE)
 def dual_abrelu(a, b, s1, s2, rho, omt):
     """φ(x) = a min(x, 0) + b max(x, 0).
 

@@ -738,15 +738,17 @@ def test_identity_is_a_no_op():
 @pytest.mark.parametrize("act", CLOSED_FORMS + [ik.ExpNormalized(0.8, 0.1), ik.Tanh()],
                          ids=repr)
 def test_kernel_variants_agree_with_the_full_kernels(act, monkeypatch):
-    """A program runs on kernels compiled without the costly kind groups it
-    does not use (``_cpu._kernels``); forcing the kernels of all kinds gives
-    the same Gram matrices (a kind routed to a variant without its code would
-    be left unchanged or give NaN).  rtol 1e-14: the same code in separately
-    compiled units, which may contract multiply-adds differently."""
+    """A program runs on kernels compiled with only the groups of kinds it
+    uses (``_cpu._kernels``); forcing the kernels of all kinds gives the same
+    Gram matrices (a kind routed to a variant without its code would give
+    NaN).  rtol 1e-14: the same code in separately compiled units, which may
+    contract multiply-adds differently."""
     first = ik.LayerNorm() if act.name == "ExpNormalized" else ik.Relu()
     net = ik.serial(ik.Dense(4, 1.3, 0.2), first, ik.Dense(4, 1.3, 0.2), act, ik.Dense(1))
-    used = (act.name in ("Monomial", "RectifiedMonomial", "Polynomial", "Hermite"),
-            act.name == "Tanh")
+    group = {"ABRelu": "arc", "Sign": "arc", "Monomial": "polynomial",
+             "RectifiedMonomial": "polynomial", "Polynomial": "polynomial",
+             "Hermite": "polynomial", "Tanh": "numeric"}.get(act.name, "smooth")
+    used = frozenset({group, "smooth" if act.name == "ExpNormalized" else "arc"})
     assert _cpu._kernels(net.program(X1.shape[1])) == _cpu._variant(used)
     routed = net.kernel(X1, X2), net.kernel(X1), net.diag(X1)
     monkeypatch.setattr(_cpu, "_kernels", lambda program: (_cpu._diag_pass, _cpu._gram_tiles))
@@ -851,9 +853,19 @@ def test_forked_children_compute_kernels():
         child.join()
 
 
-def test_programs_with_every_costly_group_use_the_full_kernels():
-    net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(4), ik.Monomial(2), ik.Dense(1))
+def test_every_kind_is_in_one_group():
+    """Each activation kind is compiled in with exactly one group (a kind in
+    none would give NaN in every routed kernel)."""
+    kinds = sorted(v for name, v in vars(P).items() if name.startswith("K_"))
+    assert sorted(k for _, group, _ in _cpu._GROUPS for k in group) == kinds
+
+
+def test_programs_with_every_group_use_the_full_kernels():
+    net = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(4), ik.Monomial(2), ik.Dense(4), ik.Relu(),
+                    ik.Dense(4), ik.Gelu(), ik.Dense(1))
     assert _cpu._kernels(net.program(3)) == (_cpu._diag_pass, _cpu._gram_tiles)
+    fewer = ik.serial(ik.Dense(4), ik.Tanh(), ik.Dense(4), ik.Monomial(2), ik.Dense(1))
+    assert _cpu._kernels(fewer.program(3)) != (_cpu._diag_pass, _cpu._gram_tiles)
 
 
 def _ulps(got, exact):
