@@ -256,9 +256,10 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
     tile and indexed by j alone (an offset index c0 + j could be negative as
     far as LLVM knows, which turns the loads into gathers).  The kind is
     dispatched once per tile, so each loop below is branch-free and
-    vectorised; each branch names its group's flag (``_GROUPS``).  Kind K_NUMERIC (``_numeric.py``) also reads
-    the per-point Mehler features ``F1/G1`` (row i), ``F2/G2`` (columns from
-    c0) of slot ``hi``, the column tail maxima ``TM`` and scratch ``W``.
+    vectorised; each branch names its group's flag (``_GROUPS``).  Kind
+    K_NUMERIC (``_numeric.py``) also reads the per-point Mehler features
+    ``F1/G1`` (row i), ``F2/G2`` (columns from c0) of slot ``hi``, the
+    column tail maxima ``TM`` and scratch ``W``.
     """
     if WITH_ARC and kind == K_ABRELU:
         a, b = p[0], p[1]
@@ -663,6 +664,7 @@ _program_kernels = weakref.WeakKeyDictionary()
 
 
 def _flags(used):
+    """The group flags of a copy compiled with the groups named in ``used``."""
     return {flag: name in used for name, _, flag in _GROUPS}
 
 
@@ -696,7 +698,8 @@ def _rebound(fn, suffix, **names):
 #: entry, loops vectorised over the points): a second compiled copy, without
 #: the costly groups (Mehler features, monomials, polynomials), which the
 #: diagonal pass takes from act_tile itself, one point at a time.
-act_rows = _rebound(act_tile, "_rows", **_flags({name for name, _, _ in _GROUPS} - set(_COSTLY)))
+act_rows = _rebound(act_tile, "_rows",
+                    **_flags({name for name, _, _ in _GROUPS} - set(_COSTLY)))
 
 
 @njit(**dict(JIT, fastmath={"contract", "reassoc"}))
