@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import infkernel as ik
     from infkernel import _cpu
-    acts = {"relu2": [ik.Relu(), ik.Relu()], "relu": [ik.Relu(), ik.Erf()], "tanh": [ik.Tanh(), ik.Relu()],
+    acts = {"relu2": [ik.Relu(), ik.Relu()], "relu": [ik.Relu(), ik.Erf()],
+            "tanh": [ik.Tanh(), ik.Relu()],
             "monomial": [ik.Monomial(3), ik.Relu()], "both": [ik.Tanh(), ik.Monomial(2)]}
     case, full = sys.argv[1], sys.argv[2] == "full"
     if full:
