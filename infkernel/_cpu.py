@@ -82,6 +82,14 @@ def _row_typed(values, j):
 
 
 @njit(**INLINE)
+def _carried(C, n):
+    """Whether a tile's signed versines C are carried (``_run_ops``): for all
+    of its n entries or for none (NaN: the kinked duals take the angle from
+    q12; ``_duals.entry_angle``)."""
+    return n > 0 and C[0] == C[0]
+
+
+@njit(**INLINE)
 def keeps_versine(kind, degree):
     """Whether an activation's dual gives the versine of its result: ABRelu,
     Sign and RectifiedMonomial of degree <= 1 (``_duals.rectified_versine``)."""
@@ -97,7 +105,7 @@ def _monomial_tile(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n)
             Q[j], d = dual_monomial(deg, aux, lo, hi, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     else:
-        carried = n > 0 and C[0] == C[0]   # as for ABRelu
+        carried = _carried(C, n)
         for j in range(n):
             rho, omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
             Q[j], d, C[j] = dual_rectified_monomial(deg, _row(s1, j), S2[j], rho, omt)
@@ -117,7 +125,7 @@ def _monomial_tile_any(kind, deg, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2
         for j in range(n):
             rho[j] = correlation(Q[j], _row(r1, j), R2[j])
     else:                           # J_0 = ψ, J_1 = F(ψ)
-        carried = n > 0 and C[0] == C[0]
+        carried = _carried(C, n)
         for j in range(n):
             rho[j], omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
             w2[j], _, w1[j], _ = arc_cosine_c(rho[j], omt)
@@ -263,7 +271,7 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
     """
     if WITH_ARC and kind == K_ABRELU:
         a, b = p[0], p[1]
-        carried = n > 0 and C[0] == C[0]   # the versine (for all entries or none)
+        carried = _carried(C, n)
         if a * b == 0.0:                   # ReLU up to scale: one angle per entry
             c2 = a * a + b * b
             for j in range(n):
@@ -276,7 +284,7 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
                 Q[j], d, C[j] = dual_abrelu(a, b, _row(s1, j), S2[j], rho, omt)
                 TH[j] *= d
     elif WITH_ARC and kind == K_SIGN:
-        carried = n > 0 and C[0] == C[0]
+        carried = _carried(C, n)
         for j in range(n):
             rho, omt = entry_angle(carried, C[j], Q[j], _row(r1, j), R2[j])
             Q[j], d, C[j] = dual_sign(_row(s1, j), S2[j], rho, omt)
@@ -475,14 +483,13 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                     s[j] = point_scale(kind, p, q[j])
                     rs[j] = 1.0 / s[j] if s[j] > 0.0 else 0.0
                     C[j] = 0.0
-                if kind == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
-                    if WITH_NUMERIC:
-                        slot = ops[k, 5]
-                        s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
-                        for j in range(n):
-                            mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
-                            q[j] = G[slot, 0, c0 + j]
-                            th[j] *= G[slot, 1, c0 + j]
+                if WITH_NUMERIC and kind == K_NUMERIC:  # E[φ²], E[φ'²] (and the features)
+                    slot = ops[k, 5]
+                    s_cap = 2.0 * math.sqrt(aux[ops[k, 4] + HDR_QMAX])  # errors after
+                    for j in range(n):
+                        mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
+                        q[j] = G[slot, 0, c0 + j]
+                        th[j] *= G[slot, 1, c0 + j]
                 elif kind in _COSTLY_KINDS:  # act_tile's code for Gram tiles, point by point
                     for j in range(n):
                         act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v[j], s[j], rs[j],
