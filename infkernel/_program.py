@@ -107,9 +107,12 @@ class ProgramBuilder:
         self.names = {}
         self.n_numeric = 0
 
-    def emit(self, opcode, reg, reg2=0, kind=0, aux_lo=0, aux_hi=0, params=()):
+    def emit(self, opcode, reg, reg2=0, kind=0, aux_lo=0, aux_hi=0, params=(), name=None):
+        """Append an op; ``name`` (the layer's repr) names it in errors."""
         if len(params) > N_PARAMS:
             raise AssertionError("too many op parameters")
+        if name is not None:
+            self.names[len(self.ops)] = name
         self.ops.append((opcode, reg, reg2, kind, aux_lo, aux_hi))
         self.params.append(tuple(params) + (0.0,) * (N_PARAMS - len(params)))
 

@@ -70,9 +70,8 @@ class Activation(Layer):
     def _emit(self, builder, state):
         self._check_input(state)
         lo = [builder.add_aux(t) for t in self.tables] + [0, 0]
-        builder.names[len(builder.ops)] = repr(self)
         builder.emit(P.OP_ACT, state.reg, kind=self.kind, aux_lo=lo[0],
-                     aux_hi=lo[1], params=self.params)
+                     aux_hi=lo[1], params=self.params, name=repr(self))
         state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
 
     def _apply(self, params, h):

@@ -50,9 +50,8 @@ class NumericActivation(Activation):
         lo = builder.add_aux(self.tables[0])
         slot = getattr(builder, "n_numeric", 0)
         builder.n_numeric = slot + 1
-        builder.names[len(builder.ops)] = repr(self)
         builder.emit(P.OP_ACT, state.reg, kind=P.K_NUMERIC, aux_lo=lo, aux_hi=slot,
-                     params=self.params)
+                     params=self.params, name=repr(self))
         state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
 
 

@@ -352,7 +352,8 @@ class LayerNorm(Layer):
                 f"{self!r} is applied to {where}, which is not Gaussian: in the "
                 "infinite-width limit layer normalisation is defined after a Dense layer "
                 "(insert ik.Dense(...) before it; normalise raw inputs yourself)")
-        builder.emit(P.OP_ACT, state.reg, kind=P.K_LAYERNORM, params=self.params)
+        builder.emit(P.OP_ACT, state.reg, kind=P.K_LAYERNORM, params=self.params,
+                     name=repr(self))
 
     def _apply(self, params, h):
         h = np.asarray(h, dtype=np.float64)
@@ -439,7 +440,8 @@ class ExpNormalized(Layer):
         return (self.gamma, self.shift)
 
     def _emit(self, builder, state):
-        builder.emit(P.OP_ACT, state.reg, kind=P.K_EXP_NORMALIZED, params=self.params)
+        builder.emit(P.OP_ACT, state.reg, kind=P.K_EXP_NORMALIZED, params=self.params,
+                     name=repr(self))
         state.gaussian, state.born = False, -1   # not Gaussian, not mean-zero
         state.not_gaussian_because = "the output of ExpNormalized"
 

@@ -1,5 +1,6 @@
 """Analytic NNGP/NTK of fully-connected networks against independent references."""
 import math
+import re
 
 import mpmath
 import numpy as np
@@ -599,6 +600,12 @@ def test_overflow_midway_is_an_error_before_any_output():
             net.diag(x)
         with pytest.raises(ValueError, match="x2 row 0: the variance overflows"):
             net.kernel(x[:1] * 0.0, x)
+    # Dense layers alone carry inf (q ~ 9^L): the first layer told is the
+    # normalising one after them, by name
+    for tail in (ik.ExpNormalized(), ik.LayerNorm(eps=0.0), ik.Erf(), ik.Tanh()):
+        net = ik.serial(*[ik.Dense(4, 3.0)] * 400, tail, ik.Dense(1))
+        with pytest.raises(ValueError, match=re.escape(f"at the input of {tail!r} (inf")):
+            net.kernel(x)
     # a divergent expectation: E[exp(b u²)] is infinite once 2 b q ≥ 1
     net = ik.serial(ik.Dense(4, 2.0), ik.Gaussian(1.0, 0.4), ik.Dense(1))
     with pytest.raises(ValueError, match="overflows float64 at the output"):
