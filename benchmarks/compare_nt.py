@@ -4,6 +4,7 @@ LayerNorm, Dropout, branches (FanOut / parallel / FanInSum / FanInProd / FanInCo
 residual).
 
     python benchmarks/compare_nt.py --nt-python /path/to/neural-tangents/venv/bin/python
+    python benchmarks/compare_nt.py --nt-python … --random 40 --seed 1
 
 Inputs include identical, antipodal, zero and parallel rows ("cross", "sym"),
 and a "plain" cross kernel without them.  Prints, per case, the largest
@@ -12,6 +13,18 @@ it occurs, and the entries neural-tangents returns as NaN/Inf (infkernel
 returns none).  Differences above ~1e-12 sit at
 correlation ±1, where neural-tangents evaluates its duals at a correlation
 rounded off 1 (e.g. its Sign kernel at identical points is 1 - 1e-4, not 1).
+
+``--random N``: N random networks instead (``random_cases``: depth 1-4 of
+those activations, random W_std, b_std and widths, either parameterization,
+LayerNorm, FanOut/parallel branches joined by FanInSum, FanInProd or
+FanInConcat) on inputs of random dimension and scale, the special rows
+included.  Known neural-tangents deviations it meets: an ExpNormalized in a
+parallel branch (its width is lost: FanInConcat weights the branches
+wrongly), RectifiedMonomial NaN or off on the diagonal, inputs of dimension
+1 (every correlation is ±1), and entries that are exactly 0 (a zero row
+without bias: |K| ≤ sqrt(K(x,x) K(0,0)) = 0) where it leaves ~1e-15, which
+the relative measure shows as 1.  infkernel refuses networks whose variances
+overflow (Exp layers at large inputs) where neural-tangents returns inf/NaN.
 """
 import argparse
 import json
@@ -115,6 +128,39 @@ def cases():
     return out
 
 
+def random_cases(n, rng):
+    """{name: spec} of ``n`` random networks (see the module docstring)."""
+    def dense(param, width=None):
+        return ("Dense", [int(width or rng.integers(1, 300))],
+                {"W_std": float(rng.uniform(0.3, 2.5)), "parameterization": param,
+                 "b_std": [None, 0.0, float(rng.uniform(0.0, 1.0))][rng.integers(3)]})
+
+    def act():
+        name, args = ACTIVATIONS[rng.integers(len(ACTIVATIONS))]
+        return (name, args, {})
+
+    out = {}
+    for case in range(n):
+        param = ("ntk", "standard")[rng.integers(2)]
+        layers = []
+        for _ in range(rng.integers(1, 5)):
+            r = rng.random()
+            if r < 0.15:   # two branches from one Gaussian signal, joined
+                join = ("FanInSum", "FanInProd", "FanInConcat")[rng.integers(3)]
+                w = int(rng.integers(2, 50))
+                other = ([("Identity", [], {})] if join == "FanInSum" and rng.random() < 0.5
+                         else [act(), dense(param, w if join != "FanInConcat" else None)])
+                layers += [dense(param, w), ("FanOut", [2], {}),
+                           ("parallel", [[act(), dense(param, w)], other], {}), (join, [], {})]
+            elif r < 0.25:
+                eps = [0.0, 1e-12, 0.3][rng.integers(3)]
+                layers += [dense(param), ("LayerNorm", [], {"eps": eps}), act()]
+            else:
+                layers += [dense(param), act()]
+        out[f"random {case}"] = layers + [dense(param, int(rng.integers(1, 4)))]
+    return out
+
+
 def build(lib, layers):
     """``lib.serial`` of a spec; ``parallel`` takes a list of sub-specs."""
     def one(name, args, kwargs):
@@ -124,11 +170,14 @@ def build(lib, layers):
     return lib.serial(*[one(*layer) for layer in layers])
 
 
-def inputs():
-    rng = np.random.default_rng(0)
-    x1 = rng.standard_normal((23, 6))
+def inputs(rng=None, d=6, scale=1.0):
+    """x1 (23 × d) with identical, antipodal, zero and parallel rows among its
+    first six, and x2 (17 × d) with a row of x1 and a zero row among its first
+    two; the rest plain random points."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    x1 = scale * rng.standard_normal((23, d))
     x1[1], x1[2], x1[3], x1[4] = x1[0], -x1[0], 0.0, 3.0 * x1[5]
-    x2 = rng.standard_normal((17, 6))
+    x2 = scale * rng.standard_normal((17, d))
     x2[0], x2[1] = x1[0], 0.0
     return x1, x2
 
@@ -146,10 +195,13 @@ NT_SCRIPT = textwrap.dedent("""
             return getattr(stax, name)(*args, **kwargs)
         return stax.serial(*[one(*layer) for layer in layers])
     for key, layers in spec["cases"].items():
-        _, _, kf = build(layers)
-        for tag, a, b in (("cross", x1, x2), ("sym", x1, None), ("plain", x1[6:], x2[2:])):
-            k = kf(a, b, ("nngp", "ntk"))
-            res[f"{key}|{tag}|nngp"], res[f"{key}|{tag}|ntk"] = np.asarray(k[0]), np.asarray(k[1])
+        try:   # (random networks: a few neural-tangents refuses)
+            _, _, kf = build(layers)
+            for tag, a, b in (("cross", x1, x2), ("sym", x1, None), ("plain", x1[6:], x2[2:])):
+                k = kf(a, b, ("nngp", "ntk"))
+                res[f"{key}|{tag}|nngp"], res[f"{key}|{tag}|ntk"] = map(np.asarray, k)
+        except Exception as exc:
+            print(f"{key}: {type(exc).__name__}: {str(exc)[:200]}")
     np.savez(sys.argv[2], **res)
 """)
 
@@ -158,9 +210,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nt-python", required=True,
                     help="python of a neural-tangents 0.6.5 environment")
+    ap.add_argument("--random", type=int, default=0, metavar="N",
+                    help="N random networks instead of the fixed cases")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --random")
     args = ap.parse_args()
-    x1, x2 = inputs()
-    specs = cases()
+    if args.random:
+        rng = np.random.default_rng(args.seed)
+        specs = random_cases(args.random, rng)
+        d, scale = int(rng.integers(1, 8)), float(10 ** rng.uniform(-1.5, 1.5))
+        print(f"inputs: d = {d}, scale {scale:.3g}")
+        x1, x2 = inputs(rng, d, scale)
+    else:
+        x1, x2 = inputs()
+        specs = cases()
     with tempfile.TemporaryDirectory() as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "nt.npz"
         spec_file.write_text(json.dumps({"cases": specs, "x1": x1.tolist(), "x2": x2.tolist()}))
@@ -170,29 +232,51 @@ def main():
         if run.returncode:
             sys.exit(f"neural-tangents run failed:\n{run.stderr[-2000:]}")
         nt = dict(np.load(result_file))
+        refused = dict(line.split(": ", 1) for line in run.stdout.splitlines()
+                       if line.split(": ", 1)[0] in specs)
     print("| case | max rel. difference | at | plain inputs only | NT non-finite "
-          "| infkernel non-finite |")
-    print("|---|---|---|---|---|---|")
+          "| infkernel non-finite |" + (" network |" if args.random else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if args.random else ""))
     for key, layers in specs.items():
         net = build(ik, layers)
-        worst, where, plain, bad_nt, bad_ik = 0.0, "", 0.0, 0, 0
-        for tag, a, b in (("cross", x1, x2), ("sym", x1, None), ("plain", x1[6:], x2[2:])):
-            k = net.kernel(a, b)
-            d1 = net.diag(a)
-            d2 = d1 if b is None else net.diag(b)
-            for g in ("nngp", "ntk"):
-                ref, got = nt[f"{key}|{tag}|{g}"], getattr(k, g)
-                scale = np.sqrt(np.outer(np.abs(getattr(d1, g)), np.abs(getattr(d2, g))))
-                fin = np.isfinite(ref)
-                bad_nt += int((~fin).sum())
-                bad_ik += int((~np.isfinite(got)).sum())
+        network = f" {describe(layers)} |" if args.random else ""
+        if key in refused:
+            print(f"| {key} | neural-tangents: {refused[key]} | | | | |{network}")
+            continue
+        try:
+            row = compare(net, nt, key, x1, x2)
+        except ik.KernelRangeError as exc:   # (NT: inf or NaN entries)
+            row = f"refused: {str(exc)[:120]} | | | |"
+        print(f"| {key} | {row}{network}")
+
+
+def describe(layers):
+    """A spec's layers other than Dense, branches in brackets."""
+    return " ".join(f"[{' | '.join(map(describe, args))}]" if name == "parallel" else name
+                    for name, args, _ in layers if name != "Dense")
+
+
+def compare(net, nt, key, x1, x2):
+    """The table row (after the case name) of one network."""
+    worst, where, plain, bad_nt, bad_ik = 0.0, "", 0.0, 0, 0
+    for tag, a, b in (("cross", x1, x2), ("sym", x1, None), ("plain", x1[6:], x2[2:])):
+        k = net.kernel(a, b)
+        d1 = net.diag(a)
+        d2 = d1 if b is None else net.diag(b)
+        for g in ("nngp", "ntk"):
+            ref, got = nt[f"{key}|{tag}|{g}"], getattr(k, g)
+            scale = np.sqrt(np.outer(np.abs(getattr(d1, g)), np.abs(getattr(d2, g))))
+            fin = np.isfinite(ref)
+            bad_nt += int((~fin).sum())
+            bad_ik += int((~np.isfinite(got)).sum())
+            with np.errstate(invalid="ignore"):    # (NT's inf entries: masked)
                 err = np.where(fin, np.abs(got - ref) / (np.abs(ref) + scale + 1e-300), 0.0)
-                if tag == "plain":
-                    plain = max(plain, float(err.max()))
-                if err.max() > worst:
-                    i, j = np.unravel_index(err.argmax(), err.shape)
-                    worst, where = float(err.max()), f"{tag} {g} ({i}, {j})"
-        print(f"| {key} | {worst:.1e} | {where} | {plain:.1e} | {bad_nt} | {bad_ik} |")
+            if tag == "plain":
+                plain = max(plain, float(err.max()))
+            if err.max() > worst:
+                i, j = np.unravel_index(err.argmax(), err.shape)
+                worst, where = float(err.max()), f"{tag} {g} ({i}, {j})"
+    return f"{worst:.1e} | {where} | {plain:.1e} | {bad_nt} | {bad_ik} |"
 
 
 if __name__ == "__main__":
