@@ -214,7 +214,12 @@ def _call(name, f, x, strict=True):
     """f on an array, vectorised if f accepts arrays, with clear errors
     (``strict=False``: NaN where f raises or is not finite, no error)."""
     try:
-        y = f(x)
+        with warnings.catch_warnings():
+            # NumPy < 2 lets a scalar function (math.tanh) take a 1-element
+            # array, with a DeprecationWarning; NumPy 2 raises: the scalar
+            # loop below either way
+            warnings.simplefilter("error", DeprecationWarning)
+            y = f(x)
         y = np.asarray(y, dtype=float) if not np.iscomplexobj(y) else None
         if y is None:
             raise TypeError("returns complex values for real input")

@@ -537,7 +537,9 @@ class _Solver:
             a = np.array(self.k, dtype=np.float64)
             a[np.diag_indices_from(a)] += self.reg
             scale = float(np.diagonal(a).mean()) if len(a) else 0.0
-            lam, vecs = sla.eigh(a, overwrite_a=True, check_finite=False, driver="evd")
+            # (SciPy < 1.13's "evd" driver asks too little workspace at n = 1)
+            lam, vecs = sla.eigh(a, overwrite_a=True, check_finite=False,
+                                 driver="evd" if len(a) > 1 else "ev")
             if len(lam) and lam[0] < -_MAX_JITTER * abs(scale):
                 raise _not_psd(self.name, lam[0], scale)
             tol = len(lam) * np.finfo(np.float64).eps * (abs(lam).max() if len(lam) else 0.0)
