@@ -71,8 +71,15 @@ def _expit(x):
     return special.expit(x)
 
 
+def _sech2(x):
+    """tanh'(x) = sech²x = 4e/(1 + e)², e = exp(−2|x|) (1/cosh²x overflows
+    past |x| ≈ 710, with a warning)."""
+    e = np.exp(-2.0 * np.abs(x))
+    return 4.0 * e / (1.0 + e) ** 2
+
+
 def _tanh_parts():
-    return (np.tanh, lambda x: 1.0 / np.cosh(x) ** 2, math.pi / 2, (0.0,), ())
+    return (np.tanh, _sech2, math.pi / 2, (0.0,), ())
 
 
 def _sigmoid_parts():

@@ -669,6 +669,7 @@ def _check_activation_params(net):
                 "differentiate W_std and b_std")
 
 
+@np.errstate(over="ignore", invalid="ignore")   # overflow: one KernelRangeError below
 def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
     """K(x, x) and its derivatives with respect to each Dense layer's W_std
     and b_std (and, on request, the activations' parameters).
