@@ -14,7 +14,7 @@ setup(
     package_dir={"infkernel.cuda": "cuda"},
     package_data={"infkernel.cuda": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.22", "scipy>=1.8", "numba>=0.57", "tqdm",
-                      "threadpoolctl>=3", "scikit-learn>=1.2", "matplotlib>=3.5"],
+                      "threadpoolctl>=3", "scikit-learn>=1.6", "matplotlib>=3.5"],
     extras_require={
         # [ctk]: NVRTC (RawModule) and cuBLAS (cupy.matmul) from PyPI, when no
         # CUDA Toolkit is installed (the plain wheel ships neither)
