@@ -13,7 +13,9 @@ setup(
     # the package as infkernel/cuda, read at run time by infkernel.gpu.
     package_dir={"infkernel.cuda": "cuda"},
     package_data={"infkernel.cuda": ["*.cu", "*.cuh"]},
-    install_requires=["numpy>=1.22", "scipy>=1.8", "numba>=0.57", "tqdm",
+    # numba 0.57 and 0.58 compile the CPU kernels too, but five times slower
+    # (first call of a ReLU network: 150-160 s against 33 s for 0.59)
+    install_requires=["numpy>=1.22", "scipy>=1.8", "numba>=0.59", "tqdm",
                       "threadpoolctl>=3", "scikit-learn>=1.6", "matplotlib>=3.5"],
     extras_require={
         # [ctk]: NVRTC (RawModule) and cuBLAS (cupy.matmul) from PyPI, when no

@@ -103,8 +103,10 @@ def real_array(name, value, finite=False, what="an array of real numbers", bools
         raise TypeError(f"{name} must be {what}, got a {type(value).__name__} with fields "
                         f"{value._fields}: pass one of them (e.g. .{value._fields[-1]})")
     try:
-        a = np.asarray(value)
-    except (TypeError, ValueError) as exc:    # ragged sequences
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")    # NumPy 1.x: ragged sequences warn
+            a = np.asarray(value)
+    except (TypeError, ValueError, Warning) as exc:    # ragged sequences
         raise TypeError(f"{name} must be {what}: {exc}") from None
     if a.dtype.kind not in ("biuf" if bools else "iuf"):
         raise TypeError(f"{name} must be {what}, got dtype {a.dtype}")

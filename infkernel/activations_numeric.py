@@ -48,7 +48,7 @@ class NumericActivation(Activation):
         if a != 1.0:   # a sharp φ tabulated as ψ(y) = φ(y/a): φ(x) = ψ(ax) (_numeric)
             builder.emit(P.OP_SCALE, state.reg, params=(a * a,))
         lo = builder.add_aux(self.tables[0])
-        slot = getattr(builder, "n_numeric", 0)
+        slot = builder.n_numeric
         builder.n_numeric = slot + 1
         builder.emit(P.OP_ACT, state.reg, kind=P.K_NUMERIC, aux_lo=lo, aux_hi=slot,
                      params=self.params, name=repr(self))

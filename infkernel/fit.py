@@ -82,8 +82,9 @@ def load_data(data=None, target=None):
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError(f"{data}: not an .npz archive (an .npy array named .npz?)")
         with z:
-            if "x" not in z or "y" not in z:
-                raise ValueError(f"{data}: an .npz must hold arrays 'x' and 'y', got {list(z)}")
+            # (z.files: NumPy 1.x's `"x" in z` loads the array, pickles included)
+            if "x" not in z.files or "y" not in z.files:
+                raise ValueError(f"{data}: an .npz must hold arrays 'x' and 'y', got {z.files}")
             try:
                 x, y = z["x"], z["y"]
             except ValueError as exc:       # object arrays (pickles)
