@@ -39,7 +39,7 @@ def numpy_relu_baseline(x1, x2, depth, w=1.5, b=0.05):
     q2 = w2 * (x2 * x2).sum(1) / d + b2
     t = q.copy()
     for _ in range(depth):
-        s = np.sqrt(np.outer(q1, q2))
+        s = np.outer(np.sqrt(q1), np.sqrt(q2))
         cos = np.clip(q / s, -1, 1)
         theta = np.arccos(cos)
         k = s * (np.sin(theta) + (np.pi - theta) * cos) / (2 * np.pi)

@@ -265,7 +265,7 @@ def compare(net, nt, key, x1, x2):
         d2 = d1 if b is None else net.diag(b)
         for g in ("nngp", "ntk"):
             ref, got = nt[f"{key}|{tag}|{g}"], getattr(k, g)
-            scale = np.sqrt(np.outer(np.abs(getattr(d1, g)), np.abs(getattr(d2, g))))
+            scale = np.outer(np.sqrt(np.abs(getattr(d1, g))), np.sqrt(np.abs(getattr(d2, g))))
             fin = np.isfinite(ref)
             bad_nt += int((~fin).sum())
             bad_ik += int((~np.isfinite(got)).sum())

@@ -67,7 +67,7 @@ def parity(n1=257, n2=190):
                     e = 0.0
                     for g, r, a, c in ((got.nngp, ref.nngp, d1.nngp, d2.nngp),
                                        (got.ntk, ref.ntk, d1.ntk, d2.ntk)):
-                        scale = np.sqrt(np.outer(np.abs(a), np.abs(c)))
+                        scale = np.outer(np.sqrt(np.abs(a)), np.sqrt(np.abs(c)))
                         g = cp.asnumpy(g).astype(np.float64)
                         fin = np.isfinite(r)
                         if not np.array_equal(fin, np.isfinite(g)):

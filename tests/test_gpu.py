@@ -41,7 +41,7 @@ def _close(got, ref, diag_a, diag_b, tol):
     reference has them."""
     got = np.asarray(got, np.float64)
     assert np.array_equal(np.isfinite(got), np.isfinite(ref)), "non-finite entries differ"
-    scale = np.sqrt(np.outer(np.abs(diag_a), np.abs(diag_b)))
+    scale = np.outer(np.sqrt(np.abs(diag_a)), np.sqrt(np.abs(diag_b)))
     err = np.abs(got - ref) / (np.abs(ref) + scale + 1e-300)
     assert np.nanmax(err, initial=0.0) <= tol, np.nanmax(err)
 

@@ -949,7 +949,7 @@ def test_layernorm_divides_by_the_variances(eps, par):
         kb, k = body.kernel(X1, x2), net.kernel(X1, x2)
         d1 = body.diag(X1)
         d2 = d1 if x2 is None else body.diag(x2)
-        s = np.sqrt(np.outer(d1.nngp + eps, d2.nngp + eps))
+        s = np.outer(np.sqrt(d1.nngp + eps), np.sqrt(d2.nngp + eps))
         assert _rel(k.nngp, kb.nngp / s) < 1e-15
         assert _rel(k.ntk, kb.ntk / s) < 1e-15
     d = net.diag(X1)
@@ -1008,7 +1008,7 @@ def test_exp_normalized_kernel_map(clip):
         kb, k = body.kernel(X1, x2), net.kernel(X1, x2)
         d1 = body.diag(X1)
         d2 = d1 if x2 is None else body.diag(x2)
-        s = np.sqrt(np.outer(d1.nngp, d2.nngp))
+        s = np.outer(np.sqrt(d1.nngp), np.sqrt(d2.nngp))
         g = np.exp(0.7 * (kb.nngp / s - 0.5))
         assert _rel(k.nngp, s * g) < 1e-14
         assert _rel(k.ntk, 0.7 * g * kb.ntk) < 1e-14
