@@ -103,8 +103,8 @@ def real_array(name, value, finite=False, what="an array of real numbers", bools
         raise TypeError(f"{name} must be {what}, got a {type(value).__name__} with fields "
                         f"{value._fields}: pass one of them (e.g. .{value._fields[-1]})")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")    # NumPy 1.x: ragged sequences warn
+        with warnings.catch_warnings():       # NumPy 1.x: ragged sequences warn
+            warnings.simplefilter("error", getattr(np, "exceptions", np).VisibleDeprecationWarning)
             a = np.asarray(value)
     except (TypeError, ValueError, Warning) as exc:    # ragged sequences
         raise TypeError(f"{name} must be {what}: {exc}") from None

@@ -3,6 +3,7 @@ mode, and small versions of the example scripts."""
 import importlib.util
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -157,8 +158,10 @@ def test_matrix_and_argument_checks():
                        (lambda: spectral.check_uniform_grid(grid(4) + 1j), "x"),
                        (lambda: spectral.frequency_response(np.eye(2), [0, 1], ["1"]), "freqs"),
                        (lambda: spectral.frequency_response(np.eye(2), [[0], [1, 2]], [1]), "x")):
-        with pytest.raises(TypeError, match=f"^{name} must be an array of real numbers"):
-            call()
+        with warnings.catch_warnings():   # (NumPy 1.x warned on ragged sequences first)
+            warnings.simplefilter("error")
+            with pytest.raises(TypeError, match=f"^{name} must be an array of real numbers"):
+                call()
     for tol in (np.nan, -1.0):
         with pytest.raises(ValueError, match="symmetry_tol must be finite and >= 0"):
             spectral.gram_eigh(np.array([[1.0, 0.5], [0.0, 1.0]]), symmetry_tol=tol)
