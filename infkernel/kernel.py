@@ -195,17 +195,17 @@ def output_dtype(dtype, out):
     inputs' precision)."""
     if dtype is None and out is not None:
         first = out[0] if isinstance(out, (tuple, list)) and out else out
-        dtype = getattr(first, "dtype", np.float64)
+        return check_dtype(getattr(first, "dtype", np.float64), "out's dtype")
     return check_dtype(np.float64 if dtype is None else dtype)
 
 
-def check_dtype(dtype):
+def check_dtype(dtype, name="dtype"):
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise ValueError(f"dtype must be float64 or float32, got {dtype!r}") from None
+        raise ValueError(f"{name} must be float64 or float32, got {dtype!r}") from None
     if dt not in (np.float64, np.float32):
-        raise ValueError(f"dtype must be float64 or float32, got {dt}")
+        raise ValueError(f"{name} must be float64 or float32, got {dt}")
     return dt
 
 

@@ -300,6 +300,9 @@ class _NetworkRegressor(RegressorMixin, BaseEstimator):
                 raise TypeError(f"network must be an infkernel Network, got "
                                 f"{type(self.network).__name__}")
             return _with_stds(self.network, self.W_std, self.b_std)
+        if isinstance(self.depth, Network):
+            raise TypeError("depth must be an integer >= 0, got a Network: pass a custom "
+                            "network as network=...")
         return make_network(self.depth, self.activation, self.W_std, self.b_std)
 
     def _t(self):

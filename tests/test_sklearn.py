@@ -106,6 +106,8 @@ def test_failed_fit_leaves_estimator_unchanged():
     with pytest.raises(TypeError, match="activation must be an activation .* or its name, "
                        r"got \['relu'\]"):
         ik.sklearn.make_network(1, ["relu"])
+    with pytest.raises(TypeError, match="got a Network: pass a custom network as network="):
+        NTKRegressor(ik.serial(ik.Dense(1))).fit(X, X[:, 0])
 
 
 def test_custom_network():
