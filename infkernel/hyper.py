@@ -162,6 +162,21 @@ def _det(det, exact, q1, q12, q2):
     return np.where(_same_point(q1, q12, q2), exact, det)
 
 
+def _erf_terms(b2, q1, q12, q2):
+    """Erf's dual in normalised form (``_duals.dual_erf``): t_i = 1/(1 + 2b²q_ii),
+    z = 2b²q12 √(t1 t2) (k = a²(2/π) asin z + c²) and g = 1 − z², bounded below
+    by t1 + t2 − t1 t2, its value at the same point (taken there): the
+    determinant det(I + 2b²Σ) = g/(t1 t2) without a product of variances
+    (which overflows from q ~ 1e154) or the cancellation of
+    (1 + 2b²q)² − 4b⁴q² (relative error ε·b²q at identical points)."""
+    t1, t2 = 1 / (1 + 2 * b2 * q1), 1 / (1 + 2 * b2 * q2)
+    rt = np.sqrt(t1) * np.sqrt(t2)
+    z = np.clip(2 * b2 * q12 * rt, -1.0, 1.0)
+    low = t1 + t2 - t1 * t2
+    g = np.where(_same_point(q1, q12, q2), low, np.maximum((1 - z) * (1 + z), low))
+    return t1, t2, rt, z, g
+
+
 #: kinds whose (k, k̇) and partial derivatives come from the kernels' own
 #: formulas evaluated in jet arithmetic (``_jets.dual_derivatives``: exact
 #: up to rounding)
@@ -277,20 +292,17 @@ def _dual(kind, p, q1, q12, q2, partials=True):
         elif kind == P.K_ERF:
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
-            r1s, r2s = 1 + 2 * b2 * q1, 1 + 2 * b2 * q2
-            # D = r1s r2s - 4b⁴q12² >= 1 + 2b²(q1 + q2), equal at the same point
-            low = 1 + 2 * b2 * (q1 + q2)
-            D = np.maximum(_det(r1s * r2s - 4 * b2 * b2 * q12 * q12, low, q1, q12, q2), low)
-            k = a * a * (2 / np.pi) * np.arctan2(2 * b2 * q12, np.sqrt(D)) + c * c
+            t1, t2, rt, z, g = _erf_terms(b2, q1, q12, q2)
+            sg = np.sqrt(g)
+            k = a * a * (2 / np.pi) * np.arctan2(z, sg) + c * c
             C = a * a * (4 / np.pi) * b2
-            kd = C / np.sqrt(D)
+            kd = C * rt / sg
             if not partials:
                 return k, kd
-            k12 = kd
-            k1 = -(4 / np.pi) * a * a * b2 * b2 * q12 / (r1s * np.sqrt(D))
-            kd1 = -C * b2 * r2s * D ** -1.5
-            kd12 = 4 * C * b2 * b2 * q12 * D ** -1.5
-            return k, kd, k1, k12, kd1, kd12
+            k1 = -(2 / np.pi) * a * a * b2 * z * t1 / sg
+            kd1 = -C * b2 * t1 * (rt / (g * sg))       # (grouped: t1 t2 underflows)
+            kd12 = 2 * C * b2 * z * (t1 / g) * (t2 / sg)
+            return k, kd, k1, kd, kd1, kd12
         elif kind == P.K_SIN:        # as _duals.dual_sin: e∓ without their cancellation
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
@@ -331,8 +343,8 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             if not partials:
                 return k, kd
             k1 = a * a * b * t2 * D ** -1.5
-            kd1 = 12 * a * a * b ** 3 * q12 * t2 * D ** -2.5
-            kd12 = 4 * a * a * b * b * D ** -2.5 * (D + 12 * b * b * q12 * q12)
+            kd1 = 12 * a * a * b ** 3 * (q12 / D) * (t2 / D) / np.sqrt(D)   # (no D^-2.5:
+            kd12 = 4 * a * a * b * b * D ** -1.5 * (1 + 12 * (b * q12) * (b * q12 / D))  # it underflows)
             return k, kd, k1, kd, kd1, kd12
         elif kind in _BY_JETS:
             k, kd, k1, _, kd1, kd12 = dual_derivatives(kind, p, q1, q12, q2, (1, 0, 0),
@@ -375,6 +387,27 @@ def _dual_diag(kind, p, q):
         k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, q, q, (1, 1, 1), (0, 0, 0))
         return k, kd, dk, dkd
     k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
+    # the derivatives along q11 = q12 = q22 in closed form where the sum of the
+    # partials 2∂₁₁ + ∂₁₂ cancels (relative error ε·b²q): d/dq of
+    # Erf: a²(2/π) asin(1 − t) and a²(4/π)b²√(t/(2 − t)), t = 1/(1 + 2b²q);
+    # Sin: (a²/2)(1 ∓ e^(−2b²q) cos 2c) (k, and k̇ with factor b² and +);
+    # Gaussian: a²(1 − 4bq)^(−1/2) and 4a²b²q (1 − 4bq)^(−3/2)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if kind == P.K_ERF:
+            a, b2 = p[0], p[1] * p[1]
+            t = 1 / (1 + 2 * b2 * q)
+            r = t / (2 - t)
+            return (k, kd, (4 / np.pi) * a * a * b2 * t * np.sqrt(r),
+                    -(8 / np.pi) * a * a * b2 * b2 * r * np.sqrt(r))
+        if kind == P.K_SIN:
+            a, b2, c = p[0], p[1] * p[1], p[2]
+            dk = a * a * b2 * np.exp(-2 * b2 * q) * math.cos(2 * c)
+            return k, kd, dk, -b2 * dk
+        if kind == P.K_GAUSSIAN:
+            a, b = p[0], p[1]
+            D = 1 - 4 * b * q
+            return (k, kd, 2 * a * a * b * D ** -1.5,
+                    4 * a * a * b * b * D ** -1.5 * (1 + 2 * b * q) / D)
     return k, kd, 2 * k1 + k12, 2 * kd1 + kd12
 
 
@@ -418,17 +451,14 @@ def _dual_param_partials(kind, p, q1, q12, q2):
         if kind == P.K_ERF:
             a, b, c = p[0], p[1], p[2]
             b2 = b * b
-            r1s, r2s = 1 + 2 * b2 * q1, 1 + 2 * b2 * q2
-            D = np.maximum(r1s * r2s - 4 * b2 * b2 * q12 * q12, 1e-300)
-            z = np.clip(2 * b2 * q12 / np.sqrt(r1s * r2s), -1, 1)
-            ka = 2 * a * (2 / np.pi) * np.arcsin(z)
-            kda = 2 * a * (4 / np.pi) * b2 / np.sqrt(D)
-            # with β = b²: ∂k/∂β = a²(4/π) q12 (1 − βq11/r1 − βq22/r2)/√D,
-            # ∂k̇/∂β = a²(4/π)(D^-½ − ½β D^-3/2 ∂D/∂β)
-            kb = 2 * b * a * a * (4 / np.pi) * q12 * (1 - b2 * q1 / r1s - b2 * q2 / r2s) \
-                / np.sqrt(D)
-            dD = 2 * q1 * r2s + 2 * q2 * r1s - 8 * b2 * q12 * q12
-            kdb = 2 * b * a * a * (4 / np.pi) * (D ** -0.5 - 0.5 * b2 * D ** -1.5 * dD)
+            t1, t2, rt, z, g = _erf_terms(b2, q1, q12, q2)
+            sg = np.sqrt(g)
+            # with β = b²: ∂k/∂β = a²(2/π) q12 (t1 + t2) √(t1 t2) / √g and
+            # ∂k̇/∂β = a²(2/π) √(t1 t2) (t1 + t2) / g^(3/2) (g = 1 − z²)
+            ka = 2 * a * (2 / np.pi) * np.arctan2(z, sg)
+            kda = 2 * a * (4 / np.pi) * b2 * rt / sg
+            kb = a * a * (4 / np.pi) * b * q12 * rt * (t1 + t2) / sg
+            kdb = a * a * (4 / np.pi) * b * (rt / (g * sg)) * (t1 + t2)
             kc = np.full_like(q12, 2 * c)
             return [ka, kb, kc], [kda, kdb, np.zeros_like(q12)]
         if kind == P.K_SIN:
@@ -462,14 +492,14 @@ def _dual_param_partials(kind, p, q1, q12, q2):
         if kind == P.K_GAUSSIAN:
             a, b = p[0], p[1]
             t1, t2 = 1 - 2 * b * q1, 1 - 2 * b * q2
-            D = t1 * t2 - 4 * b * b * q12 * q12
+            D = _det(t1 * t2 - 4 * b * b * q12 * q12, 1 - 2 * b * (q1 + q2), q1, q12, q2)
             bad = (t1 <= 0) | (t2 <= 0) | (D <= 0)
             D = np.where(bad, np.nan, D)
-            dD = -2 * q1 * t2 - 2 * q2 * t1 - 8 * b * q12 * q12
+            dD = _det(-2 * q1 * t2 - 2 * q2 * t1 - 8 * b * q12 * q12, -2 * (q1 + q2), q1, q12, q2)
             ka = 2 * a * D ** -0.5
             kda = 8 * a * b * b * q12 * D ** -1.5
             kb = -0.5 * a * a * D ** -1.5 * dD
-            kdb = 8 * a * a * b * q12 * D ** -1.5 - 6 * a * a * b * b * q12 * D ** -2.5 * dD
+            kdb = a * a * b * q12 * D ** -1.5 * (8 - 6 * b * dD / D)
             return [ka, kb], [kda, kdb]
     return [], []
 
@@ -759,6 +789,13 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
                 dQn = mul(k1, dv1) + mul(k12, dQ) + mul(k2, dv2)
                 dTH = mul(kd, dTH) + TH * (mul(kd1, dv1) + mul(kd12, dQ) + mul(kd2, dv2))
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
+            # identical points (a duplicated row) off the diagonal too: the
+            # diagonal's total derivatives, where k1·dv1 + k12·dQ + k2·dv2
+            # cancels (relative error ~ε·b²q for the smooth duals)
+            si, sj = np.nonzero((q1 == q2) & (Q >= _RHO_ONE * q1) & (q1 > 0))
+            dq = dQ[:, si, sj]
+            dQn[:, si, sj] = dkg[si] * dq
+            dTH[:, si, sj] = dkdg[si] * dq * TH[si, sj] + kddg[si] * dTH0[:, si, sj]
             th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()
