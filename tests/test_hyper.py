@@ -605,3 +605,48 @@ def test_copies_keep_the_network_structure():
         assert copy.apply_fn(nested, x).shape == (4, 1)
     with pytest.raises(ValueError, match="values: expected 2 activation parameters, got 1"):
         H.with_activation_parameters(net, [0.2])
+
+
+@pytest.mark.parametrize("act", [ik.Erf(0.7, 3.0, -0.4), ik.Sin(1.1, 0.9, 0.4),
+                                 ik.Gaussian(1.1, -0.6)], ids=repr)
+def test_identical_points_exact_at_large_variance(act):
+    """One hidden layer, pre-activation variances up to ~1e14 (and ~1e200 for
+    Erf and Sin): dK at a point against itself, and at a duplicated row, equals
+    the derivative of the 60-digit diagonal recursion to 1e-14.  The sum of
+    partials 2∂₁₁k + ∂₁₂k cancels there (it was 2e-3 off for Erf at q ~ 1e13, 0.5
+    for Erf(b = 3); Erf's derivatives overflowed from q ~ 1e154)."""
+    import mpmath as mp
+    gaussian = act.name == "Gaussian"
+    mp.mp.dps = 60 if gaussian else 450
+
+    def duals(p, q):
+        if act.name == "Erf":
+            a, b, c = p
+            return (a * a * 2 / mp.pi * mp.asin(2 * b * b * q / (1 + 2 * b * b * q)) + c * c,
+                    a * a * 4 / mp.pi * b * b / mp.sqrt(1 + 4 * b * b * q))
+        if act.name == "Sin":
+            a, b, c = p
+            e = mp.exp(-2 * b * b * q) * mp.cos(2 * c)
+            return a * a / 2 * (1 - e), a * a * b * b / 2 * (1 + e)
+        a, b = p
+        return a * a / mp.sqrt(1 - 4 * b * q), 4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5
+
+    x0 = np.array([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5], [0.3, 0.1, -0.7]])
+    net = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(1, 1.3, 0.2))
+    names = H.parameter_names(net, shared=False, activation_params=True)
+    for scale in [1e3, 1e7] + ([] if gaussian else [1e100]):
+        x = x0 * scale
+        sq = sum(mp.mpf(float(v)) ** 2 for v in x[0]) / 3
+        for get in ("nngp", "ntk"):
+            _, dK = H.kernel_and_grad(net, x, get, shared=False, activation_params=True)
+
+            def theta(*t):        # t: names' order, W_std 1, 2, b_std 1, 2, act params
+                q = t[0] ** 2 * sq + t[2] ** 2
+                k, kd = duals(t[4:], q)
+                s = t[1] ** 2 * k + t[3] ** 2
+                return s if get == "nngp" else s + t[1] ** 2 * kd * q
+            t0 = [mp.mpf(v) for v in (1.2, 1.3, 0.1, 0.2) + tuple(act.params)]
+            for i, name in enumerate(names):
+                ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
+                for j in (0, 1):
+                    assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
