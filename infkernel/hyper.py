@@ -343,8 +343,9 @@ def _dual(kind, p, q1, q12, q2, partials=True):
             if not partials:
                 return k, kd
             k1 = a * a * b * t2 * D ** -1.5
-            kd1 = 12 * a * a * b ** 3 * (q12 / D) * (t2 / D) / np.sqrt(D)   # (no D^-2.5:
-            kd12 = 4 * a * a * b * b * D ** -1.5 * (1 + 12 * (b * q12) * (b * q12 / D))  # it underflows)
+            # (no D^-2.5 or q12²: they underflow / overflow where these do not)
+            kd1 = 12 * a * a * b ** 3 * (q12 / D) * (t2 / D) / np.sqrt(D)
+            kd12 = 4 * a * a * b * b * D ** -1.5 * (1 + 12 * (b * q12) * (b * q12 / D))
             return k, kd, k1, kd, kd1, kd12
         elif kind in _BY_JETS:
             k, kd, k1, _, kd1, kd12 = dual_derivatives(kind, p, q1, q12, q2, (1, 0, 0),
