@@ -387,12 +387,13 @@ def _dual_diag(kind, p, q):
     if kind in _BY_JETS:
         k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, q, q, (1, 1, 1), (0, 0, 0))
         return k, kd, dk, dkd
-    k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
     # the derivatives along q11 = q12 = q22 in closed form where the sum of the
     # partials 2∂₁₁ + ∂₁₂ cancels (relative error ε·b²q): d/dq of
     # Erf: a²(2/π) asin(1 − t) and a²(4/π)b²√(t/(2 − t)), t = 1/(1 + 2b²q);
     # Sin: (a²/2)(1 ∓ e^(−2b²q) cos 2c) (k, and k̇ with factor b² and +);
     # Gaussian: a²(1 − 4bq)^(−1/2) and 4a²b²q (1 − 4bq)^(−3/2)
+    if kind in (P.K_ERF, P.K_SIN, P.K_GAUSSIAN):
+        k, kd = dual_values(kind, p, q, q, q)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if kind == P.K_ERF:
             a, b2 = p[0], p[1] * p[1]
@@ -409,6 +410,7 @@ def _dual_diag(kind, p, q):
             D = 1 - 4 * b * q
             return (k, kd, 2 * a * a * b * D ** -1.5,
                     4 * a * a * b * b * D ** -1.5 * (1 + 2 * b * q) / D)
+    k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
     return k, kd, 2 * k1 + k12, 2 * kd1 + kd12
 
 

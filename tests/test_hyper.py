@@ -612,12 +612,12 @@ def test_copies_keep_the_network_structure():
 def test_identical_points_exact_at_large_variance(act):
     """One hidden layer, pre-activation variances up to ~1e14 (and ~1e200 for
     Erf and Sin): dK at a point against itself, and at a duplicated row, equals
-    the derivative of the 60-digit diagonal recursion to 1e-14.  The sum of
+    the derivative of the diagonal recursion in 60 digits (450 where K spans
+    1e-200 … 1e200) to 1e-14, a few tens of ulps of a few closed-form steps.  The sum of
     partials 2∂₁₁k + ∂₁₂k cancels there (it was 2e-3 off for Erf at q ~ 1e13, 0.5
     for Erf(b = 3); Erf's derivatives overflowed from q ~ 1e154)."""
     import mpmath as mp
     gaussian = act.name == "Gaussian"
-    mp.mp.dps = 60 if gaussian else 450
 
     def duals(p, q):
         if act.name == "Erf":
@@ -635,18 +635,19 @@ def test_identical_points_exact_at_large_variance(act):
     net = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(1, 1.3, 0.2))
     names = H.parameter_names(net, shared=False, activation_params=True)
     for scale in [1e3, 1e7] + ([] if gaussian else [1e100]):
-        x = x0 * scale
-        sq = sum(mp.mpf(float(v)) ** 2 for v in x[0]) / 3
-        for get in ("nngp", "ntk"):
-            _, dK = H.kernel_and_grad(net, x, get, shared=False, activation_params=True)
+        with mp.workdps(60 if gaussian else 450):
+            x = x0 * scale
+            sq = sum(mp.mpf(float(v)) ** 2 for v in x[0]) / 3
+            for get in ("nngp", "ntk"):
+                _, dK = H.kernel_and_grad(net, x, get, shared=False, activation_params=True)
 
-            def theta(*t):        # t: names' order, W_std 1, 2, b_std 1, 2, act params
-                q = t[0] ** 2 * sq + t[2] ** 2
-                k, kd = duals(t[4:], q)
-                s = t[1] ** 2 * k + t[3] ** 2
-                return s if get == "nngp" else s + t[1] ** 2 * kd * q
-            t0 = [mp.mpf(v) for v in (1.2, 1.3, 0.1, 0.2) + tuple(act.params)]
-            for i, name in enumerate(names):
-                ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
-                for j in (0, 1):
-                    assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
+                def theta(*t):        # t: names' order, W_std 1, 2, b_std 1, 2, act params
+                    q = t[0] ** 2 * sq + t[2] ** 2
+                    k, kd = duals(t[4:], q)
+                    s = t[1] ** 2 * k + t[3] ** 2
+                    return s if get == "nngp" else s + t[1] ** 2 * kd * q
+                t0 = [mp.mpf(v) for v in (1.2, 1.3, 0.1, 0.2) + tuple(act.params)]
+                for i, name in enumerate(names):
+                    ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
+                    for j in (0, 1):
+                        assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
