@@ -368,13 +368,14 @@ def _dual(kind, p, q1, q12, q2, partials=True):
         return k, kd, k1, k12, kd1, kd12
 
 
-def _dual_diag(kind, p, q):
-    """k(q,q,q), k̇(q,q,q) and their derivatives in q."""
+def _dual_diag(kind, p, q, sign=1.0):
+    """k and k̇ at q11 = q22 = q, q12 = ±q (``sign``: a point with itself, or
+    with its antipode), and their derivatives along that line, (1, ±1, 1)."""
     q = np.asarray(q, dtype=np.float64)
     n = _homog_degree(kind, p)
     if n is not None and kind != P.K_MONOMIAL:
         k1, kd1 = (np.asarray(v, dtype=np.float64)
-                   for v in dual_values(kind, p, 1.0, 1.0, 1.0))
+                   for v in dual_values(kind, p, 1.0, sign, 1.0))
         with np.errstate(divide="ignore", invalid="ignore"):
             k = k1 * q ** n
             dk = n * k1 * q ** (n - 1) if n else np.zeros_like(q)
@@ -385,34 +386,35 @@ def _dual_diag(kind, p, q):
         zero = q == 0
         return np.where(zero, k0, k), np.where(zero, kd0, kd), dk, dkd
     if kind in _BY_JETS:
-        k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, q, q, (1, 1, 1), (0, 0, 0))
+        k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, sign * q, q, (1, sign, 1),
+                                                (0, 0, 0))
         return k, kd, dk, dkd
-    # the derivatives along q11 = q12 = q22 in closed form where the sum of the
-    # partials 2∂₁₁ + ∂₁₂ cancels (relative error ε·b²q): d/dq of
-    # Erf: a²(2/π) asin(1 − t) and a²(4/π)b²√(t/(2 − t)), t = 1/(1 + 2b²q);
-    # Sin: (a²/2)(1 ∓ e^(−2b²q) cos 2c) (k, and k̇ with factor b² and +);
-    # Gaussian: a²(1 − 4bq)^(−1/2) and 4a²b²q (1 − 4bq)^(−3/2)
+    # the derivatives along the line in closed form where the sum of the
+    # partials 2∂₁₁ ± ∂₁₂ cancels (relative error ε·b²q); with t = 1/(1 + 2b²q),
+    # E = e^(−2b²q): Erf: k = a²(2/π) asin(±(1 − t)) + c², k̇ = a²(4/π)b²√(t/(2 − t));
+    # Sin: k = (a²/2)(1 − E cos 2c) at +, (a²/2)(E − cos 2c) at −, k̇ likewise
+    # with b² and + (k̇' = ∓b² k'); Gaussian: a²(1 − 4bq)^(−1/2) and
+    # ±4a²b²q (1 − 4bq)^(−3/2) (D = 1 − 4bq on both lines)
     if kind in (P.K_ERF, P.K_SIN, P.K_GAUSSIAN):
-        k, kd = dual_values(kind, p, q, q, q)
+        k, kd = dual_values(kind, p, q, sign * q, q)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if kind == P.K_ERF:
             a, b2 = p[0], p[1] * p[1]
             t = 1 / (1 + 2 * b2 * q)
             r = t / (2 - t)
-            return (k, kd, (4 / np.pi) * a * a * b2 * t * np.sqrt(r),
+            return (k, kd, sign * (4 / np.pi) * a * a * b2 * t * np.sqrt(r),
                     -(8 / np.pi) * a * a * b2 * b2 * r * np.sqrt(r))
         if kind == P.K_SIN:
             a, b2, c = p[0], p[1] * p[1], p[2]
-            dk = a * a * b2 * np.exp(-2 * b2 * q) * math.cos(2 * c)
-            return k, kd, dk, -b2 * dk
+            dk = a * a * b2 * np.exp(-2 * b2 * q) * (math.cos(2 * c) if sign > 0 else -1.0)
+            return k, kd, dk, -sign * b2 * dk
         if kind == P.K_GAUSSIAN:
             a, b = p[0], p[1]
             D = 1 - 4 * b * q
             return (k, kd, 2 * a * a * b * D ** -1.5,
-                    4 * a * a * b * b * D ** -1.5 * (1 + 2 * b * q) / D)
-    k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, q, q)
-    return k, kd, 2 * k1 + k12, 2 * kd1 + kd12
-
+                    sign * 4 * a * a * b * b * D ** -1.5 * (1 + 2 * b * q) / D)
+    k, kd, k1, k12, kd1, kd12 = _dual(kind, p, q, sign * q, q)
+    return k, kd, 2 * k1 + sign * k12, 2 * kd1 + sign * kd12
 
 
 # ---------------------------------------------------------------------------
@@ -792,13 +794,20 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
                 dQn = mul(k1, dv1) + mul(k12, dQ) + mul(k2, dv2)
                 dTH = mul(kd, dTH) + TH * (mul(kd1, dv1) + mul(kd12, dQ) + mul(kd2, dv2))
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
-            # identical points (a duplicated row) off the diagonal too: the
-            # diagonal's total derivatives, where k1·dv1 + k12·dQ + k2·dv2
-            # cancels (relative error ~ε·b²q for the smooth duals)
-            si, sj = np.nonzero((q1 == q2) & (Q >= _RHO_ONE * q1) & (q1 > 0))
-            dq = dQ[:, si, sj]
-            dQn[:, si, sj] = dkg[si] * dq
-            dTH[:, si, sj] = dkdg[si] * dq * TH[si, sj] + kddg[si] * dTH0[:, si, sj]
+            # identical points (a duplicated row) and antipodal ones (x, −x)
+            # off the diagonal: k1·dv1 + k12·dQ + k2·dv2 cancels there
+            # (relative error ~ε·b²q for the smooth duals, ~ε·q² for Gelu's):
+            # the derivatives along q12 = ±q (tangent dv) instead, plus the
+            # partial in q12 times what leaves that line, dQ ∓ dv (0 but for
+            # the b_std slots of a bias fixed at 0)
+            for sign, (_, kd_s, dk_s, dkd_s) in ((1.0, (kdg, kddg, dkg, dkdg)),
+                                                 (-1.0, _dual_diag(kind, p, v, -1.0))):
+                si, sj = np.nonzero((q1 == q2) & (sign * Q >= _RHO_ONE * q1) & (q1 > 0))
+                if si.size:
+                    t, off = dv[:, si], dQ[:, si, sj] - sign * dv[:, si]
+                    dQn[:, si, sj] = dk_s[si] * t + k12[si, sj] * off
+                    dTH[:, si, sj] = ((dkd_s[si] * t + kd12[si, sj] * off) * TH[si, sj]
+                                      + kd_s[si] * dTH0[:, si, sj])
             th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()

@@ -651,3 +651,49 @@ def test_identical_points_exact_at_large_variance(act):
                     ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
                     for j in (0, 1):
                         assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
+
+
+@pytest.mark.parametrize("act", [ik.Erf(0.7, 3.0, -0.4), ik.Sin(1.1, 0.9, 0.4),
+                                 ik.Gaussian(1.1, -0.6)], ids=repr)
+def test_antipodal_points_exact_at_large_variance(act):
+    """A point and its antipode (x, −x) behind a bias-free Dense layer meet the
+    activation at q12 = −q, variances up to ~1e14 (~1e200 for Erf and Sin):
+    dK of the pair equals the derivative of the pair's recursion in 60 digits
+    (450 where K spans 1e-200 … 1e200) to 1e-14, as at identical points.
+    The sum of partials 2∂₁₁k − ∂₁₂k cancels there: 0.14 off for Erf at
+    q ~ 1e14 and 4e-2 for Gaussian at q ~ 1e13 before the pair took the
+    derivatives along q12 = −q."""
+    import mpmath as mp
+    gaussian = act.name == "Gaussian"
+
+    def duals(p, q):          # k(q, −q, q), k̇(q, −q, q)
+        if act.name == "Erf":
+            a, b, c = p
+            return (a * a * 2 / mp.pi * mp.asin(-2 * b * b * q / (1 + 2 * b * b * q)) + c * c,
+                    a * a * 4 / mp.pi * b * b / mp.sqrt(1 + 4 * b * b * q))
+        if act.name == "Sin":
+            a, b, c = p
+            e = mp.exp(-2 * b * b * q)
+            return a * a / 2 * (e - mp.cos(2 * c)), a * a * b * b / 2 * (e + mp.cos(2 * c))
+        a, b = p
+        return a * a / mp.sqrt(1 - 4 * b * q), -4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5
+
+    x0 = np.array([[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5], [0.3, 0.1, -0.7]])
+    net = ik.serial(ik.Dense(8, 1.2, None), act, ik.Dense(1, 1.3, 0.2))
+    names = H.parameter_names(net, shared=False, activation_params=True)
+    for scale in [1.0, 1e3, 1e7] + ([] if gaussian else [1e100]):
+        with mp.workdps(60 if gaussian else 450):
+            x = x0 * scale
+            sq = sum(mp.mpf(float(v)) ** 2 for v in x[0]) / 3
+            for get in ("nngp", "ntk"):
+                _, dK = H.kernel_and_grad(net, x, get, shared=False, activation_params=True)
+
+                def theta(*t):        # t: names' order, W_std 1, 2, b_std 1, 2, act params
+                    q = t[0] ** 2 * sq + t[2] ** 2
+                    k, kd = duals(t[4:], q)
+                    s = t[1] ** 2 * k + t[3] ** 2
+                    return s if get == "nngp" else s - t[1] ** 2 * kd * q
+                t0 = [mp.mpf(v) for v in (1.2, 1.3, 0, 0.2) + tuple(act.params)]
+                for i, name in enumerate(names):
+                    ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
+                    assert abs(dK[i, 0, 1] - ref) <= 1e-14 * abs(ref), (scale, get, name)
