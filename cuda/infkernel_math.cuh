@@ -414,7 +414,9 @@ IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r
 }
 
 /// phi = x Phi(x) (Tsuchida et al. 2021), p_i = 1 + q_ii = s_i^2 (ik_point_scale),
-/// z = q12/(s1 s2), delta = sqrt(p1 p2 - q12^2), h = (q11/p1)(q22/p2).
+/// z = q12/(s1 s2), psi = acos(-z), delta = s1 s2 sin psi, h = (q11/p1)(q22/p2);
+/// towards antipodal points (z < -1/2) q12 psi + h delta = s1 s2 F(psi) - (1 - h) delta
+/// (_duals.dual_gelu).
 template <typename T>
 IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd) {
   q12 = ik_snap_q12(q11, q12, q22);
@@ -422,15 +424,17 @@ IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd
   T rr = r1 * r2;
   T z = ik_min(ik_max(q12 * rr, T(-1)), T(1));
   // delta = s1 s2 sqrt(1 - z^2), no product of two variances (overflow); exact
-  // lower bound and 1 - |z| = r1 r2 at the same point
-  T low = (T(1) + q11 + q22) * rr * rr;
-  T delta = s1 * s2 * ik_sqrt(same ? low : ik_max((T(1) - z) * (T(1) + z), low));
+  // lower bound 1 - h and 1 - |z| = r1 r2 at the same point
+  T one_minus_h = (T(1) + q11 + q22) * rr * rr;
+  T delta = s1 * s2 * ik_sqrt(same ? one_minus_h : ik_max((T(1) - z) * (T(1) + z), one_minus_h));
   T inv_delta = T(1) / delta;
-  T angle = ik_asin_c(z, same ? rr : T(1) - ik_abs(z));
-  T h = (q11 * rr) * (q22 * rr);
-  k = T(0.25) * q12 + (z * z * inv_delta + h * delta + q12 * angle) * T(IK_INV_2PI);
-  T bracket = inv_delta * inv_delta + (T(2) + q11 + q22) * rr * rr;  // 1 - h = (1+q11+q22) rr^2
-  kd = T(0.25) + angle * T(IK_INV_2PI) + q12 * inv_delta * bracket * T(IK_INV_2PI);
+  T psi, theta, f_psi, f_theta;
+  ik_arc_cosine_c(z, same ? rr : T(1) - ik_abs(z), psi, theta, f_psi, f_theta);
+  k = z < T(-0.5) ? s1 * s2 * f_psi - one_minus_h * delta + z * z * inv_delta
+                  : q12 * psi + z * z * inv_delta + ((q11 * rr) * (q22 * rr)) * delta;
+  k *= T(IK_INV_2PI);
+  T bracket = inv_delta * inv_delta + (T(2) + q11 + q22) * rr * rr;
+  kd = (psi + q12 * inv_delta * bracket) * T(IK_INV_2PI);
 }
 
 /// The NTK after a Dense layer, c_old q + c_new q' + w2 theta + c_one, where a zero

@@ -404,11 +404,15 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2):
 def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
     """φ(x) = x Φ(x) (Tsuchida et al. 2021; neural-tangents' formula).
 
-    With p_i = 1 + q_ii = s_i², z = q12/(s1 s2), δ = sqrt(p1 p2 - q12²)
-    (bounded below by sqrt(1 + q11 + q22)) and h = (q11/p1)(q22/p2):
-      k    = q12/4 + [z²/δ + h δ + q12 asin z] / (2π)
-      kdot = 1/4 + asin(z)/(2π) + q12/(2πδ) [1/δ² + 1/(p1p2) - h + 1]
-    where 1 - h = (1 + q11 + q22)/(p1 p2) exactly (no cancellation at large q).
+    With p_i = 1 + q_ii = s_i², z = q12/(s1 s2), ψ = acos(−z) = π/2 + asin z,
+    δ = s1 s2 sin ψ = sqrt(p1 p2 - q12²) (bounded below by sqrt(1 + q11 + q22))
+    and h = (q11/p1)(q22/p2), where 1 - h = (1 + q11 + q22)/(p1 p2) exactly:
+      k    = [q12 ψ + z²/δ + h δ] / (2π)
+      kdot = [ψ + q12/δ (1/δ² + 1/(p1p2) + 1 - h)] / (2π)
+    Towards antipodal points (z < -1/2) q12 ψ and h δ cancel (±sqrt(2q) each
+    against k ~ q^(-1/2) at z = −1: relative error ε q^1.5); there
+    q12 ψ + h δ = s1 s2 F(ψ) − (1 − h) δ, F(t) = sin t − t cos t
+    (``arc_cosine_c``), leaves a sum of three terms within a few times k.
     """
     q12 = snap_q12(q11, q12, q22)
     same = same_point(q11, q12, q22)
@@ -416,16 +420,18 @@ def dual_gelu(q11, q12, q22, s1, s2, r1, r2):
     z = min(max(q12 * rr, -1.0), 1.0)
     # δ = s1 s2 sqrt(1 - z²), formed without products of two variances (deep
     # networks reach q ~ 1e256, where q11 q22 overflows and the result does not);
-    # at the same point 1 - z² is its lower bound and 1 - |z| = 1/(1 + q) = r1 r2
-    low = (1.0 + q11 + q22) * rr * rr
-    delta = s1 * s2 * math.sqrt(low if same else max((1.0 - z) * (1.0 + z), low))
+    # at the same point 1 - z² is its lower bound 1 - h and 1 - |z| = 1/(1 + q) = r1 r2
+    one_minus_h = (1.0 + q11 + q22) * rr * rr
+    delta = s1 * s2 * math.sqrt(one_minus_h if same else max((1.0 - z) * (1.0 + z),
+                                                               one_minus_h))
     inv_delta = 1.0 / delta
-    angle = asin_c(z, rr if same else 1.0 - abs(z))
-    h = (q11 * rr) * (q22 * rr)
-    k = 0.25 * q12 + (z * z * inv_delta + h * delta + q12 * angle) * INV_2PI
+    psi, _, f_psi, _ = arc_cosine_c(z, rr if same else 1.0 - abs(z))
+    if z < -0.5:
+        k = s1 * s2 * f_psi - one_minus_h * delta + z * z * inv_delta
+    else:
+        k = q12 * psi + z * z * inv_delta + ((q11 * rr) * (q22 * rr)) * delta
     bracket = inv_delta * inv_delta + (2.0 + q11 + q22) * rr * rr
-    kdot = 0.25 + angle * INV_2PI + q12 * inv_delta * bracket * INV_2PI
-    return k, kdot
+    return k * INV_2PI, (psi + q12 * inv_delta * bracket) * INV_2PI
 
 
 @njit(**INLINE)

@@ -1118,7 +1118,9 @@ def test_same_point_exact_at_large_variance(act):
     """Identical and antipodal points (and the diagonal) at variances up to
     1e60: the smooth duals use exact forms there of what q11 q22 - q12² would
     leave with the rounding of q² (a fused multiply-add made it nonzero: 1e-4
-    off at q = 1e12, up to 30 % at 1e15); within 1e-14 of 40-digit values."""
+    off at q = 1e12, up to 30 % at 1e15); within 1e-14 of 40-digit values.
+    Gelu's antipodal entry, ~−0.19/√q from terms ~q/4, was 4e-5 off at
+    q = 1e6 and wholly wrong from q ~ 1e11 before it took F(ψ) = sin ψ − ψ cos ψ."""
     net = ik.serial(ik.Dense(1, 1.0, None), act)
     for scale in (1.0, 1e3, 1e6, 1e8, 1e30):
         x = scale * np.array([[1.0, 0.3, -0.7], [-1.0, -0.3, 0.7]])
@@ -1130,6 +1132,23 @@ def test_same_point_exact_at_large_variance(act):
         assert got.ntk[0, 0] == pytest.approx(kd * q, rel=1e-14)
         if act.name in ("Erf", "Gabor"):      # odd φ: the antipodal entry is -k
             assert got.nngp[0, 1] == pytest.approx(-k, rel=1e-14)
+        if act.name == "Gelu":
+            k, kd = (float(v) for v in _gelu_antipodal_exact(q))
+            assert got.nngp[0, 1] == pytest.approx(k, rel=1e-14)
+            assert got.ntk[0, 1] == pytest.approx(-kd * q, rel=1e-14)
+
+
+def _gelu_antipodal_exact(q):
+    """Gelu's (k, k̇) at q11 = q22 = q, q12 = −q (a point and its antipode):
+    neural-tangents' closed form in mpmath, with the digits that its terms'
+    cancellation takes (k ~ −0.19/√q from terms ~q/4)."""
+    with mpmath.workdps(50 + 2 * max(0, int(math.log10(q)))):
+        q = mpmath.mpf(q)
+        p, d = 1 + q, mpmath.sqrt(1 + 2 * q)    # δ² = p² − q² = 1 + 2q
+        h, angle = (q / p) ** 2, mpmath.asin(-q / p)
+        return (-q / 4 + (h / d + h * d - q * angle) / (2 * mpmath.pi),
+                mpmath.mpf(1) / 4 + (angle - q / d * (1 / d ** 2 + (2 + 2 * q) / p ** 2))
+                / (2 * mpmath.pi))
 
 
 @pytest.mark.parametrize("act", [a for a in CLOSED_FORMS if a.kind not in _cpu._COSTLY_KINDS]
