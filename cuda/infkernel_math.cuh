@@ -413,9 +413,24 @@ IK_FN void ik_dual_erf(T a, T b, T c, T q11, T q12, T q22, T s1, T s2, T r1, T r
   kd = a * a * T(4.0 / IK_PI) * b2 / (s1 * s2 * root);
 }
 
+/// F(t) = sin t - t cos t for t <= acos 0.9 from its Taylor series (_duals._F_TAYLOR).
+template <typename T>
+IK_FN T ik_f_taylor(T t) {
+  T u = t * t;
+  T f = T(-1.0 / 22230464256000.0);
+  f = f * u + T(1.0 / 93405312000.0);
+  f = f * u + T(-1.0 / 518918400.0);
+  f = f * u + T(1.0 / 3991680.0);
+  f = f * u + T(-1.0 / 45360.0);
+  f = f * u + T(1.0 / 840.0);
+  f = f * u + T(-1.0 / 30.0);
+  f = f * u + T(1.0 / 3.0);
+  return t * u * f;
+}
+
 /// phi = x Phi(x) (Tsuchida et al. 2021), p_i = 1 + q_ii = s_i^2 (ik_point_scale),
 /// z = q12/(s1 s2), psi = acos(-z), delta = s1 s2 sin psi, h = (q11/p1)(q22/p2);
-/// towards antipodal points (z < -1/2) q12 psi + h delta = s1 s2 F(psi) - (1 - h) delta
+/// for z < IK_GELU_ANTIPODAL_Z q12 psi + h delta = s1 s2 F(psi) - (1 - h) delta
 /// (_duals.dual_gelu).
 template <typename T>
 IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd) {
@@ -428,11 +443,15 @@ IK_FN void ik_dual_gelu(T q11, T q12, T q22, T s1, T s2, T r1, T r2, T& k, T& kd
   T one_minus_h = (T(1) + q11 + q22) * rr * rr;
   T delta = s1 * s2 * ik_sqrt(same ? one_minus_h : ik_max((T(1) - z) * (T(1) + z), one_minus_h));
   T inv_delta = T(1) / delta;
-  T psi, theta, f_psi, f_theta;
-  ik_arc_cosine_c(z, same ? rr : T(1) - ik_abs(z), psi, theta, f_psi, f_theta);
-  k = z < T(-0.5) ? s1 * s2 * f_psi - one_minus_h * delta + z * z * inv_delta
-                  : q12 * psi + z * z * inv_delta + ((q11 * rr) * (q22 * rr)) * delta;
-  k *= T(IK_INV_2PI);
+  bool small = ik_abs(z) <= T(0.5);
+  T a = ik_asin_core(small ? z : ik_sqrt(T(0.5) * (same ? rr : T(1) - ik_abs(z))));
+  T psi = small ? T(IK_HALF_PI) + a : (z > T(0) ? T(IK_PI) - T(2) * a : T(2) * a);
+  if (z < T(IK_GELU_ANTIPODAL_Z)) {
+    k = s1 * s2 * ik_f_taylor(psi) - one_minus_h * delta;
+  } else {
+    k = q12 * psi + ((q11 * rr) * (q22 * rr)) * delta;
+  }
+  k = (k + z * z * inv_delta) * T(IK_INV_2PI);
   T bracket = inv_delta * inv_delta + (T(2) + q11 + q22) * rr * rr;
   kd = (psi + q12 * inv_delta * bracket) * T(IK_INV_2PI);
 }

@@ -34,7 +34,7 @@ from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WOR
                       TILE)
 from ._duals import (INV_2PI, arc_cosine_c, correlation, dense_theta, dual_abrelu, dual_erf,
                      dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
-                     dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
+                     GELU_ANTIPODAL_Z, dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
                      dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
                      entry_angle, mixed_scales, mixed_versine, poly_b, signed_versine, snap_q12,
                      versine_of)
@@ -87,6 +87,16 @@ def _carried(C, n):
     of its n entries or for none (NaN: the kinked duals take the angle from
     q12; ``_duals.entry_angle``)."""
     return n > 0 and C[0] == C[0]
+
+
+@njit(**INLINE)
+def _count_below(Q, r1, R2, n, bound):
+    """How many of a tile's n entries have correlation Q[j] r1 R2[j] < bound
+    (r: the inverse point scales; Gelu's z as ``dual_gelu`` forms it)."""
+    count = 0
+    for j in range(n):
+        count += Q[j] * (_row(r1, j) * R2[j]) < bound
+    return count
 
 
 @njit(**INLINE)
@@ -296,10 +306,16 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif WITH_SMOOTH and kind == K_GELU:
-        for j in range(n):
-            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-            Q[j], d = dual_gelu(v1, Q[j], V2[j], s, S2[j], r, R2[j])
-            TH[j] *= d
+        if _count_below(Q, r1, R2, n, GELU_ANTIPODAL_Z):
+            for j in range(n):
+                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+                Q[j], d = dual_gelu(v1, Q[j], V2[j], s, S2[j], r, R2[j], True)
+                TH[j] *= d
+        else:
+            for j in range(n):
+                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+                Q[j], d = dual_gelu(v1, Q[j], V2[j], s, S2[j], r, R2[j], False)
+                TH[j] *= d
     elif WITH_SMOOTH and kind == K_SIN:
         a, b, c = p[0], p[1], p[2]
         for j in range(n):

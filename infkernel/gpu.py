@@ -126,14 +126,16 @@ def _array(values):
 def defines():
     """``#define`` lines the header needs, from the Python sources (one source of
     truth): ``IK_OP_* / IK_K_*`` from ``_program``; ``IK_VERSINE_DIRECT`` from
-    ``_cpu``; ``IK_NUM_*`` (table geometry, Mehler terms, tolerance, quadrature
+    ``_cpu``; ``IK_GELU_ANTIPODAL_Z`` from ``_duals``; ``IK_NUM_*`` (table geometry, Mehler terms, tolerance, quadrature
     nodes) from ``_numeric``.  Floats are written by ``repr``, which round-trips
     every double exactly."""
     from . import _numeric as N
     from ._cpu import VERSINE_DIRECT
+    from ._duals import GELU_ANTIPODAL_Z
     names = sorted(n for n in dir(P) if n.startswith(("OP_", "K_")))
     out = "".join(f"#define IK_{n} {getattr(P, n)}\n" for n in names)
     out += f"#define IK_VERSINE_DIRECT {VERSINE_DIRECT!r}\n"
+    out += f"#define IK_GELU_ANTIPODAL_Z {GELU_ANTIPODAL_Z!r}\n"
     ints = {"NM": N.NM, "P": N.P, "NC": N.NC, "HDR": N.HDR, "HDR_QMAX": N.HDR_QMAX,
             "HDR_TAILS": N.HDR_TAILS, "HDR_PARITY": N.HDR_PARITY, "HDR_WCAP": N.HDR_WCAP,
             "HDR_LCAP": N.HDR_LCAP, "HDR_RCAP": N.HDR_RCAP, "NG": N.NG, "NGH": N.NGH,

@@ -1138,6 +1138,26 @@ def test_same_point_exact_at_large_variance(act):
             assert got.ntk[0, 1] == pytest.approx(-kd * q, rel=1e-14)
 
 
+def test_gelu_antipodal_entries_among_others():
+    """Gelu's antipodal form runs in the tiles that have an entry with z < −0.9
+    (``_cpu._count_below``), the plain form elsewhere: 600 points and the
+    antipodes of four, at q ~ 1e8, over several tiles — the antipodal entries
+    within 1e-14 of their exact values, and K(X) (one triangle) equal to
+    K(X, X') (both) entry for entry (the NTK to its rounding: the two paths
+    order its products differently)."""
+    x = np.random.default_rng(5).standard_normal((600, 3))
+    X = 1e4 * np.vstack([x, -x[:4]])
+    net = ik.serial(ik.Dense(1, 1.0, None), ik.Gelu())
+    got, cross = net.kernel(X), net.kernel(X, X.copy())
+    assert np.array_equal(got.nngp, cross.nngp)
+    assert np.allclose(got.ntk, cross.ntk, rtol=1e-15, atol=0)
+    for i in range(4):
+        q = float(X[i] @ X[i] / 3)
+        k, kd = (float(v) for v in _gelu_antipodal_exact(q))
+        assert got.nngp[i, 600 + i] == pytest.approx(k, rel=1e-14)
+        assert got.ntk[i, 600 + i] == pytest.approx(-kd * q, rel=1e-14)
+
+
 def _gelu_antipodal_exact(q):
     """Gelu's (k, k̇) at q11 = q22 = q, q12 = −q (a point and its antipode):
     neural-tangents' closed form in mpmath, with the digits that its terms'
