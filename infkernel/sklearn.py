@@ -23,7 +23,7 @@ from . import predict as _predict
 from ._checks import KernelRangeError, count, flag, one_kernel, real
 from .activations import ACTIVATIONS, Activation
 from .combinators import parallel
-from .hyper import dense_layers, kernel_and_grad, with_hyperparameters
+from .hyper import _dense, dense_layers, kernel_and_grad, with_hyperparameters
 from .kernel import check_inputs
 from .layers import Dense, Network, serial
 
@@ -289,21 +289,40 @@ class NetworkKernel(Kernel):
                 f"b_std={_rounded(self.b_std)}, network={net})")
 
 
+#: the regressors' W_std and b_std where "auto" has no network to take them from
+_DEFAULT_STDS = {"W_std": 1.5, "b_std": 0.1}
+
+
+def _std_or_auto(name, value, network):
+    """A regressor's W_std / b_std: "auto" means those of ``network``'s Dense
+    layers (one per layer), or without a network ``_DEFAULT_STDS``."""
+    if not isinstance(value, str):
+        return value
+    if value != "auto":
+        raise TypeError(f"{name} must be 'auto', a real number >= 0 or one per Dense "
+                        f"layer, got {value!r}")
+    if network is None:
+        return _DEFAULT_STDS[name]
+    return [getattr(layer, name) for layer in _dense(network)]
+
+
 class _NetworkRegressor(RegressorMixin, BaseEstimator):
     """Shared implementation of the NNGP / NTK regressors."""
 
     _get = None
 
     def _net(self):
-        if self.network is not None:
-            if not isinstance(self.network, Network):
-                raise TypeError(f"network must be an infkernel Network, got "
-                                f"{type(self.network).__name__}")
-            return _with_stds(self.network, self.W_std, self.b_std)
+        net = self.network
+        if net is not None and not isinstance(net, Network):
+            raise TypeError(f"network must be an infkernel Network, got {type(net).__name__}")
+        W_std, b_std = (_std_or_auto(name, getattr(self, name), net)
+                        for name in ("W_std", "b_std"))
+        if net is not None:
+            return _with_stds(net, W_std, b_std)
         if isinstance(self.depth, Network):
             raise TypeError("depth must be an integer >= 0, got a Network: pass a custom "
                             "network as network=...")
-        return make_network(self.depth, self.activation, self.W_std, self.b_std)
+        return make_network(self.depth, self.activation, W_std, b_std)
 
     def _t(self):
         """The training time: None (t = ∞) or a real number >= 0 (inf allowed)."""
@@ -423,10 +442,12 @@ class NNGPRegressor(_NetworkRegressor):
         ``ik.LeakyRelu(0.1)``).
       W_std, b_std: weight / bias standard deviations of every Dense layer
         (scalars, or one per Dense layer as in :class:`NetworkKernel`);
-        ``b_std=None`` (or a None entry): no bias, as in ``Dense``.
-      network: a custom infkernel Network (overrides depth / activation; its
-        Dense layers, those inside ``parallel`` branches included, still get
-        W_std / b_std).
+        ``b_std=None`` (or a None entry): no bias, as in ``Dense``.  "auto"
+        (the default): the network's own, and 1.5 / 0.1 for the network
+        made from ``depth`` and ``activation``.
+      network: a custom infkernel Network (overrides depth / activation; a
+        W_std or b_std other than "auto" replaces its Dense layers' own,
+        those inside ``parallel`` branches included).
       diag_reg: observation noise, relative to the mean kernel diagonal
         (absolute with ``diag_reg_absolute_scale``).
       normalize_y: fit to y centred and scaled by its training mean and
@@ -435,7 +456,7 @@ class NNGPRegressor(_NetworkRegressor):
     """
     _get = "nngp"
 
-    def __init__(self, depth=2, activation="relu", W_std=1.5, b_std=0.1, network=None,
+    def __init__(self, depth=2, activation="relu", W_std="auto", b_std="auto", network=None,
                  diag_reg=1e-4, diag_reg_absolute_scale=False, normalize_y=True):
         self.depth = depth
         self.activation = activation
@@ -453,7 +474,7 @@ class NTKRegressor(_NetworkRegressor):
     arguments as :class:`NNGPRegressor`."""
     _get = "ntk"
 
-    def __init__(self, depth=2, activation="relu", W_std=1.5, b_std=0.1, network=None,
+    def __init__(self, depth=2, activation="relu", W_std="auto", b_std="auto", network=None,
                  diag_reg=1e-4, diag_reg_absolute_scale=False, normalize_y=True, t=None,
                  learning_rate=1.0):
         self.depth = depth

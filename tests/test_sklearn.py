@@ -117,6 +117,31 @@ def test_custom_network():
     assert est.score(X, X[:, 0]) > 0.99      # interpolation with ridge 1e-4
 
 
+def test_auto_stds_keep_the_networks_own():
+    """W_std = b_std = "auto" (the default) fit the given network as it is,
+    its per-layer values and a bias-free layer included; a value replaces one
+    of the two in every Dense layer; without a network "auto" is 1.5 / 0.1."""
+    net = ik.serial(ik.Dense(8, 2.0, None), ik.Erf(), ik.Dense(8, 0.7, 0.3), ik.Relu(),
+                    ik.Dense(1, 1.1, 0.05))
+    X = np.random.default_rng(1).standard_normal((12, 3))
+    y = np.sin(X[:, 0])
+    for cls in (NNGPRegressor, NTKRegressor):
+        assert cls().get_params()["W_std"] == cls().get_params()["b_std"] == "auto"
+        get = "nngp" if cls is NNGPRegressor else "ntk"
+        fitted = cls(network=net).fit(X, y).network_
+        assert np.array_equal(fitted.kernel(X, None, get), net.kernel(X, None, get))
+        fitted = cls(network=net, W_std=1.3).fit(X, y).network_
+        own_b = ik.serial(ik.Dense(8, 1.3, None), ik.Erf(), ik.Dense(8, 1.3, 0.3), ik.Relu(),
+                          ik.Dense(1, 1.3, 0.05))
+        assert np.array_equal(fitted.kernel(X, None, get), own_b.kernel(X, None, get))
+        fitted = cls(depth=1).fit(X, y).network_
+        default = ik.serial(ik.Dense(1, 1.5, 0.1), ik.Relu(), ik.Dense(1, 1.5, 0.1))
+        assert np.array_equal(fitted.kernel(X, None, get), default.kernel(X, None, get))
+        with pytest.raises(TypeError, match="b_std must be 'auto', a real number >= 0 or one "
+                                            "per Dense layer, got 'none'"):
+            cls(network=net, b_std="none").fit(X, y)
+
+
 def test_normalize_y_matches_gaussian_process_regressor():
     """normalize_y centres and scales y as GaussianProcessRegressor does:
     same mean, std and covariance for the same kernel and noise."""
@@ -309,7 +334,7 @@ def test_regressor_arguments_are_checked_in_fit():
             (NNGPRegressor(normalize_y="no"), TypeError, "normalize_y must be True or False"),
             (NTKRegressor(diag_reg_absolute_scale="no"), TypeError,
              "diag_reg_absolute_scale must be True or False"),
-            (NNGPRegressor(W_std="1.5"), TypeError, "W_std must be a real number, got str"),
+            (NNGPRegressor(W_std="1.5"), TypeError, "W_std must be 'auto', a real number"),
             (NNGPRegressor(b_std=[0.1, "x", 0.1]), TypeError, "b_std[1] must be a real number")):
         with pytest.raises(exc) as info:
             est.fit(X, y)
