@@ -62,7 +62,7 @@ from scipy.optimize import minimize
 
 from . import _program as P
 from ._checks import KernelRangeError, count, flag, one_kernel, real, real_array
-from ._duals import _RHO_ONE
+from ._duals import _F_TAYLOR, _RHO_ONE
 from ._jets import dual_derivatives
 from .activations import Activation
 from .combinators import parallel
@@ -368,6 +368,33 @@ def _dual(kind, p, q1, q12, q2, partials=True):
         return k, kd, k1, k12, kd1, kd12
 
 
+def _gelu_antipodal(q):
+    """Gelu's k, k̇ at q11 = q22 = q, q12 = −q and their derivatives in q, in
+    closed form (``_duals.dual_gelu`` at z = −q/p): with p = 1 + q, D = 1 + 2q,
+    ψ = acos(q/p) = 2 asin sqrt(1/(2p)) and F(ψ) = sin ψ − ψ cos ψ,
+      2πk  = p F(ψ) − (1 + 3q)/(p √D) = −qψ + (q/p)² (√D + 1/√D),
+      2πk̇ = ψ − q/√D (1/D + 2/p),
+      2πk' = F(ψ) − ψ/p − 2/(p² √D) + (1 + 3q)/(p D^(3/2)),
+      2πk̇' = −1/(p √D) − D^(−3/2) + 3q D^(−5/2) − 2/(p² √D) + 2q/(p D^(3/2)),
+    terms within a few times the results (the first form of k at q >= 8.7, the
+    second below; the jets' form cancels like ε·q^1.5)."""
+    q = np.asarray(q, dtype=np.float64)
+    p, D = 1 + q, 1 + 2 * q
+    rD = np.sqrt(D)
+    psi = 2 * np.arcsin(np.sqrt(0.5 / p))
+    near = psi * psi <= 0.21                    # _F_TAYLOR's range, q >= 8.7
+    F = np.where(near, psi ** 3 * sum(c * psi ** (2 * n) for n, c in enumerate(_F_TAYLOR)),
+                 rD / p - psi * q / p)
+    # at small q the kernels' plain form, −qψ + (q/p)²(√D + 1/√D), keeps k ~ −q/4
+    k = np.where(near, p * F - (1 + 3 * q) / (p * rD),
+                 -q * psi + (q / p) ** 2 * (rD + 1 / rD)) * INV_2PI
+    kd = (psi - q / rD * (1 / D + 2 / p)) * INV_2PI
+    dk = (F - psi / p - 2 / (p * p * rD) + (1 + 3 * q) / (p * D * rD)) * INV_2PI
+    dkd = (-1 / (p * rD) - 1 / (D * rD) + 3 * q / (D * D * rD) - 2 / (p * p * rD)
+           + 2 * q / (p * D * rD)) * INV_2PI
+    return k, kd, dk, dkd
+
+
 def _dual_diag(kind, p, q, sign=1.0):
     """k and k̇ at q11 = q22 = q, q12 = ±q (``sign``: a point with itself, or
     with its antipode), and their derivatives along that line, (1, ±1, 1)."""
@@ -385,6 +412,8 @@ def _dual_diag(kind, p, q, sign=1.0):
         k0, kd0 = dual_values(kind, p, 0.0, 0.0, 0.0)
         zero = q == 0
         return np.where(zero, k0, k), np.where(zero, kd0, kd), dk, dkd
+    if kind == P.K_GELU and sign < 0:
+        return _gelu_antipodal(q)
     if kind in _BY_JETS:
         k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, sign * q, q, (1, sign, 1),
                                                 (0, 0, 0))
@@ -796,14 +825,15 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
             # identical points (a duplicated row) and antipodal ones (x, −x)
             # off the diagonal: k1·dv1 + k12·dQ + k2·dv2 cancels there
-            # (relative error ~ε·b²q for the smooth duals, ~ε·q² for Gelu's):
+            # (relative error ~ε·b²q for the smooth duals, ~ε·q^1.5 for Gelu's jets):
             # the derivatives along q12 = ±q (tangent dv) instead, plus the
             # partial in q12 times what leaves that line, dQ ∓ dv (0 but for
-            # the b_std slots of a bias fixed at 0)
-            for sign, (_, kd_s, dk_s, dkd_s) in ((1.0, (kdg, kddg, dkg, dkdg)),
-                                                 (-1.0, _dual_diag(kind, p, v, -1.0))):
+            # the b_std slots of a bias fixed at 0); the values k, k̇ there too
+            for sign, (k_s, kd_s, dk_s, dkd_s) in ((1.0, (kdg, kddg, dkg, dkdg)),
+                                                   (-1.0, _dual_diag(kind, p, v, -1.0))):
                 si, sj = np.nonzero((q1 == q2) & (sign * Q >= _RHO_ONE * q1) & (q1 > 0))
                 if si.size:
+                    k[si, sj], kd[si, sj] = k_s[si], kd_s[si]
                     t, off = dv[:, si], dQ[:, si, sj] - sign * dv[:, si]
                     dQn[:, si, sj] = dk_s[si] * t + k12[si, sj] * off
                     dTH[:, si, sj] = ((dkd_s[si] * t + kd12[si, sj] * off) * TH[si, sj]

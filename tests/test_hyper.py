@@ -654,17 +654,20 @@ def test_identical_points_exact_at_large_variance(act):
 
 
 @pytest.mark.parametrize("act", [ik.Erf(0.7, 3.0, -0.4), ik.Sin(1.1, 0.9, 0.4),
-                                 ik.Gaussian(1.1, -0.6)], ids=repr)
+                                 ik.Gaussian(1.1, -0.6), ik.Gelu()], ids=repr)
 def test_antipodal_points_exact_at_large_variance(act):
     """A point and its antipode (x, −x) behind a bias-free Dense layer meet the
     activation at q12 = −q, variances up to ~1e14 (~1e200 for Erf and Sin):
     dK of the pair equals the derivative of the pair's recursion in 60 digits
     (450 where K spans 1e-200 … 1e200) to 1e-14, as at identical points.
     The sum of partials 2∂₁₁k − ∂₁₂k cancels there: 0.14 off for Erf at
-    q ~ 1e14 and 4e-2 for Gaussian at q ~ 1e13 before the pair took the
-    derivatives along q12 = −q."""
+    q ~ 1e14, 4e-2 for Gaussian at q ~ 1e13 and wrong in sign for Gelu at
+    q ~ 1e10 before the pair took the derivatives along q12 = −q (Gelu's in
+    closed form, ``hyper._gelu_antipodal``)."""
     import mpmath as mp
-    gaussian = act.name == "Gaussian"
+    # Gaussian and Gelu up to scale 1e7, as in the test above (and Gelu's jets,
+    # which the other entries take, overflow from q ~ 1e154)
+    moderate = act.name in ("Gaussian", "Gelu")
 
     def duals(p, q):          # k(q, −q, q), k̇(q, −q, q)
         if act.name == "Erf":
@@ -675,14 +678,20 @@ def test_antipodal_points_exact_at_large_variance(act):
             a, b, c = p
             e = mp.exp(-2 * b * b * q)
             return a * a / 2 * (e - mp.cos(2 * c)), a * a * b * b / 2 * (e + mp.cos(2 * c))
+        if act.name == "Gelu":            # neural-tangents' formula at q12 = −q
+            P, z, d = 1 + q, -q / (1 + q), mp.sqrt(1 + 2 * q)
+            h = z * z
+            return (-q / 4 + (z * z / d + h * d - q * mp.asin(z)) / (2 * mp.pi),
+                    mp.mpf(1) / 4 + mp.asin(z) / (2 * mp.pi)
+                    - q / (2 * mp.pi * d) * (1 / d ** 2 + 1 / P ** 2 - h + 1))
         a, b = p
         return a * a / mp.sqrt(1 - 4 * b * q), -4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5
 
     x0 = np.array([[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5], [0.3, 0.1, -0.7]])
     net = ik.serial(ik.Dense(8, 1.2, None), act, ik.Dense(1, 1.3, 0.2))
     names = H.parameter_names(net, shared=False, activation_params=True)
-    for scale in [1.0, 1e3, 1e7] + ([] if gaussian else [1e100]):
-        with mp.workdps(60 if gaussian else 450):
+    for scale in [1.0, 1e3, 1e7] + ([] if moderate else [1e100]):
+        with mp.workdps(60 if moderate else 450):
             x = x0 * scale
             sq = sum(mp.mpf(float(v)) ** 2 for v in x[0]) / 3
             for get in ("nngp", "ntk"):
