@@ -368,31 +368,35 @@ def _dual(kind, p, q1, q12, q2, partials=True):
         return k, kd, k1, k12, kd1, kd12
 
 
-def _gelu_antipodal(q):
-    """Gelu's k, k̇ at q11 = q22 = q, q12 = −q and their derivatives in q, in
-    closed form (``_duals.dual_gelu`` at z = −q/p): with p = 1 + q, D = 1 + 2q,
-    ψ = acos(q/p) = 2 asin sqrt(1/(2p)) and F(ψ) = sin ψ − ψ cos ψ,
-      2πk  = p F(ψ) − (1 + 3q)/(p √D) = −qψ + (q/p)² (√D + 1/√D),
-      2πk̇ = ψ − q/√D (1/D + 2/p),
-      2πk' = F(ψ) − ψ/p − 2/(p² √D) + (1 + 3q)/(p D^(3/2)),
-      2πk̇' = −1/(p √D) − D^(−3/2) + 3q D^(−5/2) − 2/(p² √D) + 2q/(p D^(3/2)),
-    terms within a few times the results (the first form of k at q >= 8.7, the
-    second below; the jets' form cancels like ε·q^1.5)."""
+def _gelu_same_point(q, sign):
+    """Gelu's k, k̇ at q11 = q22 = q, q12 = ±q (``sign``) and their derivatives
+    in q along that line, in closed form (``_duals.dual_gelu``): with p = 1 + q,
+    D = 1 + 2q, h = (q/p)², ψₐ = acos(q/p) = 2 asin sqrt(1/(2p)) and ψ = π − ψₐ
+    (identical points) or ψₐ (antipodal ones),
+      2πk  = ±qψ + h (√D + 1/√D),            2πk' = ±ψ + q/(p√D) + 2q(√D + 1/√D)/p³ + 2qh/D^(3/2),
+      2πk̇ = ψ ± q (1/D + 2/p)/√D,           2πk̇' = ±[(3 + q)/(p²√D) + D^(−3/2) − 3q D^(−5/2) − 2q/(p D^(3/2))];
+    at antipodal points with q >= 8.7 (ψₐ² <= 0.21), where ±qψ and h√D cancel
+    (ε·q^1.5), with F(ψ) = sin ψ − ψ cos ψ from its series (``_F_TAYLOR``):
+      2πk  = p F(ψ) − (1 + 3q)/(p√D),          2πk' = F(ψ) − ψ/p − 2/(p²√D) + (1 + 3q)/(p D^(3/2)).
+    Terms stay within a few times the results (the jets' general form loses
+    ε·q^1.5 near the antipode and overflows from q ~ 1e154)."""
     q = np.asarray(q, dtype=np.float64)
     p, D = 1 + q, 1 + 2 * q
-    rD = np.sqrt(D)
-    psi = 2 * np.arcsin(np.sqrt(0.5 / p))
-    near = psi * psi <= 0.21                    # _F_TAYLOR's range, q >= 8.7
-    F = np.where(near, psi ** 3 * sum(c * psi ** (2 * n) for n, c in enumerate(_F_TAYLOR)),
-                 rD / p - psi * q / p)
-    # at small q the kernels' plain form, −qψ + (q/p)²(√D + 1/√D), keeps k ~ −q/4
-    k = np.where(near, p * F - (1 + 3 * q) / (p * rD),
-                 -q * psi + (q / p) ** 2 * (rD + 1 / rD)) * INV_2PI
-    kd = (psi - q / rD * (1 / D + 2 / p)) * INV_2PI
-    dk = (F - psi / p - 2 / (p * p * rD) + (1 + 3 * q) / (p * D * rD)) * INV_2PI
-    dkd = (-1 / (p * rD) - 1 / (D * rD) + 3 * q / (D * D * rD) - 2 / (p * p * rD)
-           + 2 * q / (p * D * rD)) * INV_2PI
-    return k, kd, dk, dkd
+    rD, u, v = np.sqrt(D), q / p, q / D         # (ratios: no overflow up to q ~ 1e308)
+    psi_a = 2 * np.arcsin(np.sqrt(0.5 / p))
+    psi = np.pi - psi_a if sign > 0 else psi_a
+    h = u * u
+    k = sign * q * psi + h * (rD + 1 / rD)
+    dk = sign * psi + u / rD + 2 * u * (rD + 1 / rD) / p / p + 2 * v * h / rD
+    if sign < 0:
+        near = psi * psi <= 0.21                # _F_TAYLOR's range
+        F = psi ** 3 * sum(c * psi ** (2 * n) for n, c in enumerate(_F_TAYLOR))
+        w = (1 + 3 * q) / p
+        k = np.where(near, p * F - w / rD, k)
+        dk = np.where(near, F - psi / p - 2 / p / p / rD + w / D / rD, dk)
+    kd = psi + sign * (v + 2 * u) / rD
+    dkd = sign * (((3 + q) / p / p + 1 / D - 3 * v / D - 2 * u / D) / rD)
+    return k * INV_2PI, kd * INV_2PI, dk * INV_2PI, dkd * INV_2PI
 
 
 def _dual_diag(kind, p, q, sign=1.0):
@@ -412,8 +416,8 @@ def _dual_diag(kind, p, q, sign=1.0):
         k0, kd0 = dual_values(kind, p, 0.0, 0.0, 0.0)
         zero = q == 0
         return np.where(zero, k0, k), np.where(zero, kd0, kd), dk, dkd
-    if kind == P.K_GELU and sign < 0:
-        return _gelu_antipodal(q)
+    if kind == P.K_GELU:
+        return _gelu_same_point(q, sign)
     if kind in _BY_JETS:
         k, kd, dk, _, dkd, _ = dual_derivatives(kind, p, q, sign * q, q, (1, sign, 1),
                                                 (0, 0, 0))

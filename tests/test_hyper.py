@@ -607,88 +607,51 @@ def test_copies_keep_the_network_structure():
         H.with_activation_parameters(net, [0.2])
 
 
-@pytest.mark.parametrize("act", [ik.Erf(0.7, 3.0, -0.4), ik.Sin(1.1, 0.9, 0.4),
-                                 ik.Gaussian(1.1, -0.6)], ids=repr)
-def test_identical_points_exact_at_large_variance(act):
-    """One hidden layer, pre-activation variances up to ~1e14 (and ~1e200 for
-    Erf and Sin): dK at a point against itself, and at a duplicated row, equals
-    the derivative of the diagonal recursion in 60 digits (450 where K spans
-    1e-200 … 1e200) to 1e-14, a few tens of ulps of a few closed-form steps.  The sum of
-    partials 2∂₁₁k + ∂₁₂k cancels there (it was 2e-3 off for Erf at q ~ 1e13, 0.5
-    for Erf(b = 3); Erf's derivatives overflowed from q ~ 1e154)."""
-    import mpmath as mp
-    gaussian = act.name == "Gaussian"
-
-    def duals(p, q):
-        if act.name == "Erf":
-            a, b, c = p
-            return (a * a * 2 / mp.pi * mp.asin(2 * b * b * q / (1 + 2 * b * b * q)) + c * c,
-                    a * a * 4 / mp.pi * b * b / mp.sqrt(1 + 4 * b * b * q))
-        if act.name == "Sin":
-            a, b, c = p
-            e = mp.exp(-2 * b * b * q) * mp.cos(2 * c)
-            return a * a / 2 * (1 - e), a * a * b * b / 2 * (1 + e)
-        a, b = p
-        return a * a / mp.sqrt(1 - 4 * b * q), 4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5
-
-    x0 = np.array([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5], [0.3, 0.1, -0.7]])
-    net = ik.serial(ik.Dense(8, 1.2, 0.1), act, ik.Dense(1, 1.3, 0.2))
-    names = H.parameter_names(net, shared=False, activation_params=True)
-    for scale in [1e3, 1e7] + ([] if gaussian else [1e100]):
-        with mp.workdps(60 if gaussian else 450):
-            x = x0 * scale
-            sq = sum(mp.mpf(float(v)) ** 2 for v in x[0]) / 3
-            for get in ("nngp", "ntk"):
-                _, dK = H.kernel_and_grad(net, x, get, shared=False, activation_params=True)
-
-                def theta(*t):        # t: names' order, W_std 1, 2, b_std 1, 2, act params
-                    q = t[0] ** 2 * sq + t[2] ** 2
-                    k, kd = duals(t[4:], q)
-                    s = t[1] ** 2 * k + t[3] ** 2
-                    return s if get == "nngp" else s + t[1] ** 2 * kd * q
-                t0 = [mp.mpf(v) for v in (1.2, 1.3, 0.1, 0.2) + tuple(act.params)]
-                for i, name in enumerate(names):
-                    ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
-                    for j in (0, 1):
-                        assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
-
-
+@pytest.mark.parametrize("sign", [1, -1], ids=["identical", "antipodal"])
 @pytest.mark.parametrize("act", [ik.Erf(0.7, 3.0, -0.4), ik.Sin(1.1, 0.9, 0.4),
                                  ik.Gaussian(1.1, -0.6), ik.Gelu()], ids=repr)
-def test_antipodal_points_exact_at_large_variance(act):
-    """A point and its antipode (x, −x) behind a bias-free Dense layer meet the
-    activation at q12 = −q, variances up to ~1e14 (~1e200 for Erf and Sin):
-    dK of the pair equals the derivative of the pair's recursion in 60 digits
-    (450 where K spans 1e-200 … 1e200) to 1e-14, as at identical points.
-    The sum of partials 2∂₁₁k − ∂₁₂k cancels there: 0.14 off for Erf at
-    q ~ 1e14, 4e-2 for Gaussian at q ~ 1e13 and wrong in sign for Gelu at
-    q ~ 1e10 before the pair took the derivatives along q12 = −q (Gelu's in
-    closed form, ``hyper._gelu_antipodal``)."""
+def test_same_points_exact_at_large_variance(act, sign):
+    """One hidden layer, pre-activation variances up to ~1e14 (and ~1e200 for
+    Erf and Sin): dK at a point against itself, at a duplicated row, and at
+    its antipode behind a bias-free Dense layer (q12 = −q) equals the
+    derivative of the pair's recursion in 60 digits (450 where K spans
+    1e-200 … 1e200) to 1e-14, a few tens of ulps of a few closed-form steps.
+    The sum of partials 2∂₁₁k ± ∂₁₂k cancels there: it was 2e-3 off for Erf
+    at q ~ 1e13 (0.5 for Erf(b = 3), 0.14 for the antipode), 4e-2 for
+    Gaussian's antipode at q ~ 1e13 and wrong in sign for Gelu's at q ~ 1e10;
+    Erf's derivatives overflowed from q ~ 1e154.  Gaussian and Gelu up to
+    scale 1e7 (Gelu's jets, which the other entries take, overflow from
+    q ~ 1e154)."""
     import mpmath as mp
-    # Gaussian and Gelu up to scale 1e7, as in the test above (and Gelu's jets,
-    # which the other entries take, overflow from q ~ 1e154)
     moderate = act.name in ("Gaussian", "Gelu")
 
-    def duals(p, q):          # k(q, −q, q), k̇(q, −q, q)
+    def duals(p, q):          # k, k̇ at (q, ±q, q)
         if act.name == "Erf":
             a, b, c = p
-            return (a * a * 2 / mp.pi * mp.asin(-2 * b * b * q / (1 + 2 * b * b * q)) + c * c,
+            z = sign * 2 * b * b * q / (1 + 2 * b * b * q)
+            return (a * a * 2 / mp.pi * mp.asin(z) + c * c,
                     a * a * 4 / mp.pi * b * b / mp.sqrt(1 + 4 * b * b * q))
-        if act.name == "Sin":
+        if act.name == "Sin":         # e∓ = exp(−b²(2q ∓ 2q12)/2)
             a, b, c = p
             e = mp.exp(-2 * b * b * q)
-            return a * a / 2 * (e - mp.cos(2 * c)), a * a * b * b / 2 * (e + mp.cos(2 * c))
-        if act.name == "Gelu":            # neural-tangents' formula at q12 = −q
-            P, z, d = 1 + q, -q / (1 + q), mp.sqrt(1 + 2 * q)
-            h = z * z
-            return (-q / 4 + (z * z / d + h * d - q * mp.asin(z)) / (2 * mp.pi),
+            minus, plus = (1, e) if sign > 0 else (e, 1)
+            return (a * a / 2 * (minus - plus * mp.cos(2 * c)),
+                    a * a * b * b / 2 * (minus + plus * mp.cos(2 * c)))
+        if act.name == "Gelu":        # neural-tangents' formula
+            P, q12 = 1 + q, sign * q
+            z, d = q12 / P, mp.sqrt(1 + 2 * q)
+            h = (q / P) ** 2
+            return (q12 / 4 + (z * z / d + h * d + q12 * mp.asin(z)) / (2 * mp.pi),
                     mp.mpf(1) / 4 + mp.asin(z) / (2 * mp.pi)
-                    - q / (2 * mp.pi * d) * (1 / d ** 2 + 1 / P ** 2 - h + 1))
+                    + q12 / (2 * mp.pi * d) * (1 / d ** 2 + 1 / P ** 2 - h + 1))
         a, b = p
-        return a * a / mp.sqrt(1 - 4 * b * q), -4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5
+        return (a * a / mp.sqrt(1 - 4 * b * q),
+                sign * 4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5)
 
-    x0 = np.array([[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5], [0.3, 0.1, -0.7]])
-    net = ik.serial(ik.Dense(8, 1.2, None), act, ik.Dense(1, 1.3, 0.2))
+    x0 = np.array([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5], [0.3, 0.1, -0.7]])
+    x0[1] *= sign
+    b1 = 0.1 if sign > 0 else None      # the antipode stays one without a bias
+    net = ik.serial(ik.Dense(8, 1.2, b1), act, ik.Dense(1, 1.3, 0.2))
     names = H.parameter_names(net, shared=False, activation_params=True)
     for scale in [1.0, 1e3, 1e7] + ([] if moderate else [1e100]):
         with mp.workdps(60 if moderate else 450):
@@ -701,8 +664,9 @@ def test_antipodal_points_exact_at_large_variance(act):
                     q = t[0] ** 2 * sq + t[2] ** 2
                     k, kd = duals(t[4:], q)
                     s = t[1] ** 2 * k + t[3] ** 2
-                    return s if get == "nngp" else s - t[1] ** 2 * kd * q
-                t0 = [mp.mpf(v) for v in (1.2, 1.3, 0, 0.2) + tuple(act.params)]
+                    return s if get == "nngp" else s + t[1] ** 2 * kd * sign * q
+                t0 = [mp.mpf(v) for v in (1.2, 1.3, b1 or 0, 0.2) + tuple(act.params)]
                 for i, name in enumerate(names):
                     ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
-                    assert abs(dK[i, 0, 1] - ref) <= 1e-14 * abs(ref), (scale, get, name)
+                    for j in (0, 1) if sign > 0 else (1,):
+                        assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
