@@ -32,12 +32,12 @@ from numba.extending import overload
 from ._checks import KernelRangeError
 from ._config import (BLOCK_ENTRIES, FEATURE_ROWS, INLINE, JIT, ROWS, SERIAL_WORK, THIN,
                       TILE)
-from ._duals import (INV_2PI, arc_cosine_c, correlation, dense_theta, dual_abrelu, dual_erf,
-                     dual_exp, dual_exp_normalized, dual_gabor, dual_gaussian, dual_gelu,
-                     GELU_ANTIPODAL_Z, dual_layernorm, dual_monomial, dual_polynomial, dual_rbf,
-                     dual_rectified_monomial, dual_relu, dual_sign, dual_sin, point_scale,
-                     entry_angle, mixed_scales, mixed_versine, poly_b, signed_versine, snap_q12,
-                     versine_of)
+from ._duals import (GELU_ANTIPODAL_Z, INV_2PI, arc_cosine_c, correlation, dense_theta,
+                     dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_gabor,
+                     dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
+                     dual_rbf, dual_rectified_monomial, dual_relu, dual_sign, dual_sin,
+                     point_scale, entry_angle, mixed_scales, mixed_versine, poly_b,
+                     signed_versine, snap_q12, versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
                        K_GELU, K_LAYERNORM, K_MONOMIAL, K_NUMERIC, K_POLYNOMIAL, K_RBF,
@@ -306,6 +306,7 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
             TH[j] *= d
     elif WITH_SMOOTH and kind == K_GELU:
+        # the antipodal form only in tiles that need it (a literal flag per loop)
         if _count_below(Q, r1, R2, n, GELU_ANTIPODAL_Z):
             for j in range(n):
                 v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)

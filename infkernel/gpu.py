@@ -126,9 +126,9 @@ def _array(values):
 def defines():
     """``#define`` lines the header needs, from the Python sources (one source of
     truth): ``IK_OP_* / IK_K_*`` from ``_program``; ``IK_VERSINE_DIRECT`` from
-    ``_cpu``; ``IK_GELU_ANTIPODAL_Z`` from ``_duals``; ``IK_NUM_*`` (table geometry, Mehler terms, tolerance, quadrature
-    nodes) from ``_numeric``.  Floats are written by ``repr``, which round-trips
-    every double exactly."""
+    ``_cpu``; ``IK_GELU_ANTIPODAL_Z`` from ``_duals``; ``IK_NUM_*`` (table
+    geometry, Mehler terms, tolerance, quadrature nodes) from ``_numeric``.
+    Floats are written by ``repr``, which round-trips every double exactly."""
     from . import _numeric as N
     from ._cpu import VERSINE_DIRECT
     from ._duals import GELU_ANTIPODAL_Z

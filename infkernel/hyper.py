@@ -373,11 +373,14 @@ def _gelu_same_point(q, sign):
     in q along that line, in closed form (``_duals.dual_gelu``): with p = 1 + q,
     D = 1 + 2q, h = (q/p)², ψₐ = acos(q/p) = 2 asin sqrt(1/(2p)) and ψ = π − ψₐ
     (identical points) or ψₐ (antipodal ones),
-      2πk  = ±qψ + h (√D + 1/√D),            2πk' = ±ψ + q/(p√D) + 2q(√D + 1/√D)/p³ + 2qh/D^(3/2),
-      2πk̇ = ψ ± q (1/D + 2/p)/√D,           2πk̇' = ±[(3 + q)/(p²√D) + D^(−3/2) − 3q D^(−5/2) − 2q/(p D^(3/2))];
+      2πk   = ±qψ + h (√D + 1/√D),
+      2πk'  = ±ψ + q/(p√D) + 2q (√D + 1/√D)/p³ + 2qh/D^(3/2),
+      2πk̇  = ψ ± q (1/D + 2/p)/√D,
+      2πk̇' = ±[(3 + q)/(p²√D) + D^(−3/2) − 3q D^(−5/2) − 2q/(p D^(3/2))];
     at antipodal points with q >= 8.7 (ψₐ² <= 0.21), where ±qψ and h√D cancel
     (ε·q^1.5), with F(ψ) = sin ψ − ψ cos ψ from its series (``_F_TAYLOR``):
-      2πk  = p F(ψ) − (1 + 3q)/(p√D),          2πk' = F(ψ) − ψ/p − 2/(p²√D) + (1 + 3q)/(p D^(3/2)).
+      2πk   = p F(ψ) − (1 + 3q)/(p√D),
+      2πk'  = F(ψ) − ψ/p − 2/(p²√D) + (1 + 3q)/(p D^(3/2)).
     Terms stay within a few times the results (the jets' general form loses
     ε·q^1.5 near the antipode and overflows from q ~ 1e154)."""
     q = np.asarray(q, dtype=np.float64)
