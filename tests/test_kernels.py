@@ -1165,10 +1165,9 @@ def _gelu_antipodal_exact(q):
     with mpmath.workdps(50 + 2 * max(0, int(math.log10(q)))):
         q = mpmath.mpf(q)
         p, d = 1 + q, mpmath.sqrt(1 + 2 * q)    # δ² = p² − q² = 1 + 2q
-        h, angle = (q / p) ** 2, mpmath.asin(-q / p)
-        return (-q / 4 + (h / d + h * d - q * angle) / (2 * mpmath.pi),
-                mpmath.mpf(1) / 4 + (angle - q / d * (1 / d ** 2 + (2 + 2 * q) / p ** 2))
-                / (2 * mpmath.pi))
+        h = (q / p) ** 2
+        return (-q / 4 + (h / d + h * d - q * mpmath.asin(-q / p)) / (2 * mpmath.pi),
+                _gelu_kdot_exact(q, -q, q))
 
 
 @pytest.mark.parametrize("act", [a for a in CLOSED_FORMS if a.kind not in _cpu._COSTLY_KINDS]
