@@ -832,19 +832,22 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             kdg, kddg, dkg, dkdg = _dual_diag(kind, p, v)
             # identical points (a duplicated row) and antipodal ones (x, −x)
             # off the diagonal: k1·dv1 + k12·dQ + k2·dv2 cancels there
-            # (relative error ~ε·b²q for the smooth duals, ~ε·q^1.5 for Gelu's jets):
-            # the derivatives along q12 = ±q (tangent dv) instead, plus the
-            # partial in q12 times what leaves that line, dQ ∓ dv (0 but for
-            # the b_std slots of a bias fixed at 0); the values k, k̇ there too
+            # (relative error ~ε·b²q for the smooth duals, ~ε·q^1.5 for Gelu's
+            # jets): the values and derivatives along q12 = ±q instead (the
+            # points' tangent dv), plus the partials in q12 times what leaves
+            # that line, dQ ∓ dv: rounding, but for a bias too small to move
+            # the pair off ±q in float64 (where a partial the jets could not
+            # form, inf or NaN, counts as 0)
             for sign, (k_s, kd_s, dk_s, dkd_s) in ((1.0, (kdg, kddg, dkg, dkdg)),
                                                    (-1.0, _dual_diag(kind, p, v, -1.0))):
                 si, sj = np.nonzero((q1 == q2) & (sign * Q >= _RHO_ONE * q1) & (q1 > 0))
-                if si.size:
-                    k[si, sj], kd[si, sj] = k_s[si], kd_s[si]
-                    t, off = dv[:, si], dQ[:, si, sj] - sign * dv[:, si]
-                    dQn[:, si, sj] = dk_s[si] * t + k12[si, sj] * off
-                    dTH[:, si, sj] = ((dkd_s[si] * t + kd12[si, sj] * off) * TH[si, sj]
-                                      + kd_s[si] * dTH0[:, si, sj])
+                t, off = dv[:, si], dQ[:, si, sj] - sign * dv[:, si]
+                k12_s, kd12_s = (np.where(np.isfinite(a[si, sj]), a[si, sj], 0.0)
+                                 for a in (k12, kd12))
+                k[si, sj], kd[si, sj] = k_s[si], kd_s[si]
+                dQn[:, si, sj] = dk_s[si] * t + k12_s * off
+                dTH[:, si, sj] = ((dkd_s[si] * t + kd12_s * off) * TH[si, sj]
+                                  + kd_s[si] * dTH0[:, si, sj])
             th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()

@@ -609,7 +609,7 @@ def test_copies_keep_the_network_structure():
 
 @pytest.mark.parametrize("sign", [1, -1], ids=["identical", "antipodal"])
 @pytest.mark.parametrize("act", [ik.Erf(0.7, 3.0, -0.4), ik.Sin(1.1, 0.9, 0.4),
-                                 ik.Gaussian(1.1, -0.6), ik.Gelu()], ids=repr)
+                                 ik.Gaussian(1.1, -0.6), ik.Gelu(), ik.Gabor()], ids=repr)
 def test_same_points_exact_at_large_variance(act, sign):
     """One hidden layer, pre-activation variances up to ~1e14 (and ~1e200 for
     Erf and Sin): dK at a point against itself, at a duplicated row, and at
@@ -623,7 +623,7 @@ def test_same_points_exact_at_large_variance(act, sign):
     scale 1e7 (Gelu's jets, which the other entries take, overflow from
     q ~ 1e154)."""
     import mpmath as mp
-    moderate = act.name in ("Gaussian", "Gelu")
+    moderate = act.name in ("Gaussian", "Gelu", "Gabor")
 
     def duals(p, q):          # k, k̇ at (q, ±q, q)
         if act.name == "Erf":
@@ -644,6 +644,12 @@ def test_same_points_exact_at_large_variance(act, sign):
             return (q12 / 4 + (z * z / d + h * d + q12 * mp.asin(z)) / (2 * mp.pi),
                     mp.mpf(1) / 4 + mp.asin(z) / (2 * mp.pi)
                     + q12 / (2 * mp.pi * d) * (1 / d ** 2 + 1 / P ** 2 - h + 1))
+        if act.name == "Gabor":       # odd φ, even φ': k changes sign at the antipode
+            d, e = 1 + 4 * q, mp.exp(-q / (1 + 4 * q))
+            b = q / d
+            return (sign * e * mp.sinh(b) / mp.sqrt(d),
+                    e / d ** 2.5 * (4 * q * (d + 1 + 2 * q) * mp.sinh(b)
+                                    + (d + 8 * q * q) * mp.cosh(b)))
         a, b = p
         return (a * a / mp.sqrt(1 - 4 * b * q),
                 sign * 4 * a * a * b * b * q * (1 - 4 * b * q) ** -1.5)
@@ -670,3 +676,19 @@ def test_same_points_exact_at_large_variance(act, sign):
                     ref = mp.diff(lambda u: theta(*(t0[:i] + [u] + t0[i + 1:])), t0[i])
                     for j in (0, 1) if sign > 0 else (1,):
                         assert abs(dK[i, 0, j] - ref) <= 1e-14 * abs(ref), (scale, get, name, j)
+
+
+def test_gelu_duplicated_rows_at_huge_variance():
+    """Gelu's general partials (jets of neural-tangents' formula) are not
+    finite at identical points from q ~ 1e16; the diagonal and a duplicated
+    row take the closed form along q12 = q and stay finite, the row's
+    derivatives those of its point's diagonal (to the rounding of the inner
+    products; a KernelRangeError before, from q ~ 3e16 to 1e150)."""
+    x = np.array([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5], [0.3, 0.1, -0.7]])
+    net = ik.serial(ik.Dense(8, 1.2, 0.1), ik.Gelu(), ik.Dense(1, 1.3, 0.2))
+    for scale in (1e10, 1e40, 1e74):
+        for get in ("nngp", "ntk"):
+            K, dK = H.kernel_and_grad(net, scale * x, get, shared=False)
+            assert np.isfinite(dK).all()
+            np.testing.assert_allclose(dK[:, 0, 1], dK[:, 0, 0], rtol=1e-13, atol=0)
+            np.testing.assert_allclose(dK[:, 1, 2], dK[:, 0, 2], rtol=1e-13, atol=0)
