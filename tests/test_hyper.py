@@ -619,9 +619,9 @@ def test_same_points_exact_at_large_variance(act, sign):
     The sum of partials 2∂₁₁k ± ∂₁₂k cancels there: it was 2e-3 off for Erf
     at q ~ 1e13 (0.5 for Erf(b = 3), 0.14 for the antipode), 4e-2 for
     Gaussian's antipode at q ~ 1e13 and wrong in sign for Gelu's at q ~ 1e10;
-    Erf's derivatives overflowed from q ~ 1e154.  Gaussian and Gelu up to
-    scale 1e7 (Gelu's jets, which the other entries take, overflow from
-    q ~ 1e154)."""
+    Erf's derivatives overflowed from q ~ 1e154.  Gaussian, Gelu and Gabor up
+    to scale 1e7 (the jets of Gelu and Gabor, which the other entries take,
+    overflow from q ~ 1e150)."""
     import mpmath as mp
     moderate = act.name in ("Gaussian", "Gelu", "Gabor")
 
