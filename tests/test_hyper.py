@@ -620,8 +620,8 @@ def test_same_points_exact_at_large_variance(act, sign):
     at q ~ 1e13 (0.5 for Erf(b = 3), 0.14 for the antipode), 4e-2 for
     Gaussian's antipode at q ~ 1e13 and wrong in sign for Gelu's at q ~ 1e10;
     Erf's derivatives overflowed from q ~ 1e154.  Gaussian, Gelu and Gabor up
-    to scale 1e7 (the jets of Gelu and Gabor, which the other entries take,
-    overflow from q ~ 1e150)."""
+    to scale 1e7 (the jets of Gabor and Gelu, which the other entries take,
+    overflow from q ~ 1e104 and 1e152)."""
     import mpmath as mp
     moderate = act.name in ("Gaussian", "Gelu", "Gabor")
 
