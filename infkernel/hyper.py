@@ -393,7 +393,7 @@ def _gelu_same_point(q, sign):
     dk = sign * psi + u / rD + 2 * u * (rD + 1 / rD) / p / p + 2 * v * h / rD
     if sign < 0:
         near = psi * psi <= 0.21                # _F_TAYLOR's range
-        F = psi ** 3 * sum(c * psi ** (2 * n) for n, c in enumerate(_F_TAYLOR))
+        F = psi ** 3 * np.polynomial.polynomial.polyval(psi * psi, _F_TAYLOR)
         w = (1 + 3 * q) / p
         k = np.where(near, p * F - w / rD, k)
         dk = np.where(near, F - psi / p - 2 / p / p / rD + w / D / rD, dk)
@@ -838,16 +838,18 @@ def kernel_and_grad(net, x, get="nngp", shared=True, activation_params=False):
             # that line, dQ ∓ dv: rounding, but for a bias too small to move
             # the pair off ±q in float64 (where a partial the jets could not
             # form, inf or NaN, counts as 0)
-            for sign, (k_s, kd_s, dk_s, dkd_s) in ((1.0, (kdg, kddg, dkg, dkdg)),
-                                                   (-1.0, _dual_diag(kind, p, v, -1.0))):
+            for sign in (1.0, -1.0):
                 si, sj = np.nonzero((q1 == q2) & (sign * Q >= _RHO_ONE * q1) & (q1 > 0))
+                if not si.size:
+                    continue
+                line = (kdg, kddg, dkg, dkdg) if sign > 0 else _dual_diag(kind, p, v, sign)
+                k_s, kd_s, dk_s, dkd_s = (a[si] for a in line)
                 t, off = dv[:, si], dQ[:, si, sj] - sign * dv[:, si]
                 k12_s, kd12_s = (np.where(np.isfinite(a[si, sj]), a[si, sj], 0.0)
                                  for a in (k12, kd12))
-                k[si, sj], kd[si, sj] = k_s[si], kd_s[si]
-                dQn[:, si, sj] = dk_s[si] * t + k12_s * off
-                dTH[:, si, sj] = ((dkd_s[si] * t + kd12_s * off) * TH[si, sj]
-                                  + kd_s[si] * dTH0[:, si, sj])
+                k[si, sj], kd[si, sj] = k_s, kd_s
+                dQn[:, si, sj] = dk_s * t + k12_s * off
+                dTH[:, si, sj] = (dkd_s * t + kd12_s * off) * TH[si, sj] + kd_s * dTH0[:, si, sj]
             th_q12, th_full = Q, TH
             th_diag = TH[ii].copy()
             dth_diag = dTH0[:, ii[0], ii[1]].copy()
