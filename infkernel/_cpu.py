@@ -60,8 +60,8 @@ _GROUPS = (("arc", frozenset({K_ABRELU, K_SIGN}), "WITH_ARC"),
 # functions (its dead-branch pruning treats globals as constants).
 WITH_ARC = WITH_SMOOTH = WITH_POLYNOMIAL = WITH_NUMERIC = True
 
-#: The groups whose code the diagonal pass takes from act_tile, point by point,
-#: rather than from ``act_rows``.
+#: The groups whose code the diagonal pass takes from act_tile, point by point
+#: (polynomials from ``polynomial_points``), rather than from ``act_rows``.
 _COSTLY = ("polynomial", "numeric")
 _COSTLY_KINDS = tuple(sorted(set().union(*(kinds for name, kinds, _ in _GROUPS
                                            if name in _COSTLY))))
@@ -193,70 +193,62 @@ def monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W
 
 
 @njit(**INLINE)
-def _polynomial_tile(deg, q0, aux, lo, hi, q11, Q, TH, V2, n):
-    """Polynomial of degree ``deg`` on a tile (act_tile)."""
-    for j in range(n):
-        Q[j], d = dual_polynomial(deg, q0, aux, lo, hi, _row(q11, j), Q[j], V2[j])
-        TH[j] *= d
-
-
-@njit(**INLINE)
-def _polynomial_term(aux, lo, m, l, x1, q0, Q, V2, acc, b2, n):
-    """acc[j] = acc[j] q12_j + B_l(x1) B_l(x2_j) over a tile (rows of width m
-    at ``lo``, as ``_duals.poly_b``); skipped work where B_l(x1) = 0."""
-    b1 = poly_b(aux, lo, m, l, x1)
+def _polynomial_term(b1, b2, Q, acc, n):
+    """acc[j] = acc[j] q12_j + B_l(x1) B_l(x2_j) over a tile, the values
+    B_l of the row point (b1) and the columns (b2) from the point tables;
+    no work for the product where B_l(x1) = 0."""
     if b1 == 0.0:
         for j in range(n):
             acc[j] = acc[j] * Q[j]
-        return
-    base = lo + l * m
-    for j in range(n):
-        b2[j] = aux[base + m - 1]
-    for i in range(m - 2, -1, -1):
-        c = aux[base + i]
+    else:
         for j in range(n):
-            b2[j] = b2[j] * (V2[j] - q0) + c
-    for j in range(n):
-        acc[j] = acc[j] * Q[j] + b1 * b2[j]
+            acc[j] = acc[j] * Q[j] + b1 * b2[j]
 
 
-@njit(**INLINE)
-def _polynomial_tile_any(deg, q0, aux, lo, hi, q11, Q, TH, V2, n, W):
-    """``_polynomial_tile`` for any degree, its loops reordered so that the
-    innermost run over the entries and vectorise: per l (descending) the
-    row's B_l(x1) once, the columns' B_l(x2) by Horner into ``W[2]``, and the
-    Horner sums in q12 (held in Q) of ``dual_polynomial``, k in ``W[0]`` and
-    kdot in ``W[1]``.  The same operations in the same order, so the same
-    numbers; Hermite(n) at unit variance keeps one term of n + 1."""
-    m, md = deg // 2 + 1, (deg - 1) // 2 + 1
-    x1 = q11 - q0
-    acc, acc_d, b2 = W[0, :n], W[1, :n], W[2, :n]
+@njit(**JIT)
+def polynomial_tile(p, row, i, c0, n, q11, V2, Q, TH, P1, P2, W):
+    """Polynomial (params ``p``: degree n, basis q0) on the tile of entries
+    (i, c0 .. c0+n) (``_run_ops``): the Horner sums in q12 of
+    ``dual_polynomial``, with the values B_l(q - q0) of the row point and
+    the columns read from the per-point tables P1, P2 (rows ``row`` ..,
+    ``polynomial_points``), so that an entry costs O(n) multiply-adds, not
+    the O(n²) of evaluating each B_l; the loops run over the tile's entries
+    and vectorise (k in ``W[0]``, kdot in ``W[1]``).  The same operations
+    in the same order as ``dual_polynomial``, so the same numbers;
+    Hermite(n) at unit variance keeps one term of n + 1."""
+    deg = int(p[0])
+    acc, acc_d = W[0, :n], W[1, :n]
     for j in range(n):
         Q[j] = snap_q12(q11, Q[j], V2[j])
         acc[j] = 0.0
         acc_d[j] = 0.0
     for l in range(deg, -1, -1):
-        _polynomial_term(aux, lo, m, l, x1, q0, Q, V2, acc, b2, n)
+        _polynomial_term(P1[row + l, i], P2[row + l, c0:c0 + n], Q, acc, n)
         if l < deg:
-            _polynomial_term(aux, hi, md, l, x1, q0, Q, V2, acc_d, b2, n)
+            d = row + deg + 1 + l
+            _polynomial_term(P1[d, i], P2[d, c0:c0 + n], Q, acc_d, n)
     for j in range(n):
         Q[j] = acc[j]
         TH[j] *= acc_d[j]
 
 
-@njit(**JIT)
-def polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n, W):
-    """Polynomial (params ``p``) on a tile (act_tile); low degrees as literals,
-    as for the monomials, higher ones by ``_polynomial_tile_any``."""
+@njit(**INLINE)
+def polynomial_points(p, aux, lo, hi, row, q, th, P, c0, n):
+    """The diagonal pass's Polynomial (params ``p``) for the points c0 .. c0+n
+    (variances ``q``): their rows of the per-point tables, B_l(q - q0) for
+    l = 0..n and then those of the derivative dual for l = 0..n-1, and
+    (k, kdot) of each point with itself (``dual_polynomial``, whose sums
+    ``polynomial_tile`` forms from these rows)."""
     deg, q0 = int(p[0]), p[1]
-    if deg == 2:
-        _polynomial_tile(2, q0, aux, lo, hi, q11, Q, TH, V2, n)
-    elif deg == 3:
-        _polynomial_tile(3, q0, aux, lo, hi, q11, Q, TH, V2, n)
-    elif deg == 4:
-        _polynomial_tile(4, q0, aux, lo, hi, q11, Q, TH, V2, n)
-    else:
-        _polynomial_tile_any(deg, q0, aux, lo, hi, q11, Q, TH, V2, n, W)
+    m, md = deg // 2 + 1, (deg - 1) // 2 + 1
+    for j in range(n):
+        x = q[j] - q0
+        for l in range(deg + 1):
+            P[row + l, c0 + j] = poly_b(aux, lo, m, l, x)
+        for l in range(deg):
+            P[row + deg + 1 + l, c0 + j] = poly_b(aux, hi, md, l, x)
+        q[j], d = dual_polynomial(deg, q0, aux, lo, hi, q[j], q[j], q[j])
+        th[j] *= d
 
 
 @njit(**JIT)
@@ -357,8 +349,6 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             TH[j] *= d
     elif WITH_POLYNOMIAL and (kind == K_MONOMIAL or kind == K_RECTIFIED_MONOMIAL):
         monomial_tiles(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, n, W)
-    elif WITH_POLYNOMIAL and kind == K_POLYNOMIAL:
-        polynomial_tiles(p, aux, lo, hi, q11, Q, TH, V2, n, W)
     elif WITH_NUMERIC and kind == K_NUMERIC:
         # a Gram tile's row (the diagonal pass handles numeric kinds itself)
         numeric_tile(aux, lo, _row(q11, 0), _row(s1, 0), _row(r1, 0), Q, TH, V2, S2, R2,
@@ -381,7 +371,7 @@ def _mix_tile(ca, cb, a1, b1, a2, b2, n):
 
 @njit(**JIT)
 def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known,
-             F1, G1, F2, G2, TM, W):
+             F1, G1, F2, G2, TM, W, P1, P2):
     """Apply every op of the program to the tile of entries (i, c0 .. c0+n):
     registers Q (q12), TH (θ) and C, the signed versine (``_duals.versine``)
     where ``known[r]`` (the same for all entries: activations without a
@@ -411,10 +401,14 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
             if kind in KINKED and not (known.size and known[r]):
                 for j in range(n):
                     C[r, j] = math.nan      # the dual's angle from q12
-            act_tile(kind, p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
-                     R1[k, i], Q[r], TH[r], C[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
-                     R2[k, c0:c0 + n], c0, n,
-                     i, F1, G1, F2, G2, TM, W)
+            if WITH_POLYNOMIAL and kind == K_POLYNOMIAL:
+                polynomial_tile(p, ops[k, 2], i, c0, n, V1[k, i], V2[k, c0:c0 + n], Q[r],
+                                TH[r], P1, P2, W)
+            else:
+                act_tile(kind, p, aux, ops[k, 4], ops[k, 5], V1[k, i], S1[k, i],
+                         R1[k, i], Q[r], TH[r], C[r], V2[k, c0:c0 + n], S2[k, c0:c0 + n],
+                         R2[k, c0:c0 + n], c0, n,
+                         i, F1, G1, F2, G2, TM, W)
             if known.size:
                 known[r] = keeps_versine(kind, p[0]) or (kind == K_LAYERNORM and known[r])
         elif op == OP_SCALE:
@@ -459,14 +453,16 @@ def _run_ops(ops, params, aux, i, c0, n, V1, S1, R1, V2, S2, R2, Q, TH, C, known
 
 
 @njit(**JIT)
-def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
+def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G, P):
     """Run the program on (x, x) for the points lo .. hi-1, TILE points at a
     time and op by op, as the Gram tiles run it (entry j is point j against
     itself, versine 0: ``act_rows`` gets the row values as arrays, and its loops
-    vectorise over the points; the costly kinds take act_tile per point);
+    vectorise over the points; the costly kinds take act_tile per point,
+    polynomials ``polynomial_points``);
     record activation inputs V, scales S and R = 1/S (a Dense layer's or a
     sum's: V = 1/√q' and the unit vector (S, R), for ``mixed_versine``), and
-    the Mehler features F, G of numeric activations."""
+    the Mehler features F, G of numeric activations and the per-point
+    values P of polynomial ones (``polynomial_points``)."""
     TM = np.ones((F.shape[0], 2, F.shape[2]))
     one = np.int64(1)   # n of a single point, typed as _run_ops types it
     Q = np.empty((n_regs, TILE))
@@ -507,6 +503,8 @@ def _diag_pass(lo, hi, sq, ops, params, aux, n_regs, V, S, R, K, T, F, G):
                         mehler_point(aux, ops[k, 4], min(s[j], s_cap), F, G, slot, c0 + j)
                         q[j] = G[slot, 0, c0 + j]
                         th[j] *= G[slot, 1, c0 + j]
+                elif WITH_POLYNOMIAL and kind == K_POLYNOMIAL:
+                    polynomial_points(p, aux, ops[k, 4], ops[k, 5], ops[k, 2], q, th, P, c0, n)
                 elif kind in _COSTLY_KINDS:  # act_tile's code for Gram tiles, point by point
                     for j in range(n):
                         act_tile(kind, p, aux, ops[k, 4], ops[k, 5], v[j], s[j], rs[j],
@@ -567,7 +565,7 @@ def _store(A, values, i, j_lo, n, sym, flip):
 @njit(**JIT)
 def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, ops, params,
                 aux, n_regs, t0, V1, S1, R1, V2, S2, R2, K, T, want_k, want_t,
-                F1, G1, F2, G2, TM, U1, U2, carry):
+                F1, G1, F2, G2, TM, U1, U2, P1, P2, carry):
     """Tasks task_lo .. task_hi-1 of rows r_lo .. r_hi of the kernel (``sym``:
     strict upper triangle, x2 is x1; ``flip``: K, T hold the kernel of x2
     against x1, entry (i, j) is stored at (j, i)).  The row tables ``V1 ..
@@ -630,7 +628,7 @@ def _gram_tiles(task_lo, task_hi, x1, x2, sym, flip, inv_d, r_lo, r_hi, rows, op
                         for m in range(n_regs):
                             known[m] = m == 0
                     _run_ops(ops, params, aux, i - t0, j_lo, n, V1, S1, R1, V2, S2, R2,
-                             Q, TH, C, known, F1, G1, F2, G2, TM, W)
+                             Q, TH, C, known, F1, G1, F2, G2, TM, W, P1, P2)
                     if want_k:
                         _store(K, Q[0], i, j_lo, n, sym, flip)
                     if want_t:
@@ -703,7 +701,8 @@ def _variant(used):
     tile = _rebound(act_tile, suffix, **flags)
     rows = _rebound(act_tile, suffix + "_rows", **_flags(used - set(_COSTLY)))
     return (_rebound(_diag_pass, suffix, act_tile=tile, act_rows=rows, **flags),
-            _rebound(_gram_tiles, suffix, _run_ops=_rebound(_run_ops, suffix, act_tile=tile)))
+            _rebound(_gram_tiles, suffix,
+                     _run_ops=_rebound(_run_ops, suffix, act_tile=tile, **flags)))
 
 
 def _rebound(fn, suffix, **names):
@@ -721,7 +720,7 @@ def _rebound(fn, suffix, **names):
 #: act_tile for the diagonal pass, whose row values are arrays (one point per
 #: entry, loops vectorised over the points): a second compiled copy, without
 #: the costly groups (Mehler features, monomials, polynomials), which the
-#: diagonal pass takes from act_tile itself, one point at a time.
+#: diagonal pass takes point by point (``_COSTLY``).
 act_rows = _rebound(act_tile, "_rows",
                     **_flags({name for name, _, _ in _GROUPS} - set(_COSTLY)))
 
@@ -782,7 +781,7 @@ def row_norms(x):
 def point_tables(program, x, features=True, start=0, name="x", keep=True):
     """Run the program on the diagonal of ``x``.
 
-    Returns ``(V, S, R, F, G, U), k, t``: per activation op k and point i the
+    Returns ``(V, S, R, F, G, U, P), k, t``: per activation op k and point i the
     input variance V[k, i], its scale S = ``_duals.point_scale`` (sqrt(V) for
     most kinds) and R = 1/S (0 where S = 0); per Dense op (q' = w2 q + b²) V =
     1/√q' and the unit vector (S, R) = (√(w2 q), b)/√q' (0 where q' = 0), per
@@ -790,6 +789,7 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
     per-point Mehler features F, G of numeric activations (``_numeric.py``;
     ``features=False``: G only, F has no terms, for the diagonal alone);
     U = 1/|x_i| (0 for x_i = 0, for the input versine of ``_gram_tiles``);
+    the per-point values P of polynomial activations (``polynomial_points``);
     and the diagonals k = Σ(x_i, x_i), t = Θ(x_i, x_i) of the output (float64).
     ``start``, ``name``: the index of x's first point in the user's array
     and that array's name (for errors).
@@ -808,32 +808,34 @@ def point_tables(program, x, features=True, start=0, name="x", keep=True):
     n_ops = program.n_ops
     buf, F, G = (_numeric_run(program, sq, features, keep) if numeric
                  else _diag_run(program, sq, features))
-    # one buffer: V, k, t first (checked together), then S, R; a kept numeric
-    # run is shared by later calls: its diagonals k, t go out as copies
+    # one buffer: V, k, t first (checked together), then S, R, P; a kept
+    # numeric run is shared by later calls: its diagonals k, t go out as copies
     V, k, t = buf[:n_ops], buf[n_ops], buf[n_ops + 1]
     if numeric:
         k, t = k.copy(), t.copy()
-    S, R = buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:]
+    S, R, P = (buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:3 * n_ops + 2],
+               buf[3 * n_ops + 2:])
     if not _all_finite(buf[:n_ops + 2]):   # all of V, k, t
         check_finite_variances(program, V, k, t, start, name)
     for op in numeric:
         if n and V[op].max() > variance_limit(program, op):
             i = int(V[op].argmax())
             raise quadrature_range_error(program, op, V[op, i], f"{name} row {start + i}")
-    return (V, S, R, F, G, U), k, t
+    return (V, S, R, F, G, U, P), k, t
 
 
 def _diag_run(program, sq, features):
     """The diagonal pass on squared norms ``sq``: (buf, F, G) of point_tables,
-    buf holding V, k, t, S, R."""
+    buf holding V, k, t, S, R, P."""
     m, n_ops, numeric = len(sq), program.n_ops, program.numeric_ops
-    buf = np.zeros((3 * n_ops + 2, m))
+    buf = np.zeros((3 * n_ops + 2 + program.polynomial_rows, m))
     F = np.zeros((len(numeric), 4, NM if numeric and features else 0, m))
     G = np.zeros((len(numeric), 2, m))
     diag_pass, _ = _kernels(program)
     in_parallel(diag_pass, m, sq, program.ops, program.params, program.aux, program.n_regs,
-                buf[:n_ops], buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:],
-                buf[n_ops], buf[n_ops + 1], F, G, work=math.inf if numeric else m * n_ops)
+                buf[:n_ops], buf[n_ops + 2:2 * n_ops + 2], buf[2 * n_ops + 2:3 * n_ops + 2],
+                buf[n_ops], buf[n_ops + 1], F, G, buf[3 * n_ops + 2:],
+                work=math.inf if numeric else m * n_ops)
     return buf, F, G
 
 
@@ -1017,7 +1019,8 @@ def gram(program, x1, x2, K, T, progress=None):
                         dummy if K is None else K, dummy if T is None else T,
                         K is not None, T is not None,
                         tables1[3], tables1[4], tables2[3], tables2[4], TM,
-                        tables1[5], tables2[5], program.carries_versine,
+                        tables1[5], tables2[5], tables1[6], tables2[6],
+                        program.carries_versine,
                         work=(r1 - r0) * (n2 - (r0 + r1) / 2 if sym else n2) * program.n_ops)
             del tables1  # before the next block's features are computed
             if progress is not None:

@@ -47,7 +47,9 @@ K_NUMERIC = 10
 
 # Polynomials φ = Σ_m b_m e_m in the monomial (e_m = x^m) or the probabilists'
 # Hermite basis (e_m = He_m); ops[k, 4] / ops[k, 5] are the offsets of the
-# coefficient tables of the dual and of the derivative dual (_duals.py).
+# coefficient tables of the dual and of the derivative dual (_duals.py), and
+# ops[k, 2] the first of the op's 2n + 1 rows of per-point values B_l
+# (``Program.polynomial_rows``, ``_cpu.polynomial_points``).
 K_POLYNOMIAL = 11
 
 # Layer normalisation (``layers.LayerNorm``), run as an OP_ACT so that the
@@ -91,6 +93,13 @@ class Program:
         return not self.act_kinds.isdisjoint(KINKED)
 
     @functools.cached_property
+    def polynomial_rows(self):
+        """The rows of per-point values of polynomial activations: 2n + 1 per
+        op of degree n (ops[k, 2] its first)."""
+        is_poly = (self.ops[:, 0] == OP_ACT) & (self.ops[:, 3] == K_POLYNOMIAL)
+        return int((2 * self.params[is_poly, 0] + 1).sum())
+
+    @functools.cached_property
     def numeric_ops(self):
         """Indices of the ops of numerically integrated activations."""
         return [k for k in range(self.n_ops)
@@ -129,5 +138,9 @@ class ProgramBuilder:
     def build(self):
         ops = np.array(self.ops, dtype=np.int64).reshape(-1, 6)
         params = np.array(self.params, dtype=np.float64).reshape(-1, N_PARAMS)
+        row = 0
+        for k in np.flatnonzero((ops[:, 0] == OP_ACT) & (ops[:, 3] == K_POLYNOMIAL)):
+            ops[k, 2] = row                  # the op's per-point rows
+            row += 2 * int(params[k, 0]) + 1
         aux = np.array(self.aux if self.aux else [0.0], dtype=np.float64)
         return Program(ops, params, aux, self.n_regs, self.d_in, dict(self.names))

@@ -28,7 +28,7 @@ import pytest
 import infkernel as ik
 from infkernel import _cpu, _numeric, gpu
 from infkernel import _program as P
-from infkernel._duals import point_scale
+from activation_list import tile_dual
 
 EPS64 = np.finfo(np.float64).eps
 FR = 4 * _numeric.NM + 2  # feature rows per numeric op (IK_NUM_FR)
@@ -176,28 +176,8 @@ def _act_host(lib, act, q11, q12, q22, dtype=np.float64):
     return ok, od
 
 
-# i, F1, G1, F2, G2, TM, W of act_tile: only read by the numeric kind.
-_NO_FEATURES = (0, np.zeros((1, 4, 1, 1)), np.zeros((1, 2, 1)), np.zeros((1, 4, 1, 1)),
-                np.zeros((1, 2, 1)), np.ones((1, 2, 1)), np.empty((3, 1)))
-
-
 def _act_numba(act, q11, q12, q22):
-    prog = ik.serial(ik.Dense(1), act).program(1)
-    o = prog.ops[1]
-    k = np.empty(q11.size)
-    kd = np.empty(q11.size)
-    for i in range(q11.size):
-        v = np.array([q22[i]])
-        s = np.array([point_scale(o[3], prog.params[1], q22[i])])
-        r = np.where(s > 0, 1 / np.where(s > 0, s, 1), 0.0)
-        s1 = point_scale(o[3], prog.params[1], q11[i])
-        r1 = 1 / s1 if s1 > 0 else 0.0
-        Q = np.array([q12[i]])
-        TH = np.array([1.0])
-        _cpu.act_tile(o[3], prog.params[1], prog.aux, o[4], o[5], q11[i], s1, r1,
-                      Q, TH, np.array([np.nan]), v, s, r, 0, 1, *_NO_FEATURES)
-        k[i], kd[i] = Q[0], TH[0]
-    return k, kd
+    return np.array([tile_dual(act, *c) for c in zip(q11, q12, q22)]).T
 
 
 def _pairs(rng, n=400):
@@ -824,7 +804,7 @@ def test_numeric_fused_recursion_matches_numba(lib, act):
     prog = net.program(5)
     K, T, d1, feat, _ = _host_gram(lib, prog, x1, x2, full=True)
     _, _, d2 = _host_gram(lib, prog, x2, x2[:1])
-    (_, _, _, F, G, _), kc, tc = _cpu.point_tables(prog, x1)
+    (_, _, _, F, G, _, _), kc, tc = _cpu.point_tables(prog, x1)
     assert _ulps(d1[0], kc, np.abs(kc).max()) <= 4
     assert _ulps(d1[1], tc, np.abs(tc).max()) <= 4
     nm = _numeric.NM

@@ -10,7 +10,7 @@ import infkernel as ik
 import reference
 from infkernel import _cpu, _program as P
 from infkernel._duals import arc_cosine_c, dual_erf, dual_gelu, point_scale
-from activation_list import CLOSED_FORMS
+from activation_list import CLOSED_FORMS, tile_dual
 
 RNG = np.random.default_rng(1234)
 # Moderate scales keep every variance in the recursion below ~2, where the
@@ -68,15 +68,39 @@ def test_train_mode_dropout_matches_reference(act):
                                  ik.Polynomial([0.3, -1.0, 0.5, 0.2, 0.1, -0.05, 0.02]),
                                  ik.Hermite(5), ik.Hermite(8)], ids=repr)
 def test_high_degrees_match_reference(act):
-    """Degrees above the literal dispatch (Monomial / RectifiedMonomial >= 4,
-    Polynomial >= 5) run loops reordered over the tile's entries: Gram and
-    symmetric kernels against the reference quadrature, as above."""
+    """Degrees above the monomials' literal dispatch (Monomial /
+    RectifiedMonomial >= 4) run loops reordered over the tile's entries, and
+    polynomials of every degree sums of per-point rows: Gram and symmetric
+    kernels against the reference quadrature, as above."""
     net = _net(act, "ntk")
     for x2 in (X2, None):
         k = net.kernel(X1, x2)
         nngp, ntk = reference.kernels(net, X1, x2)
         assert _rel(k.nngp, nngp) < 5e-12
         assert _rel(k.ntk, ntk) < 5e-12
+
+
+def test_polynomial_layers_read_their_own_rows():
+    """Each polynomial layer has its own rows of per-point values (ops[k, 2]):
+    layers of degrees 5, 2 and Hermite(4) in series against the reference
+    quadrature, and in two branches joined by FanInSum against the sum of the
+    branches' kernels (independent read-outs: Σ and Θ add)."""
+    p5, p2 = ik.Polynomial([0.3, -1.0, 0.5, 0.2, 0.1, -0.05]), ik.Polynomial([0.2, 0.5, -0.3])
+    net = ik.serial(ik.Dense(4, 1.1, 0.3), p5, ik.Dense(4, 0.9, 0.2), p2, ik.Dense(4, 0.8, 0.1),
+                    ik.Hermite(4), ik.Dense(1, 1.2, 0.1))
+    for x2 in (X2, None):
+        k = net.kernel(X1, x2)
+        nngp, ntk = reference.kernels(net, X1, x2)
+        assert _rel(k.nngp, nngp) < 5e-12
+        assert _rel(k.ntk, ntk) < 5e-12
+    first = ik.Dense(4, 1.1, 0.3)
+    branches = [ik.serial(p5, ik.Dense(1, 0.9, 0.2)), ik.serial(ik.Hermite(4), ik.Dense(1, 1.3))]
+    both = ik.serial(first, ik.FanOut(2), ik.parallel(*branches), ik.FanInSum())
+    for x2 in (X2, None):
+        k = both.kernel(X1, x2)
+        parts = [ik.serial(first, b).kernel(X1, x2) for b in branches]
+        np.testing.assert_allclose(k.nngp, parts[0].nngp + parts[1].nngp, rtol=1e-14)
+        np.testing.assert_allclose(k.ntk, parts[0].ntk + parts[1].ntk, rtol=1e-14)
 
 
 @pytest.mark.parametrize("act", CLOSED_FORMS, ids=repr)
@@ -102,23 +126,6 @@ def test_dual_matches_monte_carlo(act):
         # + 1e-12: constant samples (Monomial(0): φ = 1) have se = 0, and the
         # mean of 4e5 equal numbers is exact only to ~1e-13
         assert abs(value - samples.mean()) < 5 * se + 1e-12
-
-
-def dual(act, q11, q12, q22):
-    """(k, k̇) of one activation at given covariances, by the CPU kernels' own
-    tile routine (``_cpu.act_tile``) on a single entry."""
-    prog = ik.serial(ik.Dense(1), act).program(1)
-    o, p = prog.ops[1], prog.params[1]
-    s1, s2 = point_scale(o[3], p, q11), point_scale(o[3], p, q22)
-    r1, r2 = (1 / s if s > 0 else 0.0 for s in (s1, s2))
-    Q, TH = np.array([q12]), np.array([1.0])
-    none = np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1))
-    # versine NaN: the angle from q12, as for an entry whose ρ is not carried
-    _cpu.act_tile(o[3], p, prog.aux, o[4], o[5], q11, s1, r1, Q, TH, np.array([np.nan]),
-                  np.array([q22]),
-                  np.array([s2]), np.array([r2]), 0, 1, 0, *none, *none,
-                  np.ones((1, 2, 1)), np.empty((3, 1)))
-    return Q[0], TH[0]
 
 
 def test_polynomial_and_hermite_bad_input():
@@ -153,7 +160,7 @@ def test_polynomial_dual_matches_isserlis(coef):
     rho = np.concatenate([rng.uniform(-1, 1, 30), [0.5, 1.0, -1.0, 0.3]])
     q12 = rho * np.sqrt(q11 * q22)
     for i in range(q11.size):
-        k, kd = dual(act, q11[i], q12[i], q22[i])
+        k, kd = tile_dual(act, q11[i], q12[i], q22[i])
         for value, c in ((k, coef), (kd, dc)):
             terms = [ca * cb * reference.gaussian_moment(a, b, q11[i], q12[i], q22[i])
                      for a, ca in enumerate(c) for b, cb in enumerate(c)]
@@ -169,7 +176,7 @@ def test_hermite_at_unit_variance_is_a_power(n):
     formula, Mehler); within a few ulps of the coefficient sums."""
     act = ik.Hermite(n)
     for rho in (-1.0, -0.6, 0.0, 0.25, 0.9, 1.0):
-        k, kd = dual(act, 1.0, rho, 1.0)
+        k, kd = tile_dual(act, 1.0, rho, 1.0)
         assert k == pytest.approx(rho ** n, abs=1e-14)
         assert kd == pytest.approx(n * rho ** (n - 1) if n else 0.0, abs=1e-13)
 
