@@ -1,5 +1,10 @@
-"""The one shared list of closed-form activations every invariant test runs over."""
+"""The one shared list of closed-form activations every invariant test runs
+over, and the kernels' dual of one activation at one entry (``tile_dual``)."""
+import numpy as np
+
 import infkernel as ik
+from infkernel import _cpu, _program as P
+from infkernel._duals import point_scale
 
 CLOSED_FORMS = [
     ik.Relu(), ik.LeakyRelu(0.1), ik.ABRelu(-0.3, 0.7), ik.Abs(),
@@ -21,9 +26,6 @@ def tile_dual(act, q11, q12, q22):
     tile routines on a single entry (row point q11 against column point q22):
     ``_cpu.act_tile``, or for polynomials their per-point rows
     (``polynomial_points``) and ``polynomial_tile``."""
-    import numpy as np
-    from infkernel import _cpu, _program as P
-    from infkernel._duals import point_scale
     prog = ik.serial(ik.Dense(1), act).program(1)
     o, p = prog.ops[1], prog.params[1]
     Q, TH, W = np.array([q12]), np.array([1.0]), np.empty((3, 1))
