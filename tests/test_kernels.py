@@ -5,6 +5,7 @@ import re
 import mpmath
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import infkernel as ik
 import reference
@@ -101,6 +102,25 @@ def test_polynomial_layers_read_their_own_rows():
         parts = [ik.serial(first, b).kernel(X1, x2) for b in branches]
         np.testing.assert_allclose(k.nngp, parts[0].nngp + parts[1].nngp, rtol=1e-14)
         np.testing.assert_allclose(k.ntk, parts[0].ntk + parts[1].ntk, rtol=1e-14)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=9), st.booleans(),
+       st.integers(1, 2), st.floats(0.5, 1.2), st.floats(0.0, 0.6))
+def test_random_polynomials_match_reference(coef, hermite, depth, w, b):
+    """Polynomial and Hermite-basis activations of random coefficients, degree
+    0-8, one or two layers, against the reference quadrature (Gauss-Hermite of
+    degree 160 integrates these polynomial integrands exactly)."""
+    # Σ c_m x^m, or Σ c_m He_m (the Hermite-basis tables, as Hermite(n) has)
+    act = (ik.activations._polynomial("HermiteSum", np.array(coef), True, str(coef))
+           if hermite else ik.Polynomial(coef))
+    net = ik.serial(*[l for _ in range(depth) for l in (ik.Dense(4, w, b), act)],
+                    ik.Dense(1, 1.1, 0.1))
+    for x2 in (X2, None):
+        k = net.kernel(X1, x2)
+        nngp, ntk = reference.kernels(net, X1, x2)
+        assert _rel(k.nngp, nngp) < 5e-12
+        assert _rel(k.ntk, ntk) < 5e-12
 
 
 @pytest.mark.parametrize("act", CLOSED_FORMS, ids=repr)
