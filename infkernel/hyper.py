@@ -62,7 +62,7 @@ from scipy.optimize import minimize
 
 from . import _program as P
 from ._checks import KernelRangeError, count, flag, one_kernel, real, real_array
-from ._duals import _F_TAYLOR, _RHO_ONE
+from ._duals import _F_TAYLOR, _RHO_ONE, GELU_ANTIPODAL_Z
 from ._jets import dual_derivatives
 from .activations import Activation
 from .combinators import parallel
@@ -377,8 +377,9 @@ def _gelu_same_point(q, sign):
       2πk'  = ±ψ + q/(p√D) + 2q (√D + 1/√D)/p³ + 2qh/D^(3/2),
       2πk̇  = ψ ± q (1/D + 2/p)/√D,
       2πk̇' = ±[(3 + q)/(p²√D) + D^(−3/2) − 3q D^(−5/2) − 2q/(p D^(3/2))];
-    at antipodal points with q >= 8.7 (ψₐ² <= 0.21), where ±qψ and h√D cancel
-    (ε·q^1.5), with F(ψ) = sin ψ − ψ cos ψ from its series (``_F_TAYLOR``):
+    at antipodal points with z = −q/p below ``GELU_ANTIPODAL_Z`` (q > 9, as the
+    kernels), where ±qψ and h√D cancel (ε·q^1.5), with F(ψ) = sin ψ − ψ cos ψ
+    from its series (``_F_TAYLOR``):
       2πk   = p F(ψ) − (1 + 3q)/(p√D),
       2πk'  = F(ψ) − ψ/p − 2/(p²√D) + (1 + 3q)/(p D^(3/2)).
     Terms stay within a few times the results (the jets' general form loses
@@ -392,7 +393,7 @@ def _gelu_same_point(q, sign):
     k = sign * q * psi + h * (rD + 1 / rD)
     dk = sign * psi + u / rD + 2 * u * (rD + 1 / rD) / p / p + 2 * v * h / rD
     if sign < 0:
-        near = psi * psi <= 0.21                # _F_TAYLOR's range
+        near = -u < GELU_ANTIPODAL_Z
         F = psi ** 3 * np.polynomial.polynomial.polyval(psi * psi, _F_TAYLOR)
         w = (1 + 3 * q) / p
         k = np.where(near, p * F - w / rD, k)
