@@ -100,6 +100,15 @@ def _count_below(Q, r1, R2, n, bound):
 
 
 @njit(**INLINE)
+def _max_sum(q11, V2, n):
+    """The largest q11 + V2[j] of a tile's n entries (``_row``)."""
+    m = 0.0
+    for j in range(n):
+        m = max(m, _row(q11, j) + V2[j])
+    return m
+
+
+@njit(**INLINE)
 def keeps_versine(kind, degree):
     """Whether an activation's dual gives the versine of its result: ABRelu,
     Sign and RectifiedMonomial of degree <= 1 (``_duals.rectified_versine``)."""
@@ -293,10 +302,17 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
             TH[j] *= d
     elif WITH_SMOOTH and kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
-        for j in range(n):
-            v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
-            Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j])
-            TH[j] *= d
+        # the form for overflowing 2b²q only in tiles that need it (a literal flag per loop)
+        if not 2.0 * b * b * _max_sum(q11, V2, n) < math.inf:
+            for j in range(n):
+                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+                Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j], True)
+                TH[j] *= d
+        else:
+            for j in range(n):
+                v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
+                Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j], False)
+                TH[j] *= d
     elif WITH_SMOOTH and kind == K_GELU:
         # the antipodal form only in tiles that need it (a literal flag per loop)
         if _count_below(Q, r1, R2, n, GELU_ANTIPODAL_Z):

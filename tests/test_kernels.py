@@ -711,17 +711,22 @@ def test_gaussian_and_gabor_where_products_of_variances_overflow(scale):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e150, 1e152])
-def test_erf_where_2b2q_overflows(scale):
+@pytest.mark.parametrize("second", ["same", "unit"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_erf_where_2b2q_overflows(scale, second, cross):
     """Erf(a, b, c) with b = 1e4 at q ~ 1e300 … 1e304: 2b²q overflows float64
     (the NTK was 0, or a range error), the kernels do not; against Williams'
     closed form at 700 digits (s_i² = 1 + 2b²q_ii ~ 1e312 and det subtracts
-    products of them).  One layer after Dense(1, 1): Θ' = k̇ q12."""
-    x = scale * np.array([[1.0, 0.0], [0.6, 0.8]])
+    products of them).  One layer after Dense(1, 1): Θ' = k̇ q12.  The second
+    point at the same scale or at scale 1 (a tile that mixes both forms), on
+    the symmetric and the cross path."""
+    x = np.array([[scale], [scale if second == "same" else 1.0]]) * [[1.0, 0.0], [0.6, 0.8]]
     with mpmath.workdps(700):
         q = [[mpmath.mpf(float(v)) for v in row] for row in x @ x.T / 2]
         for a, b, c in ((1.0, 1e4, 0.0), (2.0, 1e4, 0.5)):
-            got = ik.serial(ik.Dense(1, 1.0), ik.Erf(a, b, c)).kernel(x)
-            for i, j in ((0, 0), (0, 1)):
+            net = ik.serial(ik.Dense(1, 1.0), ik.Erf(a, b, c))
+            got = net.kernel(x, x.copy()) if cross else net.kernel(x)
+            for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
                 s1, s2 = (mpmath.sqrt(1 + 2 * b * b * q[n][n]) for n in (i, j))
                 k = a * a * 2 / mpmath.pi * mpmath.asin(2 * b * b * q[i][j] / (s1 * s2)) + c * c
                 kd = a * a * 4 / mpmath.pi * b * b / mpmath.sqrt(
