@@ -151,6 +151,8 @@ def check_inputs(x, name, d=None, like="x1"):
         with np.errstate(over="ignore"):     # reported below
             a = a.astype(np.float64)
     a = np.ascontiguousarray(a)
+    if not (a.flags.writeable and a.flags.aligned):
+        a = a.copy()   # numba types read-only and unaligned arrays apart: another compilation
     if math.isfinite(_cpu.squared_norm_sum(a)):   # no NaN/Inf entry, no overflow
         return a
     sq = _cpu.row_norms(a)       # (a sum of finite norms that overflows: told apart here)

@@ -273,6 +273,30 @@ def test_out_strided_and_fortran_views():
     assert np.array_equal(sym, NET.kernel(X1, None, "ntk"))
 
 
+def test_read_only_and_unaligned_inputs_reuse_the_compiled_kernels():
+    """Read-only inputs (np.asarray of a JAX array, a memmap opened with 'r')
+    and unaligned ones give the kernels of writable ones, on the kernels
+    already compiled: numba types such arrays apart, and each kind would
+    otherwise compile the tile kernel again (~20 s in a fresh installation)."""
+    from infkernel import _cpu
+    ref, ref_sym = NET.kernel(X1, X2), NET.kernel(X1)
+    _, tiles = _cpu._kernels(NET.program(X1.shape[1]))
+    compiled = len(tiles.signatures)
+    read_only = X1.copy()
+    read_only.flags.writeable = False
+    raw = np.zeros(X2.size * 8 + 1, np.uint8)
+    unaligned = np.frombuffer(raw.data, np.float64, X2.size, offset=1).reshape(X2.shape)
+    unaligned[...] = X2
+    assert not unaligned.flags.aligned
+    for a, b in ((read_only, unaligned), (unaligned, read_only)):
+        got = NET.kernel(a, b)
+        want = ref if a is read_only else NET.kernel(X2, X1)
+        assert np.array_equal(got.nngp, want.nngp) and np.array_equal(got.ntk, want.ntk)
+    got_sym = NET.kernel(read_only)
+    assert np.array_equal(got_sym.nngp, ref_sym.nngp) and np.array_equal(got_sym.ntk, ref_sym.ntk)
+    assert len(tiles.signatures) == compiled
+
+
 def test_progress_callback_reaches_total():
     calls = []
     NET.kernel(X1, X2, progress=lambda done, total: calls.append((done, total)))
