@@ -50,12 +50,23 @@ _ASIN_R = (0.16666666666666669, 0.07499999999998433, 0.04464285714635543,
 
 @njit(**INLINE)
 def _horner(coef, z):
-    """Σ_k coef[k] z^k for a module-level tuple ``coef`` (a compile-time
-    constant: LLVM unrolls the loop, so loops over entries still vectorise)."""
-    r = coef[-1]
-    for k in range(len(coef) - 2, -1, -1):
-        r = r * z + coef[k]
-    return r
+    """Σ_k coef[k] z^k for a module-level tuple ``coef`` of two or more (a compile-time
+    constant: LLVM unrolls the loops, so loops over entries still vectorise),
+    as E(z²) + z O(z²), the even and the odd coefficients by Horner's rule in
+    z²: two independent chains of half the length.  The loops over entries
+    wait on that chain of multiply-adds (ReLU, Sign, Gelu networks 6–10 %
+    faster than with one chain); the error stays within 1 ulp for the
+    polynomials here (``_ASIN_R``, ``_SQRT_P`` against 40 digits)."""
+    z2 = z * z
+    top_even = (len(coef) - 1) // 2 * 2
+    top_odd = (len(coef) - 2) // 2 * 2 + 1
+    even = coef[top_even]
+    for k in range(top_even - 2, -1, -2):
+        even = even * z2 + coef[k]
+    odd = coef[top_odd]
+    for k in range(top_odd - 2, 0, -2):
+        odd = odd * z2 + coef[k]
+    return even + z * odd
 
 
 @njit(**INLINE)
