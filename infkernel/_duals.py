@@ -50,13 +50,14 @@ _ASIN_R = (0.16666666666666669, 0.07499999999998433, 0.04464285714635543,
 
 @njit(**INLINE)
 def _horner(coef, z):
-    """Σ_k coef[k] z^k for a module-level tuple ``coef`` of two or more (a compile-time
-    constant: LLVM unrolls the loops, so loops over entries still vectorise),
-    as E(z²) + z O(z²), the even and the odd coefficients by Horner's rule in
-    z²: two independent chains of half the length.  The loops over entries
-    wait on that chain of multiply-adds (ReLU, Sign, Gelu networks 6–10 %
-    faster than with one chain); the error stays within 1 ulp for the
-    polynomials here (``_ASIN_R``, ``_SQRT_P`` against 40 digits)."""
+    """Σ_k coef[k] z^k for a module-level tuple ``coef`` of two or more
+    coefficients (a compile-time constant: LLVM unrolls the loops, so loops
+    over entries still vectorise), as E(z²) + z O(z²), the even and the odd
+    coefficients by Horner's rule in z²: two independent chains of half the
+    length.  The loops over entries wait on that chain of multiply-adds (ReLU,
+    Sign, Gelu networks 6–10 % faster than with one chain); the error stays
+    within 1 ulp for the polynomials here (``_ASIN_R``, ``_SQRT_P`` against
+    40 digits)."""
     z2 = z * z
     top_even = (len(coef) - 1) // 2 * 2
     top_odd = (len(coef) - 2) // 2 * 2 + 1
@@ -388,7 +389,7 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2, extreme=True):
 
     ``extreme=False`` (a constant at the call site) leaves the form for
     2b²(q11 + q22) beyond float64 out of a loop over entries none of which
-    needs it (``_cpu``: the branch costs ~15 % of an Erf network's time).
+    needs it (``_cpu``: the branch cost 15–20 % of an Erf network's time).
     """
     q12 = snap_q12(q11, q12, q22)
     same = same_point(q11, q12, q22)
