@@ -36,7 +36,7 @@ from ._duals import (GELU_ANTIPODAL_Z, INV_2PI, arc_cosine_c, correlation, dense
                      dual_abrelu, dual_erf, dual_exp, dual_exp_normalized, dual_gabor,
                      dual_gaussian, dual_gelu, dual_layernorm, dual_monomial, dual_polynomial,
                      dual_rbf, dual_rectified_monomial, dual_relu, dual_sign, dual_sin,
-                     point_scale, entry_angle, mixed_scales, mixed_versine, poly_b,
+                     entry_angle, erf_overflows, mixed_scales, mixed_versine, point_scale, poly_b,
                      signed_versine, snap_q12, versine_of)
 from ._numeric import HDR_QMAX, HDR_SCALE, NM, Q_MAX, U, mehler_point, numeric_tile
 from ._program import (K_ABRELU, K_ERF, K_EXP, K_EXP_NORMALIZED, K_GABOR, K_GAUSSIAN,
@@ -303,7 +303,7 @@ def act_tile(kind, p, aux, lo, hi, q11, s1, r1, Q, TH, C, V2, S2, R2, c0, n,
     elif WITH_SMOOTH and kind == K_ERF:
         a, b, c = p[0], p[1], p[2]
         # the form for overflowing 2b²q only in tiles that need it (a literal flag per loop)
-        if not 2.0 * b * b * _max_sum(q11, V2, n) < math.inf:
+        if erf_overflows(b, _max_sum(q11, V2, n)):
             for j in range(n):
                 v1, s, r = _row(q11, j), _row(s1, j), _row(r1, j)
                 Q[j], d = dual_erf(a, b, c, v1, Q[j], V2[j], s, S2[j], r, R2[j], True)

@@ -381,6 +381,13 @@ def dual_layernorm(q12, r1, r2):
 
 
 @njit(**INLINE)
+def erf_overflows(b, q_sum):
+    """Whether 2b²(q11 + q22) of ``dual_erf`` (``q_sum`` = q11 + q22) is
+    beyond float64, where it takes its extreme-variance form."""
+    return not 2.0 * (b * b) * q_sum < math.inf
+
+
+@njit(**INLINE)
 def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2, extreme=True):
     """φ(x) = a erf(bx) + c (Williams 1997); s_i = sqrt(1 + 2b²q_ii):
 
@@ -397,7 +404,7 @@ def dual_erf(a, b, c, q11, q12, q22, s1, s2, r1, r2, extreme=True):
     rr = r1 * r2
     # 2b²q overflows from q ~ 1e308/b² (e.g. b = 1e4, q ~ 1e300), the results do
     # not: there z, the bound and k̇ are formed from b/s_i = b r_i (~1/√(2q))
-    big = extreme and not 2.0 * b2 * (q11 + q22) < math.inf
+    big = extreme and erf_overflows(b, q11 + q22)
     z = min(max(2.0 * (b * r1) * (b * r2) * q12 if big else 2.0 * b2 * q12 * rr, -1.0), 1.0)
     # at the same point 1 - |z| = 1/(1 + 2b²q) = r1 r2 exactly
     k = a * a * (2.0 / PI) * asin_c(z, rr if same else 1.0 - abs(z)) + c * c
